@@ -1,0 +1,111 @@
+//! One WatchJob stream: replay the durable log after the client's sequence, then follow it.
+//!
+//! Every wake-up (an announced event, or a resync after possible message loss) leads to a
+//! re-read of the log after the last sequence delivered, so each event is sent exactly once
+//! and in order, whatever pub/sub did. The terminal event is the last message; the stream
+//! then ends with OK.
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use super::proto;
+use crate::{
+    domain::JobId,
+    events::{EventHub, JobWatch},
+    store::{EventPage, JobStore},
+};
+
+/// Messages buffered per stream before a slow client holds the watcher back.
+pub const STREAM_BUFFER: usize = 32;
+
+pub struct Watcher {
+    store: JobStore,
+    id: JobId,
+    watch: JobWatch,
+    first: EventPage,
+    after: u64,
+    shutdown: CancellationToken,
+}
+
+impl Watcher {
+    /// Registers for wake-ups, then reads the log once: the job exists, or NOT_FOUND.
+    pub async fn start(
+        store: JobStore,
+        hub: &EventHub,
+        id: JobId,
+        after: u64,
+        shutdown: CancellationToken,
+    ) -> Result<Self, Status> {
+        let mut watch = hub.watch_job(&id);
+        watch.mark_seen();
+        let first = store.events_after(&id, after).await?;
+        Ok(Self {
+            store,
+            id,
+            watch,
+            first,
+            after,
+            shutdown,
+        })
+    }
+
+    pub async fn run(mut self, sender: mpsc::Sender<Result<proto::JobEvent, Status>>) {
+        let mut page = std::mem::replace(
+            &mut self.first,
+            EventPage {
+                events: Vec::new(),
+                last_sequence: 0,
+                finished: false,
+            },
+        );
+        let mut delivered = self.after;
+        loop {
+            let finished = page.finished;
+            for event in page.events {
+                let terminal = event.kind.is_terminal();
+                delivered = event.sequence;
+                if sender.send(Ok(event.into())).await.is_err() {
+                    return; // The client went away.
+                }
+                if terminal {
+                    return;
+                }
+            }
+            // A client that resumed after the terminal event has nothing left to receive.
+            if finished {
+                return;
+            }
+            tokio::select! {
+                () = self.watch.changed() => {}
+                () = sender.closed() => return,
+                () = self.shutdown.cancelled() => {
+                    let _ = sender.send(Err(shutting_down(delivered))).await;
+                    return;
+                }
+            }
+            self.watch.mark_seen();
+            page = match self.store.events_after(&self.id, delivered).await {
+                Ok(page) => page,
+                Err(error) => {
+                    let status = Status::from(error);
+                    let status = Status::new(
+                        status.code(),
+                        format!(
+                            "{}; resume with after_sequence={delivered}",
+                            status.message()
+                        ),
+                    );
+                    let _ = sender.send(Err(status)).await;
+                    return;
+                }
+            };
+        }
+    }
+}
+
+fn shutting_down(delivered: u64) -> Status {
+    Status::unavailable(format!(
+        "jobd is shutting down; last sequence delivered: {delivered}; resume with after_sequence={delivered}"
+    ))
+}

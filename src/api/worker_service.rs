@@ -1,0 +1,180 @@
+//! `jobd.v1.WorkerService`: claim jobs, keep leases alive, report outcomes.
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::{
+    convert::{duration, state, timestamp},
+    proto::{self, worker_service_server::WorkerService},
+};
+use crate::{
+    domain::{
+        ClaimRequest, Claimed, HeartbeatOutcome, JobId, LeaseLimits, LeaseToken, Progress,
+        RequestError, UnixMillis, check_size, check_text,
+    },
+    events::EventHub,
+    store::{JobStore, Outcome},
+};
+
+const MAX_ERROR_MESSAGE: usize = 4096;
+
+pub struct WorkerApi {
+    store: JobStore,
+    hub: EventHub,
+    limits: LeaseLimits,
+    max_payload: usize,
+    shutdown: CancellationToken,
+}
+
+impl WorkerApi {
+    pub fn new(
+        store: JobStore,
+        hub: EventHub,
+        limits: LeaseLimits,
+        max_payload: usize,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            store,
+            hub,
+            limits,
+            max_payload,
+            shutdown,
+        }
+    }
+
+    /// Tries each queue in the caller's order of preference.
+    async fn try_claim(&self, claim: &ClaimRequest) -> Result<Option<Claimed>, Status> {
+        for queue in &claim.queues {
+            let now = UnixMillis::now();
+            if let Some(claimed) = self
+                .store
+                .claim(queue, &claim.worker, claim.lease, now)
+                .await?
+            {
+                return Ok(Some(claimed));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[tonic::async_trait]
+impl WorkerService for WorkerApi {
+    async fn claim_job(
+        &self,
+        request: Request<proto::ClaimJobRequest>,
+    ) -> Result<Response<proto::ClaimJobResponse>, Status> {
+        let request = request.into_inner();
+        let lease = self
+            .limits
+            .lease("lease", duration("lease", request.lease)?)?;
+        let wait = self.limits.wait("wait", duration("wait", request.wait)?)?;
+        let claim = ClaimRequest::new(&request.queues, &request.worker_id, lease, wait)?;
+        let deadline = Instant::now() + claim.wait;
+        // A waiting claim holds no Redis connection: it parks on the in-process hub, which
+        // wakes one waiter per announced job.
+        let mut waiter = (!claim.wait.is_zero()).then(|| self.hub.wait_for_queues(&claim.queues));
+        loop {
+            let wakeup = waiter.as_mut().map(|waiter| waiter.arm());
+            if let Some(claimed) = self.try_claim(&claim).await? {
+                return Ok(Response::new(claimed_response(claimed)));
+            }
+            let Some(wakeup) = wakeup else {
+                return Ok(Response::new(proto::ClaimJobResponse::default()));
+            };
+            tokio::select! {
+                () = wakeup => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    return Ok(Response::new(proto::ClaimJobResponse::default()));
+                }
+                () = self.shutdown.cancelled() => {
+                    return Ok(Response::new(proto::ClaimJobResponse::default()));
+                }
+            }
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<proto::HeartbeatRequest>,
+    ) -> Result<Response<proto::HeartbeatResponse>, Status> {
+        let request = request.into_inner();
+        let id = JobId::parse("job_id", &request.job_id)?;
+        let token = LeaseToken::parse("lease_token", &request.lease_token)?;
+        let lease = duration("lease", request.lease)?
+            .map(|lease| self.limits.lease("lease", Some(lease)))
+            .transpose()?;
+        let progress = request
+            .progress
+            .map(|progress| Progress::new(progress.value, progress.message))
+            .transpose()?;
+        let outcome = self
+            .store
+            .heartbeat(&id, &token, lease, progress, UnixMillis::now())
+            .await?;
+        Ok(Response::new(match outcome {
+            HeartbeatOutcome::Extended(expires) => proto::HeartbeatResponse {
+                lease_expires_at: Some(timestamp(expires)),
+                cancelled: false,
+            },
+            HeartbeatOutcome::Cancelled => proto::HeartbeatResponse {
+                lease_expires_at: None,
+                cancelled: true,
+            },
+        }))
+    }
+
+    async fn complete_job(
+        &self,
+        request: Request<proto::CompleteJobRequest>,
+    ) -> Result<Response<proto::CompleteJobResponse>, Status> {
+        let request = request.into_inner();
+        let id = JobId::parse("job_id", &request.job_id)?;
+        let token = LeaseToken::parse("lease_token", &request.lease_token)?;
+        check_size("result", &request.result, self.max_payload)?;
+        self.store
+            .finish(
+                &id,
+                &token,
+                Outcome::Completed(request.result),
+                UnixMillis::now(),
+            )
+            .await?;
+        Ok(Response::new(proto::CompleteJobResponse {}))
+    }
+
+    async fn fail_job(
+        &self,
+        request: Request<proto::FailJobRequest>,
+    ) -> Result<Response<proto::FailJobResponse>, Status> {
+        let request = request.into_inner();
+        let id = JobId::parse("job_id", &request.job_id)?;
+        let token = LeaseToken::parse("lease_token", &request.lease_token)?;
+        if request.error.is_empty() {
+            return Err(RequestError::invalid("error", "must not be empty").into());
+        }
+        check_text("error", &request.error, MAX_ERROR_MESSAGE)?;
+        let new_state = self
+            .store
+            .finish(
+                &id,
+                &token,
+                Outcome::Failed(request.error),
+                UnixMillis::now(),
+            )
+            .await?;
+        Ok(Response::new(proto::FailJobResponse {
+            state: state(new_state).into(),
+        }))
+    }
+}
+
+fn claimed_response(claimed: Claimed) -> proto::ClaimJobResponse {
+    proto::ClaimJobResponse {
+        job: Some(claimed.job.into()),
+        lease_token: claimed.token.to_string(),
+        lease_expires_at: Some(timestamp(claimed.lease_expires_at)),
+    }
+}

@@ -1,0 +1,175 @@
+//! Builds every part of jobd from a `Config`, and runs it until shutdown.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::transport::Server;
+
+use crate::{
+    api::{
+        JobApi, WorkerApi,
+        proto::{
+            self, job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer,
+        },
+    },
+    config::Config,
+    events::{Channels, EventHub},
+    store::{JobStore, Keys, RedisClients},
+};
+
+/// How long shutdown waits for each of its steps before moving on.
+const SHUTDOWN_STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Room for the rest of a request beside a payload of the maximum size, so that an oversized
+/// payload reaches validation and gets a status that names it.
+const REQUEST_OVERHEAD: usize = 64 * 1024;
+
+pub struct App {
+    config: Config,
+    listener: TcpListener,
+    clients: RedisClients,
+    hub: EventHub,
+    store: JobStore,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl App {
+    /// Connects to Redis (without waiting longer than the command timeout for it to answer)
+    /// and binds the listener, so `local_addr` is known before `run`.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let instance = config.instance_id();
+        let clients =
+            RedisClients::build(&config.redis, &instance).context("invalid Redis configuration")?;
+        let keys = Keys::new(&config.redis.redis_key_prefix);
+        let tracker = TaskTracker::new();
+        let shutdown = CancellationToken::new();
+
+        clients.connect_pool(&tracker, &shutdown);
+        let hub = EventHub::new();
+        hub.start(
+            clients.subscriber.clone(),
+            clients.client_name("subscriber"),
+            Channels {
+                jobs: keys.job_channel(),
+                queues: keys.queue_channel(),
+            },
+            &tracker,
+            shutdown.clone(),
+        );
+        if !clients
+            .wait_connected(config.redis.redis_command_timeout)
+            .await
+        {
+            tracing::warn!(
+                redis = %config.redis.redacted_url(),
+                "Redis is not reachable yet; calls fail with UNAVAILABLE until it is"
+            );
+        }
+
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        let store = JobStore::new(clients.pool.clone(), keys, config.jobs.retention);
+        tracing::info!(
+            instance = %instance,
+            listen = %listener.local_addr()?,
+            redis = %config.redis.redacted_url(),
+            pool_size = config.redis.redis_pool_size,
+            "jobd started"
+        );
+        Ok(Self {
+            config,
+            listener,
+            clients,
+            hub,
+            store,
+            tracker,
+            shutdown,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `signal` resolves, then shuts down in order: stop accepting calls, end
+    /// open streams and waiting claims, wait for tracked tasks, close Redis with QUIT. Each
+    /// step is bounded, so a misbehaving peer cannot hold the process.
+    pub async fn run(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let max_payload = self.config.jobs.max_payload_bytes as usize;
+        let decode_limit = max_payload + REQUEST_OVERHEAD;
+        let job_api = JobApi::new(
+            self.store.clone(),
+            self.hub.clone(),
+            max_payload,
+            self.tracker.clone(),
+            self.shutdown.clone(),
+        );
+        let worker_api = WorkerApi::new(
+            self.store.clone(),
+            self.hub.clone(),
+            self.config.lease_limits(),
+            max_payload,
+            self.shutdown.clone(),
+        );
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<JobServiceServer<JobApi>>()
+            .await;
+        health_reporter
+            .set_serving::<WorkerServiceServer<WorkerApi>>()
+            .await;
+        // Both reflection versions, so that every grpcurl release works.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+
+        let server = Server::builder()
+            .add_service(health_service)
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?)
+            .add_service(JobServiceServer::new(job_api).max_decoding_message_size(decode_limit))
+            .add_service(
+                WorkerServiceServer::new(worker_api).max_decoding_message_size(decode_limit),
+            )
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(self.listener),
+                self.shutdown.clone().cancelled_owned(),
+            );
+        tokio::pin!(server);
+
+        tokio::select! {
+            result = &mut server => {
+                result.context("gRPC server failed")?;
+            }
+            () = signal => {
+                tracing::info!("shutting down");
+                self.shutdown.cancel();
+                match tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, server).await {
+                    Ok(result) => result.context("gRPC server failed")?,
+                    Err(_) => tracing::warn!("calls still open at the shutdown deadline were dropped"),
+                }
+            }
+        }
+
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background tasks still running at the shutdown deadline");
+        }
+        self.clients.quit(SHUTDOWN_STEP_TIMEOUT).await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,234 @@
+//! Configuration: plain data, one sub-struct per part, read from flags and the environment.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Args, Parser};
+
+use crate::domain::LeaseLimits;
+
+/// jobd: job orchestration over gRPC, with all state in Redis.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Config {
+    #[command(flatten)]
+    pub server: ServerConfig,
+    #[command(flatten)]
+    pub redis: RedisConfig,
+    #[command(flatten)]
+    pub jobs: JobsConfig,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServerConfig {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "JOBD_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Name of this process in Redis' CLIENT LIST and in logs [default: <hostname>-<pid>].
+    #[arg(long, env = "JOBD_INSTANCE_ID", value_parser = parse_instance_id)]
+    pub instance_id: Option<String>,
+
+    /// Log format: `text` for people, `json` for log pipelines. The level comes from RUST_LOG.
+    #[arg(long, env = "JOBD_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Args)]
+pub struct RedisConfig {
+    /// Redis to keep all state in: redis://[:password@]host:port[/db]. The password is never logged.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Connections in the command pool; the process holds this many plus one for pub/sub.
+    #[arg(long, env = "JOBD_REDIS_POOL_SIZE", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub redis_pool_size: u16,
+
+    /// How long a Redis command may take before the call fails with UNAVAILABLE.
+    #[arg(long, env = "JOBD_REDIS_COMMAND_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub redis_command_timeout: Duration,
+
+    /// Longest pause between reconnection attempts (they back off exponentially up to it).
+    #[arg(long, env = "JOBD_REDIS_RECONNECT_MAX_DELAY", default_value = "2s", value_parser = parse_duration)]
+    pub redis_reconnect_max_delay: Duration,
+
+    /// Prefix of every key and channel jobd uses, so several deployments can share one Redis.
+    #[arg(long, env = "JOBD_REDIS_KEY_PREFIX", default_value = "jobd", value_parser = parse_key_prefix)]
+    pub redis_key_prefix: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct JobsConfig {
+    /// Largest accepted payload or result, in bytes; larger ones get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "JOBD_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024,
+          value_parser = clap::value_parser!(u32).range(1..=64 * 1024 * 1024))]
+    pub max_payload_bytes: u32,
+
+    /// How long a finished job and its events stay readable.
+    #[arg(long, env = "JOBD_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    pub retention: Duration,
+
+    /// Lease given to a worker that does not ask for one.
+    #[arg(long, env = "JOBD_DEFAULT_LEASE", default_value = "30s", value_parser = parse_duration)]
+    pub default_lease: Duration,
+
+    /// Longest lease a worker may ask for.
+    #[arg(long, env = "JOBD_MAX_LEASE", default_value = "1h", value_parser = parse_duration)]
+    pub max_lease: Duration,
+
+    /// Longest a ClaimJob call may wait for a job.
+    #[arg(long, env = "JOBD_MAX_CLAIM_WAIT", default_value = "60s", value_parser = parse_duration)]
+    pub max_claim_wait: Duration,
+}
+
+/// The shortest lease a worker may ask for: a heartbeat needs at least a round trip.
+const MIN_LEASE: Duration = Duration::from_secs(1);
+
+impl Config {
+    /// Settings of the whole config that no single flag can check.
+    pub fn validate(&self) -> Result<(), String> {
+        url::Url::parse(&self.redis.redis_url)
+            .ok()
+            .filter(|url| matches!(url.scheme(), "redis"))
+            .ok_or("invalid REDIS_URL: expected redis://[:password@]host:port[/db]")?;
+        if self.jobs.default_lease < MIN_LEASE || self.jobs.default_lease > self.jobs.max_lease {
+            return Err("invalid JOBD_DEFAULT_LEASE: must be between 1s and JOBD_MAX_LEASE".into());
+        }
+        if self.jobs.retention < Duration::from_millis(1) {
+            return Err("invalid JOBD_RETENTION: must be at least 1ms".into());
+        }
+        if self.redis.redis_command_timeout.is_zero() {
+            return Err("invalid JOBD_REDIS_COMMAND_TIMEOUT: must be above 0".into());
+        }
+        Ok(())
+    }
+
+    pub fn instance_id(&self) -> String {
+        self.server
+            .instance_id
+            .clone()
+            .unwrap_or_else(default_instance_id)
+    }
+
+    pub fn lease_limits(&self) -> LeaseLimits {
+        LeaseLimits {
+            default_lease: self.jobs.default_lease,
+            min_lease: MIN_LEASE,
+            max_lease: self.jobs.max_lease,
+            max_wait: self.jobs.max_claim_wait,
+        }
+    }
+}
+
+impl RedisConfig {
+    /// The Redis URL with any password replaced, safe for logs.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.redis_url)
+    }
+}
+
+// Written by hand so that the password in the URL can never reach a log through `{:?}`.
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("redis_url", &self.redacted_url())
+            .field("redis_pool_size", &self.redis_pool_size)
+            .field("redis_command_timeout", &self.redis_command_timeout)
+            .field("redis_reconnect_max_delay", &self.redis_reconnect_max_delay)
+            .field("redis_key_prefix", &self.redis_key_prefix)
+            .finish()
+    }
+}
+
+/// Replaces the user name and password of a URL. An unparsable URL is hidden whole, since
+/// it may still hold a password.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                let _ = url.set_password(Some("REDACTED"));
+            }
+            url.to_string()
+        }
+        Err(_) => "<unparsable URL>".to_owned(),
+    }
+}
+
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value).map_err(|e| format!("{e} (examples: 500ms, 2s, 24h)"))
+}
+
+fn parse_instance_id(value: &str) -> Result<String, String> {
+    check_token(value, 64).map(|()| value.to_owned())
+}
+
+fn parse_key_prefix(value: &str) -> Result<String, String> {
+    check_token(value, 64).map(|()| value.to_owned())
+}
+
+/// Instance ids and key prefixes appear in Redis client names and keys: no spaces, no braces.
+fn check_token(value: &str, max: usize) -> Result<(), String> {
+    let valid = !value.is_empty()
+        && value.len() <= max
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be 1 to {max} characters of A-Z a-z 0-9 . _ -"
+        ))
+    }
+}
+
+fn default_instance_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                .take(48)
+                .collect::<String>()
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "jobd".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        let shown = redact_url("redis://:hunter2@db:6379/0");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("db:6379"));
+        let shown = redact_url("redis://admin:hunter2@db:6379");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert_eq!(redact_url("not a url :hunter2@"), "<unparsable URL>");
+    }
+
+    #[test]
+    fn debug_output_has_no_password() {
+        let config =
+            Config::try_parse_from(["jobd", "--redis-url", "redis://:s3cret@h:1"]).unwrap();
+        assert!(!format!("{config:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = Config::try_parse_from(["jobd"]).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.redis.redis_pool_size, 4);
+    }
+}

@@ -1,0 +1,58 @@
+//! Job events: the durable, ordered record of every state change of a job.
+
+use bytes::Bytes;
+
+use super::{JobId, RequestError, UnixMillis, job::check_text};
+
+/// One entry of a job's event log. Sequence numbers start at 1 and have no gaps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobEvent {
+    pub job_id: JobId,
+    pub sequence: u64,
+    pub at: UnixMillis,
+    pub attempt: u32,
+    pub kind: EventKind,
+}
+
+/// What happened, with the details that belong to it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventKind {
+    Queued,
+    Started { worker_id: String },
+    Progress(Progress),
+    Completed { result: Bytes },
+    Failed { error: String },
+    Cancelled { reason: String },
+}
+
+impl EventKind {
+    /// Whether this event ends the job; it is then the last event of its log.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            Self::Completed { .. } | Self::Failed { .. } | Self::Cancelled { .. }
+        )
+    }
+}
+
+/// Progress reported by a worker in a heartbeat.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Progress {
+    pub value: Option<f64>,
+    pub message: String,
+}
+
+const MAX_PROGRESS_MESSAGE: usize = 256;
+
+impl Progress {
+    pub fn new(value: Option<f64>, message: String) -> Result<Self, RequestError> {
+        if value.is_some_and(|v| !v.is_finite()) {
+            return Err(RequestError::invalid(
+                "progress.value",
+                "must be a finite number",
+            ));
+        }
+        check_text("progress.message", &message, MAX_PROGRESS_MESSAGE)?;
+        Ok(Self { value, message })
+    }
+}

@@ -1,0 +1,190 @@
+//! Leases: a worker's time-bounded claim on a job, proven by a token.
+
+use std::{fmt, time::Duration};
+
+use super::{Job, QueueName, RequestError, UnixMillis, WorkerId};
+
+/// The proof that a caller is a job's current worker. A new token is made for every claim, so
+/// the token of an earlier attempt is refused (a fencing token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseToken(String);
+
+const TOKEN_LEN: usize = 32;
+
+impl LeaseToken {
+    /// A fresh token: 128 random bits, hex-encoded.
+    pub fn generate() -> Self {
+        Self(format!("{:032x}", rand::random::<u128>()))
+    }
+
+    pub fn parse(field: &str, value: &str) -> Result<Self, RequestError> {
+        if value.is_empty() {
+            return Err(RequestError::invalid(field, "must not be empty"));
+        }
+        if value.len() != TOKEN_LEN || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(RequestError::invalid(
+                field,
+                "is not a lease token; use the token returned by ClaimJob",
+            ));
+        }
+        Ok(Self(value.to_ascii_lowercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for LeaseToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Bounds on what workers may ask for.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseLimits {
+    pub default_lease: Duration,
+    pub min_lease: Duration,
+    pub max_lease: Duration,
+    pub max_wait: Duration,
+}
+
+impl LeaseLimits {
+    /// The lease a caller asked for, or the default; refused outside the bounds.
+    pub fn lease(&self, field: &str, asked: Option<Duration>) -> Result<Duration, RequestError> {
+        let Some(lease) = asked else {
+            return Ok(self.default_lease);
+        };
+        if lease < self.min_lease || lease > self.max_lease {
+            return Err(RequestError::invalid(
+                field,
+                format!(
+                    "must be between {} and {}",
+                    humantime::format_duration(self.min_lease),
+                    humantime::format_duration(self.max_lease)
+                ),
+            ));
+        }
+        Ok(lease)
+    }
+
+    /// How long a claim may wait; zero when unset.
+    pub fn wait(&self, field: &str, asked: Option<Duration>) -> Result<Duration, RequestError> {
+        let wait = asked.unwrap_or_default();
+        if wait > self.max_wait {
+            return Err(RequestError::invalid(
+                field,
+                format!(
+                    "must be at most {}",
+                    humantime::format_duration(self.max_wait)
+                ),
+            ));
+        }
+        Ok(wait)
+    }
+}
+
+/// A validated ClaimJob request.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub queues: Vec<QueueName>,
+    pub worker: WorkerId,
+    pub lease: Duration,
+    pub wait: Duration,
+}
+
+pub const MAX_CLAIM_QUEUES: usize = 16;
+
+impl ClaimRequest {
+    pub fn new(
+        queues: &[String],
+        worker: &str,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Self, RequestError> {
+        if queues.is_empty() {
+            return Err(RequestError::invalid("queues", "name at least one queue"));
+        }
+        if queues.len() > MAX_CLAIM_QUEUES {
+            return Err(RequestError::invalid(
+                "queues",
+                format!("at most {MAX_CLAIM_QUEUES} queues, got {}", queues.len()),
+            ));
+        }
+        let mut parsed: Vec<QueueName> = Vec::with_capacity(queues.len());
+        for (i, queue) in queues.iter().enumerate() {
+            let queue = QueueName::parse(&format!("queues[{i}]"), queue)?;
+            if !parsed.contains(&queue) {
+                parsed.push(queue);
+            }
+        }
+        Ok(Self {
+            queues: parsed,
+            worker: WorkerId::parse("worker_id", worker)?,
+            lease,
+            wait,
+        })
+    }
+}
+
+/// A job a worker now holds, with the lease that proves it.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub job: Job,
+    pub token: LeaseToken,
+    pub lease_expires_at: UnixMillis,
+}
+
+/// What a heartbeat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeartbeatOutcome {
+    /// The lease was extended to this time.
+    Extended(UnixMillis),
+    /// The job was cancelled; the worker should stop.
+    Cancelled,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_unique_and_parse_back() {
+        let a = LeaseToken::generate();
+        assert_ne!(a, LeaseToken::generate());
+        assert_eq!(LeaseToken::parse("lease_token", a.as_str()).unwrap(), a);
+        assert!(LeaseToken::parse("lease_token", "xyz").is_err());
+        assert!(LeaseToken::parse("lease_token", "").is_err());
+    }
+
+    #[test]
+    fn leases_and_waits_are_bounded() {
+        let limits = LeaseLimits {
+            default_lease: Duration::from_secs(30),
+            min_lease: Duration::from_secs(1),
+            max_lease: Duration::from_secs(3600),
+            max_wait: Duration::from_secs(60),
+        };
+        assert_eq!(
+            limits.lease("lease", None).unwrap(),
+            Duration::from_secs(30)
+        );
+        assert!(
+            limits
+                .lease("lease", Some(Duration::from_millis(10)))
+                .is_err()
+        );
+        assert!(limits.wait("wait", Some(Duration::from_secs(61))).is_err());
+        assert_eq!(limits.wait("wait", None).unwrap(), Duration::ZERO);
+    }
+
+    #[test]
+    fn claim_needs_queues_and_a_worker() {
+        let d = Duration::from_secs(1);
+        assert!(ClaimRequest::new(&[], "w", d, d).is_err());
+        let err = ClaimRequest::new(&["ok".into(), "no way".into()], "w", d, d).unwrap_err();
+        assert!(matches!(err, RequestError::Invalid { field, .. } if field == "queues[1]"));
+        assert!(ClaimRequest::new(&["q".into()], "", d, d).is_err());
+    }
+}

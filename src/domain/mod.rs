@@ -1,0 +1,16 @@
+//! The job model: names, ids, jobs, events and leases, with the rules that keep them valid.
+//! Nothing here knows gRPC or Redis.
+
+mod error;
+mod event;
+mod id;
+mod job;
+mod lease;
+mod names;
+
+pub use error::RequestError;
+pub use event::{EventKind, JobEvent, Progress};
+pub use id::{JobId, JobIdGenerator};
+pub use job::{Job, JobState, NewJob, UnixMillis, check_size, check_text};
+pub use lease::{ClaimRequest, Claimed, HeartbeatOutcome, LeaseLimits, LeaseToken};
+pub use names::{JobKind, QueueName, WorkerId};

@@ -1,0 +1,246 @@
+//! One subscriber connection, fanned out in-process to every local watcher and waiting claim.
+//!
+//! Pub/sub only wakes things up. A job watcher re-reads the job's durable event log after each
+//! wake-up, so a lost message costs nothing but latency; and whenever messages may have been
+//! lost (the subscriber reconnected, or the dispatcher lagged behind its channel) every watcher
+//! and waiting claim is woken to re-read ("resync"). Redis holds exactly two subscriptions per
+//! process, whatever the number of watchers: nothing is subscribed or left behind per watcher.
+
+mod waiters;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use fred::{
+    clients::SubscriberClient,
+    interfaces::{ClientInterface, ClientLike, EventInterface, PubsubInterface},
+    types::Message,
+};
+use tokio::sync::{Notify, broadcast::error::RecvError, watch};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+pub use waiters::{JobWatch, QueueWaiter, Wakeup};
+
+use crate::domain::{JobId, QueueName};
+
+/// Delay before subscribing again after a failed SUBSCRIBE on a live connection.
+const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(250);
+
+/// The process's pub/sub fan-out. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct EventHub {
+    inner: Arc<Inner>,
+}
+
+/// The two channels the hub listens on.
+#[derive(Debug, Clone)]
+pub struct Channels {
+    /// `<sequence> <job id>`: a job has a new event.
+    pub jobs: String,
+    /// `<queue>`: a queue may have a claimable job.
+    pub queues: String,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Latest announced sequence per locally watched job.
+    jobs: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// Wake-ups per queue with local waiting claims, and how many claims wait on each.
+    queues: Mutex<HashMap<QueueName, QueueSlot>>,
+    /// Bumped whenever messages may have been lost; everyone re-reads.
+    resync: watch::Sender<u64>,
+}
+
+struct QueueSlot {
+    notify: Arc<Notify>,
+    waiters: usize,
+}
+
+impl EventHub {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers interest in a job's events. Register before reading the log, so that an
+    /// event written after the read cannot go unnoticed.
+    pub fn watch_job(&self, id: &JobId) -> JobWatch {
+        let key = id.to_string();
+        let receiver = lock(&self.inner.jobs)
+            .entry(key.clone())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe();
+        JobWatch::new(
+            self.inner.clone(),
+            key,
+            receiver,
+            self.inner.resync.subscribe(),
+        )
+    }
+
+    /// Registers a claim waiting on `queues`.
+    pub fn wait_for_queues(&self, queues: &[QueueName]) -> QueueWaiter {
+        let mut slots = lock(&self.inner.queues);
+        let notifies = queues
+            .iter()
+            .map(|queue| {
+                let slot = slots.entry(queue.clone()).or_insert_with(|| QueueSlot {
+                    notify: Arc::new(Notify::new()),
+                    waiters: 0,
+                });
+                slot.waiters += 1;
+                (queue.clone(), slot.notify.clone())
+            })
+            .collect();
+        QueueWaiter::new(self.inner.clone(), notifies, self.inner.resync.subscribe())
+    }
+
+    /// Number of jobs with at least one local watcher.
+    pub fn watched_jobs(&self) -> usize {
+        lock(&self.inner.jobs).len()
+    }
+
+    /// Connects the subscriber and runs the dispatcher until `shutdown`.
+    ///
+    /// On every (re)connection the dispatcher names the connection, subscribes, and only then
+    /// resyncs everyone: an event published before the subscription was acknowledged is
+    /// found by that re-read.
+    pub fn start(
+        &self,
+        subscriber: SubscriberClient,
+        client_name: String,
+        channels: Channels,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+    ) {
+        // Both receivers exist before connecting, so the first connection's event is seen.
+        let messages = subscriber.message_rx();
+        let reconnects = subscriber.reconnect_rx();
+        subscriber.connect();
+        let dispatcher = Dispatcher {
+            inner: self.inner.clone(),
+            subscriber,
+            client_name,
+            channels,
+        };
+        tracker.spawn(dispatcher.run(messages, reconnects, shutdown));
+    }
+}
+
+struct Dispatcher {
+    inner: Arc<Inner>,
+    subscriber: SubscriberClient,
+    client_name: String,
+    channels: Channels,
+}
+
+impl Dispatcher {
+    async fn run(
+        self,
+        mut messages: tokio::sync::broadcast::Receiver<Message>,
+        mut reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                event = reconnects.recv() => match event {
+                    Ok(_) | Err(RecvError::Lagged(_)) => self.subscribe(&shutdown).await,
+                    Err(RecvError::Closed) => return,
+                },
+                message = messages.recv() => match message {
+                    Ok(message) => self.dispatch(&message),
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "pub/sub dispatcher lagged; watchers re-read their logs");
+                        self.inner.resync();
+                    }
+                    Err(RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+
+    /// Names the fresh connection, subscribes, then resyncs. Retries while the connection is
+    /// up; when it is down, the next reconnection brings us back here.
+    async fn subscribe(&self, shutdown: &CancellationToken) {
+        loop {
+            // SETNAME is refused on a connection already in subscribed mode (a spurious
+            // wake-up): that connection already has its name.
+            if let Err(error) = self
+                .subscriber
+                .client_setname(self.client_name.clone())
+                .await
+            {
+                tracing::debug!(%error, "could not name the subscriber connection");
+            }
+            let channels = vec![self.channels.jobs.clone(), self.channels.queues.clone()];
+            match self.subscriber.subscribe(channels).await {
+                Ok(()) => {
+                    tracing::debug!("subscribed to wake-up channels");
+                    self.inner.resync();
+                    return;
+                }
+                Err(error) => tracing::warn!(%error, "could not subscribe to wake-up channels"),
+            }
+            if !self.subscriber.is_connected() {
+                return;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(RESUBSCRIBE_DELAY) => {}
+            }
+        }
+    }
+
+    fn dispatch(&self, message: &Message) {
+        let Some(text) = message.value.as_str() else {
+            return;
+        };
+        if *message.channel == *self.channels.jobs {
+            let Some((sequence, job)) = text.split_once(' ') else {
+                return;
+            };
+            let Ok(sequence) = sequence.parse::<u64>() else {
+                return;
+            };
+            if let Some(sender) = lock(&self.inner.jobs).get(job) {
+                sender.send_if_modified(|latest| {
+                    let newer = sequence > *latest;
+                    if newer {
+                        *latest = sequence;
+                    }
+                    newer
+                });
+            }
+        } else if *message.channel == *self.channels.queues {
+            let Ok(queue) = QueueName::parse("queue", &text) else {
+                return;
+            };
+            if let Some(slot) = lock(&self.inner.queues).get(&queue) {
+                // Wake one waiting claim: one new job, one claimer. A woken claim that finds
+                // nothing goes back to waiting; one that is gone passes the wake-up on.
+                slot.notify.notify_one();
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn resync(&self) {
+        self.resync.send_modify(|epoch| *epoch += 1);
+        for slot in lock(&self.queues).values() {
+            slot.notify.notify_waiters();
+        }
+    }
+}
+
+/// The maps stay consistent under any panic (each update is one step), so a poisoned lock is
+/// safe to keep using.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

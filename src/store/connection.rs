@@ -1,0 +1,154 @@
+//! The process's Redis connections: one command pool and one subscriber, built at startup,
+//! named in CLIENT LIST, bounded in time, and closed with QUIT on shutdown.
+
+use std::time::Duration;
+
+use fred::{
+    clients::{Client, Pool, SubscriberClient},
+    interfaces::{ClientInterface, ClientLike, EventInterface},
+    prelude::ReconnectPolicy,
+    types::{
+        Builder,
+        config::{Config as FredConfig, TcpConfig, UnresponsiveConfig},
+    },
+};
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::config::RedisConfig;
+
+/// Broadcast capacity of the subscriber's message channel. A burst beyond it makes the
+/// dispatcher lag, which it answers with a resync of every watcher (see `events`).
+const PUBSUB_CAPACITY: usize = 16 * 1024;
+
+/// The Redis clients of one jobd process: `pool size + 1` connections in all.
+#[derive(Clone)]
+pub struct RedisClients {
+    pub pool: Pool,
+    pub subscriber: SubscriberClient,
+    instance: String,
+}
+
+impl RedisClients {
+    /// Builds the clients without connecting. Commands time out after the configured command
+    /// timeout; commands written while Redis is away fail by then instead of queueing without
+    /// bound, and are not replayed after they timed out.
+    pub fn build(config: &RedisConfig, instance: &str) -> Result<Self, fred::error::Error> {
+        let mut fred_config = FredConfig::from_url(&config.redis_url)?;
+        // Keep retrying the first connection too: jobd starts and reports NOT_SERVING until
+        // Redis answers, rather than crash-looping.
+        fred_config.fail_fast = false;
+        let timeout = config.redis_command_timeout;
+        let max_delay =
+            u32::try_from(config.redis_reconnect_max_delay.as_millis()).unwrap_or(u32::MAX);
+        let mut builder = Builder::from_config(fred_config);
+        builder
+            .set_policy(ReconnectPolicy::new_exponential(
+                0,
+                50,
+                max_delay.max(50),
+                2,
+            ))
+            .with_connection_config(|connection| {
+                connection.connection_timeout = timeout;
+                connection.internal_command_timeout = timeout;
+                connection.max_command_attempts = 2;
+                connection.unresponsive = UnresponsiveConfig {
+                    max_timeout: Some(timeout),
+                    interval: Duration::from_millis(500).min(timeout),
+                };
+                connection.tcp = TcpConfig {
+                    nodelay: Some(true),
+                    ..TcpConfig::default()
+                };
+            })
+            .with_performance_config(|performance| {
+                performance.default_command_timeout = timeout;
+                performance.broadcast_channel_capacity = PUBSUB_CAPACITY;
+            });
+        Ok(Self {
+            pool: builder.build_pool(usize::from(config.redis_pool_size))?,
+            subscriber: builder.build_subscriber_client()?,
+            instance: instance.to_owned(),
+        })
+    }
+
+    /// The CLIENT SETNAME name of a connection: `jobd:<instance>:<role>`.
+    pub fn client_name(&self, role: &str) -> String {
+        format!("jobd:{}:{role}", self.instance)
+    }
+
+    /// Starts the pool's connections and keeps each one named across reconnects. The
+    /// subscriber is connected by the event hub, which must name and subscribe it in order.
+    pub fn connect_pool(&self, tracker: &TaskTracker, shutdown: &CancellationToken) {
+        for (index, client) in self.pool.clients().iter().enumerate() {
+            // Subscribe to connection events before connecting, so the first one is seen.
+            let reconnects = client.reconnect_rx();
+            tracker.spawn(keep_named(
+                client.clone(),
+                reconnects,
+                self.client_name(&format!("pool-{index}")),
+                shutdown.clone(),
+            ));
+            client.connect();
+        }
+    }
+
+    /// Waits until every connection is up, or gives up after `timeout`.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let all = async {
+            let _ = self.pool.wait_for_connect().await;
+            let _ = self.subscriber.wait_for_connect().await;
+        };
+        tokio::time::timeout(timeout, all).await.is_ok()
+    }
+
+    pub fn pool_connected(&self) -> bool {
+        self.pool
+            .clients()
+            .iter()
+            .all(|client| client.is_connected())
+    }
+
+    pub fn subscriber_connected(&self) -> bool {
+        self.subscriber.is_connected()
+    }
+
+    /// Closes every connection with QUIT, waiting at most `timeout`.
+    pub async fn quit(&self, timeout: Duration) {
+        let quit = async {
+            let (pool, subscriber) = tokio::join!(self.pool.quit(), self.subscriber.quit());
+            for result in [pool, subscriber] {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "QUIT failed; the connection closes anyway");
+                }
+            }
+        };
+        if tokio::time::timeout(timeout, quit).await.is_err() {
+            tracing::warn!("Redis QUIT did not finish in time; closing connections");
+        }
+    }
+}
+
+/// Names the client's connection on every (re)connect. fred reports the first connection
+/// as a reconnection too, so this also names it the first time.
+async fn keep_named(
+    client: Client,
+    mut reconnects: broadcast::Receiver<fred::types::config::Server>,
+    name: String,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            event = reconnects.recv() => match event {
+                Ok(_) | Err(RecvError::Lagged(_)) => {
+                    if let Err(error) = client.client_setname(name.clone()).await {
+                        tracing::warn!(%error, %name, "could not name a Redis connection");
+                    }
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+}

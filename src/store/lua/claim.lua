@@ -1,0 +1,42 @@
+-- Claims up to ARGV[4] of the candidate jobs that are still ready, in the order given.
+-- The caller reads the candidates from the head of the ready set; a candidate another worker
+-- took meanwhile is skipped (ZREM returns 0), so each job is claimed by exactly one worker.
+--
+-- KEYS[1]     queue's ready set
+-- KEYS[2]     queue's running set (sorted set, score = lease expiry, Unix ms)
+-- KEYS[3..n]  candidate job hashes
+-- ARGV[1]     now, Unix ms
+-- ARGV[2]     lease, ms
+-- ARGV[3]     worker id
+-- ARGV[4]     how many jobs to claim at most
+-- ARGV[5]     job wake-up channel
+-- ARGV[6..]   per candidate, in KEYS order: job id, new lease token
+-- returns     one entry per claimed job:
+--             {job id, token, kind, payload, labels, attempt, created, seq, lease expiry}
+
+local now = tonumber(ARGV[1])
+local lease = tonumber(ARGV[2])
+local want = tonumber(ARGV[4])
+local expires = now + lease
+local claimed = {}
+for i = 3, #KEYS do
+  if #claimed >= want then break end
+  local id = ARGV[6 + (i - 3) * 2]
+  local token = ARGV[7 + (i - 3) * 2]
+  if redis.call('ZREM', KEYS[1], id) == 1 then
+    local job = redis.call('HMGET', KEYS[i], 'kind', 'payload', 'labels', 'attempt', 'created', 'seq')
+    -- A ready entry without its job hash is an orphan: removing it above is all there is to do.
+    if job[6] then
+      local attempt = tonumber(job[4]) + 1
+      local seq = tonumber(job[6]) + 1
+      redis.call('HSET', KEYS[i],
+        'state', 'running', 'attempt', attempt, 'seq', seq, 'token', token,
+        'worker', ARGV[3], 'started', now, 'lease_ms', lease, 'lease_until', expires,
+        'e:' .. seq, cmsgpack.pack({t = 'started', at = now, a = attempt, w = ARGV[3]}))
+      redis.call('ZADD', KEYS[2], expires, id)
+      redis.call('PUBLISH', ARGV[5], seq .. ' ' .. id)
+      claimed[#claimed + 1] = {id, token, job[1], job[2], job[3], attempt, job[5], seq, expires}
+    end
+  end
+end
+return claimed

@@ -1,0 +1,167 @@
+//! The real binary: configuration errors, and no password in any log line.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use crate::support::*;
+
+const JOBD: &str = env!("CARGO_BIN_EXE_jobd");
+
+#[test]
+fn an_invalid_setting_exits_64_with_one_line_naming_it() {
+    for (args, env, mentions) in [
+        (vec!["--redis-pool-size", "0"], None, "redis-pool-size"),
+        (vec!["--listen", "nowhere"], None, "listen"),
+        (
+            vec![],
+            Some(("JOBD_REDIS_COMMAND_TIMEOUT", "soon")),
+            "redis-command-timeout",
+        ),
+        (vec![], Some(("REDIS_URL", "http://example")), "REDIS_URL"),
+    ] {
+        let mut command = Command::new(JOBD);
+        command.args(&args).env_remove("REDIS_URL");
+        if let Some((key, value)) = env {
+            command.env(key, value);
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(mentions), "{stderr:?} names {mentions}");
+    }
+    let help = Command::new(JOBD).arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout);
+    for setting in [
+        "REDIS_URL",
+        "JOBD_LISTEN",
+        "JOBD_REDIS_POOL_SIZE",
+        "JOBD_REDIS_COMMAND_TIMEOUT",
+        "JOBD_MAX_PAYLOAD_BYTES",
+    ] {
+        assert!(help.contains(setting), "--help documents {setting}");
+    }
+}
+
+/// Runs the binary until SIGTERM, collecting everything it logs.
+struct Running {
+    child: std::process::Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Running {
+    fn start(redis_url: &str, extra: &[&str]) -> Self {
+        let mut child = Command::new(JOBD)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--redis-command-timeout",
+                "500ms",
+            ])
+            .args(extra)
+            .env("REDIS_URL", redis_url)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        for pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        Self { child, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    async fn wait_for(&self, text: &str) {
+        eventually(Duration::from_secs(20), text, || async {
+            self.log().contains(text).then_some(())
+        })
+        .await;
+    }
+
+    /// The address from the startup line.
+    fn address(&self) -> String {
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("jobd started"))
+            .expect("startup line");
+        let at = line.find("127.0.0.1:").expect("listen address");
+        let port: String = line[at + 10..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        format!("127.0.0.1:{port}")
+    }
+
+    fn terminate(mut self) -> (Option<i32>, String) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        (status.code(), self.log())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_password_never_reaches_the_logs() {
+    const PASSWORD: &str = "pw-5ecr3t-do-not-log";
+    let redis = RedisServer::start_with(&["--requirepass", PASSWORD]);
+    for format in ["text", "json"] {
+        let url = format!("redis://:{PASSWORD}@127.0.0.1:{}", redis.port());
+        let jobd = Running::start(&url, &["--log-format", format]);
+        jobd.wait_for("jobd started").await;
+        let mut jobs = jobd::api::proto::job_service_client::JobServiceClient::connect(format!(
+            "http://{}",
+            jobd.address()
+        ))
+        .await
+        .unwrap();
+        submit(&mut jobs, "q", b"").await;
+        let (code, log) = jobd.terminate();
+        assert_eq!(code, Some(0), "{log}");
+        assert!(
+            log.contains("REDACTED"),
+            "the URL is logged, redacted: {log}"
+        );
+        assert!(
+            !log.contains(PASSWORD),
+            "password leaked in {format} logs:\n{log}"
+        );
+    }
+
+    // A wrong password makes fred log authentication errors: they must not carry it either.
+    let wrong = "wrong-pw-also-secret";
+    let jobd = Running::start(&format!("redis://:{wrong}@127.0.0.1:{}", redis.port()), &[]);
+    jobd.wait_for("jobd started").await;
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, log) = jobd.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains(wrong), "password leaked:\n{log}");
+    assert_eq!(
+        redis.cli_auth(Some(PASSWORD), &["PING"]),
+        "PONG",
+        "the password was right for the server"
+    );
+}

@@ -1,0 +1,130 @@
+//! Cancellation of queued and running jobs: never reported as completion.
+
+use std::time::Duration;
+
+use jobd::api::proto::{self, EventType, JobState};
+use tonic::Code;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_queued_job() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    let job = submit(&mut jobs, "q", b"").await;
+    let mut client = server.jobs().await;
+    let id = job.id.clone();
+    let watcher = tokio::spawn(async move { watch_to_end(&mut client, &id, 0).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let cancelled = jobs
+        .cancel_job(proto::CancelJobRequest {
+            job_id: job.id.clone(),
+            reason: "not needed".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(cancelled.state(), JobState::Cancelled);
+    assert_eq!(cancelled.cancel_reason, "not needed");
+    assert!(cancelled.finished_at.is_some());
+
+    let (events, end) = tokio::time::timeout(Duration::from_secs(10), watcher)
+        .await
+        .unwrap()
+        .unwrap();
+    end.expect("the stream ends with OK");
+    assert_eq!(types(&events), [EventType::Queued, EventType::Cancelled]);
+    assert_eq!(events[1].reason, "not needed");
+
+    // The cancelled job is no longer claimable.
+    let none = workers
+        .claim_job(claim_request("q", Duration::ZERO))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(none.job.is_none());
+
+    // Cancelling again returns the job unchanged.
+    let again = jobs
+        .cancel_job(proto::CancelJobRequest {
+            job_id: job.id.clone(),
+            reason: "again".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(again, cancelled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_job_tells_the_worker_and_refuses_its_result() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    let job = submit(&mut jobs, "q", b"").await;
+    let claimed = claim(&mut workers, "q").await;
+    let mut client = server.jobs().await;
+    let id = job.id.clone();
+    let watcher = tokio::spawn(async move { watch_to_end(&mut client, &id, 0).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let cancelled = jobs
+        .cancel_job(proto::CancelJobRequest {
+            job_id: job.id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(cancelled.state(), JobState::Cancelled);
+
+    let (events, end) = tokio::time::timeout(Duration::from_secs(10), watcher)
+        .await
+        .unwrap()
+        .unwrap();
+    end.expect("the stream ends with OK");
+    assert_eq!(
+        types(&events),
+        [EventType::Queued, EventType::Started, EventType::Cancelled]
+    );
+
+    let beat = workers
+        .heartbeat(proto::HeartbeatRequest {
+            job_id: job.id.clone(),
+            lease_token: claimed.lease_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(beat.cancelled, "the heartbeat tells the worker to stop");
+    assert!(beat.lease_expires_at.is_none());
+
+    let refused = complete(&mut workers, &claimed, b"too late")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("cancelled"),
+        "{}",
+        refused.message()
+    );
+    let stored = get(&mut jobs, &job.id).await;
+    assert_eq!(
+        stored.state(),
+        JobState::Cancelled,
+        "cancellation is never reported as completion"
+    );
+    assert!(stored.result.is_empty());
+    assert_eq!(stored.last_sequence, 3);
+}

@@ -1,0 +1,412 @@
+//! Each error status, with a message that names the problem, and nothing written.
+
+use std::time::Duration;
+
+use jobd::api::proto::{self, JobState};
+use tonic::Code;
+
+use crate::support::*;
+
+fn assert_status(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code, mentions: &str) {
+    let status = result.expect_err("the call must fail");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(
+        status.message().contains(mentions),
+        "message {:?} should mention {mentions:?}",
+        status.message()
+    );
+}
+
+fn submit_request(queue: &str, kind: &str, payload: Vec<u8>) -> proto::SubmitJobRequest {
+    proto::SubmitJobRequest {
+        queue: queue.into(),
+        kind: kind.into(),
+        payload: payload.into(),
+        labels: Default::default(),
+    }
+}
+
+/// Job keys in Redis, to prove a refused call wrote nothing.
+fn job_keys(redis: &RedisServer) -> usize {
+    redis
+        .cli(&["--scan", "--pattern", "jobd:*:job:*"])
+        .lines()
+        .filter(|l| !l.is_empty())
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_submissions_are_refused_by_field() {
+    let redis = RedisServer::start();
+    let server = TestServer::start_with(
+        &redis.url(),
+        Settings {
+            max_payload: Some(1024),
+            ..Settings::default()
+        },
+    )
+    .await;
+    let mut jobs = server.jobs().await;
+
+    assert_status(
+        jobs.submit_job(submit_request("", "k", vec![])).await,
+        Code::InvalidArgument,
+        "queue",
+    );
+    assert_status(
+        jobs.submit_job(submit_request("has space", "k", vec![]))
+            .await,
+        Code::InvalidArgument,
+        "queue",
+    );
+    assert_status(
+        jobs.submit_job(submit_request(&"q".repeat(65), "k", vec![]))
+            .await,
+        Code::InvalidArgument,
+        "queue",
+    );
+    assert_status(
+        jobs.submit_job(submit_request("q", "{tag}", vec![])).await,
+        Code::InvalidArgument,
+        "kind",
+    );
+    let mut labels = submit_request("q", "k", vec![]);
+    labels.labels.insert(String::new(), "v".into());
+    assert_status(
+        jobs.submit_job(labels).await,
+        Code::InvalidArgument,
+        "labels",
+    );
+    assert_status(
+        jobs.submit_job(submit_request("q", "k", vec![0; 1025]))
+            .await,
+        Code::ResourceExhausted,
+        "payload",
+    );
+    assert_eq!(job_keys(&redis), 0, "refused submissions wrote nothing");
+
+    // At the limit is fine.
+    jobs.submit_job(submit_request("q", "k", vec![0; 1024]))
+        .await
+        .unwrap();
+    assert_eq!(job_keys(&redis), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_payload_limit_is_one_mebibyte() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    jobs.submit_job(submit_request("q", "k", vec![7; 1024 * 1024]))
+        .await
+        .unwrap();
+    assert_status(
+        jobs.submit_job(submit_request("q", "k", vec![7; 1024 * 1024 + 1]))
+            .await,
+        Code::ResourceExhausted,
+        "payload",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_unknown_ids() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    let real = submit(&mut jobs, "q", b"").await;
+    // Well-formed, but never submitted: same queue, another ULID.
+    let unknown = format!("q.{}", "0".repeat(26));
+    assert_ne!(unknown, real.id);
+
+    for bad in [
+        "",
+        "nope",
+        "q.not-a-ulid-at-all-000000000",
+        "q 01ARZ3NDEKTSV4RRFFQ69G5FAV",
+    ] {
+        let get = jobs
+            .get_job(proto::GetJobRequest { job_id: bad.into() })
+            .await;
+        assert_status(get, Code::InvalidArgument, "job_id");
+        let cancel = jobs
+            .cancel_job(proto::CancelJobRequest {
+                job_id: bad.into(),
+                reason: String::new(),
+            })
+            .await;
+        assert_status(cancel, Code::InvalidArgument, "job_id");
+        let watch = jobs
+            .watch_job(proto::WatchJobRequest {
+                job_id: bad.into(),
+                after_sequence: 0,
+            })
+            .await;
+        assert_status(watch.map(|_| ()), Code::InvalidArgument, "job_id");
+    }
+
+    assert_status(
+        jobs.get_job(proto::GetJobRequest {
+            job_id: unknown.clone(),
+        })
+        .await,
+        Code::NotFound,
+        "not found",
+    );
+    assert_status(
+        jobs.cancel_job(proto::CancelJobRequest {
+            job_id: unknown.clone(),
+            reason: String::new(),
+        })
+        .await,
+        Code::NotFound,
+        "not found",
+    );
+    let (events, end) = watch_to_end(&mut jobs, &unknown, 0).await;
+    assert!(events.is_empty());
+    assert_status(end, Code::NotFound, "not found");
+    let token = "0".repeat(32);
+    let heartbeat = workers
+        .heartbeat(proto::HeartbeatRequest {
+            job_id: unknown.clone(),
+            lease_token: token.clone(),
+            ..Default::default()
+        })
+        .await;
+    assert_status(heartbeat, Code::NotFound, "not found");
+    let complete = workers
+        .complete_job(proto::CompleteJobRequest {
+            job_id: unknown,
+            lease_token: token,
+            result: Default::default(),
+        })
+        .await;
+    assert_status(complete, Code::NotFound, "not found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_worker_requests_are_refused_by_field() {
+    let redis = RedisServer::start();
+    let server = TestServer::start_with(
+        &redis.url(),
+        Settings {
+            max_payload: Some(16),
+            ..Settings::default()
+        },
+    )
+    .await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+
+    let mut no_queues = claim_request("q", Duration::ZERO);
+    no_queues.queues.clear();
+    assert_status(
+        workers.claim_job(no_queues).await,
+        Code::InvalidArgument,
+        "queues",
+    );
+    let mut bad_queue = claim_request("q", Duration::ZERO);
+    bad_queue.queues.push("not ok".into());
+    assert_status(
+        workers.claim_job(bad_queue).await,
+        Code::InvalidArgument,
+        "queues[1]",
+    );
+    let mut no_worker = claim_request("q", Duration::ZERO);
+    no_worker.worker_id.clear();
+    assert_status(
+        workers.claim_job(no_worker).await,
+        Code::InvalidArgument,
+        "worker_id",
+    );
+    let mut short_lease = claim_request("q", Duration::ZERO);
+    short_lease.lease = Some(prost_types::Duration {
+        seconds: 0,
+        nanos: 1_000_000,
+    });
+    assert_status(
+        workers.claim_job(short_lease).await,
+        Code::InvalidArgument,
+        "lease",
+    );
+    let mut long_wait = claim_request("q", Duration::ZERO);
+    long_wait.wait = Some(prost_types::Duration {
+        seconds: 3600,
+        nanos: 0,
+    });
+    assert_status(
+        workers.claim_job(long_wait).await,
+        Code::InvalidArgument,
+        "wait",
+    );
+    let mut negative_wait = claim_request("q", Duration::ZERO);
+    negative_wait.wait = Some(prost_types::Duration {
+        seconds: -1,
+        nanos: 0,
+    });
+    assert_status(
+        workers.claim_job(negative_wait).await,
+        Code::InvalidArgument,
+        "wait",
+    );
+
+    let job = submit(&mut jobs, "q", b"").await;
+    let claimed = claim(&mut workers, "q").await;
+    let bad_token = workers
+        .complete_job(proto::CompleteJobRequest {
+            job_id: job.id.clone(),
+            lease_token: "not-a-token".into(),
+            result: Default::default(),
+        })
+        .await;
+    assert_status(bad_token, Code::InvalidArgument, "lease_token");
+    let big_result = workers
+        .complete_job(proto::CompleteJobRequest {
+            job_id: job.id.clone(),
+            lease_token: claimed.lease_token.clone(),
+            result: vec![0; 17].into(),
+        })
+        .await;
+    assert_status(big_result, Code::ResourceExhausted, "result");
+    let no_error = workers
+        .fail_job(proto::FailJobRequest {
+            job_id: job.id.clone(),
+            lease_token: claimed.lease_token.clone(),
+            error: String::new(),
+        })
+        .await;
+    assert_status(no_error, Code::InvalidArgument, "error");
+    let bad_progress = workers
+        .heartbeat(proto::HeartbeatRequest {
+            job_id: job.id.clone(),
+            lease_token: claimed.lease_token.clone(),
+            lease: None,
+            progress: Some(proto::Progress {
+                value: Some(f64::NAN),
+                message: String::new(),
+            }),
+        })
+        .await;
+    assert_status(bad_progress, Code::InvalidArgument, "progress.value");
+
+    let unchanged = get(&mut jobs, &job.id).await;
+    assert_eq!(unchanged.state(), JobState::Running);
+    assert_eq!(unchanged.last_sequence, 2, "refused calls recorded nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_lease_token_is_refused_and_changes_nothing() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    let job = submit(&mut jobs, "q", b"").await;
+    let claimed = claim(&mut workers, "q").await;
+    let before = get(&mut jobs, &job.id).await;
+
+    let mut stale = claimed.clone();
+    stale.lease_token = "f".repeat(32);
+    assert_status(
+        complete(&mut workers, &stale, b"x").await,
+        Code::FailedPrecondition,
+        "lease token",
+    );
+    let heartbeat = workers
+        .heartbeat(proto::HeartbeatRequest {
+            job_id: job.id.clone(),
+            lease_token: stale.lease_token.clone(),
+            lease: None,
+            progress: Some(proto::Progress {
+                value: Some(1.0),
+                message: String::new(),
+            }),
+        })
+        .await;
+    assert_status(heartbeat, Code::FailedPrecondition, "lease token");
+    let fail = workers
+        .fail_job(proto::FailJobRequest {
+            job_id: job.id.clone(),
+            lease_token: stale.lease_token.clone(),
+            error: "nope".into(),
+        })
+        .await;
+    assert_status(fail, Code::FailedPrecondition, "lease token");
+    assert_eq!(get(&mut jobs, &job.id).await, before, "nothing changed");
+
+    // After the job completes, the old token cannot fail it either.
+    complete(&mut workers, &claimed, b"ok").await.unwrap();
+    let done = get(&mut jobs, &job.id).await;
+    let fail = workers
+        .fail_job(proto::FailJobRequest {
+            job_id: job.id.clone(),
+            lease_token: claimed.lease_token.clone(),
+            error: "late".into(),
+        })
+        .await;
+    assert_status(fail, Code::FailedPrecondition, "already completed");
+    assert_eq!(get(&mut jobs, &job.id).await, done);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_finished_job_is_a_failed_precondition() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    let completed = submit(&mut jobs, "q", b"").await;
+    let claimed = claim(&mut workers, "q").await;
+    complete(&mut workers, &claimed, b"").await.unwrap();
+    let failed = submit(&mut jobs, "q", b"").await;
+    let claimed = claim(&mut workers, "q").await;
+    workers
+        .fail_job(proto::FailJobRequest {
+            job_id: failed.id.clone(),
+            lease_token: claimed.lease_token,
+            error: "boom".into(),
+        })
+        .await
+        .unwrap();
+    for (id, state) in [(&completed.id, "completed"), (&failed.id, "failed")] {
+        let cancel = jobs
+            .cancel_job(proto::CancelJobRequest {
+                job_id: id.clone(),
+                reason: "late".into(),
+            })
+            .await;
+        assert_status(cancel, Code::FailedPrecondition, state);
+    }
+    assert_eq!(
+        get(&mut jobs, &completed.id).await.state(),
+        JobState::Completed
+    );
+    assert_eq!(get(&mut jobs, &failed.id).await.state(), JobState::Failed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_errors_hide_their_cause() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let job = submit(&mut jobs, "q", b"").await;
+    // Make the job's key hold the wrong type: Redis answers WRONGTYPE.
+    let key = redis.cli(&["--scan", "--pattern", "jobd:*:job:*"]);
+    redis.cli(&["DEL", &key]);
+    redis.cli(&["SET", &key, "garbage"]);
+    let status = jobs
+        .get_job(proto::GetJobRequest {
+            job_id: job.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Internal);
+    assert_eq!(status.message(), "internal error");
+    // Data jobd did not write is also internal, not a crash.
+    redis.cli(&["DEL", &key]);
+    redis.cli(&["HSET", &key, "state", "bogus", "kind", "k", "seq", "1"]);
+    let status = jobs
+        .get_job(proto::GetJobRequest { job_id: job.id })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Internal);
+    assert_eq!(status.message(), "internal error");
+}

@@ -1,0 +1,271 @@
+//! Every RPC and state transition of the happy paths.
+
+use std::time::{Duration, Instant};
+
+use jobd::api::proto::{self, EventType, JobState};
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_then_get_returns_what_was_submitted() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+
+    let submitted = jobs
+        .submit_job(proto::SubmitJobRequest {
+            queue: "emails".into(),
+            kind: "welcome".into(),
+            payload: b"\x00\x01binary".to_vec().into(),
+            labels: [("tenant".to_owned(), "acme".to_owned())].into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(submitted.state(), JobState::Queued);
+    assert!(!submitted.id.is_empty());
+
+    let job = get(&mut jobs, &submitted.id).await;
+    assert_eq!(job.id, submitted.id);
+    assert_eq!(job.queue, "emails");
+    assert_eq!(job.kind, "welcome");
+    assert_eq!(job.state(), JobState::Queued);
+    assert_eq!(job.attempt, 0);
+    assert_eq!(&job.payload[..], b"\x00\x01binary");
+    assert_eq!(job.labels.get("tenant").map(String::as_str), Some("acme"));
+    assert!(job.created_at.is_some());
+    assert!(job.started_at.is_none() && job.finished_at.is_none());
+    assert_eq!(job.last_sequence, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_heartbeat_complete() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    let job = submit(&mut jobs, "q", b"in").await;
+
+    let claimed = claim(&mut workers, "q").await;
+    let running = claimed.job.clone().unwrap();
+    assert_eq!(running.id, job.id);
+    assert_eq!(running.state(), JobState::Running);
+    assert_eq!(running.attempt, 1);
+    assert_eq!(&running.payload[..], b"in");
+    assert_eq!(claimed.lease_token.len(), 32);
+    let first_expiry = claimed.lease_expires_at.unwrap();
+
+    let stored = get(&mut jobs, &job.id).await;
+    assert_eq!(stored.state(), JobState::Running);
+    assert!(stored.started_at.is_some());
+
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let beat = workers
+        .heartbeat(proto::HeartbeatRequest {
+            job_id: job.id.clone(),
+            lease_token: claimed.lease_token.clone(),
+            lease: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+            progress: Some(proto::Progress {
+                value: Some(42.5),
+                message: "halfway".into(),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!beat.cancelled);
+    let extended = beat.lease_expires_at.unwrap();
+    assert!(
+        extended.seconds > first_expiry.seconds + 20,
+        "lease extended to 60 s"
+    );
+
+    complete(&mut workers, &claimed, b"out").await.unwrap();
+    let done = get(&mut jobs, &job.id).await;
+    assert_eq!(done.state(), JobState::Completed);
+    assert_eq!(&done.result[..], b"out");
+    assert!(done.finished_at.is_some());
+
+    let (events, end) = watch_to_end(&mut jobs, &job.id, 0).await;
+    end.unwrap();
+    assert_eq!(
+        types(&events),
+        [
+            EventType::Queued,
+            EventType::Started,
+            EventType::Progress,
+            EventType::Completed
+        ]
+    );
+    assert_eq!(sequences(&events), [1, 2, 3, 4]);
+    assert_eq!(events[1].worker_id, "test-worker");
+    assert_eq!(events[1].attempt, 1);
+    let progress = events[2].progress.clone().unwrap();
+    assert_eq!(progress.value, Some(42.5));
+    assert_eq!(progress.message, "halfway");
+    assert_eq!(&events[3].result[..], b"out");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.job_id == job.id && e.time.is_some())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_makes_the_job_failed() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    let job = submit(&mut jobs, "q", b"").await;
+    let claimed = claim(&mut workers, "q").await;
+
+    let failed = workers
+        .fail_job(proto::FailJobRequest {
+            job_id: job.id.clone(),
+            lease_token: claimed.lease_token.clone(),
+            error: "disk full".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(failed.state(), JobState::Failed);
+
+    let stored = get(&mut jobs, &job.id).await;
+    assert_eq!(stored.state(), JobState::Failed);
+    assert_eq!(stored.error, "disk full");
+    let (events, end) = watch_to_end(&mut jobs, &job.id, 0).await;
+    end.unwrap();
+    assert_eq!(types(&events).last(), Some(&EventType::Failed));
+    assert_eq!(events.last().unwrap().error, "disk full");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_are_fifo_and_each_job_goes_to_one_worker() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut ids = Vec::new();
+    for i in 0..20u8 {
+        ids.push(submit(&mut jobs, "fifo", &[i]).await.id);
+    }
+    // Ten concurrent claimers race for twenty jobs: every job is claimed exactly once.
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let mut workers = server.workers().await;
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..2 {
+                got.push(claim(&mut workers, "fifo").await.job.unwrap().id);
+            }
+            got
+        }));
+    }
+    let mut claimed = Vec::new();
+    for task in tasks {
+        claimed.extend(task.await.unwrap());
+    }
+    claimed.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(claimed, expected);
+
+    // One worker alone sees submission order.
+    let mut ordered = Vec::new();
+    for i in 0..5u8 {
+        ordered.push(submit(&mut jobs, "order", &[i]).await.id);
+    }
+    let mut workers = server.workers().await;
+    for id in ordered {
+        assert_eq!(claim(&mut workers, "order").await.job.unwrap().id, id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_without_a_job_returns_nothing_after_the_wait() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut workers = server.workers().await;
+
+    let started = Instant::now();
+    let none = workers
+        .claim_job(claim_request("empty", Duration::ZERO))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(none.job.is_none() && none.lease_token.is_empty());
+
+    let started_wait = Instant::now();
+    let none = workers
+        .claim_job(claim_request("empty", Duration::from_millis(300)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(none.job.is_none());
+    assert!(started_wait.elapsed() >= Duration::from_millis(300));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_claim_is_woken_by_a_submit() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut workers = server.workers().await;
+    let waiting = tokio::spawn(async move {
+        let started = Instant::now();
+        let response = workers
+            .claim_job(claim_request("later", Duration::from_secs(20)))
+            .await
+            .unwrap()
+            .into_inner();
+        (response, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut jobs = server.jobs().await;
+    let job = submit(&mut jobs, "later", b"x").await;
+    let (response, waited) = waiting.await.unwrap();
+    assert_eq!(response.job.unwrap().id, job.id);
+    assert!(
+        waited < Duration::from_secs(10),
+        "woken long before the wait ran out"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_takes_from_its_queues_in_order_of_preference() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    let low = submit(&mut jobs, "low", b"").await;
+    let high = submit(&mut jobs, "high", b"").await;
+    let mut request = claim_request("high", Duration::ZERO);
+    request.queues = vec!["high".into(), "low".into()];
+    let first = workers
+        .claim_job(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let second = workers.claim_job(request).await.unwrap().into_inner();
+    assert_eq!(first.job.unwrap().id, high.id);
+    assert_eq!(second.job.unwrap().id, low.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completing_twice_with_the_same_token_is_idempotent() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    let job = submit(&mut jobs, "q", b"").await;
+    let claimed = claim(&mut workers, "q").await;
+    complete(&mut workers, &claimed, b"r").await.unwrap();
+    // A retry of the same call (say, after a timeout) succeeds and records nothing new.
+    complete(&mut workers, &claimed, b"r").await.unwrap();
+    assert_eq!(get(&mut jobs, &job.id).await.last_sequence, 3);
+}

@@ -1,0 +1,11 @@
+//! Integration tests: a real redis-server per test, a real jobd on a socket, real gRPC clients.
+
+mod binary;
+mod cancel;
+mod connections;
+mod errors;
+mod lifecycle;
+mod outage;
+mod shutdown;
+mod support;
+mod watch;

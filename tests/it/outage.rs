@@ -1,0 +1,85 @@
+//! Redis trouble: callers get UNAVAILABLE within a bounded time, never a hang, and service
+//! resumes when Redis is back.
+
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+
+use crate::support::*;
+
+/// Command timeout of the test servers is 1 s; allow scheduling slack on a busy machine.
+const BOUND: Duration = Duration::from_secs(4);
+
+async fn submit_status(server: &TestServer) -> (Result<(), tonic::Status>, Duration) {
+    let mut jobs = server.jobs().await;
+    let started = Instant::now();
+    let result = jobs
+        .submit_job(jobd::api::proto::SubmitJobRequest {
+            queue: "q".into(),
+            kind: "k".into(),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ());
+    (result, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_gives_unavailable_in_bounded_time() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let job = submit(&mut jobs, "q", b"").await;
+
+    redis.signal("STOP");
+    let (result, took) = submit_status(&server).await;
+    let status = result.expect_err("submit fails while Redis is frozen");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(took < BOUND, "took {took:?}");
+    assert!(
+        !status.message().to_lowercase().contains("timeout"),
+        "no Redis error text"
+    );
+    let started = Instant::now();
+    let status = jobs
+        .get_job(jobd::api::proto::GetJobRequest {
+            job_id: job.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(started.elapsed() < BOUND);
+
+    redis.signal("CONT");
+    eventually(Duration::from_secs(15), "service to resume", || async {
+        submit_status(&server).await.0.ok()
+    })
+    .await;
+    assert_eq!(get(&mut jobs, &job.id).await.id, job.id, "nothing was lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_redis_gives_unavailable_then_service_resumes_when_it_returns() {
+    let mut redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    submit(&mut jobs, "q", b"").await;
+
+    redis.stop();
+    for _ in 0..3 {
+        let (result, took) = submit_status(&server).await;
+        assert_eq!(result.unwrap_err().code(), Code::Unavailable);
+        assert!(took < BOUND, "took {took:?}");
+    }
+
+    redis.restart();
+    eventually(Duration::from_secs(15), "service to resume", || async {
+        submit_status(&server).await.0.ok()
+    })
+    .await;
+    // The connections came back named.
+    eventually(Duration::from_secs(10), "named connections", || async {
+        (redis.clients_named(&server.client_name_prefix()).len() == 3).then_some(())
+    })
+    .await;
+}

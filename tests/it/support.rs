@@ -1,0 +1,393 @@
+//! The test harness: a real redis-server per test on a free port, and a real jobd serving
+//! gRPC on a socket, driven through the generated tonic clients.
+
+use std::{
+    future::Future,
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use jobd::{
+    App, Config,
+    api::proto::{
+        self, job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient,
+    },
+};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+
+/// A redis-server owned by one test; killed when dropped.
+pub struct RedisServer {
+    child: Child,
+    port: u16,
+    extra: Vec<String>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts redis-server on a free port with extra arguments, e.g. `--requirepass`.
+    pub fn start_with(extra: &[&str]) -> Self {
+        for _ in 0..10 {
+            let port = free_port();
+            if let Some(child) = spawn_redis(port, extra) {
+                return Self {
+                    child,
+                    port,
+                    extra: extra.iter().map(|s| s.to_string()).collect(),
+                };
+            }
+        }
+        panic!("could not start redis-server");
+    }
+
+    /// Kills the server, as a crash would.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a fresh, empty server on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        self.child = (0..50)
+            .find_map(|_| {
+                spawn_redis(self.port, &extra).or_else(|| {
+                    std::thread::sleep(Duration::from_millis(100));
+                    None
+                })
+            })
+            .expect("redis-server restarts on its port");
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Runs a command through redis-cli and returns its raw output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        self.cli_auth(None, args)
+    }
+
+    pub fn cli_auth(&self, password: Option<&str>, args: &[&str]) -> String {
+        let mut command = Command::new("redis-cli");
+        command.args(["-p", &self.port.to_string()]);
+        if let Some(password) = password {
+            command.args(["--no-auth-warning", "-a", password]);
+        }
+        let output = command.args(args).output().expect("redis-cli runs");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// CLIENT LIST lines whose connection name starts with `prefix`.
+    pub fn clients_named(&self, prefix: &str) -> Vec<String> {
+        self.cli(&["CLIENT", "LIST"])
+            .lines()
+            .filter(|line| {
+                line.split(' ').any(|field| {
+                    field
+                        .strip_prefix("name=")
+                        .is_some_and(|n| n.starts_with(prefix))
+                })
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts redis-server on `port`; `None` when it exits first (the port was taken).
+fn spawn_redis(port: u16, extra: &[&str]) -> Option<Child> {
+    let mut child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (see README)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return None;
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(child);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
+}
+
+/// A jobd server running in this test's runtime.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub instance: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Settings a test may change; the rest are jobd's defaults.
+pub struct Settings {
+    pub pool_size: u16,
+    pub max_payload: Option<u32>,
+    pub command_timeout: &'static str,
+    pub extra: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            pool_size: 2,
+            max_payload: None,
+            command_timeout: "1s",
+            extra: Vec::new(),
+        }
+    }
+}
+
+impl TestServer {
+    pub async fn start(redis: &RedisServer) -> Self {
+        Self::start_with(&redis.url(), Settings::default()).await
+    }
+
+    pub async fn start_with(redis_url: &str, settings: Settings) -> Self {
+        let instance = format!("test-{:08x}", rand_u32());
+        let mut args = vec![
+            "jobd".to_owned(),
+            "--listen=127.0.0.1:0".to_owned(),
+            format!("--redis-url={redis_url}"),
+            format!("--instance-id={instance}"),
+            format!("--redis-pool-size={}", settings.pool_size),
+            format!("--redis-command-timeout={}", settings.command_timeout),
+        ];
+        if let Some(limit) = settings.max_payload {
+            args.push(format!("--max-payload-bytes={limit}"));
+        }
+        args.extend(settings.extra);
+        let config = <Config as clap::Parser>::try_parse_from(args).expect("valid test config");
+        config.validate().expect("valid test config");
+        let app = App::build(config).await.expect("jobd builds");
+        let addr = app.local_addr();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(app.run(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            instance,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A new client connection; each has its own HTTP/2 connection.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url())
+            .expect("valid url")
+            .connect()
+            .await
+            .expect("jobd accepts connections")
+    }
+
+    pub async fn jobs(&self) -> JobServiceClient<Channel> {
+        JobServiceClient::new(self.channel().await)
+    }
+
+    pub async fn workers(&self) -> WorkerServiceClient<Channel> {
+        WorkerServiceClient::new(self.channel().await)
+    }
+
+    /// The CLIENT SETNAME prefix of this server's connections.
+    pub fn client_name_prefix(&self) -> String {
+        format!("jobd:{}:", self.instance)
+    }
+
+    /// Shuts the server down as SIGTERM would, and waits for it.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now()) as u32
+}
+
+/// Polls `check` until it returns `Some`, failing the test after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---- request helpers ----
+
+pub async fn submit(
+    jobs: &mut JobServiceClient<Channel>,
+    queue: &str,
+    payload: &[u8],
+) -> proto::Job {
+    jobs.submit_job(proto::SubmitJobRequest {
+        queue: queue.to_owned(),
+        kind: "test.kind".to_owned(),
+        payload: payload.to_vec().into(),
+        labels: Default::default(),
+    })
+    .await
+    .expect("submit succeeds")
+    .into_inner()
+    .job
+    .expect("submit returns the job")
+}
+
+pub async fn get(jobs: &mut JobServiceClient<Channel>, id: &str) -> proto::Job {
+    jobs.get_job(proto::GetJobRequest {
+        job_id: id.to_owned(),
+    })
+    .await
+    .expect("get succeeds")
+    .into_inner()
+    .job
+    .expect("get returns the job")
+}
+
+pub fn claim_request(queue: &str, wait: Duration) -> proto::ClaimJobRequest {
+    proto::ClaimJobRequest {
+        queues: vec![queue.to_owned()],
+        worker_id: "test-worker".to_owned(),
+        lease: Some(prost_types::Duration {
+            seconds: 30,
+            nanos: 0,
+        }),
+        wait: Some(prost_types::Duration::try_from(wait).expect("small duration")),
+    }
+}
+
+/// Claims a job from `queue`, waiting up to 5 s; returns the claim response.
+pub async fn claim(
+    workers: &mut WorkerServiceClient<Channel>,
+    queue: &str,
+) -> proto::ClaimJobResponse {
+    let claimed = workers
+        .claim_job(claim_request(queue, Duration::from_secs(5)))
+        .await
+        .expect("claim succeeds")
+        .into_inner();
+    assert!(claimed.job.is_some(), "a job was claimed from {queue}");
+    claimed
+}
+
+pub async fn complete(
+    workers: &mut WorkerServiceClient<Channel>,
+    claimed: &proto::ClaimJobResponse,
+    result: &[u8],
+) -> Result<(), tonic::Status> {
+    workers
+        .complete_job(proto::CompleteJobRequest {
+            job_id: claimed.job.as_ref().expect("claimed job").id.clone(),
+            lease_token: claimed.lease_token.clone(),
+            result: result.to_vec().into(),
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Reads a whole WatchJob stream: its events, and how it ended.
+pub async fn watch_to_end(
+    jobs: &mut JobServiceClient<Channel>,
+    id: &str,
+    after: u64,
+) -> (Vec<proto::JobEvent>, Result<(), tonic::Status>) {
+    let stream = jobs
+        .watch_job(proto::WatchJobRequest {
+            job_id: id.to_owned(),
+            after_sequence: after,
+        })
+        .await;
+    let mut stream = match stream {
+        Ok(stream) => stream.into_inner(),
+        Err(status) => return (Vec::new(), Err(status)),
+    };
+    let mut events = Vec::new();
+    loop {
+        match stream.message().await {
+            Ok(Some(event)) => events.push(event),
+            Ok(None) => return (events, Ok(())),
+            Err(status) => return (events, Err(status)),
+        }
+    }
+}
+
+pub fn types(events: &[proto::JobEvent]) -> Vec<proto::EventType> {
+    events.iter().map(|e| e.r#type()).collect()
+}
+
+pub fn sequences(events: &[proto::JobEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.sequence).collect()
+}

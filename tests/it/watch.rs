@@ -1,0 +1,122 @@
+//! WatchJob: replay, live events, exactly once and in order, terminal event last, then OK.
+
+use std::time::Duration;
+
+use jobd::api::proto::{self, EventType};
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_watcher_gets_the_whole_history_then_ok() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    let job = submit(&mut jobs, "q", b"").await;
+    let claimed = claim(&mut workers, "q").await;
+    complete(&mut workers, &claimed, b"done").await.unwrap();
+
+    let (events, end) = watch_to_end(&mut jobs, &job.id, 0).await;
+    end.expect("the stream ends with OK");
+    assert_eq!(
+        types(&events),
+        [EventType::Queued, EventType::Started, EventType::Completed]
+    );
+    assert_eq!(sequences(&events), [1, 2, 3]);
+    assert_eq!(&events[2].result[..], b"done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sequence_resumes_exactly_after_the_given_event() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    let job = submit(&mut jobs, "q", b"").await;
+    let claimed = claim(&mut workers, "q").await;
+    for i in 0..30 {
+        workers
+            .heartbeat(proto::HeartbeatRequest {
+                job_id: job.id.clone(),
+                lease_token: claimed.lease_token.clone(),
+                lease: None,
+                progress: Some(proto::Progress {
+                    value: Some(f64::from(i)),
+                    message: String::new(),
+                }),
+            })
+            .await
+            .unwrap();
+    }
+    complete(&mut workers, &claimed, b"").await.unwrap();
+    let (all, end) = watch_to_end(&mut jobs, &job.id, 0).await;
+    end.unwrap();
+    assert_eq!(
+        sequences(&all),
+        (1..=33).collect::<Vec<_>>(),
+        "more than one page of events"
+    );
+
+    for after in [1, 2, 17, 32] {
+        let (rest, end) = watch_to_end(&mut jobs, &job.id, after).await;
+        end.unwrap();
+        assert_eq!(sequences(&rest), ((after + 1)..=33).collect::<Vec<_>>());
+        assert_eq!(rest, all[after as usize..]);
+    }
+    // Resuming after the terminal event: nothing is left, and the stream still ends OK.
+    let (none, end) = watch_to_end(&mut jobs, &job.id, 33).await;
+    end.unwrap();
+    assert!(none.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_watchers_see_identical_live_sequences() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    let job = submit(&mut jobs, "q", b"").await;
+
+    let mut watchers = Vec::new();
+    for _ in 0..2 {
+        let mut client = server.jobs().await;
+        let id = job.id.clone();
+        watchers.push(tokio::spawn(async move {
+            watch_to_end(&mut client, &id, 0).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let claimed = claim(&mut workers, "q").await;
+    for i in 0..20 {
+        workers
+            .heartbeat(proto::HeartbeatRequest {
+                job_id: job.id.clone(),
+                lease_token: claimed.lease_token.clone(),
+                lease: None,
+                progress: Some(proto::Progress {
+                    value: Some(f64::from(i)),
+                    message: format!("{i}"),
+                }),
+            })
+            .await
+            .unwrap();
+    }
+    complete(&mut workers, &claimed, b"r").await.unwrap();
+
+    let mut seen = Vec::new();
+    for watcher in watchers {
+        let (events, end) = tokio::time::timeout(Duration::from_secs(10), watcher)
+            .await
+            .expect("the stream ends")
+            .unwrap();
+        end.unwrap();
+        assert_eq!(
+            sequences(&events),
+            (1..=23).collect::<Vec<_>>(),
+            "each event once, in order"
+        );
+        assert_eq!(events.last().unwrap().r#type(), EventType::Completed);
+        seen.push(events);
+    }
+    assert_eq!(seen[0], seen[1]);
+}
