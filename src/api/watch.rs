@@ -50,42 +50,50 @@ impl Watcher {
         })
     }
 
-    pub async fn run(mut self, sender: mpsc::Sender<Result<proto::JobEvent, Status>>) {
-        let mut page = std::mem::replace(
-            &mut self.first,
-            EventPage {
-                events: Vec::new(),
-                last_sequence: 0,
-                finished: false,
-            },
-        );
-        let mut delivered = self.after;
+    pub async fn run(self, sender: mpsc::Sender<Result<proto::JobEvent, Status>>) {
+        let Self {
+            store,
+            id,
+            mut watch,
+            first,
+            after,
+            shutdown,
+        } = self;
+        let mut page = first;
+        let mut delivered = after;
         loop {
-            let finished = page.finished;
             for event in page.events {
                 let terminal = event.kind.is_terminal();
-                delivered = event.sequence;
-                if sender.send(Ok(event.into())).await.is_err() {
-                    return; // The client went away.
+                let sequence = event.sequence;
+                tokio::select! {
+                    sent = sender.send(Ok(event.into())) => if sent.is_err() {
+                        return; // The client went away.
+                    },
+                    // A client that stopped reading must not hold up shutdown.
+                    () = shutdown.cancelled() => {
+                        let _ = sender.try_send(Err(shutting_down(delivered)));
+                        return;
+                    }
                 }
+                delivered = sequence;
                 if terminal {
                     return;
                 }
             }
             // A client that resumed after the terminal event has nothing left to receive.
-            if finished {
+            if page.finished {
                 return;
             }
             tokio::select! {
-                () = self.watch.changed() => {}
+                () = watch.changed() => {}
                 () = sender.closed() => return,
-                () = self.shutdown.cancelled() => {
-                    let _ = sender.send(Err(shutting_down(delivered))).await;
+                () = shutdown.cancelled() => {
+                    let _ = sender.try_send(Err(shutting_down(delivered)));
                     return;
                 }
             }
-            self.watch.mark_seen();
-            page = match self.store.events_after(&self.id, delivered).await {
+            watch.mark_seen();
+            page = match store.events_after(&id, delivered).await {
                 Ok(page) => page,
                 Err(error) => {
                     let status = Status::from(error);
@@ -96,7 +104,7 @@ impl Watcher {
                             status.message()
                         ),
                     );
-                    let _ = sender.send(Err(status)).await;
+                    let _ = sender.try_send(Err(status));
                     return;
                 }
             };

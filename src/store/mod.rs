@@ -76,6 +76,9 @@ const EVENT_PAGE: u64 = 16;
 /// for the head of a queue each still find one.
 const CLAIM_CANDIDATES: i64 = 4;
 
+/// How many times a claim retries after losing all its candidates to other workers.
+const CLAIM_ROUNDS: usize = 8;
+
 /// Typed job operations on Redis. Cheap to clone; all clones share the pool.
 #[derive(Clone)]
 pub struct JobStore {
@@ -226,7 +229,7 @@ impl JobStore {
         now: UnixMillis,
     ) -> Result<Option<Claimed>> {
         let ready = self.keys.ready(queue);
-        loop {
+        for _ in 0..CLAIM_ROUNDS {
             let candidates: Vec<String> = self
                 .pool
                 .next()
@@ -236,8 +239,8 @@ impl JobStore {
             if candidates.is_empty() {
                 return Ok(None);
             }
-            let mut keys = vec![ready.clone(), self.keys.running(queue)];
             let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+            let mut keys = vec![ready.clone(), self.keys.running(queue)];
             let mut args: Vec<Value> = vec![
                 now.0.to_string().into(),
                 lease_ms.to_string().into(),
@@ -245,16 +248,26 @@ impl JobStore {
                 "1".into(),
                 self.keys.job_channel().into(),
             ];
-            let mut ids = Vec::with_capacity(candidates.len());
-            for candidate in &candidates {
-                // An id that does not parse cannot have been written by jobd; skip it.
-                let Ok(id) = JobId::parse("candidate", candidate) else {
-                    continue;
-                };
-                keys.push(self.keys.job(&id));
-                args.push(candidate.as_str().into());
-                args.push(LeaseToken::generate().as_str().into());
-                ids.push(id);
+            let mut foreign = Vec::new();
+            for candidate in candidates {
+                match JobId::parse("candidate", &candidate) {
+                    Ok(id) if id.queue() == queue => {
+                        keys.push(self.keys.job(&id));
+                        args.push(candidate.into());
+                        args.push(LeaseToken::generate().as_str().into());
+                    }
+                    _ => foreign.push(candidate),
+                }
+            }
+            if !foreign.is_empty() {
+                // jobd never writes such entries; left in place they would block the queue.
+                tracing::warn!(queue = %queue, entries = ?foreign, "removing foreign ready-set entries");
+                let _: i64 = self
+                    .pool
+                    .next()
+                    .zrem(&ready, foreign)
+                    .await
+                    .map_err(StoreError::redis("cleaning a queue"))?;
             }
             let claimed: Vec<Vec<Value>> = self.call(&self.scripts.claim, keys, args).await?;
             if let Some(entry) = claimed.into_iter().next() {
@@ -263,6 +276,8 @@ impl JobStore {
             // Every candidate was taken by another worker between the read and the script:
             // look again.
         }
+        // Lost every round to other workers: report nothing; a waiting claim waits again.
+        Ok(None)
     }
 
     pub async fn heartbeat(

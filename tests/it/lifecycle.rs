@@ -269,3 +269,41 @@ async fn completing_twice_with_the_same_token_is_idempotent() {
     complete(&mut workers, &claimed, b"r").await.unwrap();
     assert_eq!(get(&mut jobs, &job.id).await.last_sequence, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_are_reloaded_after_redis_forgets_them() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    submit(&mut jobs, "q", b"").await;
+    assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]), "OK");
+    let job = submit(&mut jobs, "q", b"").await;
+    let claimed = claim(&mut workers, "q").await;
+    assert_ne!(
+        claimed.job.as_ref().unwrap().id,
+        job.id,
+        "FIFO: the first job first"
+    );
+    complete(&mut workers, &claimed, b"").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_entry_in_a_queue_does_not_block_it() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    for junk in [
+        "junk-1",
+        "junk-2",
+        "junk-3",
+        "junk-4",
+        "other.01ARZ3NDEKTSV4RRFFQ69G5FAV",
+    ] {
+        redis.cli(&["ZADD", "jobd:{q}:ready", "0", junk]);
+    }
+    let job = submit(&mut jobs, "q", b"").await;
+    assert_eq!(claim(&mut workers, "q").await.job.unwrap().id, job.id);
+    assert_eq!(redis.cli(&["ZCARD", "jobd:{q}:ready"]), "0");
+}
