@@ -15,9 +15,11 @@ use crate::{
             self, job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer,
         },
     },
+    background::Sweeper,
     config::Config,
+    domain::SubmitLimits,
     events::{Channels, EventHub},
-    store::{JobStore, Keys, RedisClients},
+    store::{JobStore, Keys, RedisClients, StoreSettings},
 };
 
 /// How long shutdown waits for each of its steps before moving on.
@@ -73,7 +75,13 @@ impl App {
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-        let store = JobStore::new(clients.pool.clone(), keys, config.jobs.retention);
+        let store = JobStore::new(
+            clients.pool.clone(),
+            keys,
+            StoreSettings {
+                default_lease: config.jobs.default_lease,
+            },
+        );
         tracing::info!(
             instance = %instance,
             listen = %listener.local_addr()?,
@@ -104,16 +112,25 @@ impl App {
     pub async fn run(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
         let max_payload = self.config.jobs.max_payload_bytes as usize;
         let decode_limit = max_payload + REQUEST_OVERHEAD;
+        let sweeper = Sweeper::new(self.store.clone());
+        let sweeper_handle = sweeper.handle();
+        self.tracker.spawn(sweeper.run(self.shutdown.clone()));
         let job_api = JobApi::new(
             self.store.clone(),
             self.hub.clone(),
-            max_payload,
+            sweeper_handle.clone(),
+            SubmitLimits {
+                max_payload,
+                default_retention: self.config.jobs.retention,
+                leases: self.config.lease_limits(),
+            },
             self.tracker.clone(),
             self.shutdown.clone(),
         );
         let worker_api = WorkerApi::new(
             self.store.clone(),
             self.hub.clone(),
+            sweeper_handle,
             self.config.lease_limits(),
             max_payload,
             self.shutdown.clone(),

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Args, Parser};
 
-use crate::domain::LeaseLimits;
+use crate::domain::{LeaseLimits, MAX_RETENTION, MIN_RETENTION};
 
 /// jobd: job orchestration over gRPC, with all state in Redis.
 #[derive(Debug, Clone, Parser)]
@@ -70,7 +70,7 @@ pub struct JobsConfig {
           value_parser = clap::value_parser!(u32).range(1..=64 * 1024 * 1024))]
     pub max_payload_bytes: u32,
 
-    /// How long a finished job and its events stay readable.
+    /// How long a finished job and its events stay readable, unless the submitter says otherwise.
     #[arg(long, env = "JOBD_RETENTION", default_value = "24h", value_parser = parse_duration)]
     pub retention: Duration,
 
@@ -100,8 +100,8 @@ impl Config {
         if self.jobs.default_lease < MIN_LEASE || self.jobs.default_lease > self.jobs.max_lease {
             return Err("invalid JOBD_DEFAULT_LEASE: must be between 1s and JOBD_MAX_LEASE".into());
         }
-        if self.jobs.retention < Duration::from_millis(1) {
-            return Err("invalid JOBD_RETENTION: must be at least 1ms".into());
+        if self.jobs.retention < MIN_RETENTION || self.jobs.retention > MAX_RETENTION {
+            return Err("invalid JOBD_RETENTION: must be from 1s to 30 days".into());
         }
         if self.redis.redis_command_timeout.is_zero() {
             return Err("invalid JOBD_REDIS_COMMAND_TIMEOUT: must be above 0".into());

@@ -5,6 +5,8 @@
 //! - [`domain`]: jobs, events, leases and their rules; knows neither gRPC nor Redis.
 //! - [`store`]: everything that speaks to Redis for jobs (keys, Lua scripts, `JobStore`).
 //! - [`events`]: one subscriber connection fanned out to local watchers and waiting claims.
+//! - [`background`]: the sweeper, which promotes due jobs, recovers expired leases and
+//!   forgets finished jobs past their retention.
 //! - [`api`]: the gRPC services and the one mapping from errors to status.
 //! - [`app`]: builds the pieces from a `Config` and runs them until shutdown.
 //!
@@ -15,6 +17,7 @@
 
 pub mod api;
 pub mod app;
+pub mod background;
 pub mod config;
 pub mod domain;
 pub mod events;

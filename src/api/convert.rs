@@ -5,13 +5,31 @@ use std::time::Duration;
 use prost_types::Timestamp;
 
 use super::proto;
-use crate::domain::{EventKind, Job, JobEvent, JobState, RequestError, UnixMillis};
+use crate::domain::{
+    Backoff, BackoffRequest, EventKind, Job, JobEvent, JobState, RequestError, Start,
+    SubmitRequest, UnixMillis,
+};
 
 pub fn timestamp(at: UnixMillis) -> Timestamp {
     Timestamp {
         seconds: i64::try_from(at.0 / 1000).unwrap_or(i64::MAX),
         nanos: i32::try_from((at.0 % 1000) * 1_000_000).unwrap_or(0),
     }
+}
+
+/// A proto timestamp as Unix milliseconds; times before 1970 are refused by field name.
+pub fn unix_millis(field: &str, value: Timestamp) -> Result<UnixMillis, RequestError> {
+    let invalid = || RequestError::invalid(field, "must be a valid time after 1970");
+    let seconds = u64::try_from(value.seconds).map_err(|_| invalid())?;
+    let nanos = u64::try_from(value.nanos).map_err(|_| invalid())?;
+    if nanos >= 1_000_000_000 {
+        return Err(invalid());
+    }
+    seconds
+        .checked_mul(1000)
+        .and_then(|ms| ms.checked_add(nanos / 1_000_000))
+        .map(UnixMillis)
+        .ok_or_else(invalid)
 }
 
 /// An optional proto duration; negative or out-of-range values are refused by field name.
@@ -29,11 +47,62 @@ pub fn duration(
 
 pub fn state(state: JobState) -> proto::JobState {
     match state {
+        JobState::Scheduled => proto::JobState::Scheduled,
         JobState::Queued => proto::JobState::Queued,
         JobState::Running => proto::JobState::Running,
         JobState::Completed => proto::JobState::Completed,
         JobState::Failed => proto::JobState::Failed,
         JobState::Cancelled => proto::JobState::Cancelled,
+    }
+}
+
+impl TryFrom<proto::SubmitJobRequest> for SubmitRequest {
+    type Error = RequestError;
+
+    fn try_from(request: proto::SubmitJobRequest) -> Result<Self, RequestError> {
+        let backoff = match request.backoff {
+            None => BackoffRequest::default(),
+            Some(backoff) => BackoffRequest {
+                initial: duration("backoff.initial", backoff.initial)?,
+                multiplier: backoff.multiplier,
+                max: duration("backoff.max", backoff.max)?,
+                jitter: backoff.jitter,
+            },
+        };
+        let start = match request.start {
+            None => None,
+            Some(proto::submit_job_request::Start::RunAt(at)) => {
+                Some(Start::At(unix_millis("run_at", at)?))
+            }
+            Some(proto::submit_job_request::Start::Delay(delay)) => {
+                duration("delay", Some(delay))?.map(Start::After)
+            }
+        };
+        Ok(Self {
+            queue: request.queue,
+            kind: request.kind,
+            payload: request.payload,
+            labels: request.labels.into_iter().collect(),
+            max_attempts: (request.max_attempts != 0).then_some(request.max_attempts),
+            backoff,
+            start,
+            priority: request.priority,
+            lease: duration("lease", request.lease)?,
+            idempotency_key: request.idempotency_key,
+            idempotency_ttl: duration("idempotency_ttl", request.idempotency_ttl)?,
+            retention: duration("retention", request.retention)?,
+        })
+    }
+}
+
+impl From<Backoff> for proto::BackoffPolicy {
+    fn from(backoff: Backoff) -> Self {
+        Self {
+            initial: prost_types::Duration::try_from(backoff.initial).ok(),
+            multiplier: Some(backoff.multiplier),
+            max: prost_types::Duration::try_from(backoff.max).ok(),
+            jitter: Some(backoff.jitter),
+        }
     }
 }
 
@@ -54,6 +123,12 @@ impl From<Job> for proto::Job {
             started_at: job.started_at.map(timestamp),
             finished_at: job.finished_at.map(timestamp),
             last_sequence: job.last_sequence,
+            max_attempts: job.max_attempts,
+            priority: job.priority,
+            run_at: job.run_at.map(timestamp),
+            lease_expires_at: job.lease_expires_at.map(timestamp),
+            worker_id: job.worker_id.unwrap_or_default(),
+            backoff: Some(job.backoff.into()),
         }
     }
 }
@@ -68,6 +143,10 @@ impl From<JobEvent> for proto::JobEvent {
             ..Self::default()
         };
         let kind = match event.kind {
+            EventKind::Scheduled { run_at } => {
+                out.run_at = Some(timestamp(run_at));
+                proto::EventType::Scheduled
+            }
             EventKind::Queued => proto::EventType::Queued,
             EventKind::Started { worker_id } => {
                 out.worker_id = worker_id;
@@ -92,6 +171,11 @@ impl From<JobEvent> for proto::JobEvent {
                 out.reason = reason;
                 proto::EventType::Cancelled
             }
+            EventKind::RetryScheduled { run_at, error } => {
+                out.run_at = Some(timestamp(run_at));
+                out.error = error;
+                proto::EventType::RetryScheduled
+            }
         };
         out.set_type(kind);
         out
@@ -107,6 +191,12 @@ mod tests {
         let ts = timestamp(UnixMillis(1_700_000_000_123));
         assert_eq!(ts.seconds, 1_700_000_000);
         assert_eq!(ts.nanos, 123_000_000);
+        assert_eq!(unix_millis("t", ts).unwrap(), UnixMillis(1_700_000_000_123));
+        let before_1970 = Timestamp {
+            seconds: -5,
+            nanos: 0,
+        };
+        assert!(unix_millis("run_at", before_1970).is_err());
     }
 
     #[test]

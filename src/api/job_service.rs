@@ -9,7 +9,8 @@ use super::{
     watch::Watcher,
 };
 use crate::{
-    domain::{JobId, NewJob, UnixMillis, check_text},
+    background::SweeperHandle,
+    domain::{JobId, NewJob, QueueName, SubmitLimits, UnixMillis, check_text},
     events::EventHub,
     store::JobStore,
 };
@@ -19,7 +20,8 @@ const MAX_CANCEL_REASON: usize = 256;
 pub struct JobApi {
     store: JobStore,
     hub: EventHub,
-    max_payload: usize,
+    sweeper: SweeperHandle,
+    limits: SubmitLimits,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -28,14 +30,16 @@ impl JobApi {
     pub fn new(
         store: JobStore,
         hub: EventHub,
-        max_payload: usize,
+        sweeper: SweeperHandle,
+        limits: SubmitLimits,
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             store,
             hub,
-            max_payload,
+            sweeper,
+            limits,
             tracker,
             shutdown,
         }
@@ -48,17 +52,17 @@ impl JobService for JobApi {
         &self,
         request: Request<proto::SubmitJobRequest>,
     ) -> Result<Response<proto::SubmitJobResponse>, Status> {
-        let request = request.into_inner();
-        let new = NewJob::new(
-            &request.queue,
-            &request.kind,
-            request.payload,
-            request.labels.into_iter().collect(),
-            self.max_payload,
-        )?;
-        let job = self.store.submit(new, UnixMillis::now()).await?;
+        let now = UnixMillis::now();
+        let new = NewJob::new(request.into_inner().try_into()?, &self.limits, now)?;
+        let scheduled = new.run_at.is_some();
+        let submitted = self.store.submit(new, now).await?;
+        if scheduled && submitted.created {
+            self.sweeper.wake();
+        }
+        let job = self.store.get(&submitted.id).await?;
         Ok(Response::new(proto::SubmitJobResponse {
             job: Some(job.into()),
+            created: submitted.created,
         }))
     }
 
@@ -86,6 +90,23 @@ impl JobService for JobApi {
             .await?;
         Ok(Response::new(proto::CancelJobResponse {
             job: Some(job.into()),
+        }))
+    }
+
+    async fn get_queue_stats(
+        &self,
+        request: Request<proto::GetQueueStatsRequest>,
+    ) -> Result<Response<proto::QueueStats>, Status> {
+        let queue = QueueName::parse("queue", &request.get_ref().queue)?;
+        let stats = self.store.stats(&queue, UnixMillis::now()).await?;
+        Ok(Response::new(proto::QueueStats {
+            queue: queue.to_string(),
+            queued: stats.queued,
+            scheduled: stats.scheduled,
+            running: stats.running,
+            completed: stats.completed,
+            failed: stats.failed,
+            cancelled: stats.cancelled,
         }))
     }
 

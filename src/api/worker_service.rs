@@ -9,12 +9,13 @@ use super::{
     proto::{self, worker_service_server::WorkerService},
 };
 use crate::{
+    background::SweeperHandle,
     domain::{
-        ClaimRequest, Claimed, HeartbeatOutcome, JobId, LeaseLimits, LeaseToken, Progress,
-        RequestError, UnixMillis, check_size, check_text,
+        ClaimRequest, Claimed, FailOutcome, HeartbeatOutcome, JobId, JobState, LeaseLimits,
+        LeaseToken, Progress, RequestError, UnixMillis, check_size, check_text,
     },
     events::EventHub,
-    store::{JobStore, Outcome},
+    store::JobStore,
 };
 
 const MAX_ERROR_MESSAGE: usize = 4096;
@@ -22,6 +23,7 @@ const MAX_ERROR_MESSAGE: usize = 4096;
 pub struct WorkerApi {
     store: JobStore,
     hub: EventHub,
+    sweeper: SweeperHandle,
     limits: LeaseLimits,
     max_payload: usize,
     shutdown: CancellationToken,
@@ -31,6 +33,7 @@ impl WorkerApi {
     pub fn new(
         store: JobStore,
         hub: EventHub,
+        sweeper: SweeperHandle,
         limits: LeaseLimits,
         max_payload: usize,
         shutdown: CancellationToken,
@@ -38,6 +41,7 @@ impl WorkerApi {
         Self {
             store,
             hub,
+            sweeper,
             limits,
             max_payload,
             shutdown,
@@ -67,9 +71,9 @@ impl WorkerService for WorkerApi {
         request: Request<proto::ClaimJobRequest>,
     ) -> Result<Response<proto::ClaimJobResponse>, Status> {
         let request = request.into_inner();
-        let lease = self
-            .limits
-            .lease("lease", duration("lease", request.lease)?)?;
+        let lease = duration("lease", request.lease)?
+            .map(|lease| self.limits.check_lease("lease", lease))
+            .transpose()?;
         let wait = self.limits.wait("wait", duration("wait", request.wait)?)?;
         let claim = ClaimRequest::new(&request.queues, &request.worker_id, lease, wait)?;
         let deadline = Instant::now() + claim.wait;
@@ -104,7 +108,7 @@ impl WorkerService for WorkerApi {
         let id = JobId::parse("job_id", &request.job_id)?;
         let token = LeaseToken::parse("lease_token", &request.lease_token)?;
         let lease = duration("lease", request.lease)?
-            .map(|lease| self.limits.lease("lease", Some(lease)))
+            .map(|lease| self.limits.check_lease("lease", lease))
             .transpose()?;
         let progress = request
             .progress
@@ -135,12 +139,7 @@ impl WorkerService for WorkerApi {
         let token = LeaseToken::parse("lease_token", &request.lease_token)?;
         check_size("result", &request.result, self.max_payload)?;
         self.store
-            .finish(
-                &id,
-                &token,
-                Outcome::Completed(request.result),
-                UnixMillis::now(),
-            )
+            .complete(&id, &token, request.result, UnixMillis::now())
             .await?;
         Ok(Response::new(proto::CompleteJobResponse {}))
     }
@@ -156,17 +155,23 @@ impl WorkerService for WorkerApi {
             return Err(RequestError::invalid("error", "must not be empty").into());
         }
         check_text("error", &request.error, MAX_ERROR_MESSAGE)?;
-        let new_state = self
+        let retryable = request.retryable.unwrap_or(true);
+        let outcome = self
             .store
-            .finish(
-                &id,
-                &token,
-                Outcome::Failed(request.error),
-                UnixMillis::now(),
-            )
+            .fail(&id, &token, &request.error, retryable, UnixMillis::now())
             .await?;
-        Ok(Response::new(proto::FailJobResponse {
-            state: state(new_state).into(),
+        Ok(Response::new(match outcome {
+            FailOutcome::RetryAt(at) => {
+                self.sweeper.wake();
+                proto::FailJobResponse {
+                    state: state(JobState::Scheduled).into(),
+                    retry_at: Some(timestamp(at)),
+                }
+            }
+            FailOutcome::Failed => proto::FailJobResponse {
+                state: state(JobState::Failed).into(),
+                retry_at: None,
+            },
         }))
     }
 }

@@ -17,12 +17,29 @@ pub struct JobEvent {
 /// What happened, with the details that belong to it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventKind {
+    /// Submitted to run later, at `run_at`.
+    Scheduled {
+        run_at: UnixMillis,
+    },
     Queued,
-    Started { worker_id: String },
+    Started {
+        worker_id: String,
+    },
     Progress(Progress),
-    Completed { result: Bytes },
-    Failed { error: String },
-    Cancelled { reason: String },
+    Completed {
+        result: Bytes,
+    },
+    Failed {
+        error: String,
+    },
+    Cancelled {
+        reason: String,
+    },
+    /// An attempt failed; the next one becomes claimable at `run_at`.
+    RetryScheduled {
+        run_at: UnixMillis,
+        error: String,
+    },
 }
 
 impl EventKind {

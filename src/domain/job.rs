@@ -7,7 +7,10 @@ use std::{
 
 use bytes::Bytes;
 
-use super::{JobId, JobKind, QueueName, RequestError};
+use super::{
+    JobId, JobKind, LeaseLimits, QueueName, RequestError,
+    schedule::{self, Backoff, BackoffRequest, Idempotency, Start},
+};
 
 /// Milliseconds since the Unix epoch, the resolution jobd records times in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -30,12 +33,15 @@ impl UnixMillis {
 /// Where a job is in its lifecycle.
 ///
 /// ```text
-/// QUEUED --claim--> RUNNING --complete--> COMPLETED
-///    |                 |------fail------> FAILED
-///    +-----cancel------+-----cancel-----> CANCELLED
+/// SCHEDULED --due--> QUEUED --claim--> RUNNING --complete------------------> COMPLETED
+///     ^                                   |------fail, no attempts left----> FAILED
+///     +-----fail or lease expiry, --------+
+///           attempts left
+/// any non-terminal state ----------------------cancel----------------------> CANCELLED
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JobState {
+    Scheduled,
     Queued,
     Running,
     Completed,
@@ -44,7 +50,8 @@ pub enum JobState {
 }
 
 impl JobState {
-    pub const ALL: [JobState; 5] = [
+    pub const ALL: [JobState; 6] = [
+        JobState::Scheduled,
         JobState::Queued,
         JobState::Running,
         JobState::Completed,
@@ -60,6 +67,7 @@ impl JobState {
     /// The lower-case name used in storage and messages.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Scheduled => "scheduled",
             Self::Queued => "queued",
             Self::Running => "running",
             Self::Completed => "completed",
@@ -89,12 +97,45 @@ pub struct Job {
     pub started_at: Option<UnixMillis>,
     pub finished_at: Option<UnixMillis>,
     pub last_sequence: u64,
+    pub max_attempts: u32,
+    pub priority: i32,
+    pub backoff: Backoff,
+    /// When SCHEDULED: when the job becomes claimable.
+    pub run_at: Option<UnixMillis>,
+    /// When RUNNING: when the lease runs out.
+    pub lease_expires_at: Option<UnixMillis>,
+    pub worker_id: Option<String>,
 }
 
 impl Job {
     pub fn queue(&self) -> &QueueName {
         self.id.queue()
     }
+}
+
+/// A SubmitJob request as asked, before validation.
+#[derive(Debug, Clone, Default)]
+pub struct SubmitRequest {
+    pub queue: String,
+    pub kind: String,
+    pub payload: Bytes,
+    pub labels: BTreeMap<String, String>,
+    pub max_attempts: Option<u32>,
+    pub backoff: BackoffRequest,
+    pub start: Option<Start>,
+    pub priority: i32,
+    pub lease: Option<Duration>,
+    pub idempotency_key: String,
+    pub idempotency_ttl: Option<Duration>,
+    pub retention: Option<Duration>,
+}
+
+/// The server's bounds and defaults for submissions.
+#[derive(Debug, Clone, Copy)]
+pub struct SubmitLimits {
+    pub max_payload: usize,
+    pub default_retention: Duration,
+    pub leases: LeaseLimits,
 }
 
 /// A validated SubmitJob request.
@@ -104,6 +145,15 @@ pub struct NewJob {
     pub kind: JobKind,
     pub payload: Bytes,
     pub labels: BTreeMap<String, String>,
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    /// When the job becomes claimable; `None`: at once.
+    pub run_at: Option<UnixMillis>,
+    pub priority: i32,
+    /// The lease for workers that ask for none; `None`: the server's default.
+    pub lease: Option<Duration>,
+    pub idempotency: Option<Idempotency>,
+    pub retention: Duration,
 }
 
 const MAX_LABELS: usize = 64;
@@ -111,23 +161,37 @@ const MAX_LABEL_KEY: usize = 64;
 const MAX_LABEL_VALUE: usize = 256;
 
 impl NewJob {
-    /// Validates a submission against the documented limits.
+    /// Validates a submission against the documented bounds, filling in the defaults.
     pub fn new(
-        queue: &str,
-        kind: &str,
-        payload: Bytes,
-        labels: BTreeMap<String, String>,
-        max_payload: usize,
+        request: SubmitRequest,
+        limits: &SubmitLimits,
+        now: UnixMillis,
     ) -> Result<Self, RequestError> {
-        let queue = QueueName::parse("queue", queue)?;
-        let kind = JobKind::parse("kind", kind)?;
-        check_size("payload", &payload, max_payload)?;
-        check_labels(&labels)?;
+        let queue = QueueName::parse("queue", &request.queue)?;
+        let kind = JobKind::parse("kind", &request.kind)?;
+        check_size("payload", &request.payload, limits.max_payload)?;
+        check_labels(&request.labels)?;
+        let retention = schedule::retention(request.retention, limits.default_retention)?;
+        let lease = request
+            .lease
+            .map(|lease| limits.leases.lease("lease", Some(lease)))
+            .transpose()?;
         Ok(Self {
             queue,
             kind,
-            payload,
-            labels,
+            payload: request.payload,
+            labels: request.labels,
+            max_attempts: schedule::max_attempts(request.max_attempts)?,
+            backoff: request.backoff.resolve()?,
+            run_at: schedule::run_at(request.start, now)?,
+            priority: schedule::priority(request.priority)?,
+            lease,
+            idempotency: Idempotency::new(
+                request.idempotency_key,
+                request.idempotency_ttl,
+                retention,
+            )?,
+            retention,
         })
     }
 }
@@ -191,9 +255,33 @@ mod tests {
         assert_eq!(JobState::from_name("QUEUED"), None);
     }
 
+    fn limits(max_payload: usize) -> SubmitLimits {
+        SubmitLimits {
+            max_payload,
+            default_retention: Duration::from_secs(86400),
+            leases: LeaseLimits {
+                default_lease: Duration::from_secs(30),
+                min_lease: Duration::from_secs(1),
+                max_lease: Duration::from_secs(3600),
+                max_wait: Duration::from_secs(60),
+            },
+        }
+    }
+
+    fn request(payload: usize, labels: BTreeMap<String, String>) -> SubmitRequest {
+        SubmitRequest {
+            queue: "q".into(),
+            kind: "k".into(),
+            payload: Bytes::from(vec![0; payload]),
+            labels,
+            ..SubmitRequest::default()
+        }
+    }
+
     #[test]
     fn payload_over_the_limit_is_too_large() {
-        let err = NewJob::new("q", "k", Bytes::from(vec![0; 11]), BTreeMap::new(), 10).unwrap_err();
+        let now = UnixMillis(0);
+        let err = NewJob::new(request(11, BTreeMap::new()), &limits(10), now).unwrap_err();
         assert_eq!(
             err,
             RequestError::TooLarge {
@@ -202,15 +290,28 @@ mod tests {
                 limit: 10
             }
         );
-        assert!(NewJob::new("q", "k", Bytes::from(vec![0; 10]), BTreeMap::new(), 10).is_ok());
+        assert!(NewJob::new(request(10, BTreeMap::new()), &limits(10), now).is_ok());
     }
 
     #[test]
     fn labels_are_bounded() {
+        let now = UnixMillis(0);
         let many: BTreeMap<_, _> = (0..65).map(|i| (format!("k{i}"), String::new())).collect();
-        assert!(NewJob::new("q", "k", Bytes::new(), many, 10).is_err());
+        assert!(NewJob::new(request(0, many), &limits(10), now).is_err());
         let long_value = BTreeMap::from([("k".to_owned(), "v".repeat(257))]);
-        let err = NewJob::new("q", "k", Bytes::new(), long_value, 10).unwrap_err();
+        let err = NewJob::new(request(0, long_value), &limits(10), now).unwrap_err();
         assert!(matches!(err, RequestError::Invalid { field, .. } if field == "labels[\"k\"]"));
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let job = NewJob::new(request(0, BTreeMap::new()), &limits(10), UnixMillis(0)).unwrap();
+        assert_eq!(job.max_attempts, 3);
+        assert_eq!(job.backoff, Backoff::default());
+        assert_eq!(job.retention, Duration::from_secs(86400));
+        assert_eq!(
+            (job.run_at, job.lease, job.idempotency, job.priority),
+            (None, None, None, 0)
+        );
     }
 }

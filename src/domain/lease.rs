@@ -56,6 +56,10 @@ impl LeaseLimits {
         let Some(lease) = asked else {
             return Ok(self.default_lease);
         };
+        self.check_lease(field, lease)
+    }
+
+    pub fn check_lease(&self, field: &str, lease: Duration) -> Result<Duration, RequestError> {
         if lease < self.min_lease || lease > self.max_lease {
             return Err(RequestError::invalid(
                 field,
@@ -90,7 +94,8 @@ impl LeaseLimits {
 pub struct ClaimRequest {
     pub queues: Vec<QueueName>,
     pub worker: WorkerId,
-    pub lease: Duration,
+    /// The lease the worker asked for; `None`: the job's own, else the server's default.
+    pub lease: Option<Duration>,
     pub wait: Duration,
 }
 
@@ -100,7 +105,7 @@ impl ClaimRequest {
     pub fn new(
         queues: &[String],
         worker: &str,
-        lease: Duration,
+        lease: Option<Duration>,
         wait: Duration,
     ) -> Result<Self, RequestError> {
         if queues.is_empty() {
@@ -134,6 +139,15 @@ pub struct Claimed {
     pub job: Job,
     pub token: LeaseToken,
     pub lease_expires_at: UnixMillis,
+}
+
+/// Where a failed attempt left the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailOutcome {
+    /// Retried: the next attempt becomes claimable at this time.
+    RetryAt(UnixMillis),
+    /// Failed for good.
+    Failed,
 }
 
 /// What a heartbeat found.
@@ -182,9 +196,9 @@ mod tests {
     #[test]
     fn claim_needs_queues_and_a_worker() {
         let d = Duration::from_secs(1);
-        assert!(ClaimRequest::new(&[], "w", d, d).is_err());
-        let err = ClaimRequest::new(&["ok".into(), "no way".into()], "w", d, d).unwrap_err();
+        assert!(ClaimRequest::new(&[], "w", None, d).is_err());
+        let err = ClaimRequest::new(&["ok".into(), "no way".into()], "w", None, d).unwrap_err();
         assert!(matches!(err, RequestError::Invalid { field, .. } if field == "queues[1]"));
-        assert!(ClaimRequest::new(&["q".into()], "", d, d).is_err());
+        assert!(ClaimRequest::new(&["q".into()], "", None, d).is_err());
     }
 }

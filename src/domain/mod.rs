@@ -7,10 +7,14 @@ mod id;
 mod job;
 mod lease;
 mod names;
+mod schedule;
 
 pub use error::RequestError;
 pub use event::{EventKind, JobEvent, Progress};
 pub use id::{JobId, JobIdGenerator};
-pub use job::{Job, JobState, NewJob, UnixMillis, check_size, check_text};
-pub use lease::{ClaimRequest, Claimed, HeartbeatOutcome, LeaseLimits, LeaseToken};
+pub use job::{
+    Job, JobState, NewJob, SubmitLimits, SubmitRequest, UnixMillis, check_size, check_text,
+};
+pub use lease::{ClaimRequest, Claimed, FailOutcome, HeartbeatOutcome, LeaseLimits, LeaseToken};
 pub use names::{JobKind, QueueName, WorkerId};
+pub use schedule::{Backoff, BackoffRequest, Idempotency, MAX_RETENTION, MIN_RETENTION, Start};

@@ -2,22 +2,44 @@
 //!
 //! A job is one hash. Its event log lives in the same hash as fields `e:1`, `e:2`, … holding
 //! MessagePack maps written by the scripts (`t` type, `at` time, `a` attempt, and `w`
-//! worker, `e` error, `r` reason, `v`/`m` progress where they apply), so one key holds all of
-//! a job and one PEXPIRE ends it. The result is stored once, in the `result` field, and joined
-//! to the COMPLETED event when the event is read.
+//! worker, `e` error, `r` reason, `v`/`m` progress, `due` run time where they apply), so one key
+//! holds all of a job and one PEXPIRE ends it. The result is stored once, in the `result`
+//! field, and joined to the COMPLETED event when the event is read.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, collections::HashMap, time::Duration};
 
 use bytes::Bytes;
 use serde::Deserialize;
 
 use super::StoreError;
-use crate::domain::{EventKind, Job, JobEvent, JobId, JobKind, JobState, Progress, UnixMillis};
+use crate::domain::{
+    Backoff, EventKind, Job, JobEvent, JobId, JobKind, JobState, Progress, UnixMillis,
+};
 
-/// Fields read for a job, in this order.
-pub const JOB_FIELDS: [&str; 12] = [
-    "state", "kind", "payload", "labels", "attempt", "created", "started", "finished", "result",
-    "error", "reason", "seq",
+/// The fields GetJob reads: everything but the event log.
+pub const JOB_FIELDS: [&str; 22] = [
+    "state",
+    "kind",
+    "payload",
+    "labels",
+    "attempt",
+    "max_attempts",
+    "priority",
+    "created",
+    "started",
+    "finished",
+    "result",
+    "error",
+    "reason",
+    "seq",
+    "run_at",
+    "lease_until",
+    "worker",
+    "b_initial",
+    "b_mult",
+    "b_max",
+    "b_jitter",
+    "retention",
 ];
 
 pub fn event_field(sequence: u64) -> String {
@@ -28,56 +50,99 @@ pub fn encode_labels(labels: &BTreeMap<String, String>) -> Result<Vec<u8>, Store
     rmp_serde::to_vec(labels).map_err(|e| StoreError::corrupt(format!("encoding labels: {e}")))
 }
 
-pub fn decode_labels(raw: &[u8]) -> Result<BTreeMap<String, String>, StoreError> {
+fn decode_labels(raw: &[u8]) -> Result<BTreeMap<String, String>, StoreError> {
     if raw.is_empty() {
         return Ok(BTreeMap::new());
     }
     rmp_serde::from_slice(raw).map_err(|e| StoreError::corrupt(format!("labels: {e}")))
 }
 
-/// Builds a job from the values of `JOB_FIELDS`; `None` when the job does not exist.
-pub fn decode_job(id: &JobId, values: Vec<Option<Bytes>>) -> Result<Option<Job>, StoreError> {
-    let [
-        state,
-        kind,
-        payload,
-        labels,
-        attempt,
-        created,
-        started,
-        finished,
-        result,
-        error,
-        reason,
-        seq,
-    ]: [Option<Bytes>; 12] = values
-        .try_into()
-        .map_err(|_| StoreError::corrupt("job field count"))?;
-    let Some(state) = state else {
-        return Ok(None);
-    };
-    let state = std::str::from_utf8(&state)
-        .ok()
-        .and_then(JobState::from_name)
-        .ok_or_else(|| StoreError::corrupt("job state"))?;
-    let kind = kind.ok_or_else(|| StoreError::corrupt("job kind"))?;
-    let kind =
-        JobKind::parse("kind", &utf8(&kind)?).map_err(|_| StoreError::corrupt("job kind"))?;
-    Ok(Some(Job {
-        id: id.clone(),
-        kind,
-        state,
-        attempt: number(attempt.as_deref())?.unwrap_or(0),
-        payload: payload.unwrap_or_default(),
-        labels: decode_labels(labels.as_deref().unwrap_or_default())?,
-        result: result.filter(|_| state == JobState::Completed),
-        error: error.map(|e| utf8(&e)).transpose()?,
-        cancel_reason: reason.map(|r| utf8(&r)).transpose()?,
-        created_at: UnixMillis(number(created.as_deref())?.unwrap_or(0)),
-        started_at: number(started.as_deref())?.map(UnixMillis),
-        finished_at: number(finished.as_deref())?.map(UnixMillis),
-        last_sequence: number(seq.as_deref())?.unwrap_or(0),
-    }))
+/// A job's stored fields, by name.
+pub struct Fields(HashMap<String, Bytes>);
+
+impl Fields {
+    /// From the values of HMGET `names`, in order; absent fields are left out.
+    pub fn from_values(names: &[&str], values: Vec<Option<Bytes>>) -> Self {
+        Self(
+            names
+                .iter()
+                .zip(values)
+                .filter_map(|(name, value)| Some(((*name).to_owned(), value?)))
+                .collect(),
+        )
+    }
+
+    /// From an HGETALL reply.
+    pub fn from_map(map: HashMap<String, Bytes>) -> Self {
+        Self(map)
+    }
+
+    fn bytes(&self, name: &str) -> Option<Bytes> {
+        self.0.get(name).cloned()
+    }
+
+    fn text(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.0.get(name).map(|raw| utf8(raw)).transpose()
+    }
+
+    fn number<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, StoreError> {
+        number(self.0.get(name).map(|raw| &raw[..]))
+            .map_err(|_| StoreError::corrupt(format!("job field {name} is not a number")))
+    }
+
+    fn millis(&self, name: &str) -> Result<Option<UnixMillis>, StoreError> {
+        Ok(self.number(name)?.map(UnixMillis))
+    }
+
+    /// Builds the job; `None` when it does not exist.
+    pub fn into_job(self, id: &JobId) -> Result<Option<Job>, StoreError> {
+        let Some(state) = self.text("state")? else {
+            return Ok(None);
+        };
+        let state = JobState::from_name(&state)
+            .ok_or_else(|| StoreError::corrupt(format!("job state {state:?}")))?;
+        let kind = self.text("kind")?.unwrap_or_default();
+        let kind = JobKind::parse("kind", &kind).map_err(|_| StoreError::corrupt("job kind"))?;
+        let defaults = Backoff::default();
+        let millis = |name, default: Duration| -> Result<Duration, StoreError> {
+            Ok(self
+                .number(name)?
+                .map(Duration::from_millis)
+                .unwrap_or(default))
+        };
+        Ok(Some(Job {
+            id: id.clone(),
+            kind,
+            state,
+            attempt: self.number("attempt")?.unwrap_or(0),
+            payload: self.bytes("payload").unwrap_or_default(),
+            labels: decode_labels(self.0.get("labels").map(|l| &l[..]).unwrap_or_default())?,
+            result: self
+                .bytes("result")
+                .filter(|_| state == JobState::Completed),
+            error: self.text("error")?.filter(|e| !e.is_empty()),
+            cancel_reason: self.text("reason")?,
+            created_at: self.millis("created")?.unwrap_or(UnixMillis(0)),
+            started_at: self.millis("started")?,
+            finished_at: self.millis("finished")?,
+            last_sequence: self.number("seq")?.unwrap_or(0),
+            max_attempts: self.number("max_attempts")?.unwrap_or(1),
+            priority: self.number("priority")?.unwrap_or(0),
+            backoff: Backoff {
+                initial: millis("b_initial", defaults.initial)?,
+                multiplier: self.number("b_mult")?.unwrap_or(defaults.multiplier),
+                max: millis("b_max", defaults.max)?,
+                jitter: self.number("b_jitter")?.unwrap_or(defaults.jitter),
+            },
+            run_at: self
+                .millis("run_at")?
+                .filter(|_| state == JobState::Scheduled),
+            lease_expires_at: self
+                .millis("lease_until")?
+                .filter(|_| state == JobState::Running),
+            worker_id: self.text("worker")?,
+        }))
+    }
 }
 
 /// An event as the scripts write it.
@@ -96,6 +161,8 @@ struct EventRecord {
     v: Option<f64>,
     #[serde(default)]
     m: Option<String>,
+    #[serde(default)]
+    due: Option<u64>,
 }
 
 /// Decodes one stored event; `result` is the job's result, joined to a COMPLETED event.
@@ -107,7 +174,14 @@ pub fn decode_event(
 ) -> Result<JobEvent, StoreError> {
     let record: EventRecord = rmp_serde::from_slice(raw)
         .map_err(|e| StoreError::corrupt(format!("event {sequence} of {job_id}: {e}")))?;
+    let run_at = || {
+        record
+            .due
+            .map(UnixMillis)
+            .ok_or_else(|| StoreError::corrupt(format!("event {sequence} of {job_id} lacks due")))
+    };
     let kind = match record.t.as_str() {
+        "scheduled" => EventKind::Scheduled { run_at: run_at()? },
         "queued" => EventKind::Queued,
         "started" => EventKind::Started {
             worker_id: record.w.unwrap_or_default(),
@@ -124,6 +198,10 @@ pub fn decode_event(
         },
         "cancelled" => EventKind::Cancelled {
             reason: record.r.unwrap_or_default(),
+        },
+        "retry_scheduled" => EventKind::RetryScheduled {
+            run_at: run_at()?,
+            error: record.e.unwrap_or_default(),
         },
         other => {
             return Err(StoreError::corrupt(format!(

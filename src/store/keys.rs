@@ -4,7 +4,7 @@
 //! touches a single slot and the same scripts run on Redis Cluster. Queue names cannot contain
 //! braces (see `QueueName`), so the tag is always exactly the queue name.
 
-use crate::domain::{JobId, QueueName};
+use crate::domain::{JobId, JobState, QueueName};
 
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -31,6 +31,28 @@ impl Keys {
     /// Sorted set of the queue's running job ids, scored by lease expiry.
     pub fn running(&self, queue: &QueueName) -> String {
         format!("{}:{{{queue}}}:running", self.prefix)
+    }
+
+    /// Sorted set of the queue's scheduled job ids, scored by when they become claimable.
+    pub fn scheduled(&self, queue: &QueueName) -> String {
+        format!("{}:{{{queue}}}:scheduled", self.prefix)
+    }
+
+    /// Sorted set of the queue's finished jobs with one outcome, scored by when their
+    /// retention ends: what GetQueueStats counts.
+    pub fn retained(&self, queue: &QueueName, outcome: JobState) -> String {
+        format!("{}:{{{queue}}}:done:{}", self.prefix, outcome.as_str())
+    }
+
+    /// String naming the job an idempotency key made.
+    pub fn idempotency(&self, queue: &QueueName, key: &str) -> String {
+        format!("{}:{{{queue}}}:idem:{key}", self.prefix)
+    }
+
+    /// Set of every queue name, so that each replica's sweeper finds every queue. A single key
+    /// outside any queue's slot, written with plain commands only.
+    pub fn queues(&self) -> String {
+        format!("{}:queues", self.prefix)
     }
 
     /// Channel announcing a new event of a job: message `<sequence> <job id>`.
@@ -61,7 +83,14 @@ mod tests {
         let keys = Keys::new("jobd");
         let queue = QueueName::parse("queue", "mail.out").unwrap();
         let id = JobIdGenerator::default().generate(&queue);
-        for key in [keys.job(&id), keys.ready(&queue), keys.running(&queue)] {
+        for key in [
+            keys.job(&id),
+            keys.ready(&queue),
+            keys.running(&queue),
+            keys.scheduled(&queue),
+            keys.retained(&queue, JobState::Failed),
+            keys.idempotency(&queue, "a}{b"),
+        ] {
             assert_eq!(hash_tag(&key), "mail.out", "{key}");
             assert!(key.starts_with("jobd:"), "{key}");
         }

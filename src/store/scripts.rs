@@ -40,20 +40,26 @@ impl LuaScript {
 #[derive(Clone)]
 pub struct Scripts {
     pub submit: LuaScript,
+    pub promote: LuaScript,
     pub claim: LuaScript,
-    pub finish: LuaScript,
-    pub cancel: LuaScript,
     pub heartbeat: LuaScript,
+    pub complete: LuaScript,
+    pub fail: LuaScript,
+    pub cancel: LuaScript,
+    pub sweep: LuaScript,
 }
 
 impl Scripts {
     pub fn new() -> Self {
         Self {
             submit: LuaScript::new("submit", include_str!("lua/submit.lua")),
+            promote: LuaScript::new("promote", include_str!("lua/promote.lua")),
             claim: LuaScript::new("claim", include_str!("lua/claim.lua")),
-            finish: LuaScript::new("finish", include_str!("lua/finish.lua")),
-            cancel: LuaScript::new("cancel", include_str!("lua/cancel.lua")),
             heartbeat: LuaScript::new("heartbeat", include_str!("lua/heartbeat.lua")),
+            complete: LuaScript::new("complete", include_str!("lua/complete.lua")),
+            fail: LuaScript::new("fail", include_str!("lua/fail.lua")),
+            cancel: LuaScript::new("cancel", include_str!("lua/cancel.lua")),
+            sweep: LuaScript::new("sweep", include_str!("lua/sweep.lua")),
         }
     }
 }

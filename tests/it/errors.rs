@@ -23,6 +23,7 @@ fn submit_request(queue: &str, kind: &str, payload: Vec<u8>) -> proto::SubmitJob
         kind: kind.into(),
         payload: payload.into(),
         labels: Default::default(),
+        ..Default::default()
     }
 }
 
@@ -273,6 +274,7 @@ async fn bad_worker_requests_are_refused_by_field() {
             job_id: job.id.clone(),
             lease_token: claimed.lease_token.clone(),
             error: String::new(),
+            retryable: Some(false),
         })
         .await;
     assert_status(no_error, Code::InvalidArgument, "error");
@@ -328,6 +330,7 @@ async fn a_stale_lease_token_is_refused_and_changes_nothing() {
             job_id: job.id.clone(),
             lease_token: stale.lease_token.clone(),
             error: "nope".into(),
+            retryable: Some(false),
         })
         .await;
     assert_status(fail, Code::FailedPrecondition, "lease token");
@@ -341,6 +344,7 @@ async fn a_stale_lease_token_is_refused_and_changes_nothing() {
             job_id: job.id.clone(),
             lease_token: claimed.lease_token.clone(),
             error: "late".into(),
+            retryable: Some(false),
         })
         .await;
     assert_status(fail, Code::FailedPrecondition, "already completed");
@@ -363,6 +367,7 @@ async fn cancelling_a_finished_job_is_a_failed_precondition() {
             job_id: failed.id.clone(),
             lease_token: claimed.lease_token,
             error: "boom".into(),
+            retryable: Some(false),
         })
         .await
         .unwrap();

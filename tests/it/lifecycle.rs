@@ -18,6 +18,7 @@ async fn submit_then_get_returns_what_was_submitted() {
             kind: "welcome".into(),
             payload: b"\x00\x01binary".to_vec().into(),
             labels: [("tenant".to_owned(), "acme".to_owned())].into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -130,6 +131,7 @@ async fn fail_makes_the_job_failed() {
             job_id: job.id.clone(),
             lease_token: claimed.lease_token.clone(),
             error: "disk full".into(),
+            retryable: Some(false),
         })
         .await
         .unwrap()

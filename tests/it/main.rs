@@ -6,6 +6,7 @@ mod connections;
 mod errors;
 mod lifecycle;
 mod outage;
+mod scheduling;
 mod shutdown;
 mod support;
 mod watch;

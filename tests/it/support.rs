@@ -190,6 +190,11 @@ impl TestServer {
     }
 
     pub async fn start_with(redis_url: &str, settings: Settings) -> Self {
+        // Logs of the servers under test, shown for failing tests when RUST_LOG is set.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
         let instance = format!("test-{:08x}", rand_u32());
         let mut args = vec![
             "jobd".to_owned(),
@@ -298,6 +303,7 @@ pub async fn submit(
         kind: "test.kind".to_owned(),
         payload: payload.to_vec().into(),
         labels: Default::default(),
+        ..Default::default()
     })
     .await
     .expect("submit succeeds")
@@ -390,4 +396,85 @@ pub fn types(events: &[proto::JobEvent]) -> Vec<proto::EventType> {
 
 pub fn sequences(events: &[proto::JobEvent]) -> Vec<u64> {
     events.iter().map(|e| e.sequence).collect()
+}
+
+/// A submission to `queue` with every option at its default.
+pub fn job_request(queue: &str) -> proto::SubmitJobRequest {
+    proto::SubmitJobRequest {
+        queue: queue.to_owned(),
+        kind: "test.kind".to_owned(),
+        ..Default::default()
+    }
+}
+
+pub fn pb_duration(duration: Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(duration).expect("small duration")
+}
+
+pub fn millis_of(ts: &Option<prost_types::Timestamp>) -> i64 {
+    let ts = ts.as_ref().expect("a timestamp");
+    ts.seconds * 1000 + i64::from(ts.nanos) / 1_000_000
+}
+
+pub async fn submit_request(
+    jobs: &mut JobServiceClient<Channel>,
+    request: proto::SubmitJobRequest,
+) -> proto::SubmitJobResponse {
+    jobs.submit_job(request)
+        .await
+        .expect("submit succeeds")
+        .into_inner()
+}
+
+/// Reads the first `count` events of a job's stream (the job need not be finished).
+pub async fn first_events(
+    jobs: &mut JobServiceClient<Channel>,
+    id: &str,
+    count: usize,
+) -> Vec<proto::JobEvent> {
+    let mut stream = jobs
+        .watch_job(proto::WatchJobRequest {
+            job_id: id.to_owned(),
+            after_sequence: 0,
+        })
+        .await
+        .expect("watch succeeds")
+        .into_inner();
+    let mut events = Vec::new();
+    while events.len() < count {
+        let event = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("the event arrives")
+            .expect("the stream is healthy")
+            .expect("the stream goes on");
+        events.push(event);
+    }
+    events
+}
+
+pub async fn fail(
+    workers: &mut WorkerServiceClient<Channel>,
+    claimed: &proto::ClaimJobResponse,
+    error: &str,
+    retryable: bool,
+) -> proto::FailJobResponse {
+    workers
+        .fail_job(proto::FailJobRequest {
+            job_id: claimed.job.as_ref().expect("claimed job").id.clone(),
+            lease_token: claimed.lease_token.clone(),
+            error: error.to_owned(),
+            retryable: Some(retryable),
+        })
+        .await
+        .expect("fail succeeds")
+        .into_inner()
+}
+
+pub async fn stats(jobs: &mut JobServiceClient<Channel>, queue: &str) -> proto::QueueStats {
+    jobs.get_queue_stats(proto::GetQueueStatsRequest {
+        queue: queue.to_owned(),
+    })
+    .await
+    .expect("stats succeed")
+    .into_inner()
 }

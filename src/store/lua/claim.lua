@@ -3,39 +3,43 @@
 -- took meanwhile is skipped (ZREM returns 0), so each job is claimed by exactly one worker.
 --
 -- KEYS[1]     queue's ready set
--- KEYS[2]     queue's running set (sorted set, score = lease expiry, Unix ms)
+-- KEYS[2]     queue's running set (score: lease expiry, Unix ms)
 -- KEYS[3..n]  candidate job hashes
 -- ARGV[1]     now, Unix ms
--- ARGV[2]     lease, ms
+-- ARGV[2]     lease ms the worker asked for, or "" for the job's own, else ARGV[6]
 -- ARGV[3]     worker id
 -- ARGV[4]     how many jobs to claim at most
 -- ARGV[5]     job wake-up channel
--- ARGV[6..]   per candidate, in KEYS order: job id, new lease token
+-- ARGV[6]     the server's default lease ms
+-- ARGV[7..]   per candidate, in KEYS order: job id, new lease token
 -- returns     one entry per claimed job:
---             {job id, token, kind, payload, labels, attempt, created, seq, lease expiry}
+--             {job id, token, lease expiry, then the job's fields as HGETALL gives them}
 
 local now = tonumber(ARGV[1])
-local lease = tonumber(ARGV[2])
 local want = tonumber(ARGV[4])
-local expires = now + lease
 local claimed = {}
 for i = 3, #KEYS do
   if #claimed >= want then break end
-  local id = ARGV[6 + (i - 3) * 2]
-  local token = ARGV[7 + (i - 3) * 2]
+  local id = ARGV[7 + (i - 3) * 2]
+  local token = ARGV[8 + (i - 3) * 2]
   if redis.call('ZREM', KEYS[1], id) == 1 then
-    local job = redis.call('HMGET', KEYS[i], 'kind', 'payload', 'labels', 'attempt', 'created', 'seq')
+    local job = redis.call('HMGET', KEYS[i], 'state', 'attempt', 'seq', 'lease_default')
     -- A ready entry without its job hash is an orphan: removing it above is all there is to do.
-    if job[6] then
-      local attempt = tonumber(job[4]) + 1
-      local seq = tonumber(job[6]) + 1
+    if job[1] == 'queued' then
+      local lease = ARGV[2]
+      if lease == '' then lease = job[4] end
+      if not lease or lease == '' then lease = ARGV[6] end
+      lease = tonumber(lease)
+      local expires = now + lease
+      local attempt = tonumber(job[2]) + 1
+      local seq = tonumber(job[3]) + 1
       redis.call('HSET', KEYS[i],
         'state', 'running', 'attempt', attempt, 'seq', seq, 'token', token,
         'worker', ARGV[3], 'started', now, 'lease_ms', lease, 'lease_until', expires,
         'e:' .. seq, cmsgpack.pack({t = 'started', at = now, a = attempt, w = ARGV[3]}))
       redis.call('ZADD', KEYS[2], expires, id)
       redis.call('PUBLISH', ARGV[5], seq .. ' ' .. id)
-      claimed[#claimed + 1] = {id, token, job[1], job[2], job[3], attempt, job[5], seq, expires}
+      claimed[#claimed + 1] = {id, token, expires, redis.call('HGETALL', KEYS[i])}
     end
   end
 end

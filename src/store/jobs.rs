@@ -1,0 +1,299 @@
+//! The submitter's side: submit, read, watch, cancel, count.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use fred::{
+    interfaces::{HashesInterface, SetsInterface, SortedSetsInterface},
+    types::Value,
+};
+
+use super::{
+    JobStore, Result, StoreError,
+    codec::{Fields, JOB_FIELDS, decode_event, encode_labels, event_field, number},
+    millis, state_in, status,
+};
+use crate::domain::{JobEvent, JobId, JobState, NewJob, QueueName, UnixMillis};
+
+/// Events read per round trip when replaying a log; most jobs have fewer in all.
+const EVENT_PAGE: u64 = 16;
+
+/// A submission's outcome.
+#[derive(Debug)]
+pub struct Submitted {
+    pub id: JobId,
+    /// False when an earlier submission with the same idempotency key made the job.
+    pub created: bool,
+}
+
+/// A page of a job's event log.
+#[derive(Debug)]
+pub struct EventPage {
+    pub events: Vec<JobEvent>,
+    /// The sequence of the job's latest event when the page was read.
+    pub last_sequence: u64,
+    /// Whether the job had reached a terminal state when the page was read.
+    pub finished: bool,
+}
+
+/// A queue's jobs by state; finished ones only while retained.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct QueueStats {
+    pub queued: u64,
+    pub scheduled: u64,
+    pub running: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+impl JobStore {
+    /// Creates a job, QUEUED or SCHEDULED, and wakes a worker waiting on its queue. With an
+    /// idempotency key that names a live job, creates nothing and returns that job's id.
+    pub async fn submit(&self, new: NewJob, now: UnixMillis) -> Result<Submitted> {
+        self.register(&new.queue).await?;
+        let id = self.ids.generate(&new.queue);
+        let mut keys = vec![
+            self.keys.job(&id),
+            self.keys.ready(&new.queue),
+            self.keys.scheduled(&new.queue),
+        ];
+        let mut idempotency_ttl = String::new();
+        if let Some(idempotency) = &new.idempotency {
+            keys.push(self.keys.idempotency(&new.queue, &idempotency.key));
+            idempotency_ttl = millis(idempotency.ttl);
+        }
+        let backoff = new.backoff;
+        let args: Vec<Value> = vec![
+            id.to_string().into(),
+            new.kind.as_str().into(),
+            new.payload.into(),
+            Bytes::from(encode_labels(&new.labels)?).into(),
+            now.0.to_string().into(),
+            new.priority.to_string().into(),
+            new.max_attempts.to_string().into(),
+            millis(backoff.initial).into(),
+            backoff.multiplier.to_string().into(),
+            millis(backoff.max).into(),
+            backoff.jitter.to_string().into(),
+            new.lease.map(millis).unwrap_or_default().into(),
+            millis(new.retention).into(),
+            new.run_at
+                .map(|at| at.0.to_string())
+                .unwrap_or_default()
+                .into(),
+            idempotency_ttl.into(),
+            self.keys.queue_channel().into(),
+            new.queue.as_str().into(),
+        ];
+        let reply: Vec<Value> = self.call(&self.scripts.submit, keys, args).await?;
+        match status(&reply)?.as_str() {
+            // "again": an earlier try of this very call was written; same id, same job.
+            "created" | "again" => Ok(Submitted { id, created: true }),
+            "exists" => {
+                let existing = reply.get(1).and_then(Value::as_string).unwrap_or_default();
+                let id = JobId::parse("id", &existing)
+                    .map_err(|_| StoreError::corrupt("idempotency key names no job id"))?;
+                Ok(Submitted { id, created: false })
+            }
+            other => Err(StoreError::corrupt(format!("submit replied {other:?}"))),
+        }
+    }
+
+    pub async fn get(&self, id: &JobId) -> Result<crate::domain::Job> {
+        let values: Vec<Option<Bytes>> = self
+            .pool
+            .next()
+            .hmget(self.keys.job(id), JOB_FIELDS.to_vec())
+            .await
+            .map_err(StoreError::redis("reading a job"))?;
+        Fields::from_values(&JOB_FIELDS, values)
+            .into_job(id)?
+            .ok_or(StoreError::NotFound)
+    }
+
+    /// Reads the events after `after`, oldest first: all of them, in as many round trips as
+    /// it takes. `NotFound` when the job does not exist (or its retention passed).
+    pub async fn events_after(&self, id: &JobId, after: u64) -> Result<EventPage> {
+        let key = self.keys.job(id);
+        let mut fields = vec!["state".to_owned(), "seq".to_owned(), "result".to_owned()];
+        fields.extend((after + 1..=after + EVENT_PAGE).map(event_field));
+        let mut values: Vec<Option<Bytes>> = self
+            .pool
+            .next()
+            .hmget(&key, fields)
+            .await
+            .map_err(StoreError::redis("reading events"))?;
+        let mut head = values.drain(..3);
+        let (state, seq, result) = (
+            head.next().flatten(),
+            head.next().flatten(),
+            head.next().flatten(),
+        );
+        drop(head);
+        let Some(last_sequence) = number::<u64>(seq.as_deref())? else {
+            return Err(StoreError::NotFound);
+        };
+        let finished = state
+            .as_deref()
+            .and_then(|state| std::str::from_utf8(state).ok())
+            .and_then(JobState::from_name)
+            .is_some_and(JobState::is_terminal);
+        if last_sequence > after + EVENT_PAGE {
+            let rest: Vec<Option<Bytes>> = self
+                .pool
+                .next()
+                .hmget(
+                    &key,
+                    (after + EVENT_PAGE + 1..=last_sequence)
+                        .map(event_field)
+                        .collect::<Vec<_>>(),
+                )
+                .await
+                .map_err(StoreError::redis("reading events"))?;
+            values.extend(rest);
+        }
+        let mut events = Vec::new();
+        for (sequence, raw) in (after + 1..=last_sequence).zip(values) {
+            let raw = raw.ok_or_else(|| {
+                StoreError::corrupt(format!("event {sequence} of {id} is missing"))
+            })?;
+            events.push(decode_event(id, sequence, &raw, &result)?);
+        }
+        Ok(EventPage {
+            events,
+            last_sequence,
+            finished,
+        })
+    }
+
+    /// Cancels a queued, scheduled or running job and returns it. A cancelled job is
+    /// returned unchanged.
+    pub async fn cancel(
+        &self,
+        id: &JobId,
+        reason: &str,
+        now: UnixMillis,
+    ) -> Result<crate::domain::Job> {
+        let queue = id.queue();
+        let reply: Vec<Value> = self
+            .call(
+                &self.scripts.cancel,
+                vec![
+                    self.keys.job(id),
+                    self.keys.ready(queue),
+                    self.keys.running(queue),
+                    self.keys.scheduled(queue),
+                    self.keys.retained(queue, JobState::Cancelled),
+                ],
+                vec![
+                    id.to_string().into(),
+                    now.0.to_string().into(),
+                    reason.into(),
+                    self.keys.job_channel().into(),
+                ],
+            )
+            .await?;
+        match status(&reply)?.as_str() {
+            "ok" | "unchanged" => self.get(id).await,
+            "not_found" => Err(StoreError::NotFound),
+            "finished" => Err(StoreError::Conflict(format!(
+                "the job is already {} and can no longer be cancelled",
+                state_in(&reply).map_or("finished", JobState::as_str)
+            ))),
+            other => Err(StoreError::corrupt(format!("cancel replied {other:?}"))),
+        }
+    }
+
+    /// Counts a queue's jobs by state, in one round trip.
+    pub async fn stats(&self, queue: &QueueName, now: UnixMillis) -> Result<QueueStats> {
+        let pipeline = self.pool.next().pipeline();
+        // Retained means a retention end still ahead.
+        let live = (now.0 + 1) as f64;
+        let _: () = pipeline
+            .zcard(self.keys.ready(queue))
+            .await
+            .map_err(StoreError::redis("stats"))?;
+        let _: () = pipeline
+            .zcard(self.keys.scheduled(queue))
+            .await
+            .map_err(StoreError::redis("stats"))?;
+        let _: () = pipeline
+            .zcard(self.keys.running(queue))
+            .await
+            .map_err(StoreError::redis("stats"))?;
+        for key in self.retained_keys(queue) {
+            let _: () = pipeline
+                .zcount(key, live, f64::INFINITY)
+                .await
+                .map_err(StoreError::redis("stats"))?;
+        }
+        let counts: Vec<u64> = pipeline.all().await.map_err(StoreError::redis("stats"))?;
+        let [queued, scheduled, running, completed, failed, cancelled]: [u64; 6] = counts
+            .try_into()
+            .map_err(|_| StoreError::corrupt("stats reply shape"))?;
+        Ok(QueueStats {
+            queued,
+            scheduled,
+            running,
+            completed,
+            failed,
+            cancelled,
+        })
+    }
+
+    /// Adds a queue to the registry the sweepers read, once per process and queue.
+    async fn register(&self, queue: &QueueName) -> Result<()> {
+        if super::lock(&self.registered).contains(queue) {
+            return Ok(());
+        }
+        let _: i64 = self
+            .pool
+            .next()
+            .sadd(self.keys.queues(), queue.as_str())
+            .await
+            .map_err(StoreError::redis("registering a queue"))?;
+        super::lock(&self.registered).insert(queue.clone());
+        Ok(())
+    }
+
+    /// The queues this process has submitted to: known without asking Redis.
+    pub fn local_queues(&self) -> Vec<QueueName> {
+        super::lock(&self.registered).iter().cloned().collect()
+    }
+
+    /// Every queue known to the registry or to this process.
+    pub async fn queues(&self) -> Result<Vec<QueueName>> {
+        let names: Vec<String> = self
+            .pool
+            .next()
+            .smembers(self.keys.queues())
+            .await
+            .map_err(StoreError::redis("reading the queue registry"))?;
+        let mut queues: Vec<QueueName> = names
+            .iter()
+            .filter_map(|name| QueueName::parse("queue", name).ok())
+            .collect();
+        let local = super::lock(&self.registered).clone();
+        let missing: Vec<&QueueName> = local.iter().filter(|q| !queues.contains(q)).collect();
+        if !missing.is_empty() {
+            // The registry lost them (a flushed or replaced Redis): put them back.
+            let names: Vec<&str> = missing.iter().map(|q| q.as_str()).collect();
+            let _: i64 = self
+                .pool
+                .next()
+                .sadd(self.keys.queues(), names)
+                .await
+                .map_err(StoreError::redis("registering queues"))?;
+            queues.extend(missing.into_iter().cloned());
+        }
+        Ok(queues)
+    }
+}
+
+/// Decodes a job from the HGETALL map a script returned.
+pub(super) fn job_from_map(id: &JobId, map: HashMap<String, Bytes>) -> Result<crate::domain::Job> {
+    Fields::from_map(map)
+        .into_job(id)?
+        .ok_or_else(|| StoreError::corrupt("claimed job has no fields"))
+}

@@ -1,0 +1,65 @@
+-- An attempt fails: the worker reported it (FailJob), or its lease expired. With attempts left
+-- and a retryable error, the job becomes SCHEDULED for its next attempt after the backoff delay
+-- (RETRY_SCHEDULED); otherwise it becomes FAILED. Safe to run twice, and from several jobd
+-- replicas at once: a run whose condition no longer holds changes nothing.
+--
+-- KEYS[1]  job hash
+-- KEYS[2]  queue's running set
+-- KEYS[3]  queue's scheduled set
+-- KEYS[4]  queue's retained-failed set (score: when the job's retention ends, Unix ms)
+-- ARGV[1]  job id
+-- ARGV[2]  lease token (worker-reported), or "" to fail the attempt only if its lease expired
+-- ARGV[3]  now, Unix ms
+-- ARGV[4]  error message
+-- ARGV[5]  "1" when the error is retryable
+-- ARGV[6]  random sample in [0, 1) for the jitter (Redis seeds math.random the same every time)
+-- ARGV[7]  job wake-up channel
+-- returns  {"failed"} or {"scheduled", retry at}: recorded, now or by an earlier run of this call
+--          {"not_found"}; {"stale", state}: wrong token, or the job is not running;
+--          {"alive"}: the lease has not expired (lease expiry only)
+
+local job = redis.call('HMGET', KEYS[1], 'state', 'token', 'seq', 'attempt', 'max_attempts',
+  'lease_until', 'retention', 'b_initial', 'b_mult', 'b_max', 'b_jitter', 'run_at')
+local state, token = job[1], job[2]
+local now = tonumber(ARGV[3])
+if not state then return {'not_found'} end
+if ARGV[2] == '' then
+  if state ~= 'running' then return {'stale', state} end
+  if not job[6] or tonumber(job[6]) > now then return {'alive'} end
+else
+  if token ~= ARGV[2] then return {'stale', state} end
+  if state == 'failed' then return {'failed'} end
+  if state == 'scheduled' then return {'scheduled', tonumber(job[12])} end
+  if state ~= 'running' then return {'stale', state} end
+end
+
+local seq = tonumber(job[3]) + 1
+local attempt = tonumber(job[4])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[1], 'lease_until')
+if ARGV[2] == '' then
+  -- The silent worker's token dies with its lease: its later calls are refused.
+  redis.call('HSET', KEYS[1], 'token', '')
+end
+
+if ARGV[5] == '1' and attempt < tonumber(job[5]) then
+  -- initial * multiplier^(failures - 1), at most max, spread by +/- jitter.
+  local delay = tonumber(job[8]) * tonumber(job[9]) ^ (attempt - 1)
+  delay = math.min(delay, tonumber(job[10]))
+  delay = delay * (1 + tonumber(job[11]) * (2 * tonumber(ARGV[6]) - 1))
+  local run_at = now + math.floor(delay)
+  redis.call('HSET', KEYS[1], 'state', 'scheduled', 'error', ARGV[4], 'run_at', run_at,
+    'seq', seq, 'e:' .. seq,
+    cmsgpack.pack({t = 'retry_scheduled', at = now, a = attempt, e = ARGV[4], due = run_at}))
+  redis.call('ZADD', KEYS[3], run_at, ARGV[1])
+  redis.call('PUBLISH', ARGV[7], seq .. ' ' .. ARGV[1])
+  return {'scheduled', run_at}
+end
+
+local retention = tonumber(job[7])
+redis.call('HSET', KEYS[1], 'state', 'failed', 'error', ARGV[4], 'finished', now,
+  'seq', seq, 'e:' .. seq, cmsgpack.pack({t = 'failed', at = now, a = attempt, e = ARGV[4]}))
+redis.call('ZADD', KEYS[4], now + retention, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], retention)
+redis.call('PUBLISH', ARGV[7], seq .. ' ' .. ARGV[1])
+return {'failed'}

@@ -1,0 +1,39 @@
+-- Makes due SCHEDULED jobs claimable: each becomes QUEUED, in the ready set by priority.
+-- Safe to run twice and from several jobd replicas at once: a job is promoted only while it is
+-- still in the scheduled set and due (ZREM decides), so exactly once.
+--
+-- KEYS[1]     queue's scheduled set
+-- KEYS[2]     queue's ready set
+-- KEYS[3..n]  job hashes of the candidates
+-- ARGV[1]     now, Unix ms
+-- ARGV[2]     job wake-up channel
+-- ARGV[3]     queue wake-up channel
+-- ARGV[4]     queue name
+-- ARGV[5..]   job ids, in KEYS order
+-- returns     the number of jobs promoted
+
+-- Same formula as in submit.lua.
+local function ready_score(priority, at)
+  return (1000 - priority) * 2199023255552 + (at - 1704067200000)
+end
+
+local now = tonumber(ARGV[1])
+local promoted = 0
+for i = 3, #KEYS do
+  local id = ARGV[i + 2]
+  local due = redis.call('ZSCORE', KEYS[1], id)
+  if due and tonumber(due) <= now and redis.call('ZREM', KEYS[1], id) == 1 then
+    local job = redis.call('HMGET', KEYS[i], 'state', 'seq', 'attempt', 'priority')
+    if job[1] == 'scheduled' then
+      local seq = tonumber(job[2]) + 1
+      redis.call('HSET', KEYS[i], 'state', 'queued', 'seq', seq,
+        'e:' .. seq, cmsgpack.pack({t = 'queued', at = now, a = tonumber(job[3])}))
+      redis.call('HDEL', KEYS[i], 'run_at')
+      redis.call('ZADD', KEYS[2], ready_score(tonumber(job[4]), tonumber(due)), id)
+      redis.call('PUBLISH', ARGV[2], seq .. ' ' .. id)
+      redis.call('PUBLISH', ARGV[3], ARGV[4])
+      promoted = promoted + 1
+    end
+  end
+end
+return promoted

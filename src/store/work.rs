@@ -1,0 +1,260 @@
+//! The worker's side: claim, heartbeat, complete, fail.
+
+use std::{collections::HashMap, time::Duration};
+
+use bytes::Bytes;
+use fred::{interfaces::SortedSetsInterface, types::Value};
+
+use super::{JobStore, Result, StoreError, jobs::job_from_map, millis, state_in, status};
+use crate::domain::{
+    Claimed, FailOutcome, HeartbeatOutcome, JobId, JobState, LeaseToken, Progress, QueueName,
+    UnixMillis, WorkerId,
+};
+
+/// How many ready jobs a claim looks at in one round, so that a few concurrent claimers racing
+/// for the head of a queue each still find one.
+const CLAIM_CANDIDATES: i64 = 4;
+
+/// How many times a claim retries after losing all its candidates to other workers.
+const CLAIM_ROUNDS: usize = 8;
+
+impl JobStore {
+    /// Claims the job at the head of `queue`, if any. Losing a race for a candidate to another
+    /// worker moves on to the next one; `None` means the queue had nothing ready.
+    pub async fn claim(
+        &self,
+        queue: &QueueName,
+        worker: &WorkerId,
+        lease: Option<Duration>,
+        now: UnixMillis,
+    ) -> Result<Option<Claimed>> {
+        let ready = self.keys.ready(queue);
+        for _ in 0..CLAIM_ROUNDS {
+            let candidates: Vec<String> = self
+                .pool
+                .next()
+                .zrange(&ready, 0, CLAIM_CANDIDATES - 1, None, false, None, false)
+                .await
+                .map_err(StoreError::redis("reading a queue"))?;
+            if candidates.is_empty() {
+                return Ok(None);
+            }
+            let mut keys = vec![ready.clone(), self.keys.running(queue)];
+            let mut args: Vec<Value> = vec![
+                now.0.to_string().into(),
+                lease.map(millis).unwrap_or_default().into(),
+                worker.as_str().into(),
+                "1".into(),
+                self.keys.job_channel().into(),
+                millis(self.settings.default_lease).into(),
+            ];
+            let mut foreign = Vec::new();
+            for candidate in candidates {
+                match JobId::parse("candidate", &candidate) {
+                    Ok(id) if id.queue() == queue => {
+                        keys.push(self.keys.job(&id));
+                        args.push(candidate.into());
+                        args.push(LeaseToken::generate().as_str().into());
+                    }
+                    _ => foreign.push(candidate),
+                }
+            }
+            if !foreign.is_empty() {
+                // jobd never writes such entries; left in place they would block the queue.
+                tracing::warn!(queue = %queue, entries = ?foreign, "removing foreign ready-set entries");
+                let _: i64 = self
+                    .pool
+                    .next()
+                    .zrem(&ready, foreign)
+                    .await
+                    .map_err(StoreError::redis("cleaning a queue"))?;
+            }
+            let claimed: Vec<Value> = self.call(&self.scripts.claim, keys, args).await?;
+            if let Some(entry) = claimed.into_iter().next() {
+                return decode_claimed(entry).map(Some);
+            }
+            // Every candidate was taken by another worker between the read and the script:
+            // look again.
+        }
+        // Lost every round to other workers: report nothing; a waiting claim waits again.
+        Ok(None)
+    }
+
+    pub async fn heartbeat(
+        &self,
+        id: &JobId,
+        token: &LeaseToken,
+        lease: Option<Duration>,
+        progress: Option<Progress>,
+        now: UnixMillis,
+    ) -> Result<HeartbeatOutcome> {
+        let (record, value, message) = match progress {
+            Some(progress) => (
+                "1",
+                progress.value.map(|v| v.to_string()).unwrap_or_default(),
+                progress.message,
+            ),
+            None => ("0", String::new(), String::new()),
+        };
+        let reply: Vec<Value> = self
+            .call(
+                &self.scripts.heartbeat,
+                vec![self.keys.job(id), self.keys.running(id.queue())],
+                vec![
+                    id.to_string().into(),
+                    token.as_str().into(),
+                    now.0.to_string().into(),
+                    lease.map(millis).unwrap_or_default().into(),
+                    record.into(),
+                    value.into(),
+                    message.into(),
+                    self.keys.job_channel().into(),
+                ],
+            )
+            .await?;
+        match status(&reply)?.as_str() {
+            "ok" => {
+                let expires = reply
+                    .get(1)
+                    .and_then(Value::as_u64)
+                    .ok_or_else(|| StoreError::corrupt("heartbeat reply without a lease expiry"))?;
+                Ok(HeartbeatOutcome::Extended(UnixMillis(expires)))
+            }
+            "cancelled" => Ok(HeartbeatOutcome::Cancelled),
+            other => Err(lease_refusal(other, &reply)),
+        }
+    }
+
+    /// Records the worker's success: the job becomes COMPLETED with `result`.
+    pub async fn complete(
+        &self,
+        id: &JobId,
+        token: &LeaseToken,
+        result: Bytes,
+        now: UnixMillis,
+    ) -> Result<()> {
+        let queue = id.queue();
+        let reply: Vec<Value> = self
+            .call(
+                &self.scripts.complete,
+                vec![
+                    self.keys.job(id),
+                    self.keys.running(queue),
+                    self.keys.retained(queue, JobState::Completed),
+                ],
+                vec![
+                    id.to_string().into(),
+                    token.as_str().into(),
+                    now.0.to_string().into(),
+                    result.into(),
+                    self.keys.job_channel().into(),
+                ],
+            )
+            .await?;
+        match status(&reply)?.as_str() {
+            "ok" => Ok(()),
+            other => Err(lease_refusal(other, &reply)),
+        }
+    }
+
+    /// Records the worker's failure: retried while the job has attempts left and the error
+    /// is retryable, FAILED otherwise.
+    pub async fn fail(
+        &self,
+        id: &JobId,
+        token: &LeaseToken,
+        error: &str,
+        retryable: bool,
+        now: UnixMillis,
+    ) -> Result<FailOutcome> {
+        self.end_attempt(id, token.as_str(), error, retryable, now)
+            .await
+    }
+
+    /// Fails the current attempt: with `token` as the worker's report, or with an empty token
+    /// as a lease expiry, which happens only if the lease has indeed run out.
+    pub(super) async fn end_attempt(
+        &self,
+        id: &JobId,
+        token: &str,
+        error: &str,
+        retryable: bool,
+        now: UnixMillis,
+    ) -> Result<FailOutcome> {
+        let queue = id.queue();
+        let reply: Vec<Value> = self
+            .call(
+                &self.scripts.fail,
+                vec![
+                    self.keys.job(id),
+                    self.keys.running(queue),
+                    self.keys.scheduled(queue),
+                    self.keys.retained(queue, JobState::Failed),
+                ],
+                vec![
+                    id.to_string().into(),
+                    token.into(),
+                    now.0.to_string().into(),
+                    error.into(),
+                    if retryable { "1" } else { "0" }.into(),
+                    rand::random::<f64>().to_string().into(),
+                    self.keys.job_channel().into(),
+                ],
+            )
+            .await?;
+        match status(&reply)?.as_str() {
+            "failed" => Ok(FailOutcome::Failed),
+            "scheduled" => {
+                let at = reply
+                    .get(1)
+                    .and_then(Value::as_u64)
+                    .ok_or_else(|| StoreError::corrupt("fail reply without a retry time"))?;
+                Ok(FailOutcome::RetryAt(UnixMillis(at)))
+            }
+            "alive" => Err(StoreError::Conflict("the lease has not expired".into())),
+            other => Err(lease_refusal(other, &reply)),
+        }
+    }
+}
+
+/// Turns a script's refusal of a lease token into the error the worker sees.
+fn lease_refusal(status: &str, reply: &[Value]) -> StoreError {
+    match status {
+        "not_found" => StoreError::NotFound,
+        "stale" => {
+            let why = match state_in(reply) {
+                Some(JobState::Cancelled) => "the job was cancelled".to_owned(),
+                Some(JobState::Running) => "the job was claimed again by another worker".to_owned(),
+                Some(JobState::Queued | JobState::Scheduled) => {
+                    "the attempt ended (lease expired or failure reported) and the job awaits its next attempt"
+                        .to_owned()
+                }
+                Some(state) => format!("the job is already {}", state.as_str()),
+                None => "the job changed".to_owned(),
+            };
+            StoreError::Conflict(format!(
+                "the lease token is not the job's current one: {why}"
+            ))
+        }
+        other => StoreError::corrupt(format!("unexpected script status {other:?}")),
+    }
+}
+
+fn decode_claimed(entry: Value) -> Result<Claimed> {
+    let shape = || StoreError::corrupt("claim reply shape");
+    let Value::Array(parts) = entry else {
+        return Err(shape());
+    };
+    let [id, token, expires, fields]: [Value; 4] = parts.try_into().map_err(|_| shape())?;
+    let id = id.as_string().ok_or_else(shape)?;
+    let id = JobId::parse("id", &id).map_err(|_| StoreError::corrupt("claimed job id"))?;
+    let token = token.as_string().ok_or_else(shape)?;
+    let expires = expires.as_u64().ok_or_else(shape)?;
+    let fields: HashMap<String, Bytes> = fields.convert().map_err(|_| shape())?;
+    Ok(Claimed {
+        job: job_from_map(&id, fields)?,
+        token: LeaseToken::parse("token", &token)
+            .map_err(|_| StoreError::corrupt("lease token"))?,
+        lease_expires_at: UnixMillis(expires),
+    })
+}
