@@ -3,14 +3,14 @@
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, time::Instant};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::Server;
 
 use crate::{
     api::{
-        JobApi, WorkerApi,
+        JobApi, Readiness, WorkerApi,
         proto::{
             self, job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer,
         },
@@ -22,8 +22,14 @@ use crate::{
     store::{JobStore, Keys, RedisClients, StoreSettings},
 };
 
-/// How long shutdown waits for each of its steps before moving on.
-const SHUTDOWN_STEP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often readiness is checked: it follows Redis within this plus the probe timeout.
+const READINESS_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The longest a readiness PING may take before Redis counts as unreachable.
+const READINESS_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// QUIT gets at least this long, even when the shutdown deadline has passed.
+const MIN_QUIT_TIME: Duration = Duration::from_millis(500);
 
 /// Room for the rest of a request beside a payload of the maximum size, so that an oversized
 /// payload reaches validation and gets a status that names it.
@@ -72,6 +78,7 @@ impl App {
             );
         }
 
+        tracing::info!(?config, "effective configuration");
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -106,9 +113,14 @@ impl App {
             .expect("a bound listener has an address")
     }
 
-    /// Serves until `signal` resolves, then shuts down in order: stop accepting calls, end
-    /// open streams and waiting claims, wait for tracked tasks, close Redis with QUIT. Each
-    /// step is bounded, so a misbehaving peer cannot hold the process.
+    /// Serves until `signal` resolves, then shuts down in order:
+    /// 1. readiness turns NOT_SERVING at once;
+    /// 2. calls are still served for the drain delay, while load balancers take the pod out;
+    /// 3. the server stops accepting calls; open WatchJob streams end with UNAVAILABLE naming
+    ///    the sequence to resume after, waiting claims return no job, unary calls finish;
+    /// 4. tracked tasks stop, Redis connections QUIT.
+    ///
+    /// Steps 3 and 4 share the shutdown timeout, so a misbehaving peer cannot hold the process.
     pub async fn run(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
         let max_payload = self.config.jobs.max_payload_bytes as usize;
         let decode_limit = max_payload + REQUEST_OVERHEAD;
@@ -135,58 +147,96 @@ impl App {
             max_payload,
             self.shutdown.clone(),
         );
+
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<JobServiceServer<JobApi>>()
-            .await;
-        health_reporter
-            .set_serving::<WorkerServiceServer<WorkerApi>>()
-            .await;
+        let draining = CancellationToken::new();
+        // Registered before serving starts: NOT_SERVING until the first probe says otherwise.
+        let mut readiness = Readiness::new(health_reporter);
+        readiness.set(false).await;
+        self.tracker.spawn(keep_readiness(
+            readiness,
+            self.clients.clone(),
+            self.config
+                .redis
+                .redis_command_timeout
+                .min(READINESS_PROBE_TIMEOUT),
+            draining.clone(),
+            self.shutdown.clone(),
+        ));
+
         // Both reflection versions, so that every grpcurl release works.
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
-
-        let server = Server::builder()
+        let mut routes = Server::builder()
             .add_service(health_service)
-            .add_service(reflection().build_v1()?)
-            .add_service(reflection().build_v1alpha()?)
             .add_service(JobServiceServer::new(job_api).max_decoding_message_size(decode_limit))
             .add_service(
                 WorkerServiceServer::new(worker_api).max_decoding_message_size(decode_limit),
-            )
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(self.listener),
-                self.shutdown.clone().cancelled_owned(),
             );
+        if self.config.server.reflection {
+            routes = routes
+                .add_service(reflection().build_v1()?)
+                .add_service(reflection().build_v1alpha()?);
+        }
+        let server = routes.serve_with_incoming_shutdown(
+            TcpListenerStream::new(self.listener),
+            self.shutdown.clone().cancelled_owned(),
+        );
         tokio::pin!(server);
 
         tokio::select! {
-            result = &mut server => {
-                result.context("gRPC server failed")?;
-            }
-            () = signal => {
-                tracing::info!("shutting down");
-                self.shutdown.cancel();
-                match tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, server).await {
-                    Ok(result) => result.context("gRPC server failed")?,
-                    Err(_) => tracing::warn!("calls still open at the shutdown deadline were dropped"),
-                }
-            }
+            result = &mut server => return result.context("gRPC server failed"),
+            () = signal => {}
         }
 
+        let drain = self.config.shutdown.shutdown_drain_delay;
+        tracing::info!(drain = %humantime::format_duration(drain), "shutting down: readiness off, draining");
+        draining.cancel();
+        tokio::select! {
+            result = &mut server => return result.context("gRPC server failed"),
+            () = tokio::time::sleep(drain) => {}
+        }
+
+        tracing::info!("no longer accepting calls; ending streams");
+        let deadline = Instant::now() + self.config.shutdown.shutdown_timeout;
         self.shutdown.cancel();
+        match tokio::time::timeout_at(deadline, server).await {
+            Ok(result) => result.context("gRPC server failed")?,
+            Err(_) => tracing::warn!("calls still open at the shutdown deadline were dropped"),
+        }
         self.tracker.close();
-        if tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, self.tracker.wait())
+        if tokio::time::timeout_at(deadline, self.tracker.wait())
             .await
             .is_err()
         {
             tracing::warn!("background tasks still running at the shutdown deadline");
         }
-        self.clients.quit(SHUTDOWN_STEP_TIMEOUT).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.clients.quit(left.max(MIN_QUIT_TIME)).await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Keeps the readiness of jobd's services true to Redis' health until shutdown: checked every
+/// `READINESS_INTERVAL`, and NOT_SERVING for good once draining starts.
+async fn keep_readiness(
+    mut readiness: Readiness,
+    clients: RedisClients,
+    probe_timeout: Duration,
+    draining: CancellationToken,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let ready = !draining.is_cancelled() && clients.healthy(probe_timeout).await;
+        readiness.set(ready && !draining.is_cancelled()).await;
+        tokio::select! {
+            () = tokio::time::sleep(READINESS_INTERVAL) => {}
+            () = draining.cancelled(), if !draining.is_cancelled() => {}
+            () = shutdown.cancelled() => return,
+        }
     }
 }

@@ -16,6 +16,8 @@ pub struct Config {
     pub redis: RedisConfig,
     #[command(flatten)]
     pub jobs: JobsConfig,
+    #[command(flatten)]
+    pub shutdown: ShutdownConfig,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -31,6 +33,25 @@ pub struct ServerConfig {
     /// Log format: `text` for people, `json` for log pipelines. The level comes from RUST_LOG.
     #[arg(long, env = "JOBD_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Serve gRPC server reflection (v1 and v1alpha), so grpcurl works without proto files.
+    #[arg(long, env = "JOBD_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub reflection: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ShutdownConfig {
+    /// After SIGTERM, how long to keep serving while readiness says NOT_SERVING, so that load
+    /// balancers stop sending calls first. Set it to at least the readiness probe's period x
+    /// failure threshold plus endpoint propagation; with the shutdown timeout it must fit in
+    /// the pod's terminationGracePeriodSeconds.
+    #[arg(long, env = "JOBD_SHUTDOWN_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub shutdown_drain_delay: Duration,
+
+    /// After the drain delay, the most the rest of shutdown may take (ending streams, finishing
+    /// calls in flight, closing Redis) before the process exits anyway.
+    #[arg(long, env = "JOBD_SHUTDOWN_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -55,7 +76,7 @@ pub struct RedisConfig {
     pub redis_command_timeout: Duration,
 
     /// Longest pause between reconnection attempts (they back off exponentially up to it).
-    #[arg(long, env = "JOBD_REDIS_RECONNECT_MAX_DELAY", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "JOBD_REDIS_RECONNECT_MAX_DELAY", default_value = "1s", value_parser = parse_duration)]
     pub redis_reconnect_max_delay: Duration,
 
     /// Prefix of every key and channel jobd uses, so several deployments can share one Redis.
@@ -105,6 +126,9 @@ impl Config {
         }
         if self.redis.redis_command_timeout.is_zero() {
             return Err("invalid JOBD_REDIS_COMMAND_TIMEOUT: must be above 0".into());
+        }
+        if self.shutdown.shutdown_timeout.is_zero() {
+            return Err("invalid JOBD_SHUTDOWN_TIMEOUT: must be above 0".into());
         }
         Ok(())
     }

@@ -56,6 +56,21 @@ pub fn state(state: JobState) -> proto::JobState {
     }
 }
 
+/// A state filter: `None` for JOB_STATE_UNSPECIFIED; unknown numbers are refused by field name.
+pub fn job_state(field: &str, value: i32) -> Result<Option<JobState>, RequestError> {
+    let state = proto::JobState::try_from(value)
+        .map_err(|_| RequestError::invalid(field, format!("{value} is not a job state")))?;
+    Ok(match state {
+        proto::JobState::Unspecified => None,
+        proto::JobState::Scheduled => Some(JobState::Scheduled),
+        proto::JobState::Queued => Some(JobState::Queued),
+        proto::JobState::Running => Some(JobState::Running),
+        proto::JobState::Completed => Some(JobState::Completed),
+        proto::JobState::Failed => Some(JobState::Failed),
+        proto::JobState::Cancelled => Some(JobState::Cancelled),
+    })
+}
+
 impl TryFrom<proto::SubmitJobRequest> for SubmitRequest {
     type Error = RequestError;
 

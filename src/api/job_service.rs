@@ -5,17 +5,20 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status};
 
 use super::{
+    convert::job_state,
     proto::{self, job_service_server::JobService},
     watch::Watcher,
 };
 use crate::{
     background::SweeperHandle,
-    domain::{JobId, NewJob, QueueName, SubmitLimits, UnixMillis, check_text},
+    domain::{JobId, NewJob, QueueName, RequestError, SubmitLimits, UnixMillis, check_text},
     events::EventHub,
-    store::JobStore,
+    store::{JobStore, ListCursor},
 };
 
 const MAX_CANCEL_REASON: usize = 256;
+const DEFAULT_PAGE_SIZE: u32 = 50;
+const MAX_PAGE_SIZE: u32 = 500;
 
 pub struct JobApi {
     store: JobStore,
@@ -107,6 +110,40 @@ impl JobService for JobApi {
             completed: stats.completed,
             failed: stats.failed,
             cancelled: stats.cancelled,
+        }))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<proto::ListJobsRequest>,
+    ) -> Result<Response<proto::ListJobsResponse>, Status> {
+        let request = request.into_inner();
+        let queue = QueueName::parse("queue", &request.queue)?;
+        let state = job_state("state", request.state)?;
+        let page_size = match request.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            size @ 1..=MAX_PAGE_SIZE => size,
+            _ => {
+                return Err(RequestError::invalid(
+                    "page_size",
+                    format!("must be from 1 to {MAX_PAGE_SIZE}"),
+                )
+                .into());
+            }
+        };
+        let cursor = match request.page_token.as_str() {
+            "" => ListCursor::default(),
+            token => ListCursor::decode(token).ok_or_else(|| {
+                RequestError::invalid("page_token", "is not a token from ListJobs")
+            })?,
+        };
+        let (jobs, next) = self
+            .store
+            .list(&queue, state, cursor, page_size as usize)
+            .await?;
+        Ok(Response::new(proto::ListJobsResponse {
+            jobs: jobs.into_iter().map(Into::into).collect(),
+            next_page_token: next.map(ListCursor::encode).unwrap_or_default(),
         }))
     }
 

@@ -3,11 +3,13 @@
 
 mod convert;
 mod error;
+mod health;
 mod job_service;
 mod watch;
 mod worker_service;
 
 pub use error::ApiError;
+pub use health::Readiness;
 pub use job_service::JobApi;
 pub use worker_service::WorkerApi;
 

@@ -9,7 +9,7 @@ use fred::{
     prelude::ReconnectPolicy,
     types::{
         Builder,
-        config::{Config as FredConfig, TcpConfig, UnresponsiveConfig},
+        config::{Config as FredConfig, Options, TcpConfig, UnresponsiveConfig},
     },
 };
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -103,15 +103,26 @@ impl RedisClients {
         tokio::time::timeout(timeout, all).await.is_ok()
     }
 
-    pub fn pool_connected(&self) -> bool {
-        self.pool
-            .clients()
-            .iter()
-            .all(|client| client.is_connected())
-    }
-
-    pub fn subscriber_connected(&self) -> bool {
-        self.subscriber.is_connected()
+    /// Whether Redis answers: every pool connection answers PING within `timeout`, and the
+    /// subscriber is connected. A frozen Redis keeps its sockets open, so a PING is the only
+    /// way to tell.
+    pub async fn healthy(&self, timeout: Duration) -> bool {
+        if !self.subscriber.is_connected() {
+            return false;
+        }
+        let options = Options {
+            timeout: Some(timeout),
+            max_attempts: Some(1),
+            ..Options::default()
+        };
+        let pings = self.pool.clients().iter().map(|client| {
+            let client = client.with_options(&options);
+            async move { client.is_connected() && client.ping::<String>(None).await.is_ok() }
+        });
+        futures::future::join_all(pings)
+            .await
+            .into_iter()
+            .all(|ok| ok)
     }
 
     /// Closes every connection with QUIT, waiting at most `timeout`.

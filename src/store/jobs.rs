@@ -297,3 +297,141 @@ pub(super) fn job_from_map(id: &JobId, map: HashMap<String, Bytes>) -> Result<cr
         .into_job(id)?
         .ok_or_else(|| StoreError::corrupt("claimed job has no fields"))
 }
+
+/// The order ListJobs walks a queue's indexes in.
+const LIST_ORDER: [JobState; 6] = [
+    JobState::Queued,
+    JobState::Scheduled,
+    JobState::Running,
+    JobState::Completed,
+    JobState::Failed,
+    JobState::Cancelled,
+];
+
+/// Where a listing continues: an index (by `LIST_ORDER` position) and an offset in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ListCursor {
+    pub index: usize,
+    pub offset: u64,
+}
+
+impl ListCursor {
+    /// Cursors travel as opaque page tokens: `<index>.<offset>`.
+    pub fn encode(self) -> String {
+        format!("{}.{}", self.index, self.offset)
+    }
+
+    pub fn decode(token: &str) -> Option<Self> {
+        let (index, offset) = token.split_once('.')?;
+        let cursor = Self {
+            index: index.parse().ok()?,
+            offset: offset.parse().ok()?,
+        };
+        (cursor.index < LIST_ORDER.len()).then_some(cursor)
+    }
+}
+
+/// The fields ListJobs reads: a job without payload and result.
+const LIST_FIELDS: [&str; 20] = [
+    "state",
+    "kind",
+    "labels",
+    "attempt",
+    "max_attempts",
+    "priority",
+    "created",
+    "started",
+    "finished",
+    "error",
+    "reason",
+    "seq",
+    "run_at",
+    "lease_until",
+    "worker",
+    "b_initial",
+    "b_mult",
+    "b_max",
+    "b_jitter",
+    "retention",
+];
+
+impl JobStore {
+    /// A page of a queue's jobs, in `state` or in every state, from `cursor`; and where the
+    /// next page starts, if there may be one.
+    pub async fn list(
+        &self,
+        queue: &QueueName,
+        state: Option<JobState>,
+        cursor: ListCursor,
+        page_size: usize,
+    ) -> Result<(Vec<crate::domain::Job>, Option<ListCursor>)> {
+        let mut jobs = Vec::new();
+        let mut cursor = cursor;
+        while cursor.index < LIST_ORDER.len() {
+            let index_state = LIST_ORDER[cursor.index];
+            if state.is_some_and(|wanted| wanted != index_state) {
+                cursor = ListCursor {
+                    index: cursor.index + 1,
+                    offset: 0,
+                };
+                continue;
+            }
+            let wanted = page_size - jobs.len();
+            let key = match index_state {
+                JobState::Queued => self.keys.ready(queue),
+                JobState::Scheduled => self.keys.scheduled(queue),
+                JobState::Running => self.keys.running(queue),
+                outcome => self.keys.retained(queue, outcome),
+            };
+            let start = i64::try_from(cursor.offset).unwrap_or(i64::MAX);
+            let ids: Vec<String> = self
+                .pool
+                .next()
+                .zrange(
+                    &key,
+                    start,
+                    start + wanted as i64 - 1,
+                    None,
+                    false,
+                    None,
+                    false,
+                )
+                .await
+                .map_err(StoreError::redis("listing jobs"))?;
+            cursor.offset += ids.len() as u64;
+            let ids: Vec<JobId> = ids
+                .iter()
+                .filter_map(|id| JobId::parse("id", id).ok())
+                .collect();
+            let pipeline = self.pool.next().pipeline();
+            for id in &ids {
+                let _: () = pipeline
+                    .hmget(self.keys.job(id), LIST_FIELDS.to_vec())
+                    .await
+                    .map_err(StoreError::redis("listing jobs"))?;
+            }
+            let rows: Vec<Vec<Option<Bytes>>> = if ids.is_empty() {
+                Vec::new()
+            } else {
+                pipeline
+                    .all()
+                    .await
+                    .map_err(StoreError::redis("listing jobs"))?
+            };
+            for (id, values) in ids.iter().zip(rows) {
+                // An entry whose job expired before the sweeper trimmed it is skipped.
+                if let Some(job) = Fields::from_values(&LIST_FIELDS, values).into_job(id)? {
+                    jobs.push(job);
+                }
+            }
+            if jobs.len() >= page_size {
+                return Ok((jobs, Some(cursor)));
+            }
+            cursor = ListCursor {
+                index: cursor.index + 1,
+                offset: 0,
+            };
+        }
+        Ok((jobs, None))
+    }
+}

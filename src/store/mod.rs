@@ -18,7 +18,7 @@ use fred::{
 };
 
 pub use connection::RedisClients;
-pub use jobs::{EventPage, QueueStats, Submitted};
+pub use jobs::{EventPage, ListCursor, QueueStats, Submitted};
 pub use keys::Keys;
 pub use sweep::{SWEEP_BATCH, SweepReport};
 

@@ -4,7 +4,7 @@ use std::{
     io::{BufRead, BufReader},
     process::{Command, Stdio},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use crate::support::*;
@@ -163,5 +163,150 @@ async fn the_redis_password_never_reaches_the_logs() {
         redis.cli_auth(Some(PASSWORD), &["PING"]),
         "PONG",
         "the password was right for the server"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_ends_streams_and_exits_zero_without_connections() {
+    use jobd::api::proto::{
+        self, job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient,
+    };
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+
+    let redis = RedisServer::start();
+    let instance = "sigterm-test";
+    let jobd = Running::start(
+        &redis.url(),
+        &[
+            "--instance-id",
+            instance,
+            "--shutdown-drain-delay",
+            "1s",
+            "--shutdown-timeout",
+            "5s",
+        ],
+    );
+    jobd.wait_for("jobd started").await;
+    let url = format!("http://{}", jobd.address());
+    let channel = || async {
+        tonic::transport::Channel::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    };
+    let health = HealthClient::new(channel().await);
+    let check = |service: &'static str| {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .map(|r| r.into_inner().status())
+                .ok()
+        }
+    };
+    eventually(Duration::from_secs(10), "readiness", || async {
+        (check("jobd.v1.JobService").await == Some(ServingStatus::Serving)).then_some(())
+    })
+    .await;
+
+    let mut jobs = JobServiceClient::new(channel().await);
+    let job = submit(&mut jobs, "q", b"").await;
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        let mut client = JobServiceClient::new(channel().await);
+        for _ in 0..10 {
+            let mut stream = client
+                .watch_job(proto::WatchJobRequest {
+                    job_id: job.id.clone(),
+                    after_sequence: 0,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(stream.message().await.unwrap().unwrap().sequence, 1);
+            streams.push(stream);
+        }
+    }
+    let mut claims = Vec::new();
+    for _ in 0..10 {
+        let mut workers = WorkerServiceClient::new(channel().await);
+        claims.push(tokio::spawn(async move {
+            workers
+                .claim_job(claim_request("idle", Duration::from_secs(30)))
+                .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        redis.clients_named(&format!("jobd:{instance}:")).len(),
+        5,
+        "pool of 4 + subscriber"
+    );
+
+    let started = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &jobd.child.id().to_string()])
+        .status()
+        .unwrap();
+    // Readiness turns NOT_SERVING at once; liveness does not; calls are still served.
+    eventually(
+        Duration::from_millis(800),
+        "readiness to turn off",
+        || async {
+            (check("jobd.v1.JobService").await == Some(ServingStatus::NotServing)).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(check("").await, Some(ServingStatus::Serving));
+    assert_eq!(
+        get(&mut jobs, &job.id).await.id,
+        job.id,
+        "still serving while draining"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "checked within the drain delay"
+    );
+
+    for mut stream in streams {
+        let status = stream
+            .message()
+            .await
+            .expect_err("the stream ends with a status");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().contains("after_sequence=1"),
+            "{}",
+            status.message()
+        );
+    }
+    for claim in claims {
+        let response = claim
+            .await
+            .unwrap()
+            .expect("the claim returns normally")
+            .into_inner();
+        assert!(response.job.is_none(), "a waiting claim returns no job");
+    }
+    let (code, log) = jobd.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1 + 5 + 1),
+        "exited after {took:?}"
+    );
+    assert!(
+        took >= Duration::from_secs(1),
+        "kept serving for the drain delay: {took:?}"
+    );
+    assert!(
+        redis.clients_named(&format!("jobd:{instance}:")).is_empty(),
+        "every connection closed"
     );
 }

@@ -4,6 +4,8 @@ mod binary;
 mod cancel;
 mod connections;
 mod errors;
+mod grpcurl;
+mod health;
 mod lifecycle;
 mod outage;
 mod scheduling;

@@ -1,0 +1,200 @@
+//! The README's grpcurl examples, run as written (after filling in ids and tokens from earlier
+//! replies) with the real grpcurl binary against a real jobd, so they cannot go stale.
+
+use std::{process::Stdio, time::Duration};
+
+use tokio::process::Command;
+
+use crate::support::*;
+
+/// The commands of the README's grpcurl block, continuation lines joined, comments dropped.
+fn readme_commands() -> Vec<String> {
+    let readme = include_str!("../../README.md");
+    let section = readme
+        .split("## Using it with grpcurl")
+        .nth(1)
+        .expect("the README has a grpcurl section");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the grpcurl section has a sh block");
+    let mut commands = Vec::new();
+    let mut current = String::new();
+    for line in block.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(start) => current.push_str(start),
+            None => {
+                current.push_str(line);
+                commands.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    commands
+}
+
+fn grpcurl_installed() -> bool {
+    std::process::Command::new("grpcurl")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn shell(command: &str) -> Command {
+    let mut shell = Command::new("bash");
+    shell
+        .args(["-c", command])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    shell
+}
+
+async fn run(command: &str) -> String {
+    let output = shell(command).output().await.expect("bash runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{command}\nfailed: {}{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn field(json: &str, path: &[&str]) -> String {
+    let mut value: serde_json::Value = serde_json::from_str(json).expect("grpcurl prints JSON");
+    for key in path {
+        value = value[*key].take();
+    }
+    value.as_str().expect("a string field").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_grpcurl_examples_work_as_written() {
+    assert!(
+        grpcurl_installed(),
+        "grpcurl is needed: .ci/install installs it"
+    );
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let address = server.addr.to_string();
+    let commands = readme_commands();
+    assert!(commands.len() >= 12, "{commands:#?}");
+
+    let mut job_id = String::new();
+    let mut lease_token = String::new();
+    let mut other_job_id = String::new();
+    let mut watcher = None;
+    for template in &commands {
+        assert!(template.starts_with("grpcurl "), "{template}");
+        let command = template
+            .replace("localhost:50051", &address)
+            .replace("OTHER_JOB_ID", &other_job_id)
+            .replace("JOB_ID", &job_id)
+            .replace("LEASE_TOKEN", &lease_token);
+        let method = template.rsplit(' ').next().unwrap_or_default();
+        if method == "jobd.v1.JobService/WatchJob" {
+            // Runs until the terminal event: start it, and read it after the completion.
+            watcher = Some(shell(&command).spawn().expect("bash runs"));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            continue;
+        }
+        let output = run(&command).await;
+        match method {
+            "list" => {
+                for service in [
+                    "jobd.v1.JobService",
+                    "jobd.v1.WorkerService",
+                    "grpc.health.v1.Health",
+                ] {
+                    assert!(output.contains(service), "list shows {service}: {output}");
+                }
+            }
+            "jobd.v1.JobService.SubmitJob" => {
+                assert!(
+                    output.contains("Queues a new job"),
+                    "describe shows the docs: {output}"
+                );
+            }
+            "jobd.v1.JobService/SubmitJob" if job_id.is_empty() => {
+                job_id = field(&output, &["job", "id"]);
+            }
+            "jobd.v1.JobService/SubmitJob" => {
+                assert_eq!(field(&output, &["job", "state"]), "JOB_STATE_SCHEDULED");
+                other_job_id = field(&output, &["job", "id"]);
+            }
+            "jobd.v1.WorkerService/ClaimJob" => {
+                assert_eq!(field(&output, &["job", "id"]), job_id);
+                lease_token = field(&output, &["leaseToken"]);
+            }
+            "jobd.v1.WorkerService/Heartbeat" => assert!(output.contains("leaseExpiresAt")),
+            "jobd.v1.WorkerService/CompleteJob" => {
+                let watcher = watcher.take().expect("the watch started before");
+                let watched =
+                    tokio::time::timeout(Duration::from_secs(10), watcher.wait_with_output())
+                        .await
+                        .expect("the watch ends after the terminal event")
+                        .unwrap();
+                assert!(watched.status.success(), "the watch ends with OK");
+                let events = String::from_utf8_lossy(&watched.stdout);
+                let order: Vec<usize> = [
+                    "EVENT_TYPE_QUEUED",
+                    "EVENT_TYPE_STARTED",
+                    "EVENT_TYPE_PROGRESS",
+                    "EVENT_TYPE_COMPLETED",
+                ]
+                .iter()
+                .map(|event| {
+                    events
+                        .find(event)
+                        .unwrap_or_else(|| panic!("{event} in {events}"))
+                })
+                .collect();
+                assert!(order.is_sorted(), "events in order: {events}");
+            }
+            "jobd.v1.JobService/CancelJob" => {
+                assert_eq!(field(&output, &["job", "state"]), "JOB_STATE_CANCELLED");
+                assert_eq!(field(&output, &["job", "cancelReason"]), "no longer needed");
+            }
+            "jobd.v1.JobService/GetQueueStats" => {
+                let stats: serde_json::Value = serde_json::from_str(&output).unwrap();
+                assert_eq!(stats["completed"], "1", "{output}");
+                assert_eq!(stats["cancelled"], "1", "{output}");
+            }
+            "jobd.v1.JobService/ListJobs" => assert!(output.contains(&job_id), "{output}"),
+            "grpc.health.v1.Health/Check" => assert_eq!(field(&output, &["status"]), "SERVING"),
+            other => panic!("the README runs {other}, which this test does not check"),
+        }
+    }
+    assert!(
+        !lease_token.is_empty() && !other_job_id.is_empty(),
+        "every step ran"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_can_be_turned_off() {
+    assert!(
+        grpcurl_installed(),
+        "grpcurl is needed: .ci/install installs it"
+    );
+    let redis = RedisServer::start();
+    let server = TestServer::start_with(
+        &redis.url(),
+        Settings {
+            extra: vec!["--reflection=false".into()],
+            ..Settings::default()
+        },
+    )
+    .await;
+    let output = shell(&format!("grpcurl -plaintext {} list", server.addr))
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success(), "no reflection service to list");
+    // The services themselves still answer.
+    let mut jobs = server.jobs().await;
+    submit(&mut jobs, "q", b"").await;
+}

@@ -1,0 +1,181 @@
+//! gRPC health: liveness ("") stays SERVING while the process answers; readiness
+//! (jobd.v1.JobService, jobd.v1.WorkerService) follows Redis within 2 s.
+
+use std::time::{Duration, Instant};
+
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::support::*;
+
+const READINESS: [&str; 2] = ["jobd.v1.JobService", "jobd.v1.WorkerService"];
+
+async fn status(
+    health: &mut HealthClient<tonic::transport::Channel>,
+    service: &str,
+) -> ServingStatus {
+    health
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .expect("the health service answers")
+        .into_inner()
+        .status()
+}
+
+/// Waits until every readiness service reports `wanted`; returns how long that took.
+async fn readiness_becomes(
+    server: &TestServer,
+    wanted: ServingStatus,
+    within: Duration,
+) -> Duration {
+    let mut health = HealthClient::new(server.channel().await);
+    let started = Instant::now();
+    loop {
+        let mut all = true;
+        for service in READINESS {
+            all &= status(&mut health, service).await == wanted;
+        }
+        if all {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "readiness not {wanted:?} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_a_frozen_redis_and_liveness_does_not() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut health = HealthClient::new(server.channel().await);
+    readiness_becomes(&server, ServingStatus::Serving, Duration::from_secs(5)).await;
+    assert_eq!(status(&mut health, "").await, ServingStatus::Serving);
+
+    redis.signal("STOP");
+    let took = readiness_becomes(&server, ServingStatus::NotServing, Duration::from_secs(10)).await;
+    assert!(took <= Duration::from_secs(2), "NOT_SERVING after {took:?}");
+    assert_eq!(
+        status(&mut health, "").await,
+        ServingStatus::Serving,
+        "liveness unaffected"
+    );
+
+    redis.signal("CONT");
+    let took = readiness_becomes(&server, ServingStatus::Serving, Duration::from_secs(10)).await;
+    assert!(
+        took <= Duration::from_secs(2),
+        "SERVING again after {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_a_stopped_and_restarted_redis() {
+    let mut redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    readiness_becomes(&server, ServingStatus::Serving, Duration::from_secs(5)).await;
+
+    redis.stop();
+    let took = readiness_becomes(&server, ServingStatus::NotServing, Duration::from_secs(10)).await;
+    assert!(took <= Duration::from_secs(2), "NOT_SERVING after {took:?}");
+    // Long enough for the reconnect backoff to reach its cap.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    redis.restart();
+    let took = readiness_becomes(&server, ServingStatus::Serving, Duration::from_secs(10)).await;
+    assert!(
+        took <= Duration::from_secs(2),
+        "SERVING again after {took:?}"
+    );
+    let mut jobs = server.jobs().await;
+    submit(&mut jobs, "q", b"").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_jobs_pages_through_a_queue_by_state() {
+    use jobd::api::proto::{self, JobState};
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    let mut queued = Vec::new();
+    for _ in 0..7 {
+        queued.push(submit(&mut jobs, "l", b"payload").await.id);
+    }
+    let running = claim(&mut workers, "l").await;
+    queued.retain(|id| *id != running.job.as_ref().unwrap().id);
+
+    // Every job, three at a time.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = jobs
+            .list_jobs(proto::ListJobsRequest {
+                queue: "l".into(),
+                state: 0,
+                page_size: 3,
+                page_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.jobs.len() <= 3);
+        assert!(
+            page.jobs.iter().all(|job| job.payload.is_empty()),
+            "listed without payload"
+        );
+        seen.extend(
+            page.jobs
+                .into_iter()
+                .map(|job| (job.state(), job.id))
+                .map(|(s, id)| (id, s)),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let mut expected: Vec<(String, JobState)> = queued
+        .iter()
+        .map(|id| (id.clone(), JobState::Queued))
+        .collect();
+    expected.push((running.job.unwrap().id, JobState::Running));
+    assert_eq!(seen, expected, "queued in claim order, then running");
+
+    let only_running = jobs
+        .list_jobs(proto::ListJobsRequest {
+            queue: "l".into(),
+            state: JobState::Running.into(),
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(only_running.jobs.len(), 1);
+    for bad in [
+        proto::ListJobsRequest {
+            queue: "l".into(),
+            page_size: 501,
+            ..Default::default()
+        },
+        proto::ListJobsRequest {
+            queue: "l".into(),
+            page_token: "garbage".into(),
+            ..Default::default()
+        },
+        proto::ListJobsRequest {
+            queue: "l".into(),
+            state: 99,
+            ..Default::default()
+        },
+    ] {
+        let status = jobs.list_jobs(bad).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    }
+}
