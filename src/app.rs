@@ -10,16 +10,17 @@ use tonic::transport::Server;
 
 use crate::{
     api::{
-        JobApi, Readiness, WorkerApi,
+        JobApi, ObserveLayer, Readiness, WorkerApi,
         proto::{
             self, job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer,
         },
     },
-    background::Sweeper,
+    background::{self, Sweeper},
     config::Config,
     domain::SubmitLimits,
     events::{Channels, EventHub},
     store::{JobStore, Keys, RedisClients, StoreSettings},
+    telemetry::{self, Metrics, QueueDepths},
 };
 
 /// How often readiness is checked: it follows Redis within this plus the probe timeout.
@@ -41,6 +42,7 @@ pub struct App {
     clients: RedisClients,
     hub: EventHub,
     store: JobStore,
+    metrics: Metrics,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -56,7 +58,8 @@ impl App {
         let tracker = TaskTracker::new();
         let shutdown = CancellationToken::new();
 
-        clients.connect_pool(&tracker, &shutdown);
+        let metrics = Metrics::global();
+        clients.connect_pool(&tracker, &shutdown, &metrics);
         let hub = EventHub::new();
         hub.start(
             clients.subscriber.clone(),
@@ -65,9 +68,12 @@ impl App {
                 jobs: keys.job_channel(),
                 queues: keys.queue_channel(),
             },
+            metrics.clone(),
             &tracker,
             shutdown.clone(),
         );
+        let connection_state = clients.clone();
+        metrics.observe_redis(move || connection_state.connected());
         if !clients
             .wait_connected(config.redis.redis_command_timeout)
             .await
@@ -88,6 +94,7 @@ impl App {
             StoreSettings {
                 default_lease: config.jobs.default_lease,
             },
+            metrics.clone(),
         );
         tracing::info!(
             instance = %instance,
@@ -102,6 +109,7 @@ impl App {
             clients,
             hub,
             store,
+            metrics,
             tracker,
             shutdown,
         })
@@ -124,12 +132,23 @@ impl App {
     pub async fn run(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
         let max_payload = self.config.jobs.max_payload_bytes as usize;
         let decode_limit = max_payload + REQUEST_OVERHEAD;
-        let sweeper = Sweeper::new(self.store.clone());
+        let sweeper = Sweeper::new(self.store.clone(), self.metrics.clone());
         let sweeper_handle = sweeper.handle();
         self.tracker.spawn(sweeper.run(self.shutdown.clone()));
+        if let Some(interval) = telemetry::metrics_export_interval() {
+            let depths = QueueDepths::default();
+            self.metrics.observe_queue_depths(depths.clone());
+            self.tracker.spawn(background::refresh_queue_depths(
+                self.store.clone(),
+                depths,
+                interval,
+                self.shutdown.clone(),
+            ));
+        }
         let job_api = JobApi::new(
             self.store.clone(),
             self.hub.clone(),
+            self.metrics.clone(),
             sweeper_handle.clone(),
             SubmitLimits {
                 max_payload,
@@ -142,6 +161,7 @@ impl App {
         let worker_api = WorkerApi::new(
             self.store.clone(),
             self.hub.clone(),
+            self.metrics.clone(),
             sweeper_handle,
             self.config.lease_limits(),
             max_payload,
@@ -171,6 +191,7 @@ impl App {
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
         let mut routes = Server::builder()
+            .layer(ObserveLayer::new(self.metrics.clone()))
             .add_service(health_service)
             .add_service(JobServiceServer::new(job_api).max_decoding_message_size(decode_limit))
             .add_service(

@@ -8,12 +8,13 @@
 //! - [`background`]: the sweeper, which promotes due jobs, recovers expired leases and
 //!   forgets finished jobs past their retention.
 //! - [`api`]: the gRPC services and the one mapping from errors to status.
+//! - [`telemetry`]: logs, OpenTelemetry traces and metrics, and every instrument.
 //! - [`app`]: builds the pieces from a `Config` and runs them until shutdown.
 //!
 //! Invariants (see the README's architecture section): only `api` knows tonic and the proto
 //! types; only `store` and `events` know fred; every key is built in `store::keys`; every
-//! multi-key write is one Lua script; no global state but the tracing globals; every spawned
-//! task is tracked and stops on the shutdown token.
+//! multi-key write is one Lua script; no global state but the tracing and OpenTelemetry
+//! globals; every spawned task is tracked and stops on the shutdown token.
 
 pub mod api;
 pub mod app;

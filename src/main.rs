@@ -1,12 +1,15 @@
-//! parse config -> init telemetry -> App::build -> run until SIGTERM or SIGINT.
+//! parse config -> init telemetry -> App::build -> run until SIGTERM or SIGINT -> flush.
 
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
 
 use clap::{Parser, error::ErrorKind};
 use jobd::{App, Config, shutdown, telemetry};
 
 /// Exit status for a bad setting (EX_USAGE).
 const EXIT_USAGE: u8 = 64;
+
+/// The longest the last export of traces and metrics may take at exit.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
     let config = match Config::try_parse() {
@@ -25,8 +28,6 @@ fn main() -> ExitCode {
     if let Err(message) = config.validate() {
         return usage_error(&message);
     }
-    telemetry::init(config.server.log_format);
-
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -34,14 +35,30 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let flush_timeout = FLUSH_TIMEOUT.min(config.shutdown.shutdown_timeout);
     let result = runtime.block_on(async {
-        let app = App::build(config).await?;
-        app.run(shutdown::signal()).await
+        // The OTLP exporters' gRPC clients need the runtime, so telemetry starts inside it.
+        let telemetry = telemetry::init(config.server.log_format)?;
+        let served = async {
+            let app = App::build(config).await?;
+            app.run(shutdown::signal()).await
+        }
+        .await;
+        // Flushing blocks: keep it off the async workers, and bounded.
+        let flushed = tokio::task::spawn_blocking(move || telemetry.shutdown(flush_timeout));
+        if tokio::time::timeout(flush_timeout + Duration::from_secs(1), flushed)
+            .await
+            .is_err()
+        {
+            tracing::warn!("telemetry did not flush in time");
+        }
+        served
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "jobd failed");
+            eprintln!("jobd: {error:#}");
             ExitCode::FAILURE
         }
     }

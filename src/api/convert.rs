@@ -106,6 +106,8 @@ impl TryFrom<proto::SubmitJobRequest> for SubmitRequest {
             idempotency_key: request.idempotency_key,
             idempotency_ttl: duration("idempotency_ttl", request.idempotency_ttl)?,
             retention: duration("retention", request.retention)?,
+            // Filled in by the handler from the call's trace context.
+            trace_context: Default::default(),
         })
     }
 }
@@ -144,6 +146,7 @@ impl From<Job> for proto::Job {
             lease_expires_at: job.lease_expires_at.map(timestamp),
             worker_id: job.worker_id.unwrap_or_default(),
             backoff: Some(job.backoff.into()),
+            trace_context: job.trace_context.into_iter().collect(),
         }
     }
 }

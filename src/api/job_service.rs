@@ -6,14 +6,19 @@ use tonic::{Request, Response, Status};
 
 use super::{
     convert::job_state,
+    observe::current_trace_context,
     proto::{self, job_service_server::JobService},
     watch::Watcher,
 };
 use crate::{
     background::SweeperHandle,
-    domain::{JobId, NewJob, QueueName, RequestError, SubmitLimits, UnixMillis, check_text},
+    domain::{
+        JobId, JobState, NewJob, QueueName, RequestError, SubmitLimits, SubmitRequest, UnixMillis,
+        check_text,
+    },
     events::EventHub,
     store::{JobStore, ListCursor},
+    telemetry::Metrics,
 };
 
 const MAX_CANCEL_REASON: usize = 256;
@@ -23,6 +28,7 @@ const MAX_PAGE_SIZE: u32 = 500;
 pub struct JobApi {
     store: JobStore,
     hub: EventHub,
+    metrics: Metrics,
     sweeper: SweeperHandle,
     limits: SubmitLimits,
     tracker: TaskTracker,
@@ -33,6 +39,7 @@ impl JobApi {
     pub fn new(
         store: JobStore,
         hub: EventHub,
+        metrics: Metrics,
         sweeper: SweeperHandle,
         limits: SubmitLimits,
         tracker: TaskTracker,
@@ -41,6 +48,7 @@ impl JobApi {
         Self {
             store,
             hub,
+            metrics,
             sweeper,
             limits,
             tracker,
@@ -56,11 +64,18 @@ impl JobService for JobApi {
         request: Request<proto::SubmitJobRequest>,
     ) -> Result<Response<proto::SubmitJobResponse>, Status> {
         let now = UnixMillis::now();
-        let new = NewJob::new(request.into_inner().try_into()?, &self.limits, now)?;
-        let scheduled = new.run_at.is_some();
+        let trace_context = current_trace_context(request.metadata().as_ref());
+        let mut submission: SubmitRequest = request.into_inner().try_into()?;
+        submission.trace_context = trace_context;
+        let new = NewJob::new(submission, &self.limits, now)?;
+        let (queue, kind, scheduled) = (new.queue.clone(), new.kind.clone(), new.run_at.is_some());
         let submitted = self.store.submit(new, now).await?;
-        if scheduled && submitted.created {
-            self.sweeper.wake();
+        if submitted.created {
+            tracing::debug!(job = %submitted.id, "job submitted");
+            self.metrics.submitted(&queue, kind.as_str());
+            if scheduled {
+                self.sweeper.wake();
+            }
         }
         let job = self.store.get(&submitted.id).await?;
         Ok(Response::new(proto::SubmitJobResponse {
@@ -87,10 +102,14 @@ impl JobService for JobApi {
         let request = request.into_inner();
         let id = JobId::parse("job_id", &request.job_id)?;
         check_text("reason", &request.reason, MAX_CANCEL_REASON)?;
-        let job = self
+        let (job, cancelled_now) = self
             .store
             .cancel(&id, &request.reason, UnixMillis::now())
             .await?;
+        if cancelled_now {
+            self.metrics
+                .finished(job.queue(), job.kind.as_str(), JobState::Cancelled);
+        }
         Ok(Response::new(proto::CancelJobResponse {
             job: Some(job.into()),
         }))
@@ -165,7 +184,8 @@ impl JobService for JobApi {
         )
         .await?;
         let (sender, receiver) = tokio::sync::mpsc::channel(super::watch::STREAM_BUFFER);
-        self.tracker.spawn(watcher.run(sender));
+        self.tracker
+            .spawn(watcher.run(sender, self.metrics.clone()));
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 }

@@ -5,12 +5,14 @@ mod convert;
 mod error;
 mod health;
 mod job_service;
+mod observe;
 mod watch;
 mod worker_service;
 
 pub use error::ApiError;
 pub use health::Readiness;
 pub use job_service::JobApi;
+pub use observe::ObserveLayer;
 pub use worker_service::WorkerApi;
 
 /// Types and clients generated from `proto/jobd/v1`.

@@ -12,8 +12,9 @@ use tonic::Status;
 use super::proto;
 use crate::{
     domain::JobId,
-    events::{EventHub, JobWatch},
+    events::{EventHub, JobWatch, Wake},
     store::{EventPage, JobStore},
+    telemetry::Metrics,
 };
 
 /// Messages buffered per stream before a slow client holds the watcher back.
@@ -50,7 +51,12 @@ impl Watcher {
         })
     }
 
-    pub async fn run(self, sender: mpsc::Sender<Result<proto::JobEvent, Status>>) {
+    pub async fn run(
+        self,
+        sender: mpsc::Sender<Result<proto::JobEvent, Status>>,
+        metrics: Metrics,
+    ) {
+        let _open = metrics.watch_stream();
         let Self {
             store,
             id,
@@ -85,7 +91,9 @@ impl Watcher {
                 return;
             }
             tokio::select! {
-                () = watch.changed() => {}
+                wake = watch.changed() => if wake == Wake::Resync {
+                    metrics.resync();
+                },
                 () = sender.closed() => return,
                 () = shutdown.cancelled() => {
                     let _ = sender.try_send(Err(shutting_down(delivered)));

@@ -11,11 +11,12 @@ use super::{
 use crate::{
     background::SweeperHandle,
     domain::{
-        ClaimRequest, Claimed, FailOutcome, HeartbeatOutcome, JobId, JobState, LeaseLimits,
-        LeaseToken, Progress, RequestError, UnixMillis, check_size, check_text,
+        AttemptEnd, ClaimRequest, Claimed, FailOutcome, HeartbeatOutcome, JobId, JobState,
+        LeaseLimits, LeaseToken, Progress, RequestError, UnixMillis, check_size, check_text,
     },
     events::EventHub,
     store::JobStore,
+    telemetry::Metrics,
 };
 
 const MAX_ERROR_MESSAGE: usize = 4096;
@@ -23,6 +24,7 @@ const MAX_ERROR_MESSAGE: usize = 4096;
 pub struct WorkerApi {
     store: JobStore,
     hub: EventHub,
+    metrics: Metrics,
     sweeper: SweeperHandle,
     limits: LeaseLimits,
     max_payload: usize,
@@ -33,6 +35,7 @@ impl WorkerApi {
     pub fn new(
         store: JobStore,
         hub: EventHub,
+        metrics: Metrics,
         sweeper: SweeperHandle,
         limits: LeaseLimits,
         max_payload: usize,
@@ -41,10 +44,21 @@ impl WorkerApi {
         Self {
             store,
             hub,
+            metrics,
             sweeper,
             limits,
             max_payload,
             shutdown,
+        }
+    }
+
+    /// Records a job that a worker finished for good.
+    fn record_end(&self, id: &JobId, ended: &AttemptEnd, outcome: JobState, now: UnixMillis) {
+        self.metrics
+            .finished(id.queue(), ended.kind.as_str(), outcome);
+        if let Some(started) = ended.started_at {
+            self.metrics
+                .run_time(id.queue(), outcome, now.since(started));
         }
     }
 
@@ -79,10 +93,19 @@ impl WorkerService for WorkerApi {
         let deadline = Instant::now() + claim.wait;
         // A waiting claim holds no Redis connection: it parks on the in-process hub, which
         // wakes one waiter per announced job.
-        let mut waiter = (!claim.wait.is_zero()).then(|| self.hub.wait_for_queues(&claim.queues));
+        let mut waiter = (!claim.wait.is_zero()).then(|| {
+            (
+                self.hub.wait_for_queues(&claim.queues),
+                self.metrics.waiting_claim(),
+            )
+        });
         loop {
-            let wakeup = waiter.as_mut().map(|waiter| waiter.arm());
+            let wakeup = waiter.as_mut().map(|(waiter, _)| waiter.arm());
             if let Some(claimed) = self.try_claim(&claim).await? {
+                if claimed.job.attempt == 1 {
+                    let waited = UnixMillis::now().since(claimed.job.created_at);
+                    self.metrics.queue_wait(claimed.job.queue(), waited);
+                }
                 return Ok(Response::new(claimed_response(claimed)));
             }
             let Some(wakeup) = wakeup else {
@@ -138,9 +161,14 @@ impl WorkerService for WorkerApi {
         let id = JobId::parse("job_id", &request.job_id)?;
         let token = LeaseToken::parse("lease_token", &request.lease_token)?;
         check_size("result", &request.result, self.max_payload)?;
-        self.store
-            .complete(&id, &token, request.result, UnixMillis::now())
-            .await?;
+        let now = UnixMillis::now();
+        if let Some(ended) = self
+            .store
+            .complete(&id, &token, request.result, now)
+            .await?
+        {
+            self.record_end(&id, &ended, JobState::Completed, now);
+        }
         Ok(Response::new(proto::CompleteJobResponse {}))
     }
 
@@ -156,10 +184,20 @@ impl WorkerService for WorkerApi {
         }
         check_text("error", &request.error, MAX_ERROR_MESSAGE)?;
         let retryable = request.retryable.unwrap_or(true);
-        let outcome = self
+        let now = UnixMillis::now();
+        let (outcome, ended) = self
             .store
-            .fail(&id, &token, &request.error, retryable, UnixMillis::now())
+            .fail(&id, &token, &request.error, retryable, now)
             .await?;
+        if let Some(ended) = ended {
+            match outcome {
+                FailOutcome::RetryAt(_) => {
+                    self.metrics
+                        .retried(id.queue(), ended.kind.as_str(), "failed");
+                }
+                FailOutcome::Failed => self.record_end(&id, &ended, JobState::Failed, now),
+            }
+        }
         Ok(Response::new(match outcome {
             FailOutcome::RetryAt(at) => {
                 self.sweeper.wake();

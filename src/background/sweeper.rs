@@ -13,8 +13,9 @@ use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    domain::{FailOutcome, QueueName, UnixMillis},
+    domain::{FailOutcome, JobState, QueueName, UnixMillis},
     store::{JobStore, StoreError},
+    telemetry::Metrics,
 };
 
 /// The longest the sweeper sleeps: how late it can notice work another replica scheduled, or
@@ -39,6 +40,7 @@ impl SweeperHandle {
 pub struct Sweeper {
     store: JobStore,
     handle: SweeperHandle,
+    metrics: Metrics,
 }
 
 /// What one pass over a queue left to do.
@@ -50,10 +52,11 @@ struct Pass {
 }
 
 impl Sweeper {
-    pub fn new(store: JobStore) -> Self {
+    pub fn new(store: JobStore, metrics: Metrics) -> Self {
         Self {
             store,
             handle: SweeperHandle::default(),
+            metrics,
         }
     }
 
@@ -115,14 +118,22 @@ impl Sweeper {
             tracing::debug!(queue = %queue, promoted, "scheduled jobs became claimable");
         }
         for id in &report.expired {
-            match self.store.expire(id, now).await? {
-                Some(FailOutcome::RetryAt(at)) => {
+            let Some((outcome, ended)) = self.store.expire(id, now).await? else {
+                continue; // Another replica, or a heartbeat, got there first.
+            };
+            self.metrics.lease_expired(queue);
+            let Some(ended) = ended else { continue };
+            match outcome {
+                FailOutcome::RetryAt(at) => {
                     tracing::info!(job = %id, retry_at = at.0, "lease expired; retry scheduled");
+                    self.metrics
+                        .retried(queue, ended.kind.as_str(), "lease_expired");
                 }
-                Some(FailOutcome::Failed) => {
+                FailOutcome::Failed => {
                     tracing::info!(job = %id, "lease expired; no attempts left, job failed");
+                    self.metrics
+                        .finished(queue, ended.kind.as_str(), JobState::Failed);
                 }
-                None => {}
             }
         }
         let full = |n: usize| n >= crate::store::SWEEP_BATCH;

@@ -24,6 +24,11 @@ impl UnixMillis {
         Self(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX))
     }
 
+    /// The time from `earlier` to `self`; zero if `earlier` is later.
+    pub fn since(self, earlier: UnixMillis) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+
     pub fn saturating_add(self, duration: Duration) -> Self {
         let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
         Self(self.0.saturating_add(millis))
@@ -105,6 +110,8 @@ pub struct Job {
     /// When RUNNING: when the lease runs out.
     pub lease_expires_at: Option<UnixMillis>,
     pub worker_id: Option<String>,
+    /// The submitter's W3C trace context, for the worker to continue its trace.
+    pub trace_context: BTreeMap<String, String>,
 }
 
 impl Job {
@@ -128,6 +135,7 @@ pub struct SubmitRequest {
     pub idempotency_key: String,
     pub idempotency_ttl: Option<Duration>,
     pub retention: Option<Duration>,
+    pub trace_context: BTreeMap<String, String>,
 }
 
 /// The server's bounds and defaults for submissions.
@@ -154,6 +162,7 @@ pub struct NewJob {
     pub lease: Option<Duration>,
     pub idempotency: Option<Idempotency>,
     pub retention: Duration,
+    pub trace_context: BTreeMap<String, String>,
 }
 
 const MAX_LABELS: usize = 64;
@@ -192,6 +201,7 @@ impl NewJob {
                 retention,
             )?,
             retention,
+            trace_context: request.trace_context,
         })
     }
 }

@@ -2,7 +2,7 @@
 
 use std::{fmt, time::Duration};
 
-use super::{Job, QueueName, RequestError, UnixMillis, WorkerId};
+use super::{Job, JobKind, QueueName, RequestError, UnixMillis, WorkerId};
 
 /// The proof that a caller is a job's current worker. A new token is made for every claim, so
 /// the token of an earlier attempt is refused (a fencing token).
@@ -148,6 +148,13 @@ pub enum FailOutcome {
     RetryAt(UnixMillis),
     /// Failed for good.
     Failed,
+}
+
+/// The attempt a completion, failure or lease expiry ended, for metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptEnd {
+    pub kind: JobKind,
+    pub started_at: Option<UnixMillis>,
 }
 
 /// What a heartbeat found.

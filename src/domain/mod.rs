@@ -15,6 +15,8 @@ pub use id::{JobId, JobIdGenerator};
 pub use job::{
     Job, JobState, NewJob, SubmitLimits, SubmitRequest, UnixMillis, check_size, check_text,
 };
-pub use lease::{ClaimRequest, Claimed, FailOutcome, HeartbeatOutcome, LeaseLimits, LeaseToken};
+pub use lease::{
+    AttemptEnd, ClaimRequest, Claimed, FailOutcome, HeartbeatOutcome, LeaseLimits, LeaseToken,
+};
 pub use names::{JobKind, QueueName, WorkerId};
 pub use schedule::{Backoff, BackoffRequest, Idempotency, MAX_RETENTION, MIN_RETENTION, Start};

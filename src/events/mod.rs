@@ -22,9 +22,12 @@ use fred::{
 use tokio::sync::{Notify, broadcast::error::RecvError, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-pub use waiters::{JobWatch, QueueWaiter, Wakeup};
+pub use waiters::{JobWatch, QueueWaiter, Wake, Wakeup};
 
-use crate::domain::{JobId, QueueName};
+use crate::{
+    domain::{JobId, QueueName},
+    telemetry::Metrics,
+};
 
 /// Delay before subscribing again after a failed SUBSCRIBE on a live connection.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(250);
@@ -112,6 +115,7 @@ impl EventHub {
         subscriber: SubscriberClient,
         client_name: String,
         channels: Channels,
+        metrics: Metrics,
         tracker: &TaskTracker,
         shutdown: CancellationToken,
     ) {
@@ -124,6 +128,7 @@ impl EventHub {
             subscriber,
             client_name,
             channels,
+            metrics,
         };
         tracker.spawn(dispatcher.run(messages, reconnects, shutdown));
     }
@@ -134,6 +139,7 @@ struct Dispatcher {
     subscriber: SubscriberClient,
     client_name: String,
     channels: Channels,
+    metrics: Metrics,
 }
 
 impl Dispatcher {
@@ -143,12 +149,19 @@ impl Dispatcher {
         mut reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
         shutdown: CancellationToken,
     ) {
+        // fred reports the first connection as a reconnection too.
+        let mut connected_before = false;
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return,
                 event = reconnects.recv() => match event {
-                    Ok(_) | Err(RecvError::Lagged(_)) => self.subscribe(&shutdown).await,
+                    Ok(_) | Err(RecvError::Lagged(_)) => {
+                        if std::mem::replace(&mut connected_before, true) {
+                            self.metrics.redis_reconnect("subscriber");
+                        }
+                        self.subscribe(&shutdown).await;
+                    }
                     Err(RecvError::Closed) => return,
                 },
                 message = messages.recv() => match message {

@@ -12,6 +12,15 @@ use tokio::sync::{Notify, futures::OwnedNotified, watch};
 use super::{Inner, lock};
 use crate::domain::QueueName;
 
+/// Why a watcher woke up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// Its job announced a new event.
+    Event,
+    /// Messages may have been lost (subscriber reconnect or dispatcher lag): re-read the log.
+    Resync,
+}
+
 /// A watcher's registration for one job's wake-ups.
 pub struct JobWatch {
     inner: Arc<Inner>,
@@ -41,11 +50,11 @@ impl JobWatch {
         self.resync.borrow_and_update();
     }
 
-    /// Resolves at the first wake-up not yet marked seen.
-    pub async fn changed(&mut self) {
+    /// Resolves at the first wake-up not yet marked seen, and says what it was.
+    pub async fn changed(&mut self) -> Wake {
         tokio::select! {
-            _ = self.receiver.changed() => {}
-            _ = self.resync.changed() => {}
+            _ = self.receiver.changed() => Wake::Event,
+            _ = self.resync.changed() => Wake::Resync,
         }
     }
 }

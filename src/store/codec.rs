@@ -46,15 +46,16 @@ pub fn event_field(sequence: u64) -> String {
     format!("e:{sequence}")
 }
 
-pub fn encode_labels(labels: &BTreeMap<String, String>) -> Result<Vec<u8>, StoreError> {
-    rmp_serde::to_vec(labels).map_err(|e| StoreError::corrupt(format!("encoding labels: {e}")))
+/// Encodes a string map (labels, trace context) as MessagePack.
+pub fn encode_map(map: &BTreeMap<String, String>) -> Result<Vec<u8>, StoreError> {
+    rmp_serde::to_vec(map).map_err(|e| StoreError::corrupt(format!("encoding a map: {e}")))
 }
 
-fn decode_labels(raw: &[u8]) -> Result<BTreeMap<String, String>, StoreError> {
+fn decode_map(name: &str, raw: &[u8]) -> Result<BTreeMap<String, String>, StoreError> {
     if raw.is_empty() {
         return Ok(BTreeMap::new());
     }
-    rmp_serde::from_slice(raw).map_err(|e| StoreError::corrupt(format!("labels: {e}")))
+    rmp_serde::from_slice(raw).map_err(|e| StoreError::corrupt(format!("job field {name}: {e}")))
 }
 
 /// A job's stored fields, by name.
@@ -90,6 +91,13 @@ impl Fields {
             .map_err(|_| StoreError::corrupt(format!("job field {name} is not a number")))
     }
 
+    fn map(&self, name: &str) -> Result<BTreeMap<String, String>, StoreError> {
+        decode_map(
+            name,
+            self.0.get(name).map(|raw| &raw[..]).unwrap_or_default(),
+        )
+    }
+
     fn millis(&self, name: &str) -> Result<Option<UnixMillis>, StoreError> {
         Ok(self.number(name)?.map(UnixMillis))
     }
@@ -116,7 +124,7 @@ impl Fields {
             state,
             attempt: self.number("attempt")?.unwrap_or(0),
             payload: self.bytes("payload").unwrap_or_default(),
-            labels: decode_labels(self.0.get("labels").map(|l| &l[..]).unwrap_or_default())?,
+            labels: self.map("labels")?,
             result: self
                 .bytes("result")
                 .filter(|_| state == JobState::Completed),
@@ -141,6 +149,7 @@ impl Fields {
                 .millis("lease_until")?
                 .filter(|_| state == JobState::Running),
             worker_id: self.text("worker")?,
+            trace_context: self.map("trace")?,
         }))
     }
 }

@@ -15,7 +15,7 @@ use fred::{
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::config::RedisConfig;
+use crate::{config::RedisConfig, telemetry::Metrics};
 
 /// Broadcast capacity of the subscriber's message channel. A burst beyond it makes the
 /// dispatcher lag, which it answers with a resync of every watcher (see `events`).
@@ -80,7 +80,12 @@ impl RedisClients {
 
     /// Starts the pool's connections and keeps each one named across reconnects. The
     /// subscriber is connected by the event hub, which must name and subscribe it in order.
-    pub fn connect_pool(&self, tracker: &TaskTracker, shutdown: &CancellationToken) {
+    pub fn connect_pool(
+        &self,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+        metrics: &Metrics,
+    ) {
         for (index, client) in self.pool.clients().iter().enumerate() {
             // Subscribe to connection events before connecting, so the first one is seen.
             let reconnects = client.reconnect_rx();
@@ -88,6 +93,7 @@ impl RedisClients {
                 client.clone(),
                 reconnects,
                 self.client_name(&format!("pool-{index}")),
+                metrics.clone(),
                 shutdown.clone(),
             ));
             client.connect();
@@ -125,6 +131,16 @@ impl RedisClients {
             .all(|ok| ok)
     }
 
+    /// Whether every pool connection, and the subscriber, is connected, by fred's account.
+    pub fn connected(&self) -> (bool, bool) {
+        let pool = self
+            .pool
+            .clients()
+            .iter()
+            .all(|client| client.is_connected());
+        (pool, self.subscriber.is_connected())
+    }
+
     /// Closes every connection with QUIT, waiting at most `timeout`.
     pub async fn quit(&self, timeout: Duration) {
         let quit = async {
@@ -147,13 +163,18 @@ async fn keep_named(
     client: Client,
     mut reconnects: broadcast::Receiver<fred::types::config::Server>,
     name: String,
+    metrics: Metrics,
     shutdown: CancellationToken,
 ) {
+    let mut connected_before = false;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             event = reconnects.recv() => match event {
                 Ok(_) | Err(RecvError::Lagged(_)) => {
+                    if std::mem::replace(&mut connected_before, true) {
+                        metrics.redis_reconnect("pool");
+                    }
                     if let Err(error) = client.client_setname(name.clone()).await {
                         tracing::warn!(%error, %name, "could not name a Redis connection");
                     }

@@ -10,7 +10,7 @@ use fred::{
 
 use super::{
     JobStore, Result, StoreError,
-    codec::{Fields, JOB_FIELDS, decode_event, encode_labels, event_field, number},
+    codec::{Fields, JOB_FIELDS, decode_event, encode_map, event_field, number},
     millis, state_in, status,
 };
 use crate::domain::{JobEvent, JobId, JobState, NewJob, QueueName, UnixMillis};
@@ -68,7 +68,7 @@ impl JobStore {
             id.to_string().into(),
             new.kind.as_str().into(),
             new.payload.into(),
-            Bytes::from(encode_labels(&new.labels)?).into(),
+            Bytes::from(encode_map(&new.labels)?).into(),
             now.0.to_string().into(),
             new.priority.to_string().into(),
             new.max_attempts.to_string().into(),
@@ -85,6 +85,7 @@ impl JobStore {
             idempotency_ttl.into(),
             self.keys.queue_channel().into(),
             new.queue.as_str().into(),
+            Bytes::from(encode_map(&new.trace_context)?).into(),
         ];
         let reply: Vec<Value> = self.call(&self.scripts.submit, keys, args).await?;
         match status(&reply)?.as_str() {
@@ -102,11 +103,13 @@ impl JobStore {
 
     pub async fn get(&self, id: &JobId) -> Result<crate::domain::Job> {
         let values: Vec<Option<Bytes>> = self
-            .pool
-            .next()
-            .hmget(self.keys.job(id), JOB_FIELDS.to_vec())
-            .await
-            .map_err(StoreError::redis("reading a job"))?;
+            .timed(
+                "get_job",
+                self.pool
+                    .next()
+                    .hmget(self.keys.job(id), JOB_FIELDS.to_vec()),
+            )
+            .await?;
         Fields::from_values(&JOB_FIELDS, values)
             .into_job(id)?
             .ok_or(StoreError::NotFound)
@@ -119,11 +122,8 @@ impl JobStore {
         let mut fields = vec!["state".to_owned(), "seq".to_owned(), "result".to_owned()];
         fields.extend((after + 1..=after + EVENT_PAGE).map(event_field));
         let mut values: Vec<Option<Bytes>> = self
-            .pool
-            .next()
-            .hmget(&key, fields)
-            .await
-            .map_err(StoreError::redis("reading events"))?;
+            .timed("read_events", self.pool.next().hmget(&key, fields))
+            .await?;
         let mut head = values.drain(..3);
         let (state, seq, result) = (
             head.next().flatten(),
@@ -141,16 +141,16 @@ impl JobStore {
             .is_some_and(JobState::is_terminal);
         if last_sequence > after + EVENT_PAGE {
             let rest: Vec<Option<Bytes>> = self
-                .pool
-                .next()
-                .hmget(
-                    &key,
-                    (after + EVENT_PAGE + 1..=last_sequence)
-                        .map(event_field)
-                        .collect::<Vec<_>>(),
+                .timed(
+                    "read_events",
+                    self.pool.next().hmget(
+                        &key,
+                        (after + EVENT_PAGE + 1..=last_sequence)
+                            .map(event_field)
+                            .collect::<Vec<_>>(),
+                    ),
                 )
-                .await
-                .map_err(StoreError::redis("reading events"))?;
+                .await?;
             values.extend(rest);
         }
         let mut events = Vec::new();
@@ -167,14 +167,14 @@ impl JobStore {
         })
     }
 
-    /// Cancels a queued, scheduled or running job and returns it. A cancelled job is
-    /// returned unchanged.
+    /// Cancels a queued, scheduled or running job and returns it, with whether this call
+    /// cancelled it. A cancelled job is returned unchanged.
     pub async fn cancel(
         &self,
         id: &JobId,
         reason: &str,
         now: UnixMillis,
-    ) -> Result<crate::domain::Job> {
+    ) -> Result<(crate::domain::Job, bool)> {
         let queue = id.queue();
         let reply: Vec<Value> = self
             .call(
@@ -195,7 +195,7 @@ impl JobStore {
             )
             .await?;
         match status(&reply)?.as_str() {
-            "ok" | "unchanged" => self.get(id).await,
+            outcome @ ("ok" | "unchanged") => Ok((self.get(id).await?, outcome == "ok")),
             "not_found" => Err(StoreError::NotFound),
             "finished" => Err(StoreError::Conflict(format!(
                 "the job is already {} and can no longer be cancelled",
@@ -213,22 +213,22 @@ impl JobStore {
         let _: () = pipeline
             .zcard(self.keys.ready(queue))
             .await
-            .map_err(StoreError::redis("stats"))?;
+            .map_err(StoreError::redis("queue_stats"))?;
         let _: () = pipeline
             .zcard(self.keys.scheduled(queue))
             .await
-            .map_err(StoreError::redis("stats"))?;
+            .map_err(StoreError::redis("queue_stats"))?;
         let _: () = pipeline
             .zcard(self.keys.running(queue))
             .await
-            .map_err(StoreError::redis("stats"))?;
+            .map_err(StoreError::redis("queue_stats"))?;
         for key in self.retained_keys(queue) {
             let _: () = pipeline
                 .zcount(key, live, f64::INFINITY)
                 .await
-                .map_err(StoreError::redis("stats"))?;
+                .map_err(StoreError::redis("queue_stats"))?;
         }
-        let counts: Vec<u64> = pipeline.all().await.map_err(StoreError::redis("stats"))?;
+        let counts: Vec<u64> = self.timed("queue_stats", pipeline.all()).await?;
         let [queued, scheduled, running, completed, failed, cancelled]: [u64; 6] = counts
             .try_into()
             .map_err(|_| StoreError::corrupt("stats reply shape"))?;
@@ -248,11 +248,11 @@ impl JobStore {
             return Ok(());
         }
         let _: i64 = self
-            .pool
-            .next()
-            .sadd(self.keys.queues(), queue.as_str())
-            .await
-            .map_err(StoreError::redis("registering a queue"))?;
+            .timed(
+                "register_queue",
+                self.pool.next().sadd(self.keys.queues(), queue.as_str()),
+            )
+            .await?;
         super::lock(&self.registered).insert(queue.clone());
         Ok(())
     }
@@ -265,11 +265,8 @@ impl JobStore {
     /// Every queue known to the registry or to this process.
     pub async fn queues(&self) -> Result<Vec<QueueName>> {
         let names: Vec<String> = self
-            .pool
-            .next()
-            .smembers(self.keys.queues())
-            .await
-            .map_err(StoreError::redis("reading the queue registry"))?;
+            .timed("read_queues", self.pool.next().smembers(self.keys.queues()))
+            .await?;
         let mut queues: Vec<QueueName> = names
             .iter()
             .filter_map(|name| QueueName::parse("queue", name).ok())
@@ -280,11 +277,11 @@ impl JobStore {
             // The registry lost them (a flushed or replaced Redis): put them back.
             let names: Vec<&str> = missing.iter().map(|q| q.as_str()).collect();
             let _: i64 = self
-                .pool
-                .next()
-                .sadd(self.keys.queues(), names)
-                .await
-                .map_err(StoreError::redis("registering queues"))?;
+                .timed(
+                    "register_queue",
+                    self.pool.next().sadd(self.keys.queues(), names),
+                )
+                .await?;
             queues.extend(missing.into_iter().cloned());
         }
         Ok(queues)
@@ -385,19 +382,19 @@ impl JobStore {
             };
             let start = i64::try_from(cursor.offset).unwrap_or(i64::MAX);
             let ids: Vec<String> = self
-                .pool
-                .next()
-                .zrange(
-                    &key,
-                    start,
-                    start + wanted as i64 - 1,
-                    None,
-                    false,
-                    None,
-                    false,
+                .timed(
+                    "list_jobs",
+                    self.pool.next().zrange(
+                        &key,
+                        start,
+                        start + wanted as i64 - 1,
+                        None,
+                        false,
+                        None,
+                        false,
+                    ),
                 )
-                .await
-                .map_err(StoreError::redis("listing jobs"))?;
+                .await?;
             cursor.offset += ids.len() as u64;
             let ids: Vec<JobId> = ids
                 .iter()
@@ -408,15 +405,12 @@ impl JobStore {
                 let _: () = pipeline
                     .hmget(self.keys.job(id), LIST_FIELDS.to_vec())
                     .await
-                    .map_err(StoreError::redis("listing jobs"))?;
+                    .map_err(StoreError::redis("list_jobs"))?;
             }
             let rows: Vec<Vec<Option<Bytes>>> = if ids.is_empty() {
                 Vec::new()
             } else {
-                pipeline
-                    .all()
-                    .await
-                    .map_err(StoreError::redis("listing jobs"))?
+                self.timed("list_jobs", pipeline.all()).await?
             };
             for (id, values) in ids.iter().zip(rows) {
                 // An entry whose job expired before the sweeper trimmed it is skipped.

@@ -22,7 +22,10 @@ pub use jobs::{EventPage, ListCursor, QueueStats, Submitted};
 pub use keys::Keys;
 pub use sweep::{SWEEP_BATCH, SweepReport};
 
-use crate::domain::{JobIdGenerator, JobState, QueueName};
+use crate::{
+    domain::{JobIdGenerator, JobState, QueueName},
+    telemetry::Metrics,
+};
 use scripts::{LuaScript, Scripts};
 
 /// Why a store operation did not happen.
@@ -84,10 +87,11 @@ pub struct JobStore {
     ids: Arc<JobIdGenerator>,
     /// Queues this process has put in the queue registry.
     registered: Arc<Mutex<HashSet<QueueName>>>,
+    metrics: Metrics,
 }
 
 impl JobStore {
-    pub fn new(pool: Pool, keys: Keys, settings: StoreSettings) -> Self {
+    pub fn new(pool: Pool, keys: Keys, settings: StoreSettings, metrics: Metrics) -> Self {
         Self {
             pool,
             keys,
@@ -95,6 +99,7 @@ impl JobStore {
             settings,
             ids: Default::default(),
             registered: Default::default(),
+            metrics,
         }
     }
 
@@ -104,10 +109,20 @@ impl JobStore {
         keys: Vec<String>,
         args: Vec<Value>,
     ) -> Result<R> {
-        script
-            .call(self.pool.next(), keys, args)
+        self.timed(script.name(), script.call(self.pool.next(), keys, args))
             .await
-            .map_err(StoreError::redis(script.name()))
+    }
+
+    /// Runs one Redis round trip named `operation`, timing it and mapping its error.
+    async fn timed<R>(
+        &self,
+        operation: &'static str,
+        round_trip: impl Future<Output = Result<R, RedisError>>,
+    ) -> Result<R> {
+        let started = std::time::Instant::now();
+        let result = round_trip.await;
+        self.metrics.redis(operation, started.elapsed());
+        result.map_err(StoreError::redis(operation))
     }
 
     /// The keys of a queue's retained-job sets, completed, failed and cancelled, in that order.

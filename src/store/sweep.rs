@@ -3,7 +3,7 @@
 use fred::types::Value;
 
 use super::{JobStore, Result, StoreError};
-use crate::domain::{FailOutcome, JobId, QueueName, UnixMillis};
+use crate::domain::{AttemptEnd, FailOutcome, JobId, QueueName, UnixMillis};
 
 /// The most jobs one sweep handles per queue and kind of work; the sweeper comes back at once
 /// when a list was full.
@@ -87,7 +87,11 @@ impl JobStore {
 
     /// Ends the attempt of a job whose lease expired, if it still has: retried or FAILED.
     /// `None` when another replica got there first or a heartbeat came in time.
-    pub async fn expire(&self, id: &JobId, now: UnixMillis) -> Result<Option<FailOutcome>> {
+    pub async fn expire(
+        &self,
+        id: &JobId,
+        now: UnixMillis,
+    ) -> Result<Option<(FailOutcome, Option<AttemptEnd>)>> {
         match self.end_attempt(id, "", LEASE_EXPIRED, true, now).await {
             Ok(outcome) => Ok(Some(outcome)),
             Err(StoreError::Conflict(_) | StoreError::NotFound) => Ok(None),

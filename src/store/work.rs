@@ -7,8 +7,8 @@ use fred::{interfaces::SortedSetsInterface, types::Value};
 
 use super::{JobStore, Result, StoreError, jobs::job_from_map, millis, state_in, status};
 use crate::domain::{
-    Claimed, FailOutcome, HeartbeatOutcome, JobId, JobState, LeaseToken, Progress, QueueName,
-    UnixMillis, WorkerId,
+    AttemptEnd, Claimed, FailOutcome, HeartbeatOutcome, JobId, JobKind, JobState, LeaseToken,
+    Progress, QueueName, UnixMillis, WorkerId,
 };
 
 /// How many ready jobs a claim looks at in one round, so that a few concurrent claimers racing
@@ -31,11 +31,19 @@ impl JobStore {
         let ready = self.keys.ready(queue);
         for _ in 0..CLAIM_ROUNDS {
             let candidates: Vec<String> = self
-                .pool
-                .next()
-                .zrange(&ready, 0, CLAIM_CANDIDATES - 1, None, false, None, false)
-                .await
-                .map_err(StoreError::redis("reading a queue"))?;
+                .timed(
+                    "read_queue",
+                    self.pool.next().zrange(
+                        &ready,
+                        0,
+                        CLAIM_CANDIDATES - 1,
+                        None,
+                        false,
+                        None,
+                        false,
+                    ),
+                )
+                .await?;
             if candidates.is_empty() {
                 return Ok(None);
             }
@@ -63,11 +71,8 @@ impl JobStore {
                 // jobd never writes such entries; left in place they would block the queue.
                 tracing::warn!(queue = %queue, entries = ?foreign, "removing foreign ready-set entries");
                 let _: i64 = self
-                    .pool
-                    .next()
-                    .zrem(&ready, foreign)
-                    .await
-                    .map_err(StoreError::redis("cleaning a queue"))?;
+                    .timed("clean_queue", self.pool.next().zrem(&ready, foreign))
+                    .await?;
             }
             let claimed: Vec<Value> = self.call(&self.scripts.claim, keys, args).await?;
             if let Some(entry) = claimed.into_iter().next() {
@@ -132,7 +137,7 @@ impl JobStore {
         token: &LeaseToken,
         result: Bytes,
         now: UnixMillis,
-    ) -> Result<()> {
+    ) -> Result<Option<AttemptEnd>> {
         let queue = id.queue();
         let reply: Vec<Value> = self
             .call(
@@ -152,7 +157,8 @@ impl JobStore {
             )
             .await?;
         match status(&reply)?.as_str() {
-            "ok" => Ok(()),
+            "ok" => attempt_end(reply.get(1), reply.get(2)).map(Some),
+            "again" => Ok(None),
             other => Err(lease_refusal(other, &reply)),
         }
     }
@@ -166,7 +172,7 @@ impl JobStore {
         error: &str,
         retryable: bool,
         now: UnixMillis,
-    ) -> Result<FailOutcome> {
+    ) -> Result<(FailOutcome, Option<AttemptEnd>)> {
         self.end_attempt(id, token.as_str(), error, retryable, now)
             .await
     }
@@ -180,7 +186,7 @@ impl JobStore {
         error: &str,
         retryable: bool,
         now: UnixMillis,
-    ) -> Result<FailOutcome> {
+    ) -> Result<(FailOutcome, Option<AttemptEnd>)> {
         let queue = id.queue();
         let reply: Vec<Value> = self
             .call(
@@ -202,19 +208,35 @@ impl JobStore {
                 ],
             )
             .await?;
+        let retry_at = |value: Option<&Value>| {
+            value
+                .and_then(Value::as_u64)
+                .map(|at| FailOutcome::RetryAt(UnixMillis(at)))
+                .ok_or_else(|| StoreError::corrupt("fail reply without a retry time"))
+        };
+        let ended = || attempt_end(reply.get(1), reply.get(2)).map(Some);
         match status(&reply)?.as_str() {
-            "failed" => Ok(FailOutcome::Failed),
-            "scheduled" => {
-                let at = reply
-                    .get(1)
-                    .and_then(Value::as_u64)
-                    .ok_or_else(|| StoreError::corrupt("fail reply without a retry time"))?;
-                Ok(FailOutcome::RetryAt(UnixMillis(at)))
-            }
+            "failed" => Ok((FailOutcome::Failed, ended()?)),
+            "scheduled" => Ok((retry_at(reply.get(3))?, ended()?)),
+            "again_failed" => Ok((FailOutcome::Failed, None)),
+            "again_scheduled" => Ok((retry_at(reply.get(1))?, None)),
             "alive" => Err(StoreError::Conflict("the lease has not expired".into())),
             other => Err(lease_refusal(other, &reply)),
         }
     }
+}
+
+/// The kind and start time a script reported for the attempt it ended.
+fn attempt_end(kind: Option<&Value>, started: Option<&Value>) -> Result<AttemptEnd> {
+    let kind = kind
+        .and_then(Value::as_string)
+        .and_then(|kind| JobKind::parse("kind", &kind).ok())
+        .ok_or_else(|| StoreError::corrupt("reply without the job's kind"))?;
+    let started_at = started
+        .and_then(Value::as_string)
+        .and_then(|ms| ms.parse().ok())
+        .map(UnixMillis);
+    Ok(AttemptEnd { kind, started_at })
 }
 
 /// Turns a script's refusal of a lease token into the error the worker sees.

@@ -1,15 +1,11 @@
 //! The real binary: configuration errors, and no password in any log line.
 
 use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    sync::{Arc, Mutex},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use crate::support::*;
-
-const JOBD: &str = env!("CARGO_BIN_EXE_jobd");
 
 #[test]
 fn an_invalid_setting_exits_64_with_one_line_naming_it() {
@@ -45,82 +41,6 @@ fn an_invalid_setting_exits_64_with_one_line_naming_it() {
         "JOBD_MAX_PAYLOAD_BYTES",
     ] {
         assert!(help.contains(setting), "--help documents {setting}");
-    }
-}
-
-/// Runs the binary until SIGTERM, collecting everything it logs.
-struct Running {
-    child: std::process::Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Running {
-    fn start(redis_url: &str, extra: &[&str]) -> Self {
-        let mut child = Command::new(JOBD)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--redis-command-timeout",
-                "500ms",
-            ])
-            .args(extra)
-            .env("REDIS_URL", redis_url)
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        for pipe in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            });
-        }
-        Self { child, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    async fn wait_for(&self, text: &str) {
-        eventually(Duration::from_secs(20), text, || async {
-            self.log().contains(text).then_some(())
-        })
-        .await;
-    }
-
-    /// The address from the startup line.
-    fn address(&self) -> String {
-        let log = self.log();
-        let line = log
-            .lines()
-            .find(|l| l.contains("jobd started"))
-            .expect("startup line");
-        let at = line.find("127.0.0.1:").expect("listen address");
-        let port: String = line[at + 10..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        format!("127.0.0.1:{port}")
-    }
-
-    fn terminate(mut self) -> (Option<i32>, String) {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        let status = self.child.wait().unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        (status.code(), self.log())
     }
 }
 

@@ -11,4 +11,5 @@ mod outage;
 mod scheduling;
 mod shutdown;
 mod support;
+mod telemetry;
 mod watch;

@@ -3,8 +3,10 @@
 
 use std::{
     future::Future,
+    io::{BufRead, BufReader},
     net::{SocketAddr, TcpListener, TcpStream},
     process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -477,4 +479,95 @@ pub async fn stats(jobs: &mut JobServiceClient<Channel>, queue: &str) -> proto::
     .await
     .expect("stats succeed")
     .into_inner()
+}
+
+/// The real jobd binary, as CI builds it.
+pub const JOBD: &str = env!("CARGO_BIN_EXE_jobd");
+
+/// Runs the binary until SIGTERM, collecting everything it logs.
+pub struct Running {
+    pub child: std::process::Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Running {
+    pub fn start(redis_url: &str, extra: &[&str]) -> Self {
+        Self::start_with_env(redis_url, extra, &[])
+    }
+
+    /// Starts jobd with `extra` arguments and environment; no OTEL_* variable is inherited.
+    pub fn start_with_env(redis_url: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(JOBD);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("OTEL_") {
+                command.env_remove(key);
+            }
+        }
+        let mut child = command
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--redis-command-timeout",
+                "500ms",
+            ])
+            .args(extra)
+            .env("REDIS_URL", redis_url)
+            .env("RUST_LOG", "debug")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        for pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        Self { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub async fn wait_for(&self, text: &str) {
+        eventually(Duration::from_secs(20), text, || async {
+            self.log().contains(text).then_some(())
+        })
+        .await;
+    }
+
+    /// The address from the startup line.
+    pub fn address(&self) -> String {
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("jobd started"))
+            .expect("startup line");
+        let at = line.find("127.0.0.1:").expect("listen address");
+        let port: String = line[at + 10..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        format!("127.0.0.1:{port}")
+    }
+
+    pub fn terminate(mut self) -> (Option<i32>, String) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        (status.code(), self.log())
+    }
 }

@@ -9,15 +9,16 @@
 -- ARGV[3]  now, Unix ms
 -- ARGV[4]  result
 -- ARGV[5]  job wake-up channel
--- returns  {"ok"}: recorded, now or by an earlier run of this call
+-- returns  {"ok", kind, started}: recorded now; {"again"}: recorded by an earlier run
 --          {"not_found"}
 --          {"stale", state}: the token is not the job's current one, or the job is not running
 
-local job = redis.call('HMGET', KEYS[1], 'state', 'token', 'seq', 'attempt', 'retention')
+local job = redis.call('HMGET', KEYS[1], 'state', 'token', 'seq', 'attempt', 'retention',
+  'kind', 'started')
 local state, token = job[1], job[2]
 if not state then return {'not_found'} end
 if token ~= ARGV[2] then return {'stale', state} end
-if state == 'completed' then return {'ok'} end
+if state == 'completed' then return {'again'} end
 if state ~= 'running' then return {'stale', state} end
 
 local now = tonumber(ARGV[3])
@@ -31,4 +32,4 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], now + retention, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], retention)
 redis.call('PUBLISH', ARGV[5], seq .. ' ' .. ARGV[1])
-return {'ok'}
+return {'ok', job[6], job[7]}

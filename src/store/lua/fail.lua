@@ -14,12 +14,14 @@
 -- ARGV[5]  "1" when the error is retryable
 -- ARGV[6]  random sample in [0, 1) for the jitter (Redis seeds math.random the same every time)
 -- ARGV[7]  job wake-up channel
--- returns  {"failed"} or {"scheduled", retry at}: recorded, now or by an earlier run of this call
+-- returns  {"failed", kind, started} or {"scheduled", kind, started, retry at}: recorded now
+--          {"again_failed"} or {"again_scheduled", retry at}: recorded by an earlier run
 --          {"not_found"}; {"stale", state}: wrong token, or the job is not running;
 --          {"alive"}: the lease has not expired (lease expiry only)
 
 local job = redis.call('HMGET', KEYS[1], 'state', 'token', 'seq', 'attempt', 'max_attempts',
-  'lease_until', 'retention', 'b_initial', 'b_mult', 'b_max', 'b_jitter', 'run_at')
+  'lease_until', 'retention', 'b_initial', 'b_mult', 'b_max', 'b_jitter', 'run_at', 'kind',
+  'started')
 local state, token = job[1], job[2]
 local now = tonumber(ARGV[3])
 if not state then return {'not_found'} end
@@ -28,8 +30,8 @@ if ARGV[2] == '' then
   if not job[6] or tonumber(job[6]) > now then return {'alive'} end
 else
   if token ~= ARGV[2] then return {'stale', state} end
-  if state == 'failed' then return {'failed'} end
-  if state == 'scheduled' then return {'scheduled', tonumber(job[12])} end
+  if state == 'failed' then return {'again_failed'} end
+  if state == 'scheduled' then return {'again_scheduled', tonumber(job[12])} end
   if state ~= 'running' then return {'stale', state} end
 end
 
@@ -53,7 +55,7 @@ if ARGV[5] == '1' and attempt < tonumber(job[5]) then
     cmsgpack.pack({t = 'retry_scheduled', at = now, a = attempt, e = ARGV[4], due = run_at}))
   redis.call('ZADD', KEYS[3], run_at, ARGV[1])
   redis.call('PUBLISH', ARGV[7], seq .. ' ' .. ARGV[1])
-  return {'scheduled', run_at}
+  return {'scheduled', job[13], job[14], run_at}
 end
 
 local retention = tonumber(job[7])
@@ -62,4 +64,4 @@ redis.call('HSET', KEYS[1], 'state', 'failed', 'error', ARGV[4], 'finished', now
 redis.call('ZADD', KEYS[4], now + retention, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], retention)
 redis.call('PUBLISH', ARGV[7], seq .. ' ' .. ARGV[1])
-return {'failed'}
+return {'failed', job[13], job[14]}

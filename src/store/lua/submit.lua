@@ -19,6 +19,7 @@
 -- ARGV[15] idempotency key TTL ms (with KEYS[4])
 -- ARGV[16] queue wake-up channel
 -- ARGV[17] queue name (the wake-up message)
+-- ARGV[18] submitter's W3C trace context, MessagePack map
 -- returns  {"created", state}, {"exists", id} for a live idempotency key naming job `id`,
 --          {"again", state} when this very job was written by an earlier run
 
@@ -48,7 +49,7 @@ redis.call('HSET', KEYS[1],
   'kind', ARGV[2], 'payload', ARGV[3], 'labels', ARGV[4], 'created', ARGV[5],
   'priority', ARGV[6], 'attempt', 0, 'max_attempts', ARGV[7],
   'b_initial', ARGV[8], 'b_mult', ARGV[9], 'b_max', ARGV[10], 'b_jitter', ARGV[11],
-  'lease_default', ARGV[12], 'retention', ARGV[13],
+  'lease_default', ARGV[12], 'retention', ARGV[13], 'trace', ARGV[18],
   'seq', 1, 'e:1', cmsgpack.pack(event))
 if KEYS[4] then
   redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[15])

@@ -1,0 +1,264 @@
+//! Observes every gRPC call: a server span whose parent is the caller's W3C trace context
+//! (`traceparent`), and the `rpc.server.call.duration` metric by method and final status.
+//!
+//! A call's status arrives in the response headers (an error answered at once) or in the
+//! trailers (success, and every stream), so the response body is wrapped to see the trailers,
+//! and a stream counts until its last frame.
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use http::{HeaderMap, Request, Response};
+use http_body::{Body, Frame};
+use opentelemetry::{global, propagation::Extractor, trace::TraceContextExt};
+use tower::{Layer, Service};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::telemetry::Metrics;
+
+/// The tower layer that observes every call of the server it wraps.
+#[derive(Clone)]
+pub struct ObserveLayer {
+    metrics: Metrics,
+}
+
+impl ObserveLayer {
+    pub fn new(metrics: Metrics) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Observe<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ObservedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let started = Instant::now();
+        // "/jobd.v1.JobService/SubmitJob" -> "jobd.v1.JobService/SubmitJob", as rpc.method wants.
+        let method = request.uri().path().trim_start_matches('/').to_owned();
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = %method,
+            otel.kind = "server",
+            rpc.system.name = "grpc",
+            rpc.method = %method,
+            rpc.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        let parent = global::get_text_map_propagator(|propagator| {
+            propagator.extract(&HeaderExtractor(request.headers()))
+        });
+        // Fails only when no OpenTelemetry layer is installed; the span is then local only.
+        let _ = span.set_parent(parent);
+        let span_context = span.context().span().span_context().clone();
+        if span_context.is_valid() {
+            span.record("trace_id", span_context.trace_id().to_string());
+        }
+        let metrics = self.metrics.clone();
+        let response = self.inner.call(request).instrument(span.clone());
+        Box::pin(async move {
+            let response = response.await?;
+            let status = grpc_status(response.headers());
+            let observer = CallObserver {
+                metrics,
+                method,
+                span,
+                started,
+                recorded: false,
+            };
+            Ok(response.map(|body| {
+                let mut body = ObservedBody {
+                    inner: body,
+                    observer,
+                };
+                if let Some(status) = status {
+                    // An answer without a body: its status is already known.
+                    body.observer.record(status);
+                }
+                body
+            }))
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that records the call when its trailers (or its end) go by.
+    pub struct ObservedBody<B> {
+        #[pin]
+        inner: B,
+        observer: CallObserver,
+    }
+}
+
+impl<B: Body> Body for ObservedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let frame = this.inner.poll_frame(cx);
+        match &frame {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(status) = frame.trailers_ref().and_then(grpc_status) {
+                    this.observer.record(status);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.observer.record(UNKNOWN),
+            // Ended without a status in trailers: a status in the headers was recorded before.
+            Poll::Ready(None) => this.observer.record(UNKNOWN),
+            Poll::Pending => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+struct CallObserver {
+    metrics: Metrics,
+    method: String,
+    span: tracing::Span,
+    started: Instant,
+    recorded: bool,
+}
+
+impl CallObserver {
+    /// Records the call once, with its gRPC status code.
+    fn record(&mut self, status: i32) {
+        if std::mem::replace(&mut self.recorded, true) {
+            return;
+        }
+        let name = code_name(status);
+        self.span.record("rpc.response.status_code", name);
+        if status != 0 {
+            self.span.record("otel.status_code", "ERROR");
+        }
+        self.metrics.rpc(&self.method, name, self.started.elapsed());
+    }
+}
+
+impl Drop for CallObserver {
+    /// A body dropped before its end: the client went away.
+    fn drop(&mut self) {
+        self.record(CANCELLED);
+    }
+}
+
+const CANCELLED: i32 = 1;
+const UNKNOWN: i32 = 2;
+
+fn grpc_status(headers: &HeaderMap) -> Option<i32> {
+    headers
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+}
+
+/// The canonical name of a gRPC status code, as `rpc.response.status_code` wants it.
+fn code_name(code: i32) -> &'static str {
+    match code {
+        0 => "OK",
+        1 => "CANCELLED",
+        2 => "UNKNOWN",
+        3 => "INVALID_ARGUMENT",
+        4 => "DEADLINE_EXCEEDED",
+        5 => "NOT_FOUND",
+        6 => "ALREADY_EXISTS",
+        7 => "PERMISSION_DENIED",
+        8 => "RESOURCE_EXHAUSTED",
+        9 => "FAILED_PRECONDITION",
+        10 => "ABORTED",
+        11 => "OUT_OF_RANGE",
+        12 => "UNIMPLEMENTED",
+        13 => "INTERNAL",
+        14 => "UNAVAILABLE",
+        15 => "DATA_LOSS",
+        16 => "UNAUTHENTICATED",
+        _ => "UNKNOWN",
+    }
+}
+
+/// Reads W3C trace context from HTTP/2 headers (gRPC metadata).
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|key| key.as_str()).collect()
+    }
+}
+
+/// The current span's trace context as W3C headers (`traceparent`, `tracestate`), to store
+/// with a job; without an OpenTelemetry layer, the caller's own headers are passed on.
+pub fn current_trace_context(incoming: &HeaderMap) -> std::collections::BTreeMap<String, String> {
+    let mut injected = std::collections::HashMap::new();
+    let current = tracing::Span::current().context();
+    global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&current, &mut injected)
+    });
+    let mut context: std::collections::BTreeMap<String, String> = injected.into_iter().collect();
+    if context.is_empty() {
+        for key in ["traceparent", "tracestate"] {
+            if let Some(value) = incoming.get(key).and_then(|v| v.to_str().ok()) {
+                context.insert(key.to_owned(), value.to_owned());
+            }
+        }
+    }
+    context
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_have_their_canonical_names() {
+        assert_eq!(code_name(0), "OK");
+        assert_eq!(code_name(5), "NOT_FOUND");
+        assert_eq!(code_name(14), "UNAVAILABLE");
+        assert_eq!(code_name(99), "UNKNOWN");
+    }
+}

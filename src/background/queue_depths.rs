@@ -1,0 +1,51 @@
+//! Refreshes the queue depths the `jobd.queue.depth` gauge reports: one read of each queue's
+//! counts per metric export interval, however many exports or replicas ask.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    domain::{JobState, UnixMillis},
+    store::JobStore,
+    telemetry::QueueDepths,
+};
+
+pub async fn refresh_queue_depths(
+    store: JobStore,
+    depths: QueueDepths,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let queues = match store.queues().await {
+            Ok(queues) => queues,
+            Err(error) => {
+                tracing::debug!(%error, "cannot read the queue registry for depths");
+                continue;
+            }
+        };
+        for queue in queues {
+            match store.stats(&queue, UnixMillis::now()).await {
+                Ok(stats) => depths.set(
+                    queue,
+                    vec![
+                        (JobState::Queued, stats.queued),
+                        (JobState::Scheduled, stats.scheduled),
+                        (JobState::Running, stats.running),
+                        (JobState::Completed, stats.completed),
+                        (JobState::Failed, stats.failed),
+                        (JobState::Cancelled, stats.cancelled),
+                    ],
+                ),
+                Err(error) => tracing::debug!(%error, queue = %queue, "cannot read queue depths"),
+            }
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! jobd's metric instruments, built once from a meter and passed down. Each has one method
+//! that records it, so attribute names and units are written in one place; the README's
+//! table lists them.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use opentelemetry::{
+    KeyValue, global,
+    metrics::{Counter, Histogram, Meter, ObservableGauge, UpDownCounter},
+};
+use opentelemetry_semantic_conventions::{attribute as semconv, metric as semmetric};
+
+use crate::domain::{JobState, QueueName};
+
+const QUEUE: &str = "jobd.queue";
+const KIND: &str = "jobd.job.kind";
+const OUTCOME: &str = "jobd.job.outcome";
+const STATE: &str = "jobd.job.state";
+const OPERATION: &str = "jobd.redis.operation";
+const CONNECTION: &str = "jobd.redis.connection";
+const REASON: &str = "jobd.reason";
+
+/// Bucket bounds for durations in seconds, from 100 µs to 60 s.
+const SECONDS_BUCKETS: [f64; 17] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 60.0,
+];
+
+/// Queue depths per queue and state, refreshed from Redis once per metric export and read by
+/// the `jobd.queue.depth` gauge.
+#[derive(Clone, Default)]
+pub struct QueueDepths(Arc<Mutex<BTreeMap<QueueName, Depths>>>);
+
+/// Jobs per state, for one queue.
+type Depths = Vec<(JobState, u64)>;
+
+impl QueueDepths {
+    pub fn set(&self, queue: QueueName, depths: Depths) {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(queue, depths);
+    }
+
+    fn snapshot(&self) -> Vec<(QueueName, Depths)> {
+        let depths = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        depths.iter().map(|(q, d)| (q.clone(), d.clone())).collect()
+    }
+}
+
+/// Every instrument jobd records. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics(Arc<Instruments>);
+
+struct Instruments {
+    meter: Meter,
+    rpc_duration: Histogram<f64>,
+    submitted: Counter<u64>,
+    finished: Counter<u64>,
+    retries: Counter<u64>,
+    lease_expiries: Counter<u64>,
+    queue_wait: Histogram<f64>,
+    run_time: Histogram<f64>,
+    watch_streams: UpDownCounter<i64>,
+    waiting_claims: UpDownCounter<i64>,
+    redis_duration: Histogram<f64>,
+    redis_reconnects: Counter<u64>,
+    resyncs: Counter<u64>,
+    gauges: Mutex<Vec<ObservableGauge<u64>>>,
+}
+
+impl Metrics {
+    /// Instruments on the global meter provider: no-ops until one is installed.
+    pub fn global() -> Self {
+        Self::new(global::meter(super::SCOPE))
+    }
+
+    pub fn new(meter: Meter) -> Self {
+        let seconds = |name: &'static str, description: &'static str| {
+            meter
+                .f64_histogram(name)
+                .with_unit("s")
+                .with_description(description)
+                .with_boundaries(SECONDS_BUCKETS.to_vec())
+                .build()
+        };
+        let counter = |name: &'static str, unit: &'static str, description: &'static str| {
+            meter
+                .u64_counter(name)
+                .with_unit(unit)
+                .with_description(description)
+                .build()
+        };
+        let instruments = Instruments {
+            rpc_duration: seconds(
+                semmetric::RPC_SERVER_CALL_DURATION,
+                "Duration of gRPC calls served, streams included",
+            ),
+            submitted: counter("jobd.jobs.submitted", "{job}", "Jobs created by SubmitJob"),
+            finished: counter(
+                "jobd.jobs.finished",
+                "{job}",
+                "Jobs that reached a terminal state, by outcome",
+            ),
+            retries: counter(
+                "jobd.jobs.retries",
+                "{attempt}",
+                "Failed attempts that were scheduled for a retry",
+            ),
+            lease_expiries: counter(
+                "jobd.leases.expired",
+                "{lease}",
+                "Leases that ran out without a heartbeat or an outcome",
+            ),
+            queue_wait: seconds("jobd.job.queue_wait", "Time from submit to the first claim"),
+            run_time: seconds(
+                "jobd.job.run_time",
+                "Time from claim to the worker's outcome",
+            ),
+            watch_streams: meter
+                .i64_up_down_counter("jobd.watch.streams")
+                .with_unit("{stream}")
+                .with_description("Open WatchJob streams")
+                .build(),
+            waiting_claims: meter
+                .i64_up_down_counter("jobd.claims.waiting")
+                .with_unit("{call}")
+                .with_description("ClaimJob calls waiting for a job")
+                .build(),
+            redis_duration: seconds("jobd.redis.duration", "Duration of Redis round trips"),
+            redis_reconnects: counter(
+                "jobd.redis.reconnects",
+                "{reconnect}",
+                "Redis reconnections after a lost connection",
+            ),
+            resyncs: counter(
+                "jobd.watch.resyncs",
+                "{read}",
+                "Event-log re-reads by watchers after possible pub/sub message loss",
+            ),
+            gauges: Mutex::new(Vec::new()),
+            meter,
+        };
+        Self(Arc::new(instruments))
+    }
+
+    /// Records one finished gRPC call, per the OpenTelemetry RPC conventions.
+    pub fn rpc(&self, method: &str, status: &str, duration: Duration) {
+        let mut attributes = vec![
+            KeyValue::new(semconv::RPC_SYSTEM_NAME, "grpc"),
+            KeyValue::new(semconv::RPC_METHOD, method.to_owned()),
+            KeyValue::new(semconv::RPC_RESPONSE_STATUS_CODE, status.to_owned()),
+        ];
+        if status != "OK" {
+            attributes.push(KeyValue::new(semconv::ERROR_TYPE, status.to_owned()));
+        }
+        self.0
+            .rpc_duration
+            .record(duration.as_secs_f64(), &attributes);
+    }
+
+    pub fn submitted(&self, queue: &QueueName, kind: &str) {
+        self.0.submitted.add(1, &job(queue, kind));
+    }
+
+    /// A job reached `outcome`, a terminal state.
+    pub fn finished(&self, queue: &QueueName, kind: &str, outcome: JobState) {
+        let mut attributes = job(queue, kind);
+        attributes.push(KeyValue::new(OUTCOME, outcome.as_str()));
+        self.0.finished.add(1, &attributes);
+    }
+
+    /// A failed attempt was scheduled for a retry; `reason` is "failed" or "lease_expired".
+    pub fn retried(&self, queue: &QueueName, kind: &str, reason: &'static str) {
+        let mut attributes = job(queue, kind);
+        attributes.push(KeyValue::new(REASON, reason));
+        self.0.retries.add(1, &attributes);
+    }
+
+    pub fn lease_expired(&self, queue: &QueueName) {
+        self.0
+            .lease_expiries
+            .add(1, &[KeyValue::new(QUEUE, queue.to_string())]);
+    }
+
+    pub fn queue_wait(&self, queue: &QueueName, wait: Duration) {
+        self.0.queue_wait.record(
+            wait.as_secs_f64(),
+            &[KeyValue::new(QUEUE, queue.to_string())],
+        );
+    }
+
+    pub fn run_time(&self, queue: &QueueName, outcome: JobState, run: Duration) {
+        self.0.run_time.record(
+            run.as_secs_f64(),
+            &[
+                KeyValue::new(QUEUE, queue.to_string()),
+                KeyValue::new(OUTCOME, outcome.as_str()),
+            ],
+        );
+    }
+
+    /// Counts an open WatchJob stream until the guard drops.
+    pub fn watch_stream(&self) -> Gauged {
+        Gauged::new(self.0.watch_streams.clone())
+    }
+
+    /// Counts a waiting ClaimJob call until the guard drops.
+    pub fn waiting_claim(&self) -> Gauged {
+        Gauged::new(self.0.waiting_claims.clone())
+    }
+
+    /// Records one Redis round trip (a script or a command) by what it did.
+    pub fn redis(&self, operation: &'static str, duration: Duration) {
+        self.0.redis_duration.record(
+            duration.as_secs_f64(),
+            &[KeyValue::new(OPERATION, operation)],
+        );
+    }
+
+    /// A connection ("pool" or "subscriber") came back after being lost.
+    pub fn redis_reconnect(&self, connection: &'static str) {
+        self.0
+            .redis_reconnects
+            .add(1, &[KeyValue::new(CONNECTION, connection)]);
+    }
+
+    /// A watcher re-read its job's log because messages may have been lost.
+    pub fn resync(&self) {
+        self.0.resyncs.add(1, &[]);
+    }
+
+    /// Reports whether the pool and the subscriber are connected (1) or not (0), asking
+    /// `connected` at each export.
+    pub fn observe_redis(&self, connected: impl Fn() -> (bool, bool) + Send + Sync + 'static) {
+        let gauge = self
+            .0
+            .meter
+            .u64_observable_gauge("jobd.redis.connected")
+            .with_unit("1")
+            .with_description("Whether every connection of the pool, or the subscriber, is up")
+            .with_callback(move |observer| {
+                let (pool, subscriber) = connected();
+                observer.observe(u64::from(pool), &[KeyValue::new(CONNECTION, "pool")]);
+                observer.observe(
+                    u64::from(subscriber),
+                    &[KeyValue::new(CONNECTION, "subscriber")],
+                );
+            })
+            .build();
+        self.keep(gauge);
+    }
+
+    /// Reports queue depths per queue and state from `depths`.
+    pub fn observe_queue_depths(&self, depths: QueueDepths) {
+        let gauge = self
+            .0
+            .meter
+            .u64_observable_gauge("jobd.queue.depth")
+            .with_unit("{job}")
+            .with_description("Jobs per queue and state, read from Redis once per export")
+            .with_callback(move |observer| {
+                for (queue, states) in depths.snapshot() {
+                    for (state, count) in states {
+                        observer.observe(
+                            count,
+                            &[
+                                KeyValue::new(QUEUE, queue.to_string()),
+                                KeyValue::new(STATE, state.as_str()),
+                            ],
+                        );
+                    }
+                }
+            })
+            .build();
+        self.keep(gauge);
+    }
+
+    fn keep(&self, gauge: ObservableGauge<u64>) {
+        self.0
+            .gauges
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(gauge);
+    }
+}
+
+fn job(queue: &QueueName, kind: &str) -> Vec<KeyValue> {
+    vec![
+        KeyValue::new(QUEUE, queue.to_string()),
+        KeyValue::new(KIND, kind.to_owned()),
+    ]
+}
+
+/// Adds one to an up-down counter for as long as it lives.
+pub struct Gauged(UpDownCounter<i64>);
+
+impl Gauged {
+    fn new(counter: UpDownCounter<i64>) -> Self {
+        counter.add(1, &[]);
+        Self(counter)
+    }
+}
+
+impl Drop for Gauged {
+    fn drop(&mut self) {
+        self.0.add(-1, &[]);
+    }
+}
