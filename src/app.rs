@@ -4,9 +4,8 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 
 use anyhow::Context;
 use tokio::{net::TcpListener, time::Instant};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::Server;
+use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
     api::{
@@ -202,10 +201,10 @@ impl App {
                 .add_service(reflection().build_v1()?)
                 .add_service(reflection().build_v1alpha()?);
         }
-        let server = routes.serve_with_incoming_shutdown(
-            TcpListenerStream::new(self.listener),
-            self.shutdown.clone().cancelled_owned(),
-        );
+        // Small gRPC frames must not wait for Nagle's algorithm (and the peer's delayed ACK).
+        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        let server =
+            routes.serve_with_incoming_shutdown(incoming, self.shutdown.clone().cancelled_owned());
         tokio::pin!(server);
 
         tokio::select! {

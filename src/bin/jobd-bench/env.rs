@@ -1,0 +1,178 @@
+//! The systems under test: a redis-server and a jobd of the benchmark's own (or given ones),
+//! and what can be read off them (Redis INFO, CLIENT LIST, jobd's resident memory).
+
+use std::{
+    net::{TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use jobd::{App, Config};
+use tonic::transport::Channel;
+
+use crate::Target;
+
+/// A Redis and a jobd, started here or given; what was started stops on drop.
+pub struct Systems {
+    pub jobd_url: String,
+    redis_url: String,
+    jobd: Option<Child>,
+    redis: Option<Child>,
+}
+
+impl Systems {
+    pub async fn start(target: &Target) -> anyhow::Result<Self> {
+        if let Some(jobd_url) = &target.jobd {
+            let redis_url = target
+                .redis_url
+                .clone()
+                .context("--jobd needs --redis-url, for the Redis figures")?;
+            return Ok(Self {
+                jobd_url: jobd_url.clone(),
+                redis_url,
+                jobd: None,
+                redis: None,
+            });
+        }
+        let (redis, redis_port) = match &target.redis_url {
+            Some(url) => (None, url::Url::parse(url)?.port()),
+            None => {
+                let port = free_port()?;
+                let child = Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .context("redis-server must be installed (.ci/install installs it)")?;
+                wait_for_port(port).await?;
+                (Some(child), Some(port))
+            }
+        };
+        let redis_url = target
+            .redis_url
+            .clone()
+            .unwrap_or_else(|| format!("redis://127.0.0.1:{}", redis_port.unwrap_or(6379)));
+        let port = free_port()?;
+        let jobd = Command::new(std::env::current_exe()?)
+            .args(["serve", "--redis-url", &redis_url])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--pool-size", &target.pool_size.to_string()])
+            .env("RUST_LOG", "warn")
+            .spawn()?;
+        wait_for_port(port).await?;
+        Ok(Self {
+            jobd_url: format!("http://127.0.0.1:{port}"),
+            redis_url,
+            jobd: Some(jobd),
+            redis,
+        })
+    }
+
+    /// A new client connection to jobd.
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        Ok(Channel::from_shared(self.jobd_url.clone())?
+            .tcp_nodelay(true)
+            .connect()
+            .await?)
+    }
+
+    /// Runs a Redis command through redis-cli.
+    pub fn redis_cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = Command::new("redis-cli")
+            .args(["-u", &self.redis_url])
+            .args(args)
+            .output()
+            .context("redis-cli must be installed")?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Total commands Redis has run, and its CPU time in microseconds, so far.
+    pub fn redis_counters(&self) -> anyhow::Result<(u64, f64)> {
+        let stats = self.redis_cli(&["INFO", "commandstats"])?;
+        let calls = stats
+            .lines()
+            .filter_map(|line| line.split("calls=").nth(1))
+            .filter_map(|rest| rest.split(',').next()?.parse::<u64>().ok())
+            .sum();
+        let cpu = self.redis_cli(&["INFO", "cpu"])?;
+        let seconds = |name: &str| {
+            cpu.lines()
+                .find_map(|line| line.strip_prefix(&format!("{name}:")))
+                .and_then(|value| value.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        Ok((
+            calls,
+            (seconds("used_cpu_sys") + seconds("used_cpu_user")) * 1e6,
+        ))
+    }
+
+    /// jobd's Redis connections, by their CLIENT LIST names.
+    pub fn jobd_connections(&self) -> anyhow::Result<usize> {
+        Ok(self
+            .redis_cli(&["CLIENT", "LIST"])?
+            .lines()
+            .filter(|line| line.contains(" name=jobd:"))
+            .count())
+    }
+
+    /// jobd's resident memory in MiB, when the benchmark started it.
+    pub fn jobd_rss_mib(&self) -> Option<f64> {
+        let pid = self.jobd.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib / 1024.0)
+    }
+}
+
+impl Drop for Systems {
+    fn drop(&mut self) {
+        for child in [self.jobd.as_mut(), self.redis.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `jobd-bench serve`: jobd itself, with quiet logs and room for many streams.
+pub async fn serve(redis_url: &str, listen: &str, pool_size: u16) -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
+    let config = <Config as clap::Parser>::try_parse_from([
+        "jobd",
+        &format!("--redis-url={redis_url}"),
+        &format!("--listen={listen}"),
+        &format!("--redis-pool-size={pool_size}"),
+        "--instance-id=bench",
+    ])?;
+    let app = App::build(config).await?;
+    app.run(jobd::shutdown::signal()).await
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_for_port(port: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("nothing listens on port {port}")
+}

@@ -1,0 +1,127 @@
+//! jobd-bench: drives jobd through its gRPC API only, as a user's services would, and prints
+//! what it measured as a table and one JSON line per scenario. See BENCHMARKS.md.
+//!
+//! `cargo run --release --bin jobd-bench -- <scenario> [options]` starts its own redis-server
+//! and jobd (this same binary, `serve`, in a child process) unless `--jobd` and `--redis-url`
+//! name running ones.
+
+mod env;
+mod report;
+mod scenarios;
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Benchmarks jobd through its gRPC API")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// N jobs submitted with P calls in flight, W workers completing them, a watcher per job.
+    Lifecycle(LifecycleArgs),
+    /// Jobs submitted at a fixed rate; latency from the intended send time.
+    OpenLoop(OpenLoopArgs),
+    /// Many concurrent WatchJob streams, then their jobs complete.
+    FanOut(FanOutArgs),
+    /// Redis commands and Redis CPU time per job lifecycle.
+    RedisCost(LifecycleArgs),
+    /// Every scenario, one after the other, each on a fresh jobd and Redis.
+    All {
+        /// Sizes that finish in seconds (for CI), instead of the documented ones.
+        #[arg(long)]
+        small: bool,
+    },
+    /// Runs jobd itself (used by the other commands; not for direct use).
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        redis_url: String,
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        pool_size: u16,
+    },
+}
+
+/// Where to find jobd and Redis; by default the benchmark starts both.
+#[derive(Args, Clone, Debug, Default)]
+pub struct Target {
+    /// A running jobd to drive, e.g. http://127.0.0.1:50051 (needs --redis-url too).
+    #[arg(long)]
+    jobd: Option<String>,
+    /// The Redis that jobd uses, for the Redis figures.
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Pool size of the jobd the benchmark starts.
+    #[arg(long, default_value_t = 4)]
+    pool_size: u16,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct LifecycleArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Jobs in all.
+    #[arg(long, default_value_t = 20_000)]
+    jobs: usize,
+    /// Submissions in flight at once.
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
+    /// Workers claiming and completing jobs.
+    #[arg(long, default_value_t = 16)]
+    workers: usize,
+    /// Jobs a worker claims per call.
+    #[arg(long, default_value_t = 1)]
+    batch: u32,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct OpenLoopArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Jobs per second to submit.
+    #[arg(long, default_value_t = 2_000)]
+    rate: u64,
+    /// How long to submit for.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Workers claiming and completing jobs.
+    #[arg(long, default_value_t = 16)]
+    workers: usize,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct FanOutArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Concurrent WatchJob streams, one per job.
+    #[arg(long, default_value_t = 10_000)]
+    watchers: usize,
+    /// Streams per client connection.
+    #[arg(long, default_value_t = 100)]
+    streams_per_connection: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve {
+                redis_url,
+                listen,
+                pool_size,
+            } => env::serve(&redis_url, &listen, pool_size).await,
+            Command::Lifecycle(args) => scenarios::lifecycle(args).await.map(|_| ()),
+            Command::OpenLoop(args) => scenarios::open_loop(args).await,
+            Command::FanOut(args) => scenarios::fan_out(args).await,
+            Command::RedisCost(args) => scenarios::redis_cost(args).await,
+            Command::All { small } => scenarios::all(small).await,
+        }
+    })
+}

@@ -1,0 +1,356 @@
+//! The scenarios. Each drives jobd through gRPC only: submitters that watch their own jobs to
+//! the terminal event, and workers with a no-op handler.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use jobd::api::proto::{
+    self, job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient,
+};
+use serde_json::json;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::{
+    FanOutArgs, LifecycleArgs, OpenLoopArgs, Target,
+    env::Systems,
+    report::{self, Latencies},
+};
+
+/// Connections the submitters share (HTTP/2 multiplexes their calls).
+const SUBMIT_CONNECTIONS: usize = 4;
+
+pub async fn lifecycle(args: LifecycleArgs) -> anyhow::Result<(f64, Latencies)> {
+    let systems = Systems::start(&args.target).await?;
+    let (elapsed, mut latencies) = run_lifecycle(&systems, &args).await?;
+    let rate = args.jobs as f64 / elapsed.as_secs_f64();
+    report::print(
+        "lifecycle",
+        &[
+            ("jobs", json!(args.jobs)),
+            ("in_flight", json!(args.in_flight)),
+            ("workers", json!(args.workers)),
+            ("claim_batch", json!(args.batch)),
+            ("seconds", json!(elapsed.as_secs_f64())),
+            ("jobs_per_sec", json!(rate)),
+            ("p50_ms", json!(latencies.percentile_ms(50.0))),
+            ("p99_ms", json!(latencies.percentile_ms(99.0))),
+            ("p999_ms", json!(latencies.percentile_ms(99.9))),
+        ],
+    );
+    Ok((rate, latencies))
+}
+
+pub async fn redis_cost(args: LifecycleArgs) -> anyhow::Result<()> {
+    let systems = Systems::start(&args.target).await?;
+    // Warm up (scripts loaded, connections up) so that the counters see the steady state.
+    let warm_up = LifecycleArgs {
+        jobs: args.jobs.min(200),
+        ..args.clone()
+    };
+    run_lifecycle(&systems, &warm_up).await?;
+    let (calls_before, cpu_before) = systems.redis_counters()?;
+    let (elapsed, _) = run_lifecycle(&systems, &args).await?;
+    let (calls_after, cpu_after) = systems.redis_counters()?;
+    let jobs = args.jobs as f64;
+    report::print(
+        "redis-cost",
+        &[
+            ("jobs", json!(args.jobs)),
+            ("claim_batch", json!(args.batch)),
+            ("seconds", json!(elapsed.as_secs_f64())),
+            (
+                "commands_per_job",
+                json!((calls_after - calls_before) as f64 / jobs),
+            ),
+            (
+                "redis_cpu_us_per_job",
+                json!((cpu_after - cpu_before) / jobs),
+            ),
+        ],
+    );
+    Ok(())
+}
+
+/// N jobs, P submissions in flight, each submitter watching its job to the terminal event.
+async fn run_lifecycle(
+    systems: &Systems,
+    args: &LifecycleArgs,
+) -> anyhow::Result<(Duration, Latencies)> {
+    let queue = unique_queue("lifecycle");
+    let done = CancellationToken::new();
+    let workers = start_workers(systems, &queue, args.workers, args.batch, done.clone()).await?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut channels = Vec::new();
+    for _ in 0..SUBMIT_CONNECTIONS {
+        channels.push(systems.channel().await?);
+    }
+    let started = Instant::now();
+    let mut submitters = JoinSet::new();
+    for i in 0..args.in_flight {
+        let mut jobs = JobServiceClient::new(channels[i % channels.len()].clone());
+        let (next, queue, total) = (next.clone(), queue.clone(), args.jobs);
+        submitters.spawn(async move {
+            let mut latencies = Latencies::default();
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                let sent = Instant::now();
+                submit_and_watch(&mut jobs, &queue).await?;
+                latencies.push(sent.elapsed());
+            }
+            anyhow::Ok(latencies)
+        });
+    }
+    let mut latencies = Latencies::default();
+    while let Some(result) = submitters.join_next().await {
+        latencies.extend(result??);
+    }
+    let elapsed = started.elapsed();
+    done.cancel();
+    workers.join_all().await;
+    Ok((elapsed, latencies))
+}
+
+pub async fn open_loop(args: OpenLoopArgs) -> anyhow::Result<()> {
+    let systems = Systems::start(&args.target).await?;
+    let queue = unique_queue("open-loop");
+    let done = CancellationToken::new();
+    let workers = start_workers(&systems, &queue, args.workers, 1, done.clone()).await?;
+    let mut channels = Vec::new();
+    for _ in 0..SUBMIT_CONNECTIONS {
+        channels.push(systems.channel().await?);
+    }
+    let total = (args.rate as f64 * args.duration.as_secs_f64()) as usize;
+    let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
+    let latencies = Arc::new(Mutex::new(Latencies::default()));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let started = tokio::time::Instant::now();
+    let mut calls = JoinSet::new();
+    for i in 0..total {
+        // Latency counts from when the job should have been sent, so a server that falls
+        // behind cannot hide its queueing in the benchmark's own.
+        let intended = started + interval * i as u32;
+        tokio::time::sleep_until(intended).await;
+        let mut jobs = JobServiceClient::new(channels[i % channels.len()].clone());
+        let (queue, latencies, failures) = (queue.clone(), latencies.clone(), failures.clone());
+        calls.spawn(async move {
+            match submit_and_watch(&mut jobs, &queue).await {
+                Ok(()) => lock(&latencies).push(intended.elapsed()),
+                Err(_) => {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    while calls.join_next().await.is_some() {}
+    let elapsed = started.elapsed();
+    done.cancel();
+    workers.join_all().await;
+    let mut latencies = std::mem::take(&mut *lock(&latencies));
+    report::print(
+        "open-loop",
+        &[
+            ("rate_per_sec", json!(args.rate)),
+            ("jobs", json!(total)),
+            (
+                "achieved_per_sec",
+                json!(latencies.len() as f64 / elapsed.as_secs_f64()),
+            ),
+            ("failures", json!(failures.load(Ordering::Relaxed))),
+            ("p50_ms", json!(latencies.percentile_ms(50.0))),
+            ("p99_ms", json!(latencies.percentile_ms(99.0))),
+            ("p999_ms", json!(latencies.percentile_ms(99.9))),
+        ],
+    );
+    Ok(())
+}
+
+pub async fn fan_out(args: FanOutArgs) -> anyhow::Result<()> {
+    let systems = Systems::start(&args.target).await?;
+    let queue = unique_queue("fan-out");
+    let mut jobs = JobServiceClient::new(systems.channel().await?);
+    let mut ids = Vec::with_capacity(args.watchers);
+    for _ in 0..args.watchers {
+        ids.push(submit(&mut jobs, &queue).await?);
+    }
+    let rss_before = systems.jobd_rss_mib();
+
+    let established = Arc::new(tokio::sync::Semaphore::new(0));
+    let finished_at = Arc::new(Mutex::new(Vec::with_capacity(args.watchers)));
+    let mut watchers = JoinSet::new();
+    for chunk in ids.chunks(args.streams_per_connection.max(1)) {
+        let channel = systems.channel().await?;
+        for id in chunk {
+            let mut client = JobServiceClient::new(channel.clone());
+            let (id, established, finished_at) =
+                (id.clone(), established.clone(), finished_at.clone());
+            watchers.spawn(async move {
+                let mut stream = client
+                    .watch_job(proto::WatchJobRequest {
+                        job_id: id,
+                        after_sequence: 0,
+                    })
+                    .await?
+                    .into_inner();
+                stream.message().await?; // QUEUED: the stream is up.
+                established.add_permits(1);
+                while let Some(event) = stream.message().await? {
+                    if event.r#type() == proto::EventType::Completed {
+                        lock(&finished_at).push(Instant::now());
+                    }
+                }
+                anyhow::Ok(())
+            });
+        }
+    }
+    let _ = established.acquire_many(args.watchers as u32).await?;
+    let rss = systems.jobd_rss_mib();
+    let connections = systems.jobd_connections()?;
+
+    let started = Instant::now();
+    let done = CancellationToken::new();
+    let workers = start_workers(&systems, &queue, 16, 1, done.clone()).await?;
+    while let Some(result) = watchers.join_next().await {
+        result??;
+    }
+    let last = lock(&finished_at).iter().max().copied().unwrap_or(started);
+    done.cancel();
+    workers.join_all().await;
+    report::print(
+        "fan-out",
+        &[
+            ("watchers", json!(args.watchers)),
+            ("jobd_rss_mib_before_watchers", json!(rss_before)),
+            ("jobd_rss_mib_with_watchers", json!(rss)),
+            ("jobd_redis_connections", json!(connections)),
+            (
+                "seconds_to_last_terminal_event",
+                json!((last - started).as_secs_f64()),
+            ),
+        ],
+    );
+    Ok(())
+}
+
+/// Every scenario, each on a fresh jobd and Redis: the documented sizes, or `small` ones.
+pub async fn all(small: bool) -> anyhow::Result<()> {
+    let target = Target {
+        pool_size: 4,
+        ..Target::default()
+    };
+    let (jobs, rates, duration, watchers) = if small {
+        (1_000, vec![200], Duration::from_secs(2), 500)
+    } else {
+        (20_000, vec![500, 2_000], Duration::from_secs(10), 10_000)
+    };
+    let lifecycle_args = LifecycleArgs {
+        target: target.clone(),
+        jobs,
+        in_flight: 64,
+        workers: 16,
+        batch: 1,
+    };
+    lifecycle(lifecycle_args.clone()).await?;
+    redis_cost(lifecycle_args).await?;
+    for rate in rates {
+        open_loop(OpenLoopArgs {
+            target: target.clone(),
+            rate,
+            duration,
+            workers: 16,
+        })
+        .await?;
+    }
+    fan_out(FanOutArgs {
+        target,
+        watchers,
+        streams_per_connection: 100,
+    })
+    .await
+}
+
+/// Workers with a no-op handler: claim, complete, repeat, until `done`.
+async fn start_workers(
+    systems: &Systems,
+    queue: &str,
+    count: usize,
+    batch: u32,
+    done: CancellationToken,
+) -> anyhow::Result<JoinSet<()>> {
+    let _ = batch; // One job per claim until the API can claim several.
+    let mut workers = JoinSet::new();
+    for i in 0..count {
+        let mut client = WorkerServiceClient::new(systems.channel().await?);
+        let (queue, done) = (queue.to_owned(), done.clone());
+        workers.spawn(async move {
+            let request = proto::ClaimJobRequest {
+                queues: vec![queue],
+                worker_id: format!("bench-{i}"),
+                lease: None,
+                wait: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+            };
+            while !done.is_cancelled() {
+                let claim = tokio::select! {
+                    claim = client.claim_job(request.clone()) => claim,
+                    () = done.cancelled() => return,
+                };
+                let Ok(claim) = claim.map(tonic::Response::into_inner) else {
+                    continue;
+                };
+                let Some(job) = claim.job else { continue };
+                let _ = client
+                    .complete_job(proto::CompleteJobRequest {
+                        job_id: job.id,
+                        lease_token: claim.lease_token,
+                        result: Default::default(),
+                    })
+                    .await;
+            }
+        });
+    }
+    Ok(workers)
+}
+
+async fn submit(jobs: &mut JobServiceClient<Channel>, queue: &str) -> anyhow::Result<String> {
+    let response = jobs
+        .submit_job(proto::SubmitJobRequest {
+            queue: queue.to_owned(),
+            kind: "bench".to_owned(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    Ok(response.job.map(|job| job.id).unwrap_or_default())
+}
+
+/// Submits a job and watches it until its terminal event.
+async fn submit_and_watch(jobs: &mut JobServiceClient<Channel>, queue: &str) -> anyhow::Result<()> {
+    let id = submit(jobs, queue).await?;
+    let mut stream = jobs
+        .watch_job(proto::WatchJobRequest {
+            job_id: id,
+            after_sequence: 0,
+        })
+        .await?
+        .into_inner();
+    while stream.message().await?.is_some() {}
+    Ok(())
+}
+
+fn unique_queue(scenario: &str) -> String {
+    format!("bench-{scenario}-{}", std::process::id())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
