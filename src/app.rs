@@ -154,7 +154,6 @@ impl App {
                 default_retention: self.config.jobs.retention,
                 leases: self.config.lease_limits(),
             },
-            self.tracker.clone(),
             self.shutdown.clone(),
         );
         let worker_api = WorkerApi::new(

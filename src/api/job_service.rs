@@ -1,14 +1,13 @@
 //! `jobd.v1.JobService`: submit, inspect, cancel and watch jobs.
 
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::{
     convert::job_state,
     observe::current_trace_context,
     proto::{self, job_service_server::JobService},
-    watch::Watcher,
+    watch::{EventStream, Watcher},
 };
 use crate::{
     background::SweeperHandle,
@@ -31,7 +30,6 @@ pub struct JobApi {
     metrics: Metrics,
     sweeper: SweeperHandle,
     limits: SubmitLimits,
-    tracker: TaskTracker,
     shutdown: CancellationToken,
 }
 
@@ -42,7 +40,6 @@ impl JobApi {
         metrics: Metrics,
         sweeper: SweeperHandle,
         limits: SubmitLimits,
-        tracker: TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -51,7 +48,6 @@ impl JobApi {
             metrics,
             sweeper,
             limits,
-            tracker,
             shutdown,
         }
     }
@@ -166,7 +162,7 @@ impl JobService for JobApi {
         }))
     }
 
-    type WatchJobStream = ReceiverStream<Result<proto::JobEvent, Status>>;
+    type WatchJobStream = EventStream;
 
     async fn watch_job(
         &self,
@@ -183,9 +179,6 @@ impl JobService for JobApi {
             self.shutdown.clone(),
         )
         .await?;
-        let (sender, receiver) = tokio::sync::mpsc::channel(super::watch::STREAM_BUFFER);
-        self.tracker
-            .spawn(watcher.run(sender, self.metrics.clone()));
-        Ok(Response::new(ReceiverStream::new(receiver)))
+        Ok(Response::new(watcher.into_stream(self.metrics.clone())))
     }
 }

@@ -5,20 +5,18 @@
 //! and in order, whatever pub/sub did. The terminal event is the last message; the stream
 //! then ends with OK.
 
-use tokio::sync::mpsc;
+use std::collections::VecDeque;
+
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use super::proto;
 use crate::{
-    domain::JobId,
+    domain::{JobEvent, JobId},
     events::{EventHub, JobWatch, Wake},
     store::{EventPage, JobStore},
-    telemetry::Metrics,
+    telemetry::{Gauged, Metrics},
 };
-
-/// Messages buffered per stream before a slow client holds the watcher back.
-pub const STREAM_BUFFER: usize = 32;
 
 pub struct Watcher {
     store: JobStore,
@@ -51,71 +49,90 @@ impl Watcher {
         })
     }
 
-    pub async fn run(
-        self,
-        sender: mpsc::Sender<Result<proto::JobEvent, Status>>,
-        metrics: Metrics,
-    ) {
-        let _open = metrics.watch_stream();
-        let Self {
-            store,
-            id,
-            mut watch,
-            first,
-            after,
-            shutdown,
-        } = self;
-        let mut page = first;
-        let mut delivered = after;
-        loop {
-            for event in page.events {
-                let terminal = event.kind.is_terminal();
-                let sequence = event.sequence;
-                tokio::select! {
-                    sent = sender.send(Ok(event.into())) => if sent.is_err() {
-                        return; // The client went away.
-                    },
-                    // A client that stopped reading must not hold up shutdown.
-                    () = shutdown.cancelled() => {
-                        let _ = sender.try_send(Err(shutting_down(delivered)));
-                        return;
-                    }
-                }
-                delivered = sequence;
-                if terminal {
-                    return;
-                }
+    /// The stream of events, polled by tonic itself: no task and no channel per watcher,
+    /// and a client that goes away drops it (and its registration) at once.
+    pub fn into_stream(self, metrics: Metrics) -> EventStream {
+        let state = StreamState {
+            delivered: self.after,
+            finished: self.first.finished,
+            pending: self.first.events.into(),
+            done: false,
+            store: self.store,
+            id: self.id,
+            watch: self.watch,
+            shutdown: self.shutdown,
+            _open: metrics.watch_stream(),
+            metrics,
+        };
+        Box::pin(futures::stream::unfold(state, next_message))
+    }
+}
+
+pub type EventStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<proto::JobEvent, Status>> + Send>>;
+
+struct StreamState {
+    store: JobStore,
+    id: JobId,
+    watch: JobWatch,
+    shutdown: CancellationToken,
+    metrics: Metrics,
+    _open: Gauged,
+    /// Events read but not yet sent.
+    pending: VecDeque<JobEvent>,
+    /// The last sequence sent.
+    delivered: u64,
+    /// The job was finished at the last read.
+    finished: bool,
+    /// The stream has sent its last message.
+    done: bool,
+}
+
+/// The stream's next message: a pending event, or the next after waiting and re-reading.
+async fn next_message(
+    mut state: StreamState,
+) -> Option<(Result<proto::JobEvent, Status>, StreamState)> {
+    if state.done {
+        return None;
+    }
+    loop {
+        if let Some(event) = state.pending.pop_front() {
+            state.delivered = event.sequence;
+            state.done = event.kind.is_terminal();
+            return Some((Ok(event.into()), state));
+        }
+        // A client that resumed after the terminal event has nothing left to receive.
+        if state.finished {
+            return None;
+        }
+        tokio::select! {
+            wake = state.watch.changed() => if wake == Wake::Resync {
+                state.metrics.resync();
+            },
+            () = state.shutdown.cancelled() => {
+                state.done = true;
+                return Some((Err(shutting_down(state.delivered)), state));
             }
-            // A client that resumed after the terminal event has nothing left to receive.
-            if page.finished {
-                return;
+        }
+        state.watch.mark_seen();
+        match state.store.events_after(&state.id, state.delivered).await {
+            Ok(page) => {
+                state.pending.extend(page.events);
+                state.finished = page.finished;
             }
-            tokio::select! {
-                wake = watch.changed() => if wake == Wake::Resync {
-                    metrics.resync();
-                },
-                () = sender.closed() => return,
-                () = shutdown.cancelled() => {
-                    let _ = sender.try_send(Err(shutting_down(delivered)));
-                    return;
-                }
+            Err(error) => {
+                let status = Status::from(error);
+                let status = Status::new(
+                    status.code(),
+                    format!(
+                        "{}; resume with after_sequence={}",
+                        status.message(),
+                        state.delivered
+                    ),
+                );
+                state.done = true;
+                return Some((Err(status), state));
             }
-            watch.mark_seen();
-            page = match store.events_after(&id, delivered).await {
-                Ok(page) => page,
-                Err(error) => {
-                    let status = Status::from(error);
-                    let status = Status::new(
-                        status.code(),
-                        format!(
-                            "{}; resume with after_sequence={delivered}",
-                            status.message()
-                        ),
-                    );
-                    let _ = sender.try_send(Err(status));
-                    return;
-                }
-            };
         }
     }
 }

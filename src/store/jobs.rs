@@ -328,29 +328,8 @@ impl ListCursor {
     }
 }
 
-/// The fields ListJobs reads: a job without payload and result.
-const LIST_FIELDS: [&str; 20] = [
-    "state",
-    "kind",
-    "labels",
-    "attempt",
-    "max_attempts",
-    "priority",
-    "created",
-    "started",
-    "finished",
-    "error",
-    "reason",
-    "seq",
-    "run_at",
-    "lease_until",
-    "worker",
-    "b_initial",
-    "b_mult",
-    "b_max",
-    "b_jitter",
-    "retention",
-];
+/// What ListJobs leaves out of the jobs it lists.
+const NOT_LISTED: [&str; 2] = ["payload", "result"];
 
 impl JobStore {
     /// A page of a queue's jobs, in `state` or in every state, from `cursor`; and where the
@@ -400,10 +379,14 @@ impl JobStore {
                 .iter()
                 .filter_map(|id| JobId::parse("id", id).ok())
                 .collect();
+            let fields: Vec<&str> = JOB_FIELDS
+                .into_iter()
+                .filter(|field| !NOT_LISTED.contains(field))
+                .collect();
             let pipeline = self.pool.next().pipeline();
             for id in &ids {
                 let _: () = pipeline
-                    .hmget(self.keys.job(id), LIST_FIELDS.to_vec())
+                    .hmget(self.keys.job(id), fields.clone())
                     .await
                     .map_err(StoreError::redis("list_jobs"))?;
             }
@@ -414,7 +397,7 @@ impl JobStore {
             };
             for (id, values) in ids.iter().zip(rows) {
                 // An entry whose job expired before the sweeper trimmed it is skipped.
-                if let Some(job) = Fields::from_values(&LIST_FIELDS, values).into_job(id)? {
+                if let Some(job) = Fields::from_values(&fields, values).into_job(id)? {
                     jobs.push(job);
                 }
             }

@@ -89,7 +89,7 @@ async fn the_redis_password_never_reaches_the_logs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_ends_streams_and_exits_zero_without_connections() {
     use jobd::api::proto::{
-        self, job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient,
+        job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient,
     };
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -141,16 +141,7 @@ async fn sigterm_drains_ends_streams_and_exits_zero_without_connections() {
     for _ in 0..5 {
         let mut client = JobServiceClient::new(channel().await);
         for _ in 0..10 {
-            let mut stream = client
-                .watch_job(proto::WatchJobRequest {
-                    job_id: job.id.clone(),
-                    after_sequence: 0,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            assert_eq!(stream.message().await.unwrap().unwrap().sequence, 1);
-            streams.push(stream);
+            streams.push(open_watch(&mut client, &job.id).await);
         }
     }
     let mut claims = Vec::new();

@@ -136,15 +136,7 @@ async fn a_watcher_gets_the_terminal_event_across_a_subscriber_reconnect() {
     let job = submit(&mut jobs, "q", b"").await;
     let claimed = claim(&mut workers, "q").await;
 
-    let mut stream = jobs
-        .watch_job(proto::WatchJobRequest {
-            job_id: job.id.clone(),
-            after_sequence: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(stream.message().await.unwrap().unwrap().sequence, 1);
+    let mut stream = open_watch(&mut jobs, &job.id).await;
     assert_eq!(stream.message().await.unwrap().unwrap().sequence, 2);
 
     let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);

@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use jobd::api::proto;
 use tonic::Code;
 
 use crate::support::*;
@@ -18,16 +17,7 @@ async fn shutdown_ends_streams_and_claims_and_closes_redis() {
 
     let mut streams = Vec::new();
     for _ in 0..5 {
-        let mut stream = jobs
-            .watch_job(proto::WatchJobRequest {
-                job_id: job.id.clone(),
-                after_sequence: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(stream.message().await.unwrap().unwrap().sequence, 1);
-        streams.push(stream);
+        streams.push(open_watch(&mut jobs, &job.id).await);
     }
     let mut claims = Vec::new();
     for _ in 0..2 {

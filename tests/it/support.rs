@@ -428,6 +428,29 @@ pub async fn submit_request(
         .into_inner()
 }
 
+/// Opens a WatchJob stream from the start and reads its first event (QUEUED, sequence 1), so
+/// the stream is established when this returns.
+pub async fn open_watch(
+    jobs: &mut JobServiceClient<Channel>,
+    id: &str,
+) -> tonic::Streaming<proto::JobEvent> {
+    let mut stream = jobs
+        .watch_job(proto::WatchJobRequest {
+            job_id: id.to_owned(),
+            after_sequence: 0,
+        })
+        .await
+        .expect("watch succeeds")
+        .into_inner();
+    let first = stream
+        .message()
+        .await
+        .expect("a healthy stream")
+        .expect("a first event");
+    assert_eq!(first.sequence, 1);
+    stream
+}
+
 /// Reads the first `count` events of a job's stream (the job need not be finished).
 pub async fn first_events(
     jobs: &mut JobServiceClient<Channel>,
