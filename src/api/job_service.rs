@@ -16,7 +16,7 @@ use crate::{
         check_text,
     },
     events::EventHub,
-    store::{JobStore, ListCursor},
+    store::{JobStore, ListCursor, Submitted},
     telemetry::Metrics,
 };
 
@@ -64,19 +64,23 @@ impl JobService for JobApi {
         let mut submission: SubmitRequest = request.into_inner().try_into()?;
         submission.trace_context = trace_context;
         let new = NewJob::new(submission, &self.limits, now)?;
-        let (queue, kind, scheduled) = (new.queue.clone(), new.kind.clone(), new.run_at.is_some());
-        let submitted = self.store.submit(new, now).await?;
-        if submitted.created {
-            tracing::debug!(job = %submitted.id, "job submitted");
-            self.metrics.submitted(&queue, kind.as_str());
-            if scheduled {
-                self.sweeper.wake();
+        let job = match self.store.submit(new, now).await? {
+            Submitted::Created(job) => {
+                tracing::debug!(job = %job.id, "job submitted");
+                self.metrics.submitted(job.queue(), job.kind.as_str());
+                if job.run_at.is_some() {
+                    self.sweeper.wake();
+                }
+                return Ok(Response::new(proto::SubmitJobResponse {
+                    job: Some((*job).into()),
+                    created: true,
+                }));
             }
-        }
-        let job = self.store.get(&submitted.id).await?;
+            Submitted::Existing(id) => self.store.get(&id).await?,
+        };
         Ok(Response::new(proto::SubmitJobResponse {
             job: Some(job.into()),
-            created: submitted.created,
+            created: false,
         }))
     }
 

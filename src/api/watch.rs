@@ -14,7 +14,7 @@ use super::proto;
 use crate::{
     domain::{JobEvent, JobId},
     events::{EventHub, JobWatch, Wake},
-    store::{EventPage, JobStore},
+    store::{EventPage, JobStore, decode_announced},
     telemetry::{Gauged, Metrics},
 };
 
@@ -105,14 +105,28 @@ async fn next_message(
         if state.finished {
             return None;
         }
-        tokio::select! {
-            wake = state.watch.changed() => if wake == Wake::Resync {
-                state.metrics.resync();
-            },
+        let wake = tokio::select! {
+            wake = state.watch.changed() => wake,
             () = state.shutdown.cancelled() => {
                 state.done = true;
                 return Some((Err(shutting_down(state.delivered)), state));
             }
+        };
+        match wake {
+            // Already sent: nothing to do.
+            Wake::Event(announced) if announced.sequence <= state.delivered => continue,
+            // The very next event, carried whole by the wake-up: no need to read the log.
+            Wake::Event(announced) if announced.sequence == state.delivered + 1 => {
+                if let Ok(Some(event)) =
+                    decode_announced(&state.id, announced.sequence, &announced.event)
+                {
+                    state.pending.push_back(event);
+                    continue;
+                }
+            }
+            // A gap: events were announced that this stream did not see. Read them.
+            Wake::Event(_) => {}
+            Wake::Resync => state.metrics.resync(),
         }
         state.watch.mark_seen();
         match state.store.events_after(&state.id, state.delivered).await {

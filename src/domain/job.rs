@@ -165,6 +165,38 @@ pub struct NewJob {
     pub trace_context: BTreeMap<String, String>,
 }
 
+impl NewJob {
+    /// The job as SubmitJob creates it: QUEUED, or SCHEDULED until `run_at`.
+    pub fn into_job(self, id: JobId, now: UnixMillis) -> Job {
+        Job {
+            id,
+            kind: self.kind,
+            state: if self.run_at.is_some() {
+                JobState::Scheduled
+            } else {
+                JobState::Queued
+            },
+            attempt: 0,
+            payload: self.payload,
+            labels: self.labels,
+            result: None,
+            error: None,
+            cancel_reason: None,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            last_sequence: 1,
+            max_attempts: self.max_attempts,
+            priority: self.priority,
+            backoff: self.backoff,
+            run_at: self.run_at,
+            lease_expires_at: None,
+            worker_id: None,
+            trace_context: self.trace_context,
+        }
+    }
+}
+
 const MAX_LABELS: usize = 64;
 const MAX_LABEL_KEY: usize = 64;
 const MAX_LABEL_VALUE: usize = 256;

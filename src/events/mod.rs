@@ -14,6 +14,7 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use fred::{
     clients::SubscriberClient,
     interfaces::{ClientInterface, ClientLike, EventInterface, PubsubInterface},
@@ -29,6 +30,14 @@ use crate::{
     telemetry::Metrics,
 };
 
+/// The latest event a job announced: its sequence, and the event as the message carried it
+/// (see `store::decode_announced`).
+#[derive(Debug, Clone, Default)]
+pub struct Announcement {
+    pub sequence: u64,
+    pub event: Bytes,
+}
+
 /// Delay before subscribing again after a failed SUBSCRIBE on a live connection.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(250);
 
@@ -41,7 +50,7 @@ pub struct EventHub {
 /// The two channels the hub listens on.
 #[derive(Debug, Clone)]
 pub struct Channels {
-    /// `<sequence> <job id>`: a job has a new event.
+    /// `<sequence> <job id> <event>`: a job has a new event (see `Keys::job_channel`).
     pub jobs: String,
     /// `<queue>`: a queue may have a claimable job.
     pub queues: String,
@@ -49,8 +58,8 @@ pub struct Channels {
 
 #[derive(Default)]
 struct Inner {
-    /// Latest announced sequence per locally watched job.
-    jobs: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// Latest announcement per locally watched job.
+    jobs: Mutex<HashMap<String, watch::Sender<Announcement>>>,
     /// Wake-ups per queue with local waiting claims, and how many claims wait on each.
     queues: Mutex<HashMap<QueueName, QueueSlot>>,
     /// Bumped whenever messages may have been lost; everyone re-reads.
@@ -73,7 +82,7 @@ impl EventHub {
         let key = id.to_string();
         let receiver = lock(&self.inner.jobs)
             .entry(key.clone())
-            .or_insert_with(|| watch::channel(0).0)
+            .or_insert_with(|| watch::channel(Announcement::default()).0)
             .subscribe();
         JobWatch::new(
             self.inner.clone(),
@@ -209,29 +218,37 @@ impl Dispatcher {
     }
 
     fn dispatch(&self, message: &Message) {
-        let Some(text) = message.value.as_str() else {
+        let Some(payload) = message.value.as_bytes() else {
             return;
         };
         if *message.channel == *self.channels.jobs {
-            let Some((sequence, job)) = text.split_once(' ') else {
+            let mut parts = payload.splitn(3, |&b| b == b' ');
+            let (Some(sequence), Some(job)) = (parts.next(), parts.next()) else {
                 return;
             };
-            let Ok(sequence) = sequence.parse::<u64>() else {
+            let (Ok(sequence), Ok(job)) = (
+                std::str::from_utf8(sequence).map(str::parse::<u64>),
+                std::str::from_utf8(job),
+            ) else {
                 return;
             };
+            let Ok(sequence) = sequence else { return };
             if let Some(sender) = lock(&self.inner.jobs).get(job) {
+                let event = Bytes::copy_from_slice(parts.next().unwrap_or_default());
                 sender.send_if_modified(|latest| {
-                    let newer = sequence > *latest;
+                    let newer = sequence > latest.sequence;
                     if newer {
-                        *latest = sequence;
+                        *latest = Announcement { sequence, event };
                     }
                     newer
                 });
             }
         } else if *message.channel == *self.channels.queues {
-            let Ok(queue) = QueueName::parse("queue", &text) else {
+            let Ok(queue) = std::str::from_utf8(payload).map(|q| QueueName::parse("queue", q))
+            else {
                 return;
             };
+            let Ok(queue) = queue else { return };
             if let Some(slot) = lock(&self.inner.queues).get(&queue) {
                 // Wake one waiting claim: one new job, one claimer. A woken claim that finds
                 // nothing goes back to waiting; one that is gone passes the wake-up on.

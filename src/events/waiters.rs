@@ -9,14 +9,14 @@ use std::{
 
 use tokio::sync::{Notify, futures::OwnedNotified, watch};
 
-use super::{Inner, lock};
+use super::{Announcement, Inner, lock};
 use crate::domain::QueueName;
 
 /// Why a watcher woke up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Wake {
     /// Its job announced a new event.
-    Event,
+    Event(Announcement),
     /// Messages may have been lost (subscriber reconnect or dispatcher lag): re-read the log.
     Resync,
 }
@@ -25,7 +25,7 @@ pub enum Wake {
 pub struct JobWatch {
     inner: Arc<Inner>,
     key: String,
-    receiver: watch::Receiver<u64>,
+    receiver: watch::Receiver<Announcement>,
     resync: watch::Receiver<u64>,
 }
 
@@ -33,7 +33,7 @@ impl JobWatch {
     pub(super) fn new(
         inner: Arc<Inner>,
         key: String,
-        receiver: watch::Receiver<u64>,
+        receiver: watch::Receiver<Announcement>,
         resync: watch::Receiver<u64>,
     ) -> Self {
         Self {
@@ -53,7 +53,7 @@ impl JobWatch {
     /// Resolves at the first wake-up not yet marked seen, and says what it was.
     pub async fn changed(&mut self) -> Wake {
         tokio::select! {
-            _ = self.receiver.changed() => Wake::Event,
+            _ = self.receiver.changed() => Wake::Event(self.receiver.borrow_and_update().clone()),
             _ = self.resync.changed() => Wake::Resync,
         }
     }

@@ -4,7 +4,9 @@
 //! MessagePack maps written by the scripts (`t` type, `at` time, `a` attempt, and `w`
 //! worker, `e` error, `r` reason, `v`/`m` progress, `due` run time where they apply), so one key
 //! holds all of a job and one PEXPIRE ends it. The result is stored once, in the `result`
-//! field, and joined to the COMPLETED event when the event is read.
+//! field, and joined to the COMPLETED event when the event is read. Fields that belong to one
+//! state (`run_at` to SCHEDULED, `lease_until` to RUNNING) are left behind when the job moves
+//! on, to save the scripts a command, and read only in their state.
 
 use std::{collections::BTreeMap, collections::HashMap, time::Duration};
 
@@ -227,6 +229,27 @@ pub fn decode_event(
     })
 }
 
+/// Decodes the event a wake-up message carries after its sequence and job id:
+/// `<n> <event>[R<result>]`. `None` when the message cannot stand for the stored event (a
+/// COMPLETED event whose result was too large to carry): read the log instead.
+pub fn decode_announced(
+    job_id: &JobId,
+    sequence: u64,
+    tail: &[u8],
+) -> Result<Option<JobEvent>, StoreError> {
+    let malformed = || StoreError::corrupt(format!("wake-up message of {job_id}"));
+    let space = tail.iter().position(|&b| b == b' ').ok_or_else(malformed)?;
+    let length: usize = number(Some(&tail[..space]))?.ok_or_else(malformed)?;
+    let event = tail
+        .get(space + 1..space + 1 + length)
+        .ok_or_else(malformed)?;
+    let rest = &tail[space + 1 + length..];
+    let result = rest.strip_prefix(b"R").map(Bytes::copy_from_slice);
+    let event = decode_event(job_id, sequence, event, &result)?;
+    let needs_result = matches!(event.kind, EventKind::Completed { .. }) && result.is_none();
+    Ok((!needs_result).then_some(event))
+}
+
 pub fn utf8(raw: &[u8]) -> Result<String, StoreError> {
     String::from_utf8(raw.to_vec()).map_err(|_| StoreError::corrupt("text field is not UTF-8"))
 }
@@ -239,4 +262,69 @@ pub fn number<T: std::str::FromStr>(raw: Option<&[u8]>) -> Result<Option<T>, Sto
             .ok_or_else(|| StoreError::corrupt("numeric field"))
     })
     .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{JobIdGenerator, QueueName};
+
+    fn message(event: &[(&str, rmpv::Value)], tail: &[u8]) -> Vec<u8> {
+        let map = rmpv::Value::Map(
+            event
+                .iter()
+                .map(|(k, v)| ((*k).into(), v.clone()))
+                .collect(),
+        );
+        let mut packed = Vec::new();
+        rmpv::encode::write_value(&mut packed, &map).unwrap();
+        let mut message = format!("{} ", packed.len()).into_bytes();
+        message.extend(packed);
+        message.extend(tail);
+        message
+    }
+
+    #[test]
+    fn announced_events_decode_as_stored() {
+        let id = JobIdGenerator::default().generate(&QueueName::parse("q", "q").unwrap());
+        let started = message(
+            &[
+                ("t", "started".into()),
+                ("at", 5.into()),
+                ("a", 1.into()),
+                ("w", "w1".into()),
+            ],
+            b"",
+        );
+        let event = decode_announced(&id, 2, &started).unwrap().unwrap();
+        assert_eq!(
+            (event.sequence, event.attempt, event.at),
+            (2, 1, UnixMillis(5))
+        );
+        assert_eq!(
+            event.kind,
+            EventKind::Started {
+                worker_id: "w1".into()
+            }
+        );
+
+        let done = [("t", "completed".into()), ("at", 6.into()), ("a", 1.into())];
+        let inline = decode_announced(&id, 3, &message(&done, b"Rok \xff"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            inline.kind,
+            EventKind::Completed {
+                result: Bytes::from_static(b"ok \xff")
+            }
+        );
+        // A result too large to carry: the watcher must read the log.
+        assert_eq!(
+            decode_announced(&id, 3, &message(&done, b"")).unwrap(),
+            None
+        );
+
+        assert!(decode_announced(&id, 3, b"99 short").is_err());
+        assert!(decode_announced(&id, 3, b"garbage").is_err());
+    }
 }

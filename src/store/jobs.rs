@@ -13,17 +13,18 @@ use super::{
     codec::{Fields, JOB_FIELDS, decode_event, encode_map, event_field, number},
     millis, state_in, status,
 };
-use crate::domain::{JobEvent, JobId, JobState, NewJob, QueueName, UnixMillis};
+use crate::domain::{Job, JobEvent, JobId, JobState, NewJob, QueueName, UnixMillis};
 
 /// Events read per round trip when replaying a log; most jobs have fewer in all.
 const EVENT_PAGE: u64 = 16;
 
 /// A submission's outcome.
 #[derive(Debug)]
-pub struct Submitted {
-    pub id: JobId,
-    /// False when an earlier submission with the same idempotency key made the job.
-    pub created: bool,
+pub enum Submitted {
+    /// The job was created, as given.
+    Created(Box<Job>),
+    /// An earlier submission with the same idempotency key made this job; nothing was created.
+    Existing(JobId),
 }
 
 /// A page of a job's event log.
@@ -67,7 +68,7 @@ impl JobStore {
         let args: Vec<Value> = vec![
             id.to_string().into(),
             new.kind.as_str().into(),
-            new.payload.into(),
+            new.payload.clone().into(),
             Bytes::from(encode_map(&new.labels)?).into(),
             now.0.to_string().into(),
             new.priority.to_string().into(),
@@ -90,12 +91,12 @@ impl JobStore {
         let reply: Vec<Value> = self.call(&self.scripts.submit, keys, args).await?;
         match status(&reply)?.as_str() {
             // "again": an earlier try of this very call was written; same id, same job.
-            "created" | "again" => Ok(Submitted { id, created: true }),
+            "created" | "again" => Ok(Submitted::Created(Box::new(new.into_job(id, now)))),
             "exists" => {
                 let existing = reply.get(1).and_then(Value::as_string).unwrap_or_default();
                 let id = JobId::parse("id", &existing)
                     .map_err(|_| StoreError::corrupt("idempotency key names no job id"))?;
-                Ok(Submitted { id, created: false })
+                Ok(Submitted::Existing(id))
             }
             other => Err(StoreError::corrupt(format!("submit replied {other:?}"))),
         }

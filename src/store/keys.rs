@@ -55,7 +55,8 @@ impl Keys {
         format!("{}:queues", self.prefix)
     }
 
-    /// Channel announcing a new event of a job: message `<sequence> <job id>`.
+    /// Channel announcing a new event of a job: message `<sequence> <job id> <n> <event>`,
+    /// the event's n bytes as stored, then for COMPLETED `R<result>` when the result is small.
     pub fn job_channel(&self) -> String {
         format!("{}:wake:jobs", self.prefix)
     }

@@ -17,6 +17,7 @@ use fred::{
     types::{FromValue, Value},
 };
 
+pub use codec::decode_announced;
 pub use connection::RedisClients;
 pub use jobs::{EventPage, ListCursor, QueueStats, Submitted};
 pub use keys::Keys;

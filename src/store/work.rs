@@ -76,7 +76,7 @@ impl JobStore {
             }
             let claimed: Vec<Value> = self.call(&self.scripts.claim, keys, args).await?;
             if let Some(entry) = claimed.into_iter().next() {
-                return decode_claimed(entry).map(Some);
+                return decode_claimed(entry, worker, now).map(Some);
             }
             // Every candidate was taken by another worker between the read and the script:
             // look again.
@@ -262,19 +262,32 @@ fn lease_refusal(status: &str, reply: &[Value]) -> StoreError {
     }
 }
 
-fn decode_claimed(entry: Value) -> Result<Claimed> {
+/// A claimed job from the claim script's reply: its fields as they were, with the claim
+/// applied.
+fn decode_claimed(entry: Value, worker: &WorkerId, now: UnixMillis) -> Result<Claimed> {
     let shape = || StoreError::corrupt("claim reply shape");
     let Value::Array(parts) = entry else {
         return Err(shape());
     };
-    let [id, token, expires, fields]: [Value; 4] = parts.try_into().map_err(|_| shape())?;
+    let [id, token, expires, attempt, seq, fields]: [Value; 6] =
+        parts.try_into().map_err(|_| shape())?;
     let id = id.as_string().ok_or_else(shape)?;
     let id = JobId::parse("id", &id).map_err(|_| StoreError::corrupt("claimed job id"))?;
     let token = token.as_string().ok_or_else(shape)?;
     let expires = expires.as_u64().ok_or_else(shape)?;
     let fields: HashMap<String, Bytes> = fields.convert().map_err(|_| shape())?;
+    let mut job = job_from_map(&id, fields)?;
+    job.state = JobState::Running;
+    job.attempt = attempt
+        .as_u64()
+        .and_then(|a| u32::try_from(a).ok())
+        .ok_or_else(shape)?;
+    job.last_sequence = seq.as_u64().ok_or_else(shape)?;
+    job.started_at = Some(now);
+    job.lease_expires_at = Some(UnixMillis(expires));
+    job.worker_id = Some(worker.as_str().to_owned());
     Ok(Claimed {
-        job: job_from_map(&id, fields)?,
+        job,
         token: LeaseToken::parse("token", &token)
             .map_err(|_| StoreError::corrupt("lease token"))?,
         lease_expires_at: UnixMillis(expires),

@@ -120,3 +120,29 @@ async fn concurrent_watchers_see_identical_live_sequences() {
     }
     assert_eq!(seen[0], seen[1]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_watcher_gets_a_result_too_large_to_ride_on_the_wake_up() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    let job = submit(&mut jobs, "q", b"").await;
+    let mut client = server.jobs().await;
+    let id = job.id.clone();
+    let watcher = tokio::spawn(async move { watch_to_end(&mut client, &id, 0).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let claimed = claim(&mut workers, "q").await;
+    let result: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    complete(&mut workers, &claimed, &result).await.unwrap();
+    let (events, end) = tokio::time::timeout(Duration::from_secs(10), watcher)
+        .await
+        .unwrap()
+        .unwrap();
+    end.unwrap();
+    assert_eq!(
+        types(&events),
+        [EventType::Queued, EventType::Started, EventType::Completed]
+    );
+    assert_eq!(&events[2].result[..], &result[..]);
+}

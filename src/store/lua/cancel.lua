@@ -26,11 +26,10 @@ local retention = tonumber(job[4])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
+local event = cmsgpack.pack({t = 'cancelled', at = now, a = tonumber(job[3]), r = ARGV[3]})
 redis.call('HSET', KEYS[1],
-  'state', 'cancelled', 'reason', ARGV[3], 'finished', now, 'seq', seq,
-  'e:' .. seq, cmsgpack.pack({t = 'cancelled', at = now, a = tonumber(job[3]), r = ARGV[3]}))
-redis.call('HDEL', KEYS[1], 'lease_until', 'run_at')
+  'state', 'cancelled', 'reason', ARGV[3], 'finished', now, 'seq', seq, 'e:' .. seq, event)
 redis.call('ZADD', KEYS[5], now + retention, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], retention)
-redis.call('PUBLISH', ARGV[4], seq .. ' ' .. ARGV[1])
+redis.call('PUBLISH', ARGV[4], seq .. ' ' .. ARGV[1] .. ' ' .. #event .. ' ' .. event)
 return {'ok'}

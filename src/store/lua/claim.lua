@@ -12,8 +12,8 @@
 -- ARGV[5]     job wake-up channel
 -- ARGV[6]     the server's default lease ms
 -- ARGV[7..]   per candidate, in KEYS order: job id, new lease token
--- returns     one entry per claimed job:
---             {job id, token, lease expiry, then the job's fields as HGETALL gives them}
+-- returns     one entry per claimed job: {job id, token, lease expiry, attempt, seq, the job's
+--             fields as HGETALL gave them before the claim (the caller applies the claim)}
 
 local now = tonumber(ARGV[1])
 local want = tonumber(ARGV[4])
@@ -23,23 +23,26 @@ for i = 3, #KEYS do
   local id = ARGV[7 + (i - 3) * 2]
   local token = ARGV[8 + (i - 3) * 2]
   if redis.call('ZREM', KEYS[1], id) == 1 then
-    local job = redis.call('HMGET', KEYS[i], 'state', 'attempt', 'seq', 'lease_default')
+    local fields = redis.call('HGETALL', KEYS[i])
+    local job = {}
+    for f = 1, #fields, 2 do job[fields[f]] = fields[f + 1] end
     -- A ready entry without its job hash is an orphan: removing it above is all there is to do.
-    if job[1] == 'queued' then
+    if job.state == 'queued' then
       local lease = ARGV[2]
-      if lease == '' then lease = job[4] end
+      if lease == '' then lease = job.lease_default end
       if not lease or lease == '' then lease = ARGV[6] end
       lease = tonumber(lease)
       local expires = now + lease
-      local attempt = tonumber(job[2]) + 1
-      local seq = tonumber(job[3]) + 1
+      local attempt = tonumber(job.attempt) + 1
+      local seq = tonumber(job.seq) + 1
+      local event = cmsgpack.pack({t = 'started', at = now, a = attempt, w = ARGV[3]})
       redis.call('HSET', KEYS[i],
         'state', 'running', 'attempt', attempt, 'seq', seq, 'token', token,
         'worker', ARGV[3], 'started', now, 'lease_ms', lease, 'lease_until', expires,
-        'e:' .. seq, cmsgpack.pack({t = 'started', at = now, a = attempt, w = ARGV[3]}))
+        'e:' .. seq, event)
       redis.call('ZADD', KEYS[2], expires, id)
-      redis.call('PUBLISH', ARGV[5], seq .. ' ' .. id)
-      claimed[#claimed + 1] = {id, token, expires, redis.call('HGETALL', KEYS[i])}
+      redis.call('PUBLISH', ARGV[5], seq .. ' ' .. id .. ' ' .. #event .. ' ' .. event)
+      claimed[#claimed + 1] = {id, token, expires, attempt, seq, fields}
     end
   end
 end

@@ -24,12 +24,14 @@ if state ~= 'running' then return {'stale', state} end
 local now = tonumber(ARGV[3])
 local seq = tonumber(job[3]) + 1
 local retention = tonumber(job[5])
+local event = cmsgpack.pack({t = 'completed', at = now, a = tonumber(job[4])})
 redis.call('HSET', KEYS[1],
-  'state', 'completed', 'result', ARGV[4], 'finished', now, 'seq', seq,
-  'e:' .. seq, cmsgpack.pack({t = 'completed', at = now, a = tonumber(job[4])}))
-redis.call('HDEL', KEYS[1], 'lease_until')
+  'state', 'completed', 'result', ARGV[4], 'finished', now, 'seq', seq, 'e:' .. seq, event)
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], now + retention, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], retention)
-redis.call('PUBLISH', ARGV[5], seq .. ' ' .. ARGV[1])
+-- Watchers get the result with the event when it is small, and read it otherwise.
+local inline = ''
+if #ARGV[4] <= 4096 then inline = 'R' .. ARGV[4] end
+redis.call('PUBLISH', ARGV[5], seq .. ' ' .. ARGV[1] .. ' ' .. #event .. ' ' .. event .. inline)
 return {'ok', job[6], job[7]}

@@ -38,7 +38,6 @@ end
 local seq = tonumber(job[3]) + 1
 local attempt = tonumber(job[4])
 redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[1], 'lease_until')
 if ARGV[2] == '' then
   -- The silent worker's token dies with its lease: its later calls are refused.
   redis.call('HSET', KEYS[1], 'token', '')
@@ -50,18 +49,19 @@ if ARGV[5] == '1' and attempt < tonumber(job[5]) then
   delay = math.min(delay, tonumber(job[10]))
   delay = delay * (1 + tonumber(job[11]) * (2 * tonumber(ARGV[6]) - 1))
   local run_at = now + math.floor(delay)
+  local event = cmsgpack.pack({t = 'retry_scheduled', at = now, a = attempt, e = ARGV[4], due = run_at})
   redis.call('HSET', KEYS[1], 'state', 'scheduled', 'error', ARGV[4], 'run_at', run_at,
-    'seq', seq, 'e:' .. seq,
-    cmsgpack.pack({t = 'retry_scheduled', at = now, a = attempt, e = ARGV[4], due = run_at}))
+    'seq', seq, 'e:' .. seq, event)
   redis.call('ZADD', KEYS[3], run_at, ARGV[1])
-  redis.call('PUBLISH', ARGV[7], seq .. ' ' .. ARGV[1])
+  redis.call('PUBLISH', ARGV[7], seq .. ' ' .. ARGV[1] .. ' ' .. #event .. ' ' .. event)
   return {'scheduled', job[13], job[14], run_at}
 end
 
 local retention = tonumber(job[7])
+local event = cmsgpack.pack({t = 'failed', at = now, a = attempt, e = ARGV[4]})
 redis.call('HSET', KEYS[1], 'state', 'failed', 'error', ARGV[4], 'finished', now,
-  'seq', seq, 'e:' .. seq, cmsgpack.pack({t = 'failed', at = now, a = attempt, e = ARGV[4]}))
+  'seq', seq, 'e:' .. seq, event)
 redis.call('ZADD', KEYS[4], now + retention, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], retention)
-redis.call('PUBLISH', ARGV[7], seq .. ' ' .. ARGV[1])
+redis.call('PUBLISH', ARGV[7], seq .. ' ' .. ARGV[1] .. ' ' .. #event .. ' ' .. event)
 return {'failed', job[13], job[14]}

@@ -30,7 +30,8 @@ if ARGV[5] == '1' then
   local seq = tonumber(job[3]) + 1
   local event = {t = 'progress', at = now, a = tonumber(job[4]), m = ARGV[7]}
   if ARGV[6] ~= '' then event.v = tonumber(ARGV[6]) end
-  redis.call('HSET', KEYS[1], 'seq', seq, 'e:' .. seq, cmsgpack.pack(event))
-  redis.call('PUBLISH', ARGV[8], seq .. ' ' .. ARGV[1])
+  event = cmsgpack.pack(event)
+  redis.call('HSET', KEYS[1], 'seq', seq, 'e:' .. seq, event)
+  redis.call('PUBLISH', ARGV[8], seq .. ' ' .. ARGV[1] .. ' ' .. #event .. ' ' .. event)
 end
 return {'ok', expires}

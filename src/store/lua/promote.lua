@@ -26,11 +26,10 @@ for i = 3, #KEYS do
     local job = redis.call('HMGET', KEYS[i], 'state', 'seq', 'attempt', 'priority')
     if job[1] == 'scheduled' then
       local seq = tonumber(job[2]) + 1
-      redis.call('HSET', KEYS[i], 'state', 'queued', 'seq', seq,
-        'e:' .. seq, cmsgpack.pack({t = 'queued', at = now, a = tonumber(job[3])}))
-      redis.call('HDEL', KEYS[i], 'run_at')
+      local event = cmsgpack.pack({t = 'queued', at = now, a = tonumber(job[3])})
+      redis.call('HSET', KEYS[i], 'state', 'queued', 'seq', seq, 'e:' .. seq, event)
       redis.call('ZADD', KEYS[2], ready_score(tonumber(job[4]), tonumber(due)), id)
-      redis.call('PUBLISH', ARGV[2], seq .. ' ' .. id)
+      redis.call('PUBLISH', ARGV[2], seq .. ' ' .. id .. ' ' .. #event .. ' ' .. event)
       redis.call('PUBLISH', ARGV[3], ARGV[4])
       promoted = promoted + 1
     end
