@@ -20,6 +20,7 @@ use crate::{
 };
 
 const MAX_ERROR_MESSAGE: usize = 4096;
+const MAX_CLAIM_JOBS: u32 = 100;
 
 pub struct WorkerApi {
     store: JobStore,
@@ -62,34 +63,27 @@ impl WorkerApi {
         }
     }
 
-    /// Tries each queue in the caller's order of preference.
-    async fn try_claim(&self, claim: &ClaimRequest) -> Result<Option<Claimed>, Status> {
+    /// Claims up to `max` jobs, trying each queue in the caller's order of preference.
+    async fn try_claim(&self, claim: &ClaimRequest, max: usize) -> Result<Vec<Claimed>, Status> {
+        let mut claimed = Vec::new();
         for queue in &claim.queues {
+            let want = max - claimed.len();
             let now = UnixMillis::now();
-            if let Some(claimed) = self
-                .store
-                .claim(queue, &claim.worker, claim.lease, now)
-                .await?
-            {
-                return Ok(Some(claimed));
+            claimed.extend(
+                self.store
+                    .claim(queue, &claim.worker, claim.lease, want, now)
+                    .await?,
+            );
+            if claimed.len() >= max {
+                break;
             }
         }
-        Ok(None)
+        Ok(claimed)
     }
-}
 
-#[tonic::async_trait]
-impl WorkerService for WorkerApi {
-    async fn claim_job(
-        &self,
-        request: Request<proto::ClaimJobRequest>,
-    ) -> Result<Response<proto::ClaimJobResponse>, Status> {
-        let request = request.into_inner();
-        let lease = duration("lease", request.lease)?
-            .map(|lease| self.limits.check_lease("lease", lease))
-            .transpose()?;
-        let wait = self.limits.wait("wait", duration("wait", request.wait)?)?;
-        let claim = ClaimRequest::new(&request.queues, &request.worker_id, lease, wait)?;
+    /// Claims up to `max` jobs, waiting up to the claim's wait for the first; none once the
+    /// wait is over or the server shuts down.
+    async fn claim(&self, claim: &ClaimRequest, max: usize) -> Result<Vec<Claimed>, Status> {
         let deadline = Instant::now() + claim.wait;
         // A waiting claim holds no Redis connection: it parks on the in-process hub, which
         // wakes one waiter per announced job.
@@ -101,26 +95,84 @@ impl WorkerService for WorkerApi {
         });
         loop {
             let wakeup = waiter.as_mut().map(|(waiter, _)| waiter.arm());
-            if let Some(claimed) = self.try_claim(&claim).await? {
-                if claimed.job.attempt == 1 {
-                    let waited = UnixMillis::now().since(claimed.job.created_at);
-                    self.metrics.queue_wait(claimed.job.queue(), waited);
+            let claimed = self.try_claim(claim, max).await?;
+            if !claimed.is_empty() {
+                let now = UnixMillis::now();
+                for first in claimed.iter().filter(|claimed| claimed.job.attempt == 1) {
+                    self.metrics
+                        .queue_wait(first.job.queue(), now.since(first.job.created_at));
                 }
-                return Ok(Response::new(claimed_response(claimed)));
+                return Ok(claimed);
             }
             let Some(wakeup) = wakeup else {
-                return Ok(Response::new(proto::ClaimJobResponse::default()));
+                return Ok(Vec::new());
             };
             tokio::select! {
                 () = wakeup => {}
-                () = tokio::time::sleep_until(deadline) => {
-                    return Ok(Response::new(proto::ClaimJobResponse::default()));
-                }
-                () = self.shutdown.cancelled() => {
-                    return Ok(Response::new(proto::ClaimJobResponse::default()));
-                }
+                () = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+                () = self.shutdown.cancelled() => return Ok(Vec::new()),
             }
         }
+    }
+
+    fn claim_request(&self, request: proto::ClaimJobRequest) -> Result<ClaimRequest, Status> {
+        let lease = duration("lease", request.lease)?
+            .map(|lease| self.limits.check_lease("lease", lease))
+            .transpose()?;
+        let wait = self.limits.wait("wait", duration("wait", request.wait)?)?;
+        Ok(ClaimRequest::new(
+            &request.queues,
+            &request.worker_id,
+            lease,
+            wait,
+        )?)
+    }
+
+    /// Validates a ClaimJobs request: the claim, and how many jobs it may take.
+    fn claim_jobs_request(
+        &self,
+        request: proto::ClaimJobsRequest,
+    ) -> Result<(ClaimRequest, usize), Status> {
+        let claim = request
+            .claim
+            .ok_or_else(|| RequestError::invalid("claim", "is required"))?;
+        let max = match request.max_jobs {
+            0 => 1,
+            max @ 1..=MAX_CLAIM_JOBS => max as usize,
+            _ => {
+                return Err(RequestError::invalid(
+                    "max_jobs",
+                    format!("must be from 1 to {MAX_CLAIM_JOBS}"),
+                )
+                .into());
+            }
+        };
+        Ok((self.claim_request(claim)?, max))
+    }
+}
+
+#[tonic::async_trait]
+impl WorkerService for WorkerApi {
+    async fn claim_job(
+        &self,
+        request: Request<proto::ClaimJobRequest>,
+    ) -> Result<Response<proto::ClaimJobResponse>, Status> {
+        let claim = self.claim_request(request.into_inner())?;
+        let claimed = self.claim(&claim, 1).await?.into_iter().next();
+        Ok(Response::new(
+            claimed.map(claimed_response).unwrap_or_default(),
+        ))
+    }
+
+    async fn claim_jobs(
+        &self,
+        request: Request<proto::ClaimJobsRequest>,
+    ) -> Result<Response<proto::ClaimJobsResponse>, Status> {
+        let (claim, max) = self.claim_jobs_request(request.into_inner())?;
+        let claimed = self.claim(&claim, max).await?;
+        Ok(Response::new(proto::ClaimJobsResponse {
+            jobs: claimed.into_iter().map(claimed_job).collect(),
+        }))
     }
 
     async fn heartbeat(
@@ -161,6 +213,10 @@ impl WorkerService for WorkerApi {
         let id = JobId::parse("job_id", &request.job_id)?;
         let token = LeaseToken::parse("lease_token", &request.lease_token)?;
         check_size("result", &request.result, self.max_payload)?;
+        let next = request
+            .next
+            .map(|next| self.claim_jobs_request(next))
+            .transpose()?;
         let now = UnixMillis::now();
         if let Some(ended) = self
             .store
@@ -169,7 +225,13 @@ impl WorkerService for WorkerApi {
         {
             self.record_end(&id, &ended, JobState::Completed, now);
         }
-        Ok(Response::new(proto::CompleteJobResponse {}))
+        let next = match next {
+            Some((claim, max)) => self.claim(&claim, max).await?,
+            None => Vec::new(),
+        };
+        Ok(Response::new(proto::CompleteJobResponse {
+            next: next.into_iter().map(claimed_job).collect(),
+        }))
     }
 
     async fn fail_job(
@@ -211,6 +273,14 @@ impl WorkerService for WorkerApi {
                 retry_at: None,
             },
         }))
+    }
+}
+
+fn claimed_job(claimed: Claimed) -> proto::ClaimedJob {
+    proto::ClaimedJob {
+        job: Some(claimed.job.into()),
+        lease_token: claimed.token.to_string(),
+        lease_expires_at: Some(timestamp(claimed.lease_expires_at)),
     }
 }
 

@@ -11,24 +11,27 @@ use crate::domain::{
     Progress, QueueName, UnixMillis, WorkerId,
 };
 
-/// How many ready jobs a claim looks at in one round, so that a few concurrent claimers racing
-/// for the head of a queue each still find one.
-const CLAIM_CANDIDATES: i64 = 4;
+/// How many ready jobs beyond those wanted a claim looks at in one round, so that a few
+/// concurrent claimers racing for the head of a queue each still find one.
+const CLAIM_CANDIDATES: usize = 4;
 
 /// How many times a claim retries after losing all its candidates to other workers.
 const CLAIM_ROUNDS: usize = 8;
 
 impl JobStore {
-    /// Claims the job at the head of `queue`, if any. Losing a race for a candidate to another
-    /// worker moves on to the next one; `None` means the queue had nothing ready.
+    /// Claims up to `want` jobs from the head of `queue`, in claim order. Losing a race for a
+    /// candidate to another worker moves on to the next ones; empty means nothing was ready.
     pub async fn claim(
         &self,
         queue: &QueueName,
         worker: &WorkerId,
         lease: Option<Duration>,
+        want: usize,
         now: UnixMillis,
-    ) -> Result<Option<Claimed>> {
+    ) -> Result<Vec<Claimed>> {
         let ready = self.keys.ready(queue);
+        // A few more candidates than wanted, so that racing claimers each still find some.
+        let candidates_per_round = (want + CLAIM_CANDIDATES) as i64;
         for _ in 0..CLAIM_ROUNDS {
             let candidates: Vec<String> = self
                 .timed(
@@ -36,7 +39,7 @@ impl JobStore {
                     self.pool.next().zrange(
                         &ready,
                         0,
-                        CLAIM_CANDIDATES - 1,
+                        candidates_per_round - 1,
                         None,
                         false,
                         None,
@@ -45,14 +48,14 @@ impl JobStore {
                 )
                 .await?;
             if candidates.is_empty() {
-                return Ok(None);
+                return Ok(Vec::new());
             }
             let mut keys = vec![ready.clone(), self.keys.running(queue)];
             let mut args: Vec<Value> = vec![
                 now.0.to_string().into(),
                 lease.map(millis).unwrap_or_default().into(),
                 worker.as_str().into(),
-                "1".into(),
+                want.to_string().into(),
                 self.keys.job_channel().into(),
                 millis(self.settings.default_lease).into(),
             ];
@@ -75,14 +78,17 @@ impl JobStore {
                     .await?;
             }
             let claimed: Vec<Value> = self.call(&self.scripts.claim, keys, args).await?;
-            if let Some(entry) = claimed.into_iter().next() {
-                return decode_claimed(entry, worker, now).map(Some);
+            if !claimed.is_empty() {
+                return claimed
+                    .into_iter()
+                    .map(|entry| decode_claimed(entry, worker, now))
+                    .collect();
             }
             // Every candidate was taken by another worker between the read and the script:
             // look again.
         }
         // Lost every round to other workers: report nothing; a waiting claim waits again.
-        Ok(None)
+        Ok(Vec::new())
     }
 
     pub async fn heartbeat(

@@ -180,6 +180,7 @@ async fn malformed_and_unknown_ids() {
             job_id: unknown,
             lease_token: token,
             result: Default::default(),
+            next: None,
         })
         .await;
     assert_status(complete, Code::NotFound, "not found");
@@ -258,6 +259,7 @@ async fn bad_worker_requests_are_refused_by_field() {
             job_id: job.id.clone(),
             lease_token: "not-a-token".into(),
             result: Default::default(),
+            next: None,
         })
         .await;
     assert_status(bad_token, Code::InvalidArgument, "lease_token");
@@ -266,6 +268,7 @@ async fn bad_worker_requests_are_refused_by_field() {
             job_id: job.id.clone(),
             lease_token: claimed.lease_token.clone(),
             result: vec![0; 17].into(),
+            next: None,
         })
         .await;
     assert_status(big_result, Code::ResourceExhausted, "result");

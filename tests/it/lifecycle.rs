@@ -309,3 +309,86 @@ async fn a_foreign_entry_in_a_queue_does_not_block_it() {
     assert_eq!(claim(&mut workers, "q").await.job.unwrap().id, job.id);
     assert_eq!(redis.cli(&["ZCARD", "jobd:{q}:ready"]), "0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_several_and_claim_the_next_with_a_completion() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    let mut ids = Vec::new();
+    for i in 0..7u8 {
+        ids.push(submit(&mut jobs, "batch", &[i]).await.id);
+    }
+    let claim = claim_request("batch", Duration::from_secs(1));
+    let claimed = workers
+        .claim_jobs(proto::ClaimJobsRequest {
+            claim: Some(claim.clone()),
+            max_jobs: 3,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    let claimed_ids: Vec<String> = claimed
+        .iter()
+        .map(|c| c.job.as_ref().unwrap().id.clone())
+        .collect();
+    assert_eq!(claimed_ids, ids[..3], "three, in FIFO order");
+    let tokens: std::collections::HashSet<&String> =
+        claimed.iter().map(|c| &c.lease_token).collect();
+    assert_eq!(tokens.len(), 3, "each job has its own lease");
+
+    // Completing the last of them claims the next four in the same call.
+    for (i, held) in claimed.iter().enumerate() {
+        let next = (i == 2).then(|| proto::ClaimJobsRequest {
+            claim: Some(claim.clone()),
+            max_jobs: 10,
+        });
+        let response = workers
+            .complete_job(proto::CompleteJobRequest {
+                job_id: held.job.as_ref().unwrap().id.clone(),
+                lease_token: held.lease_token.clone(),
+                result: Default::default(),
+                next,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(response.next.len(), if i == 2 { 4 } else { 0 });
+        if i == 2 {
+            let next_ids: Vec<String> = response
+                .next
+                .iter()
+                .map(|c| c.job.as_ref().unwrap().id.clone())
+                .collect();
+            assert_eq!(next_ids, ids[3..]);
+            assert!(
+                response
+                    .next
+                    .iter()
+                    .all(|c| c.job.as_ref().unwrap().state() == JobState::Running)
+            );
+        }
+    }
+    assert_eq!(get(&mut jobs, &ids[2]).await.state(), JobState::Completed);
+    assert_eq!(get(&mut jobs, &ids[6]).await.state(), JobState::Running);
+
+    let bad = workers
+        .claim_jobs(proto::ClaimJobsRequest {
+            claim: Some(claim),
+            max_jobs: 101,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("max_jobs"));
+    let missing = workers
+        .claim_jobs(proto::ClaimJobsRequest {
+            claim: None,
+            max_jobs: 1,
+        })
+        .await
+        .unwrap_err();
+    assert!(missing.message().contains("claim"));
+}

@@ -361,6 +361,7 @@ pub async fn complete(
             job_id: claimed.job.as_ref().expect("claimed job").id.clone(),
             lease_token: claimed.lease_token.clone(),
             result: result.to_vec().into(),
+            next: None,
         })
         .await
         .map(|_| ())

@@ -75,7 +75,8 @@ pub struct LifecycleArgs {
     /// Workers claiming and completing jobs.
     #[arg(long, default_value_t = 16)]
     workers: usize,
-    /// Jobs a worker claims per call.
+    /// Jobs a worker claims per call: 1 uses ClaimJob and CompleteJob; more uses ClaimJobs
+    /// and claims the next batch with the last CompleteJob.
     #[arg(long, default_value_t = 1)]
     batch: u32,
 }
@@ -93,6 +94,9 @@ pub struct OpenLoopArgs {
     /// Workers claiming and completing jobs.
     #[arg(long, default_value_t = 16)]
     workers: usize,
+    /// Jobs a worker claims per call.
+    #[arg(long, default_value_t = 1)]
+    batch: u32,
 }
 
 #[derive(Args, Clone, Debug)]

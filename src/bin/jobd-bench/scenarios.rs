@@ -120,7 +120,7 @@ pub async fn open_loop(args: OpenLoopArgs) -> anyhow::Result<()> {
     let systems = Systems::start(&args.target).await?;
     let queue = unique_queue("open-loop");
     let done = CancellationToken::new();
-    let workers = start_workers(&systems, &queue, args.workers, 1, done.clone()).await?;
+    let workers = start_workers(&systems, &queue, args.workers, args.batch, done.clone()).await?;
     let mut channels = Vec::new();
     for _ in 0..SUBMIT_CONNECTIONS {
         channels.push(systems.channel().await?);
@@ -156,6 +156,7 @@ pub async fn open_loop(args: OpenLoopArgs) -> anyhow::Result<()> {
         "open-loop",
         &[
             ("rate_per_sec", json!(args.rate)),
+            ("claim_batch", json!(args.batch)),
             ("jobs", json!(total)),
             (
                 "achieved_per_sec",
@@ -248,21 +249,26 @@ pub async fn all(small: bool) -> anyhow::Result<()> {
     } else {
         (20_000, vec![500, 2_000], Duration::from_secs(10), 10_000)
     };
-    let lifecycle_args = LifecycleArgs {
-        target: target.clone(),
-        jobs,
-        in_flight: 64,
-        workers: 16,
-        batch: 1,
-    };
-    lifecycle(lifecycle_args.clone()).await?;
-    redis_cost(lifecycle_args).await?;
+    // Plain workers (ClaimJob, CompleteJob), then batching ones (ClaimJobs of 8, and the
+    // next batch claimed with the last completion).
+    for batch in [1, 8] {
+        let lifecycle_args = LifecycleArgs {
+            target: target.clone(),
+            jobs,
+            in_flight: 64,
+            workers: 16,
+            batch,
+        };
+        lifecycle(lifecycle_args.clone()).await?;
+        redis_cost(lifecycle_args).await?;
+    }
     for rate in rates {
         open_loop(OpenLoopArgs {
             target: target.clone(),
             rate,
             duration,
             workers: 16,
+            batch: 8,
         })
         .await?;
     }
@@ -274,7 +280,8 @@ pub async fn all(small: bool) -> anyhow::Result<()> {
     .await
 }
 
-/// Workers with a no-op handler: claim, complete, repeat, until `done`.
+/// Workers with a no-op handler, until `done`. With a batch of 1: ClaimJob, CompleteJob,
+/// repeat. With more: ClaimJobs, then CompleteJob for each, the last one claiming the next batch.
 async fn start_workers(
     systems: &Systems,
     queue: &str,
@@ -282,41 +289,99 @@ async fn start_workers(
     batch: u32,
     done: CancellationToken,
 ) -> anyhow::Result<JoinSet<()>> {
-    let _ = batch; // One job per claim until the API can claim several.
     let mut workers = JoinSet::new();
     for i in 0..count {
-        let mut client = WorkerServiceClient::new(systems.channel().await?);
-        let (queue, done) = (queue.to_owned(), done.clone());
-        workers.spawn(async move {
-            let request = proto::ClaimJobRequest {
-                queues: vec![queue],
-                worker_id: format!("bench-{i}"),
-                lease: None,
-                wait: Some(prost_types::Duration {
-                    seconds: 1,
-                    nanos: 0,
-                }),
-            };
-            while !done.is_cancelled() {
-                let claim = tokio::select! {
-                    claim = client.claim_job(request.clone()) => claim,
-                    () = done.cancelled() => return,
-                };
-                let Ok(claim) = claim.map(tonic::Response::into_inner) else {
-                    continue;
-                };
-                let Some(job) = claim.job else { continue };
-                let _ = client
-                    .complete_job(proto::CompleteJobRequest {
-                        job_id: job.id,
-                        lease_token: claim.lease_token,
-                        result: Default::default(),
-                    })
-                    .await;
-            }
-        });
+        let client = WorkerServiceClient::new(systems.channel().await?);
+        let claim = proto::ClaimJobRequest {
+            queues: vec![queue.to_owned()],
+            worker_id: format!("bench-{i}"),
+            lease: None,
+            wait: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
+        };
+        if batch <= 1 {
+            workers.spawn(single_worker(client, claim, done.clone()));
+        } else {
+            workers.spawn(batch_worker(client, claim, batch, done.clone()));
+        }
     }
     Ok(workers)
+}
+
+async fn single_worker(
+    mut client: WorkerServiceClient<Channel>,
+    claim: proto::ClaimJobRequest,
+    done: CancellationToken,
+) {
+    while !done.is_cancelled() {
+        let claimed = tokio::select! {
+            claimed = client.claim_job(claim.clone()) => claimed,
+            () = done.cancelled() => return,
+        };
+        let Ok(claimed) = claimed.map(tonic::Response::into_inner) else {
+            continue;
+        };
+        let Some(job) = claimed.job else { continue };
+        let _ = client
+            .complete_job(proto::CompleteJobRequest {
+                job_id: job.id,
+                lease_token: claimed.lease_token,
+                result: Default::default(),
+                next: None,
+            })
+            .await;
+    }
+}
+
+async fn batch_worker(
+    mut client: WorkerServiceClient<Channel>,
+    claim: proto::ClaimJobRequest,
+    batch: u32,
+    done: CancellationToken,
+) {
+    let waiting = proto::ClaimJobsRequest {
+        claim: Some(claim.clone()),
+        max_jobs: batch,
+    };
+    // The next batch is claimed with the last completion, without waiting: when none is
+    // ready, the worker falls back to a waiting ClaimJobs.
+    let next = proto::ClaimJobsRequest {
+        claim: Some(proto::ClaimJobRequest {
+            wait: None,
+            ..claim
+        }),
+        max_jobs: batch,
+    };
+    let mut held = std::collections::VecDeque::new();
+    while !done.is_cancelled() {
+        let Some(job) = held.pop_front() else {
+            let claimed = tokio::select! {
+                claimed = client.claim_jobs(waiting.clone()) => claimed,
+                () = done.cancelled() => return,
+            };
+            if let Ok(claimed) = claimed {
+                held.extend(claimed.into_inner().jobs);
+            }
+            continue;
+        };
+        let proto::ClaimedJob {
+            job, lease_token, ..
+        } = job;
+        let Some(job) = job else { continue };
+        let completed = client
+            .complete_job(proto::CompleteJobRequest {
+                job_id: job.id,
+                lease_token,
+                result: Default::default(),
+                next: held.is_empty().then(|| next.clone()),
+            })
+            .await;
+        if let Ok(completed) = completed {
+            held.extend(completed.into_inner().next);
+        }
+    }
 }
 
 async fn submit(jobs: &mut JobServiceClient<Channel>, queue: &str) -> anyhow::Result<String> {
