@@ -1,6 +1,7 @@
 -- Claims up to ARGV[4] of the candidate jobs that are still ready, in the order given.
 -- The caller reads the candidates from the head of the ready set; a candidate another worker
--- took meanwhile is skipped (ZREM returns 0), so each job is claimed by exactly one worker.
+-- took meanwhile is no longer in it and is skipped, so each job is claimed by exactly one
+-- worker.
 --
 -- KEYS[1]     queue's ready set
 -- KEYS[2]     queue's running set (score: lease expiry, Unix ms)
@@ -17,33 +18,47 @@
 
 local now = tonumber(ARGV[1])
 local want = tonumber(ARGV[4])
+
+-- Which candidates are still ready: one ZMSCORE, then one ZREM for those taken.
+local ids = {}
+for i = 3, #KEYS do ids[#ids + 1] = ARGV[7 + (i - 3) * 2] end
+if #ids == 0 then return {} end
+local scores = redis.call('ZMSCORE', KEYS[1], unpack(ids))
+local taken = {}
+for k = 1, #ids do
+  if scores[k] and #taken < want then taken[#taken + 1] = k end
+end
+if #taken == 0 then return {} end
+local members = {}
+for _, k in ipairs(taken) do members[#members + 1] = ids[k] end
+redis.call('ZREM', KEYS[1], unpack(members))
+
 local claimed = {}
-for i = 3, #KEYS do
-  if #claimed >= want then break end
-  local id = ARGV[7 + (i - 3) * 2]
-  local token = ARGV[8 + (i - 3) * 2]
-  if redis.call('ZREM', KEYS[1], id) == 1 then
-    local fields = redis.call('HGETALL', KEYS[i])
-    local job = {}
-    for f = 1, #fields, 2 do job[fields[f]] = fields[f + 1] end
-    -- A ready entry without its job hash is an orphan: removing it above is all there is to do.
-    if job.state == 'queued' then
-      local lease = ARGV[2]
-      if lease == '' then lease = job.lease_default end
-      if not lease or lease == '' then lease = ARGV[6] end
-      lease = tonumber(lease)
-      local expires = now + lease
-      local attempt = tonumber(job.attempt) + 1
-      local seq = tonumber(job.seq) + 1
-      local event = cmsgpack.pack({t = 'started', at = now, a = attempt, w = ARGV[3]})
-      redis.call('HSET', KEYS[i],
-        'state', 'running', 'attempt', attempt, 'seq', seq, 'token', token,
-        'worker', ARGV[3], 'started', now, 'lease_ms', lease, 'lease_until', expires,
-        'e:' .. seq, event)
-      redis.call('ZADD', KEYS[2], expires, id)
-      redis.call('PUBLISH', ARGV[5], seq .. ' ' .. id .. ' ' .. #event .. ' ' .. event)
-      claimed[#claimed + 1] = {id, token, expires, attempt, seq, fields}
-    end
+local running = {}
+for _, k in ipairs(taken) do
+  local key, id, token = KEYS[k + 2], ids[k], ARGV[8 + (k - 1) * 2]
+  local fields = redis.call('HGETALL', key)
+  local job = {}
+  for f = 1, #fields, 2 do job[fields[f]] = fields[f + 1] end
+  -- A ready entry without its job hash is an orphan: removing it above is all there is to do.
+  if job.state == 'queued' then
+    local lease = ARGV[2]
+    if lease == '' then lease = job.lease_default end
+    if not lease or lease == '' then lease = ARGV[6] end
+    lease = tonumber(lease)
+    local expires = now + lease
+    local attempt = tonumber(job.attempt) + 1
+    local seq = tonumber(job.seq) + 1
+    local event = cmsgpack.pack({t = 'started', at = now, a = attempt, w = ARGV[3]})
+    redis.call('HSET', key,
+      'state', 'running', 'attempt', attempt, 'seq', seq, 'token', token,
+      'worker', ARGV[3], 'started', now, 'lease_ms', lease, 'lease_until', expires,
+      'e:' .. seq, event)
+    running[#running + 1] = expires
+    running[#running + 1] = id
+    redis.call('PUBLISH', ARGV[5], seq .. ' ' .. id .. ' ' .. #event .. ' ' .. event)
+    claimed[#claimed + 1] = {id, token, expires, attempt, seq, fields}
   end
 end
+if #running > 0 then redis.call('ZADD', KEYS[2], unpack(running)) end
 return claimed
