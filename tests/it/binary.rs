@@ -185,26 +185,7 @@ async fn sigterm_drains_ends_streams_and_exits_zero_without_connections() {
         "checked within the drain delay"
     );
 
-    for mut stream in streams {
-        let status = stream
-            .message()
-            .await
-            .expect_err("the stream ends with a status");
-        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-        assert!(
-            status.message().contains("after_sequence=1"),
-            "{}",
-            status.message()
-        );
-    }
-    for claim in claims {
-        let response = claim
-            .await
-            .unwrap()
-            .expect("the claim returns normally")
-            .into_inner();
-        assert!(response.job.is_none(), "a waiting claim returns no job");
-    }
+    assert_ended_by_shutdown(streams, claims, 1).await;
     let (code, log) = jobd.terminate();
     assert_eq!(code, Some(0), "{log}");
     let took = started.elapsed();

@@ -14,10 +14,7 @@ async fn cancelling_a_queued_job() {
     let mut jobs = server.jobs().await;
     let mut workers = server.workers().await;
     let job = submit(&mut jobs, "q", b"").await;
-    let mut client = server.jobs().await;
-    let id = job.id.clone();
-    let watcher = tokio::spawn(async move { watch_to_end(&mut client, &id, 0).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let watcher = watch_in_background(&server, &job.id).await;
 
     let cancelled = jobs
         .cancel_job(proto::CancelJobRequest {
@@ -71,10 +68,7 @@ async fn cancelling_a_running_job_tells_the_worker_and_refuses_its_result() {
     let mut workers = server.workers().await;
     let job = submit(&mut jobs, "q", b"").await;
     let claimed = claim(&mut workers, "q").await;
-    let mut client = server.jobs().await;
-    let id = job.id.clone();
-    let watcher = tokio::spawn(async move { watch_to_end(&mut client, &id, 0).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let watcher = watch_in_background(&server, &job.id).await;
 
     let cancelled = jobs
         .cancel_job(proto::CancelJobRequest {

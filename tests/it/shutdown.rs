@@ -3,8 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use tonic::Code;
-
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,26 +31,7 @@ async fn shutdown_ends_streams_and_claims_and_closes_redis() {
 
     let started = Instant::now();
     let stopping = tokio::spawn(server.stop());
-    for mut stream in streams {
-        let status = stream
-            .message()
-            .await
-            .expect_err("the stream ends with a status");
-        assert_eq!(status.code(), Code::Unavailable);
-        assert!(
-            status.message().contains("after_sequence=1"),
-            "{}",
-            status.message()
-        );
-    }
-    for claim in claims {
-        let response = claim
-            .await
-            .unwrap()
-            .expect("the claim returns normally")
-            .into_inner();
-        assert!(response.job.is_none(), "a waiting claim returns no job");
-    }
+    assert_ended_by_shutdown(streams, claims, 1).await;
     stopping.await.unwrap().expect("shutdown succeeds");
     assert!(
         started.elapsed() < Duration::from_secs(10),

@@ -379,17 +379,62 @@ pub async fn watch_to_end(
             after_sequence: after,
         })
         .await;
-    let mut stream = match stream {
-        Ok(stream) => stream.into_inner(),
-        Err(status) => return (Vec::new(), Err(status)),
-    };
-    let mut events = Vec::new();
+    match stream {
+        Ok(stream) => read_to_end(stream.into_inner(), Vec::new()).await,
+        Err(status) => (Vec::new(), Err(status)),
+    }
+}
+
+/// Watches a job from the start in the background. Returns once the stream is established
+/// (its first event read), with the task that reads the rest, as `watch_to_end` does.
+pub async fn watch_in_background(
+    server: &TestServer,
+    id: &str,
+) -> tokio::task::JoinHandle<(Vec<proto::JobEvent>, Result<(), tonic::Status>)> {
+    let mut client = server.jobs().await;
+    let stream = open_watch_stream(&mut client, id).await;
+    let (first, stream) = stream;
+    tokio::spawn(read_to_end(stream, vec![first]))
+}
+
+async fn read_to_end(
+    mut stream: tonic::Streaming<proto::JobEvent>,
+    mut events: Vec<proto::JobEvent>,
+) -> (Vec<proto::JobEvent>, Result<(), tonic::Status>) {
     loop {
         match stream.message().await {
             Ok(Some(event)) => events.push(event),
             Ok(None) => return (events, Ok(())),
             Err(status) => return (events, Err(status)),
         }
+    }
+}
+
+/// Asserts what shutdown does to open calls: every stream ends with UNAVAILABLE naming the
+/// sequence to resume after, and every waiting claim returns no job.
+pub async fn assert_ended_by_shutdown(
+    streams: Vec<tonic::Streaming<proto::JobEvent>>,
+    claims: Vec<
+        tokio::task::JoinHandle<Result<tonic::Response<proto::ClaimJobResponse>, tonic::Status>>,
+    >,
+    resume_after: u64,
+) {
+    let resume = format!("after_sequence={resume_after}");
+    for mut stream in streams {
+        let status = stream
+            .message()
+            .await
+            .expect_err("the stream ends with a status");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(status.message().contains(&resume), "{}", status.message());
+    }
+    for claim in claims {
+        let response = claim
+            .await
+            .unwrap()
+            .expect("the claim returns normally")
+            .into_inner();
+        assert!(response.job.is_none(), "a waiting claim returns no job");
     }
 }
 
@@ -435,6 +480,13 @@ pub async fn open_watch(
     jobs: &mut JobServiceClient<Channel>,
     id: &str,
 ) -> tonic::Streaming<proto::JobEvent> {
+    open_watch_stream(jobs, id).await.1
+}
+
+async fn open_watch_stream(
+    jobs: &mut JobServiceClient<Channel>,
+    id: &str,
+) -> (proto::JobEvent, tonic::Streaming<proto::JobEvent>) {
     let mut stream = jobs
         .watch_job(proto::WatchJobRequest {
             job_id: id.to_owned(),
@@ -449,7 +501,7 @@ pub async fn open_watch(
         .expect("a healthy stream")
         .expect("a first event");
     assert_eq!(first.sequence, 1);
-    stream
+    (first, stream)
 }
 
 /// Reads the first `count` events of a job's stream (the job need not be finished).

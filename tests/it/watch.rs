@@ -79,13 +79,8 @@ async fn concurrent_watchers_see_identical_live_sequences() {
 
     let mut watchers = Vec::new();
     for _ in 0..2 {
-        let mut client = server.jobs().await;
-        let id = job.id.clone();
-        watchers.push(tokio::spawn(async move {
-            watch_to_end(&mut client, &id, 0).await
-        }));
+        watchers.push(watch_in_background(&server, &job.id).await);
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let claimed = claim(&mut workers, "q").await;
     for i in 0..20 {
         workers
@@ -128,10 +123,7 @@ async fn a_live_watcher_gets_a_result_too_large_to_ride_on_the_wake_up() {
     let mut jobs = server.jobs().await;
     let mut workers = server.workers().await;
     let job = submit(&mut jobs, "q", b"").await;
-    let mut client = server.jobs().await;
-    let id = job.id.clone();
-    let watcher = tokio::spawn(async move { watch_to_end(&mut client, &id, 0).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let watcher = watch_in_background(&server, &job.id).await;
     let claimed = claim(&mut workers, "q").await;
     let result: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
     complete(&mut workers, &claimed, &result).await.unwrap();
