@@ -463,3 +463,34 @@ async fn without_an_endpoint_nothing_is_exported_and_nothing_complains() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otel_sdk_disabled_turns_export_off_even_with_an_endpoint() {
+    let (receiver, endpoint) = Receiver::start().await;
+    let redis = RedisServer::start();
+    let jobd = Running::start_with_env(
+        &redis.url(),
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "100"),
+            ("OTEL_SDK_DISABLED", "true"),
+        ],
+    );
+    jobd.wait_for("jobd started").await;
+    let mut jobs = JobServiceClient::connect(format!("http://{}", jobd.address()))
+        .await
+        .unwrap();
+    submit(&mut jobs, "q", b"").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (code, log) = jobd.terminate();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        receiver.metrics.lock().unwrap().is_empty(),
+        "no metrics exported"
+    );
+    assert!(
+        receiver.traces.lock().unwrap().is_empty(),
+        "no spans exported"
+    );
+}
