@@ -35,6 +35,9 @@ const MIN_QUIT_TIME: Duration = Duration::from_millis(500);
 /// payload reaches validation and gets a status that names it.
 const REQUEST_OVERHEAD: usize = 64 * 1024;
 
+/// The largest SubmitJobs request, whatever the payload limit of each job.
+const BATCH_REQUEST_LIMIT: usize = 16 * 1024 * 1024;
+
 pub struct App {
     config: Config,
     listener: TcpListener,
@@ -191,7 +194,10 @@ impl App {
         let mut routes = Server::builder()
             .layer(ObserveLayer::new(self.metrics.clone()))
             .add_service(health_service)
-            .add_service(JobServiceServer::new(job_api).max_decoding_message_size(decode_limit))
+            .add_service(
+                JobServiceServer::new(job_api)
+                    .max_decoding_message_size(decode_limit.max(BATCH_REQUEST_LIMIT)),
+            )
             .add_service(
                 WorkerServiceServer::new(worker_api).max_decoding_message_size(decode_limit),
             );

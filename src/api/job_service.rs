@@ -21,6 +21,7 @@ use crate::{
 };
 
 const MAX_CANCEL_REASON: usize = 256;
+const MAX_BATCH: usize = 1000;
 const DEFAULT_PAGE_SIZE: u32 = 50;
 const MAX_PAGE_SIZE: u32 = 500;
 
@@ -82,6 +83,46 @@ impl JobService for JobApi {
             job: Some(job.into()),
             created: false,
         }))
+    }
+
+    async fn submit_jobs(
+        &self,
+        request: Request<proto::SubmitJobsRequest>,
+    ) -> Result<Response<proto::SubmitJobsResponse>, Status> {
+        let now = UnixMillis::now();
+        let trace_context = current_trace_context(request.metadata().as_ref());
+        let requests = request.into_inner().jobs;
+        if requests.is_empty() || requests.len() > MAX_BATCH {
+            return Err(
+                RequestError::invalid("jobs", format!("must hold 1 to {MAX_BATCH} jobs")).into(),
+            );
+        }
+        let mut jobs = Vec::with_capacity(requests.len());
+        for (index, request) in requests.into_iter().enumerate() {
+            let element = format!("jobs[{index}]");
+            let mut submission =
+                SubmitRequest::try_from(request).map_err(|e| e.within(&element))?;
+            submission.trace_context = trace_context.clone();
+            jobs.push(NewJob::new(submission, &self.limits, now).map_err(|e| e.within(&element))?);
+        }
+        let mut results = Vec::with_capacity(jobs.len());
+        for submitted in self.store.submit_many(jobs, now).await? {
+            let (job, created) = match submitted {
+                Submitted::Created(job) => {
+                    self.metrics.submitted(job.queue(), job.kind.as_str());
+                    if job.run_at.is_some() {
+                        self.sweeper.wake();
+                    }
+                    (*job, true)
+                }
+                Submitted::Existing(id) => (self.store.get(&id).await?, false),
+            };
+            results.push(proto::SubmitJobResponse {
+                job: Some(job.into()),
+                created,
+            });
+        }
+        Ok(Response::new(proto::SubmitJobsResponse { results }))
     }
 
     async fn get_job(

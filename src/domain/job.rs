@@ -266,7 +266,7 @@ fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), RequestError> {
 pub fn check_size(field: &'static str, value: &[u8], limit: usize) -> Result<(), RequestError> {
     if value.len() > limit {
         return Err(RequestError::TooLarge {
-            field,
+            field: field.to_owned(),
             size: value.len(),
             limit,
         });
@@ -327,7 +327,7 @@ mod tests {
         assert_eq!(
             err,
             RequestError::TooLarge {
-                field: "payload",
+                field: "payload".into(),
                 size: 11,
                 limit: 10
             }

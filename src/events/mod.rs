@@ -52,7 +52,7 @@ pub struct EventHub {
 pub struct Channels {
     /// `<sequence> <job id> <event>`: a job has a new event (see `Keys::job_channel`).
     pub jobs: String,
-    /// `<queue>`: a queue may have a claimable job.
+    /// `<queue>` or `<queue> <n>`: a queue may have claimable jobs.
     pub queues: String,
 }
 
@@ -244,15 +244,23 @@ impl Dispatcher {
                 });
             }
         } else if *message.channel == *self.channels.queues {
-            let Ok(queue) = std::str::from_utf8(payload).map(|q| QueueName::parse("queue", q))
-            else {
+            let Ok(text) = std::str::from_utf8(payload) else {
                 return;
             };
-            let Ok(queue) = queue else { return };
+            let (queue, jobs) = match text.split_once(' ') {
+                Some((queue, jobs)) => (queue, jobs.parse::<usize>().unwrap_or(1)),
+                None => (text, 1),
+            };
+            let Ok(queue) = QueueName::parse("queue", queue) else {
+                return;
+            };
             if let Some(slot) = lock(&self.inner.queues).get(&queue) {
-                // Wake one waiting claim: one new job, one claimer. A woken claim that finds
-                // nothing goes back to waiting; one that is gone passes the wake-up on.
-                slot.notify.notify_one();
+                // Wake one waiting claim per new job: one job, one claimer (at most as many as
+                // wait). A woken claim that finds nothing goes back to waiting; one that is
+                // gone passes the wake-up on.
+                for _ in 0..jobs.min(slot.waiters) {
+                    slot.notify.notify_one();
+                }
             }
         }
     }

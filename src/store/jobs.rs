@@ -1,6 +1,6 @@
 //! The submitter's side: submit, read, watch, cancel, count.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 use fred::{
@@ -13,7 +13,7 @@ use super::{
     codec::{Fields, JOB_FIELDS, decode_event, encode_map, event_field, number},
     millis, state_in, status,
 };
-use crate::domain::{Job, JobEvent, JobId, JobState, NewJob, QueueName, UnixMillis};
+use crate::domain::{Idempotency, Job, JobEvent, JobId, JobState, NewJob, QueueName, UnixMillis};
 
 /// Events read per round trip when replaying a log; most jobs have fewer in all.
 const EVENT_PAGE: u64 = 16;
@@ -52,42 +52,37 @@ impl JobStore {
     /// Creates a job, QUEUED or SCHEDULED, and wakes a worker waiting on its queue. With an
     /// idempotency key that names a live job, creates nothing and returns that job's id.
     pub async fn submit(&self, new: NewJob, now: UnixMillis) -> Result<Submitted> {
+        match new.idempotency.clone() {
+            Some(idempotency) => self.submit_idempotent(new, idempotency, now).await,
+            None => self
+                .submit_many(vec![new], now)
+                .await?
+                .pop()
+                .ok_or_else(|| StoreError::corrupt("no job submitted")),
+        }
+    }
+
+    async fn submit_idempotent(
+        &self,
+        new: NewJob,
+        idempotency: Idempotency,
+        now: UnixMillis,
+    ) -> Result<Submitted> {
         self.register(&new.queue).await?;
         let id = self.ids.generate(&new.queue);
-        let mut keys = vec![
+        let keys = vec![
             self.keys.job(&id),
             self.keys.ready(&new.queue),
             self.keys.scheduled(&new.queue),
+            self.keys.idempotency(&new.queue, &idempotency.key),
         ];
-        let mut idempotency_ttl = String::new();
-        if let Some(idempotency) = &new.idempotency {
-            keys.push(self.keys.idempotency(&new.queue, &idempotency.key));
-            idempotency_ttl = millis(idempotency.ttl);
-        }
-        let backoff = new.backoff;
-        let args: Vec<Value> = vec![
-            id.to_string().into(),
-            new.kind.as_str().into(),
-            new.payload.clone().into(),
-            Bytes::from(encode_map(&new.labels)?).into(),
+        let mut args: Vec<Value> = vec![
             now.0.to_string().into(),
-            new.priority.to_string().into(),
-            new.max_attempts.to_string().into(),
-            millis(backoff.initial).into(),
-            backoff.multiplier.to_string().into(),
-            millis(backoff.max).into(),
-            backoff.jitter.to_string().into(),
-            new.lease.map(millis).unwrap_or_default().into(),
-            millis(new.retention).into(),
-            new.run_at
-                .map(|at| at.0.to_string())
-                .unwrap_or_default()
-                .into(),
-            idempotency_ttl.into(),
             self.keys.queue_channel().into(),
             new.queue.as_str().into(),
-            Bytes::from(encode_map(&new.trace_context)?).into(),
+            millis(idempotency.ttl).into(),
         ];
+        push_job_args(&mut args, &id, &new)?;
         let reply: Vec<Value> = self.call(&self.scripts.submit, keys, args).await?;
         match status(&reply)?.as_str() {
             // "again": an earlier try of this very call was written; same id, same job.
@@ -100,6 +95,48 @@ impl JobStore {
             }
             other => Err(StoreError::corrupt(format!("submit replied {other:?}"))),
         }
+    }
+
+    /// Creates several jobs, answering in their order. The jobs of one queue without an
+    /// idempotency key are written by one script call, atomically; jobs with a key go one by
+    /// one, as `submit` does. Jobs of different queues live in different slots, so a failure
+    /// (Redis unavailable) can leave some queues' jobs written and others not: callers retry
+    /// with idempotency keys where that matters.
+    pub async fn submit_many(&self, jobs: Vec<NewJob>, now: UnixMillis) -> Result<Vec<Submitted>> {
+        let mut results: Vec<Option<Submitted>> = (0..jobs.len()).map(|_| None).collect();
+        let mut by_queue: BTreeMap<QueueName, Vec<(usize, NewJob)>> = BTreeMap::new();
+        for (index, job) in jobs.into_iter().enumerate() {
+            match job.idempotency.clone() {
+                Some(idempotency) => {
+                    results[index] = Some(self.submit_idempotent(job, idempotency, now).await?);
+                }
+                None => by_queue
+                    .entry(job.queue.clone())
+                    .or_default()
+                    .push((index, job)),
+            }
+        }
+        for (queue, group) in by_queue {
+            self.register(&queue).await?;
+            let mut keys = vec![self.keys.ready(&queue), self.keys.scheduled(&queue)];
+            let mut args: Vec<Value> = vec![
+                now.0.to_string().into(),
+                self.keys.queue_channel().into(),
+                queue.as_str().into(),
+            ];
+            let mut created = Vec::with_capacity(group.len());
+            for (index, job) in group {
+                let id = self.ids.generate(&queue);
+                keys.push(self.keys.job(&id));
+                push_job_args(&mut args, &id, &job)?;
+                created.push((index, id, job));
+            }
+            let _: u64 = self.call(&self.scripts.submit_many, keys, args).await?;
+            for (index, id, job) in created {
+                results[index] = Some(Submitted::Created(Box::new(job.into_job(id, now))));
+            }
+        }
+        Ok(results.into_iter().flatten().collect())
     }
 
     pub async fn get(&self, id: &JobId) -> Result<crate::domain::Job> {
@@ -287,6 +324,32 @@ impl JobStore {
         }
         Ok(queues)
     }
+}
+
+/// The 14 script arguments that describe a new job, in the order submit.lua and
+/// submit_many.lua read them.
+fn push_job_args(args: &mut Vec<Value>, id: &JobId, job: &NewJob) -> Result<()> {
+    let backoff = job.backoff;
+    args.extend([
+        Value::from(id.to_string()),
+        job.kind.as_str().into(),
+        job.payload.clone().into(),
+        Bytes::from(encode_map(&job.labels)?).into(),
+        job.priority.to_string().into(),
+        job.max_attempts.to_string().into(),
+        millis(backoff.initial).into(),
+        backoff.multiplier.to_string().into(),
+        millis(backoff.max).into(),
+        backoff.jitter.to_string().into(),
+        job.lease.map(millis).unwrap_or_default().into(),
+        millis(job.retention).into(),
+        job.run_at
+            .map(|at| at.0.to_string())
+            .unwrap_or_default()
+            .into(),
+        Bytes::from(encode_map(&job.trace_context)?).into(),
+    ]);
+    Ok(())
 }
 
 /// Decodes a job from the HGETALL map a script returned.

@@ -61,7 +61,8 @@ impl Keys {
         format!("{}:wake:jobs", self.prefix)
     }
 
-    /// Channel announcing that a queue may have a claimable job: message `<queue>`.
+    /// Channel announcing that a queue may have claimable jobs: message `<queue>`, or
+    /// `<queue> <n>` for n jobs at once.
     pub fn queue_channel(&self) -> String {
         format!("{}:wake:queues", self.prefix)
     }

@@ -40,6 +40,7 @@ impl LuaScript {
 #[derive(Clone)]
 pub struct Scripts {
     pub submit: LuaScript,
+    pub submit_many: LuaScript,
     pub promote: LuaScript,
     pub claim: LuaScript,
     pub heartbeat: LuaScript,
@@ -53,6 +54,7 @@ impl Scripts {
     pub fn new() -> Self {
         Self {
             submit: LuaScript::new("submit", include_str!("lua/submit.lua")),
+            submit_many: LuaScript::new("submit_many", include_str!("lua/submit_many.lua")),
             promote: LuaScript::new("promote", include_str!("lua/promote.lua")),
             claim: LuaScript::new("claim", include_str!("lua/claim.lua")),
             heartbeat: LuaScript::new("heartbeat", include_str!("lua/heartbeat.lua")),

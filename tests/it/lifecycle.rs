@@ -392,3 +392,137 @@ async fn claim_several_and_claim_the_next_with_a_completion() {
         .unwrap_err();
     assert!(missing.message().contains("claim"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_jobs_creates_a_batch_in_order_and_wakes_a_claimer_per_job() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+
+    // Three claimers wait on the queue before the batch arrives: each must be woken.
+    let mut waiting = Vec::new();
+    for _ in 0..3 {
+        let mut workers = server.workers().await;
+        waiting.push(tokio::spawn(async move {
+            workers
+                .claim_job(claim_request("bulk", Duration::from_secs(20)))
+                .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut batch: Vec<proto::SubmitJobRequest> = (0..5u8)
+        .map(|i| proto::SubmitJobRequest {
+            payload: vec![i].into(),
+            ..job_request("bulk")
+        })
+        .collect();
+    batch.push(job_request("other"));
+    batch.push(proto::SubmitJobRequest {
+        idempotency_key: "once".into(),
+        ..job_request("bulk")
+    });
+    batch.push(proto::SubmitJobRequest {
+        start: Some(proto::submit_job_request::Start::Delay(pb_duration(
+            Duration::from_secs(3600),
+        ))),
+        ..job_request("bulk")
+    });
+    let started = Instant::now();
+    let results = jobs
+        .submit_jobs(proto::SubmitJobsRequest {
+            jobs: batch.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 8);
+    assert!(results.iter().all(|r| r.created));
+    let ids: Vec<String> = results
+        .iter()
+        .map(|r| r.job.as_ref().unwrap().id.clone())
+        .collect();
+    assert!(ids[5].starts_with("other."));
+    assert_eq!(
+        results[7].job.as_ref().unwrap().state(),
+        JobState::Scheduled
+    );
+    for (i, id) in ids.iter().enumerate().take(5) {
+        assert_eq!(
+            &get(&mut jobs, id).await.payload[..],
+            &[i as u8],
+            "in the request's order"
+        );
+    }
+
+    for claim in waiting {
+        let claimed = claim.await.unwrap().unwrap().into_inner();
+        assert!(claimed.job.is_some(), "every waiting claimer was woken");
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // The idempotency key still holds within and across batches.
+    let again = jobs
+        .submit_jobs(proto::SubmitJobsRequest {
+            jobs: vec![batch[6].clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert!(!again[0].created);
+    assert_eq!(again[0].job.as_ref().unwrap().id, ids[6]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_jobs_refuses_a_batch_with_an_invalid_job_and_writes_nothing() {
+    let redis = RedisServer::start();
+    let server = TestServer::start_with(
+        &redis.url(),
+        Settings {
+            max_payload: Some(8),
+            ..Settings::default()
+        },
+    )
+    .await;
+    let mut jobs = server.jobs().await;
+    let mut batch = vec![job_request("q"), job_request("q"), job_request("bad queue")];
+    let status = jobs
+        .submit_jobs(proto::SubmitJobsRequest {
+            jobs: batch.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("jobs[2].queue"),
+        "{}",
+        status.message()
+    );
+    batch[2] = proto::SubmitJobRequest {
+        payload: vec![0; 9].into(),
+        ..job_request("q")
+    };
+    let status = jobs
+        .submit_jobs(proto::SubmitJobsRequest { jobs: batch })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        status.message().starts_with("jobs[2].payload"),
+        "{}",
+        status.message()
+    );
+    let empty = jobs
+        .submit_jobs(proto::SubmitJobsRequest { jobs: vec![] })
+        .await
+        .unwrap_err();
+    assert_eq!(empty.code(), tonic::Code::InvalidArgument);
+    assert!(
+        redis
+            .cli(&["--scan", "--pattern", "jobd:*:job:*"])
+            .is_empty(),
+        "nothing written"
+    );
+}

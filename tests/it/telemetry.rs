@@ -327,7 +327,10 @@ async fn metrics_and_spans_reach_the_otlp_endpoint() {
     );
     assert!(
         receiver
-            .value("jobd.redis.duration", &[("jobd.redis.operation", "submit")])
+            .value(
+                "jobd.redis.duration",
+                &[("jobd.redis.operation", "submit_many")]
+            )
             .is_some_and(|n| n >= 2.0)
     );
     assert_eq!(receiver.value("jobd.claims.waiting", &[]), Some(0.0));

@@ -79,6 +79,10 @@ pub struct LifecycleArgs {
     /// and claims the next batch with the last CompleteJob.
     #[arg(long, default_value_t = 1)]
     batch: u32,
+    /// Jobs a submitter sends per call: 1 uses SubmitJob; more uses SubmitJobs, then watches
+    /// every job of the batch to its terminal event.
+    #[arg(long, default_value_t = 1)]
+    submit_batch: usize,
 }
 
 #[derive(Args, Clone, Debug)]

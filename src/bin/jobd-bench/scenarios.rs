@@ -37,6 +37,7 @@ pub async fn lifecycle(args: LifecycleArgs) -> anyhow::Result<(f64, Latencies)> 
             ("in_flight", json!(args.in_flight)),
             ("workers", json!(args.workers)),
             ("claim_batch", json!(args.batch)),
+            ("submit_batch", json!(args.submit_batch)),
             ("seconds", json!(elapsed.as_secs_f64())),
             ("jobs_per_sec", json!(rate)),
             ("p50_ms", json!(latencies.percentile_ms(50.0))),
@@ -95,13 +96,33 @@ async fn run_lifecycle(
     let mut submitters = JoinSet::new();
     for i in 0..args.in_flight {
         let mut jobs = JobServiceClient::new(channels[i % channels.len()].clone());
-        let (next, queue, total) = (next.clone(), queue.clone(), args.jobs);
+        let (next, queue, total, batch) =
+            (next.clone(), queue.clone(), args.jobs, args.submit_batch);
         submitters.spawn(async move {
             let mut latencies = Latencies::default();
-            while next.fetch_add(1, Ordering::Relaxed) < total {
+            loop {
+                let first = next.fetch_add(batch, Ordering::Relaxed);
+                if first >= total {
+                    break;
+                }
+                let count = batch.min(total - first);
                 let sent = Instant::now();
-                submit_and_watch(&mut jobs, &queue).await?;
-                latencies.push(sent.elapsed());
+                if batch <= 1 {
+                    submit_and_watch(&mut jobs, &queue).await?;
+                    latencies.push(sent.elapsed());
+                    continue;
+                }
+                let ids = submit_batch(&mut jobs, &queue, count).await?;
+                let watches = ids.into_iter().map(|id| {
+                    let mut jobs = jobs.clone();
+                    async move {
+                        watch(&mut jobs, id).await?;
+                        anyhow::Ok(sent.elapsed())
+                    }
+                });
+                for latency in futures::future::join_all(watches).await {
+                    latencies.push(latency?);
+                }
             }
             anyhow::Ok(latencies)
         });
@@ -249,15 +270,16 @@ pub async fn all(small: bool) -> anyhow::Result<()> {
     } else {
         (20_000, vec![500, 2_000], Duration::from_secs(10), 10_000)
     };
-    // Plain workers (ClaimJob, CompleteJob), then batching ones (ClaimJobs of 8, and the
-    // next batch claimed with the last completion).
-    for batch in [1, 8] {
+    // Plain clients (SubmitJob, ClaimJob, CompleteJob); batching workers (ClaimJobs of 8, the
+    // next batch claimed with the last completion); batching submitters too (SubmitJobs of 8).
+    for (batch, submit_batch) in [(1, 1), (8, 1), (8, 8)] {
         let lifecycle_args = LifecycleArgs {
             target: target.clone(),
             jobs,
             in_flight: 64,
             workers: 16,
             batch,
+            submit_batch,
         };
         lifecycle(lifecycle_args.clone()).await?;
         redis_cost(lifecycle_args).await?;
@@ -396,9 +418,39 @@ async fn submit(jobs: &mut JobServiceClient<Channel>, queue: &str) -> anyhow::Re
     Ok(response.job.map(|job| job.id).unwrap_or_default())
 }
 
+/// Submits `count` jobs in one SubmitJobs call; returns their ids.
+async fn submit_batch(
+    jobs: &mut JobServiceClient<Channel>,
+    queue: &str,
+    count: usize,
+) -> anyhow::Result<Vec<String>> {
+    let request = proto::SubmitJobRequest {
+        queue: queue.to_owned(),
+        kind: "bench".to_owned(),
+        ..Default::default()
+    };
+    let results = jobs
+        .submit_jobs(proto::SubmitJobsRequest {
+            jobs: vec![request; count],
+        })
+        .await?
+        .into_inner()
+        .results;
+    Ok(results
+        .into_iter()
+        .filter_map(|r| r.job)
+        .map(|job| job.id)
+        .collect())
+}
+
 /// Submits a job and watches it until its terminal event.
 async fn submit_and_watch(jobs: &mut JobServiceClient<Channel>, queue: &str) -> anyhow::Result<()> {
     let id = submit(jobs, queue).await?;
+    watch(jobs, id).await
+}
+
+/// Watches a job until its terminal event.
+async fn watch(jobs: &mut JobServiceClient<Channel>, id: String) -> anyhow::Result<()> {
     let mut stream = jobs
         .watch_job(proto::WatchJobRequest {
             job_id: id,
