@@ -142,7 +142,6 @@ impl Config {
 
     pub fn lease_limits(&self) -> LeaseLimits {
         LeaseLimits {
-            default_lease: self.jobs.default_lease,
             min_lease: MIN_LEASE,
             max_lease: self.jobs.max_lease,
             max_wait: self.jobs.max_claim_wait,

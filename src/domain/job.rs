@@ -215,7 +215,7 @@ impl NewJob {
         let retention = schedule::retention(request.retention, limits.default_retention)?;
         let lease = request
             .lease
-            .map(|lease| limits.leases.lease("lease", Some(lease)))
+            .map(|lease| limits.leases.check_lease("lease", lease))
             .transpose()?;
         Ok(Self {
             queue,
@@ -302,7 +302,6 @@ mod tests {
             max_payload,
             default_retention: Duration::from_secs(86400),
             leases: LeaseLimits {
-                default_lease: Duration::from_secs(30),
                 min_lease: Duration::from_secs(1),
                 max_lease: Duration::from_secs(3600),
                 max_wait: Duration::from_secs(60),

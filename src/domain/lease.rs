@@ -44,21 +44,13 @@ impl fmt::Display for LeaseToken {
 /// Bounds on what workers may ask for.
 #[derive(Debug, Clone, Copy)]
 pub struct LeaseLimits {
-    pub default_lease: Duration,
     pub min_lease: Duration,
     pub max_lease: Duration,
     pub max_wait: Duration,
 }
 
 impl LeaseLimits {
-    /// The lease a caller asked for, or the default; refused outside the bounds.
-    pub fn lease(&self, field: &str, asked: Option<Duration>) -> Result<Duration, RequestError> {
-        let Some(lease) = asked else {
-            return Ok(self.default_lease);
-        };
-        self.check_lease(field, lease)
-    }
-
+    /// A lease a caller asked for; refused outside the bounds.
     pub fn check_lease(&self, field: &str, lease: Duration) -> Result<Duration, RequestError> {
         if lease < self.min_lease || lease > self.max_lease {
             return Err(RequestError::invalid(
@@ -182,18 +174,20 @@ mod tests {
     #[test]
     fn leases_and_waits_are_bounded() {
         let limits = LeaseLimits {
-            default_lease: Duration::from_secs(30),
             min_lease: Duration::from_secs(1),
             max_lease: Duration::from_secs(3600),
             max_wait: Duration::from_secs(60),
         };
-        assert_eq!(
-            limits.lease("lease", None).unwrap(),
-            Duration::from_secs(30)
+        let thirty = Duration::from_secs(30);
+        assert_eq!(limits.check_lease("lease", thirty).unwrap(), thirty);
+        assert!(
+            limits
+                .check_lease("lease", Duration::from_millis(10))
+                .is_err()
         );
         assert!(
             limits
-                .lease("lease", Some(Duration::from_millis(10)))
+                .check_lease("lease", Duration::from_secs(7200))
                 .is_err()
         );
         assert!(limits.wait("wait", Some(Duration::from_secs(61))).is_err());

@@ -109,11 +109,6 @@ impl EventHub {
         QueueWaiter::new(self.inner.clone(), notifies, self.inner.resync.subscribe())
     }
 
-    /// Number of jobs with at least one local watcher.
-    pub fn watched_jobs(&self) -> usize {
-        lock(&self.inner.jobs).len()
-    }
-
     /// Connects the subscriber and runs the dispatcher until `shutdown`.
     ///
     /// On every (re)connection the dispatcher names the connection, subscribes, and only then

@@ -31,8 +31,6 @@ pub enum Submitted {
 #[derive(Debug)]
 pub struct EventPage {
     pub events: Vec<JobEvent>,
-    /// The sequence of the job's latest event when the page was read.
-    pub last_sequence: u64,
     /// Whether the job had reached a terminal state when the page was read.
     pub finished: bool,
 }
@@ -198,11 +196,7 @@ impl JobStore {
             })?;
             events.push(decode_event(id, sequence, &raw, &result)?);
         }
-        Ok(EventPage {
-            events,
-            last_sequence,
-            finished,
-        })
+        Ok(EventPage { events, finished })
     }
 
     /// Cancels a queued, scheduled or running job and returns it, with whether this call
