@@ -510,15 +510,8 @@ pub async fn first_events(
     id: &str,
     count: usize,
 ) -> Vec<proto::JobEvent> {
-    let mut stream = jobs
-        .watch_job(proto::WatchJobRequest {
-            job_id: id.to_owned(),
-            after_sequence: 0,
-        })
-        .await
-        .expect("watch succeeds")
-        .into_inner();
-    let mut events = Vec::new();
+    let (first, mut stream) = open_watch_stream(jobs, id).await;
+    let mut events = vec![first];
     while events.len() < count {
         let event = tokio::time::timeout(Duration::from_secs(10), stream.message())
             .await
