@@ -117,9 +117,12 @@ async fn next_message(
             Wake::Event(announced) if announced.sequence <= state.delivered => continue,
             // The very next event, carried whole by the wake-up: no need to read the log.
             Wake::Event(announced) if announced.sequence == state.delivered + 1 => {
-                if let Ok(Some(event)) =
-                    decode_announced(&state.id, announced.sequence, &announced.event)
-                {
+                if let Ok(Some(event)) = decode_announced(
+                    &state.id,
+                    announced.sequence,
+                    &announced.event,
+                    announced.result.as_ref(),
+                ) {
                     state.pending.push_back(event);
                     continue;
                 }

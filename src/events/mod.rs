@@ -27,15 +27,18 @@ pub use waiters::{JobWatch, QueueWaiter, Wake, Wakeup};
 
 use crate::{
     domain::{JobId, QueueName},
+    store::{AnnouncedEvent, parse_announced},
     telemetry::Metrics,
 };
 
-/// The latest event a job announced: its sequence, and the event as the message carried it
-/// (see `store::decode_announced`).
+/// The latest event a job announced, as the wake-up message carried it (see
+/// `store::decode_announced`).
 #[derive(Debug, Clone, Default)]
 pub struct Announcement {
     pub sequence: u64,
     pub event: Bytes,
+    /// A COMPLETED event's result, when small enough to be carried.
+    pub result: Option<Bytes>,
 }
 
 /// Delay before subscribing again after a failed SUBSCRIBE on a live connection.
@@ -50,7 +53,7 @@ pub struct EventHub {
 /// The two channels the hub listens on.
 #[derive(Debug, Clone)]
 pub struct Channels {
-    /// `<sequence> <job id> <event>`: a job has a new event (see `Keys::job_channel`).
+    /// Jobs have new events, one line each (see `Keys::job_channel`).
     pub jobs: String,
     /// `<queue>` or `<queue> <n>`: a queue may have claimable jobs.
     pub queues: String,
@@ -217,23 +220,32 @@ impl Dispatcher {
             return;
         };
         if *message.channel == *self.channels.jobs {
-            let mut parts = payload.splitn(3, |&b| b == b' ');
-            let (Some(sequence), Some(job)) = (parts.next(), parts.next()) else {
-                return;
+            let announced = match parse_announced(payload) {
+                Ok(announced) => announced,
+                Err(error) => {
+                    tracing::warn!(%error, "ignoring a wake-up message");
+                    return;
+                }
             };
-            let (Ok(sequence), Ok(job)) = (
-                std::str::from_utf8(sequence).map(str::parse::<u64>),
-                std::str::from_utf8(job),
-            ) else {
-                return;
-            };
-            let Ok(sequence) = sequence else { return };
-            if let Some(sender) = lock(&self.inner.jobs).get(job) {
-                let event = Bytes::copy_from_slice(parts.next().unwrap_or_default());
+            let jobs = lock(&self.inner.jobs);
+            for AnnouncedEvent {
+                sequence,
+                job_id,
+                event,
+                result,
+            } in announced
+            {
+                let Some(sender) = jobs.get(job_id) else {
+                    continue;
+                };
                 sender.send_if_modified(|latest| {
                     let newer = sequence > latest.sequence;
                     if newer {
-                        *latest = Announcement { sequence, event };
+                        *latest = Announcement {
+                            sequence,
+                            event: Bytes::copy_from_slice(event),
+                            result: result.map(Bytes::copy_from_slice),
+                        };
                     }
                     newer
                 });

@@ -229,23 +229,101 @@ pub fn decode_event(
     })
 }
 
-/// Decodes the event a wake-up message carries after its sequence and job id:
-/// `<n> <event>[R<result>]`. `None` when the message cannot stand for the stored event (a
-/// COMPLETED event whose result was too large to carry): read the log instead.
+/// One event announced on the job wake-up channel, as the message carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnnouncedEvent<'a> {
+    pub sequence: u64,
+    pub job_id: &'a str,
+    /// The event as stored in the job's log.
+    pub event: &'a [u8],
+    /// For a COMPLETED event, the job's result when it was small enough to carry.
+    pub result: Option<&'a [u8]>,
+}
+
+/// Splits a job wake-up message (see `Keys::job_channel`) into the events it announces: one
+/// per line, each `<sequence> <job id> <n> <event> <m> <result>`, or `... <event> -` without
+/// a result, where n and m count the bytes of the event and the result.
+pub fn parse_announced(message: &[u8]) -> Result<Vec<AnnouncedEvent<'_>>, StoreError> {
+    let mut cursor = Cursor(message);
+    let mut announced = Vec::new();
+    loop {
+        let entry = cursor
+            .announced_event()
+            .ok_or_else(|| StoreError::corrupt("malformed wake-up message"))?;
+        announced.push(entry);
+        if cursor.0.is_empty() {
+            return Ok(announced);
+        }
+        if !cursor.eat(b"\n") {
+            return Err(StoreError::corrupt("malformed wake-up message"));
+        }
+    }
+}
+
+/// What is left of a wake-up message to parse.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn announced_event(&mut self) -> Option<AnnouncedEvent<'a>> {
+        let sequence = self.number()?;
+        let job_id = std::str::from_utf8(self.word()?).ok()?;
+        let length = self.number()?;
+        let event = self.take(length)?;
+        if !self.eat(b" ") {
+            return None;
+        }
+        let result = if self.eat(b"-") {
+            None
+        } else {
+            let length = self.number()?;
+            Some(self.take(length)?)
+        };
+        Some(AnnouncedEvent {
+            sequence,
+            job_id,
+            event,
+            result,
+        })
+    }
+
+    /// The text up to the next space; the space is consumed.
+    fn word(&mut self) -> Option<&'a [u8]> {
+        let space = self.0.iter().position(|&b| b == b' ')?;
+        let word = &self.0[..space];
+        self.0 = &self.0[space + 1..];
+        Some(word)
+    }
+
+    fn number<T: std::str::FromStr>(&mut self) -> Option<T> {
+        std::str::from_utf8(self.word()?).ok()?.parse().ok()
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let taken = self.0.get(..n)?;
+        self.0 = &self.0[n..];
+        Some(taken)
+    }
+
+    fn eat(&mut self, prefix: &[u8]) -> bool {
+        match self.0.strip_prefix(prefix) {
+            Some(rest) => {
+                self.0 = rest;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Decodes an announced event. `None` when the announcement cannot stand for the stored event
+/// (a COMPLETED event whose result was too large to carry): read the log instead.
 pub fn decode_announced(
     job_id: &JobId,
     sequence: u64,
-    tail: &[u8],
+    event: &[u8],
+    result: Option<&Bytes>,
 ) -> Result<Option<JobEvent>, StoreError> {
-    let malformed = || StoreError::corrupt(format!("wake-up message of {job_id}"));
-    let space = tail.iter().position(|&b| b == b' ').ok_or_else(malformed)?;
-    let length: usize = number(Some(&tail[..space]))?.ok_or_else(malformed)?;
-    let event = tail
-        .get(space + 1..space + 1 + length)
-        .ok_or_else(malformed)?;
-    let rest = &tail[space + 1 + length..];
-    let result = rest.strip_prefix(b"R").map(Bytes::copy_from_slice);
-    let event = decode_event(job_id, sequence, event, &result)?;
+    let event = decode_event(job_id, sequence, event, &result.cloned())?;
     let needs_result = matches!(event.kind, EventKind::Completed { .. }) && result.is_none();
     Ok((!needs_result).then_some(event))
 }
@@ -269,7 +347,7 @@ mod tests {
     use super::*;
     use crate::domain::{JobIdGenerator, QueueName};
 
-    fn message(event: &[(&str, rmpv::Value)], tail: &[u8]) -> Vec<u8> {
+    fn packed(event: &[(&str, rmpv::Value)]) -> Vec<u8> {
         let map = rmpv::Value::Map(
             event
                 .iter()
@@ -278,25 +356,84 @@ mod tests {
         );
         let mut packed = Vec::new();
         rmpv::encode::write_value(&mut packed, &map).unwrap();
-        let mut message = format!("{} ", packed.len()).into_bytes();
-        message.extend(packed);
-        message.extend(tail);
-        message
+        packed
+    }
+
+    /// One line of a wake-up message, as the scripts write it.
+    fn line(sequence: u64, id: &str, event: &[u8], result: Option<&[u8]>) -> Vec<u8> {
+        let mut line = format!("{sequence} {id} {} ", event.len()).into_bytes();
+        line.extend(event);
+        match result {
+            Some(result) => {
+                line.extend(format!(" {} ", result.len()).into_bytes());
+                line.extend(result);
+            }
+            None => line.extend(b" -"),
+        }
+        line
+    }
+
+    #[test]
+    fn wake_up_messages_split_into_their_events() {
+        let started = packed(&[("t", "started".into()), ("at", 5.into())]);
+        // Event and result bytes may hold spaces and newlines: lengths delimit them.
+        let done = packed(&[("t", "completed".into()), ("r", " \n-".into())]);
+        let mut message = line(2, "q.A", &started, None);
+        message.push(b'\n');
+        message.extend(line(3, "q.B", &done, Some(b"ok\n 1")));
+        message.push(b'\n');
+        message.extend(line(4, "q.C", &done, Some(b"")));
+        let announced = parse_announced(&message).unwrap();
+        assert_eq!(
+            announced,
+            vec![
+                AnnouncedEvent {
+                    sequence: 2,
+                    job_id: "q.A",
+                    event: &started,
+                    result: None
+                },
+                AnnouncedEvent {
+                    sequence: 3,
+                    job_id: "q.B",
+                    event: &done,
+                    result: Some(b"ok\n 1")
+                },
+                AnnouncedEvent {
+                    sequence: 4,
+                    job_id: "q.C",
+                    event: &done,
+                    result: Some(b"")
+                },
+            ]
+        );
+        for bad in [
+            &b""[..],
+            b"garbage",
+            b"2 q.A 99 short -",
+            b"2 q.A 1 x",
+            b"2 q.A 1 x -\n",
+            b"2 q.A 1 x 5 abc",
+            b"x q.A 1 x -",
+        ] {
+            assert!(
+                parse_announced(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]
     fn announced_events_decode_as_stored() {
         let id = JobIdGenerator::default().generate(&QueueName::parse("q", "q").unwrap());
-        let started = message(
-            &[
-                ("t", "started".into()),
-                ("at", 5.into()),
-                ("a", 1.into()),
-                ("w", "w1".into()),
-            ],
-            b"",
-        );
-        let event = decode_announced(&id, 2, &started).unwrap().unwrap();
+        let started = packed(&[
+            ("t", "started".into()),
+            ("at", 5.into()),
+            ("a", 1.into()),
+            ("w", "w1".into()),
+        ]);
+        let event = decode_announced(&id, 2, &started, None).unwrap().unwrap();
         assert_eq!(
             (event.sequence, event.attempt, event.at),
             (2, 1, UnixMillis(5))
@@ -308,23 +445,15 @@ mod tests {
             }
         );
 
-        let done = [("t", "completed".into()), ("at", 6.into()), ("a", 1.into())];
-        let inline = decode_announced(&id, 3, &message(&done, b"Rok \xff"))
+        let done = packed(&[("t", "completed".into()), ("at", 6.into()), ("a", 1.into())]);
+        let result = Bytes::from_static(b"ok \xff");
+        let inline = decode_announced(&id, 3, &done, Some(&result))
             .unwrap()
             .unwrap();
-        assert_eq!(
-            inline.kind,
-            EventKind::Completed {
-                result: Bytes::from_static(b"ok \xff")
-            }
-        );
+        assert_eq!(inline.kind, EventKind::Completed { result });
         // A result too large to carry: the watcher must read the log.
-        assert_eq!(
-            decode_announced(&id, 3, &message(&done, b"")).unwrap(),
-            None
-        );
+        assert_eq!(decode_announced(&id, 3, &done, None).unwrap(), None);
 
-        assert!(decode_announced(&id, 3, b"99 short").is_err());
-        assert!(decode_announced(&id, 3, b"garbage").is_err());
+        assert!(decode_announced(&id, 3, b"garbage", None).is_err());
     }
 }

@@ -55,8 +55,10 @@ impl Keys {
         format!("{}:queues", self.prefix)
     }
 
-    /// Channel announcing a new event of a job: message `<sequence> <job id> <n> <event>`,
-    /// the event's n bytes as stored, then for COMPLETED `R<result>` when the result is small.
+    /// Channel announcing new events of jobs, one per line: `<sequence> <job id> <n> <event>
+    /// <m> <result>`, the event's n bytes as stored and, for COMPLETED when it is small, the
+    /// result's m bytes; otherwise `<sequence> <job id> <n> <event> -`. A script that writes
+    /// events of several jobs announces them all in one message.
     pub fn job_channel(&self) -> String {
         format!("{}:wake:jobs", self.prefix)
     }

@@ -1,6 +1,7 @@
 //! Everything that speaks to Redis for jobs: key layout, scripts, and `JobStore`, the typed
 //! operations the API and the sweeper are built on.
 
+mod batch;
 mod codec;
 mod connection;
 mod jobs;
@@ -17,20 +18,22 @@ use fred::{
     types::{FromValue, Value},
 };
 
-pub use codec::decode_announced;
+pub use codec::{AnnouncedEvent, decode_announced, parse_announced};
 pub use connection::RedisClients;
 pub use jobs::{EventPage, ListCursor, QueueStats, Submitted};
 pub use keys::Keys;
 pub use sweep::{SWEEP_BATCH, SweepReport};
 
 use crate::{
-    domain::{JobIdGenerator, JobState, QueueName},
+    domain::{AttemptEnd, JobIdGenerator, JobState, QueueName},
     telemetry::Metrics,
 };
+use batch::Batcher;
 use scripts::{LuaScript, Scripts};
+use work::Completion;
 
 /// Why a store operation did not happen.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("job not found")]
     NotFound,
@@ -88,6 +91,8 @@ pub struct JobStore {
     ids: Arc<JobIdGenerator>,
     /// Queues this process has put in the queue registry.
     registered: Arc<Mutex<HashSet<QueueName>>>,
+    /// Completions waiting to share a script call, per queue.
+    completions: Batcher<Completion, Option<AttemptEnd>>,
     metrics: Metrics,
 }
 
@@ -100,6 +105,7 @@ impl JobStore {
             settings,
             ids: Default::default(),
             registered: Default::default(),
+            completions: Default::default(),
             metrics,
         }
     }

@@ -5,7 +5,9 @@ use std::{collections::HashMap, time::Duration};
 use bytes::Bytes;
 use fred::{interfaces::SortedSetsInterface, types::Value};
 
-use super::{JobStore, Result, StoreError, jobs::job_from_map, millis, state_in, status};
+use super::{
+    JobStore, Result, StoreError, batch::Pending, jobs::job_from_map, millis, state_in, status,
+};
 use crate::domain::{
     AttemptEnd, Claimed, FailOutcome, HeartbeatOutcome, JobId, JobKind, JobState, LeaseToken,
     Progress, QueueName, UnixMillis, WorkerId,
@@ -136,7 +138,8 @@ impl JobStore {
         }
     }
 
-    /// Records the worker's success: the job becomes COMPLETED with `result`.
+    /// Records the worker's success: the job becomes COMPLETED with `result`. Completions of
+    /// one queue that arrive while one is being written share the next script call.
     pub async fn complete(
         &self,
         id: &JobId,
@@ -144,28 +147,64 @@ impl JobStore {
         result: Bytes,
         now: UnixMillis,
     ) -> Result<Option<AttemptEnd>> {
-        let queue = id.queue();
-        let reply: Vec<Value> = self
-            .call(
-                &self.scripts.complete,
-                vec![
-                    self.keys.job(id),
-                    self.keys.running(queue),
-                    self.keys.retained(queue, JobState::Completed),
-                ],
-                vec![
-                    id.to_string().into(),
-                    token.as_str().into(),
-                    now.0.to_string().into(),
-                    result.into(),
-                    self.keys.job_channel().into(),
-                ],
-            )
-            .await?;
-        match status(&reply)?.as_str() {
-            "ok" => attempt_end(reply.get(1), reply.get(2)).map(Some),
-            "again" => Ok(None),
-            other => Err(lease_refusal(other, &reply)),
+        let completion = Completion {
+            id: id.clone(),
+            token: token.clone(),
+            result,
+            now,
+        };
+        let store = self.clone();
+        let queue = id.queue().clone();
+        self.completions
+            .run(id.queue(), completion, move |batch| {
+                let (store, queue) = (store.clone(), queue.clone());
+                async move { store.complete_batch(&queue, batch).await }
+            })
+            .await
+    }
+
+    /// Writes a batch of completions of `queue` with one script call, and answers each.
+    async fn complete_batch(
+        &self,
+        queue: &QueueName,
+        batch: Vec<Pending<Completion, Option<AttemptEnd>>>,
+    ) {
+        let now = batch
+            .iter()
+            .map(|pending| pending.op.now)
+            .max()
+            .unwrap_or_else(UnixMillis::now);
+        let mut keys = vec![
+            self.keys.running(queue),
+            self.keys.retained(queue, JobState::Completed),
+        ];
+        let mut args: Vec<Value> = vec![now.0.to_string().into(), self.keys.job_channel().into()];
+        for Pending { op, .. } in &batch {
+            keys.push(self.keys.job(&op.id));
+            args.push(op.id.to_string().into());
+            args.push(op.token.as_str().into());
+            args.push(op.result.clone().into());
+        }
+        let replies: Result<Vec<Value>> = self.call(&self.scripts.complete, keys, args).await;
+        let replies = match replies {
+            Ok(replies) if replies.len() == batch.len() => replies,
+            Ok(_) => {
+                let error =
+                    StoreError::corrupt("completion reply of another length than the batch");
+                batch
+                    .into_iter()
+                    .for_each(|pending| pending.answer(Err(error.clone())));
+                return;
+            }
+            Err(error) => {
+                batch
+                    .into_iter()
+                    .for_each(|pending| pending.answer(Err(error.clone())));
+                return;
+            }
+        };
+        for (pending, reply) in batch.into_iter().zip(replies) {
+            pending.answer(completion_outcome(reply));
         }
     }
 
@@ -229,6 +268,26 @@ impl JobStore {
             "alive" => Err(StoreError::Conflict("the lease has not expired".into())),
             other => Err(lease_refusal(other, &reply)),
         }
+    }
+}
+
+/// A worker's report of success, waiting for its script call.
+pub(super) struct Completion {
+    id: JobId,
+    token: LeaseToken,
+    result: Bytes,
+    now: UnixMillis,
+}
+
+/// What the completion script answered for one completion.
+fn completion_outcome(reply: Value) -> Result<Option<AttemptEnd>> {
+    let reply: Vec<Value> = reply
+        .convert()
+        .map_err(|_| StoreError::corrupt("completion reply shape"))?;
+    match status(&reply)?.as_str() {
+        "ok" => attempt_end(reply.get(1), reply.get(2)).map(Some),
+        "again" => Ok(None),
+        other => Err(lease_refusal(other, &reply)),
     }
 }
 

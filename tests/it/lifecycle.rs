@@ -526,3 +526,101 @@ async fn submit_jobs_refuses_a_batch_with_an_invalid_job_and_writes_nothing() {
         "nothing written"
     );
 }
+
+/// Completions of one queue that arrive together share a script call; each still gets its own
+/// answer, and one refused completion does not disturb the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_completions_each_get_their_own_answer() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let workers = server.workers().await;
+    const JOBS: usize = 40;
+    let mut ids = Vec::new();
+    for i in 0..JOBS {
+        ids.push(submit(&mut jobs, "together", &[i as u8]).await.id);
+    }
+    let mut watches = Vec::new();
+    for id in &ids {
+        watches.push(watch_in_background(&server, id).await);
+    }
+    let claimed = workers
+        .clone()
+        .claim_jobs(proto::ClaimJobsRequest {
+            claim: Some(claim_request("together", Duration::from_secs(1))),
+            max_jobs: JOBS as u32,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert_eq!(claimed.len(), JOBS);
+
+    let completion = |id: &str, token: &str, result: Vec<u8>| {
+        let mut workers = workers.clone();
+        let request = proto::CompleteJobRequest {
+            job_id: id.to_owned(),
+            lease_token: token.to_owned(),
+            result: result.into(),
+            next: None,
+        };
+        tokio::spawn(async move { workers.complete_job(request).await.map(|_| ()) })
+    };
+    let mut good = Vec::new();
+    let mut stale = Vec::new();
+    for (i, held) in claimed.iter().enumerate() {
+        let id = &held.job.as_ref().unwrap().id;
+        good.push(completion(
+            id,
+            &held.lease_token,
+            format!("r{i}").into_bytes(),
+        ));
+        // Another job's token, and the same completion sent twice (a client's retry).
+        let other = &claimed[(i + 1) % JOBS].lease_token;
+        stale.push(completion(id, other, b"wrong".to_vec()));
+        good.push(completion(
+            id,
+            &held.lease_token,
+            format!("r{i}").into_bytes(),
+        ));
+    }
+    let unknown_id = format!("together.{}", ulid_like());
+    let unknown = completion(&unknown_id, &claimed[0].lease_token, Vec::new());
+
+    for answer in good {
+        answer
+            .await
+            .unwrap()
+            .expect("each completion with its token succeeds");
+    }
+    for answer in stale {
+        let status = answer.await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    }
+    assert_eq!(
+        unknown.await.unwrap().unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+    for (i, held) in claimed.iter().enumerate() {
+        let job = get(&mut jobs, &held.job.as_ref().unwrap().id).await;
+        assert_eq!(job.state(), JobState::Completed);
+        assert_eq!(job.result, format!("r{i}").into_bytes());
+        assert_eq!(
+            job.last_sequence, 3,
+            "one COMPLETED event, however many tries"
+        );
+    }
+    for (i, watch) in watches.into_iter().enumerate() {
+        let (events, end) = watch.await.unwrap();
+        end.expect("the stream ends with OK");
+        let last = events.last().unwrap();
+        assert_eq!(last.r#type(), EventType::Completed);
+        assert_eq!(last.result, format!("r{i}").into_bytes(), "its own result");
+    }
+    assert_eq!(stats(&mut jobs, "together").await.running, 0);
+}
+
+/// A well-formed job id suffix that names no job.
+fn ulid_like() -> String {
+    "01ARZ3NDEKTSV4RRFFQ69G5FAV".to_owned()
+}

@@ -117,6 +117,17 @@ impl Systems {
             .count())
     }
 
+    /// CPU time so far, in microseconds, of jobd, Redis and this benchmark process; `None` for
+    /// a process the benchmark did not start.
+    pub fn cpu_us(&self) -> CpuTimes {
+        let of = |child: Option<&Child>| child.and_then(|child| process_cpu_us(child.id()));
+        CpuTimes {
+            jobd: of(self.jobd.as_ref()),
+            redis: of(self.redis.as_ref()),
+            bench: process_cpu_us(std::process::id()),
+        }
+    }
+
     /// jobd's resident memory in MiB, when the benchmark started it.
     pub fn jobd_rss_mib(&self) -> Option<f64> {
         let pid = self.jobd.as_ref()?.id();
@@ -160,6 +171,38 @@ pub async fn serve(redis_url: &str, listen: &str, pool_size: u16) -> anyhow::Res
     ])?;
     let app = App::build(config).await?;
     app.run(jobd::shutdown::signal()).await
+}
+
+/// CPU time of the processes under test, in microseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuTimes {
+    pub jobd: Option<f64>,
+    pub redis: Option<f64>,
+    pub bench: Option<f64>,
+}
+
+impl CpuTimes {
+    /// Microseconds per job of each process between `before` and `self`.
+    pub fn per_job_since(&self, before: &CpuTimes, jobs: usize) -> CpuTimes {
+        let per_job =
+            |after: Option<f64>, before: Option<f64>| Some((after? - before?) / jobs.max(1) as f64);
+        CpuTimes {
+            jobd: per_job(self.jobd, before.jobd),
+            redis: per_job(self.redis, before.redis),
+            bench: per_job(self.bench, before.bench),
+        }
+    }
+}
+
+/// User plus system CPU time of a process (all its threads) from /proc/<pid>/stat, in
+/// microseconds. The kernel counts it in ticks of USER_HZ, which is 100 on Linux.
+fn process_cpu_us(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after it are space-separated.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // After the name: state is field 3 of the whole line, utime 14 and stime 15.
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks * 10_000.0)
 }
 
 fn free_port() -> anyhow::Result<u16> {

@@ -28,7 +28,9 @@ const SUBMIT_CONNECTIONS: usize = 4;
 
 pub async fn lifecycle(args: LifecycleArgs) -> anyhow::Result<(f64, Latencies)> {
     let systems = Systems::start(&args.target).await?;
+    let cpu_before = systems.cpu_us();
     let (elapsed, mut latencies) = run_lifecycle(&systems, &args).await?;
+    let cpu = systems.cpu_us().per_job_since(&cpu_before, args.jobs);
     let rate = args.jobs as f64 / elapsed.as_secs_f64();
     report::print(
         "lifecycle",
@@ -43,6 +45,9 @@ pub async fn lifecycle(args: LifecycleArgs) -> anyhow::Result<(f64, Latencies)> 
             ("p50_ms", json!(latencies.percentile_ms(50.0))),
             ("p99_ms", json!(latencies.percentile_ms(99.0))),
             ("p999_ms", json!(latencies.percentile_ms(99.9))),
+            ("jobd_cpu_us_per_job", json!(cpu.jobd)),
+            ("redis_cpu_us_per_job", json!(cpu.redis)),
+            ("bench_cpu_us_per_job", json!(cpu.bench)),
         ],
     );
     Ok((rate, latencies))

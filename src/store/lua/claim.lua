@@ -33,8 +33,7 @@ local members = {}
 for _, k in ipairs(taken) do members[#members + 1] = ids[k] end
 redis.call('ZREM', KEYS[1], unpack(members))
 
-local claimed = {}
-local running = {}
+local claimed, running, announced = {}, {}, {}
 for _, k in ipairs(taken) do
   local key, id, token = KEYS[k + 2], ids[k], ARGV[8 + (k - 1) * 2]
   local fields = redis.call('HGETALL', key)
@@ -56,9 +55,12 @@ for _, k in ipairs(taken) do
       'e:' .. seq, event)
     running[#running + 1] = expires
     running[#running + 1] = id
-    redis.call('PUBLISH', ARGV[5], seq .. ' ' .. id .. ' ' .. #event .. ' ' .. event)
+    announced[#announced + 1] = seq .. ' ' .. id .. ' ' .. #event .. ' ' .. event .. ' -'
     claimed[#claimed + 1] = {id, token, expires, attempt, seq, fields}
   end
 end
-if #running > 0 then redis.call('ZADD', KEYS[2], unpack(running)) end
+if #running > 0 then
+  redis.call('ZADD', KEYS[2], unpack(running))
+  redis.call('PUBLISH', ARGV[5], table.concat(announced, '\n'))
+end
 return claimed

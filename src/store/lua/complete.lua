@@ -1,37 +1,55 @@
--- A worker completes its attempt: the job becomes COMPLETED with the result.
+-- Workers complete their attempts: each job becomes COMPLETED with its result. Completions of
+-- one queue that arrive together share the call, one removal from the running set, one
+-- addition to the retained set and one wake-up message.
 -- Safe to run twice: a second run with the same token finds the outcome already recorded.
 --
--- KEYS[1]  job hash
--- KEYS[2]  queue's running set
--- KEYS[3]  queue's retained-completed set (score: when the job's retention ends, Unix ms)
--- ARGV[1]  job id
--- ARGV[2]  lease token
--- ARGV[3]  now, Unix ms
--- ARGV[4]  result
--- ARGV[5]  job wake-up channel
--- returns  {"ok", kind, started}: recorded now; {"again"}: recorded by an earlier run
---          {"not_found"}
---          {"stale", state}: the token is not the job's current one, or the job is not running
+-- KEYS[1]     queue's running set
+-- KEYS[2]     queue's retained-completed set (score: when the job's retention ends, Unix ms)
+-- KEYS[3..n]  job hashes, one per completion
+-- ARGV[1]     now, Unix ms
+-- ARGV[2]     job wake-up channel
+-- ARGV[3..]   per completion, in KEYS order: job id, lease token, result
+-- returns     per completion, in KEYS order:
+--             {"ok", kind, started}: recorded now; {"again"}: recorded by an earlier run;
+--             {"not_found"}; {"stale", state}: the token is not the job's current one, or the
+--             job is not running
 
-local job = redis.call('HMGET', KEYS[1], 'state', 'token', 'seq', 'attempt', 'retention',
-  'kind', 'started')
-local state, token = job[1], job[2]
-if not state then return {'not_found'} end
-if token ~= ARGV[2] then return {'stale', state} end
-if state == 'completed' then return {'again'} end
-if state ~= 'running' then return {'stale', state} end
-
-local now = tonumber(ARGV[3])
-local seq = tonumber(job[3]) + 1
-local retention = tonumber(job[5])
-local event = cmsgpack.pack({t = 'completed', at = now, a = tonumber(job[4])})
-redis.call('HSET', KEYS[1],
-  'state', 'completed', 'result', ARGV[4], 'finished', now, 'seq', seq, 'e:' .. seq, event)
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZADD', KEYS[3], now + retention, ARGV[1])
-redis.call('PEXPIRE', KEYS[1], retention)
--- Watchers get the result with the event when it is small, and read it otherwise.
-local inline = ''
-if #ARGV[4] <= 4096 then inline = 'R' .. ARGV[4] end
-redis.call('PUBLISH', ARGV[5], seq .. ' ' .. ARGV[1] .. ' ' .. #event .. ' ' .. event .. inline)
-return {'ok', job[6], job[7]}
+local now = tonumber(ARGV[1])
+local replies, done, retained, announced = {}, {}, {}, {}
+for i = 3, #KEYS do
+  local key, a = KEYS[i], 3 + (i - 3) * 3
+  local id, token, result = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local job = redis.call('HMGET', key, 'state', 'token', 'seq', 'attempt', 'retention', 'kind',
+    'started')
+  local state = job[1]
+  if not state then
+    replies[#replies + 1] = {'not_found'}
+  elseif job[2] ~= token then
+    replies[#replies + 1] = {'stale', state}
+  elseif state == 'completed' then
+    replies[#replies + 1] = {'again'}
+  elseif state ~= 'running' then
+    replies[#replies + 1] = {'stale', state}
+  else
+    local seq = tonumber(job[3]) + 1
+    local retention = tonumber(job[5])
+    local event = cmsgpack.pack({t = 'completed', at = now, a = tonumber(job[4])})
+    redis.call('HSET', key,
+      'state', 'completed', 'result', result, 'finished', now, 'seq', seq, 'e:' .. seq, event)
+    redis.call('PEXPIRE', key, retention)
+    done[#done + 1] = id
+    retained[#retained + 1] = now + retention
+    retained[#retained + 1] = id
+    -- Watchers get the result with the event when it is small, and read it otherwise.
+    local carried = ' -'
+    if #result <= 4096 then carried = ' ' .. #result .. ' ' .. result end
+    announced[#announced + 1] = seq .. ' ' .. id .. ' ' .. #event .. ' ' .. event .. carried
+    replies[#replies + 1] = {'ok', job[6], job[7]}
+  end
+end
+if #done > 0 then
+  redis.call('ZREM', KEYS[1], unpack(done))
+  redis.call('ZADD', KEYS[2], unpack(retained))
+  redis.call('PUBLISH', ARGV[2], table.concat(announced, '\n'))
+end
+return replies

@@ -18,7 +18,7 @@ local function ready_score(priority, at)
 end
 
 local now = tonumber(ARGV[1])
-local promoted = 0
+local announced = {}
 for i = 3, #KEYS do
   local id = ARGV[i + 2]
   local due = redis.call('ZSCORE', KEYS[1], id)
@@ -29,10 +29,12 @@ for i = 3, #KEYS do
       local event = cmsgpack.pack({t = 'queued', at = now, a = tonumber(job[3])})
       redis.call('HSET', KEYS[i], 'state', 'queued', 'seq', seq, 'e:' .. seq, event)
       redis.call('ZADD', KEYS[2], ready_score(tonumber(job[4]), tonumber(due)), id)
-      redis.call('PUBLISH', ARGV[2], seq .. ' ' .. id .. ' ' .. #event .. ' ' .. event)
-      redis.call('PUBLISH', ARGV[3], ARGV[4])
-      promoted = promoted + 1
+      announced[#announced + 1] = seq .. ' ' .. id .. ' ' .. #event .. ' ' .. event .. ' -'
     end
   end
 end
-return promoted
+if #announced > 0 then
+  redis.call('PUBLISH', ARGV[2], table.concat(announced, '\n'))
+  redis.call('PUBLISH', ARGV[3], ARGV[4] .. ' ' .. #announced)
+end
+return #announced
