@@ -15,7 +15,7 @@ use crate::{
         LeaseLimits, LeaseToken, Progress, RequestError, UnixMillis, check_size, check_text,
     },
     events::EventHub,
-    store::JobStore,
+    store::{JobStore, StoreError},
     telemetry::Metrics,
 };
 
@@ -230,6 +230,72 @@ impl WorkerService for WorkerApi {
             None => Vec::new(),
         };
         Ok(Response::new(proto::CompleteJobResponse {
+            next: next.into_iter().map(claimed_job).collect(),
+        }))
+    }
+
+    async fn complete_jobs(
+        &self,
+        request: Request<proto::CompleteJobsRequest>,
+    ) -> Result<Response<proto::CompleteJobsResponse>, Status> {
+        let request = request.into_inner();
+        if request.completions.is_empty() || request.completions.len() > MAX_CLAIM_JOBS as usize {
+            return Err(RequestError::invalid(
+                "completions",
+                format!("must hold 1 to {MAX_CLAIM_JOBS} completions"),
+            )
+            .into());
+        }
+        let mut completions = Vec::with_capacity(request.completions.len());
+        for (index, completion) in request.completions.into_iter().enumerate() {
+            let element = format!("completions[{index}]");
+            let within = |error: RequestError| error.within(&element);
+            let id = JobId::parse("job_id", &completion.job_id).map_err(within)?;
+            let token =
+                LeaseToken::parse("lease_token", &completion.lease_token).map_err(within)?;
+            check_size("result", &completion.result, self.max_payload).map_err(within)?;
+            completions.push((id, token, completion.result));
+        }
+        let next = request
+            .next
+            .map(|next| self.claim_jobs_request(next))
+            .transpose()?;
+        let now = UnixMillis::now();
+        // All at once: completions of one queue share a script call.
+        let outcomes = futures::future::join_all(
+            completions
+                .iter()
+                .map(|(id, token, result)| self.store.complete(id, token, result.clone(), now)),
+        )
+        .await;
+        let mut results = Vec::with_capacity(outcomes.len());
+        for ((id, _, _), outcome) in completions.iter().zip(outcomes) {
+            let result = match outcome {
+                Ok(ended) => {
+                    if let Some(ended) = ended {
+                        self.record_end(id, &ended, JobState::Completed, now);
+                    }
+                    proto::CompletionResult::default()
+                }
+                // The job's refusal is this completion's answer alone.
+                Err(error @ (StoreError::NotFound | StoreError::Conflict(_))) => {
+                    let status = Status::from(error);
+                    proto::CompletionResult {
+                        code: status.code() as i32,
+                        message: status.message().to_owned(),
+                    }
+                }
+                // Redis trouble fails the call; every completion is safe to repeat.
+                Err(error) => return Err(error.into()),
+            };
+            results.push(result);
+        }
+        let next = match next {
+            Some((claim, max)) => self.claim(&claim, max).await?,
+            None => Vec::new(),
+        };
+        Ok(Response::new(proto::CompleteJobsResponse {
+            results,
             next: next.into_iter().map(claimed_job).collect(),
         }))
     }

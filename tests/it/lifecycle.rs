@@ -624,3 +624,128 @@ async fn concurrent_completions_each_get_their_own_answer() {
 fn ulid_like() -> String {
     "01ARZ3NDEKTSV4RRFFQ69G5FAV".to_owned()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_jobs_answers_each_completion_and_claims_the_next() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    let mut ids = Vec::new();
+    for i in 0..5u8 {
+        ids.push(submit(&mut jobs, "many", &[i]).await.id);
+    }
+    let claim = claim_request("many", Duration::from_secs(1));
+    let claimed = workers
+        .claim_jobs(proto::ClaimJobsRequest {
+            claim: Some(claim.clone()),
+            max_jobs: 3,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    let completion = |held: &proto::ClaimedJob, token: &str| proto::Completion {
+        job_id: held.job.as_ref().unwrap().id.clone(),
+        lease_token: token.to_owned(),
+        result: held.job.as_ref().unwrap().payload.clone(),
+    };
+    let mut completions: Vec<proto::Completion> = claimed
+        .iter()
+        .map(|held| completion(held, &held.lease_token))
+        .collect();
+    // Job 1 with job 0's token, and a job that does not exist.
+    completions[1].lease_token = claimed[0].lease_token.clone();
+    completions.push(proto::Completion {
+        job_id: "many.01ARZ3NDEKTSV4RRFFQ69G5FAV".to_owned(),
+        ..completion(&claimed[0], &claimed[0].lease_token)
+    });
+    let response = workers
+        .complete_jobs(proto::CompleteJobsRequest {
+            completions: completions.clone(),
+            next: Some(proto::ClaimJobsRequest {
+                claim: Some(claim.clone()),
+                max_jobs: 10,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let codes: Vec<i32> = response.results.iter().map(|r| r.code).collect();
+    assert_eq!(
+        codes,
+        [
+            tonic::Code::Ok,
+            tonic::Code::FailedPrecondition,
+            tonic::Code::Ok,
+            tonic::Code::NotFound
+        ]
+        .map(|code| code as i32)
+    );
+    assert!(response.results[1].message.contains("lease token"));
+    assert!(response.results[0].message.is_empty());
+    for (i, expected) in [
+        (0, JobState::Completed),
+        (1, JobState::Running),
+        (2, JobState::Completed),
+    ] {
+        let job = get(&mut jobs, &ids[i]).await;
+        assert_eq!(job.state(), expected, "job {i}");
+        if expected == JobState::Completed {
+            assert_eq!(job.result, vec![i as u8], "job {i} has its own result");
+        }
+    }
+    let next: Vec<String> = response
+        .next
+        .iter()
+        .map(|c| c.job.as_ref().unwrap().id.clone())
+        .collect();
+    assert_eq!(
+        next,
+        ids[3..],
+        "the rest of the queue, claimed with the completions"
+    );
+
+    // Repeating the call is safe: the completed jobs answer OK again, nothing changes.
+    let again = workers
+        .complete_jobs(proto::CompleteJobsRequest {
+            completions: completions[..1].to_vec(),
+            next: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.results[0].code, tonic::Code::Ok as i32);
+    assert_eq!(get(&mut jobs, &ids[0]).await.last_sequence, 3);
+
+    // A malformed completion refuses the whole call, naming it, and records nothing.
+    let mut bad = vec![completion(&claimed[1], &claimed[1].lease_token)];
+    bad.push(proto::Completion {
+        job_id: "no-dot".to_owned(),
+        ..bad[0].clone()
+    });
+    let refused = workers
+        .complete_jobs(proto::CompleteJobsRequest {
+            completions: bad,
+            next: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("completions[1].job_id"),
+        "{refused:?}"
+    );
+    assert_eq!(get(&mut jobs, &ids[1]).await.state(), JobState::Running);
+    for count in [0, 101] {
+        let refused = workers
+            .complete_jobs(proto::CompleteJobsRequest {
+                completions: vec![completion(&claimed[1], &claimed[1].lease_token); count],
+                next: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(refused.message().contains("completions"));
+    }
+}

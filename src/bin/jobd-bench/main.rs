@@ -75,8 +75,8 @@ pub struct LifecycleArgs {
     /// Workers claiming and completing jobs.
     #[arg(long, default_value_t = 16)]
     workers: usize,
-    /// Jobs a worker claims per call: 1 uses ClaimJob and CompleteJob; more uses ClaimJobs
-    /// and claims the next batch with the last CompleteJob.
+    /// Jobs a worker claims per call: 1 uses ClaimJob and CompleteJob; more uses ClaimJobs,
+    /// and CompleteJobs for the whole batch, which claims the next batch.
     #[arg(long, default_value_t = 1)]
     batch: u32,
     /// Jobs a submitter sends per call: 1 uses SubmitJob; more uses SubmitJobs, then watches

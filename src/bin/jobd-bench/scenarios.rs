@@ -308,7 +308,7 @@ pub async fn all(small: bool) -> anyhow::Result<()> {
 }
 
 /// Workers with a no-op handler, until `done`. With a batch of 1: ClaimJob, CompleteJob,
-/// repeat. With more: ClaimJobs, then CompleteJob for each, the last one claiming the next batch.
+/// repeat. With more: ClaimJobs, then one CompleteJobs for the batch, claiming the next.
 async fn start_workers(
     systems: &Systems,
     queue: &str,
@@ -381,32 +381,36 @@ async fn batch_worker(
         }),
         max_jobs: batch,
     };
-    let mut held = std::collections::VecDeque::new();
+    let mut held: Vec<proto::ClaimedJob> = Vec::new();
     while !done.is_cancelled() {
-        let Some(job) = held.pop_front() else {
+        if held.is_empty() {
             let claimed = tokio::select! {
                 claimed = client.claim_jobs(waiting.clone()) => claimed,
                 () = done.cancelled() => return,
             };
             if let Ok(claimed) = claimed {
-                held.extend(claimed.into_inner().jobs);
+                held = claimed.into_inner().jobs;
             }
             continue;
-        };
-        let proto::ClaimedJob {
-            job, lease_token, ..
-        } = job;
-        let Some(job) = job else { continue };
+        }
+        let completions = held
+            .drain(..)
+            .filter_map(|claimed| {
+                Some(proto::Completion {
+                    job_id: claimed.job?.id,
+                    lease_token: claimed.lease_token,
+                    result: Default::default(),
+                })
+            })
+            .collect();
         let completed = client
-            .complete_job(proto::CompleteJobRequest {
-                job_id: job.id,
-                lease_token,
-                result: Default::default(),
-                next: held.is_empty().then(|| next.clone()),
+            .complete_jobs(proto::CompleteJobsRequest {
+                completions,
+                next: Some(next.clone()),
             })
             .await;
         if let Ok(completed) = completed {
-            held.extend(completed.into_inner().next);
+            held = completed.into_inner().next;
         }
     }
 }
