@@ -24,13 +24,22 @@ pub const MAX_BATCH: usize = 64;
 /// An operation waiting for its call, and where its answer goes.
 pub struct Pending<T, R> {
     pub op: T,
-    reply: oneshot::Sender<Result<R>>,
+    pub reply: Reply<R>,
 }
 
 impl<T, R> Pending<T, R> {
     pub fn answer(self, result: Result<R>) {
+        self.reply.answer(result);
+    }
+}
+
+/// Where the answer of one operation goes.
+pub struct Reply<R>(oneshot::Sender<Result<R>>);
+
+impl<R> Reply<R> {
+    pub fn answer(self, result: Result<R>) {
         // The caller may have gone away (its RPC was cancelled); the operation is done anyway.
-        let _ = self.reply.send(result);
+        let _ = self.0.send(result);
     }
 }
 
@@ -72,11 +81,20 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
             match lanes.get_mut(queue) {
                 // A runner is busy with this queue: it takes this operation in its next call.
                 Some(waiting) => {
-                    waiting.push(Pending { op, reply });
+                    waiting.push(Pending {
+                        op,
+                        reply: Reply(reply),
+                    });
                     false
                 }
                 None => {
-                    lanes.insert(queue.clone(), vec![Pending { op, reply }]);
+                    lanes.insert(
+                        queue.clone(),
+                        vec![Pending {
+                            op,
+                            reply: Reply(reply),
+                        }],
+                    );
                     true
                 }
             }

@@ -10,6 +10,7 @@ use fred::{
 
 use super::{
     JobStore, Result, StoreError,
+    batch::Pending,
     codec::{Fields, JOB_FIELDS, decode_event, encode_map, event_field, number},
     millis, state_in, status,
 };
@@ -52,11 +53,52 @@ impl JobStore {
     pub async fn submit(&self, new: NewJob, now: UnixMillis) -> Result<Submitted> {
         match new.idempotency.clone() {
             Some(idempotency) => self.submit_idempotent(new, idempotency, now).await,
-            None => self
-                .submit_many(vec![new], now)
-                .await?
-                .pop()
-                .ok_or_else(|| StoreError::corrupt("no job submitted")),
+            // Submissions to one queue that arrive together share a script call.
+            None => {
+                let store = self.clone();
+                let queue = new.queue.clone();
+                self.submissions
+                    .run(&queue.clone(), (new, now), move |batch| {
+                        let (store, queue) = (store.clone(), queue.clone());
+                        async move { store.submit_batch(&queue, batch).await }
+                    })
+                    .await
+            }
+        }
+    }
+
+    /// Writes a batch of submissions to `queue` with one script call, and answers each.
+    async fn submit_batch(
+        &self,
+        queue: &QueueName,
+        batch: Vec<Pending<(NewJob, UnixMillis), Submitted>>,
+    ) {
+        let now = batch
+            .iter()
+            .map(|pending| pending.op.1)
+            .max()
+            .unwrap_or_else(UnixMillis::now);
+        let mut jobs = Vec::with_capacity(batch.len());
+        let mut answers = Vec::with_capacity(batch.len());
+        for Pending {
+            op: (job, _),
+            reply,
+        } in batch
+        {
+            jobs.push(job);
+            answers.push(reply);
+        }
+        match self.write_jobs(queue, jobs, now).await {
+            Ok(created) => {
+                for (reply, job) in answers.into_iter().zip(created) {
+                    reply.answer(Ok(Submitted::Created(job)));
+                }
+            }
+            Err(error) => {
+                for reply in answers {
+                    reply.answer(Err(error.clone()));
+                }
+            }
         }
     }
 
@@ -115,26 +157,41 @@ impl JobStore {
             }
         }
         for (queue, group) in by_queue {
-            self.register(&queue).await?;
-            let mut keys = vec![self.keys.ready(&queue), self.keys.scheduled(&queue)];
-            let mut args: Vec<Value> = vec![
-                now.0.to_string().into(),
-                self.keys.queue_channel().into(),
-                queue.as_str().into(),
-            ];
-            let mut created = Vec::with_capacity(group.len());
-            for (index, job) in group {
-                let id = self.ids.generate(&queue);
-                keys.push(self.keys.job(&id));
-                push_job_args(&mut args, &id, &job)?;
-                created.push((index, id, job));
-            }
-            let _: u64 = self.call(&self.scripts.submit_many, keys, args).await?;
-            for (index, id, job) in created {
-                results[index] = Some(Submitted::Created(Box::new(job.into_job(id, now))));
+            let (indexes, jobs): (Vec<usize>, Vec<NewJob>) = group.into_iter().unzip();
+            let created = self.write_jobs(&queue, jobs, now).await?;
+            for (index, job) in indexes.into_iter().zip(created) {
+                results[index] = Some(Submitted::Created(job));
             }
         }
         Ok(results.into_iter().flatten().collect())
+    }
+
+    /// Creates jobs of one queue, none with an idempotency key, with one script call.
+    async fn write_jobs(
+        &self,
+        queue: &QueueName,
+        jobs: Vec<NewJob>,
+        now: UnixMillis,
+    ) -> Result<Vec<Box<Job>>> {
+        self.register(queue).await?;
+        let mut keys = vec![self.keys.ready(queue), self.keys.scheduled(queue)];
+        let mut args: Vec<Value> = vec![
+            now.0.to_string().into(),
+            self.keys.queue_channel().into(),
+            queue.as_str().into(),
+        ];
+        let mut created = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let id = self.ids.generate(queue);
+            keys.push(self.keys.job(&id));
+            push_job_args(&mut args, &id, &job)?;
+            created.push((id, job));
+        }
+        let _: u64 = self.call(&self.scripts.submit_many, keys, args).await?;
+        Ok(created
+            .into_iter()
+            .map(|(id, job)| Box::new(job.into_job(id, now)))
+            .collect())
     }
 
     pub async fn get(&self, id: &JobId) -> Result<crate::domain::Job> {

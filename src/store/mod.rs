@@ -25,7 +25,7 @@ pub use keys::Keys;
 pub use sweep::{SWEEP_BATCH, SweepReport};
 
 use crate::{
-    domain::{AttemptEnd, JobIdGenerator, JobState, QueueName},
+    domain::{AttemptEnd, JobIdGenerator, JobState, NewJob, QueueName, UnixMillis},
     telemetry::Metrics,
 };
 use batch::Batcher;
@@ -91,6 +91,8 @@ pub struct JobStore {
     ids: Arc<JobIdGenerator>,
     /// Queues this process has put in the queue registry.
     registered: Arc<Mutex<HashSet<QueueName>>>,
+    /// Submissions without an idempotency key waiting to share a script call, per queue.
+    submissions: Batcher<(NewJob, UnixMillis), Submitted>,
     /// Completions waiting to share a script call, per queue.
     completions: Batcher<Completion, Option<AttemptEnd>>,
     metrics: Metrics,
@@ -105,6 +107,7 @@ impl JobStore {
             settings,
             ids: Default::default(),
             registered: Default::default(),
+            submissions: Default::default(),
             completions: Default::default(),
             metrics,
         }

@@ -749,3 +749,41 @@ async fn complete_jobs_answers_each_completion_and_claims_the_next() {
         assert!(refused.message().contains("completions"));
     }
 }
+
+/// SubmitJob calls to one queue that arrive together share a script call; each still creates
+/// its own job, as given, and a delayed one among them is scheduled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submissions_each_create_their_own_job() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let jobs = server.jobs().await;
+    let submissions = (0..50u8).map(|i| {
+        let mut jobs = jobs.clone();
+        let mut request = job_request("crowd");
+        request.payload = vec![i].into();
+        if i == 7 {
+            request.start = Some(proto::submit_job_request::Start::Delay(pb_duration(
+                Duration::from_secs(60),
+            )));
+        }
+        tokio::spawn(async move { jobs.submit_job(request).await })
+    });
+    let mut ids = std::collections::HashSet::new();
+    let mut jobs = jobs.clone();
+    for (i, submission) in submissions.collect::<Vec<_>>().into_iter().enumerate() {
+        let job = submission.await.unwrap().unwrap().into_inner().job.unwrap();
+        let stored = get(&mut jobs, &job.id).await;
+        assert_eq!(stored.payload, vec![i as u8]);
+        let expected = if i == 7 {
+            JobState::Scheduled
+        } else {
+            JobState::Queued
+        };
+        assert_eq!(stored.state(), expected);
+        assert_eq!(job.state(), expected, "the answer says what was stored");
+        ids.insert(job.id);
+    }
+    assert_eq!(ids.len(), 50);
+    let counts = stats(&mut jobs, "crowd").await;
+    assert_eq!((counts.queued, counts.scheduled), (49, 1));
+}
