@@ -20,5 +20,7 @@ COPY --from=builder /usr/local/bin/jobd /usr/local/bin/jobd
 USER 65532:65532
 # jobd listens on 127.0.0.1 by default; in a container it must listen on every interface.
 ENV JOBD_LISTEN=0.0.0.0:50051
+# mimalloc commits arena memory as it is used rather than ahead (see BENCHMARKS.md, fan-out).
+ENV MIMALLOC_ARENA_EAGER_COMMIT=0
 EXPOSE 50051
 ENTRYPOINT ["/usr/local/bin/jobd"]

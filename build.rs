@@ -23,6 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .bytes(".jobd.v1")
+        // Smaller starting buffers than tonic's default; see src/api/codec.rs.
+        .codec_path("crate::api::codec::Codec")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -5,6 +5,11 @@ use std::{process::ExitCode, time::Duration};
 use clap::{Parser, error::ErrorKind};
 use jobd::{App, Config, shutdown, telemetry};
 
+/// mimalloc: glibc's malloc spent a fifth of jobd's CPU under load (see BENCHMARKS.md). The
+/// deployments set MIMALLOC_ARENA_EAGER_COMMIT=0, so that memory is committed as it is used.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit status for a bad setting (EX_USAGE).
 const EXIT_USAGE: u8 = 64;
 

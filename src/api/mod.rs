@@ -1,6 +1,7 @@
 //! The gRPC surface: generated types, the two services, and the mapping of errors to status.
 //! Handlers read as convert -> act -> convert.
 
+mod codec;
 mod convert;
 mod error;
 mod health;

@@ -132,7 +132,9 @@ async fn next_message(
             Wake::Resync => state.metrics.resync(),
         }
         state.watch.mark_seen();
-        match state.store.events_after(&state.id, state.delivered).await {
+        // Boxed: the read's future is large and short-lived, and a stream spends its life
+        // waiting, so the stream's own state stays small (see the fan-out benchmark).
+        match Box::pin(state.store.events_after(&state.id, state.delivered)).await {
             Ok(page) => {
                 state.pending.extend(page.events);
                 state.finished = page.finished;

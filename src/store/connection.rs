@@ -64,10 +64,15 @@ impl RedisClients {
             })
             .with_performance_config(|performance| {
                 performance.default_command_timeout = timeout;
-                performance.broadcast_channel_capacity = PUBSUB_CAPACITY;
             });
+        let pool = builder.build_pool(usize::from(config.redis_pool_size))?;
+        // Only the subscriber needs room for bursts: every fred client allocates its
+        // broadcast channels whole, so the pool keeps fred's small default.
+        builder.with_performance_config(|performance| {
+            performance.broadcast_channel_capacity = PUBSUB_CAPACITY;
+        });
         Ok(Self {
-            pool: builder.build_pool(usize::from(config.redis_pool_size))?,
+            pool,
             subscriber: builder.build_subscriber_client()?,
             instance: instance.to_owned(),
         })

@@ -81,16 +81,20 @@ pub struct StoreSettings {
     pub default_lease: Duration,
 }
 
-/// Typed job operations on Redis. Cheap to clone; all clones share the pool.
+/// Typed job operations on Redis. A handle: cheap to clone and one pointer wide (every
+/// WatchJob stream holds one), all clones sharing the pool, the scripts and the batchers.
 #[derive(Clone)]
-pub struct JobStore {
+pub struct JobStore(Arc<Shared>);
+
+/// What every clone of a `JobStore` shares.
+pub struct Shared {
     pool: Pool,
     keys: Keys,
     scripts: Scripts,
     settings: StoreSettings,
-    ids: Arc<JobIdGenerator>,
+    ids: JobIdGenerator,
     /// Queues this process has put in the queue registry.
-    registered: Arc<Mutex<HashSet<QueueName>>>,
+    registered: Mutex<HashSet<QueueName>>,
     /// Submissions without an idempotency key waiting to share a script call, per queue.
     submissions: Batcher<(NewJob, UnixMillis), Submitted>,
     /// Completions waiting to share a script call, per queue.
@@ -98,9 +102,17 @@ pub struct JobStore {
     metrics: Metrics,
 }
 
+impl std::ops::Deref for JobStore {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
 impl JobStore {
     pub fn new(pool: Pool, keys: Keys, settings: StoreSettings, metrics: Metrics) -> Self {
-        Self {
+        Self(Arc::new(Shared {
             pool,
             keys,
             scripts: Scripts::new(),
@@ -110,7 +122,7 @@ impl JobStore {
             submissions: Default::default(),
             completions: Default::default(),
             metrics,
-        }
+        }))
     }
 
     async fn call<R: FromValue>(

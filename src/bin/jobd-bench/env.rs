@@ -59,6 +59,11 @@ impl Systems {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--pool-size", &target.pool_size.to_string()])
             .env("RUST_LOG", "warn")
+            // As jobd's Dockerfile, manifests and deploy/local/run set it.
+            .env(
+                "MIMALLOC_ARENA_EAGER_COMMIT",
+                std::env::var("MIMALLOC_ARENA_EAGER_COMMIT").unwrap_or_else(|_| "0".into()),
+            )
             .spawn()?;
         wait_for_port(port).await?;
         Ok(Self {

@@ -13,6 +13,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+/// The allocator jobd's own binary uses, so that `serve` measures the same jobd.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(about = "Benchmarks jobd through its gRPC API")]
 struct Cli {
