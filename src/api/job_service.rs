@@ -5,6 +5,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     convert::job_state,
+    follow::{FollowStream, Followed},
     observe::current_trace_context,
     proto::{self, job_service_server::JobService},
     watch::{EventStream, Watcher},
@@ -54,41 +55,13 @@ impl JobApi {
     }
 }
 
-#[tonic::async_trait]
-impl JobService for JobApi {
-    async fn submit_job(
-        &self,
-        request: Request<proto::SubmitJobRequest>,
-    ) -> Result<Response<proto::SubmitJobResponse>, Status> {
-        let now = UnixMillis::now();
-        let trace_context = current_trace_context(request.metadata().as_ref());
-        let mut submission: SubmitRequest = request.into_inner().try_into()?;
-        submission.trace_context = trace_context;
-        let new = NewJob::new(submission, &self.limits, now)?;
-        let job = match self.store.submit(new, now).await? {
-            Submitted::Created(job) => {
-                tracing::debug!(job = %job.id, "job submitted");
-                self.metrics.submitted(job.queue(), job.kind.as_str());
-                if job.run_at.is_some() {
-                    self.sweeper.wake();
-                }
-                return Ok(Response::new(proto::SubmitJobResponse {
-                    job: Some((*job).into()),
-                    created: true,
-                }));
-            }
-            Submitted::Existing(id) => self.store.get(&id).await?,
-        };
-        Ok(Response::new(proto::SubmitJobResponse {
-            job: Some(job.into()),
-            created: false,
-        }))
-    }
-
-    async fn submit_jobs(
+impl JobApi {
+    /// Checks a SubmitJobs request and gives each job its id: every job is valid, or the
+    /// status names the first that is not (`jobs[i]`).
+    fn new_jobs(
         &self,
         request: Request<proto::SubmitJobsRequest>,
-    ) -> Result<Response<proto::SubmitJobsResponse>, Status> {
+    ) -> Result<(Vec<(JobId, NewJob)>, UnixMillis), Status> {
         let now = UnixMillis::now();
         let trace_context = current_trace_context(request.metadata().as_ref());
         let requests = request.into_inner().jobs;
@@ -103,26 +76,92 @@ impl JobService for JobApi {
             let mut submission =
                 SubmitRequest::try_from(request).map_err(|e| e.within(&element))?;
             submission.trace_context = trace_context.clone();
-            jobs.push(NewJob::new(submission, &self.limits, now).map_err(|e| e.within(&element))?);
+            let job = NewJob::new(submission, &self.limits, now).map_err(|e| e.within(&element))?;
+            jobs.push((self.store.new_job_id(&job.queue), job));
         }
+        Ok((jobs, now))
+    }
+
+    /// The answer for one submitted job; a new one is counted, and a scheduled one wakes the
+    /// sweeper.
+    async fn submitted(&self, submitted: Submitted) -> Result<proto::SubmitJobResponse, Status> {
+        let (job, created) = match submitted {
+            Submitted::Created(job) => {
+                tracing::debug!(job = %job.id, "job submitted");
+                self.metrics.submitted(job.queue(), job.kind.as_str());
+                if job.run_at.is_some() {
+                    self.sweeper.wake();
+                }
+                (*job, true)
+            }
+            Submitted::Existing(id) => (self.store.get(&id).await?, false),
+        };
+        Ok(proto::SubmitJobResponse {
+            job: Some(job.into()),
+            created,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl JobService for JobApi {
+    async fn submit_job(
+        &self,
+        request: Request<proto::SubmitJobRequest>,
+    ) -> Result<Response<proto::SubmitJobResponse>, Status> {
+        let now = UnixMillis::now();
+        let trace_context = current_trace_context(request.metadata().as_ref());
+        let mut submission: SubmitRequest = request.into_inner().try_into()?;
+        submission.trace_context = trace_context;
+        let new = NewJob::new(submission, &self.limits, now)?;
+        let submitted = self.store.submit(new, now).await?;
+        Ok(Response::new(self.submitted(submitted).await?))
+    }
+
+    async fn submit_jobs(
+        &self,
+        request: Request<proto::SubmitJobsRequest>,
+    ) -> Result<Response<proto::SubmitJobsResponse>, Status> {
+        let (jobs, now) = self.new_jobs(request)?;
         let mut results = Vec::with_capacity(jobs.len());
         for submitted in self.store.submit_many(jobs, now).await? {
-            let (job, created) = match submitted {
-                Submitted::Created(job) => {
-                    self.metrics.submitted(job.queue(), job.kind.as_str());
-                    if job.run_at.is_some() {
-                        self.sweeper.wake();
-                    }
-                    (*job, true)
-                }
-                Submitted::Existing(id) => (self.store.get(&id).await?, false),
-            };
-            results.push(proto::SubmitJobResponse {
-                job: Some(job.into()),
-                created,
-            });
+            results.push(self.submitted(submitted).await?);
         }
         Ok(Response::new(proto::SubmitJobsResponse { results }))
+    }
+
+    type SubmitAndWatchJobsStream = FollowStream;
+
+    async fn submit_and_watch_jobs(
+        &self,
+        request: Request<proto::SubmitJobsRequest>,
+    ) -> Result<Response<Self::SubmitAndWatchJobsStream>, Status> {
+        let (jobs, now) = self.new_jobs(request)?;
+        // Registered before the jobs are written, so that no event can go unannounced.
+        let mut watches: Vec<_> = jobs.iter().map(|(id, _)| self.hub.watch_job(id)).collect();
+        let mut followed = Followed::new(
+            self.store.clone(),
+            self.metrics.clone(),
+            self.shutdown.clone(),
+        );
+        let mut results = Vec::with_capacity(jobs.len());
+        let submitted = self.store.submit_many(jobs, now).await?;
+        for (submitted, watch) in submitted.into_iter().zip(watches.drain(..)) {
+            match &submitted {
+                Submitted::Created(job) => followed.created(watch, job.first_event()),
+                // An idempotency key named an earlier job: follow that one, once.
+                Submitted::Existing(id) if !followed.contains(id) => {
+                    followed
+                        .existing(self.hub.watch_job(id), id.clone())
+                        .await?;
+                }
+                Submitted::Existing(_) => {}
+            }
+            results.push(self.submitted(submitted).await?);
+        }
+        Ok(Response::new(
+            followed.into_stream(proto::SubmitJobsResponse { results }),
+        ))
     }
 
     async fn get_job(

@@ -4,6 +4,7 @@
 mod codec;
 mod convert;
 mod error;
+mod follow;
 mod health;
 mod job_service;
 mod observe;
@@ -18,6 +19,10 @@ pub use worker_service::WorkerApi;
 
 /// Types and clients generated from `proto/jobd/v1`.
 pub mod proto {
+    // SubmitAndWatchJobsResponse's oneof holds a JobEvent or a whole SubmitJobsResponse; the
+    // stream sends many of the first and one of the second, so neither is boxed.
+    #![allow(clippy::large_enum_variant)]
+
     tonic::include_proto!("jobd.v1");
 
     /// The encoded descriptors of the protos, comments included, for server reflection.

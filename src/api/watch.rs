@@ -112,24 +112,13 @@ async fn next_message(
                 return Some((Err(shutting_down(state.delivered)), state));
             }
         };
-        match wake {
-            // Already sent: nothing to do.
-            Wake::Event(announced) if announced.sequence <= state.delivered => continue,
-            // The very next event, carried whole by the wake-up: no need to read the log.
-            Wake::Event(announced) if announced.sequence == state.delivered + 1 => {
-                if let Ok(Some(event)) = decode_announced(
-                    &state.id,
-                    announced.sequence,
-                    &announced.event,
-                    announced.result.as_ref(),
-                ) {
-                    state.pending.push_back(event);
-                    continue;
-                }
+        match step(&state.id, state.delivered, wake, &state.metrics) {
+            Step::Skip => continue,
+            Step::Deliver(event) => {
+                state.pending.push_back(event);
+                continue;
             }
-            // A gap: events were announced that this stream did not see. Read them.
-            Wake::Event(_) => {}
-            Wake::Resync => state.metrics.resync(),
+            Step::Read => {}
         }
         state.watch.mark_seen();
         // Boxed: the read's future is large and short-lived, and a stream spends its life
@@ -152,6 +141,40 @@ async fn next_message(
                 state.done = true;
                 return Some((Err(status), state));
             }
+        }
+    }
+}
+
+/// What a wake-up asks of a stream that has taken a job's events up to `taken`.
+pub(super) enum Step {
+    /// Nothing new: the announced event was taken already.
+    Skip,
+    /// The very next event, carried whole by the wake-up: no need to read the log.
+    Deliver(JobEvent),
+    /// Events may be missing (a gap, or a resync): read the log after `taken`.
+    Read,
+}
+
+pub(super) fn step(id: &JobId, taken: u64, wake: Wake, metrics: &Metrics) -> Step {
+    match wake {
+        Wake::Event(announced) if announced.sequence <= taken => Step::Skip,
+        Wake::Event(announced) if announced.sequence == taken + 1 => {
+            match decode_announced(
+                id,
+                announced.sequence,
+                &announced.event,
+                announced.result.as_ref(),
+            ) {
+                Ok(Some(event)) => Step::Deliver(event),
+                // A result too large to carry, or a message that does not decode.
+                _ => Step::Read,
+            }
+        }
+        // A gap: events were announced that this stream did not see.
+        Wake::Event(_) => Step::Read,
+        Wake::Resync => {
+            metrics.resync();
+            Step::Read
         }
     }
 }

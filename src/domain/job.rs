@@ -8,7 +8,7 @@ use std::{
 use bytes::Bytes;
 
 use super::{
-    JobId, JobKind, LeaseLimits, QueueName, RequestError,
+    EventKind, JobEvent, JobId, JobKind, LeaseLimits, QueueName, RequestError,
     schedule::{self, Backoff, BackoffRequest, Idempotency, Start},
 };
 
@@ -117,6 +117,23 @@ pub struct Job {
 impl Job {
     pub fn queue(&self) -> &QueueName {
         self.id.queue()
+    }
+
+    /// The first event of a job as `NewJob::into_job` made it, exactly as the submit scripts
+    /// write it: QUEUED, or SCHEDULED with its start time, at creation, attempt 0.
+    pub fn first_event(&self) -> JobEvent {
+        JobEvent {
+            job_id: self.id.clone(),
+            sequence: 1,
+            at: self.created_at,
+            attempt: 0,
+            kind: match self.run_at {
+                Some(run_at) if self.state == JobState::Scheduled => {
+                    EventKind::Scheduled { run_at }
+                }
+                _ => EventKind::Queued,
+            },
+        }
     }
 }
 

@@ -51,14 +51,15 @@ impl JobStore {
     /// Creates a job, QUEUED or SCHEDULED, and wakes a worker waiting on its queue. With an
     /// idempotency key that names a live job, creates nothing and returns that job's id.
     pub async fn submit(&self, new: NewJob, now: UnixMillis) -> Result<Submitted> {
+        let id = self.new_job_id(&new.queue);
         match new.idempotency.clone() {
-            Some(idempotency) => self.submit_idempotent(new, idempotency, now).await,
+            Some(idempotency) => self.submit_idempotent(id, new, idempotency, now).await,
             // Submissions to one queue that arrive together share a script call.
             None => {
                 let store = self.clone();
                 let queue = new.queue.clone();
                 self.submissions
-                    .run(&queue.clone(), (new, now), move |batch| {
+                    .run(&queue.clone(), (id, new, now), move |batch| {
                         let (store, queue) = (store.clone(), queue.clone());
                         async move { store.submit_batch(&queue, batch).await }
                     })
@@ -67,25 +68,31 @@ impl JobStore {
         }
     }
 
+    /// A new job id in `queue`, for `submit_many`: a caller that knows the ids before the jobs
+    /// are written can watch them from their first event.
+    pub fn new_job_id(&self, queue: &QueueName) -> JobId {
+        self.ids.generate(queue)
+    }
+
     /// Writes a batch of submissions to `queue` with one script call, and answers each.
     async fn submit_batch(
         &self,
         queue: &QueueName,
-        batch: Vec<Pending<(NewJob, UnixMillis), Submitted>>,
+        batch: Vec<Pending<(JobId, NewJob, UnixMillis), Submitted>>,
     ) {
         let now = batch
             .iter()
-            .map(|pending| pending.op.1)
+            .map(|pending| pending.op.2)
             .max()
             .unwrap_or_else(UnixMillis::now);
         let mut jobs = Vec::with_capacity(batch.len());
         let mut answers = Vec::with_capacity(batch.len());
         for Pending {
-            op: (job, _),
+            op: (id, job, _),
             reply,
         } in batch
         {
-            jobs.push(job);
+            jobs.push((id, job));
             answers.push(reply);
         }
         match self.write_jobs(queue, jobs, now).await {
@@ -104,12 +111,12 @@ impl JobStore {
 
     async fn submit_idempotent(
         &self,
+        id: JobId,
         new: NewJob,
         idempotency: Idempotency,
         now: UnixMillis,
     ) -> Result<Submitted> {
         self.register(&new.queue).await?;
-        let id = self.ids.generate(&new.queue);
         let keys = vec![
             self.keys.job(&id),
             self.keys.ready(&new.queue),
@@ -137,27 +144,36 @@ impl JobStore {
         }
     }
 
-    /// Creates several jobs, answering in their order. The jobs of one queue without an
+    /// Creates several jobs with the ids given (see `new_job_id`), answering in their order.
+    /// The jobs of one queue without an
     /// idempotency key are written by one script call, atomically; jobs with a key go one by
     /// one, as `submit` does. Jobs of different queues live in different slots, so a failure
     /// (Redis unavailable) can leave some queues' jobs written and others not: callers retry
     /// with idempotency keys where that matters.
-    pub async fn submit_many(&self, jobs: Vec<NewJob>, now: UnixMillis) -> Result<Vec<Submitted>> {
+    pub async fn submit_many(
+        &self,
+        jobs: Vec<(JobId, NewJob)>,
+        now: UnixMillis,
+    ) -> Result<Vec<Submitted>> {
         let mut results: Vec<Option<Submitted>> = (0..jobs.len()).map(|_| None).collect();
-        let mut by_queue: BTreeMap<QueueName, Vec<(usize, NewJob)>> = BTreeMap::new();
-        for (index, job) in jobs.into_iter().enumerate() {
+        // Per queue: each job with its place in the answer.
+        let mut by_queue: BTreeMap<QueueName, Vec<(usize, JobId, NewJob)>> = BTreeMap::new();
+        for (index, (id, job)) in jobs.into_iter().enumerate() {
             match job.idempotency.clone() {
                 Some(idempotency) => {
-                    results[index] = Some(self.submit_idempotent(job, idempotency, now).await?);
+                    results[index] = Some(self.submit_idempotent(id, job, idempotency, now).await?);
                 }
                 None => by_queue
                     .entry(job.queue.clone())
                     .or_default()
-                    .push((index, job)),
+                    .push((index, id, job)),
             }
         }
         for (queue, group) in by_queue {
-            let (indexes, jobs): (Vec<usize>, Vec<NewJob>) = group.into_iter().unzip();
+            let (indexes, jobs): (Vec<usize>, Vec<(JobId, NewJob)>) = group
+                .into_iter()
+                .map(|(index, id, job)| (index, (id, job)))
+                .unzip();
             let created = self.write_jobs(&queue, jobs, now).await?;
             for (index, job) in indexes.into_iter().zip(created) {
                 results[index] = Some(Submitted::Created(job));
@@ -170,7 +186,7 @@ impl JobStore {
     async fn write_jobs(
         &self,
         queue: &QueueName,
-        jobs: Vec<NewJob>,
+        jobs: Vec<(JobId, NewJob)>,
         now: UnixMillis,
     ) -> Result<Vec<Box<Job>>> {
         self.register(queue).await?;
@@ -181,8 +197,7 @@ impl JobStore {
             queue.as_str().into(),
         ];
         let mut created = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let id = self.ids.generate(queue);
+        for (id, job) in jobs {
             keys.push(self.keys.job(&id));
             push_job_args(&mut args, &id, &job)?;
             created.push((id, job));

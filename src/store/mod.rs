@@ -25,7 +25,7 @@ pub use keys::Keys;
 pub use sweep::{SWEEP_BATCH, SweepReport};
 
 use crate::{
-    domain::{AttemptEnd, JobIdGenerator, JobState, NewJob, QueueName, UnixMillis},
+    domain::{AttemptEnd, JobId, JobIdGenerator, JobState, NewJob, QueueName, UnixMillis},
     telemetry::Metrics,
 };
 use batch::Batcher;
@@ -96,7 +96,7 @@ pub struct Shared {
     /// Queues this process has put in the queue registry.
     registered: Mutex<HashSet<QueueName>>,
     /// Submissions without an idempotency key waiting to share a script call, per queue.
-    submissions: Batcher<(NewJob, UnixMillis), Submitted>,
+    submissions: Batcher<(JobId, NewJob, UnixMillis), Submitted>,
     /// Completions waiting to share a script call, per queue.
     completions: Batcher<Completion, Option<AttemptEnd>>,
     metrics: Metrics,

@@ -127,7 +127,7 @@ impl Metrics {
             watch_streams: meter
                 .i64_up_down_counter("jobd.watch.streams")
                 .with_unit("{stream}")
-                .with_description("Open WatchJob streams")
+                .with_description("Open WatchJob and SubmitAndWatchJobs streams")
                 .build(),
             waiting_claims: meter
                 .i64_up_down_counter("jobd.claims.waiting")
@@ -207,7 +207,7 @@ impl Metrics {
         );
     }
 
-    /// Counts an open WatchJob stream until the guard drops.
+    /// Counts an open WatchJob or SubmitAndWatchJobs stream until the guard drops.
     pub fn watch_stream(&self) -> Gauged {
         Gauged::new(self.0.watch_streams.clone())
     }

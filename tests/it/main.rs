@@ -10,6 +10,7 @@ mod lifecycle;
 mod outage;
 mod scheduling;
 mod shutdown;
+mod submit_watch;
 mod support;
 mod telemetry;
 mod watch;

@@ -17,6 +17,21 @@ async fn shutdown_ends_streams_and_claims_and_closes_redis() {
     for _ in 0..5 {
         streams.push(open_watch(&mut jobs, &job.id).await);
     }
+    // A SubmitAndWatchJobs stream, established: its results and its job's QUEUED event read.
+    let mut followed = jobs
+        .submit_and_watch_jobs(jobd::api::proto::SubmitJobsRequest {
+            jobs: vec![job_request("q")],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..2 {
+        followed
+            .message()
+            .await
+            .unwrap()
+            .expect("results, then QUEUED");
+    }
     let mut claims = Vec::new();
     for _ in 0..2 {
         let mut workers = server.workers().await;
@@ -32,6 +47,15 @@ async fn shutdown_ends_streams_and_claims_and_closes_redis() {
     let started = Instant::now();
     let stopping = tokio::spawn(server.stop());
     assert_ended_by_shutdown(streams, claims, 1).await;
+    let status = followed.message().await.expect_err("ended with a status");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("resume each unfinished job with WatchJob"),
+        "{}",
+        status.message()
+    );
     stopping.await.unwrap().expect("shutdown succeeds");
     assert!(
         started.elapsed() < Duration::from_secs(10),

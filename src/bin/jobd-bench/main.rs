@@ -87,6 +87,10 @@ pub struct LifecycleArgs {
     /// every job of the batch to its terminal event.
     #[arg(long, default_value_t = 1)]
     submit_batch: usize,
+    /// Submit and watch with one SubmitAndWatchJobs call (of --submit-batch jobs) instead of
+    /// a submit and a WatchJob per job.
+    #[arg(long)]
+    submit_and_watch: bool,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -105,6 +109,10 @@ pub struct OpenLoopArgs {
     /// Jobs a worker claims per call.
     #[arg(long, default_value_t = 1)]
     batch: u32,
+    /// Submit and watch each job with one SubmitAndWatchJobs call instead of SubmitJob, then
+    /// WatchJob.
+    #[arg(long)]
+    submit_and_watch: bool,
 }
 
 #[derive(Args, Clone, Debug)]

@@ -40,6 +40,7 @@ pub async fn lifecycle(args: LifecycleArgs) -> anyhow::Result<(f64, Latencies)> 
             ("workers", json!(args.workers)),
             ("claim_batch", json!(args.batch)),
             ("submit_batch", json!(args.submit_batch)),
+            ("submit_and_watch", json!(args.submit_and_watch)),
             ("seconds", json!(elapsed.as_secs_f64())),
             ("jobs_per_sec", json!(rate)),
             ("p50_ms", json!(latencies.percentile_ms(50.0))),
@@ -70,6 +71,8 @@ pub async fn redis_cost(args: LifecycleArgs) -> anyhow::Result<()> {
         &[
             ("jobs", json!(args.jobs)),
             ("claim_batch", json!(args.batch)),
+            ("submit_batch", json!(args.submit_batch)),
+            ("submit_and_watch", json!(args.submit_and_watch)),
             ("seconds", json!(elapsed.as_secs_f64())),
             (
                 "commands_per_job",
@@ -103,6 +106,7 @@ async fn run_lifecycle(
         let mut jobs = JobServiceClient::new(channels[i % channels.len()].clone());
         let (next, queue, total, batch) =
             (next.clone(), queue.clone(), args.jobs, args.submit_batch);
+        let submit_and_watch = args.submit_and_watch;
         submitters.spawn(async move {
             let mut latencies = Latencies::default();
             loop {
@@ -112,8 +116,14 @@ async fn run_lifecycle(
                 }
                 let count = batch.min(total - first);
                 let sent = Instant::now();
+                if submit_and_watch {
+                    for finished in submit_and_watch_batch(&mut jobs, &queue, count).await? {
+                        latencies.push(finished - sent);
+                    }
+                    continue;
+                }
                 if batch <= 1 {
-                    submit_and_watch(&mut jobs, &queue).await?;
+                    submit_and_watch_one(&mut jobs, &queue).await?;
                     latencies.push(sent.elapsed());
                     continue;
                 }
@@ -164,8 +174,16 @@ pub async fn open_loop(args: OpenLoopArgs) -> anyhow::Result<()> {
         tokio::time::sleep_until(intended).await;
         let mut jobs = JobServiceClient::new(channels[i % channels.len()].clone());
         let (queue, latencies, failures) = (queue.clone(), latencies.clone(), failures.clone());
+        let submit_and_watch = args.submit_and_watch;
         calls.spawn(async move {
-            match submit_and_watch(&mut jobs, &queue).await {
+            let done = if submit_and_watch {
+                submit_and_watch_batch(&mut jobs, &queue, 1)
+                    .await
+                    .map(|_| ())
+            } else {
+                submit_and_watch_one(&mut jobs, &queue).await
+            };
+            match done {
                 Ok(()) => lock(&latencies).push(intended.elapsed()),
                 Err(_) => {
                     failures.fetch_add(1, Ordering::Relaxed);
@@ -183,6 +201,7 @@ pub async fn open_loop(args: OpenLoopArgs) -> anyhow::Result<()> {
         &[
             ("rate_per_sec", json!(args.rate)),
             ("claim_batch", json!(args.batch)),
+            ("submit_and_watch", json!(args.submit_and_watch)),
             ("jobs", json!(total)),
             (
                 "achieved_per_sec",
@@ -275,9 +294,13 @@ pub async fn all(small: bool) -> anyhow::Result<()> {
     } else {
         (20_000, vec![500, 2_000], Duration::from_secs(10), 10_000)
     };
-    // Plain clients (SubmitJob, ClaimJob, CompleteJob); batching workers (ClaimJobs of 8, the
-    // next batch claimed with the last completion); batching submitters too (SubmitJobs of 8).
-    for (batch, submit_batch) in [(1, 1), (8, 1), (8, 8)] {
+    // Plain clients (SubmitJob, WatchJob, ClaimJob, CompleteJob); batching workers (ClaimJobs
+    // of 8, the next batch claimed with the last completion); batching submitters too
+    // (SubmitJobs of 8, a WatchJob per job); and batching submitters that watch on the submit
+    // call (SubmitAndWatchJobs of 8).
+    for (batch, submit_batch, submit_and_watch) in
+        [(1, 1, false), (8, 1, false), (8, 8, false), (8, 8, true)]
+    {
         let lifecycle_args = LifecycleArgs {
             target: target.clone(),
             jobs,
@@ -285,19 +308,23 @@ pub async fn all(small: bool) -> anyhow::Result<()> {
             workers: 16,
             batch,
             submit_batch,
+            submit_and_watch,
         };
         lifecycle(lifecycle_args.clone()).await?;
         redis_cost(lifecycle_args).await?;
     }
     for rate in rates {
-        open_loop(OpenLoopArgs {
-            target: target.clone(),
-            rate,
-            duration,
-            workers: 16,
-            batch: 8,
-        })
-        .await?;
+        for submit_and_watch in [false, true] {
+            open_loop(OpenLoopArgs {
+                target: target.clone(),
+                rate,
+                duration,
+                workers: 16,
+                batch: 8,
+                submit_and_watch,
+            })
+            .await?;
+        }
     }
     fan_out(FanOutArgs {
         target,
@@ -452,8 +479,50 @@ async fn submit_batch(
         .collect())
 }
 
+/// Submits `count` jobs with one SubmitAndWatchJobs call and reads the stream to its end;
+/// returns when each job's terminal event came.
+async fn submit_and_watch_batch(
+    jobs: &mut JobServiceClient<Channel>,
+    queue: &str,
+    count: usize,
+) -> anyhow::Result<Vec<Instant>> {
+    let request = proto::SubmitJobRequest {
+        queue: queue.to_owned(),
+        kind: "bench".to_owned(),
+        ..Default::default()
+    };
+    let mut stream = jobs
+        .submit_and_watch_jobs(proto::SubmitJobsRequest {
+            jobs: vec![request; count],
+        })
+        .await?
+        .into_inner();
+    let mut terminal = Vec::with_capacity(count);
+    while let Some(message) = stream.message().await? {
+        if let Some(proto::submit_and_watch_jobs_response::Message::Event(event)) = message.message
+            && matches!(
+                event.r#type(),
+                proto::EventType::Completed
+                    | proto::EventType::Failed
+                    | proto::EventType::Cancelled
+            )
+        {
+            terminal.push(Instant::now());
+        }
+    }
+    anyhow::ensure!(
+        terminal.len() == count,
+        "{} terminal events for {count} jobs",
+        terminal.len()
+    );
+    Ok(terminal)
+}
+
 /// Submits a job and watches it until its terminal event.
-async fn submit_and_watch(jobs: &mut JobServiceClient<Channel>, queue: &str) -> anyhow::Result<()> {
+async fn submit_and_watch_one(
+    jobs: &mut JobServiceClient<Channel>,
+    queue: &str,
+) -> anyhow::Result<()> {
     let id = submit(jobs, queue).await?;
     watch(jobs, id).await
 }
