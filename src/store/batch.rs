@@ -31,6 +31,11 @@ impl<T, R> Pending<T, R> {
     pub fn answer(self, result: Result<R>) {
         self.reply.answer(result);
     }
+
+    /// Whether the caller went away (its RPC was cancelled) before the call was made.
+    pub fn abandoned(&self) -> bool {
+        self.reply.0.is_closed()
+    }
 }
 
 /// Where the answer of one operation goes.

@@ -25,12 +25,12 @@ pub use keys::Keys;
 pub use sweep::{SWEEP_BATCH, SweepReport};
 
 use crate::{
-    domain::{AttemptEnd, JobId, JobIdGenerator, JobState, NewJob, QueueName, UnixMillis},
+    domain::{AttemptEnd, Claimed, JobId, JobIdGenerator, JobState, NewJob, QueueName, UnixMillis},
     telemetry::Metrics,
 };
 use batch::Batcher;
 use scripts::{LuaScript, Scripts};
-use work::Completion;
+use work::{Claim, Completion};
 
 /// Why a store operation did not happen.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -97,6 +97,8 @@ pub struct Shared {
     registered: Mutex<HashSet<QueueName>>,
     /// Submissions without an idempotency key waiting to share a script call, per queue.
     submissions: Batcher<(JobId, NewJob, UnixMillis), Submitted>,
+    /// Claims waiting to share a script call, per queue.
+    claims: Batcher<Claim, Vec<Claimed>>,
     /// Completions waiting to share a script call, per queue.
     completions: Batcher<Completion, Option<AttemptEnd>>,
     metrics: Metrics,
@@ -120,6 +122,7 @@ impl JobStore {
             ids: Default::default(),
             registered: Default::default(),
             submissions: Default::default(),
+            claims: Default::default(),
             completions: Default::default(),
             metrics,
         }))

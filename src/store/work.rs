@@ -20,9 +20,13 @@ const CLAIM_CANDIDATES: usize = 4;
 /// How many times a claim retries after losing all its candidates to other workers.
 const CLAIM_ROUNDS: usize = 8;
 
+/// Most candidates a claim call looks at beyond `CLAIM_CANDIDATES`, whatever its claims want.
+const MAX_CANDIDATES: usize = 256;
+
 impl JobStore {
     /// Claims up to `want` jobs from the head of `queue`, in claim order. Losing a race for a
     /// candidate to another worker moves on to the next ones; empty means nothing was ready.
+    /// Claims of one queue that arrive while one is being made share the next script call.
     pub async fn claim(
         &self,
         queue: &QueueName,
@@ -31,9 +35,55 @@ impl JobStore {
         want: usize,
         now: UnixMillis,
     ) -> Result<Vec<Claimed>> {
+        let claim = Claim {
+            worker: worker.clone(),
+            lease,
+            want: want.max(1),
+            now,
+        };
+        let store = self.clone();
+        let queue = queue.clone();
+        self.claims
+            .run(&queue.clone(), claim, move |mut batch| {
+                let (store, queue) = (store.clone(), queue.clone());
+                // A claim whose worker went away would lease jobs that nobody works on.
+                batch.retain(|pending| !pending.abandoned());
+                async move {
+                    if batch.is_empty() {
+                        return;
+                    }
+                    match store.claim_batch(&queue, &batch).await {
+                        Ok(mut claimed) => {
+                            for (pending, jobs) in batch.into_iter().zip(claimed.drain(..)) {
+                                pending.answer(Ok(jobs));
+                            }
+                        }
+                        Err(error) => batch
+                            .into_iter()
+                            .for_each(|pending| pending.answer(Err(error.clone()))),
+                    }
+                }
+            })
+            .await
+    }
+
+    /// Makes the claims of a batch with one script call per round: the jobs claimed for each
+    /// claim, in the batch's order.
+    async fn claim_batch(
+        &self,
+        queue: &QueueName,
+        batch: &[Pending<Claim, Vec<Claimed>>],
+    ) -> Result<Vec<Vec<Claimed>>> {
+        let mut claimed: Vec<Vec<Claimed>> = batch.iter().map(|_| Vec::new()).collect();
+        let now = batch
+            .iter()
+            .map(|pending| pending.op.now)
+            .max()
+            .unwrap_or_else(UnixMillis::now);
+        let wanted: usize = batch.iter().map(|pending| pending.op.want).sum();
         let ready = self.keys.ready(queue);
         // A few more candidates than wanted, so that racing claimers each still find some.
-        let candidates_per_round = (want + CLAIM_CANDIDATES) as i64;
+        let candidates_per_round = (wanted.min(MAX_CANDIDATES) + CLAIM_CANDIDATES) as i64;
         for _ in 0..CLAIM_ROUNDS {
             let candidates: Vec<String> = self
                 .timed(
@@ -50,17 +100,20 @@ impl JobStore {
                 )
                 .await?;
             if candidates.is_empty() {
-                return Ok(Vec::new());
+                break;
             }
             let mut keys = vec![ready.clone(), self.keys.running(queue)];
             let mut args: Vec<Value> = vec![
                 now.0.to_string().into(),
-                lease.map(millis).unwrap_or_default().into(),
-                worker.as_str().into(),
-                want.to_string().into(),
                 self.keys.job_channel().into(),
                 millis(self.settings.default_lease).into(),
+                batch.len().to_string().into(),
             ];
+            for Pending { op, .. } in batch {
+                args.push(op.worker.as_str().into());
+                args.push(op.lease.map(millis).unwrap_or_default().into());
+                args.push(op.want.to_string().into());
+            }
             let mut foreign = Vec::new();
             for candidate in candidates {
                 match JobId::parse("candidate", &candidate) {
@@ -79,18 +132,19 @@ impl JobStore {
                     .timed("clean_queue", self.pool.next().zrem(&ready, foreign))
                     .await?;
             }
-            let claimed: Vec<Value> = self.call(&self.scripts.claim, keys, args).await?;
-            if !claimed.is_empty() {
-                return claimed
-                    .into_iter()
-                    .map(|entry| decode_claimed(entry, worker, now))
-                    .collect();
+            let entries: Vec<Value> = self.call(&self.scripts.claim, keys, args).await?;
+            if !entries.is_empty() {
+                for entry in entries {
+                    let (claimer, job) = decode_claimed(entry, batch, now)?;
+                    claimed[claimer].push(job);
+                }
+                return Ok(claimed);
             }
-            // Every candidate was taken by another worker between the read and the script:
+            // Every candidate was taken by another claimer between the read and the script:
             // look again.
         }
-        // Lost every round to other workers: report nothing; a waiting claim waits again.
-        Ok(Vec::new())
+        // Nothing ready, or lost every round: a waiting claim waits again.
+        Ok(claimed)
     }
 
     pub async fn heartbeat(
@@ -271,6 +325,14 @@ impl JobStore {
     }
 }
 
+/// A worker's claim, waiting for its script call.
+pub(super) struct Claim {
+    worker: WorkerId,
+    lease: Option<Duration>,
+    want: usize,
+    now: UnixMillis,
+}
+
 /// A worker's report of success, waiting for its script call.
 pub(super) struct Completion {
     id: JobId,
@@ -327,15 +389,26 @@ fn lease_refusal(status: &str, reply: &[Value]) -> StoreError {
     }
 }
 
-/// A claimed job from the claim script's reply: its fields as they were, with the claim
-/// applied.
-fn decode_claimed(entry: Value, worker: &WorkerId, now: UnixMillis) -> Result<Claimed> {
+/// A claimed job from the claim script's reply, and which claim of the batch it is for: its
+/// fields as they were, with the claim applied.
+fn decode_claimed(
+    entry: Value,
+    batch: &[Pending<Claim, Vec<Claimed>>],
+    now: UnixMillis,
+) -> Result<(usize, Claimed)> {
     let shape = || StoreError::corrupt("claim reply shape");
     let Value::Array(parts) = entry else {
         return Err(shape());
     };
-    let [id, token, expires, attempt, seq, fields]: [Value; 6] =
+    let [claimer, id, token, expires, attempt, seq, fields]: [Value; 7] =
         parts.try_into().map_err(|_| shape())?;
+    let claimer = claimer
+        .as_u64()
+        .and_then(|c| usize::try_from(c).ok())
+        .and_then(|c| c.checked_sub(1))
+        .filter(|&c| c < batch.len())
+        .ok_or_else(shape)?;
+    let worker = &batch[claimer].op.worker;
     let id = id.as_string().ok_or_else(shape)?;
     let id = JobId::parse("id", &id).map_err(|_| StoreError::corrupt("claimed job id"))?;
     let token = token.as_string().ok_or_else(shape)?;
@@ -351,10 +424,11 @@ fn decode_claimed(entry: Value, worker: &WorkerId, now: UnixMillis) -> Result<Cl
     job.started_at = Some(now);
     job.lease_expires_at = Some(UnixMillis(expires));
     job.worker_id = Some(worker.as_str().to_owned());
-    Ok(Claimed {
+    let claimed = Claimed {
         job,
         token: LeaseToken::parse("token", &token)
             .map_err(|_| StoreError::corrupt("lease token"))?,
         lease_expires_at: UnixMillis(expires),
-    })
+    };
+    Ok((claimer, claimed))
 }

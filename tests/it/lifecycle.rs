@@ -787,3 +787,50 @@ async fn concurrent_submissions_each_create_their_own_job() {
     let counts = stats(&mut jobs, "crowd").await;
     assert_eq!((counts.queued, counts.scheduled), (49, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claims_each_get_their_own_jobs_worker_and_lease() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    const JOBS: usize = 30;
+    for i in 0..JOBS {
+        submit(&mut jobs, "shared", &[i as u8]).await;
+    }
+    // Twelve claims of up to three jobs at once, on one connection, so that they reach jobd
+    // together and share script calls; each names its own worker and lease.
+    let workers = server.workers().await;
+    let claims = (0..12u32).map(|i| {
+        let mut workers = workers.clone();
+        async move {
+            let mut claim = claim_request("shared", Duration::from_secs(1));
+            claim.worker_id = format!("worker-{i}");
+            claim.lease = Some(pb_duration(Duration::from_secs(60 + u64::from(i))));
+            let claimed = workers
+                .claim_jobs(proto::ClaimJobsRequest {
+                    claim: Some(claim),
+                    max_jobs: 3,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .jobs;
+            (i, claimed)
+        }
+    });
+    let mut seen = std::collections::HashSet::new();
+    for (i, claimed) in futures::future::join_all(claims).await {
+        assert!(claimed.len() <= 3, "claim {i} got {}", claimed.len());
+        for claimed in claimed {
+            let job = claimed.job.unwrap();
+            assert!(seen.insert(job.id.clone()), "{} claimed twice", job.id);
+            let stored = get(&mut jobs, &job.id).await;
+            assert_eq!(stored.worker_id, format!("worker-{i}"));
+            assert_eq!(job.worker_id, stored.worker_id);
+            let lease = millis_of(&stored.lease_expires_at) - millis_of(&stored.started_at);
+            assert_eq!(lease, 1000 * (60 + i64::from(i)), "job {}'s lease", job.id);
+            assert_eq!(claimed.lease_token.len(), 32, "its own token");
+        }
+    }
+    assert_eq!(seen.len(), JOBS, "every job claimed once");
+}
