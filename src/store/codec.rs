@@ -44,6 +44,33 @@ pub const JOB_FIELDS: [&str; 22] = [
     "retention",
 ];
 
+/// The fields a claim returns to its worker: GetJob's, and the submitter's trace context.
+pub const CLAIMED_FIELDS: [&str; 23] = [
+    "state",
+    "kind",
+    "payload",
+    "labels",
+    "attempt",
+    "max_attempts",
+    "priority",
+    "created",
+    "started",
+    "finished",
+    "result",
+    "error",
+    "reason",
+    "seq",
+    "run_at",
+    "lease_until",
+    "worker",
+    "b_initial",
+    "b_mult",
+    "b_max",
+    "b_jitter",
+    "retention",
+    "trace",
+];
+
 pub fn event_field(sequence: u64) -> String {
     format!("e:{sequence}")
 }
@@ -73,11 +100,6 @@ impl Fields {
                 .filter_map(|(name, value)| Some(((*name).to_owned(), value?)))
                 .collect(),
         )
-    }
-
-    /// From an HGETALL reply.
-    pub fn from_map(map: HashMap<String, Bytes>) -> Self {
-        Self(map)
     }
 
     fn bytes(&self, name: &str) -> Option<Bytes> {

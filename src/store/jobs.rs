@@ -1,6 +1,6 @@
 //! The submitter's side: submit, read, watch, cancel, count.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use fred::{
@@ -416,13 +416,6 @@ fn push_job_args(args: &mut Vec<Value>, id: &JobId, job: &NewJob) -> Result<()> 
         Bytes::from(encode_map(&job.trace_context)?).into(),
     ]);
     Ok(())
-}
-
-/// Decodes a job from the HGETALL map a script returned.
-pub(super) fn job_from_map(id: &JobId, map: HashMap<String, Bytes>) -> Result<crate::domain::Job> {
-    Fields::from_map(map)
-        .into_job(id)?
-        .ok_or_else(|| StoreError::corrupt("claimed job has no fields"))
 }
 
 /// The order ListJobs walks a queue's indexes in.

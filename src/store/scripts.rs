@@ -4,7 +4,10 @@
 use fred::{
     clients::Client,
     error::Error,
-    types::{FromValue, MultipleKeys, MultipleValues, scripts::Script},
+    interfaces::{ClientLike, HashesInterface},
+    types::{
+        ClusterHash, CustomCommand, FromValue, MultipleKeys, MultipleValues, Value, scripts::Script,
+    },
 };
 
 /// One script; see the header of its `lua/*.lua` file for its KEYS, ARGV and reply.
@@ -34,6 +37,44 @@ impl LuaScript {
         V::Error: Into<Error> + Send,
     {
         self.script.evalsha_with_reload(client, keys, args).await
+    }
+
+    /// Calls the script and, in the same round trip, reads `fields` of each hash in `then`
+    /// (HMGET), right after the script ran: its reply, and the values per hash.
+    pub async fn call_then_read(
+        &self,
+        client: &Client,
+        keys: Vec<String>,
+        args: Vec<Value>,
+        then: &[String],
+        fields: &[&str],
+    ) -> Result<(Value, Vec<Value>), Error> {
+        let mut loaded = false;
+        loop {
+            let pipeline = client.pipeline();
+            // fred's pipelines have no EVALSHA of their own: the command as Redis reads it,
+            // routed (in a cluster) by its first key, the third argument.
+            let mut call: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
+            call.push(self.script.sha1().clone().into());
+            call.push(Value::Integer(keys.len() as i64));
+            call.extend(keys.iter().map(|key| Value::from(key.as_str())));
+            call.extend(args.iter().cloned());
+            let evalsha = CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false);
+            let _: () = pipeline.custom(evalsha, call).await?;
+            for key in then {
+                let _: () = pipeline.hmget(key, fields.to_vec()).await?;
+            }
+            let mut replies = pipeline.try_all::<Value>().await.into_iter();
+            match replies.next() {
+                // A Redis that lost its scripts (restart, SCRIPT FLUSH): load, then again.
+                Some(Err(error)) if error.details().starts_with("NOSCRIPT") && !loaded => {
+                    self.script.load(client).await?;
+                    loaded = true;
+                }
+                Some(reply) => return Ok((reply?, replies.collect::<Result<_, _>>()?)),
+                None => return Err(Error::new(fred::error::ErrorKind::Unknown, "no reply")),
+            }
+        }
     }
 }
 

@@ -6,7 +6,10 @@ use bytes::Bytes;
 use fred::{interfaces::SortedSetsInterface, types::Value};
 
 use super::{
-    JobStore, Result, StoreError, batch::Pending, jobs::job_from_map, millis, state_in, status,
+    JobStore, Result, StoreError,
+    batch::Pending,
+    codec::{CLAIMED_FIELDS, Fields},
+    millis, state_in, status,
 };
 use crate::domain::{
     AttemptEnd, Claimed, FailOutcome, HeartbeatOutcome, JobId, JobKind, JobState, LeaseToken,
@@ -132,10 +135,28 @@ impl JobStore {
                     .timed("clean_queue", self.pool.next().zrem(&ready, foreign))
                     .await?;
             }
-            let entries: Vec<Value> = self.call(&self.scripts.claim, keys, args).await?;
+            // The claimed jobs are read right after the script, in the same round trip: the
+            // candidates, since which of them it claims is known only then.
+            let reads = keys[2..].to_vec();
+            let (entries, jobs) = self
+                .timed(
+                    self.scripts.claim.name(),
+                    self.scripts.claim.call_then_read(
+                        self.pool.next(),
+                        keys,
+                        args,
+                        &reads,
+                        &CLAIMED_FIELDS,
+                    ),
+                )
+                .await?;
+            let entries: Vec<Value> = entries
+                .convert()
+                .map_err(|_| StoreError::corrupt("claim reply shape"))?;
             if !entries.is_empty() {
+                let mut jobs: HashMap<String, Value> = reads.into_iter().zip(jobs).collect();
                 for entry in entries {
-                    let (claimer, job) = decode_claimed(entry, batch, now)?;
+                    let (claimer, job) = decode_claimed(entry, &mut jobs, self)?;
                     claimed[claimer].push(job);
                 }
                 return Ok(claimed);
@@ -389,46 +410,40 @@ fn lease_refusal(status: &str, reply: &[Value]) -> StoreError {
     }
 }
 
-/// A claimed job from the claim script's reply, and which claim of the batch it is for: its
-/// fields as they were, with the claim applied.
+/// A claimed job from an entry of the claim script's reply and the job as read right after,
+/// and which claim of the batch it is for.
 fn decode_claimed(
     entry: Value,
-    batch: &[Pending<Claim, Vec<Claimed>>],
-    now: UnixMillis,
+    jobs: &mut HashMap<String, Value>,
+    store: &JobStore,
 ) -> Result<(usize, Claimed)> {
     let shape = || StoreError::corrupt("claim reply shape");
     let Value::Array(parts) = entry else {
         return Err(shape());
     };
-    let [claimer, id, token, expires, attempt, seq, fields]: [Value; 7] =
-        parts.try_into().map_err(|_| shape())?;
+    let [claimer, id, token, expires]: [Value; 4] = parts.try_into().map_err(|_| shape())?;
     let claimer = claimer
         .as_u64()
         .and_then(|c| usize::try_from(c).ok())
         .and_then(|c| c.checked_sub(1))
-        .filter(|&c| c < batch.len())
         .ok_or_else(shape)?;
-    let worker = &batch[claimer].op.worker;
     let id = id.as_string().ok_or_else(shape)?;
     let id = JobId::parse("id", &id).map_err(|_| StoreError::corrupt("claimed job id"))?;
+    let values: Vec<Option<Bytes>> = jobs
+        .remove(&store.keys.job(&id))
+        .ok_or_else(shape)?
+        .convert()
+        .map_err(|_| shape())?;
+    let job = Fields::from_values(&CLAIMED_FIELDS, values)
+        .into_job(&id)?
+        .ok_or_else(|| StoreError::corrupt(format!("claimed job {id} has no fields")))?;
     let token = token.as_string().ok_or_else(shape)?;
-    let expires = expires.as_u64().ok_or_else(shape)?;
-    let fields: HashMap<String, Bytes> = fields.convert().map_err(|_| shape())?;
-    let mut job = job_from_map(&id, fields)?;
-    job.state = JobState::Running;
-    job.attempt = attempt
-        .as_u64()
-        .and_then(|a| u32::try_from(a).ok())
-        .ok_or_else(shape)?;
-    job.last_sequence = seq.as_u64().ok_or_else(shape)?;
-    job.started_at = Some(now);
-    job.lease_expires_at = Some(UnixMillis(expires));
-    job.worker_id = Some(worker.as_str().to_owned());
+    let expires = UnixMillis(expires.as_u64().ok_or_else(shape)?);
     let claimed = Claimed {
         job,
         token: LeaseToken::parse("token", &token)
             .map_err(|_| StoreError::corrupt("lease token"))?,
-        lease_expires_at: UnixMillis(expires),
+        lease_expires_at: expires,
     };
     Ok((claimer, claimed))
 }

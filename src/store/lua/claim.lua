@@ -13,9 +13,12 @@
 -- ARGV[5..]   per claimer, 3 values: worker id, lease ms it asked for ("" for the job's own,
 --             else ARGV[3]), how many jobs it takes at most
 -- then        per candidate, in KEYS order, 2 values: job id, new lease token
--- returns     one entry per claimed job: {claimer (1-based), job id, token, lease expiry,
---             attempt, seq, the job's fields as HGETALL gave them before the claim (the caller
---             applies the claim)}
+-- returns     one entry per claimed job: {claimer (1-based), job id, token, lease expiry}; the
+--             caller reads the claimed jobs in the same round trip, right after the script
+
+-- Numbers go to Redis and into messages as integer text: Lua's own conversion of a number
+-- to text formats it as a float, which costs several times more.
+local function int(n) return string.format('%d', n) end
 
 local now = tonumber(ARGV[1])
 local claimers = tonumber(ARGV[4])
@@ -42,32 +45,29 @@ local claimer, room = 1, tonumber(ARGV[7])
 local claimed, running, announced = {}, {}, {}
 for _, k in ipairs(taken) do
   local key, id, token = KEYS[k + 2], ids[k], ARGV[first_candidate + (k - 1) * 2 + 1]
-  local fields = redis.call('HGETALL', key)
-  local job = {}
-  for f = 1, #fields, 2 do job[fields[f]] = fields[f + 1] end
+  local job = redis.call('HMGET', key, 'state', 'attempt', 'seq', 'lease_default')
   -- A ready entry without its job hash is an orphan: removing it above is all there is to do.
-  if job.state == 'queued' then
+  if job[1] == 'queued' then
     while room == 0 do
       claimer = claimer + 1
       room = tonumber(ARGV[4 + claimer * 3])
     end
     local worker = ARGV[2 + claimer * 3]
     local lease = ARGV[3 + claimer * 3]
-    if lease == '' then lease = job.lease_default end
+    if lease == '' then lease = job[4] end
     if not lease or lease == '' then lease = ARGV[3] end
-    lease = tonumber(lease)
-    local expires = now + lease
-    local attempt = tonumber(job.attempt) + 1
-    local seq = tonumber(job.seq) + 1
+    local expires = int(now + tonumber(lease))
+    local attempt = tonumber(job[2]) + 1
+    local seq = int(tonumber(job[3]) + 1)
     local event = cmsgpack.pack({t = 'started', at = now, a = attempt, w = worker})
     redis.call('HSET', key,
-      'state', 'running', 'attempt', attempt, 'seq', seq, 'token', token,
+      'state', 'running', 'attempt', int(attempt), 'seq', seq, 'token', token,
       'worker', worker, 'started', ARGV[1], 'lease_ms', lease, 'lease_until', expires,
       'e:' .. seq, event)
     running[#running + 1] = expires
     running[#running + 1] = id
-    announced[#announced + 1] = seq .. ' ' .. id .. ' ' .. #event .. ' ' .. event .. ' -'
-    claimed[#claimed + 1] = {claimer, id, token, expires, attempt, seq, fields}
+    announced[#announced + 1] = seq .. ' ' .. id .. ' ' .. int(#event) .. ' ' .. event .. ' -'
+    claimed[#claimed + 1] = {claimer, id, token, expires}
     room = room - 1
   end
 end

@@ -14,6 +14,10 @@
 --             {"not_found"}; {"stale", state}: the token is not the job's current one, or the
 --             job is not running
 
+-- Numbers go to Redis and into messages as integer text: Lua's own conversion of a number
+-- to text formats it as a float, which costs several times more.
+local function int(n) return string.format('%d', n) end
+
 local now = tonumber(ARGV[1])
 local replies, done, retained, announced = {}, {}, {}, {}
 for i = 3, #KEYS do
@@ -31,19 +35,18 @@ for i = 3, #KEYS do
   elseif state ~= 'running' then
     replies[#replies + 1] = {'stale', state}
   else
-    local seq = tonumber(job[3]) + 1
-    local retention = tonumber(job[5])
+    local seq = int(tonumber(job[3]) + 1)
     local event = cmsgpack.pack({t = 'completed', at = now, a = tonumber(job[4])})
     redis.call('HSET', key,
-      'state', 'completed', 'result', result, 'finished', now, 'seq', seq, 'e:' .. seq, event)
-    redis.call('PEXPIRE', key, retention)
+      'state', 'completed', 'result', result, 'finished', ARGV[1], 'seq', seq, 'e:' .. seq, event)
+    redis.call('PEXPIRE', key, job[5])
     done[#done + 1] = id
-    retained[#retained + 1] = now + retention
+    retained[#retained + 1] = int(now + tonumber(job[5]))
     retained[#retained + 1] = id
     -- Watchers get the result with the event when it is small, and read it otherwise.
     local carried = ' -'
-    if #result <= 4096 then carried = ' ' .. #result .. ' ' .. result end
-    announced[#announced + 1] = seq .. ' ' .. id .. ' ' .. #event .. ' ' .. event .. carried
+    if #result <= 4096 then carried = ' ' .. int(#result) .. ' ' .. result end
+    announced[#announced + 1] = seq .. ' ' .. id .. ' ' .. int(#event) .. ' ' .. event .. carried
     replies[#replies + 1] = {'ok', job[6], job[7]}
   end
 end
