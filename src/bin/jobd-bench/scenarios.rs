@@ -2,6 +2,7 @@
 //! the terminal event, and workers with a no-op handler.
 
 use std::{
+    collections::HashMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -9,6 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Context;
 use jobd::api::proto::{
     self, job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient,
 };
@@ -117,22 +119,22 @@ async fn run_lifecycle(
                 let count = batch.min(total - first);
                 let sent = Instant::now();
                 if submit_and_watch {
-                    for finished in submit_and_watch_batch(&mut jobs, &queue, count).await? {
-                        latencies.push(finished - sent);
+                    for phases in submit_and_watch_batch(&mut jobs, &queue, count).await? {
+                        latencies.push(phases.finished - sent);
                     }
                     continue;
                 }
                 if batch <= 1 {
-                    submit_and_watch_one(&mut jobs, &queue).await?;
-                    latencies.push(sent.elapsed());
+                    let phases = submit_and_watch_one(&mut jobs, &queue).await?;
+                    latencies.push(phases.finished - sent);
                     continue;
                 }
                 let ids = submit_batch(&mut jobs, &queue, count).await?;
                 let watches = ids.into_iter().map(|id| {
                     let mut jobs = jobs.clone();
                     async move {
-                        watch(&mut jobs, id).await?;
-                        anyhow::Ok(sent.elapsed())
+                        let (_, finished) = watch(&mut jobs, id).await?;
+                        anyhow::Ok(finished - sent)
                     }
                 });
                 for latency in futures::future::join_all(watches).await {
@@ -163,29 +165,52 @@ pub async fn open_loop(args: OpenLoopArgs) -> anyhow::Result<()> {
     }
     let total = (args.rate as f64 * args.duration.as_secs_f64()) as usize;
     let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
-    let latencies = Arc::new(Mutex::new(Latencies::default()));
+    // Per job, from its intended send time: the submit's answer, STARTED, the terminal event.
+    let latencies = Arc::new(Mutex::new(<[Latencies; 3]>::default()));
     let failures = Arc::new(AtomicUsize::new(0));
-    let started = tokio::time::Instant::now();
+    // Latency counts from when each job should have been sent, so a server that falls behind
+    // cannot hide its queueing in the benchmark's own. The schedule is kept by a thread of its
+    // own: tokio's timers tick in whole milliseconds, which would send in bursts, late.
+    let (schedule, mut due) = tokio::sync::mpsc::unbounded_channel();
+    let started = Instant::now();
+    let pacer = std::thread::spawn(move || {
+        for i in 0..total {
+            let intended = started + interval * i as u32;
+            if let Some(wait) = intended.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            if schedule.send((i, intended)).is_err() {
+                return;
+            }
+        }
+    });
     let mut calls = JoinSet::new();
-    for i in 0..total {
-        // Latency counts from when the job should have been sent, so a server that falls
-        // behind cannot hide its queueing in the benchmark's own.
-        let intended = started + interval * i as u32;
-        tokio::time::sleep_until(intended).await;
+    let mut send_lag = Latencies::default();
+    while let Some((i, intended)) = due.recv().await {
+        send_lag.push(intended.elapsed());
         let mut jobs = JobServiceClient::new(channels[i % channels.len()].clone());
         let (queue, latencies, failures) = (queue.clone(), latencies.clone(), failures.clone());
         let submit_and_watch = args.submit_and_watch;
         calls.spawn(async move {
-            let done = if submit_and_watch {
+            let phases = if submit_and_watch {
                 submit_and_watch_batch(&mut jobs, &queue, 1)
                     .await
-                    .map(|_| ())
+                    .and_then(|phases| phases.into_iter().next().context("no job"))
             } else {
                 submit_and_watch_one(&mut jobs, &queue).await
             };
-            match done {
-                Ok(()) => lock(&latencies).push(intended.elapsed()),
-                Err(_) => {
+            match phases {
+                Ok(Phases {
+                    accepted,
+                    started: Some(started),
+                    finished,
+                }) => {
+                    let mut latencies = lock(&latencies);
+                    latencies[0].push(accepted - intended);
+                    latencies[1].push(started - intended);
+                    latencies[2].push(finished - intended);
+                }
+                Ok(_) | Err(_) => {
                     failures.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -193,9 +218,10 @@ pub async fn open_loop(args: OpenLoopArgs) -> anyhow::Result<()> {
     }
     while calls.join_next().await.is_some() {}
     let elapsed = started.elapsed();
+    let _ = pacer.join();
     done.cancel();
     workers.join_all().await;
-    let mut latencies = std::mem::take(&mut *lock(&latencies));
+    let [mut accepted, mut running, mut latencies] = std::mem::take(&mut *lock(&latencies));
     report::print(
         "open-loop",
         &[
@@ -211,6 +237,12 @@ pub async fn open_loop(args: OpenLoopArgs) -> anyhow::Result<()> {
             ("p50_ms", json!(latencies.percentile_ms(50.0))),
             ("p99_ms", json!(latencies.percentile_ms(99.0))),
             ("p999_ms", json!(latencies.percentile_ms(99.9))),
+            ("send_lag_p50_ms", json!(send_lag.percentile_ms(50.0))),
+            ("send_lag_p99_ms", json!(send_lag.percentile_ms(99.0))),
+            ("accepted_p50_ms", json!(accepted.percentile_ms(50.0))),
+            ("accepted_p99_ms", json!(accepted.percentile_ms(99.0))),
+            ("started_p50_ms", json!(running.percentile_ms(50.0))),
+            ("started_p99_ms", json!(running.percentile_ms(99.0))),
         ],
     );
     Ok(())
@@ -479,13 +511,25 @@ async fn submit_batch(
         .collect())
 }
 
+/// When a job's milestones were seen by its submitter.
+#[derive(Debug, Clone, Copy)]
+struct Phases {
+    /// The submit call answered.
+    accepted: Instant,
+    /// Its STARTED event (of the last attempt) arrived.
+    started: Option<Instant>,
+    /// Its terminal event arrived.
+    finished: Instant,
+}
+
 /// Submits `count` jobs with one SubmitAndWatchJobs call and reads the stream to its end;
-/// returns when each job's terminal event came.
+/// returns each job's milestones.
 async fn submit_and_watch_batch(
     jobs: &mut JobServiceClient<Channel>,
     queue: &str,
     count: usize,
-) -> anyhow::Result<Vec<Instant>> {
+) -> anyhow::Result<Vec<Phases>> {
+    use proto::submit_and_watch_jobs_response::Message;
     let request = proto::SubmitJobRequest {
         queue: queue.to_owned(),
         kind: "bench".to_owned(),
@@ -497,38 +541,68 @@ async fn submit_and_watch_batch(
         })
         .await?
         .into_inner();
-    let mut terminal = Vec::with_capacity(count);
+    let mut accepted = None;
+    let mut seen: HashMap<String, (Option<Instant>, Option<Instant>)> = HashMap::new();
     while let Some(message) = stream.message().await? {
-        if let Some(proto::submit_and_watch_jobs_response::Message::Event(event)) = message.message
-            && matches!(
-                event.r#type(),
-                proto::EventType::Completed
-                    | proto::EventType::Failed
-                    | proto::EventType::Cancelled
-            )
-        {
-            terminal.push(Instant::now());
+        match message.message {
+            Some(Message::Submitted(_)) => accepted = Some(Instant::now()),
+            Some(Message::Event(event)) => {
+                let (started, finished) = seen.entry(event.job_id.clone()).or_default();
+                match event.r#type() {
+                    proto::EventType::Started => *started = Some(Instant::now()),
+                    kind if is_terminal(kind) => *finished = Some(Instant::now()),
+                    _ => {}
+                }
+            }
+            None => {}
         }
     }
+    let accepted = accepted.context("no submission results")?;
+    let phases: Vec<Phases> = seen
+        .into_values()
+        .filter_map(|(started, finished)| {
+            Some(Phases {
+                accepted,
+                started,
+                finished: finished?,
+            })
+        })
+        .collect();
     anyhow::ensure!(
-        terminal.len() == count,
+        phases.len() == count,
         "{} terminal events for {count} jobs",
-        terminal.len()
+        phases.len()
     );
-    Ok(terminal)
+    Ok(phases)
 }
 
-/// Submits a job and watches it until its terminal event.
+fn is_terminal(kind: proto::EventType) -> bool {
+    matches!(
+        kind,
+        proto::EventType::Completed | proto::EventType::Failed | proto::EventType::Cancelled
+    )
+}
+
+/// Submits a job, then watches it until its terminal event; returns its milestones.
 async fn submit_and_watch_one(
     jobs: &mut JobServiceClient<Channel>,
     queue: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Phases> {
     let id = submit(jobs, queue).await?;
-    watch(jobs, id).await
+    let accepted = Instant::now();
+    let (started, finished) = watch(jobs, id).await?;
+    Ok(Phases {
+        accepted,
+        started,
+        finished,
+    })
 }
 
-/// Watches a job until its terminal event.
-async fn watch(jobs: &mut JobServiceClient<Channel>, id: String) -> anyhow::Result<()> {
+/// Watches a job until its terminal event: when its STARTED event and its end arrived.
+async fn watch(
+    jobs: &mut JobServiceClient<Channel>,
+    id: String,
+) -> anyhow::Result<(Option<Instant>, Instant)> {
     let mut stream = jobs
         .watch_job(proto::WatchJobRequest {
             job_id: id,
@@ -536,8 +610,13 @@ async fn watch(jobs: &mut JobServiceClient<Channel>, id: String) -> anyhow::Resu
         })
         .await?
         .into_inner();
-    while stream.message().await?.is_some() {}
-    Ok(())
+    let mut started = None;
+    while let Some(event) = stream.message().await? {
+        if event.r#type() == proto::EventType::Started {
+            started = Some(Instant::now());
+        }
+    }
+    Ok((started, Instant::now()))
 }
 
 fn unique_queue(scenario: &str) -> String {
