@@ -11,7 +11,7 @@ use fred::{
 use super::{
     JobStore, Result, StoreError,
     batch::Pending,
-    codec::{Fields, JOB_FIELDS, decode_event, encode_map, event_field, number},
+    codec::{Fields, JOB_FIELDS, LEGACY_FIELDS, Spec, decode_event, event_field, number},
     millis, state_in, status,
 };
 use crate::domain::{Idempotency, Job, JobEvent, JobId, JobState, NewJob, QueueName, UnixMillis};
@@ -129,7 +129,7 @@ impl JobStore {
             new.queue.as_str().into(),
             millis(idempotency.ttl).into(),
         ];
-        push_job_args(&mut args, &id, &new)?;
+        push_job_args(&mut args, &id, &new, now)?;
         let reply: Vec<Value> = self.call(&self.scripts.submit, keys, args).await?;
         match status(&reply)?.as_str() {
             // "again": an earlier try of this very call was written; same id, same job.
@@ -199,7 +199,7 @@ impl JobStore {
         let mut created = Vec::with_capacity(jobs.len());
         for (id, job) in jobs {
             keys.push(self.keys.job(&id));
-            push_job_args(&mut args, &id, &job)?;
+            push_job_args(&mut args, &id, &job, now)?;
             created.push((id, job));
         }
         let _: u64 = self.call(&self.scripts.submit_many, keys, args).await?;
@@ -218,9 +218,26 @@ impl JobStore {
                     .hmget(self.keys.job(id), JOB_FIELDS.to_vec()),
             )
             .await?;
-        Fields::from_values(&JOB_FIELDS, values)
+        self.with_legacy(id, Fields::from_values(&JOB_FIELDS, values))
+            .await?
             .into_job(id)?
             .ok_or(StoreError::NotFound)
+    }
+
+    /// `fields`, with `LEGACY_FIELDS` read too when the job was written before `spec` existed.
+    pub(super) async fn with_legacy(&self, id: &JobId, mut fields: Fields) -> Result<Fields> {
+        if fields.is_legacy() {
+            let values: Vec<Option<Bytes>> = self
+                .timed(
+                    "read_legacy_job",
+                    self.pool
+                        .next()
+                        .hmget(self.keys.job(id), LEGACY_FIELDS.to_vec()),
+                )
+                .await?;
+            fields.extend(Fields::from_values(&LEGACY_FIELDS, values));
+        }
+        Ok(fields)
     }
 
     /// Reads the events after `after`, oldest first: all of them, in as many round trips as
@@ -392,28 +409,34 @@ impl JobStore {
     }
 }
 
-/// The 14 script arguments that describe a new job, in the order submit.lua and
+/// The 8 script arguments that describe a new job, in the order submit.lua and
 /// submit_many.lua read them.
-fn push_job_args(args: &mut Vec<Value>, id: &JobId, job: &NewJob) -> Result<()> {
+fn push_job_args(args: &mut Vec<Value>, id: &JobId, job: &NewJob, now: UnixMillis) -> Result<()> {
     let backoff = job.backoff;
+    let spec = Spec {
+        kind: job.kind.as_str().to_owned(),
+        labels: job.labels.clone(),
+        created: now.0,
+        priority: job.priority,
+        max_attempts: job.max_attempts,
+        backoff_initial: backoff.initial.as_millis() as u64,
+        backoff_multiplier: backoff.multiplier,
+        backoff_max: backoff.max.as_millis() as u64,
+        backoff_jitter: backoff.jitter,
+        trace: job.trace_context.clone(),
+    };
     args.extend([
         Value::from(id.to_string()),
-        job.kind.as_str().into(),
         job.payload.clone().into(),
-        Bytes::from(encode_map(&job.labels)?).into(),
-        job.priority.to_string().into(),
-        job.max_attempts.to_string().into(),
-        millis(backoff.initial).into(),
-        backoff.multiplier.to_string().into(),
-        millis(backoff.max).into(),
-        backoff.jitter.to_string().into(),
-        job.lease.map(millis).unwrap_or_default().into(),
+        Bytes::from(spec.encode()?).into(),
+        job.kind.as_str().into(),
         millis(job.retention).into(),
+        job.lease.map(millis).unwrap_or_default().into(),
         job.run_at
             .map(|at| at.0.to_string())
             .unwrap_or_default()
             .into(),
-        Bytes::from(encode_map(&job.trace_context)?).into(),
+        job.priority.to_string().into(),
     ]);
     Ok(())
 }
@@ -520,7 +543,10 @@ impl JobStore {
             };
             for (id, values) in ids.iter().zip(rows) {
                 // An entry whose job expired before the sweeper trimmed it is skipped.
-                if let Some(job) = Fields::from_values(&fields, values).into_job(id)? {
+                let fields = self
+                    .with_legacy(id, Fields::from_values(&fields, values))
+                    .await?;
+                if let Some(job) = fields.into_job(id)? {
                     jobs.push(job);
                 }
             }

@@ -8,7 +8,7 @@ use fred::{interfaces::SortedSetsInterface, types::Value};
 use super::{
     JobStore, Result, StoreError,
     batch::Pending,
-    codec::{CLAIMED_FIELDS, Fields},
+    codec::{Fields, JOB_FIELDS},
     millis, state_in, status,
 };
 use crate::domain::{
@@ -146,7 +146,7 @@ impl JobStore {
                         keys,
                         args,
                         &reads,
-                        &CLAIMED_FIELDS,
+                        &JOB_FIELDS,
                     ),
                 )
                 .await?;
@@ -156,8 +156,18 @@ impl JobStore {
             if !entries.is_empty() {
                 let mut jobs: HashMap<String, Value> = reads.into_iter().zip(jobs).collect();
                 for entry in entries {
-                    let (claimer, job) = decode_claimed(entry, &mut jobs, self)?;
-                    claimed[claimer].push(job);
+                    let (claimer, id, fields, token, expires) =
+                        decode_claimed(entry, &mut jobs, self)?;
+                    let job = self
+                        .with_legacy(&id, fields)
+                        .await?
+                        .into_job(&id)?
+                        .ok_or_else(|| StoreError::corrupt(format!("claimed job {id} is gone")))?;
+                    claimed.get_mut(claimer).ok_or_else(shape)?.push(Claimed {
+                        job,
+                        token,
+                        lease_expires_at: expires,
+                    });
                 }
                 return Ok(claimed);
             }
@@ -410,14 +420,13 @@ fn lease_refusal(status: &str, reply: &[Value]) -> StoreError {
     }
 }
 
-/// A claimed job from an entry of the claim script's reply and the job as read right after,
-/// and which claim of the batch it is for.
+/// An entry of the claim script's reply: which claim of the batch it is for, the job as read
+/// right after the script, its token and lease expiry.
 fn decode_claimed(
     entry: Value,
     jobs: &mut HashMap<String, Value>,
     store: &JobStore,
-) -> Result<(usize, Claimed)> {
-    let shape = || StoreError::corrupt("claim reply shape");
+) -> Result<(usize, JobId, Fields, LeaseToken, UnixMillis)> {
     let Value::Array(parts) = entry else {
         return Err(shape());
     };
@@ -434,16 +443,19 @@ fn decode_claimed(
         .ok_or_else(shape)?
         .convert()
         .map_err(|_| shape())?;
-    let job = Fields::from_values(&CLAIMED_FIELDS, values)
-        .into_job(&id)?
-        .ok_or_else(|| StoreError::corrupt(format!("claimed job {id} has no fields")))?;
     let token = token.as_string().ok_or_else(shape)?;
+    let token =
+        LeaseToken::parse("token", &token).map_err(|_| StoreError::corrupt("lease token"))?;
     let expires = UnixMillis(expires.as_u64().ok_or_else(shape)?);
-    let claimed = Claimed {
-        job,
-        token: LeaseToken::parse("token", &token)
-            .map_err(|_| StoreError::corrupt("lease token"))?,
-        lease_expires_at: expires,
-    };
-    Ok((claimer, claimed))
+    Ok((
+        claimer,
+        id,
+        Fields::from_values(&JOB_FIELDS, values),
+        token,
+        expires,
+    ))
+}
+
+fn shape() -> StoreError {
+    StoreError::corrupt("claim reply shape")
 }

@@ -6,6 +6,7 @@ mod connections;
 mod errors;
 mod grpcurl;
 mod health;
+mod layout;
 mod lifecycle;
 mod outage;
 mod scheduling;

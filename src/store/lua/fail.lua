@@ -19,9 +19,8 @@
 --          {"not_found"}; {"stale", state}: wrong token, or the job is not running;
 --          {"alive"}: the lease has not expired (lease expiry only)
 
-local job = redis.call('HMGET', KEYS[1], 'state', 'token', 'seq', 'attempt', 'max_attempts',
-  'lease_until', 'retention', 'b_initial', 'b_mult', 'b_max', 'b_jitter', 'run_at', 'kind',
-  'started')
+local job = redis.call('HMGET', KEYS[1], 'state', 'token', 'seq', 'attempt', 'spec',
+  'lease_until', 'retention', 'run_at', 'kind', 'started')
 local state, token = job[1], job[2]
 local now = tonumber(ARGV[3])
 if not state then return {'not_found'} end
@@ -31,7 +30,7 @@ if ARGV[2] == '' then
 else
   if token ~= ARGV[2] then return {'stale', state} end
   if state == 'failed' then return {'again_failed'} end
-  if state == 'scheduled' then return {'again_scheduled', tonumber(job[12])} end
+  if state == 'scheduled' then return {'again_scheduled', tonumber(job[8])} end
   if state ~= 'running' then return {'stale', state} end
 end
 
@@ -43,18 +42,30 @@ if ARGV[2] == '' then
   redis.call('HSET', KEYS[1], 'token', '')
 end
 
-if ARGV[5] == '1' and attempt < tonumber(job[5]) then
+-- Attempts and backoff from the job's spec; a job written before spec existed holds them as
+-- fields of their own.
+local spec
+if job[5] then
+  spec = cmsgpack.unpack(job[5])
+else
+  local old = redis.call('HMGET', KEYS[1], 'max_attempts', 'b_initial', 'b_mult', 'b_max',
+    'b_jitter')
+  spec = {m = tonumber(old[1]), bi = tonumber(old[2]), bm = tonumber(old[3]),
+    bx = tonumber(old[4]), bj = tonumber(old[5])}
+end
+
+if ARGV[5] == '1' and attempt < spec.m then
   -- initial * multiplier^(failures - 1), at most max, spread by +/- jitter.
-  local delay = tonumber(job[8]) * tonumber(job[9]) ^ (attempt - 1)
-  delay = math.min(delay, tonumber(job[10]))
-  delay = delay * (1 + tonumber(job[11]) * (2 * tonumber(ARGV[6]) - 1))
+  local delay = spec.bi * spec.bm ^ (attempt - 1)
+  delay = math.min(delay, spec.bx)
+  delay = delay * (1 + spec.bj * (2 * tonumber(ARGV[6]) - 1))
   local run_at = now + math.floor(delay)
   local event = cmsgpack.pack({t = 'retry_scheduled', at = now, a = attempt, e = ARGV[4], due = run_at})
   redis.call('HSET', KEYS[1], 'state', 'scheduled', 'error', ARGV[4], 'run_at', run_at,
     'seq', seq, 'e:' .. seq, event)
   redis.call('ZADD', KEYS[3], run_at, ARGV[1])
   redis.call('PUBLISH', ARGV[7], seq .. ' ' .. ARGV[1] .. ' ' .. #event .. ' ' .. event .. ' -')
-  return {'scheduled', job[13], job[14], run_at}
+  return {'scheduled', job[9], job[10], run_at}
 end
 
 local retention = tonumber(job[7])
@@ -64,4 +75,4 @@ redis.call('HSET', KEYS[1], 'state', 'failed', 'error', ARGV[4], 'finished', now
 redis.call('ZADD', KEYS[4], now + retention, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], retention)
 redis.call('PUBLISH', ARGV[7], seq .. ' ' .. ARGV[1] .. ' ' .. #event .. ' ' .. event .. ' -')
-return {'failed', job[13], job[14]}
+return {'failed', job[9], job[10]}

@@ -23,12 +23,15 @@ for i = 3, #KEYS do
   local id = ARGV[i + 2]
   local due = redis.call('ZSCORE', KEYS[1], id)
   if due and tonumber(due) <= now and redis.call('ZREM', KEYS[1], id) == 1 then
-    local job = redis.call('HMGET', KEYS[i], 'state', 'seq', 'attempt', 'priority')
+    -- Priority from the job's spec, or from a field of its own in a job written before spec.
+    local job = redis.call('HMGET', KEYS[i], 'state', 'seq', 'attempt', 'spec', 'priority')
     if job[1] == 'scheduled' then
       local seq = tonumber(job[2]) + 1
       local event = cmsgpack.pack({t = 'queued', at = now, a = tonumber(job[3])})
       redis.call('HSET', KEYS[i], 'state', 'queued', 'seq', seq, 'e:' .. seq, event)
-      redis.call('ZADD', KEYS[2], ready_score(tonumber(job[4]), tonumber(due)), id)
+      local priority = tonumber(job[5])
+      if job[4] then priority = cmsgpack.unpack(job[4]).p end
+      redis.call('ZADD', KEYS[2], ready_score(priority, tonumber(due)), id)
       announced[#announced + 1] = seq .. ' ' .. id .. ' ' .. #event .. ' ' .. event .. ' -'
     end
   end

@@ -10,10 +10,8 @@
 -- ARGV[2]  queue wake-up channel
 -- ARGV[3]  queue name (the wake-up message)
 -- ARGV[4]  idempotency key TTL ms
--- ARGV[5..18]  the job, as in submit_many.lua: id, kind, payload, labels (MessagePack),
---          priority, max attempts, backoff initial ms, multiplier, max ms, jitter,
---          default lease ms ("" for the server's), retention ms, run at ("" for now),
---          trace context (MessagePack)
+-- ARGV[5..12]  the job, as in submit_many.lua: id, payload, spec (MessagePack), kind,
+--          retention ms, default lease ms ("" for the server's), run at ("" for now), priority
 -- returns  {"created", state}, {"exists", id} for a live idempotency key naming job `id`,
 --          {"again", state} when this very job was written by an earlier run
 
@@ -28,7 +26,7 @@ if existing and existing ~= ARGV[5] then return {'exists', existing} end
 
 local now = tonumber(ARGV[1])
 local run_at = now
-if ARGV[17] ~= '' then run_at = math.max(now, tonumber(ARGV[17])) end
+if ARGV[11] ~= '' then run_at = math.max(now, tonumber(ARGV[11])) end
 local state = 'queued'
 if run_at > now then state = 'scheduled' end
 
@@ -38,17 +36,15 @@ end
 local event = {t = 'queued', at = now, a = 0}
 if state == 'scheduled' then event = {t = 'scheduled', at = now, a = 0, due = run_at} end
 redis.call('HSET', KEYS[1],
-  'kind', ARGV[6], 'payload', ARGV[7], 'labels', ARGV[8], 'created', ARGV[1],
-  'priority', ARGV[9], 'attempt', 0, 'max_attempts', ARGV[10],
-  'b_initial', ARGV[11], 'b_mult', ARGV[12], 'b_max', ARGV[13], 'b_jitter', ARGV[14],
-  'lease_default', ARGV[15], 'retention', ARGV[16], 'trace', ARGV[18], 'idem', KEYS[4],
-  'seq', 1, 'e:1', cmsgpack.pack(event))
+  'seq', '1', 'e:1', cmsgpack.pack(event), 'attempt', '0', 'payload', ARGV[6], 'spec', ARGV[7],
+  'kind', ARGV[8], 'retention', ARGV[9], 'idem', KEYS[4])
+if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'lease_default', ARGV[10]) end
 redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[4])
 if state == 'scheduled' then
   redis.call('HSET', KEYS[1], 'run_at', run_at)
   redis.call('ZADD', KEYS[3], run_at, ARGV[5])
 else
-  redis.call('ZADD', KEYS[2], ready_score(tonumber(ARGV[9]), now), ARGV[5])
+  redis.call('ZADD', KEYS[2], ready_score(tonumber(ARGV[12]), now), ARGV[5])
   redis.call('PUBLISH', ARGV[2], ARGV[3])
 end
 return {'created', state}
