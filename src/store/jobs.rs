@@ -210,18 +210,24 @@ impl JobStore {
     }
 
     pub async fn get(&self, id: &JobId) -> Result<crate::domain::Job> {
+        self.read_fields(id, "get_job")
+            .await?
+            .into_job(id)?
+            .ok_or(StoreError::NotFound)
+    }
+
+    /// A job's `JOB_FIELDS`, read as `operation`.
+    pub(super) async fn read_fields(&self, id: &JobId, operation: &'static str) -> Result<Fields> {
         let values: Vec<Option<Bytes>> = self
             .timed(
-                "get_job",
+                operation,
                 self.pool
                     .next()
                     .hmget(self.keys.job(id), JOB_FIELDS.to_vec()),
             )
             .await?;
         self.with_legacy(id, Fields::from_values(&JOB_FIELDS, values))
-            .await?
-            .into_job(id)?
-            .ok_or(StoreError::NotFound)
+            .await
     }
 
     /// `fields`, with `LEGACY_FIELDS` read too when the job was written before `spec` existed.

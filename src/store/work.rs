@@ -136,8 +136,9 @@ impl JobStore {
                     .await?;
             }
             // The claimed jobs are read right after the script, in the same round trip: the
-            // candidates, since which of them it claims is known only then.
-            let reads = keys[2..].to_vec();
+            // first candidates, as many as wanted, which are the ones claimed unless another
+            // jobd took some of them (those are read after).
+            let reads = keys[2..].iter().take(wanted).cloned().collect::<Vec<_>>();
             let (entries, jobs) = self
                 .timed(
                     self.scripts.claim.name(),
@@ -158,9 +159,11 @@ impl JobStore {
                 for entry in entries {
                     let (claimer, id, fields, token, expires) =
                         decode_claimed(entry, &mut jobs, self)?;
-                    let job = self
-                        .with_legacy(&id, fields)
-                        .await?
+                    let fields = match fields {
+                        Some(fields) => self.with_legacy(&id, fields).await?,
+                        None => self.read_fields(&id, "read_claimed").await?,
+                    };
+                    let job = fields
                         .into_job(&id)?
                         .ok_or_else(|| StoreError::corrupt(format!("claimed job {id} is gone")))?;
                     claimed.get_mut(claimer).ok_or_else(shape)?.push(Claimed {
@@ -421,12 +424,12 @@ fn lease_refusal(status: &str, reply: &[Value]) -> StoreError {
 }
 
 /// An entry of the claim script's reply: which claim of the batch it is for, the job as read
-/// right after the script, its token and lease expiry.
+/// right after the script (when it was among those read), its token and lease expiry.
 fn decode_claimed(
     entry: Value,
     jobs: &mut HashMap<String, Value>,
     store: &JobStore,
-) -> Result<(usize, JobId, Fields, LeaseToken, UnixMillis)> {
+) -> Result<(usize, JobId, Option<Fields>, LeaseToken, UnixMillis)> {
     let Value::Array(parts) = entry else {
         return Err(shape());
     };
@@ -438,22 +441,18 @@ fn decode_claimed(
         .ok_or_else(shape)?;
     let id = id.as_string().ok_or_else(shape)?;
     let id = JobId::parse("id", &id).map_err(|_| StoreError::corrupt("claimed job id"))?;
-    let values: Vec<Option<Bytes>> = jobs
-        .remove(&store.keys.job(&id))
-        .ok_or_else(shape)?
-        .convert()
-        .map_err(|_| shape())?;
+    let fields = match jobs.remove(&store.keys.job(&id)) {
+        Some(values) => {
+            let values: Vec<Option<Bytes>> = values.convert().map_err(|_| shape())?;
+            Some(Fields::from_values(&JOB_FIELDS, values))
+        }
+        None => None,
+    };
     let token = token.as_string().ok_or_else(shape)?;
     let token =
         LeaseToken::parse("token", &token).map_err(|_| StoreError::corrupt("lease token"))?;
     let expires = UnixMillis(expires.as_u64().ok_or_else(shape)?);
-    Ok((
-        claimer,
-        id,
-        Fields::from_values(&JOB_FIELDS, values),
-        token,
-        expires,
-    ))
+    Ok((claimer, id, fields, token, expires))
 }
 
 fn shape() -> StoreError {

@@ -834,3 +834,27 @@ async fn concurrent_claims_each_get_their_own_jobs_worker_and_lease() {
     }
     assert_eq!(seen.len(), JOBS, "every job claimed once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_entry_whose_job_is_gone_is_dropped_and_the_next_job_claimed_whole() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    // Ahead of everything in the queue: an id of the queue whose job hash does not exist.
+    redis.cli(&[
+        "ZADD",
+        "jobd:{q}:ready",
+        "0",
+        "q.01ARZ3NDEKTSV4RRFFQ69G5FAV",
+    ]);
+    let job = submit(&mut jobs, "q", b"the payload").await;
+    // The claim reads the jobs it expects to claim with its script; the one it claims instead
+    // is read after, and comes back whole.
+    let claimed = claim(&mut workers, "q").await.job.unwrap();
+    assert_eq!(claimed.id, job.id);
+    assert_eq!(&claimed.payload[..], b"the payload");
+    assert_eq!(claimed.kind, job.kind);
+    assert_eq!(claimed.state(), JobState::Running);
+    assert_eq!(redis.cli(&["ZCARD", "jobd:{q}:ready"]), "0");
+}
