@@ -19,4 +19,6 @@ pub use lease::{
     AttemptEnd, ClaimRequest, Claimed, FailOutcome, HeartbeatOutcome, LeaseLimits, LeaseToken,
 };
 pub use names::{JobKind, QueueName, WorkerId};
-pub use schedule::{Backoff, BackoffRequest, Idempotency, MAX_RETENTION, MIN_RETENTION, Start};
+pub use schedule::{
+    Backoff, BackoffRequest, Idempotency, MAX_ATTEMPTS, MAX_RETENTION, MIN_RETENTION, Start,
+};

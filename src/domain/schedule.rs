@@ -83,7 +83,7 @@ pub enum Start {
 }
 
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
-const MAX_ATTEMPTS: u32 = 100;
+pub const MAX_ATTEMPTS: u32 = 100;
 pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -1000..=1000;
 const MAX_START_AHEAD: Duration = Duration::from_secs(365 * 24 * 3600);
 const MAX_IDEMPOTENCY_KEY: usize = 256;

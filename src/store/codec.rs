@@ -223,6 +223,33 @@ impl Fields {
     }
 }
 
+/// The start of an event as the scripts store it (a MessagePack map, see `EventRecord`): all
+/// but the value of its last key, `a`, the attempt, which the script appends as one byte, a
+/// positive fixint, since attempts never exceed 100 (`MAX_ATTEMPTS`, checked at submission).
+/// jobd knows the rest before the script runs; building the map in Lua and packing it with
+/// cmsgpack was a tenth of Redis's work per job.
+pub fn event_head(kind: &str, at: UnixMillis, worker: Option<&str>) -> Vec<u8> {
+    fn write(head: &mut Vec<u8>, text: &str) {
+        rmp::encode::write_str(head, text).expect("writing to a Vec cannot fail");
+    }
+    let mut head = Vec::with_capacity(32 + worker.map_or(0, str::len));
+    let entries = if worker.is_some() { 4 } else { 3 };
+    rmp::encode::write_map_len(&mut head, entries).expect("writing to a Vec cannot fail");
+    write(&mut head, "t");
+    write(&mut head, kind);
+    write(&mut head, "at");
+    rmp::encode::write_uint(&mut head, at.0).expect("writing to a Vec cannot fail");
+    if let Some(worker) = worker {
+        write(&mut head, "w");
+        write(&mut head, worker);
+    }
+    write(&mut head, "a");
+    head
+}
+
+// The attempt byte the scripts append is a positive fixint only below 0x80.
+const _: () = assert!(crate::domain::MAX_ATTEMPTS < 0x80);
+
 /// An event as the scripts write it.
 #[derive(Debug, Deserialize)]
 struct EventRecord {
@@ -413,6 +440,35 @@ pub fn number<T: std::str::FromStr>(raw: Option<&[u8]>) -> Result<Option<T>, Sto
 mod tests {
     use super::*;
     use crate::domain::{JobIdGenerator, QueueName};
+
+    #[test]
+    fn an_event_head_and_its_attempt_byte_decode_as_the_event() {
+        let id = JobIdGenerator::default().generate(&QueueName::parse("queue", "q").unwrap());
+        let mut started = event_head("started", UnixMillis(1_764_000_000_123), Some("w-1"));
+        started.push(100);
+        let event = decode_event(&id, 2, &started, &None).unwrap();
+        assert_eq!(
+            (event.at, event.attempt),
+            (UnixMillis(1_764_000_000_123), 100)
+        );
+        assert_eq!(
+            event.kind,
+            EventKind::Started {
+                worker_id: "w-1".into()
+            }
+        );
+        let mut completed = event_head("completed", UnixMillis(7), None);
+        completed.push(1);
+        let result = Some(Bytes::from_static(b"done"));
+        let event = decode_event(&id, 3, &completed, &result).unwrap();
+        assert_eq!((event.at, event.attempt), (UnixMillis(7), 1));
+        assert_eq!(
+            event.kind,
+            EventKind::Completed {
+                result: Bytes::from_static(b"done")
+            }
+        );
+    }
 
     fn packed(event: &[(&str, rmpv::Value)]) -> Vec<u8> {
         let map = rmpv::Value::Map(

@@ -11,7 +11,9 @@ use fred::{
 use super::{
     JobStore, Result, StoreError,
     batch::Pending,
-    codec::{Fields, JOB_FIELDS, LEGACY_FIELDS, Spec, decode_event, event_field, number},
+    codec::{
+        Fields, JOB_FIELDS, LEGACY_FIELDS, Spec, decode_event, event_field, event_head, number,
+    },
     millis, state_in, status,
 };
 use crate::domain::{Idempotency, Job, JobEvent, JobId, JobState, NewJob, QueueName, UnixMillis};
@@ -191,10 +193,13 @@ impl JobStore {
     ) -> Result<Vec<Box<Job>>> {
         self.register(queue).await?;
         let mut keys = vec![self.keys.ready(queue), self.keys.scheduled(queue)];
+        let mut queued = event_head("queued", now, None);
+        queued.push(0);
         let mut args: Vec<Value> = vec![
             now.0.to_string().into(),
             self.keys.queue_channel().into(),
             queue.as_str().into(),
+            Bytes::from(queued).into(),
         ];
         let mut created = Vec::with_capacity(jobs.len());
         for (id, job) in jobs {

@@ -8,7 +8,7 @@ use fred::{interfaces::SortedSetsInterface, types::Value};
 use super::{
     JobStore, Result, StoreError,
     batch::Pending,
-    codec::{Fields, JOB_FIELDS},
+    codec::{Fields, JOB_FIELDS, event_head},
     millis, state_in, status,
 };
 use crate::domain::{
@@ -116,6 +116,7 @@ impl JobStore {
                 args.push(op.worker.as_str().into());
                 args.push(op.lease.map(millis).unwrap_or_default().into());
                 args.push(op.want.to_string().into());
+                args.push(Bytes::from(event_head("started", now, Some(op.worker.as_str()))).into());
             }
             let mut foreign = Vec::new();
             for candidate in candidates {
@@ -266,7 +267,11 @@ impl JobStore {
             self.keys.running(queue),
             self.keys.retained(queue, JobState::Completed),
         ];
-        let mut args: Vec<Value> = vec![now.0.to_string().into(), self.keys.job_channel().into()];
+        let mut args: Vec<Value> = vec![
+            now.0.to_string().into(),
+            self.keys.job_channel().into(),
+            Bytes::from(event_head("completed", now, None)).into(),
+        ];
         for Pending { op, .. } in &batch {
             keys.push(self.keys.job(&op.id));
             args.push(op.id.to_string().into());

@@ -10,8 +10,9 @@
 -- ARGV[2]     job wake-up channel
 -- ARGV[3]     the server's default lease ms
 -- ARGV[4]     number of claimers, C
--- ARGV[5..]   per claimer, 3 values: worker id, lease ms it asked for ("" for the job's own,
---             else ARGV[3]), how many jobs it takes at most
+-- ARGV[5..]   per claimer, 4 values: worker id, lease ms it asked for ("" for the job's own,
+--             else ARGV[3]), how many jobs it takes at most, its STARTED event but the attempt
+--             (see event_head in store/codec.rs)
 -- then        per candidate, in KEYS order, 2 values: job id, new lease token
 -- returns     one entry per claimed job: {claimer (1-based), job id, token, lease expiry}; the
 --             caller reads the claimed jobs in the same round trip, right after the script
@@ -22,14 +23,14 @@ local function int(n) return string.format('%d', n) end
 
 local now = tonumber(ARGV[1])
 local claimers = tonumber(ARGV[4])
-local first_candidate = 5 + claimers * 3
+local first_candidate = 5 + claimers * 4
 
 -- Which candidates are still ready: one ZMSCORE, then one ZREM for those taken.
 local ids = {}
 for i = 3, #KEYS do ids[#ids + 1] = ARGV[first_candidate + (i - 3) * 2] end
 if #ids == 0 then return {} end
 local wanted = 0
-for c = 1, claimers do wanted = wanted + tonumber(ARGV[4 + c * 3]) end
+for c = 1, claimers do wanted = wanted + tonumber(ARGV[3 + c * 4]) end
 local scores = redis.call('ZMSCORE', KEYS[1], unpack(ids))
 local taken = {}
 for k = 1, #ids do
@@ -42,6 +43,7 @@ redis.call('ZREM', KEYS[1], unpack(members))
 
 -- The claimer being served, and how many jobs it still takes.
 local claimer, room = 1, tonumber(ARGV[7])
+-- The claimer's values: ARGV[claimer * 4 + 1 .. claimer * 4 + 4].
 local claimed, running, announced = {}, {}, {}
 for _, k in ipairs(taken) do
   local key, id, token = KEYS[k + 2], ids[k], ARGV[first_candidate + (k - 1) * 2 + 1]
@@ -50,16 +52,16 @@ for _, k in ipairs(taken) do
   if job[1] == 'queued' then
     while room == 0 do
       claimer = claimer + 1
-      room = tonumber(ARGV[4 + claimer * 3])
+      room = tonumber(ARGV[3 + claimer * 4])
     end
-    local worker = ARGV[2 + claimer * 3]
-    local lease = ARGV[3 + claimer * 3]
+    local worker = ARGV[1 + claimer * 4]
+    local lease = ARGV[2 + claimer * 4]
     if lease == '' then lease = job[4] end
     if not lease or lease == '' then lease = ARGV[3] end
     local expires = int(now + tonumber(lease))
     local attempt = tonumber(job[2]) + 1
     local seq = int(tonumber(job[3]) + 1)
-    local event = cmsgpack.pack({t = 'started', at = now, a = attempt, w = worker})
+    local event = ARGV[4 + claimer * 4] .. string.char(attempt)
     redis.call('HSET', key,
       'state', 'running', 'attempt', int(attempt), 'seq', seq, 'token', token,
       'worker', worker, 'started', ARGV[1], 'lease_ms', lease, 'lease_until', expires,

@@ -8,7 +8,8 @@
 -- KEYS[3..n]  job hashes, one per completion
 -- ARGV[1]     now, Unix ms
 -- ARGV[2]     job wake-up channel
--- ARGV[3..]   per completion, in KEYS order: job id, lease token, result
+-- ARGV[3]     the COMPLETED event but its attempt (see event_head in store/codec.rs)
+-- ARGV[4..]   per completion, in KEYS order: job id, lease token, result
 -- returns     per completion, in KEYS order:
 --             {"ok", kind, started}: recorded now; {"again"}: recorded by an earlier run;
 --             {"not_found"}; {"stale", state}: the token is not the job's current one, or the
@@ -21,7 +22,7 @@ local function int(n) return string.format('%d', n) end
 local now = tonumber(ARGV[1])
 local replies, done, retained, announced = {}, {}, {}, {}
 for i = 3, #KEYS do
-  local key, a = KEYS[i], 3 + (i - 3) * 3
+  local key, a = KEYS[i], 4 + (i - 3) * 3
   local id, token, result = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   local job = redis.call('HMGET', key, 'state', 'token', 'seq', 'attempt', 'retention', 'kind',
     'started')
@@ -36,7 +37,7 @@ for i = 3, #KEYS do
     replies[#replies + 1] = {'stale', state}
   else
     local seq = int(tonumber(job[3]) + 1)
-    local event = cmsgpack.pack({t = 'completed', at = now, a = tonumber(job[4])})
+    local event = ARGV[3] .. string.char(tonumber(job[4]))
     redis.call('HSET', key,
       'state', 'completed', 'result', result, 'finished', ARGV[1], 'seq', seq, 'e:' .. seq, event)
     redis.call('PEXPIRE', key, job[5])

@@ -9,7 +9,8 @@
 -- ARGV[1]     now, Unix ms
 -- ARGV[2]     queue wake-up channel
 -- ARGV[3]     queue name
--- ARGV[4..]   per job, in KEYS order, 8 values: id, payload, spec (MessagePack, see
+-- ARGV[4]     the QUEUED event of every job made ready now (see event_head in store/codec.rs)
+-- ARGV[5..]   per job, in KEYS order, 8 values: id, payload, spec (MessagePack, see
 --             store/codec.rs), kind, retention ms, default lease ms ("" for the server's),
 --             run at ("" for now), priority
 -- returns     the number of jobs made ready now (the others were scheduled, or written by an
@@ -28,13 +29,15 @@ if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 local now = tonumber(ARGV[1])
 local ready = {}
 for i = 3, #KEYS do
-  local a = 4 + (i - 3) * 8
+  local a = 5 + (i - 3) * 8
   local run_at = now
   if ARGV[a + 6] ~= '' then run_at = math.max(now, tonumber(ARGV[a + 6])) end
-  local event = {t = 'queued', at = now, a = 0}
-  if run_at > now then event = {t = 'scheduled', at = now, a = 0, due = run_at} end
+  local state, event = 'queued', ARGV[4]
+  if run_at > now then
+    state, event = 'scheduled', cmsgpack.pack({t = 'scheduled', at = now, a = 0, due = run_at})
+  end
   redis.call('HSET', KEYS[i],
-    'state', event.t, 'seq', '1', 'e:1', cmsgpack.pack(event), 'attempt', '0',
+    'state', state, 'seq', '1', 'e:1', event, 'attempt', '0',
     'payload', ARGV[a + 1], 'spec', ARGV[a + 2], 'kind', ARGV[a + 3], 'retention', ARGV[a + 4])
   if ARGV[a + 5] ~= '' then redis.call('HSET', KEYS[i], 'lease_default', ARGV[a + 5]) end
   if run_at > now then
