@@ -83,28 +83,31 @@ impl JobStore {
             .map(|pending| pending.op.now)
             .max()
             .unwrap_or_else(UnixMillis::now);
-        let wanted: usize = batch.iter().map(|pending| pending.op.want).sum();
+        // What each claim of the batch still takes.
+        let mut wants: Vec<usize> = batch.iter().map(|pending| pending.op.want).collect();
         let ready = self.keys.ready(queue);
-        // A few more candidates than wanted, so that racing claimers each still find some.
-        let candidates_per_round = (wanted.min(MAX_CANDIDATES) + CLAIM_CANDIDATES) as i64;
-        for _ in 0..CLAIM_ROUNDS {
+        // Rounds that claimed nothing because other jobds took every candidate first.
+        let mut lost_rounds = 0;
+        loop {
+            let wanted: usize = wants.iter().sum();
+            if wanted == 0 || lost_rounds == CLAIM_ROUNDS {
+                break;
+            }
+            // A few more candidates than wanted, so that racing claimers each still find some.
+            let page = wanted.min(MAX_CANDIDATES) + CLAIM_CANDIDATES;
             let candidates: Vec<String> = self
                 .timed(
                     "read_queue",
-                    self.pool.next().zrange(
-                        &ready,
-                        0,
-                        candidates_per_round - 1,
-                        None,
-                        false,
-                        None,
-                        false,
-                    ),
+                    self.pool
+                        .next()
+                        .zrange(&ready, 0, page as i64 - 1, None, false, None, false),
                 )
                 .await?;
             if candidates.is_empty() {
                 break;
             }
+            // A short page: the queue holds nothing beyond it.
+            let drained = candidates.len() < page;
             let mut keys = vec![ready.clone(), self.keys.running(queue)];
             let mut args: Vec<Value> = vec![
                 now.0.to_string().into(),
@@ -112,10 +115,10 @@ impl JobStore {
                 millis(self.settings.default_lease).into(),
                 batch.len().to_string().into(),
             ];
-            for Pending { op, .. } in batch {
+            for (Pending { op, .. }, want) in batch.iter().zip(&wants) {
                 args.push(op.worker.as_str().into());
                 args.push(op.lease.map(millis).unwrap_or_default().into());
-                args.push(op.want.to_string().into());
+                args.push(want.to_string().into());
                 args.push(Bytes::from(event_head("started", now, Some(op.worker.as_str()))).into());
             }
             let mut foreign = Vec::new();
@@ -155,30 +158,36 @@ impl JobStore {
             let entries: Vec<Value> = entries
                 .convert()
                 .map_err(|_| StoreError::corrupt("claim reply shape"))?;
-            if !entries.is_empty() {
-                let mut jobs: HashMap<String, Value> = reads.into_iter().zip(jobs).collect();
-                for entry in entries {
-                    let (claimer, id, fields, token, expires) =
-                        decode_claimed(entry, &mut jobs, self)?;
-                    let fields = match fields {
-                        Some(fields) => self.with_legacy(&id, fields).await?,
-                        None => self.read_fields(&id, "read_claimed").await?,
-                    };
-                    let job = fields
-                        .into_job(&id)?
-                        .ok_or_else(|| StoreError::corrupt(format!("claimed job {id} is gone")))?;
-                    claimed.get_mut(claimer).ok_or_else(shape)?.push(Claimed {
-                        job,
-                        token,
-                        lease_expires_at: expires,
-                    });
-                }
-                return Ok(claimed);
+            if entries.is_empty() {
+                // Every candidate was taken by another jobd between the read and the script:
+                // look again.
+                lost_rounds += 1;
+                continue;
             }
-            // Every candidate was taken by another claimer between the read and the script:
-            // look again.
+            let mut jobs: HashMap<String, Value> = reads.into_iter().zip(jobs).collect();
+            for entry in entries {
+                let (claimer, id, fields, token, expires) = decode_claimed(entry, &mut jobs, self)?;
+                let fields = match fields {
+                    Some(fields) => self.with_legacy(&id, fields).await?,
+                    None => self.read_fields(&id, "read_claimed").await?,
+                };
+                let job = fields
+                    .into_job(&id)?
+                    .ok_or_else(|| StoreError::corrupt(format!("claimed job {id} is gone")))?;
+                let want = wants.get_mut(claimer).ok_or_else(shape)?;
+                *want = want.saturating_sub(1);
+                claimed[claimer].push(Claimed {
+                    job,
+                    token,
+                    lease_expires_at: expires,
+                });
+            }
+            if drained {
+                break;
+            }
+            // Claims that still want jobs, from a queue that may hold more: another round.
         }
-        // Nothing ready, or lost every round: a waiting claim waits again.
+        // Nothing (more) ready, or lost every round: a waiting claim that got nothing waits.
         Ok(claimed)
     }
 

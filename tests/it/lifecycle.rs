@@ -858,3 +858,44 @@ async fn a_ready_entry_whose_job_is_gone_is_dropped_and_the_next_job_claimed_who
     assert_eq!(claimed.state(), JobState::Running);
     assert_eq!(redis.cli(&["ZCARD", "jobd:{q}:ready"]), "0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_that_want_more_than_one_read_of_the_queue_each_get_all_they_ask_for() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    const JOBS: usize = 600;
+    for _ in 0..2 {
+        jobs.submit_jobs(proto::SubmitJobsRequest {
+            jobs: vec![job_request("many"); JOBS / 2],
+        })
+        .await
+        .unwrap();
+    }
+    // Four claims of 100 at once, with more jobs ready than that: sharing calls, they want more
+    // than one read of the queue gives (256 + 4 candidates), and each still gets 100.
+    let workers = server.workers().await;
+    let claims = (0..4).map(|_| {
+        let mut workers = workers.clone();
+        async move {
+            workers
+                .claim_jobs(proto::ClaimJobsRequest {
+                    claim: Some(claim_request("many", Duration::from_secs(1))),
+                    max_jobs: 100,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .jobs
+        }
+    });
+    let mut seen = std::collections::HashSet::new();
+    for claimed in futures::future::join_all(claims).await {
+        assert_eq!(claimed.len(), 100);
+        for claimed in claimed {
+            assert!(seen.insert(claimed.job.unwrap().id), "claimed twice");
+        }
+    }
+    assert_eq!(stats(&mut jobs, "many").await.running, 400);
+    assert_eq!(stats(&mut jobs, "many").await.queued, 200);
+}

@@ -474,15 +474,17 @@ async fn batch_worker(
     }
 }
 
+/// The job every scenario submits: a no-op of kind `bench`, every option at its default.
+fn bench_job(queue: &str) -> proto::SubmitJobRequest {
+    proto::SubmitJobRequest {
+        queue: queue.to_owned(),
+        kind: "bench".to_owned(),
+        ..Default::default()
+    }
+}
+
 async fn submit(jobs: &mut JobServiceClient<Channel>, queue: &str) -> anyhow::Result<String> {
-    let response = jobs
-        .submit_job(proto::SubmitJobRequest {
-            queue: queue.to_owned(),
-            kind: "bench".to_owned(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
+    let response = jobs.submit_job(bench_job(queue)).await?.into_inner();
     Ok(response.job.map(|job| job.id).unwrap_or_default())
 }
 
@@ -492,11 +494,7 @@ async fn submit_batch(
     queue: &str,
     count: usize,
 ) -> anyhow::Result<Vec<String>> {
-    let request = proto::SubmitJobRequest {
-        queue: queue.to_owned(),
-        kind: "bench".to_owned(),
-        ..Default::default()
-    };
+    let request = bench_job(queue);
     let results = jobs
         .submit_jobs(proto::SubmitJobsRequest {
             jobs: vec![request; count],
@@ -530,11 +528,7 @@ async fn submit_and_watch_batch(
     count: usize,
 ) -> anyhow::Result<Vec<Phases>> {
     use proto::submit_and_watch_jobs_response::Message;
-    let request = proto::SubmitJobRequest {
-        queue: queue.to_owned(),
-        kind: "bench".to_owned(),
-        ..Default::default()
-    };
+    let request = bench_job(queue);
     let mut stream = jobs
         .submit_and_watch_jobs(proto::SubmitJobsRequest {
             jobs: vec![request; count],
