@@ -321,15 +321,7 @@ async fn claim_several_and_claim_the_next_with_a_completion() {
         ids.push(submit(&mut jobs, "batch", &[i]).await.id);
     }
     let claim = claim_request("batch", Duration::from_secs(1));
-    let claimed = workers
-        .claim_jobs(proto::ClaimJobsRequest {
-            claim: Some(claim.clone()),
-            max_jobs: 3,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .jobs;
+    let claimed = claim_jobs(&mut workers, claim.clone(), 3).await;
     let claimed_ids: Vec<String> = claimed
         .iter()
         .map(|c| c.job.as_ref().unwrap().id.clone())
@@ -544,16 +536,12 @@ async fn concurrent_completions_each_get_their_own_answer() {
     for id in &ids {
         watches.push(watch_in_background(&server, id).await);
     }
-    let claimed = workers
-        .clone()
-        .claim_jobs(proto::ClaimJobsRequest {
-            claim: Some(claim_request("together", Duration::from_secs(1))),
-            max_jobs: JOBS as u32,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .jobs;
+    let claimed = claim_jobs(
+        &mut workers.clone(),
+        claim_request("together", Duration::from_secs(1)),
+        JOBS as u32,
+    )
+    .await;
     assert_eq!(claimed.len(), JOBS);
 
     let completion = |id: &str, token: &str, result: Vec<u8>| {
@@ -636,15 +624,7 @@ async fn complete_jobs_answers_each_completion_and_claims_the_next() {
         ids.push(submit(&mut jobs, "many", &[i]).await.id);
     }
     let claim = claim_request("many", Duration::from_secs(1));
-    let claimed = workers
-        .claim_jobs(proto::ClaimJobsRequest {
-            claim: Some(claim.clone()),
-            max_jobs: 3,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .jobs;
+    let claimed = claim_jobs(&mut workers, claim.clone(), 3).await;
     let completion = |held: &proto::ClaimedJob, token: &str| proto::Completion {
         job_id: held.job.as_ref().unwrap().id.clone(),
         lease_token: token.to_owned(),
@@ -806,15 +786,7 @@ async fn concurrent_claims_each_get_their_own_jobs_worker_and_lease() {
             let mut claim = claim_request("shared", Duration::from_secs(1));
             claim.worker_id = format!("worker-{i}");
             claim.lease = Some(pb_duration(Duration::from_secs(60 + u64::from(i))));
-            let claimed = workers
-                .claim_jobs(proto::ClaimJobsRequest {
-                    claim: Some(claim),
-                    max_jobs: 3,
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .jobs;
+            let claimed = claim_jobs(&mut workers, claim, 3).await;
             (i, claimed)
         }
     });
@@ -878,15 +850,12 @@ async fn claims_that_want_more_than_one_read_of_the_queue_each_get_all_they_ask_
     let claims = (0..4).map(|_| {
         let mut workers = workers.clone();
         async move {
-            workers
-                .claim_jobs(proto::ClaimJobsRequest {
-                    claim: Some(claim_request("many", Duration::from_secs(1))),
-                    max_jobs: 100,
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .jobs
+            claim_jobs(
+                &mut workers,
+                claim_request("many", Duration::from_secs(1)),
+                100,
+            )
+            .await
         }
     });
     let mut seen = std::collections::HashSet::new();

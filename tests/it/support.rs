@@ -351,6 +351,23 @@ pub async fn claim(
     claimed
 }
 
+/// ClaimJobs: up to `max_jobs` jobs for `claim`; the call must succeed.
+pub async fn claim_jobs(
+    workers: &mut WorkerServiceClient<Channel>,
+    claim: proto::ClaimJobRequest,
+    max_jobs: u32,
+) -> Vec<proto::ClaimedJob> {
+    workers
+        .claim_jobs(proto::ClaimJobsRequest {
+            claim: Some(claim),
+            max_jobs,
+        })
+        .await
+        .expect("ClaimJobs succeeds")
+        .into_inner()
+        .jobs
+}
+
 pub async fn complete(
     workers: &mut WorkerServiceClient<Channel>,
     claimed: &proto::ClaimJobResponse,
