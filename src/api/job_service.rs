@@ -53,9 +53,7 @@ impl JobApi {
             shutdown,
         }
     }
-}
 
-impl JobApi {
     /// Checks a SubmitJobs request and gives each job its id: every job is valid, or the
     /// status names the first that is not (`jobs[i]`).
     fn new_jobs(

@@ -147,11 +147,10 @@ impl JobStore {
     }
 
     /// Creates several jobs with the ids given (see `new_job_id`), answering in their order.
-    /// The jobs of one queue without an
-    /// idempotency key are written by one script call, atomically; jobs with a key go one by
-    /// one, as `submit` does. Jobs of different queues live in different slots, so a failure
-    /// (Redis unavailable) can leave some queues' jobs written and others not: callers retry
-    /// with idempotency keys where that matters.
+    /// The jobs of one queue without an idempotency key are written by one script call,
+    /// atomically; jobs with a key go one by one, as `submit` does. Jobs of different queues
+    /// live in different slots, so a failure (Redis unavailable) can leave some queues' jobs
+    /// written and others not: callers retry with idempotency keys where that matters.
     pub async fn submit_many(
         &self,
         jobs: Vec<(JobId, NewJob)>,
