@@ -39,6 +39,10 @@ enum Command {
         /// Sizes that finish in seconds (for CI), instead of the documented ones.
         #[arg(long)]
         small: bool,
+        /// Runs of each scenario but fan-out (see `lifecycle --runs`); by default 3, or 1 with
+        /// --small.
+        #[arg(long)]
+        runs: Option<usize>,
     },
     /// Runs jobd itself (used by the other commands; not for direct use).
     #[command(hide = true)]
@@ -91,6 +95,10 @@ pub struct LifecycleArgs {
     /// a submit and a WatchJob per job.
     #[arg(long)]
     submit_and_watch: bool,
+    /// Runs, each on a fresh jobd and Redis; the figures are the runs' medians, with their
+    /// lowest and highest in `spread`.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -113,6 +121,10 @@ pub struct OpenLoopArgs {
     /// WatchJob.
     #[arg(long)]
     submit_and_watch: bool,
+    /// Runs, each on a fresh jobd and Redis; the figures are the runs' medians, with their
+    /// lowest and highest in `spread`.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -137,11 +149,13 @@ fn main() -> anyhow::Result<()> {
                 listen,
                 pool_size,
             } => env::serve(&redis_url, &listen, pool_size).await,
-            Command::Lifecycle(args) => scenarios::lifecycle(args).await.map(|_| ()),
+            Command::Lifecycle(args) => scenarios::lifecycle(args).await,
             Command::OpenLoop(args) => scenarios::open_loop(args).await,
             Command::FanOut(args) => scenarios::fan_out(args).await,
             Command::RedisCost(args) => scenarios::redis_cost(args).await,
-            Command::All { small } => scenarios::all(small).await,
+            Command::All { small, runs } => {
+                scenarios::all(small, runs.unwrap_or(if small { 1 } else { 3 })).await
+            }
         }
     })
 }

@@ -22,41 +22,57 @@ use tonic::transport::Channel;
 use crate::{
     FanOutArgs, LifecycleArgs, OpenLoopArgs, Target,
     env::Systems,
-    report::{self, Latencies},
+    report::{self, Figures, Latencies},
 };
 
 /// Connections the submitters share (HTTP/2 multiplexes their calls).
 const SUBMIT_CONNECTIONS: usize = 4;
 
-pub async fn lifecycle(args: LifecycleArgs) -> anyhow::Result<(f64, Latencies)> {
+pub async fn lifecycle(args: LifecycleArgs) -> anyhow::Result<()> {
+    let mut runs = Vec::new();
+    for _ in 0..args.runs.max(1) {
+        runs.push(lifecycle_once(&args).await?);
+    }
+    report::print("lifecycle", &report::median(&runs));
+    Ok(())
+}
+
+/// One lifecycle run, on a fresh jobd and Redis (unless given ones).
+async fn lifecycle_once(args: &LifecycleArgs) -> anyhow::Result<Figures> {
     let systems = Systems::start(&args.target).await?;
     let cpu_before = systems.cpu_us();
-    let (elapsed, mut latencies) = run_lifecycle(&systems, &args).await?;
+    let (elapsed, mut latencies) = run_lifecycle(&systems, args).await?;
     let cpu = systems.cpu_us().per_job_since(&cpu_before, args.jobs);
     let rate = args.jobs as f64 / elapsed.as_secs_f64();
-    report::print(
-        "lifecycle",
-        &[
-            ("jobs", json!(args.jobs)),
-            ("in_flight", json!(args.in_flight)),
-            ("workers", json!(args.workers)),
-            ("claim_batch", json!(args.batch)),
-            ("submit_batch", json!(args.submit_batch)),
-            ("submit_and_watch", json!(args.submit_and_watch)),
-            ("seconds", json!(elapsed.as_secs_f64())),
-            ("jobs_per_sec", json!(rate)),
-            ("p50_ms", json!(latencies.percentile_ms(50.0))),
-            ("p99_ms", json!(latencies.percentile_ms(99.0))),
-            ("p999_ms", json!(latencies.percentile_ms(99.9))),
-            ("jobd_cpu_us_per_job", json!(cpu.jobd)),
-            ("redis_cpu_us_per_job", json!(cpu.redis)),
-            ("bench_cpu_us_per_job", json!(cpu.bench)),
-        ],
-    );
-    Ok((rate, latencies))
+    Ok(vec![
+        ("jobs", json!(args.jobs)),
+        ("in_flight", json!(args.in_flight)),
+        ("workers", json!(args.workers)),
+        ("claim_batch", json!(args.batch)),
+        ("submit_batch", json!(args.submit_batch)),
+        ("submit_and_watch", json!(args.submit_and_watch)),
+        ("seconds", json!(elapsed.as_secs_f64())),
+        ("jobs_per_sec", json!(rate)),
+        ("p50_ms", json!(latencies.percentile_ms(50.0))),
+        ("p99_ms", json!(latencies.percentile_ms(99.0))),
+        ("p999_ms", json!(latencies.percentile_ms(99.9))),
+        ("jobd_cpu_us_per_job", json!(cpu.jobd)),
+        ("redis_cpu_us_per_job", json!(cpu.redis)),
+        ("bench_cpu_us_per_job", json!(cpu.bench)),
+    ])
 }
 
 pub async fn redis_cost(args: LifecycleArgs) -> anyhow::Result<()> {
+    let mut runs = Vec::new();
+    for _ in 0..args.runs.max(1) {
+        runs.push(redis_cost_once(&args).await?);
+    }
+    report::print("redis-cost", &report::median(&runs));
+    Ok(())
+}
+
+/// One redis-cost run, on a fresh jobd and Redis (unless given ones).
+async fn redis_cost_once(args: &LifecycleArgs) -> anyhow::Result<Figures> {
     let systems = Systems::start(&args.target).await?;
     // Warm up (scripts loaded, connections up) so that the counters see the steady state.
     let warm_up = LifecycleArgs {
@@ -65,28 +81,24 @@ pub async fn redis_cost(args: LifecycleArgs) -> anyhow::Result<()> {
     };
     run_lifecycle(&systems, &warm_up).await?;
     let (calls_before, cpu_before) = systems.redis_counters()?;
-    let (elapsed, _) = run_lifecycle(&systems, &args).await?;
+    let (elapsed, _) = run_lifecycle(&systems, args).await?;
     let (calls_after, cpu_after) = systems.redis_counters()?;
     let jobs = args.jobs as f64;
-    report::print(
-        "redis-cost",
-        &[
-            ("jobs", json!(args.jobs)),
-            ("claim_batch", json!(args.batch)),
-            ("submit_batch", json!(args.submit_batch)),
-            ("submit_and_watch", json!(args.submit_and_watch)),
-            ("seconds", json!(elapsed.as_secs_f64())),
-            (
-                "commands_per_job",
-                json!((calls_after - calls_before) as f64 / jobs),
-            ),
-            (
-                "redis_cpu_us_per_job",
-                json!((cpu_after - cpu_before) / jobs),
-            ),
-        ],
-    );
-    Ok(())
+    Ok(vec![
+        ("jobs", json!(args.jobs)),
+        ("claim_batch", json!(args.batch)),
+        ("submit_batch", json!(args.submit_batch)),
+        ("submit_and_watch", json!(args.submit_and_watch)),
+        ("seconds", json!(elapsed.as_secs_f64())),
+        (
+            "commands_per_job",
+            json!((calls_after - calls_before) as f64 / jobs),
+        ),
+        (
+            "redis_cpu_us_per_job",
+            json!((cpu_after - cpu_before) / jobs),
+        ),
+    ])
 }
 
 /// N jobs, P submissions in flight, each submitter watching its job to the terminal event.
@@ -155,6 +167,16 @@ async fn run_lifecycle(
 }
 
 pub async fn open_loop(args: OpenLoopArgs) -> anyhow::Result<()> {
+    let mut runs = Vec::new();
+    for _ in 0..args.runs.max(1) {
+        runs.push(open_loop_once(&args).await?);
+    }
+    report::print("open-loop", &report::median(&runs));
+    Ok(())
+}
+
+/// One open-loop run, on a fresh jobd and Redis (unless given ones).
+async fn open_loop_once(args: &OpenLoopArgs) -> anyhow::Result<Figures> {
     let systems = Systems::start(&args.target).await?;
     let queue = unique_queue("open-loop");
     let done = CancellationToken::new();
@@ -222,30 +244,26 @@ pub async fn open_loop(args: OpenLoopArgs) -> anyhow::Result<()> {
     done.cancel();
     workers.join_all().await;
     let [mut accepted, mut running, mut latencies] = std::mem::take(&mut *lock(&latencies));
-    report::print(
-        "open-loop",
-        &[
-            ("rate_per_sec", json!(args.rate)),
-            ("claim_batch", json!(args.batch)),
-            ("submit_and_watch", json!(args.submit_and_watch)),
-            ("jobs", json!(total)),
-            (
-                "achieved_per_sec",
-                json!(latencies.len() as f64 / elapsed.as_secs_f64()),
-            ),
-            ("failures", json!(failures.load(Ordering::Relaxed))),
-            ("p50_ms", json!(latencies.percentile_ms(50.0))),
-            ("p99_ms", json!(latencies.percentile_ms(99.0))),
-            ("p999_ms", json!(latencies.percentile_ms(99.9))),
-            ("send_lag_p50_ms", json!(send_lag.percentile_ms(50.0))),
-            ("send_lag_p99_ms", json!(send_lag.percentile_ms(99.0))),
-            ("accepted_p50_ms", json!(accepted.percentile_ms(50.0))),
-            ("accepted_p99_ms", json!(accepted.percentile_ms(99.0))),
-            ("started_p50_ms", json!(running.percentile_ms(50.0))),
-            ("started_p99_ms", json!(running.percentile_ms(99.0))),
-        ],
-    );
-    Ok(())
+    Ok(vec![
+        ("rate_per_sec", json!(args.rate)),
+        ("claim_batch", json!(args.batch)),
+        ("submit_and_watch", json!(args.submit_and_watch)),
+        ("jobs", json!(total)),
+        (
+            "achieved_per_sec",
+            json!(latencies.len() as f64 / elapsed.as_secs_f64()),
+        ),
+        ("failures", json!(failures.load(Ordering::Relaxed))),
+        ("p50_ms", json!(latencies.percentile_ms(50.0))),
+        ("p99_ms", json!(latencies.percentile_ms(99.0))),
+        ("p999_ms", json!(latencies.percentile_ms(99.9))),
+        ("send_lag_p50_ms", json!(send_lag.percentile_ms(50.0))),
+        ("send_lag_p99_ms", json!(send_lag.percentile_ms(99.0))),
+        ("accepted_p50_ms", json!(accepted.percentile_ms(50.0))),
+        ("accepted_p99_ms", json!(accepted.percentile_ms(99.0))),
+        ("started_p50_ms", json!(running.percentile_ms(50.0))),
+        ("started_p99_ms", json!(running.percentile_ms(99.0))),
+    ])
 }
 
 pub async fn fan_out(args: FanOutArgs) -> anyhow::Result<()> {
@@ -315,8 +333,9 @@ pub async fn fan_out(args: FanOutArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every scenario, each on a fresh jobd and Redis: the documented sizes, or `small` ones.
-pub async fn all(small: bool) -> anyhow::Result<()> {
+/// Every scenario, each on a fresh jobd and Redis: the documented sizes, or `small` ones; each
+/// but fan-out `runs` times, reporting the medians.
+pub async fn all(small: bool, runs: usize) -> anyhow::Result<()> {
     let target = Target {
         pool_size: 4,
         ..Target::default()
@@ -341,6 +360,7 @@ pub async fn all(small: bool) -> anyhow::Result<()> {
             batch,
             submit_batch,
             submit_and_watch,
+            runs,
         };
         lifecycle(lifecycle_args.clone()).await?;
         redis_cost(lifecycle_args).await?;
@@ -354,6 +374,7 @@ pub async fn all(small: bool) -> anyhow::Result<()> {
                 workers: 16,
                 batch: 8,
                 submit_and_watch,
+                runs,
             })
             .await?;
         }
