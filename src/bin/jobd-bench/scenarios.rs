@@ -28,13 +28,22 @@ use crate::{
 /// Connections the submitters share (HTTP/2 multiplexes their calls).
 const SUBMIT_CONNECTIONS: usize = 4;
 
-pub async fn lifecycle(args: LifecycleArgs) -> anyhow::Result<()> {
-    let mut runs = Vec::new();
-    for _ in 0..args.runs.max(1) {
-        runs.push(lifecycle_once(&args).await?);
+/// Runs a scenario `runs` times (at least once) and prints the runs' medians as `scenario`.
+async fn report_runs<Run, Fut>(scenario: &str, runs: usize, run: Run) -> anyhow::Result<()>
+where
+    Run: Fn() -> Fut,
+    Fut: Future<Output = anyhow::Result<Figures>>,
+{
+    let mut figures = Vec::new();
+    for _ in 0..runs.max(1) {
+        figures.push(run().await?);
     }
-    report::print("lifecycle", &report::median(&runs));
+    report::print(scenario, &report::median(&figures));
     Ok(())
+}
+
+pub async fn lifecycle(args: LifecycleArgs) -> anyhow::Result<()> {
+    report_runs("lifecycle", args.runs, || lifecycle_once(&args)).await
 }
 
 /// One lifecycle run, on a fresh jobd and Redis (unless given ones).
@@ -63,12 +72,7 @@ async fn lifecycle_once(args: &LifecycleArgs) -> anyhow::Result<Figures> {
 }
 
 pub async fn redis_cost(args: LifecycleArgs) -> anyhow::Result<()> {
-    let mut runs = Vec::new();
-    for _ in 0..args.runs.max(1) {
-        runs.push(redis_cost_once(&args).await?);
-    }
-    report::print("redis-cost", &report::median(&runs));
-    Ok(())
+    report_runs("redis-cost", args.runs, || redis_cost_once(&args)).await
 }
 
 /// One redis-cost run, on a fresh jobd and Redis (unless given ones).
@@ -167,12 +171,7 @@ async fn run_lifecycle(
 }
 
 pub async fn open_loop(args: OpenLoopArgs) -> anyhow::Result<()> {
-    let mut runs = Vec::new();
-    for _ in 0..args.runs.max(1) {
-        runs.push(open_loop_once(&args).await?);
-    }
-    report::print("open-loop", &report::median(&runs));
-    Ok(())
+    report_runs("open-loop", args.runs, || open_loop_once(&args)).await
 }
 
 /// One open-loop run, on a fresh jobd and Redis (unless given ones).
