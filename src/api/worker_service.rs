@@ -85,7 +85,7 @@ impl WorkerApi {
     /// wait is over or the server shuts down.
     async fn claim(&self, claim: &ClaimRequest, max: usize) -> Result<Vec<Claimed>, Status> {
         let deadline = Instant::now() + claim.wait;
-        // A waiting claim holds no Redis connection: it parks on the in-process hub, which
+        // A waiting claim holds no Redis connection: it waits on the in-process hub, which
         // wakes one waiter per announced job.
         let mut waiter = (!claim.wait.is_zero()).then(|| {
             (
@@ -97,22 +97,44 @@ impl WorkerApi {
             let wakeup = waiter.as_mut().map(|(waiter, _)| waiter.arm());
             let claimed = self.try_claim(claim, max).await?;
             if !claimed.is_empty() {
-                let now = UnixMillis::now();
-                for first in claimed.iter().filter(|claimed| claimed.job.attempt == 1) {
-                    self.metrics
-                        .queue_wait(first.job.queue(), now.since(first.job.created_at));
-                }
-                return Ok(claimed);
+                return Ok(self.started(claimed));
             }
             let Some(wakeup) = wakeup else {
                 return Ok(Vec::new());
             };
-            tokio::select! {
-                () = wakeup => {}
-                () = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
-                () = self.shutdown.cancelled() => return Ok(Vec::new()),
+            // Parked, a job submitted through this process comes straight to this claim; one
+            // submitted elsewhere wakes it to look again.
+            let mut parked = self
+                .store
+                .park(&claim.queues, &claim.worker, claim.lease, max);
+            let (handed, stop) = tokio::select! {
+                handed = parked.handed() => (Some(handed), false),
+                () = wakeup => (None, false),
+                () = tokio::time::sleep_until(deadline) => (None, true),
+                () = self.shutdown.cancelled() => (None, true),
+            };
+            // A submission may have taken this claim meanwhile: leaving gets what it hands over.
+            let handed = match handed {
+                Some(handed) => handed,
+                None => parked.leave().await,
+            };
+            if !handed.is_empty() {
+                return Ok(self.started(handed));
+            }
+            if stop {
+                return Ok(Vec::new());
             }
         }
+    }
+
+    /// Records how long the jobs just claimed for the first time waited.
+    fn started(&self, claimed: Vec<Claimed>) -> Vec<Claimed> {
+        let now = UnixMillis::now();
+        for first in claimed.iter().filter(|claimed| claimed.job.attempt == 1) {
+            self.metrics
+                .queue_wait(first.job.queue(), now.since(first.job.created_at));
+        }
+        claimed
     }
 
     fn claim_request(&self, request: proto::ClaimJobRequest) -> Result<ClaimRequest, Status> {

@@ -8,7 +8,7 @@ use std::{
 use bytes::Bytes;
 
 use super::{
-    EventKind, JobEvent, JobId, JobKind, LeaseLimits, QueueName, RequestError,
+    EventKind, JobEvent, JobId, JobKind, LeaseLimits, QueueName, RequestError, WorkerId,
     schedule::{self, Backoff, BackoffRequest, Idempotency, Start},
 };
 
@@ -133,6 +133,26 @@ impl Job {
                 }
                 _ => EventKind::Queued,
             },
+        }
+    }
+
+    /// A QUEUED job as its first claim leaves it: RUNNING, attempt 1, leased to `worker`
+    /// from `at` until `lease_expires_at`, its STARTED event the second of its log.
+    pub fn started_by(
+        self,
+        worker: &WorkerId,
+        at: UnixMillis,
+        lease_expires_at: UnixMillis,
+    ) -> Job {
+        Job {
+            state: JobState::Running,
+            attempt: 1,
+            started_at: Some(at),
+            last_sequence: 2,
+            run_at: None,
+            lease_expires_at: Some(lease_expires_at),
+            worker_id: Some(worker.as_str().to_owned()),
+            ..self
         }
     }
 }

@@ -14,9 +14,12 @@ use super::{
     codec::{
         Fields, JOB_FIELDS, LEGACY_FIELDS, Spec, decode_event, event_field, event_head, number,
     },
+    handoff::{self, Taken},
     millis, state_in, status,
 };
-use crate::domain::{Idempotency, Job, JobEvent, JobId, JobState, NewJob, QueueName, UnixMillis};
+use crate::domain::{
+    Claimed, Idempotency, Job, JobEvent, JobId, JobState, LeaseToken, NewJob, QueueName, UnixMillis,
+};
 
 /// Events read per round trip when replaying a log; most jobs have fewer in all.
 const EVENT_PAGE: u64 = 16;
@@ -183,7 +186,9 @@ impl JobStore {
         Ok(results.into_iter().flatten().collect())
     }
 
-    /// Creates jobs of one queue, none with an idempotency key, with one script call.
+    /// Creates jobs of one queue, none with an idempotency key, with one script call. Jobs
+    /// ready now go straight to claims parked on this process if the queue has no ready job
+    /// (see `store::handoff`); every parked claim taken is answered, whatever happens.
     async fn write_jobs(
         &self,
         queue: &QueueName,
@@ -191,7 +196,11 @@ impl JobStore {
         now: UnixMillis,
     ) -> Result<Vec<Box<Job>>> {
         self.register(queue).await?;
-        let mut keys = vec![self.keys.ready(queue), self.keys.scheduled(queue)];
+        let mut keys = vec![
+            self.keys.ready(queue),
+            self.keys.scheduled(queue),
+            self.keys.running(queue),
+        ];
         let mut queued = event_head("queued", now, None);
         queued.push(0);
         let mut args: Vec<Value> = vec![
@@ -199,18 +208,100 @@ impl JobStore {
             self.keys.queue_channel().into(),
             queue.as_str().into(),
             Bytes::from(queued).into(),
+            self.keys.job_channel().into(),
         ];
-        let mut created = Vec::with_capacity(jobs.len());
-        for (id, job) in jobs {
-            keys.push(self.keys.job(&id));
-            push_job_args(&mut args, &id, &job, now)?;
-            created.push((id, job));
+        for (id, job) in &jobs {
+            keys.push(self.keys.job(id));
+            push_job_args(&mut args, id, job, now)?;
         }
-        let _: u64 = self.call(&self.scripts.submit_many, keys, args).await?;
-        Ok(created
+        let ready_now: Vec<usize> = (0..jobs.len())
+            .filter(|&job| jobs[job].1.run_at.is_none_or(|at| at <= now))
+            .collect();
+        let taken = match ready_now.len() {
+            0 => Vec::new(),
+            most => self.parked.take(queue, most),
+        };
+        let handoffs = self.handoffs(&jobs, &ready_now, &taken, now, &mut args);
+        let reply: Result<Vec<u64>> = self.call(&self.scripts.submit_many, keys, args).await;
+        let handed = match &reply {
+            Ok(reply) => reply.get(1) == Some(&1),
+            Err(_) => false,
+        };
+        let created: Vec<Box<Job>> = jobs
             .into_iter()
             .map(|(id, job)| Box::new(job.into_job(id, now)))
-            .collect())
+            .collect();
+        let mut given: Vec<Vec<Claimed>> = taken.iter().map(|_| Vec::new()).collect();
+        if handed {
+            self.metrics.handed_off(queue, handoffs.len());
+            for handoff in &handoffs {
+                let claim = &taken[handoff.claim];
+                let job = (*created[handoff.job]).clone();
+                given[handoff.claim].push(Claimed {
+                    job: job.started_by(&claim.worker, now, handoff.lease_expires_at),
+                    token: handoff.token.clone(),
+                    lease_expires_at: handoff.lease_expires_at,
+                });
+            }
+        }
+        // Claims not served (the queue had ready jobs, or Redis failed) look again.
+        for (claim, jobs) in taken.into_iter().zip(given) {
+            let worker = (!jobs.is_empty()).then(|| claim.worker.clone());
+            if let (false, Some(worker)) = (claim.answer(jobs), worker) {
+                tracing::warn!(
+                    queue = %queue,
+                    worker = worker.as_str(),
+                    "a claim went away while jobs were handed to it; they run again once their lease expires"
+                );
+            }
+        }
+        reply?;
+        Ok(created)
+    }
+
+    /// Deals the jobs ready now to the parked claims taken, adding each hand-off to the
+    /// script's arguments.
+    fn handoffs(
+        &self,
+        jobs: &[(JobId, NewJob)],
+        ready_now: &[usize],
+        taken: &[Taken],
+        now: UnixMillis,
+        args: &mut Vec<Value>,
+    ) -> Vec<Handoff> {
+        let priorities: Vec<i32> = ready_now.iter().map(|&job| jobs[job].1.priority).collect();
+        let wants: Vec<usize> = taken.iter().map(|claim| claim.want).collect();
+        let handoffs: Vec<Handoff> = handoff::deal(&priorities, &wants)
+            .into_iter()
+            .map(|(ready, claim)| {
+                let job = ready_now[ready];
+                let lease = taken[claim]
+                    .lease
+                    .or(jobs[job].1.lease)
+                    .unwrap_or(self.settings.default_lease);
+                Handoff {
+                    job,
+                    claim,
+                    token: LeaseToken::generate(),
+                    lease,
+                    lease_expires_at: now.saturating_add(lease),
+                }
+            })
+            .collect();
+        for handoff in &handoffs {
+            let worker = taken[handoff.claim].worker.as_str();
+            let mut started = event_head("started", now, Some(worker));
+            started.push(1);
+            args.extend([
+                Value::from((handoff.job + 1).to_string()),
+                worker.into(),
+                Bytes::from(started).into(),
+                handoff.token.as_str().into(),
+                millis(handoff.lease).into(),
+                handoff.lease_expires_at.0.to_string().into(),
+            ]);
+        }
+        handoffs
     }
 
     pub async fn get(&self, id: &JobId) -> Result<crate::domain::Job> {
@@ -417,6 +508,16 @@ impl JobStore {
         }
         Ok(queues)
     }
+}
+
+/// A job of a submission given to a parked claim: indexes into the submission's jobs and the
+/// claims taken.
+struct Handoff {
+    job: usize,
+    claim: usize,
+    token: LeaseToken,
+    lease: std::time::Duration,
+    lease_expires_at: UnixMillis,
 }
 
 /// The 8 script arguments that describe a new job, in the order submit.lua and

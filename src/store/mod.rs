@@ -4,6 +4,7 @@
 mod batch;
 mod codec;
 mod connection;
+mod handoff;
 mod jobs;
 mod keys;
 mod scripts;
@@ -20,6 +21,7 @@ use fred::{
 
 pub use codec::{AnnouncedEvent, decode_announced, parse_announced};
 pub use connection::RedisClients;
+pub use handoff::Parked;
 pub use jobs::{EventPage, ListCursor, QueueStats, Submitted};
 pub use keys::Keys;
 pub use sweep::{SWEEP_BATCH, SweepReport};
@@ -29,6 +31,7 @@ use crate::{
     telemetry::Metrics,
 };
 use batch::Batcher;
+use handoff::ParkedClaims;
 use scripts::{LuaScript, Scripts};
 use work::{Claim, Completion};
 
@@ -101,6 +104,8 @@ pub struct Shared {
     claims: Batcher<Claim, Vec<Claimed>>,
     /// Completions waiting to share a script call, per queue.
     completions: Batcher<Completion, Option<AttemptEnd>>,
+    /// Claims waiting on this process for a job that a submission here may hand them.
+    parked: ParkedClaims,
     metrics: Metrics,
 }
 
@@ -124,6 +129,7 @@ impl JobStore {
             submissions: Default::default(),
             claims: Default::default(),
             completions: Default::default(),
+            parked: Default::default(),
             metrics,
         }))
     }

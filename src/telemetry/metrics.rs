@@ -66,6 +66,7 @@ struct Instruments {
     finished: Counter<u64>,
     retries: Counter<u64>,
     lease_expiries: Counter<u64>,
+    handoffs: Counter<u64>,
     queue_wait: Histogram<f64>,
     run_time: Histogram<f64>,
     watch_streams: UpDownCounter<i64>,
@@ -118,6 +119,11 @@ impl Metrics {
                 "jobd.leases.expired",
                 "{lease}",
                 "Leases that ran out without a heartbeat or an outcome",
+            ),
+            handoffs: counter(
+                "jobd.jobs.handed_off",
+                "{job}",
+                "Jobs a submission gave straight to a claim waiting for one",
             ),
             queue_wait: seconds("jobd.job.queue_wait", "Time from submit to the first claim"),
             run_time: seconds(
@@ -188,6 +194,13 @@ impl Metrics {
         self.0
             .lease_expiries
             .add(1, &[KeyValue::new(QUEUE, queue.to_string())]);
+    }
+
+    /// A submission gave `jobs` jobs straight to waiting claims (see `store::handoff`).
+    pub fn handed_off(&self, queue: &QueueName, jobs: usize) {
+        self.0
+            .handoffs
+            .add(jobs as u64, &[KeyValue::new(QUEUE, queue.to_string())]);
     }
 
     pub fn queue_wait(&self, queue: &QueueName, wait: Duration) {

@@ -176,6 +176,9 @@ async fn a_watcher_gets_the_terminal_event_across_a_subscriber_reconnect() {
 async fn a_waiting_claim_is_woken_across_a_subscriber_reconnect() {
     let redis = RedisServer::start();
     let server = TestServer::start(&redis).await;
+    // The job is submitted through another jobd, so that only the wake-up message can reach
+    // the claim (through its own, it would be handed to it directly).
+    let other = TestServer::start(&redis).await;
     let mut workers = server.workers().await;
     let waiting = tokio::spawn(async move {
         workers
@@ -183,8 +186,9 @@ async fn a_waiting_claim_is_woken_across_a_subscriber_reconnect() {
             .await
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]), "1");
-    let mut jobs = server.jobs().await;
+    // Both jobds' subscriber connections.
+    assert_eq!(redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]), "2");
+    let mut jobs = other.jobs().await;
     let job = submit(&mut jobs, "q", b"").await;
     let claimed = tokio::time::timeout(Duration::from_secs(10), waiting)
         .await

@@ -5,6 +5,7 @@ mod cancel;
 mod connections;
 mod errors;
 mod grpcurl;
+mod handoff;
 mod health;
 mod layout;
 mod lifecycle;

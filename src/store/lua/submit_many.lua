@@ -1,20 +1,27 @@
 -- Creates several jobs of one queue at once (none with an idempotency key): each QUEUED in the
--- ready set, or SCHEDULED when it may only run later. One ZADD and one wake-up for the batch.
--- Safe to run twice: job ids are made by the caller and the batch is written whole, so a second
--- run finds the first job and writes nothing.
+-- ready set, or SCHEDULED when it may only run later; or, handed off to a claim waiting on the
+-- calling jobd (see store/handoff.rs), RUNNING at once, but only when the queue has no ready
+-- job that would be passed over. One ZADD and one wake-up per set for the batch.
+-- Safe to run twice: job ids and lease tokens are made by the caller and the batch is written
+-- whole, so a second run finds the first job, writes nothing, and says whether the first run
+-- handed off.
 --
 -- KEYS[1]     queue's ready set
 -- KEYS[2]     queue's scheduled set
--- KEYS[3..n]  job hashes, one per job
+-- KEYS[3]     queue's running set (score: lease expiry, Unix ms)
+-- KEYS[4..n]  job hashes, one per job
 -- ARGV[1]     now, Unix ms
 -- ARGV[2]     queue wake-up channel
 -- ARGV[3]     queue name
 -- ARGV[4]     the QUEUED event of every job made ready now (see event_head in store/codec.rs)
--- ARGV[5..]   per job, in KEYS order, 8 values: id, payload, spec (MessagePack, see
+-- ARGV[5]     job wake-up channel
+-- ARGV[6..]   per job, in KEYS order, 8 values: id, payload, spec (MessagePack, see
 --             store/codec.rs), kind, retention ms, default lease ms ("" for the server's),
 --             run at ("" for now), priority
--- returns     the number of jobs made ready now (the others were scheduled, or written by an
---             earlier run)
+-- then        per hand-off, 6 values: the job's place among the jobs (1-based), worker id, its
+--             STARTED event, lease token, lease ms, lease expiry (Unix ms); none are for jobs
+--             run later
+-- returns     {the number of jobs made ready now, 1 if the hand-offs were made else 0}
 
 -- Numbers go to Redis and into messages as integer text: Lua's own conversion of a number
 -- to text formats it as a float, which costs several times more.
@@ -25,31 +32,64 @@ local function ready_score(priority, at)
   return (1000 - priority) * 2199023255552 + (at - 1704067200000)
 end
 
-if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+local jobs = #KEYS - 3
+local first_handoff = 6 + jobs * 8
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  -- The first hand-off's job holds its lease token if that run made the hand-offs.
+  if #ARGV >= first_handoff
+    and redis.call('HGET', KEYS[3 + tonumber(ARGV[first_handoff])], 'token')
+      == ARGV[first_handoff + 3] then
+    return {0, 1}
+  end
+  return {0, 0}
+end
+-- Hand-offs by job place; made only when they pass over no ready job.
+local handoffs = {}
+local handing = #ARGV >= first_handoff and redis.call('EXISTS', KEYS[1]) == 0
+if handing then
+  for h = first_handoff, #ARGV, 6 do handoffs[tonumber(ARGV[h])] = h end
+end
 local now = tonumber(ARGV[1])
-local ready = {}
-for i = 3, #KEYS do
-  local a = 5 + (i - 3) * 8
+local ready, running, announced = {}, {}, {}
+for place = 1, jobs do
+  local key, a = KEYS[3 + place], 6 + (place - 1) * 8
   local run_at = now
   if ARGV[a + 6] ~= '' then run_at = math.max(now, tonumber(ARGV[a + 6])) end
-  local state, event = 'queued', ARGV[4]
-  if run_at > now then
-    state, event = 'scheduled', cmsgpack.pack({t = 'scheduled', at = now, a = 0, due = run_at})
-  end
-  redis.call('HSET', KEYS[i],
-    'state', state, 'seq', '1', 'e:1', event, 'attempt', '0',
-    'payload', ARGV[a + 1], 'spec', ARGV[a + 2], 'kind', ARGV[a + 3], 'retention', ARGV[a + 4])
-  if ARGV[a + 5] ~= '' then redis.call('HSET', KEYS[i], 'lease_default', ARGV[a + 5]) end
-  if run_at > now then
-    redis.call('HSET', KEYS[i], 'run_at', run_at)
-    redis.call('ZADD', KEYS[2], run_at, ARGV[a])
+  local h = handoffs[place]
+  if h then
+    local started = ARGV[h + 2]
+    redis.call('HSET', key,
+      'state', 'running', 'seq', '2', 'e:1', ARGV[4], 'e:2', started, 'attempt', '1',
+      'payload', ARGV[a + 1], 'spec', ARGV[a + 2], 'kind', ARGV[a + 3], 'retention', ARGV[a + 4],
+      'token', ARGV[h + 3], 'worker', ARGV[h + 1], 'started', ARGV[1], 'lease_ms', ARGV[h + 4],
+      'lease_until', ARGV[h + 5])
+    running[#running + 1] = ARGV[h + 5]
+    running[#running + 1] = ARGV[a]
+    announced[#announced + 1] = '2 ' .. ARGV[a] .. ' ' .. int(#started) .. ' ' .. started .. ' -'
   else
-    ready[#ready + 1] = int(ready_score(tonumber(ARGV[a + 7]), now))
-    ready[#ready + 1] = ARGV[a]
+    local state, event = 'queued', ARGV[4]
+    if run_at > now then
+      state, event = 'scheduled', cmsgpack.pack({t = 'scheduled', at = now, a = 0, due = run_at})
+    end
+    redis.call('HSET', key,
+      'state', state, 'seq', '1', 'e:1', event, 'attempt', '0',
+      'payload', ARGV[a + 1], 'spec', ARGV[a + 2], 'kind', ARGV[a + 3], 'retention', ARGV[a + 4])
+    if run_at > now then
+      redis.call('HSET', key, 'run_at', run_at)
+      redis.call('ZADD', KEYS[2], run_at, ARGV[a])
+    else
+      ready[#ready + 1] = int(ready_score(tonumber(ARGV[a + 7]), now))
+      ready[#ready + 1] = ARGV[a]
+    end
   end
+  if ARGV[a + 5] ~= '' then redis.call('HSET', key, 'lease_default', ARGV[a + 5]) end
+end
+if #running > 0 then
+  redis.call('ZADD', KEYS[3], unpack(running))
+  redis.call('PUBLISH', ARGV[5], table.concat(announced, '\n'))
 end
 if #ready > 0 then
   redis.call('ZADD', KEYS[1], unpack(ready))
   redis.call('PUBLISH', ARGV[2], ARGV[3] .. ' ' .. int(#ready / 2))
 end
-return #ready / 2
+return {#ready / 2, handing and 1 or 0}

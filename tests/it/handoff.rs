@@ -1,0 +1,353 @@
+//! Hand-off: a job submitted through the jobd a claim waits on goes straight to that claim,
+//! RUNNING from its submission's own script call, unless the queue holds ready jobs it would
+//! pass over.
+
+use std::time::Duration;
+
+use jobd::api::proto::{self, EventType};
+
+use crate::support::*;
+
+/// Waits until claims have read their queues `reads` times in all: a claim that found its
+/// queue empty parks right after that read.
+async fn claims_have_looked(redis: &RedisServer, reads: u64) {
+    eventually(Duration::from_secs(10), "the claims to look", || async {
+        let stats = redis.cli(&["INFO", "commandstats"]);
+        let calls = stats
+            .lines()
+            .find_map(|line| line.strip_prefix("cmdstat_zrange:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|calls| calls.parse::<u64>().ok())
+            .unwrap_or(0);
+        (calls >= reads).then_some(())
+    })
+    .await;
+}
+
+/// Every command Redis ran from here on, scripts' own included, by name and arguments.
+fn record_commands(redis: &RedisServer) {
+    redis.cli(&["CONFIG", "SET", "slowlog-log-slower-than", "0"]);
+    redis.cli(&["CONFIG", "SET", "slowlog-max-len", "10000"]);
+    redis.cli(&["SLOWLOG", "RESET"]);
+}
+
+fn recorded_commands(redis: &RedisServer) -> Vec<Vec<String>> {
+    let log: serde_json::Value =
+        serde_json::from_str(&redis.cli(&["--json", "SLOWLOG", "GET", "10000"]))
+            .expect("SLOWLOG GET as JSON");
+    log.as_array()
+        .expect("a list of entries")
+        .iter()
+        .map(|entry| {
+            entry[3]
+                .as_array()
+                .expect("the command's arguments")
+                .iter()
+                .map(|arg| arg.as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .collect()
+}
+
+fn claim_jobs_request(queue: &str, worker: &str, wait: Duration) -> proto::ClaimJobRequest {
+    proto::ClaimJobRequest {
+        worker_id: worker.to_owned(),
+        ..claim_request(queue, wait)
+    }
+}
+
+async fn submit_jobs(
+    jobs: &mut jobd::api::proto::job_service_client::JobServiceClient<tonic::transport::Channel>,
+    requests: Vec<proto::SubmitJobRequest>,
+) -> Vec<proto::Job> {
+    jobs.submit_jobs(proto::SubmitJobsRequest { jobs: requests })
+        .await
+        .expect("SubmitJobs succeeds")
+        .into_inner()
+        .results
+        .into_iter()
+        .map(|result| result.job.expect("each result has its job"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_submitted_while_a_claim_waits_goes_to_it_without_queueing() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    let waiting = tokio::spawn(async move {
+        workers
+            .claim_job(claim_request("direct", Duration::from_secs(20)))
+            .await
+            .expect("the claim succeeds")
+            .into_inner()
+    });
+    claims_have_looked(&redis, 1).await;
+    record_commands(&redis);
+    let submitted = submit(&mut jobs, "direct", b"input").await;
+    let claimed = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the claim is answered")
+        .unwrap();
+    let commands = recorded_commands(&redis);
+
+    let job = claimed.job.clone().expect("the claim got a job");
+    assert_eq!(job.id, submitted.id);
+    assert_eq!(job.state, proto::JobState::Running as i32);
+    assert_eq!(job.attempt, 1);
+    assert_eq!(job.worker_id, "test-worker");
+    assert_eq!(&job.payload[..], b"input");
+    // The claim's lease (30 s) from the submission's time.
+    assert_eq!(
+        millis_of(&claimed.lease_expires_at),
+        millis_of(&job.started_at) + 30_000
+    );
+    assert_eq!(millis_of(&job.started_at), millis_of(&submitted.created_at));
+    // What the worker was given is what is stored.
+    assert_eq!(get(&mut jobs, &submitted.id).await, job);
+
+    // The job never entered the ready set: no queue wake-up, no claim script (its ZMSCORE),
+    // and the queue's ready set does not exist.
+    let names: Vec<&str> = commands.iter().map(|command| command[0].as_str()).collect();
+    assert!(
+        names.contains(&"EVALSHA"),
+        "the submission was recorded: {names:?}"
+    );
+    assert!(
+        !names.contains(&"ZMSCORE"),
+        "no claim script ran: {names:?}"
+    );
+    assert!(
+        !commands
+            .iter()
+            .any(|command| command[0] == "PUBLISH" && command[1] == "jobd:wake:queues"),
+        "no queue wake-up was published: {commands:?}"
+    );
+    assert_eq!(redis.cli(&["EXISTS", "jobd:{direct}:ready"]), "0");
+    assert_eq!(redis.cli(&["ZCARD", "jobd:{direct}:running"]), "1");
+
+    let mut workers = server.workers().await;
+    complete(&mut workers, &claimed, b"out").await.unwrap();
+    let (events, end) = watch_to_end(&mut jobs, &submitted.id, 0).await;
+    end.unwrap();
+    assert_eq!(
+        types(&events),
+        [EventType::Queued, EventType::Started, EventType::Completed]
+    );
+    assert_eq!(sequences(&events), [1, 2, 3]);
+    assert_eq!(events[1].worker_id, "test-worker");
+    assert_eq!(events[1].attempt, 1);
+    assert_eq!(&events[2].result[..], b"out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_dealt_to_waiting_claims_in_turn_best_first() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut waiting = Vec::new();
+    for worker in ["w1", "w2", "w3"] {
+        let mut workers = server.workers().await;
+        let claim = claim_jobs_request("dealt", worker, Duration::from_secs(20));
+        waiting.push(tokio::spawn(async move {
+            claim_jobs(&mut workers, claim, 8).await
+        }));
+        // One at a time, so that they wait in this order.
+        claims_have_looked(&redis, waiting.len() as u64).await;
+    }
+    let requests = (0..6)
+        .map(|n| proto::SubmitJobRequest {
+            priority: if n == 4 { 9 } else { 0 },
+            ..job_request("dealt")
+        })
+        .collect();
+    let submitted = submit_jobs(&mut jobs, requests).await;
+    let mut got = Vec::new();
+    for claim in waiting {
+        let claimed = tokio::time::timeout(Duration::from_secs(10), claim)
+            .await
+            .expect("each claim is answered")
+            .unwrap();
+        got.push(
+            claimed
+                .into_iter()
+                .map(|claimed| claimed.job.unwrap().id)
+                .collect::<Vec<_>>(),
+        );
+    }
+    let id = |n: usize| submitted[n].id.clone();
+    // The priority-9 job first, then submission order, one per claim in turn.
+    assert_eq!(
+        got,
+        [vec![id(4), id(2)], vec![id(0), id(3)], vec![id(1), id(5)]]
+    );
+    assert_eq!(stats(&mut jobs, "dealt").await.running, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_gets_no_more_than_it_asked_and_the_rest_are_queued() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    let claim = claim_request("some", Duration::from_secs(20));
+    let waiting = tokio::spawn(async move { claim_jobs(&mut workers, claim, 2).await });
+    claims_have_looked(&redis, 1).await;
+    let submitted = submit_jobs(&mut jobs, (0..5).map(|_| job_request("some")).collect()).await;
+    let claimed: Vec<String> = waiting
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|claimed| claimed.job.unwrap().id)
+        .collect();
+    assert_eq!(claimed, [submitted[0].id.clone(), submitted[1].id.clone()]);
+    let counts = stats(&mut jobs, "some").await;
+    assert_eq!((counts.running, counts.queued), (2, 3));
+    // The queued ones are claimed in order, as ever.
+    let mut workers = server.workers().await;
+    let rest = claim_jobs(&mut workers, claim_request("some", Duration::ZERO), 10).await;
+    let rest: Vec<String> = rest.into_iter().map(|c| c.job.unwrap().id).collect();
+    assert_eq!(
+        rest,
+        submitted[2..]
+            .iter()
+            .map(|j| j.id.clone())
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_never_passes_over_a_ready_job() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    // A job made ready behind jobd's back, announced to nobody: SCHEDULED far ahead, then
+    // moved by hand to the head of the ready set.
+    let early = submit_request(
+        &mut jobs,
+        proto::SubmitJobRequest {
+            start: Some(proto::submit_job_request::Start::Delay(pb_duration(
+                Duration::from_secs(3600),
+            ))),
+            ..job_request("fair")
+        },
+    )
+    .await
+    .job
+    .unwrap();
+    let mut workers = server.workers().await;
+    let waiting = tokio::spawn(async move {
+        workers
+            .claim_job(claim_request("fair", Duration::from_secs(20)))
+            .await
+            .expect("the claim succeeds")
+            .into_inner()
+    });
+    claims_have_looked(&redis, 1).await;
+    let key = format!("jobd:{{fair}}:job:{}", early.id.rsplit_once('.').unwrap().1);
+    let moved = redis.cli(&[
+        "EVAL",
+        "redis.call('ZREM', KEYS[2], ARGV[1]); redis.call('ZADD', KEYS[3], 1, ARGV[1]);
+         redis.call('HSET', KEYS[1], 'state', 'queued'); return 'OK'",
+        "3",
+        &key,
+        "jobd:{fair}:scheduled",
+        "jobd:{fair}:ready",
+        &early.id,
+    ]);
+    assert_eq!(moved, "OK");
+
+    // The waiting claim gets the job that was ready first, not the one submitted now.
+    let later = submit(&mut jobs, "fair", b"").await;
+    let claimed = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the claim is answered")
+        .unwrap();
+    assert_eq!(claimed.job.unwrap().id, early.id);
+    assert_eq!(
+        get(&mut jobs, &later.id).await.state,
+        proto::JobState::Queued as i32
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_to_run_later_is_not_handed_to_a_waiting_claim() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    let waiting = tokio::spawn(async move {
+        workers
+            .claim_job(claim_request("later", Duration::from_secs(2)))
+            .await
+            .expect("the claim succeeds")
+            .into_inner()
+    });
+    claims_have_looked(&redis, 1).await;
+    let delayed = submit_request(
+        &mut jobs,
+        proto::SubmitJobRequest {
+            start: Some(proto::submit_job_request::Start::Delay(pb_duration(
+                Duration::from_secs(3600),
+            ))),
+            ..job_request("later")
+        },
+    )
+    .await
+    .job
+    .unwrap();
+    assert!(waiting.await.unwrap().job.is_none(), "the wait ran out");
+    assert_eq!(
+        get(&mut jobs, &delayed.id).await.state,
+        proto::JobState::Scheduled as i32
+    );
+}
+
+#[test]
+fn the_submission_script_run_twice_reports_the_first_runs_handoff() {
+    let redis = RedisServer::start();
+    let script = include_str!("../../src/store/lua/submit_many.lua");
+    let now = "1800000000000";
+    let run = |token: &str| {
+        redis.cli(&[
+            "EVAL",
+            script,
+            "4",
+            "jobd:{q}:ready",
+            "jobd:{q}:scheduled",
+            "jobd:{q}:running",
+            "jobd:{q}:job:1",
+            now,
+            "jobd:wake:queues",
+            "q",
+            "queued-event",
+            "jobd:wake:jobs",
+            // The job: id, payload, spec, kind, retention, default lease, run at, priority.
+            "q.1",
+            "payload",
+            "spec",
+            "kind",
+            "60000",
+            "",
+            "",
+            "0",
+            // Its hand-off: place, worker, STARTED event, token, lease, expiry.
+            "1",
+            "w",
+            "started-event",
+            token,
+            "30000",
+            "1800000030000",
+        ])
+    };
+    // None made ready, handed off; again, as fred would resend it after a lost reply: the
+    // same answer, and nothing written twice.
+    assert_eq!(run("token-1"), "0\n1");
+    assert_eq!(run("token-1"), "0\n1");
+    assert_eq!(redis.cli(&["HGET", "jobd:{q}:job:1", "seq"]), "2");
+    // Another call for the same job id did not make that hand-off.
+    assert_eq!(run("token-2"), "0\n0");
+    assert_eq!(redis.cli(&["HGET", "jobd:{q}:job:1", "token"]), "token-1");
+    assert_eq!(redis.cli(&["ZRANGE", "jobd:{q}:running", "0", "-1"]), "q.1");
+}
