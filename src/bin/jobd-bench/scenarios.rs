@@ -447,24 +447,17 @@ async fn batch_worker(
     batch: u32,
     done: CancellationToken,
 ) {
-    let waiting = proto::ClaimJobsRequest {
-        claim: Some(claim.clone()),
-        max_jobs: batch,
-    };
-    // The next batch is claimed with the last completion, without waiting: when none is
-    // ready, the worker falls back to a waiting ClaimJobs.
-    let next = proto::ClaimJobsRequest {
-        claim: Some(proto::ClaimJobRequest {
-            wait: None,
-            ..claim
-        }),
+    // The next batch is claimed with the last completion, waiting as the first claim does:
+    // one call per batch, and a worker with nothing to do parks in it.
+    let claim = proto::ClaimJobsRequest {
+        claim: Some(claim),
         max_jobs: batch,
     };
     let mut held: Vec<proto::ClaimedJob> = Vec::new();
     while !done.is_cancelled() {
         if held.is_empty() {
             let claimed = tokio::select! {
-                claimed = client.claim_jobs(waiting.clone()) => claimed,
+                claimed = client.claim_jobs(claim.clone()) => claimed,
                 () = done.cancelled() => return,
             };
             if let Ok(claimed) = claimed {
@@ -482,12 +475,13 @@ async fn batch_worker(
                 })
             })
             .collect();
-        let completed = client
-            .complete_jobs(proto::CompleteJobsRequest {
+        let completed = tokio::select! {
+            completed = client.complete_jobs(proto::CompleteJobsRequest {
                 completions,
-                next: Some(next.clone()),
-            })
-            .await;
+                next: Some(claim.clone()),
+            }) => completed,
+            () = done.cancelled() => return,
+        };
         if let Ok(completed) = completed {
             held = completed.into_inner().next;
         }
