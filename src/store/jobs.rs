@@ -222,19 +222,43 @@ impl JobStore {
             most => self.parked.take(queue, most),
         };
         let handoffs = self.handoffs(&jobs, &ready_now, &taken, now, &mut args);
-        let reply: Result<Vec<u64>> = self.call(&self.scripts.submit_many, keys, args).await;
-        let handed = match &reply {
-            Ok(reply) => reply.get(1) == Some(&1),
-            Err(_) => false,
-        };
         let created: Vec<Box<Job>> = jobs
             .into_iter()
             .map(|(id, job)| Box::new(job.into_job(id, now)))
             .collect();
+        if taken.is_empty() {
+            let _: Vec<u64> = self.call(&self.scripts.submit_many, keys, args).await?;
+            return Ok(created);
+        }
+        // On a task of its own, so that a submitter going away during the call (a cancelled
+        // SubmitJobs) cannot leave the claims it took without the jobs handed to them.
+        let store = self.clone();
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            let reply: Result<Vec<u64>> = store.call(&store.scripts.submit_many, keys, args).await;
+            let handed = matches!(&reply, Ok(reply) if reply.get(1) == Some(&1));
+            store.answer_claims(&queue, handed, taken, &handoffs, &created, now);
+            reply.map(|_| created)
+        })
+        .await
+        .map_err(|_| StoreError::corrupt("the submission's call ended without an answer"))?
+    }
+
+    /// Answers the parked claims a submission took: with the jobs handed to them when the
+    /// script made the hand-offs, else with none, so that they look again.
+    fn answer_claims(
+        &self,
+        queue: &QueueName,
+        handed: bool,
+        taken: Vec<Taken>,
+        handoffs: &[Handoff],
+        created: &[Box<Job>],
+        now: UnixMillis,
+    ) {
         let mut given: Vec<Vec<Claimed>> = taken.iter().map(|_| Vec::new()).collect();
         if handed {
             self.metrics.handed_off(queue, handoffs.len());
-            for handoff in &handoffs {
+            for handoff in handoffs {
                 let claim = &taken[handoff.claim];
                 let job = (*created[handoff.job]).clone();
                 given[handoff.claim].push(Claimed {
@@ -244,7 +268,6 @@ impl JobStore {
                 });
             }
         }
-        // Claims not served (the queue had ready jobs, or Redis failed) look again.
         for (claim, jobs) in taken.into_iter().zip(given) {
             let worker = (!jobs.is_empty()).then(|| claim.worker.clone());
             if let (false, Some(worker)) = (claim.answer(jobs), worker) {
@@ -255,8 +278,6 @@ impl JobStore {
                 );
             }
         }
-        reply?;
-        Ok(created)
     }
 
     /// Deals the jobs ready now to the parked claims taken, adding each hand-off to the

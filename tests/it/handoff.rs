@@ -351,3 +351,59 @@ fn the_submission_script_run_twice_reports_the_first_runs_handoff() {
     assert_eq!(redis.cli(&["HGET", "jobd:{q}:job:1", "token"]), "token-1");
     assert_eq!(redis.cli(&["ZRANGE", "jobd:{q}:running", "0", "-1"]), "q.1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submitter_going_away_mid_call_still_hands_its_jobs_over() {
+    let redis = RedisServer::start_with(&["--enable-debug-command", "local"]);
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    // The queue is known to jobd and Redis before the measured submission.
+    let first = submit(&mut jobs, "gone", b"").await;
+    let claimed = claim(&mut workers, "gone").await;
+    assert_eq!(claimed.job.as_ref().unwrap().id, first.id);
+
+    let waiting = tokio::spawn(async move {
+        workers
+            .claim_job(claim_request("gone", Duration::from_secs(5)))
+            .await
+            .expect("the claim succeeds")
+            .into_inner()
+    });
+    // The first claim's read of the queue, then this one's.
+    claims_have_looked(&redis, 2).await;
+    // Redis stalls, so the submission's call is in flight when its caller gives up.
+    let port = redis.port();
+    let stall = std::thread::spawn(move || {
+        std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "DEBUG", "SLEEP", "0.6"])
+            .output()
+            .expect("redis-cli runs")
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut request = tonic::Request::new(proto::SubmitJobsRequest {
+        jobs: vec![job_request("gone")],
+    });
+    request.set_timeout(Duration::from_millis(200));
+    let status = jobs
+        .submit_jobs(request)
+        .await
+        .expect_err("the caller gives up before Redis answers");
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "{status:?}"
+    );
+    stall.join().unwrap();
+
+    // The submission was written after all, and its job went to the waiting claim.
+    let handed = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the claim is answered")
+        .unwrap();
+    let job = handed.job.expect("the claim got the job");
+    assert_eq!(job.state, proto::JobState::Running as i32);
+    assert_eq!(get(&mut jobs, &job.id).await.worker_id, "test-worker");
+}
