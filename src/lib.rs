@@ -10,6 +10,7 @@
 //! - [`api`]: the gRPC services and the one mapping from errors to status.
 //! - [`telemetry`]: logs, OpenTelemetry traces and metrics, and every instrument.
 //! - [`app`]: builds the pieces from a `Config` and runs them until shutdown.
+//! - [`shutdown`] and [`sync`]: the shutdown signal, and locking the in-process maps.
 //!
 //! Invariants (see the README's architecture section): only `api` knows tonic and the proto
 //! types; only `store` and `events` know fred; every key is built in `store::keys`; every
@@ -24,6 +25,7 @@ pub mod domain;
 pub mod events;
 pub mod shutdown;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
 
 pub use app::App;

@@ -10,7 +10,7 @@ mod waiters;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -28,6 +28,7 @@ pub use waiters::{JobWatch, QueueWaiter, Wake, Wakeup};
 use crate::{
     domain::{JobId, QueueName},
     store::{AnnouncedEvent, parse_announced},
+    sync::lock,
     telemetry::Metrics,
 };
 
@@ -280,12 +281,4 @@ impl Inner {
             slot.notify.notify_waiters();
         }
     }
-}
-
-/// The maps stay consistent under any panic (each update is one step), so a poisoned lock is
-/// safe to keep using.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -9,8 +9,9 @@ use std::{
 
 use tokio::sync::{Notify, futures::OwnedNotified, watch};
 
-use super::{Announcement, Inner, lock};
+use super::{Announcement, Inner};
 use crate::domain::QueueName;
+use crate::sync::lock;
 
 /// Why a watcher woke up.
 #[derive(Debug, Clone)]

@@ -10,13 +10,14 @@
 use std::{
     collections::HashMap,
     future::Future,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
 };
 
 use tokio::sync::oneshot;
 
 use super::{Result, StoreError};
 use crate::domain::QueueName;
+use crate::sync::lock;
 
 /// Operations per call at most; the rest go in the next call.
 pub const MAX_BATCH: usize = 64;
@@ -160,13 +161,6 @@ impl<T, R> Drop for Runner<T, R> {
             lock(&self.lanes).remove(&self.queue);
         }
     }
-}
-
-/// Each step on the lanes is one map operation, so a poisoned lock leaves them consistent.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -12,13 +12,16 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use tokio::sync::oneshot;
 
-use crate::domain::{Claimed, QueueName, WorkerId};
+use crate::{
+    domain::{Claimed, QueueName, WorkerId},
+    sync::lock,
+};
 
 /// The claims parked on this process, per queue, longest waiting first. Cheap to clone.
 #[derive(Clone, Default)]
@@ -175,13 +178,6 @@ pub fn deal(priorities: &[i32], wants: &[usize]) -> Vec<(usize, usize)> {
         }
     }
     dealt
-}
-
-/// Each step on the slots is one operation, so a poisoned lock leaves them consistent.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use super::{
 use crate::domain::{
     Claimed, Idempotency, Job, JobEvent, JobId, JobState, LeaseToken, NewJob, QueueName, UnixMillis,
 };
+use crate::sync::lock;
 
 /// Events read per round trip when replaying a log; most jobs have fewer in all.
 const EVENT_PAGE: u64 = 16;
@@ -487,7 +488,7 @@ impl JobStore {
 
     /// Adds a queue to the registry the sweepers read, once per process and queue.
     async fn register(&self, queue: &QueueName) -> Result<()> {
-        if super::lock(&self.registered).contains(queue) {
+        if lock(&self.registered).contains(queue) {
             return Ok(());
         }
         let _: i64 = self
@@ -496,13 +497,13 @@ impl JobStore {
                 self.pool.next().sadd(self.keys.queues(), queue.as_str()),
             )
             .await?;
-        super::lock(&self.registered).insert(queue.clone());
+        lock(&self.registered).insert(queue.clone());
         Ok(())
     }
 
     /// The queues this process has submitted to: known without asking Redis.
     pub fn local_queues(&self) -> Vec<QueueName> {
-        super::lock(&self.registered).iter().cloned().collect()
+        lock(&self.registered).iter().cloned().collect()
     }
 
     /// Every queue known to the registry or to this process.
@@ -514,7 +515,7 @@ impl JobStore {
             .iter()
             .filter_map(|name| QueueName::parse("queue", name).ok())
             .collect();
-        let local = super::lock(&self.registered).clone();
+        let local = lock(&self.registered).clone();
         let missing: Vec<&QueueName> = local.iter().filter(|q| !queues.contains(q)).collect();
         if !missing.is_empty() {
             // The registry lost them (a flushed or replaced Redis): put them back.

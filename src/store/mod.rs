@@ -163,13 +163,6 @@ impl JobStore {
     }
 }
 
-/// The registry cache holds no invariant a panic could break.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 fn millis(duration: Duration) -> String {
     duration.as_millis().to_string()
 }

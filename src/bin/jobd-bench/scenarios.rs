@@ -11,8 +11,11 @@ use std::{
 };
 
 use anyhow::Context;
-use jobd::api::proto::{
-    self, job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient,
+use jobd::{
+    api::proto::{
+        self, job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient,
+    },
+    sync::lock,
 };
 use serde_json::json;
 use tokio::task::JoinSet;
@@ -629,10 +632,4 @@ async fn watch(
 
 fn unique_queue(scenario: &str) -> String {
     format!("bench-{scenario}-{}", std::process::id())
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
