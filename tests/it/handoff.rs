@@ -8,18 +8,23 @@ use jobd::api::proto::{self, EventType};
 
 use crate::support::*;
 
+/// How many times Redis ran `command` (lower case), inside scripts included.
+fn command_calls(redis: &RedisServer, command: &str) -> u64 {
+    let prefix = format!("cmdstat_{command}:calls=");
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Waits until claims have read their queues `reads` times in all: a claim that found its
 /// queue empty parks right after that read.
 async fn claims_have_looked(redis: &RedisServer, reads: u64) {
     eventually(Duration::from_secs(10), "the claims to look", || async {
-        let stats = redis.cli(&["INFO", "commandstats"]);
-        let calls = stats
-            .lines()
-            .find_map(|line| line.strip_prefix("cmdstat_zrange:calls="))
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|calls| calls.parse::<u64>().ok())
-            .unwrap_or(0);
-        (calls >= reads).then_some(())
+        (command_calls(redis, "zrange") >= reads).then_some(())
     })
     .await;
 }
@@ -406,4 +411,117 @@ async fn a_submitter_going_away_mid_call_still_hands_its_jobs_over() {
     let job = handed.job.expect("the claim got the job");
     assert_eq!(job.state, proto::JobState::Running as i32);
     assert_eq!(get(&mut jobs, &job.id).await.worker_id, "test-worker");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_submitters_and_workers_on_two_jobds_every_job_runs_exactly_once() {
+    const SUBMITTERS: usize = 3;
+    const BATCHES: usize = 40;
+    let redis = RedisServer::start();
+    let servers = [
+        TestServer::start(&redis).await,
+        TestServer::start(&redis).await,
+    ];
+    let claimed = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let done = tokio_util::sync::CancellationToken::new();
+    let mut workers = tokio::task::JoinSet::new();
+    for (n, server) in servers.iter().enumerate().flat_map(|s| [s; 4]) {
+        let mut client = server.workers().await;
+        let (claimed, done) = (claimed.clone(), done.clone());
+        let claim = claim_jobs_request("once", &format!("w{n}"), Duration::from_secs(1));
+        workers.spawn(async move {
+            while !done.is_cancelled() {
+                let jobs = tokio::select! {
+                    jobs = claim_jobs(&mut client, claim.clone(), 3) => jobs,
+                    () = done.cancelled() => return,
+                };
+                let mut completions = Vec::new();
+                for job in jobs {
+                    let id = job.job.unwrap().id;
+                    claimed.lock().unwrap().push(id.clone());
+                    completions.push(proto::Completion {
+                        job_id: id,
+                        lease_token: job.lease_token,
+                        result: Default::default(),
+                    });
+                }
+                if !completions.is_empty() {
+                    let results = client
+                        .complete_jobs(proto::CompleteJobsRequest {
+                            completions,
+                            next: None,
+                        })
+                        .await
+                        .expect("CompleteJobs succeeds")
+                        .into_inner()
+                        .results;
+                    assert!(results.iter().all(|r| r.code == 0), "{results:?}");
+                }
+            }
+        });
+    }
+    // Every worker waits before the first submission, so some jobs are handed off whatever
+    // the machine's speed.
+    claims_have_looked(&redis, 8).await;
+    // Submitters on both jobds, batches of 1 to 4 jobs: some handed off, some queued.
+    let mut submitters = tokio::task::JoinSet::new();
+    for server in servers.iter().flat_map(|s| [s; SUBMITTERS]) {
+        let mut jobs = server.jobs().await;
+        submitters.spawn(async move {
+            let mut ids = Vec::new();
+            for batch in 0..BATCHES {
+                let requests = (0..=batch % 4).map(|_| job_request("once")).collect();
+                ids.extend(
+                    submit_jobs(&mut jobs, requests)
+                        .await
+                        .into_iter()
+                        .map(|j| j.id),
+                );
+                // Paced, so that workers often wait and jobs are handed to them.
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+            ids
+        });
+    }
+    let mut submitted = Vec::new();
+    while let Some(ids) = submitters.join_next().await {
+        submitted.extend(ids.unwrap());
+    }
+    let total = submitted.len();
+    assert_eq!(total, 2 * SUBMITTERS * BATCHES / 4 * (1 + 2 + 3 + 4));
+    eventually(
+        Duration::from_secs(30),
+        "every job to be claimed",
+        || async { (claimed.lock().unwrap().len() >= total).then_some(()) },
+    )
+    .await;
+    done.cancel();
+    while workers.join_next().await.is_some() {}
+
+    // Each job claimed once, by one worker, and completed at its first attempt.
+    let mut claimed = claimed.lock().unwrap().clone();
+    claimed.sort();
+    submitted.sort();
+    assert_eq!(claimed, submitted, "every job claimed exactly once");
+    let mut jobs = servers[0].jobs().await;
+    for id in &submitted {
+        let job = get(&mut jobs, id).await;
+        assert_eq!(
+            (job.state, job.attempt, job.last_sequence),
+            (proto::JobState::Completed as i32, 1, 3),
+            "{id}"
+        );
+    }
+    // Both paths were taken: each job is written by one HSET at submission and one at
+    // completion, and a job claimed from the ready set by one more in the claim script.
+    let from_ready = command_calls(&redis, "hset") - 2 * total as u64;
+    assert!(
+        0 < from_ready && from_ready < total as u64,
+        "{from_ready} of {total} jobs claimed from the ready set, the rest handed off"
+    );
+    let counts = stats(&mut jobs, "once").await;
+    assert_eq!(
+        (counts.queued, counts.running, counts.completed),
+        (0, 0, total as u64)
+    );
 }
