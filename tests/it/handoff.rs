@@ -29,6 +29,28 @@ async fn claims_have_looked(redis: &RedisServer, reads: u64) {
     .await;
 }
 
+/// A ClaimJob on `queue` waiting up to `wait`, in the background; returns once claims have
+/// read their queues `reads` times in all, this one's read included, so that it is parked.
+async fn waiting_claim(
+    server: &TestServer,
+    redis: &RedisServer,
+    queue: &str,
+    wait: Duration,
+    reads: u64,
+) -> tokio::task::JoinHandle<proto::ClaimJobResponse> {
+    let mut workers = server.workers().await;
+    let request = claim_request(queue, wait);
+    let waiting = tokio::spawn(async move {
+        workers
+            .claim_job(request)
+            .await
+            .expect("the claim succeeds")
+            .into_inner()
+    });
+    claims_have_looked(redis, reads).await;
+    waiting
+}
+
 /// Every command Redis ran from here on, scripts' own included, by name and arguments.
 fn record_commands(redis: &RedisServer) {
     redis.cli(&["CONFIG", "SET", "slowlog-log-slower-than", "0"]);
@@ -80,15 +102,7 @@ async fn a_job_submitted_while_a_claim_waits_goes_to_it_without_queueing() {
     let redis = RedisServer::start();
     let server = TestServer::start(&redis).await;
     let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
-    let waiting = tokio::spawn(async move {
-        workers
-            .claim_job(claim_request("direct", Duration::from_secs(20)))
-            .await
-            .expect("the claim succeeds")
-            .into_inner()
-    });
-    claims_have_looked(&redis, 1).await;
+    let waiting = waiting_claim(&server, &redis, "direct", Duration::from_secs(20), 1).await;
     record_commands(&redis);
     let submitted = submit(&mut jobs, "direct", b"input").await;
     let claimed = tokio::time::timeout(Duration::from_secs(10), waiting)
@@ -241,15 +255,7 @@ async fn a_submission_never_passes_over_a_ready_job() {
     .await
     .job
     .unwrap();
-    let mut workers = server.workers().await;
-    let waiting = tokio::spawn(async move {
-        workers
-            .claim_job(claim_request("fair", Duration::from_secs(20)))
-            .await
-            .expect("the claim succeeds")
-            .into_inner()
-    });
-    claims_have_looked(&redis, 1).await;
+    let waiting = waiting_claim(&server, &redis, "fair", Duration::from_secs(20), 1).await;
     let key = format!("jobd:{{fair}}:job:{}", early.id.rsplit_once('.').unwrap().1);
     let moved = redis.cli(&[
         "EVAL",
@@ -281,15 +287,7 @@ async fn a_job_to_run_later_is_not_handed_to_a_waiting_claim() {
     let redis = RedisServer::start();
     let server = TestServer::start(&redis).await;
     let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
-    let waiting = tokio::spawn(async move {
-        workers
-            .claim_job(claim_request("later", Duration::from_secs(2)))
-            .await
-            .expect("the claim succeeds")
-            .into_inner()
-    });
-    claims_have_looked(&redis, 1).await;
+    let waiting = waiting_claim(&server, &redis, "later", Duration::from_secs(2), 1).await;
     let delayed = submit_request(
         &mut jobs,
         proto::SubmitJobRequest {
@@ -368,15 +366,8 @@ async fn a_submitter_going_away_mid_call_still_hands_its_jobs_over() {
     let claimed = claim(&mut workers, "gone").await;
     assert_eq!(claimed.job.as_ref().unwrap().id, first.id);
 
-    let waiting = tokio::spawn(async move {
-        workers
-            .claim_job(claim_request("gone", Duration::from_secs(5)))
-            .await
-            .expect("the claim succeeds")
-            .into_inner()
-    });
     // The first claim's read of the queue, then this one's.
-    claims_have_looked(&redis, 2).await;
+    let waiting = waiting_claim(&server, &redis, "gone", Duration::from_secs(5), 2).await;
     // Redis stalls, so the submission's call is in flight when its caller gives up.
     let port = redis.port();
     let stall = std::thread::spawn(move || {
