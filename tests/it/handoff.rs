@@ -51,6 +51,20 @@ async fn waiting_claim(
     waiting
 }
 
+/// Submits a job to `queue` that becomes claimable in an hour.
+async fn submit_for_an_hour_later(
+    jobs: &mut jobd::api::proto::job_service_client::JobServiceClient<tonic::transport::Channel>,
+    queue: &str,
+) -> proto::Job {
+    let request = proto::SubmitJobRequest {
+        start: Some(proto::submit_job_request::Start::Delay(pb_duration(
+            Duration::from_secs(3600),
+        ))),
+        ..job_request(queue)
+    };
+    submit_request(jobs, request).await.job.unwrap()
+}
+
 /// Every command Redis ran from here on, scripts' own included, by name and arguments.
 fn record_commands(redis: &RedisServer) {
     redis.cli(&["CONFIG", "SET", "slowlog-log-slower-than", "0"]);
@@ -243,18 +257,7 @@ async fn a_submission_never_passes_over_a_ready_job() {
     let mut jobs = server.jobs().await;
     // A job made ready behind jobd's back, announced to nobody: SCHEDULED far ahead, then
     // moved by hand to the head of the ready set.
-    let early = submit_request(
-        &mut jobs,
-        proto::SubmitJobRequest {
-            start: Some(proto::submit_job_request::Start::Delay(pb_duration(
-                Duration::from_secs(3600),
-            ))),
-            ..job_request("fair")
-        },
-    )
-    .await
-    .job
-    .unwrap();
+    let early = submit_for_an_hour_later(&mut jobs, "fair").await;
     let waiting = waiting_claim(&server, &redis, "fair", Duration::from_secs(20), 1).await;
     let key = format!("jobd:{{fair}}:job:{}", early.id.rsplit_once('.').unwrap().1);
     let moved = redis.cli(&[
@@ -288,18 +291,7 @@ async fn a_job_to_run_later_is_not_handed_to_a_waiting_claim() {
     let server = TestServer::start(&redis).await;
     let mut jobs = server.jobs().await;
     let waiting = waiting_claim(&server, &redis, "later", Duration::from_secs(2), 1).await;
-    let delayed = submit_request(
-        &mut jobs,
-        proto::SubmitJobRequest {
-            start: Some(proto::submit_job_request::Start::Delay(pb_duration(
-                Duration::from_secs(3600),
-            ))),
-            ..job_request("later")
-        },
-    )
-    .await
-    .job
-    .unwrap();
+    let delayed = submit_for_an_hour_later(&mut jobs, "later").await;
     assert!(waiting.await.unwrap().job.is_none(), "the wait ran out");
     assert_eq!(
         get(&mut jobs, &delayed.id).await.state,
