@@ -16,10 +16,13 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
+use fred::types::Value;
 use tokio::sync::oneshot;
 
+use super::{JobStore, codec::event_head, millis};
 use crate::{
-    domain::{Claimed, QueueName, WorkerId},
+    domain::{Claimed, Job, JobId, LeaseToken, NewJob, QueueName, UnixMillis, WorkerId},
     sync::lock,
 };
 
@@ -52,6 +55,111 @@ pub struct Taken {
     pub lease: Option<Duration>,
     pub want: usize,
     answer: oneshot::Sender<Vec<Claimed>>,
+}
+
+/// A job of a submission given to a parked claim: indexes into the submission's jobs and the
+/// claims taken.
+pub(super) struct Handoff {
+    job: usize,
+    claim: usize,
+    token: LeaseToken,
+    lease: Duration,
+    lease_expires_at: UnixMillis,
+}
+
+impl JobStore {
+    /// Parks a claim that found `queues` empty, so that a submission on this process can hand
+    /// it jobs directly. It stays parked until the `Parked` is dropped.
+    pub fn park(
+        &self,
+        queues: &[QueueName],
+        worker: &WorkerId,
+        lease: Option<Duration>,
+        want: usize,
+    ) -> Parked {
+        self.parked.park(queues, worker, lease, want)
+    }
+
+    /// Answers the parked claims a submission took: with the jobs handed to them when the
+    /// script made the hand-offs, else with none, so that they look again.
+    pub(super) fn answer_claims(
+        &self,
+        queue: &QueueName,
+        handed: bool,
+        taken: Vec<Taken>,
+        handoffs: &[Handoff],
+        created: &[Box<Job>],
+        now: UnixMillis,
+    ) {
+        let mut given: Vec<Vec<Claimed>> = taken.iter().map(|_| Vec::new()).collect();
+        if handed {
+            self.metrics.handed_off(queue, handoffs.len());
+            for handoff in handoffs {
+                let claim = &taken[handoff.claim];
+                let job = (*created[handoff.job]).clone();
+                given[handoff.claim].push(Claimed {
+                    job: job.started_by(&claim.worker, now, handoff.lease_expires_at),
+                    token: handoff.token.clone(),
+                    lease_expires_at: handoff.lease_expires_at,
+                });
+            }
+        }
+        for (claim, jobs) in taken.into_iter().zip(given) {
+            let worker = (!jobs.is_empty()).then(|| claim.worker.clone());
+            if let (false, Some(worker)) = (claim.answer(jobs), worker) {
+                tracing::warn!(
+                    queue = %queue,
+                    worker = worker.as_str(),
+                    "a claim went away while jobs were handed to it; they run again once their lease expires"
+                );
+            }
+        }
+    }
+
+    /// Deals the jobs ready now to the parked claims taken, adding each hand-off to the
+    /// script's arguments.
+    pub(super) fn handoffs(
+        &self,
+        jobs: &[(JobId, NewJob)],
+        ready_now: &[usize],
+        taken: &[Taken],
+        now: UnixMillis,
+        args: &mut Vec<Value>,
+    ) -> Vec<Handoff> {
+        let priorities: Vec<i32> = ready_now.iter().map(|&job| jobs[job].1.priority).collect();
+        let wants: Vec<usize> = taken.iter().map(|claim| claim.want).collect();
+        let handoffs: Vec<Handoff> = deal(&priorities, &wants)
+            .into_iter()
+            .map(|(ready, claim)| {
+                let job = ready_now[ready];
+                let lease = taken[claim]
+                    .lease
+                    .or(jobs[job].1.lease)
+                    .unwrap_or(self.settings.default_lease);
+                Handoff {
+                    job,
+                    claim,
+                    token: LeaseToken::generate(),
+                    lease,
+                    lease_expires_at: now.saturating_add(lease),
+                }
+            })
+            .collect();
+        for handoff in &handoffs {
+            let worker = taken[handoff.claim].worker.as_str();
+            let mut started = event_head("started", now, Some(worker));
+            started.push(1);
+            args.extend([
+                Value::from((handoff.job + 1).to_string()),
+                worker.into(),
+                Bytes::from(started).into(),
+                handoff.token.as_str().into(),
+                millis(handoff.lease).into(),
+                handoff.lease_expires_at.0.to_string().into(),
+            ]);
+        }
+        handoffs
+    }
 }
 
 impl ParkedClaims {

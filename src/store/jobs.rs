@@ -14,12 +14,9 @@ use super::{
     codec::{
         Fields, JOB_FIELDS, LEGACY_FIELDS, Spec, decode_event, event_field, event_head, number,
     },
-    handoff::{self, Taken},
     millis, state_in, status,
 };
-use crate::domain::{
-    Claimed, Idempotency, Job, JobEvent, JobId, JobState, LeaseToken, NewJob, QueueName, UnixMillis,
-};
+use crate::domain::{Idempotency, Job, JobEvent, JobId, JobState, NewJob, QueueName, UnixMillis};
 use crate::sync::lock;
 
 /// Events read per round trip when replaying a log; most jobs have fewer in all.
@@ -245,87 +242,6 @@ impl JobStore {
         .map_err(|_| StoreError::corrupt("the submission's call ended without an answer"))?
     }
 
-    /// Answers the parked claims a submission took: with the jobs handed to them when the
-    /// script made the hand-offs, else with none, so that they look again.
-    fn answer_claims(
-        &self,
-        queue: &QueueName,
-        handed: bool,
-        taken: Vec<Taken>,
-        handoffs: &[Handoff],
-        created: &[Box<Job>],
-        now: UnixMillis,
-    ) {
-        let mut given: Vec<Vec<Claimed>> = taken.iter().map(|_| Vec::new()).collect();
-        if handed {
-            self.metrics.handed_off(queue, handoffs.len());
-            for handoff in handoffs {
-                let claim = &taken[handoff.claim];
-                let job = (*created[handoff.job]).clone();
-                given[handoff.claim].push(Claimed {
-                    job: job.started_by(&claim.worker, now, handoff.lease_expires_at),
-                    token: handoff.token.clone(),
-                    lease_expires_at: handoff.lease_expires_at,
-                });
-            }
-        }
-        for (claim, jobs) in taken.into_iter().zip(given) {
-            let worker = (!jobs.is_empty()).then(|| claim.worker.clone());
-            if let (false, Some(worker)) = (claim.answer(jobs), worker) {
-                tracing::warn!(
-                    queue = %queue,
-                    worker = worker.as_str(),
-                    "a claim went away while jobs were handed to it; they run again once their lease expires"
-                );
-            }
-        }
-    }
-
-    /// Deals the jobs ready now to the parked claims taken, adding each hand-off to the
-    /// script's arguments.
-    fn handoffs(
-        &self,
-        jobs: &[(JobId, NewJob)],
-        ready_now: &[usize],
-        taken: &[Taken],
-        now: UnixMillis,
-        args: &mut Vec<Value>,
-    ) -> Vec<Handoff> {
-        let priorities: Vec<i32> = ready_now.iter().map(|&job| jobs[job].1.priority).collect();
-        let wants: Vec<usize> = taken.iter().map(|claim| claim.want).collect();
-        let handoffs: Vec<Handoff> = handoff::deal(&priorities, &wants)
-            .into_iter()
-            .map(|(ready, claim)| {
-                let job = ready_now[ready];
-                let lease = taken[claim]
-                    .lease
-                    .or(jobs[job].1.lease)
-                    .unwrap_or(self.settings.default_lease);
-                Handoff {
-                    job,
-                    claim,
-                    token: LeaseToken::generate(),
-                    lease,
-                    lease_expires_at: now.saturating_add(lease),
-                }
-            })
-            .collect();
-        for handoff in &handoffs {
-            let worker = taken[handoff.claim].worker.as_str();
-            let mut started = event_head("started", now, Some(worker));
-            started.push(1);
-            args.extend([
-                Value::from((handoff.job + 1).to_string()),
-                worker.into(),
-                Bytes::from(started).into(),
-                handoff.token.as_str().into(),
-                millis(handoff.lease).into(),
-                handoff.lease_expires_at.0.to_string().into(),
-            ]);
-        }
-        handoffs
-    }
-
     pub async fn get(&self, id: &JobId) -> Result<crate::domain::Job> {
         self.read_fields(id, "get_job")
             .await?
@@ -530,16 +446,6 @@ impl JobStore {
         }
         Ok(queues)
     }
-}
-
-/// A job of a submission given to a parked claim: indexes into the submission's jobs and the
-/// claims taken.
-struct Handoff {
-    job: usize,
-    claim: usize,
-    token: LeaseToken,
-    lease: std::time::Duration,
-    lease_expires_at: UnixMillis,
 }
 
 /// The 8 script arguments that describe a new job, in the order submit.lua and

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use fred::{interfaces::SortedSetsInterface, types::Value};
 
 use super::{
-    JobStore, Parked, Result, StoreError,
+    JobStore, Result, StoreError,
     batch::Pending,
     codec::{Fields, JOB_FIELDS, event_head},
     millis, state_in, status,
@@ -68,18 +68,6 @@ impl JobStore {
                 }
             })
             .await
-    }
-
-    /// Parks a claim that found `queues` empty, so that a submission on this process can hand
-    /// it jobs directly (see `store::handoff`). It stays parked until the `Parked` is dropped.
-    pub fn park(
-        &self,
-        queues: &[QueueName],
-        worker: &WorkerId,
-        lease: Option<Duration>,
-        want: usize,
-    ) -> Parked {
-        self.parked.park(queues, worker, lease, want)
     }
 
     /// Makes the claims of a batch with one script call per round: the jobs claimed for each
