@@ -20,7 +20,12 @@ use bytes::Bytes;
 use fred::types::Value;
 use tokio::sync::oneshot;
 
-use super::{JobStore, codec::event_head, millis};
+use super::{
+    JobStore, Result, StoreError,
+    codec::event_head,
+    millis,
+    scripts::{LuaScript, Scripts},
+};
 use crate::{
     domain::{Claimed, Job, JobId, LeaseToken, NewJob, QueueName, UnixMillis, WorkerId},
     sync::lock,
@@ -57,9 +62,17 @@ pub struct Taken {
     answer: oneshot::Sender<Vec<Claimed>>,
 }
 
+/// The parked claims a submission took, and which of its jobs each gets.
+pub(super) struct Handing {
+    queue: QueueName,
+    taken: Vec<Taken>,
+    handoffs: Vec<Handoff>,
+    now: UnixMillis,
+}
+
 /// A job of a submission given to a parked claim: indexes into the submission's jobs and the
 /// claims taken.
-pub(super) struct Handoff {
+struct Handoff {
     job: usize,
     claim: usize,
     token: LeaseToken,
@@ -80,52 +93,23 @@ impl JobStore {
         self.parked.park(queues, worker, lease, want)
     }
 
-    /// Answers the parked claims a submission took: with the jobs handed to them when the
-    /// script made the hand-offs, else with none, so that they look again.
-    pub(super) fn answer_claims(
+    /// Takes parked claims of `queue` for the submission's jobs ready now and deals the jobs
+    /// to them, adding each hand-off to the script's arguments: 6 values, as the submission
+    /// scripts read them.
+    pub(super) fn hand_off(
         &self,
         queue: &QueueName,
-        handed: bool,
-        taken: Vec<Taken>,
-        handoffs: &[Handoff],
-        created: &[Box<Job>],
-        now: UnixMillis,
-    ) {
-        let mut given: Vec<Vec<Claimed>> = taken.iter().map(|_| Vec::new()).collect();
-        if handed {
-            self.metrics.handed_off(queue, handoffs.len());
-            for handoff in handoffs {
-                let claim = &taken[handoff.claim];
-                let job = (*created[handoff.job]).clone();
-                given[handoff.claim].push(Claimed {
-                    job: job.started_by(&claim.worker, now, handoff.lease_expires_at),
-                    token: handoff.token.clone(),
-                    lease_expires_at: handoff.lease_expires_at,
-                });
-            }
-        }
-        for (claim, jobs) in taken.into_iter().zip(given) {
-            let worker = (!jobs.is_empty()).then(|| claim.worker.clone());
-            if let (false, Some(worker)) = (claim.answer(jobs), worker) {
-                tracing::warn!(
-                    queue = %queue,
-                    worker = worker.as_str(),
-                    "a claim went away while jobs were handed to it; they run again once their lease expires"
-                );
-            }
-        }
-    }
-
-    /// Deals the jobs ready now to the parked claims taken, adding each hand-off to the
-    /// script's arguments.
-    pub(super) fn handoffs(
-        &self,
         jobs: &[(JobId, NewJob)],
-        ready_now: &[usize],
-        taken: &[Taken],
         now: UnixMillis,
         args: &mut Vec<Value>,
-    ) -> Vec<Handoff> {
+    ) -> Handing {
+        let ready_now: Vec<usize> = (0..jobs.len())
+            .filter(|&job| jobs[job].1.run_at.is_none_or(|at| at <= now))
+            .collect();
+        let taken = match ready_now.len() {
+            0 => Vec::new(),
+            most => self.parked.take(queue, most),
+        };
         let priorities: Vec<i32> = ready_now.iter().map(|&job| jobs[job].1.priority).collect();
         let wants: Vec<usize> = taken.iter().map(|claim| claim.want).collect();
         let handoffs: Vec<Handoff> = deal(&priorities, &wants)
@@ -158,7 +142,74 @@ impl JobStore {
                 handoff.lease_expires_at.0.to_string().into(),
             ]);
         }
-        handoffs
+        Handing {
+            queue: queue.clone(),
+            taken,
+            handoffs,
+            now,
+        }
+    }
+
+    /// Makes a submission's script call, `script` of the store's, and returns its reply with
+    /// the jobs as created. With parked claims taken, the call runs on a task of its own, so
+    /// that a submitter going away during it (a cancelled SubmitJobs) cannot leave the claims
+    /// without the jobs handed to them, and the claims are answered after it: with their jobs
+    /// if `handed` finds in the reply that the script made the hand-offs, else with none, so
+    /// that they look again.
+    pub(super) async fn submit_call(
+        &self,
+        script: fn(&Scripts) -> &LuaScript,
+        keys: Vec<String>,
+        args: Vec<Value>,
+        handing: Handing,
+        created: Vec<Job>,
+        handed: fn(&[Value]) -> bool,
+    ) -> Result<(Vec<Value>, Vec<Job>)> {
+        if handing.taken.is_empty() {
+            let reply = self.call(script(&self.scripts), keys, args).await?;
+            return Ok((reply, created));
+        }
+        let store = self.clone();
+        tokio::spawn(async move {
+            let reply: Result<Vec<Value>> = store.call(script(&store.scripts), keys, args).await;
+            let made = matches!(&reply, Ok(reply) if handed(reply));
+            store.answer_claims(made, handing, &created);
+            reply.map(|reply| (reply, created))
+        })
+        .await
+        .map_err(|_| StoreError::corrupt("the submission's call ended without an answer"))?
+    }
+
+    fn answer_claims(&self, handed: bool, handing: Handing, created: &[Job]) {
+        let Handing {
+            queue,
+            taken,
+            handoffs,
+            now,
+        } = handing;
+        let mut given: Vec<Vec<Claimed>> = taken.iter().map(|_| Vec::new()).collect();
+        if handed {
+            self.metrics.handed_off(&queue, handoffs.len());
+            for handoff in &handoffs {
+                let claim = &taken[handoff.claim];
+                let job = created[handoff.job].clone();
+                given[handoff.claim].push(Claimed {
+                    job: job.started_by(&claim.worker, now, handoff.lease_expires_at),
+                    token: handoff.token.clone(),
+                    lease_expires_at: handoff.lease_expires_at,
+                });
+            }
+        }
+        for (claim, jobs) in taken.into_iter().zip(given) {
+            let worker = (!jobs.is_empty()).then(|| claim.worker.clone());
+            if let (false, Some(worker)) = (claim.answer(jobs), worker) {
+                tracing::warn!(
+                    queue = %queue,
+                    worker = worker.as_str(),
+                    "a claim went away while jobs were handed to it; they run again once their lease expires"
+                );
+            }
+        }
     }
 }
 

@@ -101,7 +101,7 @@ impl JobStore {
         match self.write_jobs(queue, jobs, now).await {
             Ok(created) => {
                 for (reply, job) in answers.into_iter().zip(created) {
-                    reply.answer(Ok(Submitted::Created(job)));
+                    reply.answer(Ok(Submitted::Created(Box::new(job))));
                 }
             }
             Err(error) => {
@@ -120,23 +120,39 @@ impl JobStore {
         now: UnixMillis,
     ) -> Result<Submitted> {
         self.register(&new.queue).await?;
+        let queue = new.queue.clone();
         let keys = vec![
             self.keys.job(&id),
-            self.keys.ready(&new.queue),
-            self.keys.scheduled(&new.queue),
-            self.keys.idempotency(&new.queue, &idempotency.key),
+            self.keys.ready(&queue),
+            self.keys.scheduled(&queue),
+            self.keys.idempotency(&queue, &idempotency.key),
+            self.keys.running(&queue),
         ];
         let mut args: Vec<Value> = vec![
             now.0.to_string().into(),
             self.keys.queue_channel().into(),
-            new.queue.as_str().into(),
+            queue.as_str().into(),
             millis(idempotency.ttl).into(),
         ];
         push_job_args(&mut args, &id, &new, now)?;
-        let reply: Vec<Value> = self.call(&self.scripts.submit, keys, args).await?;
+        args.push(self.keys.job_channel().into());
+        let jobs = [(id, new)];
+        let handing = self.hand_off(&queue, &jobs, now, &mut args);
+        let [(id, new)] = jobs;
+        let (reply, mut created) = self
+            .submit_call(
+                |scripts| &scripts.submit,
+                keys,
+                args,
+                handing,
+                vec![new.into_job(id, now)],
+                // The reply: {"created" or "again", state, 1 if handed off}, or {"exists", id}.
+                |reply| reply.get(2).and_then(Value::as_u64) == Some(1),
+            )
+            .await?;
         match status(&reply)?.as_str() {
             // "again": an earlier try of this very call was written; same id, same job.
-            "created" | "again" => Ok(Submitted::Created(Box::new(new.into_job(id, now)))),
+            "created" | "again" => Ok(Submitted::Created(Box::new(created.remove(0)))),
             "exists" => {
                 let existing = reply.get(1).and_then(Value::as_string).unwrap_or_default();
                 let id = JobId::parse("id", &existing)
@@ -178,7 +194,7 @@ impl JobStore {
                 .unzip();
             let created = self.write_jobs(&queue, jobs, now).await?;
             for (index, job) in indexes.into_iter().zip(created) {
-                results[index] = Some(Submitted::Created(job));
+                results[index] = Some(Submitted::Created(Box::new(job)));
             }
         }
         Ok(results.into_iter().flatten().collect())
@@ -192,7 +208,7 @@ impl JobStore {
         queue: &QueueName,
         jobs: Vec<(JobId, NewJob)>,
         now: UnixMillis,
-    ) -> Result<Vec<Box<Job>>> {
+    ) -> Result<Vec<Job>> {
         self.register(queue).await?;
         let mut keys = vec![
             self.keys.ready(queue),
@@ -212,34 +228,23 @@ impl JobStore {
             keys.push(self.keys.job(id));
             push_job_args(&mut args, id, job, now)?;
         }
-        let ready_now: Vec<usize> = (0..jobs.len())
-            .filter(|&job| jobs[job].1.run_at.is_none_or(|at| at <= now))
-            .collect();
-        let taken = match ready_now.len() {
-            0 => Vec::new(),
-            most => self.parked.take(queue, most),
-        };
-        let handoffs = self.handoffs(&jobs, &ready_now, &taken, now, &mut args);
-        let created: Vec<Box<Job>> = jobs
+        let handing = self.hand_off(queue, &jobs, now, &mut args);
+        let created: Vec<Job> = jobs
             .into_iter()
-            .map(|(id, job)| Box::new(job.into_job(id, now)))
+            .map(|(id, job)| job.into_job(id, now))
             .collect();
-        if taken.is_empty() {
-            let _: Vec<u64> = self.call(&self.scripts.submit_many, keys, args).await?;
-            return Ok(created);
-        }
-        // On a task of its own, so that a submitter going away during the call (a cancelled
-        // SubmitJobs) cannot leave the claims it took without the jobs handed to them.
-        let store = self.clone();
-        let queue = queue.clone();
-        tokio::spawn(async move {
-            let reply: Result<Vec<u64>> = store.call(&store.scripts.submit_many, keys, args).await;
-            let handed = matches!(&reply, Ok(reply) if reply.get(1) == Some(&1));
-            store.answer_claims(&queue, handed, taken, &handoffs, &created, now);
-            reply.map(|_| created)
-        })
-        .await
-        .map_err(|_| StoreError::corrupt("the submission's call ended without an answer"))?
+        let (_, created) = self
+            .submit_call(
+                |scripts| &scripts.submit_many,
+                keys,
+                args,
+                handing,
+                created,
+                // The reply: {jobs made ready, 1 if the hand-offs were made}.
+                |reply| reply.get(1).and_then(Value::as_u64) == Some(1),
+            )
+            .await?;
+        Ok(created)
     }
 
     pub async fn get(&self, id: &JobId) -> Result<crate::domain::Job> {

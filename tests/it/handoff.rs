@@ -508,3 +508,85 @@ async fn with_submitters_and_workers_on_two_jobds_every_job_runs_exactly_once() 
         (0, 0, total as u64)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_with_an_idempotency_key_is_handed_off_once() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let keyed = || proto::SubmitJobRequest {
+        idempotency_key: "order-17".to_owned(),
+        ..job_request("keyed")
+    };
+    let waiting = waiting_claim(&server, &redis, "keyed", Duration::from_secs(20), 1).await;
+    record_commands(&redis);
+    let submitted = submit_request(&mut jobs, keyed()).await;
+    assert!(submitted.created);
+    let claimed = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the claim is answered")
+        .unwrap();
+    let job = claimed.job.expect("the claim got the job");
+    assert_eq!(job.id, submitted.job.unwrap().id);
+    assert_eq!(get(&mut jobs, &job.id).await, job);
+    let commands = recorded_commands(&redis);
+    assert!(
+        !commands.iter().any(|command| command[0] == "ZMSCORE"
+            || (command[0] == "PUBLISH" && command[1] == "jobd:wake:queues")),
+        "handed off, not queued: {commands:?}"
+    );
+
+    // The same key again names that job; a claim waiting now gets nothing.
+    let waiting = waiting_claim(&server, &redis, "keyed", Duration::from_secs(1), 2).await;
+    let again = submit_request(&mut jobs, keyed()).await;
+    assert!(!again.created);
+    assert_eq!(again.job.unwrap().id, job.id);
+    assert!(waiting.await.unwrap().job.is_none(), "nothing to hand off");
+    let events = first_events(&mut jobs, &job.id, 2).await;
+    assert_eq!(types(&events), [EventType::Queued, EventType::Started]);
+    assert_eq!(events[1].worker_id, "test-worker");
+}
+
+#[test]
+fn the_keyed_submission_script_run_twice_reports_the_first_runs_handoff() {
+    let redis = RedisServer::start();
+    let script = include_str!("../../src/store/lua/submit.lua");
+    let run = || {
+        redis.cli(&[
+            "EVAL",
+            script,
+            "5",
+            "jobd:{q}:job:1",
+            "jobd:{q}:ready",
+            "jobd:{q}:scheduled",
+            "jobd:{q}:idem:k",
+            "jobd:{q}:running",
+            "1800000000000",
+            "jobd:wake:queues",
+            "q",
+            "60000",
+            // The job: id, payload, spec, kind, retention, default lease, run at, priority.
+            "q.1",
+            "payload",
+            "spec",
+            "kind",
+            "60000",
+            "",
+            "",
+            "0",
+            "jobd:wake:jobs",
+            // Its hand-off: place, worker, STARTED event, token, lease, expiry.
+            "1",
+            "w",
+            "started-event",
+            "token-1",
+            "30000",
+            "1800000030000",
+        ])
+    };
+    assert_eq!(run(), "created\nrunning\n1");
+    assert_eq!(run(), "again\nrunning\n1");
+    assert_eq!(redis.cli(&["HGET", "jobd:{q}:job:1", "seq"]), "2");
+    assert_eq!(redis.cli(&["ZRANGE", "jobd:{q}:running", "0", "-1"]), "q.1");
+    assert_eq!(redis.cli(&["EXISTS", "jobd:{q}:ready"]), "0");
+}

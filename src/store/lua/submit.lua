@@ -1,19 +1,27 @@
 -- Creates a job with an idempotency key: QUEUED in the ready set, or SCHEDULED when it may only
--- run later. (Jobs without a key go through submit_many.lua, alone or in batches.)
--- Safe to run twice: the job id is made by the caller, and a second run finds the job.
+-- run later; or, handed off to a claim waiting on the calling jobd (see store/handoff.rs),
+-- RUNNING at once, but only when the queue has no ready job that would be passed over. (Jobs
+-- without a key go through submit_many.lua, alone or in batches.)
+-- Safe to run twice: the job id and lease token are made by the caller, and a second run finds
+-- the job and says whether the first run handed it off.
 --
 -- KEYS[1]  job hash
 -- KEYS[2]  queue's ready set (score: see ready_score below)
 -- KEYS[3]  queue's scheduled set (score: when the job becomes claimable, Unix ms)
 -- KEYS[4]  idempotency key
+-- KEYS[5]  queue's running set (score: lease expiry, Unix ms)
 -- ARGV[1]  now, Unix ms
 -- ARGV[2]  queue wake-up channel
 -- ARGV[3]  queue name (the wake-up message)
 -- ARGV[4]  idempotency key TTL ms
 -- ARGV[5..12]  the job, as in submit_many.lua: id, payload, spec (MessagePack), kind,
 --          retention ms, default lease ms ("" for the server's), run at ("" for now), priority
--- returns  {"created", state}, {"exists", id} for a live idempotency key naming job `id`,
---          {"again", state} when this very job was written by an earlier run
+-- ARGV[13] job wake-up channel
+-- ARGV[14..19]  optional, a hand-off as in submit_many.lua: "1", worker id, its STARTED
+--          event, lease token, lease ms, lease expiry (Unix ms)
+-- returns  {"created", state, handed}, {"exists", id} for a live idempotency key naming job
+--          `id`, {"again", state, handed} when this very job was written by an earlier run;
+--          handed is 1 when the job was handed off, else 0
 
 -- Higher priority first, then earlier first: (1000 - priority) * 2^41 + ms since 2024-01-01.
 -- Exact in a double until 2093. The same formula is in promote.lua and submit_many.lua.
@@ -31,7 +39,10 @@ local state = 'queued'
 if run_at > now then state = 'scheduled' end
 
 if redis.call('HSETNX', KEYS[1], 'state', state) == 0 then
-  return {'again', redis.call('HGET', KEYS[1], 'state')}
+  -- The job holds the hand-off's lease token if that run made the hand-off.
+  local handed = 0
+  if #ARGV >= 14 and redis.call('HGET', KEYS[1], 'token') == ARGV[17] then handed = 1 end
+  return {'again', redis.call('HGET', KEYS[1], 'state'), handed}
 end
 local event = {t = 'queued', at = now, a = 0}
 if state == 'scheduled' then event = {t = 'scheduled', at = now, a = 0, due = run_at} end
@@ -40,6 +51,16 @@ redis.call('HSET', KEYS[1],
   'kind', ARGV[8], 'retention', ARGV[9], 'idem', KEYS[4])
 if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'lease_default', ARGV[10]) end
 redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[4])
+if state == 'queued' and #ARGV >= 14 and redis.call('EXISTS', KEYS[2]) == 0 then
+  local started = ARGV[16]
+  redis.call('HSET', KEYS[1],
+    'state', 'running', 'seq', '2', 'e:2', started, 'attempt', '1', 'token', ARGV[17],
+    'worker', ARGV[15], 'started', ARGV[1], 'lease_ms', ARGV[18], 'lease_until', ARGV[19])
+  redis.call('ZADD', KEYS[5], ARGV[19], ARGV[5])
+  redis.call('PUBLISH', ARGV[13],
+    '2 ' .. ARGV[5] .. ' ' .. string.format('%d', #started) .. ' ' .. started .. ' -')
+  return {'created', 'running', 1}
+end
 if state == 'scheduled' then
   redis.call('HSET', KEYS[1], 'run_at', run_at)
   redis.call('ZADD', KEYS[3], run_at, ARGV[5])
@@ -47,4 +68,4 @@ else
   redis.call('ZADD', KEYS[2], ready_score(tonumber(ARGV[12]), now), ARGV[5])
   redis.call('PUBLISH', ARGV[2], ARGV[3])
 end
-return {'created', state}
+return {'created', state, 0}
