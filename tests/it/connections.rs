@@ -185,7 +185,7 @@ async fn a_waiting_claim_is_woken_across_a_subscriber_reconnect() {
             .claim_job(claim_request("q", Duration::from_secs(30)))
             .await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    claims_have_looked(&redis, 1).await;
     // Both jobds' subscriber connections.
     assert_eq!(redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]), "2");
     let mut jobs = other.jobs().await;

@@ -8,27 +8,6 @@ use jobd::api::proto::{self, EventType};
 
 use crate::support::*;
 
-/// How many times Redis ran `command` (lower case), inside scripts included.
-fn command_calls(redis: &RedisServer, command: &str) -> u64 {
-    let prefix = format!("cmdstat_{command}:calls=");
-    redis
-        .cli(&["INFO", "commandstats"])
-        .lines()
-        .find_map(|line| line.strip_prefix(prefix.as_str()))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|calls| calls.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Waits until claims have read their queues `reads` times in all: a claim that found its
-/// queue empty parks right after that read.
-async fn claims_have_looked(redis: &RedisServer, reads: u64) {
-    eventually(Duration::from_secs(10), "the claims to look", || async {
-        (command_calls(redis, "zrange") >= reads).then_some(())
-    })
-    .await;
-}
-
 /// A ClaimJob on `queue` waiting up to `wait`, in the background; returns once claims have
 /// read their queues `reads` times in all, this one's read included, so that it is parked.
 async fn waiting_claim(
@@ -442,10 +421,11 @@ async fn with_submitters_and_workers_on_two_jobds_every_job_runs_exactly_once() 
                 }
             }
         });
+        // Every worker waits before the first submission, so some jobs are handed off
+        // whatever the machine's speed; one at a time, as claims arriving together would
+        // share one read of the queue.
+        claims_have_looked(&redis, workers.len() as u64).await;
     }
-    // Every worker waits before the first submission, so some jobs are handed off whatever
-    // the machine's speed.
-    claims_have_looked(&redis, 8).await;
     // Submitters on both jobds, batches of 1 to 4 jobs: some handed off, some queued.
     let mut submitters = tokio::task::JoinSet::new();
     for server in servers.iter().flat_map(|s| [s; SUBMITTERS]) {

@@ -230,7 +230,7 @@ async fn a_waiting_claim_is_woken_by_a_submit_through_another_jobd() {
             .into_inner();
         (response, started.elapsed())
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    claims_have_looked(&redis, 1).await;
     let mut jobs = other.jobs().await;
     let job = submit(&mut jobs, "later", b"x").await;
     let (response, waited) = waiting.await.unwrap();
@@ -403,8 +403,9 @@ async fn submit_jobs_creates_a_batch_in_order_and_wakes_a_claimer_per_job() {
                 .claim_job(claim_request("bulk", Duration::from_secs(20)))
                 .await
         }));
+        // One at a time: claims arriving together would share one read of the queue.
+        claims_have_looked(&redis, waiting.len() as u64).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
 
     let mut batch: Vec<proto::SubmitJobRequest> = (0..5u8)
         .map(|i| proto::SubmitJobRequest {

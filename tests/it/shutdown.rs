@@ -40,8 +40,9 @@ async fn shutdown_ends_streams_and_claims_and_closes_redis() {
                 .claim_job(claim_request("idle", Duration::from_secs(30)))
                 .await
         }));
+        // One at a time: claims arriving together would share one read of the queue.
+        claims_have_looked(&redis, claims.len() as u64).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(redis.clients_named(&prefix).len(), 3);
 
     let started = Instant::now();

@@ -293,6 +293,27 @@ where
     }
 }
 
+/// How many times Redis ran `command` (lower case), inside scripts included.
+pub fn command_calls(redis: &RedisServer, command: &str) -> u64 {
+    let prefix = format!("cmdstat_{command}:calls=");
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until claims have read their queues `reads` times in all: a claim that found its
+/// queue empty parks right after that read.
+pub async fn claims_have_looked(redis: &RedisServer, reads: u64) {
+    eventually(Duration::from_secs(10), "the claims to look", || async {
+        (command_calls(redis, "zrange") >= reads).then_some(())
+    })
+    .await;
+}
+
 // ---- request helpers ----
 
 pub async fn submit(
