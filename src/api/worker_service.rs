@@ -14,9 +14,9 @@ use crate::{
         AttemptEnd, ClaimRequest, Claimed, FailOutcome, HeartbeatOutcome, JobId, JobState,
         LeaseLimits, LeaseToken, Progress, RequestError, UnixMillis, check_size, check_text,
     },
-    events::EventHub,
-    store::{JobStore, StoreError},
-    telemetry::Metrics,
+    events::{EventHub, QueueWaiter, Wakeup},
+    store::{Completed, JobStore, StoreError},
+    telemetry::{Gauged, Metrics},
 };
 
 const MAX_ERROR_MESSAGE: usize = 4096;
@@ -84,18 +84,41 @@ impl WorkerApi {
     /// Claims up to `max` jobs, waiting up to the claim's wait for the first; none once the
     /// wait is over or the server shuts down.
     async fn claim(&self, claim: &ClaimRequest, max: usize) -> Result<Vec<Claimed>, Status> {
+        self.claim_next(claim, max, self.waiting(claim), false)
+            .await
+    }
+
+    /// Registers a claim that waits on the in-process hub, armed from now on: a job announced
+    /// after this wakes it. None for a claim that does not wait. A waiting claim holds no
+    /// Redis connection; the hub wakes one waiter per announced job.
+    fn waiting(&self, claim: &ClaimRequest) -> Option<Waiting> {
+        (!claim.wait.is_zero()).then(|| {
+            let mut waiter = self.hub.wait_for_queues(&claim.queues);
+            Waiting {
+                armed: Some(waiter.arm()),
+                waiter,
+                _gauge: self.metrics.waiting_claim(),
+            }
+        })
+    }
+
+    /// Claims as `claim` does, with `waiting` registered already. `seen_empty`: its queue
+    /// was seen without ready jobs since then (by the completion the claim came with), so a
+    /// waiting claim waits at once instead of reading the queue first.
+    async fn claim_next(
+        &self,
+        claim: &ClaimRequest,
+        max: usize,
+        mut waiting: Option<Waiting>,
+        mut seen_empty: bool,
+    ) -> Result<Vec<Claimed>, Status> {
         let deadline = Instant::now() + claim.wait;
-        // A waiting claim holds no Redis connection: it waits on the in-process hub, which
-        // wakes one waiter per announced job.
-        let mut waiter = (!claim.wait.is_zero()).then(|| {
-            (
-                self.hub.wait_for_queues(&claim.queues),
-                self.metrics.waiting_claim(),
-            )
-        });
         loop {
-            let wakeup = waiter.as_mut().map(|(waiter, _)| waiter.arm());
-            let claimed = self.try_claim(claim, max).await?;
+            let wakeup = waiting.as_mut().map(Waiting::arm);
+            let claimed = match (std::mem::take(&mut seen_empty), &wakeup) {
+                (true, Some(_)) => Vec::new(),
+                _ => self.try_claim(claim, max).await?,
+            };
             if !claimed.is_empty() {
                 return Ok(self.started(claimed));
             }
@@ -239,16 +262,21 @@ impl WorkerService for WorkerApi {
             .next
             .map(|next| self.claim_jobs_request(next))
             .transpose()?;
+        // Registered before the completion, which says whether the queue then had ready jobs.
+        let waiting = next.as_ref().and_then(|(claim, _)| self.waiting(claim));
         let now = UnixMillis::now();
-        if let Some(ended) = self
+        let completed = self
             .store
             .complete(&id, &token, request.result, now)
-            .await?
-        {
-            self.record_end(&id, &ended, JobState::Completed, now);
+            .await?;
+        if let Some(ended) = &completed.ended {
+            self.record_end(&id, ended, JobState::Completed, now);
         }
         let next = match next {
-            Some((claim, max)) => self.claim(&claim, max).await?,
+            Some((claim, max)) => {
+                let seen_empty = seen_empty(&claim, [(&id, &completed)]);
+                self.claim_next(&claim, max, waiting, seen_empty).await?
+            }
             None => Vec::new(),
         };
         Ok(Response::new(proto::CompleteJobResponse {
@@ -282,6 +310,8 @@ impl WorkerService for WorkerApi {
             .next
             .map(|next| self.claim_jobs_request(next))
             .transpose()?;
+        // Registered before the completions, which say whether their queues then had ready jobs.
+        let waiting = next.as_ref().and_then(|(claim, _)| self.waiting(claim));
         let now = UnixMillis::now();
         // All at once: completions of one queue share a script call.
         let outcomes = futures::future::join_all(
@@ -291,12 +321,14 @@ impl WorkerService for WorkerApi {
         )
         .await;
         let mut results = Vec::with_capacity(outcomes.len());
+        let mut recorded = Vec::with_capacity(outcomes.len());
         for ((id, _, _), outcome) in completions.iter().zip(outcomes) {
             let result = match outcome {
-                Ok(ended) => {
-                    if let Some(ended) = ended {
-                        self.record_end(id, &ended, JobState::Completed, now);
+                Ok(completed) => {
+                    if let Some(ended) = &completed.ended {
+                        self.record_end(id, ended, JobState::Completed, now);
                     }
+                    recorded.push((id, completed));
                     proto::CompletionResult::default()
                 }
                 // The job's refusal is this completion's answer alone.
@@ -313,7 +345,10 @@ impl WorkerService for WorkerApi {
             results.push(result);
         }
         let next = match next {
-            Some((claim, max)) => self.claim(&claim, max).await?,
+            Some((claim, max)) => {
+                let seen_empty = seen_empty(&claim, recorded.iter().map(|(id, c)| (*id, c)));
+                self.claim_next(&claim, max, waiting, seen_empty).await?
+            }
             None => Vec::new(),
         };
         Ok(Response::new(proto::CompleteJobsResponse {
@@ -362,6 +397,36 @@ impl WorkerService for WorkerApi {
             },
         }))
     }
+}
+
+/// A claim that may wait: its registration on the hub, armed for its first look, and its
+/// place in the waiting-claims gauge.
+struct Waiting {
+    waiter: QueueWaiter,
+    armed: Option<Wakeup>,
+    _gauge: Gauged,
+}
+
+impl Waiting {
+    /// The wake-up armed at registration, the first time; a newly armed one after that.
+    fn arm(&mut self) -> Wakeup {
+        self.armed.take().unwrap_or_else(|| self.waiter.arm())
+    }
+}
+
+/// Whether a completion recorded after `claim` registered saw the claim's queue without
+/// ready jobs. Only for a claim on a single queue: with several, the first look must take
+/// them in the worker's order of preference.
+fn seen_empty<'a>(
+    claim: &ClaimRequest,
+    completed: impl IntoIterator<Item = (&'a JobId, &'a Completed)>,
+) -> bool {
+    let [queue] = claim.queues.as_slice() else {
+        return false;
+    };
+    completed
+        .into_iter()
+        .any(|(id, completed)| id.queue() == queue && !completed.queue_has_ready)
 }
 
 fn claimed_job(claimed: Claimed) -> proto::ClaimedJob {

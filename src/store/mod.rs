@@ -27,12 +27,13 @@ pub use keys::Keys;
 pub use sweep::{SWEEP_BATCH, SweepReport};
 
 use crate::{
-    domain::{AttemptEnd, Claimed, JobId, JobIdGenerator, JobState, NewJob, QueueName, UnixMillis},
+    domain::{Claimed, JobId, JobIdGenerator, JobState, NewJob, QueueName, UnixMillis},
     telemetry::Metrics,
 };
 use batch::Batcher;
 use handoff::ParkedClaims;
 use scripts::{LuaScript, Scripts};
+pub use work::Completed;
 use work::{Claim, Completion};
 
 /// Why a store operation did not happen.
@@ -103,7 +104,7 @@ pub struct Shared {
     /// Claims waiting to share a script call, per queue.
     claims: Batcher<Claim, Vec<Claimed>>,
     /// Completions waiting to share a script call, per queue.
-    completions: Batcher<Completion, Option<AttemptEnd>>,
+    completions: Batcher<Completion, Completed>,
     /// Claims waiting on this process for a job that a submission here may hand them.
     parked: ParkedClaims,
     metrics: Metrics,

@@ -244,7 +244,7 @@ impl JobStore {
         token: &LeaseToken,
         result: Bytes,
         now: UnixMillis,
-    ) -> Result<Option<AttemptEnd>> {
+    ) -> Result<Completed> {
         let completion = Completion {
             id: id.clone(),
             token: token.clone(),
@@ -262,11 +262,7 @@ impl JobStore {
     }
 
     /// Writes a batch of completions of `queue` with one script call, and answers each.
-    async fn complete_batch(
-        &self,
-        queue: &QueueName,
-        batch: Vec<Pending<Completion, Option<AttemptEnd>>>,
-    ) {
+    async fn complete_batch(&self, queue: &QueueName, batch: Vec<Pending<Completion, Completed>>) {
         let now = batch
             .iter()
             .map(|pending| pending.op.now)
@@ -275,6 +271,7 @@ impl JobStore {
         let mut keys = vec![
             self.keys.running(queue),
             self.keys.retained(queue, JobState::Completed),
+            self.keys.ready(queue),
         ];
         let mut args: Vec<Value> = vec![
             now.0.to_string().into(),
@@ -288,8 +285,12 @@ impl JobStore {
             args.push(op.result.clone().into());
         }
         let replies: Result<Vec<Value>> = self.call(&self.scripts.complete, keys, args).await;
-        let replies = match replies {
-            Ok(replies) if replies.len() == batch.len() => replies,
+        // One reply per completion, then whether the queue has ready jobs.
+        let (replies, queue_has_ready) = match replies {
+            Ok(mut replies) if replies.len() == batch.len() + 1 => {
+                let ready = replies.pop().and_then(|ready| ready.as_u64()) != Some(0);
+                (replies, ready)
+            }
             Ok(_) => {
                 let error =
                     StoreError::corrupt("completion reply of another length than the batch");
@@ -306,7 +307,10 @@ impl JobStore {
             }
         };
         for (pending, reply) in batch.into_iter().zip(replies) {
-            pending.answer(completion_outcome(reply));
+            pending.answer(completion_outcome(reply).map(|ended| Completed {
+                ended,
+                queue_has_ready,
+            }));
         }
     }
 
@@ -379,6 +383,16 @@ pub(super) struct Claim {
     lease: Option<Duration>,
     want: usize,
     now: UnixMillis,
+}
+
+/// A completion recorded (or found recorded by an earlier try).
+#[derive(Debug, Clone)]
+pub struct Completed {
+    /// The attempt that ended now; `None` when an earlier try recorded it.
+    pub ended: Option<AttemptEnd>,
+    /// Whether the job's queue had ready jobs right after the completion was written: a
+    /// worker waiting on that queue, registered before completing, need not read it if not.
+    pub queue_has_ready: bool,
 }
 
 /// A worker's report of success, waiting for its script call.

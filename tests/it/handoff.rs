@@ -44,6 +44,21 @@ async fn submit_for_an_hour_later(
     submit_request(jobs, request).await.job.unwrap()
 }
 
+/// Waits until the job `id` is COMPLETED.
+async fn until_completed(
+    jobs: &jobd::api::proto::job_service_client::JobServiceClient<tonic::transport::Channel>,
+    id: &str,
+) {
+    eventually(Duration::from_secs(10), "the completion", || {
+        let mut jobs = jobs.clone();
+        async move {
+            let state = get(&mut jobs, id).await.state;
+            (state == proto::JobState::Completed as i32).then_some(())
+        }
+    })
+    .await;
+}
+
 /// Every command Redis ran from here on, scripts' own included, by name and arguments.
 fn record_commands(redis: &RedisServer) {
     redis.cli(&["CONFIG", "SET", "slowlog-log-slower-than", "0"]);
@@ -569,4 +584,65 @@ fn the_keyed_submission_script_run_twice_reports_the_first_runs_handoff() {
     assert_eq!(redis.cli(&["HGET", "jobd:{q}:job:1", "seq"]), "2");
     assert_eq!(redis.cli(&["ZRANGE", "jobd:{q}:running", "0", "-1"]), "q.1");
     assert_eq!(redis.cli(&["EXISTS", "jobd:{q}:ready"]), "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_that_empties_its_queue_parks_the_next_claim_without_reading_it() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let other = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    let first = submit(&mut jobs, "next", b"").await;
+    let claimed = claim(&mut workers, "next").await;
+    assert_eq!(command_calls(&redis, "zrange"), 1);
+
+    // Completes a job and waits for the next one in the same call, in the background;
+    // returns once the completion is recorded.
+    let complete_then_wait = |job: proto::ClaimJobResponse| {
+        let mut workers = workers.clone();
+        let mut next = claim_request("next", Duration::from_secs(10));
+        next.worker_id = "next-worker".to_owned();
+        tokio::spawn(async move {
+            workers
+                .complete_job(proto::CompleteJobRequest {
+                    job_id: job.job.unwrap().id,
+                    lease_token: job.lease_token,
+                    result: Default::default(),
+                    next: Some(proto::ClaimJobsRequest {
+                        claim: Some(next),
+                        max_jobs: 1,
+                    }),
+                })
+                .await
+                .expect("CompleteJob succeeds")
+                .into_inner()
+                .next
+        })
+    };
+    // The completion saw the queue empty: the next claim waits without reading it, and a job
+    // submitted through another jobd wakes it to read once.
+    let waiting = complete_then_wait(claimed);
+    until_completed(&jobs, &first.id).await;
+    let second = submit(&mut other.jobs().await, "next", b"").await;
+    let next = waiting.await.unwrap();
+    assert_eq!(next[0].job.as_ref().unwrap().id, second.id);
+    assert_eq!(
+        command_calls(&redis, "zrange"),
+        2,
+        "one read, after the wake-up"
+    );
+
+    // Again; a job submitted through the claim's own jobd is handed to it: no read at all.
+    let next = next.into_iter().next().unwrap();
+    let waiting = complete_then_wait(proto::ClaimJobResponse {
+        job: next.job,
+        lease_token: next.lease_token,
+        lease_expires_at: next.lease_expires_at,
+    });
+    until_completed(&jobs, &second.id).await;
+    let third = submit(&mut jobs, "next", b"").await;
+    let next = waiting.await.unwrap();
+    assert_eq!(next[0].job.as_ref().unwrap().id, third.id);
+    assert_eq!(command_calls(&redis, "zrange"), 2, "handed off, never read");
 }

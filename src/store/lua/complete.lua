@@ -5,7 +5,8 @@
 --
 -- KEYS[1]     queue's running set
 -- KEYS[2]     queue's retained-completed set (score: when the job's retention ends, Unix ms)
--- KEYS[3..n]  job hashes, one per completion
+-- KEYS[3]     queue's ready set, only looked at
+-- KEYS[4..n]  job hashes, one per completion
 -- ARGV[1]     now, Unix ms
 -- ARGV[2]     job wake-up channel
 -- ARGV[3]     the COMPLETED event but its attempt (see event_head in store/codec.rs)
@@ -13,7 +14,9 @@
 -- returns     per completion, in KEYS order:
 --             {"ok", kind, started}: recorded now; {"again"}: recorded by an earlier run;
 --             {"not_found"}; {"stale", state}: the token is not the job's current one, or the
---             job is not running
+--             job is not running;
+--             then 1 if the queue has ready jobs, else 0: a worker claiming its next jobs
+--             from this queue need not read it when it has none (see worker_service.rs)
 
 -- Numbers go to Redis and into messages as integer text: Lua's own conversion of a number
 -- to text formats it as a float, which costs several times more.
@@ -21,8 +24,8 @@ local function int(n) return string.format('%d', n) end
 
 local now = tonumber(ARGV[1])
 local replies, done, retained, announced = {}, {}, {}, {}
-for i = 3, #KEYS do
-  local key, a = KEYS[i], 4 + (i - 3) * 3
+for i = 4, #KEYS do
+  local key, a = KEYS[i], 4 + (i - 4) * 3
   local id, token, result = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   local job = redis.call('HMGET', key, 'state', 'token', 'seq', 'attempt', 'retention', 'kind',
     'started')
@@ -56,4 +59,5 @@ if #done > 0 then
   redis.call('ZADD', KEYS[2], unpack(retained))
   redis.call('PUBLISH', ARGV[2], table.concat(announced, '\n'))
 end
+replies[#replies + 1] = redis.call('EXISTS', KEYS[3])
 return replies
