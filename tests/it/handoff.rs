@@ -293,13 +293,23 @@ async fn a_job_to_run_later_is_not_handed_to_a_waiting_claim() {
     );
 }
 
+/// A job's 8 values as both submission scripts take them: id, payload, spec, kind,
+/// retention, default lease, run at, priority.
+const JOB: [&str; 8] = ["q.1", "payload", "spec", "kind", "60000", "", "", "0"];
+
+/// A hand-off of that job, as both submission scripts take it: place, worker, STARTED event,
+/// lease token, lease, expiry.
+fn handoff(token: &str) -> [&str; 6] {
+    ["1", "w", "started-event", token, "30000", "1800000030000"]
+}
+
 #[test]
 fn the_submission_script_run_twice_reports_the_first_runs_handoff() {
     let redis = RedisServer::start();
     let script = include_str!("../../src/store/lua/submit_many.lua");
     let now = "1800000000000";
     let run = |token: &str| {
-        redis.cli(&[
+        let mut args = vec![
             "EVAL",
             script,
             "4",
@@ -312,23 +322,10 @@ fn the_submission_script_run_twice_reports_the_first_runs_handoff() {
             "q",
             "queued-event",
             "jobd:wake:jobs",
-            // The job: id, payload, spec, kind, retention, default lease, run at, priority.
-            "q.1",
-            "payload",
-            "spec",
-            "kind",
-            "60000",
-            "",
-            "",
-            "0",
-            // Its hand-off: place, worker, STARTED event, token, lease, expiry.
-            "1",
-            "w",
-            "started-event",
-            token,
-            "30000",
-            "1800000030000",
-        ])
+        ];
+        args.extend(JOB);
+        args.extend(handoff(token));
+        redis.cli(&args)
     };
     // None made ready, handed off; again, as fred would resend it after a lost reply: the
     // same answer, and nothing written twice.
@@ -547,7 +544,7 @@ fn the_keyed_submission_script_run_twice_reports_the_first_runs_handoff() {
     let redis = RedisServer::start();
     let script = include_str!("../../src/store/lua/submit.lua");
     let run = || {
-        redis.cli(&[
+        let mut args = vec![
             "EVAL",
             script,
             "5",
@@ -560,24 +557,11 @@ fn the_keyed_submission_script_run_twice_reports_the_first_runs_handoff() {
             "jobd:wake:queues",
             "q",
             "60000",
-            // The job: id, payload, spec, kind, retention, default lease, run at, priority.
-            "q.1",
-            "payload",
-            "spec",
-            "kind",
-            "60000",
-            "",
-            "",
-            "0",
-            "jobd:wake:jobs",
-            // Its hand-off: place, worker, STARTED event, token, lease, expiry.
-            "1",
-            "w",
-            "started-event",
-            "token-1",
-            "30000",
-            "1800000030000",
-        ])
+        ];
+        args.extend(JOB);
+        args.push("jobd:wake:jobs");
+        args.extend(handoff("token-1"));
+        redis.cli(&args)
     };
     assert_eq!(run(), "created\nrunning\n1");
     assert_eq!(run(), "again\nrunning\n1");
