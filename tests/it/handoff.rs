@@ -30,6 +30,16 @@ async fn waiting_claim(
     waiting
 }
 
+/// What a claim started by `waiting_claim` got, within 10 s.
+async fn answered(
+    waiting: tokio::task::JoinHandle<proto::ClaimJobResponse>,
+) -> proto::ClaimJobResponse {
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the claim is answered")
+        .expect("the claim's task ends well")
+}
+
 /// Submits a job to `queue` that becomes claimable in an hour.
 async fn submit_for_an_hour_later(
     jobs: &mut jobd::api::proto::job_service_client::JobServiceClient<tonic::transport::Channel>,
@@ -113,10 +123,7 @@ async fn a_job_submitted_while_a_claim_waits_goes_to_it_without_queueing() {
     let waiting = waiting_claim(&server, &redis, "direct", Duration::from_secs(20), 1).await;
     record_commands(&redis);
     let submitted = submit(&mut jobs, "direct", b"input").await;
-    let claimed = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .expect("the claim is answered")
-        .unwrap();
+    let claimed = answered(waiting).await;
     let commands = recorded_commands(&redis);
 
     let job = claimed.job.clone().expect("the claim got a job");
@@ -268,10 +275,7 @@ async fn a_submission_never_passes_over_a_ready_job() {
 
     // The waiting claim gets the job that was ready first, not the one submitted now.
     let later = submit(&mut jobs, "fair", b"").await;
-    let claimed = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .expect("the claim is answered")
-        .unwrap();
+    let claimed = answered(waiting).await;
     assert_eq!(claimed.job.unwrap().id, early.id);
     assert_eq!(
         get(&mut jobs, &later.id).await.state,
@@ -378,10 +382,7 @@ async fn a_submitter_going_away_mid_call_still_hands_its_jobs_over() {
     stall.join().unwrap();
 
     // The submission was written after all, and its job went to the waiting claim.
-    let handed = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .expect("the claim is answered")
-        .unwrap();
+    let handed = answered(waiting).await;
     let job = handed.job.expect("the claim got the job");
     assert_eq!(job.state, proto::JobState::Running as i32);
     assert_eq!(get(&mut jobs, &job.id).await.worker_id, "test-worker");
@@ -514,10 +515,7 @@ async fn a_job_with_an_idempotency_key_is_handed_off_once() {
     record_commands(&redis);
     let submitted = submit_request(&mut jobs, keyed()).await;
     assert!(submitted.created);
-    let claimed = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .expect("the claim is answered")
-        .unwrap();
+    let claimed = answered(waiting).await;
     let job = claimed.job.expect("the claim got the job");
     assert_eq!(job.id, submitted.job.unwrap().id);
     assert_eq!(get(&mut jobs, &job.id).await, job);
