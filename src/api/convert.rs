@@ -194,6 +194,7 @@ impl From<JobEvent> for proto::JobEvent {
                 out.error = error;
                 proto::EventType::RetryScheduled
             }
+            EventKind::Released => proto::EventType::Released,
         };
         out.set_type(kind);
         out

@@ -15,7 +15,7 @@ use crate::{
         LeaseLimits, LeaseToken, Progress, RequestError, UnixMillis, check_size, check_text,
     },
     events::{EventHub, QueueWaiter, Wakeup},
-    store::{Completed, JobStore, StoreError},
+    store::{ClaimedJobs, Completed, JobStore, StoreError},
     telemetry::{Gauged, Metrics},
 };
 
@@ -64,12 +64,13 @@ impl WorkerApi {
     }
 
     /// Claims up to `max` jobs, trying each queue in the caller's order of preference.
-    async fn try_claim(&self, claim: &ClaimRequest, max: usize) -> Result<Vec<Claimed>, Status> {
-        let mut claimed = Vec::new();
+    /// An error drops what earlier queues gave, which puts it back (see `store::release`).
+    async fn try_claim(&self, claim: &ClaimRequest, max: usize) -> Result<ClaimedJobs, Status> {
+        let mut claimed = ClaimedJobs::default();
         for queue in &claim.queues {
             let want = max - claimed.len();
             let now = UnixMillis::now();
-            claimed.extend(
+            claimed.append(
                 self.store
                     .claim(queue, &claim.worker, claim.lease, want, now)
                     .await?,
@@ -83,7 +84,7 @@ impl WorkerApi {
 
     /// Claims up to `max` jobs, waiting up to the claim's wait for the first; none once the
     /// wait is over or the server shuts down.
-    async fn claim(&self, claim: &ClaimRequest, max: usize) -> Result<Vec<Claimed>, Status> {
+    async fn claim(&self, claim: &ClaimRequest, max: usize) -> Result<ClaimedJobs, Status> {
         self.claim_next(claim, max, self.waiting(claim), false)
             .await
     }
@@ -111,19 +112,19 @@ impl WorkerApi {
         max: usize,
         mut waiting: Option<Waiting>,
         mut seen_empty: bool,
-    ) -> Result<Vec<Claimed>, Status> {
+    ) -> Result<ClaimedJobs, Status> {
         let deadline = Instant::now() + claim.wait;
         loop {
             let wakeup = waiting.as_mut().map(Waiting::arm);
             let claimed = match (std::mem::take(&mut seen_empty), &wakeup) {
-                (true, Some(_)) => Vec::new(),
+                (true, Some(_)) => ClaimedJobs::default(),
                 _ => self.try_claim(claim, max).await?,
             };
             if !claimed.is_empty() {
                 return Ok(self.started(claimed));
             }
             let Some(wakeup) = wakeup else {
-                return Ok(Vec::new());
+                return Ok(ClaimedJobs::default());
             };
             // Parked, a job submitted through this process comes straight to this claim; one
             // submitted elsewhere wakes it to look again.
@@ -145,13 +146,13 @@ impl WorkerApi {
                 return Ok(self.started(handed));
             }
             if stop {
-                return Ok(Vec::new());
+                return Ok(ClaimedJobs::default());
             }
         }
     }
 
     /// Records how long the jobs just claimed for the first time waited.
-    fn started(&self, claimed: Vec<Claimed>) -> Vec<Claimed> {
+    fn started(&self, claimed: ClaimedJobs) -> ClaimedJobs {
         let now = UnixMillis::now();
         for first in claimed.iter().filter(|claimed| claimed.job.attempt == 1) {
             self.metrics
@@ -203,7 +204,7 @@ impl WorkerService for WorkerApi {
         request: Request<proto::ClaimJobRequest>,
     ) -> Result<Response<proto::ClaimJobResponse>, Status> {
         let claim = self.claim_request(request.into_inner())?;
-        let claimed = self.claim(&claim, 1).await?.into_iter().next();
+        let claimed = self.claim(&claim, 1).await?.deliver().into_iter().next();
         Ok(Response::new(
             claimed.map(claimed_response).unwrap_or_default(),
         ))
@@ -214,7 +215,7 @@ impl WorkerService for WorkerApi {
         request: Request<proto::ClaimJobsRequest>,
     ) -> Result<Response<proto::ClaimJobsResponse>, Status> {
         let (claim, max) = self.claim_jobs_request(request.into_inner())?;
-        let claimed = self.claim(&claim, max).await?;
+        let claimed = self.claim(&claim, max).await?.deliver();
         Ok(Response::new(proto::ClaimJobsResponse {
             jobs: claimed.into_iter().map(claimed_job).collect(),
         }))
@@ -275,7 +276,9 @@ impl WorkerService for WorkerApi {
         let next = match next {
             Some((claim, max)) => {
                 let seen_empty = seen_empty(&claim, [(&id, &completed)]);
-                self.claim_next(&claim, max, waiting, seen_empty).await?
+                self.claim_next(&claim, max, waiting, seen_empty)
+                    .await?
+                    .deliver()
             }
             None => Vec::new(),
         };
@@ -347,7 +350,9 @@ impl WorkerService for WorkerApi {
         let next = match next {
             Some((claim, max)) => {
                 let seen_empty = seen_empty(&claim, recorded.iter().map(|(id, c)| (*id, c)));
-                self.claim_next(&claim, max, waiting, seen_empty).await?
+                self.claim_next(&claim, max, waiting, seen_empty)
+                    .await?
+                    .deliver()
             }
             None => Vec::new(),
         };

@@ -40,6 +40,9 @@ pub enum EventKind {
         run_at: UnixMillis,
         error: String,
     },
+    /// Claimed for a caller that went away before receiving it: queued again, the claim not
+    /// counted as an attempt.
+    Released,
 }
 
 impl EventKind {

@@ -304,6 +304,7 @@ pub fn decode_event(
         "cancelled" => EventKind::Cancelled {
             reason: record.r.unwrap_or_default(),
         },
+        "released" => EventKind::Released,
         "retry_scheduled" => EventKind::RetryScheduled {
             run_at: run_at()?,
             error: record.e.unwrap_or_default(),

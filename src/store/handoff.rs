@@ -24,6 +24,7 @@ use super::{
     JobStore, Result, StoreError,
     codec::event_head,
     millis,
+    release::ClaimedJobs,
     scripts::{LuaScript, Scripts},
 };
 use crate::{
@@ -43,7 +44,7 @@ struct Slot {
     lease: Option<Duration>,
     want: usize,
     /// Taken by the one submission that serves the claim; gone once the claim stops waiting.
-    answer: Mutex<Option<oneshot::Sender<Vec<Claimed>>>>,
+    answer: Mutex<Option<oneshot::Sender<ClaimedJobs>>>,
 }
 
 /// A claim's place among the parked claims; dropping it leaves.
@@ -51,7 +52,7 @@ pub struct Parked {
     claims: ParkedClaims,
     slot: Arc<Slot>,
     queues: Vec<QueueName>,
-    handed: oneshot::Receiver<Vec<Claimed>>,
+    handed: oneshot::Receiver<ClaimedJobs>,
 }
 
 /// A parked claim a submission took, to be answered after its script call.
@@ -59,7 +60,7 @@ pub struct Taken {
     pub worker: WorkerId,
     pub lease: Option<Duration>,
     pub want: usize,
-    answer: oneshot::Sender<Vec<Claimed>>,
+    answer: oneshot::Sender<ClaimedJobs>,
 }
 
 /// The parked claims a submission took, and which of its jobs each gets.
@@ -187,7 +188,7 @@ impl JobStore {
             handoffs,
             now,
         } = handing;
-        let mut given: Vec<Vec<Claimed>> = taken.iter().map(|_| Vec::new()).collect();
+        let mut given: Vec<ClaimedJobs> = taken.iter().map(|_| ClaimedJobs::new(self)).collect();
         if handed {
             self.metrics.handed_off(&queue, handoffs.len());
             for handoff in &handoffs {
@@ -200,15 +201,9 @@ impl JobStore {
                 });
             }
         }
+        // A claim whose caller went away meanwhile drops its jobs, which puts them back.
         for (claim, jobs) in taken.into_iter().zip(given) {
-            let worker = (!jobs.is_empty()).then(|| claim.worker.clone());
-            if let (false, Some(worker)) = (claim.answer(jobs), worker) {
-                tracing::warn!(
-                    queue = %queue,
-                    worker = worker.as_str(),
-                    "a claim went away while jobs were handed to it; they run again once their lease expires"
-                );
-            }
+            claim.answer(jobs);
         }
     }
 }
@@ -276,15 +271,15 @@ impl ParkedClaims {
 impl Parked {
     /// Resolves when a submission took this claim: with the jobs it handed over, or with none
     /// when it could not hand any (its queue had ready jobs): then look again.
-    pub async fn handed(&mut self) -> Vec<Claimed> {
+    pub async fn handed(&mut self) -> ClaimedJobs {
         (&mut self.handed).await.unwrap_or_default()
     }
 
     /// Stops waiting. If a submission took this claim already, its script call is under way
     /// and what it hands over is returned: a wait of one Redis round trip at most.
-    pub async fn leave(mut self) -> Vec<Claimed> {
+    pub async fn leave(mut self) -> ClaimedJobs {
         if lock(&self.slot.answer).take().is_some() {
-            return Vec::new();
+            return ClaimedJobs::default();
         }
         (&mut self.handed).await.unwrap_or_default()
     }
@@ -308,8 +303,8 @@ impl Drop for Parked {
 
 impl Taken {
     /// Gives the claim its jobs; none tells it to look again. False when its caller went away
-    /// meanwhile: jobs given then stay leased to nobody until their lease runs out.
-    pub fn answer(self, jobs: Vec<Claimed>) -> bool {
+    /// meanwhile: the jobs then go back to their queue (see `store::release`).
+    pub fn answer(self, jobs: ClaimedJobs) -> bool {
         self.answer.send(jobs).is_ok()
     }
 }
@@ -377,7 +372,13 @@ mod tests {
             claims.take(&queue("a"), 5).is_empty(),
             "taken through b already"
         );
-        assert!(taken.into_iter().next().unwrap().answer(Vec::new()));
+        assert!(
+            taken
+                .into_iter()
+                .next()
+                .unwrap()
+                .answer(ClaimedJobs::default())
+        );
         assert!(parked.handed().await.is_empty());
         drop(parked);
         assert!(lock(&claims.queues).is_empty());
@@ -395,7 +396,11 @@ mod tests {
         // The taken claim stops waiting before its answer comes: leaving waits for it.
         let answering = tokio::spawn(async move {
             tokio::task::yield_now().await;
-            taken.into_iter().next().unwrap().answer(Vec::new())
+            taken
+                .into_iter()
+                .next()
+                .unwrap()
+                .answer(ClaimedJobs::default())
         });
         assert!(second.leave().await.is_empty());
         assert!(answering.await.unwrap(), "the answer reached the claim");

@@ -7,6 +7,7 @@ mod connection;
 mod handoff;
 mod jobs;
 mod keys;
+mod release;
 mod scripts;
 mod sweep;
 mod work;
@@ -24,10 +25,11 @@ pub use connection::RedisClients;
 pub use handoff::Parked;
 pub use jobs::{EventPage, ListCursor, QueueStats, Submitted};
 pub use keys::Keys;
+pub use release::ClaimedJobs;
 pub use sweep::{SWEEP_BATCH, SweepReport};
 
 use crate::{
-    domain::{Claimed, JobId, JobIdGenerator, JobState, NewJob, QueueName, UnixMillis},
+    domain::{JobId, JobIdGenerator, JobState, NewJob, QueueName, UnixMillis},
     telemetry::Metrics,
 };
 use batch::Batcher;
@@ -102,7 +104,7 @@ pub struct Shared {
     /// Submissions without an idempotency key waiting to share a script call, per queue.
     submissions: Batcher<(JobId, NewJob, UnixMillis), Submitted>,
     /// Claims waiting to share a script call, per queue.
-    claims: Batcher<Claim, Vec<Claimed>>,
+    claims: Batcher<Claim, ClaimedJobs>,
     /// Completions waiting to share a script call, per queue.
     completions: Batcher<Completion, Completed>,
     /// Claims waiting on this process for a job that a submission here may hand them.

@@ -9,10 +9,12 @@ use super::{
     JobStore, Result, StoreError,
     batch::Pending,
     codec::{Fields, JOB_FIELDS, event_head},
-    millis, state_in, status,
+    millis,
+    release::ClaimedJobs,
+    state_in, status,
 };
 use crate::domain::{
-    AttemptEnd, Claimed, FailOutcome, HeartbeatOutcome, JobId, JobKind, JobState, LeaseToken,
+    AttemptEnd, Claimed, FailOutcome, HeartbeatOutcome, Job, JobId, JobKind, JobState, LeaseToken,
     Progress, QueueName, UnixMillis, WorkerId,
 };
 
@@ -37,7 +39,7 @@ impl JobStore {
         lease: Option<Duration>,
         want: usize,
         now: UnixMillis,
-    ) -> Result<Vec<Claimed>> {
+    ) -> Result<ClaimedJobs> {
         let claim = Claim {
             worker: worker.clone(),
             lease,
@@ -75,9 +77,10 @@ impl JobStore {
     async fn claim_batch(
         &self,
         queue: &QueueName,
-        batch: &[Pending<Claim, Vec<Claimed>>],
-    ) -> Result<Vec<Vec<Claimed>>> {
-        let mut claimed: Vec<Vec<Claimed>> = batch.iter().map(|_| Vec::new()).collect();
+        batch: &[Pending<Claim, ClaimedJobs>],
+    ) -> Result<Vec<ClaimedJobs>> {
+        // Dropped on an error, what was claimed so far goes back to the queue.
+        let mut claimed: Vec<ClaimedJobs> = batch.iter().map(|_| ClaimedJobs::new(self)).collect();
         let now = batch
             .iter()
             .map(|pending| pending.op.now)
@@ -165,17 +168,24 @@ impl JobStore {
                 continue;
             }
             let mut jobs: HashMap<String, Value> = reads.into_iter().zip(jobs).collect();
-            for entry in entries {
-                let (claimer, id, fields, token, expires) = decode_claimed(entry, &mut jobs, self)?;
-                let fields = match fields {
-                    Some(fields) => self.with_legacy(&id, fields).await?,
-                    None => self.read_fields(&id, "read_claimed").await?,
+            let entries = entries
+                .into_iter()
+                .map(|entry| decode_claimed(entry, batch.len(), &mut jobs, self))
+                .collect::<Result<Vec<_>>>()?;
+            // Claimed now and not yet read: put back should reading them fail.
+            let leases: Vec<(JobId, LeaseToken)> = entries
+                .iter()
+                .map(|(_, id, _, token, _)| (id.clone(), token.clone()))
+                .collect();
+            for (read, (claimer, id, fields, token, expires)) in entries.into_iter().enumerate() {
+                let job = match self.read_claimed(&id, fields).await {
+                    Ok(job) => job,
+                    Err(error) => {
+                        self.release_later(leases[read..].to_vec());
+                        return Err(error);
+                    }
                 };
-                let job = fields
-                    .into_job(&id)?
-                    .ok_or_else(|| StoreError::corrupt(format!("claimed job {id} is gone")))?;
-                let want = wants.get_mut(claimer).ok_or_else(shape)?;
-                *want = want.saturating_sub(1);
+                wants[claimer] = wants[claimer].saturating_sub(1);
                 claimed[claimer].push(Claimed {
                     job,
                     token,
@@ -189,6 +199,18 @@ impl JobStore {
         }
         // Nothing (more) ready, or lost every round: a waiting claim that got nothing waits.
         Ok(claimed)
+    }
+
+    /// A job just claimed: from the fields read with the claim, or read now when another jobd
+    /// had taken it among the candidates read.
+    async fn read_claimed(&self, id: &JobId, fields: Option<Fields>) -> Result<Job> {
+        let fields = match fields {
+            Some(fields) => self.with_legacy(id, fields).await?,
+            None => self.read_fields(id, "read_claimed").await?,
+        };
+        fields
+            .into_job(id)?
+            .ok_or_else(|| StoreError::corrupt(format!("claimed job {id} is gone")))
     }
 
     pub async fn heartbeat(
@@ -451,10 +473,11 @@ fn lease_refusal(status: &str, reply: &[Value]) -> StoreError {
     }
 }
 
-/// An entry of the claim script's reply: which claim of the batch it is for, the job as read
-/// right after the script (when it was among those read), its token and lease expiry.
+/// An entry of the claim script's reply: which of the batch's `claimers` it is for, the job as
+/// read right after the script (when it was among those read), its token and lease expiry.
 fn decode_claimed(
     entry: Value,
+    claimers: usize,
     jobs: &mut HashMap<String, Value>,
     store: &JobStore,
 ) -> Result<(usize, JobId, Option<Fields>, LeaseToken, UnixMillis)> {
@@ -466,6 +489,7 @@ fn decode_claimed(
         .as_u64()
         .and_then(|c| usize::try_from(c).ok())
         .and_then(|c| c.checked_sub(1))
+        .filter(|&c| c < claimers)
         .ok_or_else(shape)?;
     let id = id.as_string().ok_or_else(shape)?;
     let id = JobId::parse("id", &id).map_err(|_| StoreError::corrupt("claimed job id"))?;

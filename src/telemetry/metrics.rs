@@ -67,6 +67,7 @@ struct Instruments {
     retries: Counter<u64>,
     lease_expiries: Counter<u64>,
     handoffs: Counter<u64>,
+    releases: Counter<u64>,
     queue_wait: Histogram<f64>,
     run_time: Histogram<f64>,
     watch_streams: UpDownCounter<i64>,
@@ -124,6 +125,11 @@ impl Metrics {
                 "jobd.jobs.handed_off",
                 "{job}",
                 "Jobs a submission gave straight to a claim waiting for one",
+            ),
+            releases: counter(
+                "jobd.jobs.released",
+                "{job}",
+                "Jobs claimed for a caller that went away before receiving them, queued again",
             ),
             queue_wait: seconds("jobd.job.queue_wait", "Time from submit to the first claim"),
             run_time: seconds(
@@ -200,6 +206,13 @@ impl Metrics {
     pub fn handed_off(&self, queue: &QueueName, jobs: usize) {
         self.0
             .handoffs
+            .add(jobs as u64, &[KeyValue::new(QUEUE, queue.to_string())]);
+    }
+
+    /// `jobs` jobs claimed for a caller that went away were queued again (see `store::release`).
+    pub fn released(&self, queue: &QueueName, jobs: usize) {
+        self.0
+            .releases
             .add(jobs as u64, &[KeyValue::new(QUEUE, queue.to_string())]);
     }
 

@@ -356,14 +356,7 @@ async fn a_submitter_going_away_mid_call_still_hands_its_jobs_over() {
     // The first claim's read of the queue, then this one's.
     let waiting = waiting_claim(&server, &redis, "gone", Duration::from_secs(5), 2).await;
     // Redis stalls, so the submission's call is in flight when its caller gives up.
-    let port = redis.port();
-    let stall = std::thread::spawn(move || {
-        std::process::Command::new("redis-cli")
-            .args(["-p", &port.to_string(), "DEBUG", "SLEEP", "0.6"])
-            .output()
-            .expect("redis-cli runs")
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stall = redis.stall("0.6").await;
     let mut request = tonic::Request::new(proto::SubmitJobsRequest {
         jobs: vec![job_request("gone")],
     });

@@ -10,6 +10,7 @@ mod health;
 mod layout;
 mod lifecycle;
 mod outage;
+mod release;
 mod scheduling;
 mod shutdown;
 mod submit_watch;

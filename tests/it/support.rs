@@ -93,6 +93,23 @@ impl RedisServer {
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
+    /// Makes Redis stall for `seconds` (DEBUG SLEEP, which needs the server started with
+    /// `--enable-debug-command local`) from a thread of its own; returns once the stall has
+    /// begun, with the thread to join when it is over.
+    pub async fn stall(&self, seconds: &str) -> std::thread::JoinHandle<()> {
+        let port = self.port.to_string();
+        let seconds = seconds.to_owned();
+        let stall = std::thread::spawn(move || {
+            Command::new("redis-cli")
+                .args(["-p", &port, "DEBUG", "SLEEP", &seconds])
+                .output()
+                .expect("redis-cli runs");
+        });
+        // Time for the command to reach Redis before the caller goes on.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stall
+    }
+
     /// CLIENT LIST lines whose connection name starts with `prefix`.
     pub fn clients_named(&self, prefix: &str) -> Vec<String> {
         self.cli(&["CLIENT", "LIST"])

@@ -1,0 +1,138 @@
+//! Release: jobs claimed for a caller that went away before receiving them go back to their
+//! queue at once, instead of staying leased to nobody until the lease runs out and then
+//! counting as a failed attempt (a job allowed one attempt would fail without having run).
+//!
+//! A claim's jobs travel as `ClaimedJobs` from the script that claimed them to the response
+//! that carries them to the worker: through a group-commit answer, a hand-off, a waiting claim.
+//! Whatever drops them on the way releases them: a cancelled or timed-out RPC drops its future
+//! and, with it, the channel its jobs were sent on; an error cuts a claim short. `deliver`, as
+//! the response is built, is the only way out. Past that point a response lost on the wire is
+//! the lease's business, as is a worker that dies with its jobs.
+
+use std::collections::BTreeMap;
+
+use fred::types::Value;
+
+use super::{JobStore, Result};
+use crate::domain::{Claimed, JobId, LeaseToken, QueueName, UnixMillis};
+
+/// Jobs claimed for one caller and not yet given to it. Dropped undelivered, they are put back
+/// in their queues (release.lua) by a task of their own.
+#[derive(Default)]
+pub struct ClaimedJobs {
+    jobs: Vec<Claimed>,
+    /// Where to put them back; every non-empty set has one.
+    store: Option<JobStore>,
+}
+
+impl ClaimedJobs {
+    pub(super) fn new(store: &JobStore) -> Self {
+        Self {
+            jobs: Vec::new(),
+            store: Some(store.clone()),
+        }
+    }
+
+    pub(super) fn push(&mut self, claimed: Claimed) {
+        self.jobs.push(claimed);
+    }
+
+    /// Adds `other`'s jobs to these.
+    pub fn append(&mut self, mut other: ClaimedJobs) {
+        if self.store.is_none() {
+            self.store = other.store.take();
+        }
+        self.jobs.append(&mut other.jobs);
+    }
+
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Claimed> {
+        self.jobs.iter()
+    }
+
+    /// The jobs, for the response that gives them to their worker.
+    pub fn deliver(mut self) -> Vec<Claimed> {
+        std::mem::take(&mut self.jobs)
+    }
+}
+
+impl Drop for ClaimedJobs {
+    fn drop(&mut self) {
+        if self.jobs.is_empty() {
+            return;
+        }
+        let leases = self
+            .jobs
+            .drain(..)
+            .map(|claimed| (claimed.job.id, claimed.token))
+            .collect();
+        if let Some(store) = self.store.take() {
+            store.release_later(leases);
+        }
+    }
+}
+
+impl JobStore {
+    /// Puts back, on a task of their own, the jobs leased with these tokens to a caller that
+    /// will never receive them. Should Redis fail the call, the leases run out as they would
+    /// have.
+    pub(super) fn release_later(&self, leases: Vec<(JobId, LeaseToken)>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                jobs = leases.len(),
+                "claimed jobs dropped outside the runtime; they run again once their lease expires"
+            );
+            return;
+        };
+        let store = self.clone();
+        runtime.spawn(async move {
+            if let Err(error) = store.release(leases, UnixMillis::now()).await {
+                tracing::warn!(
+                    error = %error,
+                    "could not put back jobs claimed for a caller that went away; they run again once their lease expires"
+                );
+            }
+        });
+    }
+
+    /// Puts back in their queues the jobs still leased with these tokens: QUEUED again, their
+    /// claim not counted as an attempt. Returns how many were put back.
+    pub async fn release(&self, leases: Vec<(JobId, LeaseToken)>, now: UnixMillis) -> Result<u64> {
+        let mut by_queue: BTreeMap<QueueName, Vec<(JobId, LeaseToken)>> = BTreeMap::new();
+        for (id, token) in leases {
+            by_queue
+                .entry(id.queue().clone())
+                .or_default()
+                .push((id, token));
+        }
+        let mut released = 0;
+        for (queue, leases) in by_queue {
+            let mut keys = vec![self.keys.ready(&queue), self.keys.running(&queue)];
+            let mut args: Vec<Value> = vec![
+                now.0.to_string().into(),
+                self.keys.job_channel().into(),
+                self.keys.queue_channel().into(),
+                queue.as_str().into(),
+            ];
+            for (id, token) in &leases {
+                keys.push(self.keys.job(id));
+                args.push(id.to_string().into());
+                args.push(token.as_str().into());
+            }
+            let count: u64 = self.call(&self.scripts.release, keys, args).await?;
+            if count > 0 {
+                tracing::info!(queue = %queue, jobs = count, "put back jobs claimed for a caller that went away");
+                self.metrics.released(&queue, count as usize);
+            }
+            released += count;
+        }
+        Ok(released)
+    }
+}

@@ -1,0 +1,168 @@
+//! Release: jobs claimed for a caller that went away before receiving them (its call was
+//! cancelled or timed out) go back to their queue at once, not after their lease, and the claim
+//! does not count as an attempt.
+
+use std::time::Duration;
+
+use jobd::api::proto::{self, EventType, JobState};
+
+use crate::support::*;
+
+type Jobs = proto::job_service_client::JobServiceClient<tonic::transport::Channel>;
+
+/// Waits, 5 s at most, for the job `id` to be QUEUED again; a lease of 30 s could not explain it.
+async fn queued_again(jobs: &Jobs, id: &str) -> proto::Job {
+    eventually(Duration::from_secs(5), "the job to be queued again", || {
+        let (mut jobs, id) = (jobs.clone(), id.to_owned());
+        async move {
+            let job = get(&mut jobs, &id).await;
+            (job.state == JobState::Queued as i32).then_some(job)
+        }
+    })
+    .await
+}
+
+/// Claims the job of `queue` as another worker and completes it; returns the job's events.
+async fn run_to_the_end(server: &TestServer, queue: &str, id: &str) -> Vec<proto::JobEvent> {
+    let mut workers = server.workers().await;
+    let claimed = claim(&mut workers, queue).await;
+    let job = claimed.job.as_ref().unwrap();
+    assert_eq!(job.id, id);
+    assert_eq!(job.attempt, 1, "the released claim did not count");
+    complete(&mut workers, &claimed, b"done").await.unwrap();
+    let (events, end) = watch_to_end(&mut server.jobs().await, id, 0).await;
+    end.expect("the watch ends with OK");
+    events
+}
+
+const RELEASED_THEN_RUN: [EventType; 5] = [
+    EventType::Queued,
+    EventType::Started,
+    EventType::Released,
+    EventType::Started,
+    EventType::Completed,
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_caller_goes_away_mid_call_puts_its_job_back() {
+    let redis = RedisServer::start_with(&["--enable-debug-command", "local"]);
+    let server = TestServer::start(&redis).await;
+    let jobs = server.jobs().await;
+    let job = submit(&mut jobs.clone(), "back", b"").await;
+
+    // Redis stalls, so the claim's call is in flight when its caller gives up.
+    let stall = redis.stall("0.6").await;
+    let mut workers = server.workers().await;
+    let claiming = tokio::spawn(async move {
+        workers
+            .claim_job(claim_request("back", Duration::ZERO))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    claiming.abort();
+    stall.join().unwrap();
+
+    // The claim was made once Redis woke, for nobody: the job is back, its attempt uncounted.
+    let back = queued_again(&jobs, &job.id).await;
+    assert_eq!(back.attempt, 0);
+    assert_eq!(back.worker_id, "");
+    let events = run_to_the_end(&server, "back", &job.id).await;
+    assert_eq!(types(&events), RELEASED_THEN_RUN);
+    assert_eq!(events[2].attempt, 0);
+    assert_eq!(events[3].attempt, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_handed_to_a_claim_whose_caller_went_away_goes_back() {
+    let redis = RedisServer::start_with(&["--enable-debug-command", "local"]);
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    // The queue is known to jobd and Redis before the measured submission.
+    let first = submit(&mut jobs, "gone", b"").await;
+    claim(&mut workers, "gone").await;
+
+    // A claim that finds the queue empty (its read is the second) and parks.
+    let mut parked_workers = server.workers().await;
+    let parked = tokio::spawn(async move {
+        parked_workers
+            .claim_job(claim_request("gone", Duration::from_secs(10)))
+            .await
+    });
+    claims_have_looked(&redis, 2).await;
+    // A submission takes the parked claim; Redis stalls, so its call is in flight...
+    let stall = redis.stall("0.6").await;
+    let mut submitter = jobs.clone();
+    let submitting = tokio::spawn(async move { submit(&mut submitter, "gone", b"").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ... when the claim's caller gives up.
+    parked.abort();
+    stall.join().unwrap();
+
+    let job = submitting.await.unwrap();
+    assert_ne!(job.id, first.id);
+    let back = queued_again(&jobs, &job.id).await;
+    assert_eq!(back.attempt, 0);
+    let events = run_to_the_end(&server, "gone", &job.id).await;
+    assert_eq!(types(&events), RELEASED_THEN_RUN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_lease_is_dead_and_a_second_release_changes_nothing() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    let job = submit(&mut jobs, "fence", b"").await;
+    let claimed = claim(&mut workers, "fence").await;
+    let ulid = job.id.strip_prefix("fence.").expect("ids are queue.ulid");
+    let key = format!("jobd:{{fence}}:job:{ulid}");
+    let release = |token: &str| {
+        redis.cli(&[
+            "EVAL",
+            include_str!("../../src/store/lua/release.lua"),
+            "3",
+            "jobd:{fence}:ready",
+            "jobd:{fence}:running",
+            &key,
+            "1800000000000",
+            "jobd:wake:jobs",
+            "jobd:wake:queues",
+            "fence",
+            &job.id,
+            token,
+        ])
+    };
+
+    // Another lease's token puts nothing back.
+    assert_eq!(release("not-the-token"), "0");
+    assert_eq!(
+        get(&mut jobs, &job.id).await.state,
+        JobState::Running as i32
+    );
+    assert_eq!(release(&claimed.lease_token), "1");
+    assert_eq!(
+        release(&claimed.lease_token),
+        "0",
+        "run twice, nothing changes"
+    );
+    let back = get(&mut jobs, &job.id).await;
+    assert_eq!(back.state, JobState::Queued as i32);
+    assert_eq!(back.attempt, 0);
+    assert_eq!(
+        redis.cli(&["ZRANGE", "jobd:{fence}:running", "0", "-1"]),
+        ""
+    );
+    assert_eq!(
+        redis.cli(&["ZRANGE", "jobd:{fence}:ready", "0", "-1"]),
+        job.id
+    );
+
+    // The released lease's holder is refused, as a stale worker is.
+    let refused = complete(&mut workers, &claimed, b"late").await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+}
