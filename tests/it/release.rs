@@ -1,6 +1,7 @@
-//! Release: jobs claimed for a caller that went away before receiving them (its call was
-//! cancelled or timed out) go back to their queue at once, not after their lease, and the claim
-//! does not count as an attempt.
+//! Claimed jobs are never leased to nobody: those claimed for a caller that went away before
+//! receiving them (its call was cancelled or timed out) go back to their queue at once, not
+//! after their lease, and the claim does not count as an attempt; a claim call that runs twice
+//! answers its jobs again.
 
 use std::time::Duration;
 
@@ -165,4 +166,65 @@ async fn a_released_lease_is_dead_and_a_second_release_changes_nothing() {
         tonic::Code::FailedPrecondition,
         "{refused:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_claim_script_run_twice_answers_its_first_runs_claims_again_and_no_more() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(submit(&mut jobs, "replay", b"").await.id);
+    }
+    let key = |id: &str| {
+        format!(
+            "jobd:{{replay}}:job:{}",
+            id.strip_prefix("replay.").unwrap()
+        )
+    };
+    let keys: Vec<String> = ids.iter().map(|id| key(id)).collect();
+    let tokens = ["token-1", "token-2", "token-3"];
+    // One claimer wanting 2 of the 3 candidates, as jobd makes the call.
+    let run = || {
+        let mut args = vec![
+            "EVAL",
+            include_str!("../../src/store/lua/claim.lua"),
+            "5",
+            "jobd:{replay}:ready",
+            "jobd:{replay}:running",
+        ];
+        args.extend(keys.iter().map(String::as_str));
+        args.extend([
+            "1800000000000",
+            "jobd:wake:jobs",
+            "30000",
+            "1",
+            "w",
+            "",
+            "2",
+            "started-event",
+        ]);
+        for (id, token) in ids.iter().zip(tokens) {
+            args.extend([id.as_str(), token]);
+        }
+        redis.cli(&args)
+    };
+
+    let first = run();
+    let expected = format!(
+        "1\n{}\ntoken-1\n1800000030000\n1\n{}\ntoken-2\n1800000030000",
+        ids[0], ids[1]
+    );
+    assert_eq!(first, expected);
+    // Again, as fred would resend it after a lost reply: the same claims, nothing written twice,
+    // and the third job, which the first run left, still ready.
+    assert_eq!(run(), expected);
+    assert_eq!(redis.cli(&["HGET", &keys[0], "seq"]), "2");
+    assert_eq!(redis.cli(&["HGET", &keys[0], "attempt"]), "1");
+    assert_eq!(
+        redis.cli(&["ZRANGE", "jobd:{replay}:ready", "0", "-1"]),
+        ids[2]
+    );
+    assert_eq!(redis.cli(&["ZCARD", "jobd:{replay}:running"]), "2");
 }
