@@ -97,6 +97,7 @@ impl App {
                 default_lease: config.jobs.default_lease,
             },
             metrics.clone(),
+            tracker.clone(),
         );
         tracing::info!(
             instance = %instance,

@@ -14,6 +14,7 @@ use std::{
 };
 
 use tokio::sync::oneshot;
+use tokio_util::task::TaskTracker;
 
 use super::{Result, StoreError};
 use crate::domain::QueueName;
@@ -55,20 +56,24 @@ type Lanes<T, R> = Arc<Mutex<HashMap<QueueName, Vec<Pending<T, R>>>>>;
 /// The operations of one kind waiting per queue. Cheap to clone.
 pub struct Batcher<T, R> {
     lanes: Lanes<T, R>,
+    /// Where runners are spawned, so that shutdown waits for the calls under way.
+    tasks: TaskTracker,
 }
 
 impl<T, R> Clone for Batcher<T, R> {
     fn clone(&self) -> Self {
         Self {
             lanes: self.lanes.clone(),
+            tasks: self.tasks.clone(),
         }
     }
 }
 
-impl<T, R> Default for Batcher<T, R> {
-    fn default() -> Self {
+impl<T, R> Batcher<T, R> {
+    pub fn new(tasks: TaskTracker) -> Self {
         Self {
             lanes: Default::default(),
+            tasks,
         }
     }
 }
@@ -111,7 +116,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
                 queue: queue.clone(),
                 closed: false,
             };
-            tokio::spawn(runner.run(call));
+            self.tasks.spawn(runner.run(call));
         }
         answer
             .await
@@ -175,7 +180,7 @@ mod tests {
 
     #[tokio::test]
     async fn operations_arriving_during_a_call_share_the_next() {
-        let batcher: Batcher<u32, u32> = Batcher::default();
+        let batcher: Batcher<u32, u32> = Batcher::new(TaskTracker::new());
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let call = {
             let sizes = sizes.clone();
@@ -210,7 +215,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_holds_at_most_max_batch() {
-        let batcher: Batcher<usize, ()> = Batcher::default();
+        let batcher: Batcher<usize, ()> = Batcher::new(TaskTracker::new());
         let largest = Arc::new(AtomicUsize::new(0));
         let call = {
             let largest = largest.clone();
@@ -232,7 +237,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_call_that_panics_fails_its_operations_and_the_lane_recovers() {
-        let batcher: Batcher<bool, ()> = Batcher::default();
+        let batcher: Batcher<bool, ()> = Batcher::new(TaskTracker::new());
         let call = |batch: Vec<Pending<bool, ()>>| async move {
             assert!(!batch[0].op, "told to panic");
             batch.into_iter().for_each(|pending| pending.answer(Ok(())));

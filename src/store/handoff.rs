@@ -171,14 +171,16 @@ impl JobStore {
             return Ok((reply, created));
         }
         let store = self.clone();
-        tokio::spawn(async move {
-            let reply: Result<Vec<Value>> = store.call(script(&store.scripts), keys, args).await;
-            let made = matches!(&reply, Ok(reply) if handed(reply));
-            store.answer_claims(made, handing, &created);
-            reply.map(|reply| (reply, created))
-        })
-        .await
-        .map_err(|_| StoreError::corrupt("the submission's call ended without an answer"))?
+        self.tasks
+            .spawn(async move {
+                let reply: Result<Vec<Value>> =
+                    store.call(script(&store.scripts), keys, args).await;
+                let made = matches!(&reply, Ok(reply) if handed(reply));
+                store.answer_claims(made, handing, &created);
+                reply.map(|reply| (reply, created))
+            })
+            .await
+            .map_err(|_| StoreError::corrupt("the submission's call ended without an answer"))?
     }
 
     fn answer_claims(&self, handed: bool, handing: Handing, created: &[Job]) {

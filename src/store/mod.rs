@@ -14,6 +14,8 @@ mod work;
 
 use std::{collections::HashSet, sync::Arc, sync::Mutex, time::Duration};
 
+use tokio_util::task::TaskTracker;
+
 use fred::{
     clients::Pool,
     error::{Error as RedisError, ErrorKind},
@@ -109,6 +111,9 @@ pub struct Shared {
     completions: Batcher<Completion, Completed>,
     /// Claims waiting on this process for a job that a submission here may hand them.
     parked: ParkedClaims,
+    /// Where the store's own tasks are spawned (group-commit calls, submissions with claims to
+    /// answer, releases), so that shutdown waits for them before closing Redis.
+    tasks: TaskTracker,
     metrics: Metrics,
 }
 
@@ -121,7 +126,13 @@ impl std::ops::Deref for JobStore {
 }
 
 impl JobStore {
-    pub fn new(pool: Pool, keys: Keys, settings: StoreSettings, metrics: Metrics) -> Self {
+    pub fn new(
+        pool: Pool,
+        keys: Keys,
+        settings: StoreSettings,
+        metrics: Metrics,
+        tasks: TaskTracker,
+    ) -> Self {
         Self(Arc::new(Shared {
             pool,
             keys,
@@ -129,10 +140,11 @@ impl JobStore {
             settings,
             ids: Default::default(),
             registered: Default::default(),
-            submissions: Default::default(),
-            claims: Default::default(),
-            completions: Default::default(),
+            submissions: Batcher::new(tasks.clone()),
+            claims: Batcher::new(tasks.clone()),
+            completions: Batcher::new(tasks.clone()),
             parked: Default::default(),
+            tasks,
             metrics,
         }))
     }

@@ -84,15 +84,15 @@ impl JobStore {
     /// will never receive them. Should Redis fail the call, the leases run out as they would
     /// have.
     pub(super) fn release_later(&self, leases: Vec<(JobId, LeaseToken)>) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        if tokio::runtime::Handle::try_current().is_err() {
             tracing::warn!(
                 jobs = leases.len(),
                 "claimed jobs dropped outside the runtime; they run again once their lease expires"
             );
             return;
-        };
+        }
         let store = self.clone();
-        runtime.spawn(async move {
+        self.tasks.spawn(async move {
             if let Err(error) = store.release(leases, UnixMillis::now()).await {
                 tracing::warn!(
                     error = %error,
