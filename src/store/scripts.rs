@@ -10,6 +10,16 @@ use fred::{
     },
 };
 
+/// A script's source as Redis gets it: the shared helpers of `lua/lib.lua`, then the script.
+macro_rules! script {
+    ($name:literal) => {
+        concat!(
+            include_str!("lua/lib.lua"),
+            include_str!(concat!("lua/", $name, ".lua"))
+        )
+    };
+}
+
 /// One script; see the header of its `lua/*.lua` file for its KEYS, ARGV and reply.
 #[derive(Clone)]
 pub struct LuaScript {
@@ -95,16 +105,16 @@ pub struct Scripts {
 impl Scripts {
     pub fn new() -> Self {
         Self {
-            submit: LuaScript::new("submit", include_str!("lua/submit.lua")),
-            submit_many: LuaScript::new("submit_many", include_str!("lua/submit_many.lua")),
-            promote: LuaScript::new("promote", include_str!("lua/promote.lua")),
-            claim: LuaScript::new("claim", include_str!("lua/claim.lua")),
-            release: LuaScript::new("release", include_str!("lua/release.lua")),
-            heartbeat: LuaScript::new("heartbeat", include_str!("lua/heartbeat.lua")),
-            complete: LuaScript::new("complete", include_str!("lua/complete.lua")),
-            fail: LuaScript::new("fail", include_str!("lua/fail.lua")),
-            cancel: LuaScript::new("cancel", include_str!("lua/cancel.lua")),
-            sweep: LuaScript::new("sweep", include_str!("lua/sweep.lua")),
+            submit: LuaScript::new("submit", script!("submit")),
+            submit_many: LuaScript::new("submit_many", script!("submit_many")),
+            promote: LuaScript::new("promote", script!("promote")),
+            claim: LuaScript::new("claim", script!("claim")),
+            release: LuaScript::new("release", script!("release")),
+            heartbeat: LuaScript::new("heartbeat", script!("heartbeat")),
+            complete: LuaScript::new("complete", script!("complete")),
+            fail: LuaScript::new("fail", script!("fail")),
+            cancel: LuaScript::new("cancel", script!("cancel")),
+            sweep: LuaScript::new("sweep", script!("sweep")),
         }
     }
 }

@@ -310,7 +310,7 @@ fn handoff(token: &str) -> [&str; 6] {
 #[test]
 fn the_submission_script_run_twice_reports_the_first_runs_handoff() {
     let redis = RedisServer::start();
-    let script = include_str!("../../src/store/lua/submit_many.lua");
+    let script = lua_script!("submit_many");
     let now = "1800000000000";
     let run = |token: &str| {
         let mut args = vec![
@@ -533,7 +533,7 @@ async fn a_job_with_an_idempotency_key_is_handed_off_once() {
 #[test]
 fn the_keyed_submission_script_run_twice_reports_the_first_runs_handoff() {
     let redis = RedisServer::start();
-    let script = include_str!("../../src/store/lua/submit.lua");
+    let script = lua_script!("submit");
     let run = || {
         let mut args = vec![
             "EVAL",

@@ -123,7 +123,7 @@ async fn a_released_lease_is_dead_and_a_second_release_changes_nothing() {
     let release = |token: &str| {
         redis.cli(&[
             "EVAL",
-            include_str!("../../src/store/lua/release.lua"),
+            lua_script!("release"),
             "3",
             "jobd:{fence}:ready",
             "jobd:{fence}:running",
@@ -191,7 +191,7 @@ async fn the_claim_script_run_twice_answers_its_first_runs_claims_again_and_no_m
     let run = || {
         let mut args = vec![
             "EVAL",
-            include_str!("../../src/store/lua/claim.lua"),
+            lua_script!("claim"),
             "5",
             "jobd:{replay}:ready",
             "jobd:{replay}:running",

@@ -331,6 +331,18 @@ pub async fn claims_have_looked(redis: &RedisServer, reads: u64) {
     .await;
 }
 
+/// A script's source as jobd loads it: the shared helpers of `lua/lib.lua`, then the script
+/// `lua/<name>.lua`.
+macro_rules! lua_script {
+    ($name:literal) => {
+        concat!(
+            include_str!("../../src/store/lua/lib.lua"),
+            include_str!(concat!("../../src/store/lua/", $name, ".lua"))
+        )
+    };
+}
+pub(crate) use lua_script;
+
 // ---- request helpers ----
 
 pub async fn submit(

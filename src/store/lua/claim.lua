@@ -21,10 +21,6 @@
 -- returns     one entry per claimed job: {claimer (1-based), job id, token, lease expiry}; the
 --             caller reads the claimed jobs in the same round trip, right after the script
 
--- Numbers go to Redis and into messages as integer text: Lua's own conversion of a number
--- to text formats it as a float, which costs several times more.
-local function int(n) return string.format('%d', n) end
-
 local now = tonumber(ARGV[1])
 local claimers = tonumber(ARGV[4])
 local first_candidate = 5 + claimers * 4

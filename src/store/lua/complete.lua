@@ -18,10 +18,6 @@
 --             then 1 if the queue has ready jobs, else 0: a worker claiming its next jobs
 --             from this queue need not read it when it has none (see worker_service.rs)
 
--- Numbers go to Redis and into messages as integer text: Lua's own conversion of a number
--- to text formats it as a float, which costs several times more.
-local function int(n) return string.format('%d', n) end
-
 local now = tonumber(ARGV[1])
 local replies, done, retained, announced = {}, {}, {}, {}
 for i = 4, #KEYS do

@@ -12,11 +12,6 @@
 -- ARGV[5..]   job ids, in KEYS order
 -- returns     the number of jobs promoted
 
--- Same formula as in submit.lua.
-local function ready_score(priority, at)
-  return (1000 - priority) * 2199023255552 + (at - 1704067200000)
-end
-
 local now = tonumber(ARGV[1])
 local announced = {}
 for i = 3, #KEYS do

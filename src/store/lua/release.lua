@@ -14,11 +14,6 @@
 -- ARGV[5..]   per job, in KEYS order, 2 values: job id, lease token
 -- returns     the number of jobs put back
 
--- Same formula as in submit.lua.
-local function ready_score(priority, at)
-  return (1000 - priority) * 2199023255552 + (at - 1704067200000)
-end
-
 local now = tonumber(ARGV[1])
 local announced = {}
 for i = 3, #KEYS do

@@ -23,12 +23,6 @@
 --          `id`, {"again", state, handed} when this very job was written by an earlier run;
 --          handed is 1 when the job was handed off, else 0
 
--- Higher priority first, then earlier first: (1000 - priority) * 2^41 + ms since 2024-01-01.
--- Exact in a double until 2093. The same formula is in promote.lua and submit_many.lua.
-local function ready_score(priority, at)
-  return (1000 - priority) * 2199023255552 + (at - 1704067200000)
-end
-
 local existing = redis.call('GET', KEYS[4])
 if existing and existing ~= ARGV[5] then return {'exists', existing} end
 

@@ -23,15 +23,6 @@
 --             run later
 -- returns     {the number of jobs made ready now, 1 if the hand-offs were made else 0}
 
--- Numbers go to Redis and into messages as integer text: Lua's own conversion of a number
--- to text formats it as a float, which costs several times more.
-local function int(n) return string.format('%d', n) end
-
--- Same formula as in submit.lua and promote.lua.
-local function ready_score(priority, at)
-  return (1000 - priority) * 2199023255552 + (at - 1704067200000)
-end
-
 local jobs = #KEYS - 3
 local first_handoff = 6 + jobs * 8
 if redis.call('EXISTS', KEYS[4]) == 1 then
