@@ -16,7 +16,7 @@ use crate::{
     },
     events::{EventHub, QueueWaiter, Wakeup},
     store::{ClaimedJobs, Completed, JobStore, StoreError},
-    telemetry::{Gauged, Metrics},
+    telemetry::Metrics,
 };
 
 const MAX_ERROR_MESSAGE: usize = 4096;
@@ -98,7 +98,6 @@ impl WorkerApi {
             Waiting {
                 armed: Some(waiter.arm()),
                 waiter,
-                _gauge: self.metrics.waiting_claim(),
             }
         })
     }
@@ -114,6 +113,9 @@ impl WorkerApi {
         mut seen_empty: bool,
     ) -> Result<ClaimedJobs, Status> {
         let deadline = Instant::now() + claim.wait;
+        // Counted from here: a `next` claim registers before its completion, which is not
+        // waiting for jobs.
+        let _gauge = waiting.is_some().then(|| self.metrics.waiting_claim());
         loop {
             let wakeup = waiting.as_mut().map(Waiting::arm);
             let claimed = match (std::mem::take(&mut seen_empty), &wakeup) {
@@ -404,12 +406,10 @@ impl WorkerService for WorkerApi {
     }
 }
 
-/// A claim that may wait: its registration on the hub, armed for its first look, and its
-/// place in the waiting-claims gauge.
+/// A claim that may wait: its registration on the hub, armed for its first look.
 struct Waiting {
     waiter: QueueWaiter,
     armed: Option<Wakeup>,
-    _gauge: Gauged,
 }
 
 impl Waiting {
