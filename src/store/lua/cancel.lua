@@ -31,5 +31,5 @@ redis.call('HSET', KEYS[1],
   'state', 'cancelled', 'reason', ARGV[3], 'finished', now, 'seq', seq, 'e:' .. seq, event)
 redis.call('ZADD', KEYS[5], now + retention, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], retention)
-redis.call('PUBLISH', ARGV[4], seq .. ' ' .. ARGV[1] .. ' ' .. #event .. ' ' .. event .. ' -')
+redis.call('PUBLISH', ARGV[4], announcement(seq, ARGV[1], event))
 return {'ok'}

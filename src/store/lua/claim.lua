@@ -88,7 +88,7 @@ for _, k in ipairs(taken) do
         'e:' .. seq, event)
       running[#running + 1] = expires
       running[#running + 1] = id
-      announced[#announced + 1] = seq .. ' ' .. id .. ' ' .. int(#event) .. ' ' .. event .. ' -'
+      announced[#announced + 1] = announcement(seq, id, event)
       claimed[#claimed + 1] = {claimer, id, token, expires}
     end
     room = room - 1

@@ -44,9 +44,9 @@ for i = 4, #KEYS do
     retained[#retained + 1] = int(now + tonumber(job[5]))
     retained[#retained + 1] = id
     -- Watchers get the result with the event when it is small, and read it otherwise.
-    local carried = ' -'
-    if #result <= 4096 then carried = ' ' .. int(#result) .. ' ' .. result end
-    announced[#announced + 1] = seq .. ' ' .. id .. ' ' .. int(#event) .. ' ' .. event .. carried
+    local carried
+    if #result <= 4096 then carried = result end
+    announced[#announced + 1] = announcement(seq, id, event, carried)
     replies[#replies + 1] = {'ok', job[6], job[7]}
   end
 end

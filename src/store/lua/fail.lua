@@ -64,7 +64,7 @@ if ARGV[5] == '1' and attempt < spec.m then
   redis.call('HSET', KEYS[1], 'state', 'scheduled', 'error', ARGV[4], 'run_at', run_at,
     'seq', seq, 'e:' .. seq, event)
   redis.call('ZADD', KEYS[3], run_at, ARGV[1])
-  redis.call('PUBLISH', ARGV[7], seq .. ' ' .. ARGV[1] .. ' ' .. #event .. ' ' .. event .. ' -')
+  redis.call('PUBLISH', ARGV[7], announcement(seq, ARGV[1], event))
   return {'scheduled', job[9], job[10], run_at}
 end
 
@@ -74,5 +74,5 @@ redis.call('HSET', KEYS[1], 'state', 'failed', 'error', ARGV[4], 'finished', now
   'seq', seq, 'e:' .. seq, event)
 redis.call('ZADD', KEYS[4], now + retention, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], retention)
-redis.call('PUBLISH', ARGV[7], seq .. ' ' .. ARGV[1] .. ' ' .. #event .. ' ' .. event .. ' -')
+redis.call('PUBLISH', ARGV[7], announcement(seq, ARGV[1], event))
 return {'failed', job[9], job[10]}

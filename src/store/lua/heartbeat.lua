@@ -32,6 +32,6 @@ if ARGV[5] == '1' then
   if ARGV[6] ~= '' then event.v = tonumber(ARGV[6]) end
   event = cmsgpack.pack(event)
   redis.call('HSET', KEYS[1], 'seq', seq, 'e:' .. seq, event)
-  redis.call('PUBLISH', ARGV[8], seq .. ' ' .. ARGV[1] .. ' ' .. #event .. ' ' .. event .. ' -')
+  redis.call('PUBLISH', ARGV[8], announcement(seq, ARGV[1], event))
 end
 return {'ok', expires}

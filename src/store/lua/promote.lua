@@ -27,7 +27,7 @@ for i = 3, #KEYS do
       local priority = tonumber(job[5])
       if job[4] then priority = cmsgpack.unpack(job[4]).p end
       redis.call('ZADD', KEYS[2], ready_score(priority, tonumber(due)), id)
-      announced[#announced + 1] = seq .. ' ' .. id .. ' ' .. #event .. ' ' .. event .. ' -'
+      announced[#announced + 1] = announcement(seq, id, event)
     end
   end
 end

@@ -35,7 +35,7 @@ for i = 3, #KEYS do
     end
     redis.call('ZREM', KEYS[2], id)
     redis.call('ZADD', KEYS[1], ready_score(priority, created), id)
-    announced[#announced + 1] = seq .. ' ' .. id .. ' ' .. #event .. ' ' .. event .. ' -'
+    announced[#announced + 1] = announcement(seq, id, event)
   end
 end
 if #announced > 0 then

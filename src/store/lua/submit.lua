@@ -51,8 +51,7 @@ if state == 'queued' and #ARGV >= 14 and redis.call('EXISTS', KEYS[2]) == 0 then
     'state', 'running', 'seq', '2', 'e:2', started, 'attempt', '1', 'token', ARGV[17],
     'worker', ARGV[15], 'started', ARGV[1], 'lease_ms', ARGV[18], 'lease_until', ARGV[19])
   redis.call('ZADD', KEYS[5], ARGV[19], ARGV[5])
-  redis.call('PUBLISH', ARGV[13],
-    '2 ' .. ARGV[5] .. ' ' .. string.format('%d', #started) .. ' ' .. started .. ' -')
+  redis.call('PUBLISH', ARGV[13], announcement('2', ARGV[5], started))
   return {'created', 'running', 1}
 end
 if state == 'scheduled' then

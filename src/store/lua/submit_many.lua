@@ -56,7 +56,7 @@ for place = 1, jobs do
       'lease_until', ARGV[h + 5])
     running[#running + 1] = ARGV[h + 5]
     running[#running + 1] = ARGV[a]
-    announced[#announced + 1] = '2 ' .. ARGV[a] .. ' ' .. int(#started) .. ' ' .. started .. ' -'
+    announced[#announced + 1] = announcement('2', ARGV[a], started)
   else
     local state, event = 'queued', ARGV[4]
     if run_at > now then
