@@ -13,6 +13,14 @@ local function announcement(seq, id, event, result)
   return seq .. ' ' .. id .. ' ' .. int(#event) .. ' ' .. event .. ' ' .. carried
 end
 
+-- Publishes the wake-up lines in `announced`, if any, on the job channel, and tells claims
+-- waiting on `queue` (queue channel) how many of its jobs became claimable.
+local function announce_ready(job_channel, announced, queue_channel, queue)
+  if #announced == 0 then return end
+  redis.call('PUBLISH', job_channel, table.concat(announced, '\n'))
+  redis.call('PUBLISH', queue_channel, queue .. ' ' .. int(#announced))
+end
+
 -- A job's score in its queue's ready set: higher priority first, then earlier first:
 -- (1000 - priority) * 2^41 + ms since 2024-01-01. Exact in a double until 2093.
 local function ready_score(priority, at)

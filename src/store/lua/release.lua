@@ -38,8 +38,5 @@ for i = 3, #KEYS do
     announced[#announced + 1] = announcement(seq, id, event)
   end
 end
-if #announced > 0 then
-  redis.call('PUBLISH', ARGV[2], table.concat(announced, '\n'))
-  redis.call('PUBLISH', ARGV[3], ARGV[4] .. ' ' .. #announced)
-end
+announce_ready(ARGV[2], announced, ARGV[3], ARGV[4])
 return #announced
