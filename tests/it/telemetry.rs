@@ -497,3 +497,59 @@ async fn otel_sdk_disabled_turns_export_off_even_with_an_endpoint() {
         "no spans exported"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_next_claim_counts_as_waiting_only_once_its_completion_is_done() {
+    let (receiver, endpoint) = Receiver::start().await;
+    let redis = RedisServer::start_with(&["--enable-debug-command", "local"]);
+    let jobd = Running::start_with_env(
+        &redis.url(),
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "100"),
+        ],
+    );
+    jobd.wait_for("jobd started").await;
+    let url = format!("http://{}", jobd.address());
+    let mut jobs = JobServiceClient::connect(url.clone()).await.unwrap();
+    let mut workers = WorkerServiceClient::connect(url).await.unwrap();
+    submit(&mut jobs, "gauge", b"").await;
+    let claimed = claim(&mut workers, "gauge").await;
+
+    // Redis stalls (within the test server's 500 ms command timeout), so the completion is in
+    // flight; its next claim is registered but not waiting for jobs yet.
+    let stall = redis.stall("0.45").await;
+    let completing = tokio::spawn(async move {
+        workers
+            .complete_job(proto::CompleteJobRequest {
+                job_id: claimed.job.unwrap().id,
+                lease_token: claimed.lease_token,
+                result: Default::default(),
+                next: Some(proto::ClaimJobsRequest {
+                    claim: Some(claim_request("gauge", Duration::from_secs(10))),
+                    max_jobs: 1,
+                }),
+            })
+            .await
+    });
+    // Exports (every 100 ms) while the completion waits on Redis.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let during = receiver.value("jobd.claims.waiting", &[]);
+    stall.join().unwrap();
+    assert_eq!(
+        during,
+        Some(0.0),
+        "no claim waits while the completion runs"
+    );
+    // Completed, the next claim waits for a job: now it counts.
+    eventually(
+        Duration::from_secs(5),
+        "the next claim to count",
+        || async { (receiver.value("jobd.claims.waiting", &[]) == Some(1.0)).then_some(()) },
+    )
+    .await;
+    completing.abort();
+    let (code, log) = jobd.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}
