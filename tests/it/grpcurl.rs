@@ -86,18 +86,31 @@ async fn the_readme_grpcurl_examples_work_as_written() {
     let mut job_id = String::new();
     let mut lease_token = String::new();
     let mut other_job_id = String::new();
+    // The batch's claimed jobs: (id, lease token), in the claim's order.
+    let mut reports: Vec<(String, String)> = Vec::new();
     let mut watcher = None;
+    let mut follower = None;
     for template in &commands {
         assert!(template.starts_with("grpcurl "), "{template}");
-        let command = template
+        let mut command = template
             .replace("localhost:50051", &address)
             .replace("OTHER_JOB_ID", &other_job_id)
             .replace("JOB_ID", &job_id)
             .replace("LEASE_TOKEN", &lease_token);
+        for (n, (id, token)) in reports.iter().enumerate() {
+            command = command
+                .replace(&format!("REPORT_ID_{}", n + 1), id)
+                .replace(&format!("REPORT_TOKEN_{}", n + 1), token);
+        }
         let method = template.rsplit(' ').next().unwrap_or_default();
-        if method == "jobd.v1.JobService/WatchJob" {
-            // Runs until the terminal event: start it, and read it after the completion.
-            watcher = Some(shell(&command).spawn().expect("bash runs"));
+        // Streams that run until terminal events: started here, read after the completions.
+        let stream = match method {
+            "jobd.v1.JobService/WatchJob" => Some(&mut watcher),
+            "jobd.v1.JobService/SubmitAndWatchJobs" => Some(&mut follower),
+            _ => None,
+        };
+        if let Some(stream) = stream {
+            *stream = Some(shell(&command).spawn().expect("bash runs"));
             tokio::time::sleep(Duration::from_millis(300)).await;
             continue;
         }
@@ -154,6 +167,44 @@ async fn the_readme_grpcurl_examples_work_as_written() {
                 .collect();
                 assert!(order.is_sorted(), "events in order: {events}");
             }
+            "jobd.v1.WorkerService/ClaimJobs" => {
+                let claimed: serde_json::Value = serde_json::from_str(&output).unwrap();
+                let jobs = claimed["jobs"].as_array().expect("jobs claimed");
+                let kinds: Vec<&str> = jobs
+                    .iter()
+                    .map(|job| job["job"]["kind"].as_str().unwrap())
+                    .collect();
+                assert_eq!(kinds, ["daily", "weekly"], "{output}");
+                reports = jobs
+                    .iter()
+                    .map(|job| {
+                        let id = job["job"]["id"].as_str().unwrap().to_owned();
+                        (id, job["leaseToken"].as_str().unwrap().to_owned())
+                    })
+                    .collect();
+            }
+            "jobd.v1.WorkerService/CompleteJobs" => {
+                let completed: serde_json::Value = serde_json::from_str(&output).unwrap();
+                assert_eq!(
+                    completed["results"],
+                    serde_json::json!([{}, {}]),
+                    "both recorded: {output}"
+                );
+                let follower = follower.take().expect("the batch's stream started before");
+                let followed =
+                    tokio::time::timeout(Duration::from_secs(10), follower.wait_with_output())
+                        .await
+                        .expect("the stream ends after the last terminal event")
+                        .unwrap();
+                assert!(followed.status.success(), "the stream ends with OK");
+                let messages = String::from_utf8_lossy(&followed.stdout);
+                assert!(messages.contains("\"submitted\""), "{messages}");
+                assert_eq!(
+                    messages.matches("EVENT_TYPE_COMPLETED").count(),
+                    2,
+                    "{messages}"
+                );
+            }
             "jobd.v1.JobService/CancelJob" => {
                 assert_eq!(field(&output, &["job", "state"]), "JOB_STATE_CANCELLED");
                 assert_eq!(field(&output, &["job", "cancelReason"]), "no longer needed");
@@ -169,7 +220,7 @@ async fn the_readme_grpcurl_examples_work_as_written() {
         }
     }
     assert!(
-        !lease_token.is_empty() && !other_job_id.is_empty(),
+        !lease_token.is_empty() && !other_job_id.is_empty() && reports.len() == 2,
         "every step ran"
     );
 }
