@@ -172,16 +172,15 @@ impl JobStore {
                 .into_iter()
                 .map(|entry| decode_claimed(entry, batch.len(), &mut jobs, self))
                 .collect::<Result<Vec<_>>>()?;
-            // Claimed now and not yet read: put back should reading them fail.
-            let leases: Vec<(JobId, LeaseToken)> = entries
-                .iter()
-                .map(|(_, id, _, token, _)| (id.clone(), token.clone()))
-                .collect();
-            for (read, (claimer, id, fields, token, expires)) in entries.into_iter().enumerate() {
+            let mut entries = entries.into_iter();
+            while let Some((claimer, id, fields, token, expires)) = entries.next() {
                 let job = match self.read_claimed(&id, fields).await {
                     Ok(job) => job,
                     Err(error) => {
-                        self.release_later(leases[read..].to_vec());
+                        // Claimed but not read, this job and the rest go back; those read
+                        // already go back with `claimed`.
+                        let rest = entries.map(|(_, id, _, token, _)| (id, token));
+                        self.release_later(std::iter::once((id, token)).chain(rest).collect());
                         return Err(error);
                     }
                 };
