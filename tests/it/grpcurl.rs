@@ -63,6 +63,18 @@ async fn run(command: &str) -> String {
     stdout
 }
 
+/// What a grpcurl stream started in the background printed, once it ended (within 10 s, after
+/// its last terminal event) with OK.
+async fn ended_ok(stream: Option<tokio::process::Child>, what: &str) -> String {
+    let stream = stream.unwrap_or_else(|| panic!("{what} started before"));
+    let output = tokio::time::timeout(Duration::from_secs(10), stream.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} ends after the terminal event"))
+        .unwrap();
+    assert!(output.status.success(), "{what} ends with OK");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 fn field(json: &str, path: &[&str]) -> String {
     let mut value: serde_json::Value = serde_json::from_str(json).expect("grpcurl prints JSON");
     for key in path {
@@ -144,14 +156,7 @@ async fn the_readme_grpcurl_examples_work_as_written() {
             }
             "jobd.v1.WorkerService/Heartbeat" => assert!(output.contains("leaseExpiresAt")),
             "jobd.v1.WorkerService/CompleteJob" => {
-                let watcher = watcher.take().expect("the watch started before");
-                let watched =
-                    tokio::time::timeout(Duration::from_secs(10), watcher.wait_with_output())
-                        .await
-                        .expect("the watch ends after the terminal event")
-                        .unwrap();
-                assert!(watched.status.success(), "the watch ends with OK");
-                let events = String::from_utf8_lossy(&watched.stdout);
+                let events = ended_ok(watcher.take(), "the watch").await;
                 let order: Vec<usize> = [
                     "EVENT_TYPE_QUEUED",
                     "EVENT_TYPE_STARTED",
@@ -190,14 +195,7 @@ async fn the_readme_grpcurl_examples_work_as_written() {
                     serde_json::json!([{}, {}]),
                     "both recorded: {output}"
                 );
-                let follower = follower.take().expect("the batch's stream started before");
-                let followed =
-                    tokio::time::timeout(Duration::from_secs(10), follower.wait_with_output())
-                        .await
-                        .expect("the stream ends after the last terminal event")
-                        .unwrap();
-                assert!(followed.status.success(), "the stream ends with OK");
-                let messages = String::from_utf8_lossy(&followed.stdout);
+                let messages = ended_ok(follower.take(), "the batch's stream").await;
                 assert!(messages.contains("\"submitted\""), "{messages}");
                 assert_eq!(
                     messages.matches("EVENT_TYPE_COMPLETED").count(),
