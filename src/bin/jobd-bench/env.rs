@@ -2,6 +2,7 @@
 //! and what can be read off them (Redis INFO, CLIENT LIST, jobd's resident memory).
 
 use std::{
+    collections::BTreeMap,
     net::{TcpListener, TcpStream},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -92,14 +93,24 @@ impl Systems {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
-    /// Total commands Redis has run, and its CPU time in microseconds, so far.
-    pub fn redis_counters(&self) -> anyhow::Result<(u64, f64)> {
+    /// What Redis has done so far: commands run and the time they took, by command, and its
+    /// CPU time.
+    pub fn redis_counters(&self) -> anyhow::Result<RedisCounters> {
+        // Lines such as `cmdstat_zadd:calls=12,usec=34,usec_per_call=2.83,...`; commands run
+        // by scripts are counted too, their time also inside the script's own.
         let stats = self.redis_cli(&["INFO", "commandstats"])?;
-        let calls = stats
+        let by_command = stats
             .lines()
-            .filter_map(|line| line.split("calls=").nth(1))
-            .filter_map(|rest| rest.split(',').next()?.parse::<u64>().ok())
-            .sum();
+            .filter_map(|line| {
+                let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+                let value = |key: &str| {
+                    rest.split(',')
+                        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+                        .and_then(|value| value.parse::<u64>().ok())
+                };
+                Some((name.to_owned(), (value("calls")?, value("usec")?)))
+            })
+            .collect();
         let cpu = self.redis_cli(&["INFO", "cpu"])?;
         let seconds = |name: &str| {
             cpu.lines()
@@ -107,10 +118,10 @@ impl Systems {
                 .and_then(|value| value.trim().parse::<f64>().ok())
                 .unwrap_or(0.0)
         };
-        Ok((
-            calls,
-            (seconds("used_cpu_sys") + seconds("used_cpu_user")) * 1e6,
-        ))
+        Ok(RedisCounters {
+            by_command,
+            cpu_us: (seconds("used_cpu_sys") + seconds("used_cpu_user")) * 1e6,
+        })
     }
 
     /// jobd's Redis connections, by their CLIENT LIST names.
@@ -223,4 +234,18 @@ async fn wait_for_port(port: u16) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     bail!("nothing listens on port {port}")
+}
+
+/// Redis's counters at one moment (see `Systems::redis_counters`).
+pub struct RedisCounters {
+    /// Per command: calls and microseconds spent in it.
+    pub by_command: BTreeMap<String, (u64, u64)>,
+    /// User and system CPU time of the whole server, microseconds.
+    pub cpu_us: f64,
+}
+
+impl RedisCounters {
+    pub fn calls(&self) -> u64 {
+        self.by_command.values().map(|(calls, _)| calls).sum()
+    }
 }

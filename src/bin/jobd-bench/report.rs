@@ -34,8 +34,10 @@ impl Latencies {
 pub type Figures = Vec<(&'static str, serde_json::Value)>;
 
 /// The figures of several runs of one scenario as one: each number the median of the runs (the
-/// mean of the middle two for an even count), anything else as the first run had it; then
-/// `runs`, and `spread`, each number's lowest and highest.
+/// mean of the middle two for an even count); a table (rows of a label and numbers, as
+/// redis-cost's by command) the median of each number by label, in the first run's order;
+/// anything else as the first run had it; then `runs`, and `spread`, each number's lowest and
+/// highest.
 pub fn median(runs: &[Figures]) -> Figures {
     let Some(first) = runs.first() else {
         return Figures::new();
@@ -50,29 +52,80 @@ pub fn median(runs: &[Figures]) -> Figures {
             .iter()
             .filter_map(|run| run.get(index).and_then(|(_, value)| value.as_f64()))
             .collect();
+        if let Some(rows) = table_rows(value) {
+            let tables: Vec<&Vec<serde_json::Value>> = runs
+                .iter()
+                .filter_map(|run| run.get(index)?.1.as_array())
+                .collect();
+            merged.push((name, median_rows(rows, &tables)));
+            continue;
+        }
         if numbers.len() != runs.len() || value.is_boolean() {
             merged.push((name, value.clone()));
             continue;
         }
-        numbers.sort_by(f64::total_cmp);
-        let (lowest, highest) = (numbers[0], numbers[numbers.len() - 1]);
+        let lowest = numbers.iter().copied().fold(f64::INFINITY, f64::min);
+        let highest = numbers.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         if lowest == highest {
             // A setting, or a figure every run agreed on: as it was (integers stay integers).
             merged.push((name, value.clone()));
             continue;
         }
-        let middle = numbers.len() / 2;
-        let median = if numbers.len() % 2 == 1 {
-            numbers[middle]
-        } else {
-            (numbers[middle - 1] + numbers[middle]) / 2.0
-        };
         spread.insert((*name).into(), serde_json::json!([lowest, highest]));
-        merged.push((name, serde_json::json!(median)));
+        merged.push((name, serde_json::json!(middle(&mut numbers))));
     }
     merged.push(("runs", serde_json::json!(runs.len())));
     merged.push(("spread", serde_json::Value::Object(spread)));
     merged
+}
+
+/// The median of `numbers` (the mean of the middle two for an even count).
+fn middle(numbers: &mut [f64]) -> f64 {
+    numbers.sort_by(f64::total_cmp);
+    let middle = numbers.len() / 2;
+    if numbers.len() % 2 == 1 {
+        numbers[middle]
+    } else {
+        (numbers[middle - 1] + numbers[middle]) / 2.0
+    }
+}
+
+/// The rows of a figure that is a table: arrays, each a label and numbers.
+fn table_rows(value: &serde_json::Value) -> Option<&Vec<serde_json::Value>> {
+    let rows = value.as_array()?;
+    rows.iter()
+        .all(|row| row.get(0).is_some_and(serde_json::Value::is_string))
+        .then_some(rows)
+}
+
+/// `rows` (the first run's table) with each number the median of that label's row in every
+/// run of `tables` that has it.
+fn median_rows(
+    rows: &[serde_json::Value],
+    tables: &[&Vec<serde_json::Value>],
+) -> serde_json::Value {
+    let merged = rows.iter().map(|row| {
+        let label = &row[0];
+        let same: Vec<&serde_json::Value> = tables
+            .iter()
+            .filter_map(|table| table.iter().find(|other| other.get(0) == Some(label)))
+            .collect();
+        let columns = row.as_array().map_or(0, Vec::len);
+        let mut merged = vec![label.clone()];
+        for column in 1..columns {
+            let mut numbers: Vec<f64> = same
+                .iter()
+                .filter_map(|other| other.get(column)?.as_f64())
+                .collect();
+            merged.push(if numbers.is_empty() {
+                row[column].clone()
+            } else {
+                serde_json::json!(middle(&mut numbers))
+            });
+        }
+        serde_json::Value::Array(merged)
+    });
+    serde_json::Value::Array(merged.collect())
 }
 
 /// Prints a two-column table, then the same figures as one JSON line.
@@ -88,6 +141,12 @@ pub fn print(scenario: &str, figures: &[(&str, serde_json::Value)]) {
             serde_json::Value::Number(n) if n.is_f64() => {
                 format!("{:.3}", n.as_f64().unwrap_or(0.0))
             }
+            // A table of its own (rows of values): one row per line.
+            serde_json::Value::Array(rows) if rows.iter().all(serde_json::Value::is_array) => rows
+                .iter()
+                .map(|row| row.to_string())
+                .collect::<Vec<_>>()
+                .join(&format!("\n  {:width$}  ", "")),
             other => other.to_string(),
         };
         println!("  {name:<width$}  {shown}");
@@ -122,6 +181,17 @@ mod tests {
         assert_eq!(
             get("spread"),
             serde_json::json!({"jobs_per_sec": [1.0, 3.0]})
+        );
+        let table = |rows: serde_json::Value| -> Figures { vec![("by", rows)] };
+        let merged = median(&[
+            table(serde_json::json!([["a", 1.0, 9.0], ["b", 2.0, 1.0]])),
+            table(serde_json::json!([["b", 4.0, 3.0], ["a", 3.0, 5.0]])),
+            table(serde_json::json!([["a", 2.0, 7.0]])),
+        ]);
+        assert_eq!(
+            merged[0].1,
+            serde_json::json!([["a", 2.0, 7.0], ["b", 3.0, 2.0]]),
+            "each number the median of its label's rows, in the first run's order"
         );
         let even = median(&[run(1.0, 10), run(4.0, 10)]);
         assert_eq!(even[1].1, serde_json::json!(2.5));
