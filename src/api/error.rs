@@ -30,6 +30,12 @@ impl From<ApiError> for Status {
                 tracing::warn!(error = %chain(&error), "Redis unavailable");
                 Status::unavailable("storage is unavailable; retry later")
             }
+            ApiError::Store(error @ StoreError::OutOfMemory(_)) => {
+                tracing::warn!(error = %chain(&error), "Redis refuses writes: out of memory");
+                Status::unavailable(
+                    "storage is out of memory (Redis reached its maxmemory); retry later",
+                )
+            }
             ApiError::Store(error @ (StoreError::Redis { .. } | StoreError::Corrupt(_))) => {
                 tracing::error!(error = %chain(&error), "internal error");
                 Status::internal("internal error")

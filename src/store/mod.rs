@@ -29,7 +29,7 @@ use fred::{
 };
 
 pub use codec::{AnnouncedEvent, decode_announced, parse_announced};
-pub use connection::RedisClients;
+pub use connection::{Eviction, RedisClients};
 pub use handoff::Parked;
 pub use jobs::{EventPage, ListCursor, QueueStats, Submitted};
 pub use keys::Keys;
@@ -57,6 +57,10 @@ pub enum StoreError {
     /// Redis could not be reached within the command timeout.
     #[error("Redis is unavailable")]
     Unavailable(#[source] RedisError),
+    /// Redis is full: past its maxmemory, under the noeviction policy, it refuses writes (a
+    /// script is refused before its first write, so nothing is half-written).
+    #[error("Redis is out of memory")]
+    OutOfMemory(#[source] RedisError),
     /// Redis answered with an error.
     #[error("Redis error in {context}")]
     Redis {
@@ -81,6 +85,9 @@ impl StoreError {
             | ErrorKind::Canceled
             | ErrorKind::Backpressure
             | ErrorKind::NotFound => Self::Unavailable(source),
+            // The reply is "OOM command not allowed ...", from a command or a script's first
+            // write.
+            _ if source.details().contains("OOM command not allowed") => Self::OutOfMemory(source),
             _ => Self::Redis { context, source },
         }
     }

@@ -418,3 +418,47 @@ async fn internal_errors_hide_their_cause() {
     assert_eq!(status.code(), Code::Internal);
     assert_eq!(status.message(), "internal error");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_refuses_submissions_with_unavailable_and_writes_nothing() {
+    // noeviction: past maxmemory Redis refuses writes rather than drop keys.
+    let redis =
+        RedisServer::start_with(&["--maxmemory", "8mb", "--maxmemory-policy", "noeviction"]);
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    let first = submit(&mut jobs, "full", b"").await;
+    let fill = "redis.call('SET', KEYS[1], string.rep('x', 16 * 1024 * 1024)) return 1";
+    redis.cli(&["EVAL", fill, "1", "filler"]);
+    let keys = job_keys(&redis);
+
+    for kind in ["alone", "batch"] {
+        let refused = match kind {
+            "alone" => jobs
+                .submit_job(submit_request("full", "k", b"x".to_vec()))
+                .await
+                .map(|_| ()),
+            _ => jobs
+                .submit_jobs(proto::SubmitJobsRequest {
+                    jobs: vec![submit_request("full", "k", b"x".to_vec()); 3],
+                })
+                .await
+                .map(|_| ()),
+        };
+        assert_status(refused, Code::Unavailable, "out of memory");
+    }
+    let mut idempotent = submit_request("other", "k", b"x".to_vec());
+    idempotent.idempotency_key = "once".into();
+    assert_status(
+        jobs.submit_job(idempotent).await,
+        Code::Unavailable,
+        "out of memory",
+    );
+    assert_eq!(job_keys(&redis), keys, "nothing written");
+
+    // Room again: the first job is claimed as it was, and submissions go through.
+    redis.cli(&["DEL", "filler"]);
+    let claimed = claim(&mut workers, "full").await;
+    assert_eq!(claimed.job.as_ref().unwrap().id, first.id);
+    submit(&mut jobs, "full", b"").await;
+}
