@@ -18,7 +18,7 @@ use crate::{
     config::Config,
     domain::SubmitLimits,
     events::{Channels, EventHub},
-    store::{JobStore, Keys, RedisClients, StoreSettings},
+    store::{Eviction, JobStore, Keys, RedisClients, StoreSettings},
     telemetry::{self, Metrics, QueueDepths},
 };
 
@@ -248,7 +248,8 @@ impl App {
 }
 
 /// Keeps the readiness of jobd's services true to Redis' health until shutdown: checked every
-/// `READINESS_INTERVAL`, and NOT_SERVING for good once draining starts.
+/// `READINESS_INTERVAL`, and NOT_SERVING for good once draining starts. Redis is healthy when
+/// it answers and cannot evict the jobs it holds (see `keeps_jobs`).
 async fn keep_readiness(
     mut readiness: Readiness,
     clients: RedisClients,
@@ -256,8 +257,11 @@ async fn keep_readiness(
     draining: CancellationToken,
     shutdown: CancellationToken,
 ) {
+    let mut eviction = None;
     loop {
-        let ready = !draining.is_cancelled() && clients.healthy(probe_timeout).await;
+        let ready = !draining.is_cancelled()
+            && clients.healthy(probe_timeout).await
+            && keeps_jobs(&clients, probe_timeout, &mut eviction).await;
         readiness.set(ready && !draining.is_cancelled()).await;
         tokio::select! {
             () = tokio::time::sleep(READINESS_INTERVAL) => {}
@@ -265,4 +269,43 @@ async fn keep_readiness(
             () = shutdown.cancelled() => return,
         }
     }
+}
+
+/// Whether Redis answers and will not evict queued or running jobs when it runs out of memory:
+/// a job's hash is its only record, so an `allkeys-*` policy could lose jobs without a trace,
+/// and jobd does not serve on it. What it finds is logged when it changes (`last`).
+async fn keeps_jobs(
+    clients: &RedisClients,
+    timeout: Duration,
+    last: &mut Option<Eviction>,
+) -> bool {
+    let Some(eviction) = clients.eviction(timeout).await else {
+        return false;
+    };
+    if last.as_ref() != Some(&eviction) {
+        match &eviction {
+            Eviction::Never if last.is_some() => {
+                tracing::info!("Redis's maxmemory-policy now keeps every key");
+            }
+            Eviction::Never => {}
+            Eviction::KeysWithExpiry(policy) => tracing::warn!(
+                policy,
+                "Redis may evict keys with an expiry when it reaches maxmemory: finished jobs \
+                 and idempotency keys could go before their time; set maxmemory-policy \
+                 noeviction"
+            ),
+            Eviction::AnyKey(policy) => tracing::error!(
+                policy,
+                "Redis may evict any key when it reaches maxmemory, queued and running jobs \
+                 included: not ready until maxmemory-policy is noeviction (or volatile-*)"
+            ),
+            Eviction::Unknown(reason) => tracing::warn!(
+                reason,
+                "cannot read Redis's maxmemory-policy; make sure it is noeviction, or jobs \
+                 may be evicted"
+            ),
+        }
+        *last = Some(eviction.clone());
+    }
+    !matches!(eviction, Eviction::AnyKey(_))
 }

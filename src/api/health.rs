@@ -1,6 +1,7 @@
 //! The standard gRPC health service. The empty service name "" is SERVING while the process is
 //! alive and answering (liveness); `jobd.v1.JobService` and `jobd.v1.WorkerService` are SERVING
-//! only while Redis answers and the server is not draining (readiness).
+//! only while Redis answers, cannot evict jobs (see `keeps_jobs` in app.rs), and the server is
+//! not draining (readiness).
 
 use tonic_health::{ServingStatus, server::HealthReporter};
 

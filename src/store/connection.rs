@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use fred::{
     clients::{Client, Pool, SubscriberClient},
-    interfaces::{ClientInterface, ClientLike, EventInterface},
+    error::ErrorKind,
+    interfaces::{ClientInterface, ClientLike, ConfigInterface, EventInterface},
     prelude::ReconnectPolicy,
     types::{
         Builder,
@@ -20,6 +21,20 @@ use crate::{config::RedisConfig, telemetry::Metrics};
 /// Broadcast capacity of the subscriber's message channel. A burst beyond it makes the
 /// dispatcher lag, which it answers with a resync of every watcher (see `events`).
 const PUBSUB_CAPACITY: usize = 16 * 1024;
+
+/// What Redis may evict when it reaches its `maxmemory` (its `maxmemory-policy`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Eviction {
+    /// Nothing: the policy is `noeviction` (writes fail past the limit) or there is no limit.
+    Never,
+    /// Keys with an expiry (a `volatile-*` policy): finished jobs and idempotency keys may go
+    /// before their retention or TTL ends; queued and running jobs, which have none, stay.
+    KeysWithExpiry(String),
+    /// Any key (an `allkeys-*` policy): queued and running jobs may vanish without a trace.
+    AnyKey(String),
+    /// Redis would not say (CONFIG renamed or not permitted, as on some managed services).
+    Unknown(String),
+}
 
 /// The Redis clients of one jobd process: `pool size + 1` connections in all.
 #[derive(Clone)]
@@ -121,11 +136,7 @@ impl RedisClients {
         if !self.subscriber.is_connected() {
             return false;
         }
-        let options = Options {
-            timeout: Some(timeout),
-            max_attempts: Some(1),
-            ..Options::default()
-        };
+        let options = probe_options(timeout);
         let pings = self.pool.clients().iter().map(|client| {
             let client = client.with_options(&options);
             async move { client.is_connected() && client.ping::<String>(None).await.is_ok() }
@@ -134,6 +145,36 @@ impl RedisClients {
             .await
             .into_iter()
             .all(|ok| ok)
+    }
+
+    /// What Redis may evict when it runs out of memory (CONFIG GET maxmemory*), asked once
+    /// within `timeout`; `None` when Redis did not answer.
+    pub async fn eviction(&self, timeout: Duration) -> Option<Eviction> {
+        let client = self.pool.next().with_options(&probe_options(timeout));
+        let settings: Vec<String> = match client.config_get("maxmemory*").await {
+            Ok(settings) => settings,
+            Err(error) => {
+                return match error.kind() {
+                    ErrorKind::Timeout | ErrorKind::IO | ErrorKind::Canceled => None,
+                    // An answer, but no settings: CONFIG renamed away or not permitted.
+                    _ => Some(Eviction::Unknown(error.details().to_owned())),
+                };
+            }
+        };
+        let setting = |name: &str| {
+            settings
+                .chunks_exact(2)
+                .find(|pair| pair[0] == name)
+                .map(|pair| pair[1].as_str())
+        };
+        let policy = setting("maxmemory-policy").unwrap_or("noeviction");
+        Some(match setting("maxmemory") {
+            // Without a memory limit Redis evicts nothing, whatever the policy.
+            Some("0") | None => Eviction::Never,
+            _ if policy == "noeviction" => Eviction::Never,
+            _ if policy.starts_with("volatile-") => Eviction::KeysWithExpiry(policy.to_owned()),
+            _ => Eviction::AnyKey(policy.to_owned()),
+        })
     }
 
     /// Whether every pool connection, and the subscriber, is connected, by fred's account.
@@ -159,6 +200,15 @@ impl RedisClients {
         if tokio::time::timeout(timeout, quit).await.is_err() {
             tracing::warn!("Redis QUIT did not finish in time; closing connections");
         }
+    }
+}
+
+/// A health probe's command: one attempt, answered within `timeout`.
+fn probe_options(timeout: Duration) -> Options {
+    Options {
+        timeout: Some(timeout),
+        max_attempts: Some(1),
+        ..Options::default()
     }
 }
 
