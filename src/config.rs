@@ -1,6 +1,6 @@
 //! Configuration: plain data, one sub-struct per part, read from flags and the environment.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser};
 
@@ -62,9 +62,15 @@ pub enum LogFormat {
 
 #[derive(Clone, Args)]
 pub struct RedisConfig {
-    /// Redis to keep all state in: redis://[:password@]host:port[/db]. The password is never logged.
+    /// Redis to keep all state in: redis://[:password@]host:port[/db], or rediss://… for TLS.
+    /// The password is never logged.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+
+    /// For a rediss:// URL, a PEM file of the certificate authorities to trust for Redis's
+    /// certificate [default: the system's].
+    #[arg(long, env = "JOBD_REDIS_TLS_CA_FILE")]
+    pub redis_tls_ca_file: Option<PathBuf>,
 
     /// Connections in the command pool; the process holds this many plus one for pub/sub.
     #[arg(long, env = "JOBD_REDIS_POOL_SIZE", default_value_t = 4,
@@ -114,10 +120,13 @@ const MIN_LEASE: Duration = Duration::from_secs(1);
 impl Config {
     /// Settings of the whole config that no single flag can check.
     pub fn validate(&self) -> Result<(), String> {
-        url::Url::parse(&self.redis.redis_url)
+        let url = url::Url::parse(&self.redis.redis_url)
             .ok()
-            .filter(|url| matches!(url.scheme(), "redis"))
-            .ok_or("invalid REDIS_URL: expected redis://[:password@]host:port[/db]")?;
+            .filter(|url| matches!(url.scheme(), "redis" | "rediss"))
+            .ok_or("invalid REDIS_URL: expected redis[s]://[:password@]host:port[/db]")?;
+        if self.redis.redis_tls_ca_file.is_some() && url.scheme() != "rediss" {
+            return Err("JOBD_REDIS_TLS_CA_FILE is set, but REDIS_URL is not rediss://".into());
+        }
         if self.jobs.default_lease < MIN_LEASE || self.jobs.default_lease > self.jobs.max_lease {
             return Err("invalid JOBD_DEFAULT_LEASE: must be between 1s and JOBD_MAX_LEASE".into());
         }
@@ -165,6 +174,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("redis_command_timeout", &self.redis_command_timeout)
             .field("redis_reconnect_max_delay", &self.redis_reconnect_max_delay)
             .field("redis_key_prefix", &self.redis_key_prefix)
+            .field("redis_tls_ca_file", &self.redis_tls_ca_file)
             .finish()
     }
 }
@@ -238,6 +248,9 @@ mod tests {
         assert!(shown.contains("db:6379"));
         let shown = redact_url("redis://admin:hunter2@db:6379");
         assert!(!shown.contains("hunter2"), "{shown}");
+        let shown = redact_url("rediss://:hunter2@db.example.com:6380");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.starts_with("rediss://"), "{shown}");
         assert_eq!(redact_url("not a url :hunter2@"), "<unparsable URL>");
     }
 

@@ -1,7 +1,7 @@
 //! The process's Redis connections: one command pool and one subscriber, built at startup,
 //! named in CLIENT LIST, bounded in time, and closed with QUIT on shutdown.
 
-use std::time::Duration;
+use std::{path::Path, sync::Arc, time::Duration};
 
 use fred::{
     clients::{Client, Pool, SubscriberClient},
@@ -10,9 +10,10 @@ use fred::{
     prelude::ReconnectPolicy,
     types::{
         Builder,
-        config::{Config as FredConfig, Options, TcpConfig, UnresponsiveConfig},
+        config::{Config as FredConfig, Options, TcpConfig, TlsConnector, UnresponsiveConfig},
     },
 };
+use rustls::pki_types::{CertificateDer, pem::PemObject};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -50,6 +51,10 @@ impl RedisClients {
     /// bound, and are not replayed after they timed out.
     pub fn build(config: &RedisConfig, instance: &str) -> Result<Self, fred::error::Error> {
         let mut fred_config = FredConfig::from_url(&config.redis_url)?;
+        // rediss:// gets fred's TLS with the system's roots; a CA file replaces them.
+        if let Some(path) = &config.redis_tls_ca_file {
+            fred_config.tls = Some(TlsConnector::from(trusting(path)?).into());
+        }
         // Keep retrying the first connection too: jobd starts and reports NOT_SERVING until
         // Redis answers, rather than crash-looping.
         fred_config.fail_fast = false;
@@ -201,6 +206,32 @@ impl RedisClients {
             tracing::warn!("Redis QUIT did not finish in time; closing connections");
         }
     }
+}
+
+/// A TLS client configuration that trusts the certificate authorities in the PEM file at
+/// `path`, and only them.
+fn trusting(path: &Path) -> Result<rustls::ClientConfig, fred::error::Error> {
+    let tls_error = |what: String| fred::error::Error::new(ErrorKind::Tls, what);
+    let shown = path.display();
+    let mut roots = rustls::RootCertStore::empty();
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|error| tls_error(format!("cannot read the CA file {shown}: {error}")))?;
+    for certificate in certificates {
+        let certificate =
+            certificate.map_err(|error| tls_error(format!("CA file {shown}: {error}")))?;
+        roots
+            .add(certificate)
+            .map_err(|error| tls_error(format!("CA file {shown}: {error}")))?;
+    }
+    if roots.is_empty() {
+        return Err(tls_error(format!("CA file {shown} holds no certificate")));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| tls_error(error.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// A health probe's command: one attempt, answered within `timeout`.

@@ -16,4 +16,5 @@ mod shutdown;
 mod submit_watch;
 mod support;
 mod telemetry;
+mod tls;
 mod watch;

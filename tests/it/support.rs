@@ -169,7 +169,7 @@ fn spawn_redis(port: u16, extra: &[&str]) -> Option<Child> {
     None
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
@@ -289,7 +289,7 @@ impl Drop for TestServer {
     }
 }
 
-fn rand_u32() -> u32 {
+pub fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(Instant::now()) as u32
 }

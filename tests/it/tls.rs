@@ -1,0 +1,208 @@
+//! TLS to Redis: a rediss:// URL and the CA file that signed Redis's certificate run jobs end
+//! to end over TLS; a certificate jobd does not trust gets no connection, and calls fail with
+//! UNAVAILABLE.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use jobd::{App, Config};
+
+use crate::support::*;
+
+/// A CA and a certificate it signed for 127.0.0.1, made with the openssl command.
+struct Certificates {
+    dir: PathBuf,
+}
+
+impl Certificates {
+    fn make() -> Self {
+        let dir = std::env::temp_dir().join(format!("jobd-tls-{:08x}", rand_u32()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &dir,
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &["-keyout", "ca.key", "-out", "ca.crt"],
+                &["-days", "1", "-subj", "/CN=jobd test CA"],
+            ]
+            .concat(),
+        );
+        openssl(
+            &dir,
+            &[
+                &["req"][..],
+                &ec,
+                &["-keyout", "redis.key", "-out", "redis.csr"],
+                &["-subj", "/CN=localhost"],
+            ]
+            .concat(),
+        );
+        openssl(
+            &dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "redis.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "redis.crt",
+                "-days",
+                "1",
+                "-extfile",
+                "ext",
+            ],
+        );
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    /// A redis-server with its usual plain port (for the test's own redis-cli) and a TLS port.
+    fn redis(&self) -> (RedisServer, u16) {
+        let tls_port = free_port().to_string();
+        let (cert, key, ca) = (
+            self.path("redis.crt"),
+            self.path("redis.key"),
+            self.path("ca.crt"),
+        );
+        let redis = RedisServer::start_with(&[
+            "--tls-port",
+            &tls_port,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ]);
+        (redis, tls_port.parse().unwrap())
+    }
+}
+
+impl Drop for Certificates {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("the openssl command runs");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rediss_url_and_its_ca_file_run_jobs_over_tls() {
+    let certificates = Certificates::make();
+    let (redis, tls_port) = certificates.redis();
+    let settings = Settings {
+        extra: vec![format!(
+            "--redis-tls-ca-file={}",
+            certificates.path("ca.crt")
+        )],
+        ..Settings::default()
+    };
+    let server = TestServer::start_with(&format!("rediss://127.0.0.1:{tls_port}"), settings).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+
+    let job = submit(&mut jobs, "tls", b"over tls").await;
+    let claimed = claim(&mut workers, "tls").await;
+    assert_eq!(&claimed.job.as_ref().unwrap().payload[..], b"over tls");
+    complete(&mut workers, &claimed, b"done").await.unwrap();
+    let (events, end) = watch_to_end(&mut jobs, &job.id, 0).await;
+    end.unwrap();
+    assert_eq!(events.len(), 3);
+
+    // Every connection of jobd's, pool and subscriber, is on the TLS port.
+    let ours = redis.clients_named(&server.client_name_prefix());
+    assert_eq!(ours.len(), 2 + 1, "{ours:#?}");
+    let laddr = format!("laddr=127.0.0.1:{tls_port} ");
+    assert!(ours.iter().all(|line| line.contains(&laddr)), "{ours:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_certificate_jobd_does_not_trust_gets_no_connection() {
+    let certificates = Certificates::make();
+    let (redis, tls_port) = certificates.redis();
+    // The system's roots do not hold the test CA.
+    let server = TestServer::start_with(
+        &format!("rediss://127.0.0.1:{tls_port}"),
+        Settings::default(),
+    )
+    .await;
+    let mut jobs = server.jobs().await;
+    let refused = tokio::time::timeout(
+        Duration::from_secs(5),
+        jobs.submit_job(jobd::api::proto::SubmitJobRequest {
+            queue: "tls".into(),
+            kind: "k".into(),
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect("answered within the command timeout")
+    .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(redis.clients_named(&server.client_name_prefix()).is_empty());
+}
+
+#[tokio::test]
+async fn a_ca_file_that_holds_no_certificate_stops_jobd_at_start() {
+    let certificates = Certificates::make();
+    let empty = certificates.dir.join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let config = |url: &str| {
+        <Config as clap::Parser>::try_parse_from([
+            "jobd".to_owned(),
+            "--listen=127.0.0.1:0".to_owned(),
+            format!("--redis-url={url}"),
+            format!("--redis-tls-ca-file={}", empty.display()),
+        ])
+        .unwrap()
+    };
+    let error = App::build(config("rediss://127.0.0.1:1"))
+        .await
+        .err()
+        .expect("jobd refuses to start");
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("empty.pem") && message.contains("no certificate"),
+        "{message}"
+    );
+    // A CA file for a plain redis:// URL is a mistake too.
+    let mistake = config("redis://127.0.0.1:1").validate().unwrap_err();
+    assert!(mistake.contains("JOBD_REDIS_TLS_CA_FILE"), "{mistake}");
+}
