@@ -1,5 +1,6 @@
 //! The process's Redis connections: one command pool and one subscriber, built at startup,
-//! named in CLIENT LIST, bounded in time, and closed with QUIT on shutdown.
+//! over TLS for a rediss:// URL, named in CLIENT LIST, bounded in time, and closed with QUIT
+//! on shutdown; and the probes of Redis that readiness follows (health, eviction policy).
 
 use std::{path::Path, sync::Arc, time::Duration};
 
