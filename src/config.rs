@@ -122,9 +122,17 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         let url = url::Url::parse(&self.redis.redis_url)
             .ok()
-            .filter(|url| matches!(url.scheme(), "redis" | "rediss"))
-            .ok_or("invalid REDIS_URL: expected redis[s]://[:password@]host:port[/db]")?;
-        if self.redis.redis_tls_ca_file.is_some() && url.scheme() != "rediss" {
+            .filter(|url| {
+                matches!(
+                    url.scheme(),
+                    "redis" | "rediss" | "redis-sentinel" | "rediss-sentinel"
+                )
+            })
+            .ok_or(
+                "invalid REDIS_URL: expected redis[s]://[:password@]host:port[/db], or \
+                 redis[s]-sentinel://[:password@]host:port[/db]?sentinelServiceName=<name>",
+            )?;
+        if self.redis.redis_tls_ca_file.is_some() && !url.scheme().starts_with("rediss") {
             return Err("JOBD_REDIS_TLS_CA_FILE is set, but REDIS_URL is not rediss://".into());
         }
         if self.jobs.default_lease < MIN_LEASE || self.jobs.default_lease > self.jobs.max_lease {

@@ -12,6 +12,7 @@ mod lifecycle;
 mod outage;
 mod release;
 mod scheduling;
+mod sentinel;
 mod shutdown;
 mod submit_watch;
 mod support;

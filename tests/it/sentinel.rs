@@ -1,0 +1,164 @@
+//! Redis behind Sentinel: jobd finds the primary through a redis-sentinel:// URL and, when the
+//! primary dies, follows Sentinel's failover to the replica, with its jobs, its watchers and
+//! its connection count intact.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::support::*;
+
+/// The name the sentinel monitors the primary under.
+const SERVICE: &str = "jobd";
+
+/// A redis-server in sentinel mode, watching one primary; killed when dropped.
+struct Sentinel {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Sentinel {
+    fn start(primary: &RedisServer) -> Self {
+        // Sentinel rewrites its configuration file, so it gets one of its own.
+        let dir = std::env::temp_dir().join(format!("jobd-sentinel-{:08x}", rand_u32()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\n\
+                 sentinel monitor {SERVICE} 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds {SERVICE} 1000\n\
+                 sentinel failover-timeout {SERVICE} 5000\n",
+                primary.port()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs");
+        let sentinel = Self { child, port, dir };
+        wait_for("the sentinel to answer", || {
+            sentinel.cli(&["PING"]) == "PONG"
+        });
+        sentinel
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// The port of the primary the sentinel names now.
+    fn primary_port(&self) -> String {
+        let address = self.cli(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE]);
+        address.lines().last().unwrap_or_default().to_owned()
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !done() {
+        assert!(Instant::now() < deadline, "waited too long for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn replication(redis: &RedisServer, field: &str) -> String {
+    let info = redis.cli(&["INFO", "replication"]);
+    info.lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobd_follows_a_sentinel_failover_with_its_jobs_and_watchers() {
+    let mut primary = RedisServer::start();
+    let replica =
+        RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port().to_string()]);
+    wait_for("the replica to sync", || {
+        replication(&replica, "master_link_status") == "up"
+    });
+    let sentinel = Sentinel::start(&primary);
+    let replica_port = replica.port().to_string();
+    wait_for("the sentinel to know the replica", || {
+        sentinel
+            .cli(&["SENTINEL", "REPLICAS", SERVICE])
+            .contains(&replica_port)
+    });
+
+    let url = format!(
+        "redis-sentinel://127.0.0.1:{}/0?sentinelServiceName={SERVICE}",
+        sentinel.port
+    );
+    let server = TestServer::start_with(&url, Settings::default()).await;
+    let prefix = server.client_name_prefix();
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    assert_eq!(primary.clients_named(&prefix).len(), 2 + 1);
+
+    let job = submit(&mut jobs, "ha", b"before").await;
+    let claimed = claim(&mut workers, "ha").await;
+    let mut watching = jobs.clone();
+    let id = job.id.clone();
+    let watcher = tokio::spawn(async move { watch_to_end(&mut watching, &id, 0).await });
+
+    // The primary dies once the replica has everything; Sentinel sees it down after a second
+    // and promotes the replica.
+    wait_for("the replica to catch up", || {
+        replication(&primary, "master_repl_offset") == replication(&replica, "master_repl_offset")
+    });
+    primary.stop();
+    wait_for("the sentinel to promote the replica", || {
+        sentinel.primary_port() == replica_port
+    });
+
+    // The job claimed before completes on the new primary; callers may see UNAVAILABLE
+    // while jobd reconnects, and retry, as any caller of a service does.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match complete(&mut workers, &claimed, b"after").await {
+            Ok(()) => break,
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                assert!(Instant::now() < deadline, "still unavailable: {status:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("completion refused: {status:?}"),
+        }
+    }
+    let (events, end) = watcher.await.unwrap();
+    end.expect("the watch from before the failover ends with OK");
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(get(&mut jobs, &job.id).await.result.as_ref(), b"after");
+
+    // New jobs run on the new primary, where all of jobd's connections are now.
+    let next = submit(&mut jobs, "ha", b"new").await;
+    let claimed = claim(&mut workers, "ha").await;
+    assert_eq!(claimed.job.as_ref().unwrap().id, next.id);
+    complete(&mut workers, &claimed, b"").await.unwrap();
+    wait_for("jobd's connections to move", || {
+        replica.clients_named(&prefix).len() == 2 + 1
+    });
+}
