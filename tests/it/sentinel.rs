@@ -3,7 +3,6 @@
 //! its connection count intact.
 
 use std::{
-    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -17,16 +16,16 @@ const SERVICE: &str = "jobd";
 struct Sentinel {
     child: Child,
     port: u16,
-    dir: PathBuf,
+    /// Holds its configuration file, which Sentinel rewrites.
+    _dir: TempDir,
 }
 
 impl Sentinel {
     fn start(primary: &RedisServer) -> Self {
         // Sentinel rewrites its configuration file, so it gets one of its own.
-        let dir = std::env::temp_dir().join(format!("jobd-sentinel-{:08x}", rand_u32()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new("jobd-sentinel");
         let port = free_port();
-        let conf = dir.join("sentinel.conf");
+        let conf = dir.path().join("sentinel.conf");
         std::fs::write(
             &conf,
             format!(
@@ -45,7 +44,11 @@ impl Sentinel {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server runs");
-        let sentinel = Self { child, port, dir };
+        let sentinel = Self {
+            child,
+            port,
+            _dir: dir,
+        };
         wait_for("the sentinel to answer", || {
             sentinel.cli(&["PING"]) == "PONG"
         });
@@ -53,12 +56,7 @@ impl Sentinel {
     }
 
     fn cli(&self, args: &[&str]) -> String {
-        let output = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli runs");
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+        redis_cli(self.port, args)
     }
 
     /// The port of the primary the sentinel names now.
@@ -72,7 +70,6 @@ impl Drop for Sentinel {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

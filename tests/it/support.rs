@@ -5,6 +5,7 @@ use std::{
     future::Future,
     io::{BufRead, BufReader},
     net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -84,13 +85,13 @@ impl RedisServer {
     }
 
     pub fn cli_auth(&self, password: Option<&str>, args: &[&str]) -> String {
-        let mut command = Command::new("redis-cli");
-        command.args(["-p", &self.port.to_string()]);
-        if let Some(password) = password {
-            command.args(["--no-auth-warning", "-a", password]);
+        match password {
+            Some(password) => redis_cli(
+                self.port,
+                &[&["--no-auth-warning", "-a", password][..], args].concat(),
+            ),
+            None => redis_cli(self.port, args),
         }
-        let output = command.args(args).output().expect("redis-cli runs");
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
     /// Makes Redis stall for `seconds` (DEBUG SLEEP, which needs the server started with
@@ -141,6 +142,37 @@ impl Drop for RedisServer {
             .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Runs redis-cli against the server (or sentinel) on `port`; its output, trimmed.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// A directory of a test's own under the system's temporary directory, removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{:08x}", rand_u32()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -2,11 +2,7 @@
 //! to end over TLS; a certificate jobd does not trust gets no connection, and calls fail with
 //! UNAVAILABLE.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
 use jobd::{App, Config};
 
@@ -14,13 +10,13 @@ use crate::support::*;
 
 /// A CA and a certificate it signed for 127.0.0.1, made with the openssl command.
 struct Certificates {
-    dir: PathBuf,
+    dir: TempDir,
 }
 
 impl Certificates {
     fn make() -> Self {
-        let dir = std::env::temp_dir().join(format!("jobd-tls-{:08x}", rand_u32()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let temp = TempDir::new("jobd-tls");
+        let dir = temp.path();
         std::fs::write(
             dir.join("ext"),
             "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
@@ -34,7 +30,7 @@ impl Certificates {
             "-nodes",
         ];
         openssl(
-            &dir,
+            dir,
             &[
                 &["req", "-x509"][..],
                 &ec,
@@ -44,7 +40,7 @@ impl Certificates {
             .concat(),
         );
         openssl(
-            &dir,
+            dir,
             &[
                 &["req"][..],
                 &ec,
@@ -54,7 +50,7 @@ impl Certificates {
             .concat(),
         );
         openssl(
-            &dir,
+            dir,
             &[
                 "x509",
                 "-req",
@@ -73,11 +69,11 @@ impl Certificates {
                 "ext",
             ],
         );
-        Self { dir }
+        Self { dir: temp }
     }
 
     fn path(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
+        self.dir.path().join(name).display().to_string()
     }
 
     /// A redis-server with its usual plain port (for the test's own redis-cli) and a TLS port.
@@ -101,12 +97,6 @@ impl Certificates {
             "no",
         ]);
         (redis, tls_port.parse().unwrap())
-    }
-}
-
-impl Drop for Certificates {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -182,7 +172,7 @@ async fn a_redis_certificate_jobd_does_not_trust_gets_no_connection() {
 #[tokio::test]
 async fn a_ca_file_that_holds_no_certificate_stops_jobd_at_start() {
     let certificates = Certificates::make();
-    let empty = certificates.dir.join("empty.pem");
+    let empty = certificates.dir.path().join("empty.pem");
     std::fs::write(&empty, "not a certificate\n").unwrap();
     let config = |url: &str| {
         <Config as clap::Parser>::try_parse_from([
