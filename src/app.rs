@@ -18,7 +18,7 @@ use crate::{
     config::Config,
     domain::SubmitLimits,
     events::{Channels, EventHub},
-    store::{Eviction, JobStore, Keys, RedisClients, StoreSettings},
+    store::{self, Eviction, JobStore, Keys, RedisClients, StoreSettings},
     telemetry::{self, Metrics, QueueDepths},
 };
 
@@ -249,7 +249,8 @@ impl App {
 
 /// Keeps the readiness of jobd's services true to Redis' health until shutdown: checked every
 /// `READINESS_INTERVAL`, and NOT_SERVING for good once draining starts. Redis is healthy when
-/// it answers and cannot evict the jobs it holds (see `keeps_jobs`).
+/// it answers, is recent enough for the scripts (see `runs_scripts`) and cannot evict the jobs
+/// it holds (see `keeps_jobs`).
 async fn keep_readiness(
     mut readiness: Readiness,
     clients: RedisClients,
@@ -258,9 +259,11 @@ async fn keep_readiness(
     shutdown: CancellationToken,
 ) {
     let mut eviction = None;
+    let mut too_old = false;
     loop {
         let ready = !draining.is_cancelled()
             && clients.healthy(probe_timeout).await
+            && runs_scripts(&clients, &mut too_old)
             && keeps_jobs(&clients, probe_timeout, &mut eviction).await;
         readiness.set(ready && !draining.is_cancelled()).await;
         tokio::select! {
@@ -269,6 +272,22 @@ async fn keep_readiness(
             () = shutdown.cancelled() => return,
         }
     }
+}
+
+/// Whether Redis is recent enough for jobd's scripts (see `MIN_REDIS_VERSION`); an older one
+/// is logged once (`logged`), and jobd does not serve on it.
+fn runs_scripts(clients: &RedisClients, logged: &mut bool) -> bool {
+    let version = clients.server_version();
+    let ok = store::supported(version.as_ref());
+    if !ok && !*logged {
+        tracing::error!(
+            version = %version.map(|v| v.to_string()).unwrap_or_default(),
+            minimum = %store::MIN_REDIS_VERSION,
+            "Redis is too old for jobd's scripts: not ready until it is upgraded"
+        );
+    }
+    *logged = !ok;
+    ok
 }
 
 /// Whether Redis answers and will not evict queued or running jobs when it runs out of memory:

@@ -10,7 +10,7 @@ use fred::{
     interfaces::{ClientInterface, ClientLike, ConfigInterface, EventInterface},
     prelude::ReconnectPolicy,
     types::{
-        Builder,
+        Builder, Version,
         config::{Config as FredConfig, Options, TcpConfig, TlsConnector, UnresponsiveConfig},
     },
 };
@@ -36,6 +36,16 @@ pub enum Eviction {
     AnyKey(String),
     /// Redis would not say (CONFIG renamed or not permitted, as on some managed services).
     Unknown(String),
+}
+
+/// The oldest Redis jobd runs on: its scripts declare their flags in a shebang (Redis 7.0).
+/// Valkey reports the Redis version it is compatible with, so it passes as well.
+pub const MIN_REDIS_VERSION: Version = Version::new(7, 0, 0);
+
+/// Whether a Redis of `version` runs jobd's scripts; an unknown version (INFO refused) is
+/// given the benefit of the doubt.
+pub fn supported(version: Option<&Version>) -> bool {
+    version.is_none_or(|version| *version >= MIN_REDIS_VERSION)
 }
 
 /// The Redis clients of one jobd process: `pool size + 1` connections in all.
@@ -183,6 +193,11 @@ impl RedisClients {
         })
     }
 
+    /// The Redis server's version, as fred read it (INFO server) when the pool connected.
+    pub fn server_version(&self) -> Option<Version> {
+        self.pool.next().server_version()
+    }
+
     /// Whether every pool connection, and the subscriber, is connected, by fred's account.
     pub fn connected(&self) -> (bool, bool) {
         let pool = self
@@ -269,5 +284,20 @@ async fn keep_named(
                 Err(RecvError::Closed) => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_7_and_later_are_supported() {
+        let version = |text: &str| Version::parse(text).unwrap();
+        assert!(supported(Some(&version("7.0.15"))));
+        // Valkey 8 reports the Redis version it is compatible with.
+        assert!(supported(Some(&version("7.2.4"))));
+        assert!(!supported(Some(&version("6.2.14"))));
+        assert!(supported(None));
     }
 }

@@ -10,10 +10,31 @@ use fred::{
     },
 };
 
-/// A script's source as Redis gets it: the shared helpers of `lua/lib.lua`, then the script.
+/// A script's source as Redis gets it: a shebang with the script's flags, the shared helpers
+/// of `lua/lib.lua`, then the script. The flags say what a Redis past its `maxmemory` does:
+///
+/// - `intake`: scripts that take work in (submissions, claims) are refused whole, before they
+///   run, with Redis's OOM error (Redis's default for a script with a shebang): no job is
+///   accepted, and no job started, whose outcome could not be recorded.
+/// - `drain`: scripts that carry work already started to its end (heartbeats, completions,
+///   failures, cancellations, releases, promotions, the sweeper) run anyway (`allow-oom`): a
+///   full Redis does not cost running jobs their leases or their results, and finished jobs
+///   expire and free memory on their retention.
+///
+/// A script without a shebang would be refused only at its first write that Redis deems
+/// memory-growing (Redis 7.0's rule for old scripts), which took claims in and refused
+/// heartbeats. Shebangs need Redis 7.0 (see `MIN_REDIS_VERSION`).
 macro_rules! script {
-    ($name:literal) => {
+    (intake $name:literal) => {
         concat!(
+            "#!lua\n",
+            include_str!("lua/lib.lua"),
+            include_str!(concat!("lua/", $name, ".lua"))
+        )
+    };
+    (drain $name:literal) => {
+        concat!(
+            "#!lua flags=allow-oom\n",
             include_str!("lua/lib.lua"),
             include_str!(concat!("lua/", $name, ".lua"))
         )
@@ -105,16 +126,16 @@ pub struct Scripts {
 impl Scripts {
     pub fn new() -> Self {
         Self {
-            submit: LuaScript::new("submit", script!("submit")),
-            submit_many: LuaScript::new("submit_many", script!("submit_many")),
-            promote: LuaScript::new("promote", script!("promote")),
-            claim: LuaScript::new("claim", script!("claim")),
-            release: LuaScript::new("release", script!("release")),
-            heartbeat: LuaScript::new("heartbeat", script!("heartbeat")),
-            complete: LuaScript::new("complete", script!("complete")),
-            fail: LuaScript::new("fail", script!("fail")),
-            cancel: LuaScript::new("cancel", script!("cancel")),
-            sweep: LuaScript::new("sweep", script!("sweep")),
+            submit: LuaScript::new("submit", script!(intake "submit")),
+            submit_many: LuaScript::new("submit_many", script!(intake "submit_many")),
+            promote: LuaScript::new("promote", script!(drain "promote")),
+            claim: LuaScript::new("claim", script!(intake "claim")),
+            release: LuaScript::new("release", script!(drain "release")),
+            heartbeat: LuaScript::new("heartbeat", script!(drain "heartbeat")),
+            complete: LuaScript::new("complete", script!(drain "complete")),
+            fail: LuaScript::new("fail", script!(drain "fail")),
+            cancel: LuaScript::new("cancel", script!(drain "cancel")),
+            sweep: LuaScript::new("sweep", script!(drain "sweep")),
         }
     }
 }

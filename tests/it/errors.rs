@@ -462,3 +462,76 @@ async fn a_full_redis_refuses_submissions_with_unavailable_and_writes_nothing() 
     assert_eq!(claimed.job.as_ref().unwrap().id, first.id);
     submit(&mut jobs, "full", b"").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_takes_no_new_work_but_lets_running_jobs_finish() {
+    let redis =
+        RedisServer::start_with(&["--maxmemory", "8mb", "--maxmemory-policy", "noeviction"]);
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    let done = submit(&mut jobs, "full", b"").await;
+    let failing = submit(&mut jobs, "full", b"").await;
+    let waiting = submit(&mut jobs, "full", b"").await;
+    let cancelled = submit(&mut jobs, "other", b"").await;
+    let first = claim(&mut workers, "full").await;
+    let second = claim(&mut workers, "full").await;
+    assert_eq!(first.job.as_ref().unwrap().id, done.id);
+    assert_eq!(second.job.as_ref().unwrap().id, failing.id);
+    let watch = watch_in_background(&server, &done.id).await;
+    let fill = "redis.call('SET', KEYS[1], string.rep('x', 16 * 1024 * 1024)) return 1";
+    redis.cli(&["EVAL", fill, "1", "filler"]);
+
+    // No new work starts: a claim is refused and the queued job stays as it was.
+    assert_status(
+        workers
+            .claim_job(claim_request("full", Duration::ZERO))
+            .await,
+        Code::Unavailable,
+        "out of memory",
+    );
+    let queued = get(&mut jobs, &waiting.id).await;
+    assert_eq!((queued.state(), queued.attempt), (JobState::Queued, 0));
+
+    // Work already running keeps its lease and reaches its end.
+    workers
+        .heartbeat(proto::HeartbeatRequest {
+            job_id: done.id.clone(),
+            lease_token: first.lease_token.clone(),
+            lease: Some(pb_duration(Duration::from_secs(60))),
+            progress: Some(proto::Progress {
+                value: Some(50.0),
+                message: "half".into(),
+            }),
+        })
+        .await
+        .expect("a heartbeat is recorded past maxmemory");
+    complete(&mut workers, &first, b"the result")
+        .await
+        .expect("a completion is recorded past maxmemory");
+    fail(&mut workers, &second, "no luck", false).await;
+    jobs.cancel_job(proto::CancelJobRequest {
+        job_id: cancelled.id.clone(),
+        reason: "full".into(),
+    })
+    .await
+    .expect("a cancellation is recorded past maxmemory");
+
+    let (events, ended) = watch.await.unwrap();
+    ended.expect("the watch ends OK");
+    assert_eq!(
+        types(&events)[2..],
+        [proto::EventType::Progress, proto::EventType::Completed]
+    );
+    assert_eq!(&events.last().unwrap().result[..], b"the result");
+    assert_eq!(get(&mut jobs, &failing.id).await.state(), JobState::Failed);
+    assert_eq!(
+        get(&mut jobs, &cancelled.id).await.state(),
+        JobState::Cancelled
+    );
+
+    // Room again: the queued job is claimed.
+    redis.cli(&["DEL", "filler"]);
+    let claimed = claim(&mut workers, "full").await;
+    assert_eq!(claimed.job.as_ref().unwrap().id, waiting.id);
+}
