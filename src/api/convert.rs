@@ -195,6 +195,7 @@ impl From<JobEvent> for proto::JobEvent {
                 proto::EventType::RetryScheduled
             }
             EventKind::Released => proto::EventType::Released,
+            EventKind::Unrecognized { .. } => proto::EventType::Unspecified,
         };
         out.set_type(kind);
         out

@@ -43,6 +43,12 @@ pub enum EventKind {
     /// Claimed for a caller that went away before receiving it: queued again, the claim not
     /// counted as an attempt.
     Released,
+    /// An event of a type this jobd does not know, recorded by a newer one (replicas of two
+    /// versions serve the same jobs during a rolling upgrade): passed on with its sequence,
+    /// time and attempt, so a watch neither fails nor skips a sequence number.
+    Unrecognized {
+        name: String,
+    },
 }
 
 impl EventKind {

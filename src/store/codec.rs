@@ -309,11 +309,9 @@ pub fn decode_event(
             run_at: run_at()?,
             error: record.e.unwrap_or_default(),
         },
-        other => {
-            return Err(StoreError::corrupt(format!(
-                "event {sequence} of {job_id} has unknown type {other:?}"
-            )));
-        }
+        other => EventKind::Unrecognized {
+            name: other.to_owned(),
+        },
     };
     Ok(JobEvent {
         job_id: job_id.clone(),
@@ -469,6 +467,25 @@ mod tests {
                 result: Bytes::from_static(b"done")
             }
         );
+    }
+
+    #[test]
+    fn an_event_of_an_unknown_type_decodes_as_unrecognized() {
+        let id = JobIdGenerator::default().generate(&QueueName::parse("queue", "q").unwrap());
+        let mut paused = event_head("paused", UnixMillis(9), None);
+        paused.push(2);
+        let event = decode_event(&id, 4, &paused, &None).unwrap();
+        assert_eq!(
+            (event.sequence, event.at, event.attempt),
+            (4, UnixMillis(9), 2)
+        );
+        assert_eq!(
+            event.kind,
+            EventKind::Unrecognized {
+                name: "paused".into()
+            }
+        );
+        assert!(!event.kind.is_terminal());
     }
 
     fn packed(event: &[(&str, rmpv::Value)]) -> Vec<u8> {

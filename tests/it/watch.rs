@@ -138,3 +138,42 @@ async fn a_live_watcher_gets_a_result_too_large_to_ride_on_the_wake_up() {
     );
     assert_eq!(&events[2].result[..], &result[..]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_type_from_a_newer_jobd_is_passed_on_as_unspecified() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let job = submit(&mut jobs, "q", b"").await;
+    let live = watch_in_background(&server, &job.id).await;
+
+    // A newer jobd records an event of a type this one does not know ("paused"), as the
+    // scripts record events: the next sequence, a MessagePack map with its type, time, attempt.
+    let key = redis.cli(&["--scan", "--pattern", "*:job:*"]);
+    let record = "redis.call('HSET', KEYS[1], 'seq', '2', 'e:2', \
+                  cmsgpack.pack({t = 'paused', at = 1700000000000, a = 0})) return 1";
+    redis.cli(&["EVAL", record, "1", key.trim()]);
+    jobs.cancel_job(proto::CancelJobRequest {
+        job_id: job.id.clone(),
+        reason: String::new(),
+    })
+    .await
+    .expect("cancel succeeds");
+
+    let (live, end) = live.await.unwrap();
+    end.expect("the live watch ends with OK");
+    let (replayed, end) = watch_to_end(&mut jobs, &job.id, 0).await;
+    end.expect("the replay ends with OK");
+    for events in [live, replayed] {
+        assert_eq!(
+            types(&events),
+            [
+                EventType::Queued,
+                EventType::Unspecified,
+                EventType::Cancelled
+            ]
+        );
+        assert_eq!(sequences(&events), [1, 2, 3]);
+        assert_eq!(millis_of(&events[1].time), 1_700_000_000_000);
+    }
+}
