@@ -102,6 +102,29 @@ impl WorkerApi {
         })
     }
 
+    /// The jobs a completion's `next` claims: none when the claim fails (Redis full or away),
+    /// since the completion is recorded and its answer must say so, or the worker would be
+    /// left to guess; its next claim meets the error itself.
+    async fn claim_after_completion(
+        &self,
+        claim: &ClaimRequest,
+        max: usize,
+        waiting: Option<Waiting>,
+        seen_empty: bool,
+    ) -> ClaimedJobs {
+        match self.claim_next(claim, max, waiting, seen_empty).await {
+            Ok(claimed) => claimed,
+            Err(status) => {
+                tracing::warn!(
+                    code = ?status.code(),
+                    message = status.message(),
+                    "completion recorded; the next claim failed and claims nothing"
+                );
+                ClaimedJobs::default()
+            }
+        }
+    }
+
     /// Claims as `claim` does, with `waiting` registered already. `seen_empty`: its queue
     /// was seen without ready jobs since then (by the completion the claim came with), so a
     /// waiting claim waits at once instead of reading the queue first.
@@ -278,8 +301,8 @@ impl WorkerService for WorkerApi {
         let next = match next {
             Some((claim, max)) => {
                 let seen_empty = seen_empty(&claim, [(&id, &completed)]);
-                self.claim_next(&claim, max, waiting, seen_empty)
-                    .await?
+                self.claim_after_completion(&claim, max, waiting, seen_empty)
+                    .await
                     .deliver()
             }
             None => Vec::new(),
@@ -352,8 +375,8 @@ impl WorkerService for WorkerApi {
         let next = match next {
             Some((claim, max)) => {
                 let seen_empty = seen_empty(&claim, recorded.iter().map(|(id, c)| (*id, c)));
-                self.claim_next(&claim, max, waiting, seen_empty)
-                    .await?
+                self.claim_after_completion(&claim, max, waiting, seen_empty)
+                    .await
                     .deliver()
             }
             None => Vec::new(),

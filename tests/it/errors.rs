@@ -506,9 +506,21 @@ async fn a_full_redis_takes_no_new_work_but_lets_running_jobs_finish() {
         })
         .await
         .expect("a heartbeat is recorded past maxmemory");
-    complete(&mut workers, &first, b"the result")
+    // The completion is recorded and says so; the claim it carries takes nothing.
+    let answer = workers
+        .complete_job(proto::CompleteJobRequest {
+            job_id: done.id.clone(),
+            lease_token: first.lease_token.clone(),
+            result: b"the result".to_vec().into(),
+            next: Some(proto::ClaimJobsRequest {
+                claim: Some(claim_request("full", Duration::ZERO)),
+                max_jobs: 1,
+            }),
+        })
         .await
-        .expect("a completion is recorded past maxmemory");
+        .expect("a completion is recorded past maxmemory")
+        .into_inner();
+    assert!(answer.next.is_empty(), "no next job while Redis is full");
     fail(&mut workers, &second, "no luck", false).await;
     jobs.cancel_job(proto::CancelJobRequest {
         job_id: cancelled.id.clone(),
