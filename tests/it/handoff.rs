@@ -616,6 +616,11 @@ async fn a_completion_that_empties_its_queue_parks_the_next_claim_without_readin
         lease_expires_at: next.lease_expires_at,
     });
     until_completed(&jobs, &second.id).await;
+    // The claim parks right after its completion is recorded, which GetJob can see first;
+    // nothing outside jobd shows when it has parked, and a job submitted before that queues
+    // and wakes the claim to read it (correct, but not the path under test). Under a loaded
+    // CI machine that window was once wide enough to lose the race.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let third = submit(&mut jobs, "next", b"").await;
     let next = waiting.await.unwrap();
     assert_eq!(next[0].job.as_ref().unwrap().id, third.id);
