@@ -277,17 +277,22 @@ async fn keep_readiness(
 /// Whether Redis is recent enough for jobd's scripts (see `MIN_REDIS_VERSION`); an older one
 /// is logged once (`logged`), and jobd does not serve on it.
 fn runs_scripts(clients: &RedisClients, logged: &mut bool) -> bool {
-    let version = clients.server_version();
-    let ok = store::supported(version.as_ref());
-    if !ok && !*logged {
+    // An unknown version (INFO refused) is given the benefit of the doubt.
+    let Some(version) = clients
+        .server_version()
+        .filter(|version| !store::supported(version))
+    else {
+        *logged = false;
+        return true;
+    };
+    if !std::mem::replace(logged, true) {
         tracing::error!(
-            version = %version.map(|v| v.to_string()).unwrap_or_default(),
+            %version,
             minimum = %store::MIN_REDIS_VERSION,
             "Redis is too old for jobd's scripts: not ready until it is upgraded"
         );
     }
-    *logged = !ok;
-    ok
+    false
 }
 
 /// Whether Redis answers and will not evict queued or running jobs when it runs out of memory:

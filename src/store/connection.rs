@@ -42,10 +42,9 @@ pub enum Eviction {
 /// Valkey reports the Redis version it is compatible with, so it passes as well.
 pub const MIN_REDIS_VERSION: Version = Version::new(7, 0, 0);
 
-/// Whether a Redis of `version` runs jobd's scripts; an unknown version (INFO refused) is
-/// given the benefit of the doubt.
-pub fn supported(version: Option<&Version>) -> bool {
-    version.is_none_or(|version| *version >= MIN_REDIS_VERSION)
+/// Whether a Redis of `version` runs jobd's scripts.
+pub fn supported(version: &Version) -> bool {
+    *version >= MIN_REDIS_VERSION
 }
 
 /// The Redis clients of one jobd process: `pool size + 1` connections in all.
@@ -294,10 +293,9 @@ mod tests {
     #[test]
     fn redis_7_and_later_are_supported() {
         let version = |text: &str| Version::parse(text).unwrap();
-        assert!(supported(Some(&version("7.0.15"))));
+        assert!(supported(&version("7.0.15")));
         // Valkey 8 reports the Redis version it is compatible with.
-        assert!(supported(Some(&version("7.2.4"))));
-        assert!(!supported(Some(&version("6.2.14"))));
-        assert!(supported(None));
+        assert!(supported(&version("7.2.4")));
+        assert!(!supported(&version("6.2.14")));
     }
 }

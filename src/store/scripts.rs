@@ -26,15 +26,14 @@ use fred::{
 /// heartbeats. Shebangs need Redis 7.0 (see `MIN_REDIS_VERSION`).
 macro_rules! script {
     (intake $name:literal) => {
-        concat!(
-            "#!lua\n",
-            include_str!("lua/lib.lua"),
-            include_str!(concat!("lua/", $name, ".lua"))
-        )
+        script!(@ "#!lua\n", $name)
     };
     (drain $name:literal) => {
+        script!(@ "#!lua flags=allow-oom\n", $name)
+    };
+    (@ $shebang:literal, $name:literal) => {
         concat!(
-            "#!lua flags=allow-oom\n",
+            $shebang,
             include_str!("lua/lib.lua"),
             include_str!(concat!("lua/", $name, ".lua"))
         )

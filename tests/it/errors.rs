@@ -419,17 +419,27 @@ async fn internal_errors_hide_their_cause() {
     assert_eq!(status.message(), "internal error");
 }
 
+/// A Redis with an 8 MB maxmemory under noeviction: once past it, Redis refuses writes
+/// rather than drop keys.
+fn small_redis() -> RedisServer {
+    RedisServer::start_with(&["--maxmemory", "8mb", "--maxmemory-policy", "noeviction"])
+}
+
+/// Takes `small_redis` past its maxmemory with one 16 MB key, `filler`; deleting it makes
+/// room again.
+fn fill(redis: &RedisServer) {
+    let fill = "redis.call('SET', KEYS[1], string.rep('x', 16 * 1024 * 1024)) return 1";
+    redis.cli(&["EVAL", fill, "1", "filler"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_redis_refuses_submissions_with_unavailable_and_writes_nothing() {
-    // noeviction: past maxmemory Redis refuses writes rather than drop keys.
-    let redis =
-        RedisServer::start_with(&["--maxmemory", "8mb", "--maxmemory-policy", "noeviction"]);
+    let redis = small_redis();
     let server = TestServer::start(&redis).await;
     let mut jobs = server.jobs().await;
     let mut workers = server.workers().await;
     let first = submit(&mut jobs, "full", b"").await;
-    let fill = "redis.call('SET', KEYS[1], string.rep('x', 16 * 1024 * 1024)) return 1";
-    redis.cli(&["EVAL", fill, "1", "filler"]);
+    fill(&redis);
     let keys = job_keys(&redis);
 
     for kind in ["alone", "batch"] {
@@ -465,8 +475,7 @@ async fn a_full_redis_refuses_submissions_with_unavailable_and_writes_nothing() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_redis_takes_no_new_work_but_lets_running_jobs_finish() {
-    let redis =
-        RedisServer::start_with(&["--maxmemory", "8mb", "--maxmemory-policy", "noeviction"]);
+    let redis = small_redis();
     let server = TestServer::start(&redis).await;
     let mut jobs = server.jobs().await;
     let mut workers = server.workers().await;
@@ -479,8 +488,7 @@ async fn a_full_redis_takes_no_new_work_but_lets_running_jobs_finish() {
     assert_eq!(first.job.as_ref().unwrap().id, done.id);
     assert_eq!(second.job.as_ref().unwrap().id, failing.id);
     let watch = watch_in_background(&server, &done.id).await;
-    let fill = "redis.call('SET', KEYS[1], string.rep('x', 16 * 1024 * 1024)) return 1";
-    redis.cli(&["EVAL", fill, "1", "filler"]);
+    fill(&redis);
 
     // No new work starts: a claim is refused and the queued job stays as it was.
     assert_status(
