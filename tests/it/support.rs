@@ -25,6 +25,9 @@ pub struct RedisServer {
     child: Child,
     port: u16,
     extra: Vec<String>,
+    /// Its working directory: whatever it writes (a replica's copy of its primary's data, say)
+    /// lands here, not in the checkout.
+    dir: TempDir,
 }
 
 impl RedisServer {
@@ -34,13 +37,15 @@ impl RedisServer {
 
     /// Starts redis-server on a free port with extra arguments, e.g. `--requirepass`.
     pub fn start_with(extra: &[&str]) -> Self {
+        let dir = TempDir::new("jobd-redis");
         for _ in 0..10 {
             let port = free_port();
-            if let Some(child) = spawn_redis(port, extra) {
+            if let Some(child) = spawn_redis(port, &dir, extra) {
                 return Self {
                     child,
                     port,
                     extra: extra.iter().map(|s| s.to_string()).collect(),
+                    dir,
                 };
             }
         }
@@ -59,7 +64,7 @@ impl RedisServer {
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
         self.child = (0..50)
             .find_map(|_| {
-                spawn_redis(self.port, &extra).or_else(|| {
+                spawn_redis(self.port, &self.dir, &extra).or_else(|| {
                     std::thread::sleep(Duration::from_millis(100));
                     None
                 })
@@ -177,9 +182,11 @@ impl Drop for TempDir {
 }
 
 /// Starts redis-server on `port`; `None` when it exits first (the port was taken).
-fn spawn_redis(port: u16, extra: &[&str]) -> Option<Child> {
+fn spawn_redis(port: u16, dir: &TempDir, extra: &[&str]) -> Option<Child> {
     let mut child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .arg("--dir")
+        .arg(dir.path())
         .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
         .args(extra)
         .stdout(Stdio::null())
