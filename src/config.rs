@@ -62,8 +62,10 @@ pub enum LogFormat {
 
 #[derive(Clone, Args)]
 pub struct RedisConfig {
-    /// Redis to keep all state in: redis://[:password@]host:port[/db], or rediss://… for TLS.
-    /// The password is never logged.
+    /// Redis to keep all state in: redis://[:password@]host:port[/db], or rediss://… for TLS;
+    /// redis[s]-sentinel://…?sentinelServiceName=<name> behind Sentinel;
+    /// redis[s]-cluster://host:port[?node=host:port…] for Redis Cluster. The password is never
+    /// logged.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
 
@@ -125,12 +127,18 @@ impl Config {
             .filter(|url| {
                 matches!(
                     url.scheme(),
-                    "redis" | "rediss" | "redis-sentinel" | "rediss-sentinel"
+                    "redis"
+                        | "rediss"
+                        | "redis-sentinel"
+                        | "rediss-sentinel"
+                        | "redis-cluster"
+                        | "rediss-cluster"
                 )
             })
             .ok_or(
-                "invalid REDIS_URL: expected redis[s]://[:password@]host:port[/db], or \
-                 redis[s]-sentinel://[:password@]host:port[/db]?sentinelServiceName=<name>",
+                "invalid REDIS_URL: expected redis[s]://[:password@]host:port[/db], \
+                 redis[s]-sentinel://[:password@]host:port[/db]?sentinelServiceName=<name>, or \
+                 redis[s]-cluster://[:password@]host:port[?node=host:port…]",
             )?;
         if self.redis.redis_tls_ca_file.is_some() && !url.scheme().starts_with("rediss") {
             return Err("JOBD_REDIS_TLS_CA_FILE is set, but REDIS_URL is not rediss://".into());

@@ -17,7 +17,7 @@ use std::{
 use bytes::Bytes;
 use fred::{
     clients::SubscriberClient,
-    interfaces::{ClientInterface, ClientLike, EventInterface, PubsubInterface},
+    interfaces::{ClientLike, EventInterface, PubsubInterface},
     types::Message,
 };
 use tokio::sync::{Notify, broadcast::error::RecvError, watch};
@@ -27,7 +27,7 @@ pub use waiters::{JobWatch, QueueWaiter, Wake, Wakeup};
 
 use crate::{
     domain::{JobId, QueueName},
-    store::{AnnouncedEvent, parse_announced},
+    store::{AnnouncedEvent, name_connections, parse_announced},
     sync::lock,
     telemetry::Metrics,
 };
@@ -190,11 +190,7 @@ impl Dispatcher {
         loop {
             // SETNAME is refused on a connection already in subscribed mode (a spurious
             // wake-up): that connection already has its name.
-            if let Err(error) = self
-                .subscriber
-                .client_setname(self.client_name.clone())
-                .await
-            {
+            if let Err(error) = name_connections(&self.subscriber, &self.client_name).await {
                 tracing::debug!(%error, "could not name the subscriber connection");
             }
             let channels = vec![self.channels.jobs.clone(), self.channels.queues.clone()];

@@ -5,13 +5,16 @@
 use std::{path::Path, sync::Arc, time::Duration};
 
 use fred::{
+    clients::WithOptions,
     clients::{Client, Pool, SubscriberClient},
     error::ErrorKind,
-    interfaces::{ClientInterface, ClientLike, ConfigInterface, EventInterface},
+    interfaces::{ClientInterface, ClientLike, ClusterInterface, ConfigInterface, EventInterface},
     prelude::ReconnectPolicy,
     types::{
         Builder, Version,
-        config::{Config as FredConfig, Options, TcpConfig, TlsConnector, UnresponsiveConfig},
+        config::{
+            Config as FredConfig, Options, Server, TcpConfig, TlsConnector, UnresponsiveConfig,
+        },
     },
 };
 use rustls::pki_types::{CertificateDer, pem::PemObject};
@@ -47,7 +50,8 @@ pub fn supported(version: &Version) -> bool {
     *version >= MIN_REDIS_VERSION
 }
 
-/// The Redis clients of one jobd process: `pool size + 1` connections in all.
+/// The Redis clients of one jobd process: `pool size + 1` clients, each holding one
+/// connection, or one per primary on Redis Cluster.
 #[derive(Clone)]
 pub struct RedisClients {
     pub pool: Pool,
@@ -144,17 +148,27 @@ impl RedisClients {
         tokio::time::timeout(timeout, all).await.is_ok()
     }
 
-    /// Whether Redis answers: every pool connection answers PING within `timeout`, and the
-    /// subscriber is connected. A frozen Redis keeps its sockets open, so a PING is the only
-    /// way to tell.
+    /// Whether Redis answers: every pool connection (on Redis Cluster, the connection to
+    /// every primary) answers PING within `timeout`, and the subscriber is connected. A
+    /// frozen Redis keeps its sockets open, so a PING is the only way to tell.
     pub async fn healthy(&self, timeout: Duration) -> bool {
         if !self.subscriber.is_connected() {
             return false;
         }
         let options = probe_options(timeout);
         let pings = self.pool.clients().iter().map(|client| {
-            let client = client.with_options(&options);
-            async move { client.is_connected() && client.ping::<String>(None).await.is_ok() }
+            let connections = per_connection(client, &options);
+            async move {
+                let pings = connections
+                    .iter()
+                    .map(|connection| connection.ping::<String>(None));
+                client.is_connected()
+                    && !connections.is_empty()
+                    && futures::future::join_all(pings)
+                        .await
+                        .iter()
+                        .all(Result::is_ok)
+            }
         });
         futures::future::join_all(pings)
             .await
@@ -249,6 +263,45 @@ fn trusting(path: &Path) -> Result<rustls::ClientConfig, fred::error::Error> {
         .with_no_client_auth())
 }
 
+/// `client` once per connection it holds, each copy sending its commands with `options`
+/// over that connection only: on Redis Cluster one per primary (fred sends a command without
+/// a key to whichever node it likes), elsewhere the client's one connection. Empty while a
+/// cluster client knows no primary yet.
+fn per_connection<C>(client: &C, options: &Options) -> Vec<WithOptions<C>>
+where
+    C: ClientLike + ClusterInterface,
+{
+    if !client.is_clustered() {
+        return vec![client.with_options(options)];
+    }
+    let primaries: Vec<Server> = client
+        .cached_cluster_state()
+        .map(|state| state.unique_primary_nodes())
+        .unwrap_or_default();
+    primaries
+        .into_iter()
+        .map(|server| {
+            client.with_options(&Options {
+                cluster_node: Some(server),
+                ..options.clone()
+            })
+        })
+        .collect()
+}
+
+/// Names every connection of `client` `name` (CLIENT SETNAME), so that each shows in CLIENT
+/// LIST as jobd's; the first error, if any, once all were tried.
+pub async fn name_connections<C>(client: &C, name: &str) -> Result<(), fred::error::Error>
+where
+    C: ClientInterface + ClusterInterface,
+{
+    let connections = per_connection(client, &Options::default());
+    let names = connections
+        .iter()
+        .map(|connection| connection.client_setname(name.to_owned()));
+    futures::future::join_all(names).await.into_iter().collect()
+}
+
 /// A health probe's command: one attempt, answered within `timeout`.
 fn probe_options(timeout: Duration) -> Options {
     Options {
@@ -276,7 +329,7 @@ async fn keep_named(
                     if std::mem::replace(&mut connected_before, true) {
                         metrics.redis_reconnect("pool");
                     }
-                    if let Err(error) = client.client_setname(name.clone()).await {
+                    if let Err(error) = name_connections(&client, &name).await {
                         tracing::warn!(%error, %name, "could not name a Redis connection");
                     }
                 }

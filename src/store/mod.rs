@@ -29,7 +29,7 @@ use fred::{
 };
 
 pub use codec::{AnnouncedEvent, decode_announced, parse_announced};
-pub use connection::{Eviction, MIN_REDIS_VERSION, RedisClients, supported};
+pub use connection::{Eviction, MIN_REDIS_VERSION, RedisClients, name_connections, supported};
 pub use handoff::Parked;
 pub use jobs::{EventPage, ListCursor, QueueStats, Submitted};
 pub use keys::Keys;

@@ -2,53 +2,11 @@
 //! (jobd.v1.JobService, jobd.v1.WorkerService) follows Redis within 2 s, and stays off while
 //! Redis may evict any key.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
 
 use crate::support::*;
-
-const READINESS: [&str; 2] = ["jobd.v1.JobService", "jobd.v1.WorkerService"];
-
-async fn status(
-    health: &mut HealthClient<tonic::transport::Channel>,
-    service: &str,
-) -> ServingStatus {
-    health
-        .check(HealthCheckRequest {
-            service: service.to_owned(),
-        })
-        .await
-        .expect("the health service answers")
-        .into_inner()
-        .status()
-}
-
-/// Waits until every readiness service reports `wanted`; returns how long that took.
-async fn readiness_becomes(
-    server: &TestServer,
-    wanted: ServingStatus,
-    within: Duration,
-) -> Duration {
-    let mut health = HealthClient::new(server.channel().await);
-    let started = Instant::now();
-    loop {
-        let mut all = true;
-        for service in READINESS {
-            all &= status(&mut health, service).await == wanted;
-        }
-        if all {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < within,
-            "readiness not {wanted:?} within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_a_frozen_redis_and_liveness_does_not() {

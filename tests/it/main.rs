@@ -2,6 +2,7 @@
 
 mod binary;
 mod cancel;
+mod cluster;
 mod connections;
 mod errors;
 mod grpcurl;

@@ -19,6 +19,9 @@ use jobd::{
 };
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 /// A redis-server owned by one test; killed when dropped.
 pub struct RedisServer {
@@ -381,6 +384,49 @@ macro_rules! lua_script {
     };
 }
 pub(crate) use lua_script;
+
+// ---- health ----
+
+/// The services whose status is readiness.
+pub const READINESS: [&str; 2] = ["jobd.v1.JobService", "jobd.v1.WorkerService"];
+
+pub async fn status(
+    health: &mut HealthClient<tonic::transport::Channel>,
+    service: &str,
+) -> ServingStatus {
+    health
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .expect("the health service answers")
+        .into_inner()
+        .status()
+}
+
+/// Waits until every readiness service reports `wanted`; returns how long that took.
+pub async fn readiness_becomes(
+    server: &TestServer,
+    wanted: ServingStatus,
+    within: Duration,
+) -> Duration {
+    let mut health = HealthClient::new(server.channel().await);
+    let started = Instant::now();
+    loop {
+        let mut all = true;
+        for service in READINESS {
+            all &= status(&mut health, service).await == wanted;
+        }
+        if all {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "readiness not {wanted:?} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
 
 // ---- request helpers ----
 
