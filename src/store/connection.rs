@@ -41,6 +41,18 @@ pub enum Eviction {
     Unknown(String),
 }
 
+impl Eviction {
+    /// How much of what jobd keeps the policy puts at risk, for picking the worst of several.
+    fn risk(&self) -> u8 {
+        match self {
+            Eviction::Never => 0,
+            Eviction::KeysWithExpiry(_) => 1,
+            Eviction::Unknown(_) => 2,
+            Eviction::AnyKey(_) => 3,
+        }
+    }
+}
+
 /// The oldest Redis jobd runs on: its scripts declare their flags in a shebang (Redis 7.0).
 /// Valkey reports the Redis version it is compatible with, so it passes as well.
 pub const MIN_REDIS_VERSION: Version = Version::new(7, 0, 0);
@@ -177,33 +189,16 @@ impl RedisClients {
     }
 
     /// What Redis may evict when it runs out of memory (CONFIG GET maxmemory*), asked once
-    /// within `timeout`; `None` when Redis did not answer.
+    /// within `timeout`; `None` when Redis did not answer. On Redis Cluster every primary is
+    /// asked, each having settings of its own, and the answer is the worst of theirs.
     pub async fn eviction(&self, timeout: Duration) -> Option<Eviction> {
-        let client = self.pool.next().with_options(&probe_options(timeout));
-        let settings: Vec<String> = match client.config_get("maxmemory*").await {
-            Ok(settings) => settings,
-            Err(error) => {
-                return match error.kind() {
-                    ErrorKind::Timeout | ErrorKind::IO | ErrorKind::Canceled => None,
-                    // An answer, but no settings: CONFIG renamed away or not permitted.
-                    _ => Some(Eviction::Unknown(error.details().to_owned())),
-                };
-            }
-        };
-        let setting = |name: &str| {
-            settings
-                .chunks_exact(2)
-                .find(|pair| pair[0] == name)
-                .map(|pair| pair[1].as_str())
-        };
-        let policy = setting("maxmemory-policy").unwrap_or("noeviction");
-        Some(match setting("maxmemory") {
-            // Without a memory limit Redis evicts nothing, whatever the policy.
-            Some("0") | None => Eviction::Never,
-            _ if policy == "noeviction" => Eviction::Never,
-            _ if policy.starts_with("volatile-") => Eviction::KeysWithExpiry(policy.to_owned()),
-            _ => Eviction::AnyKey(policy.to_owned()),
-        })
+        let connections = per_connection(self.pool.next(), &probe_options(timeout));
+        let answers = futures::future::join_all(connections.iter().map(eviction_of)).await;
+        answers
+            .into_iter()
+            .collect::<Option<Vec<_>>>()?
+            .into_iter()
+            .max_by_key(Eviction::risk)
     }
 
     /// The Redis server's version, as fred read it (INFO server) when the pool connected.
@@ -300,6 +295,34 @@ where
         .iter()
         .map(|connection| connection.client_setname(name.to_owned()));
     futures::future::join_all(names).await.into_iter().collect()
+}
+
+/// What the Redis behind `connection` may evict (see `RedisClients::eviction`).
+async fn eviction_of(connection: &WithOptions<Client>) -> Option<Eviction> {
+    let settings: Vec<String> = match connection.config_get("maxmemory*").await {
+        Ok(settings) => settings,
+        Err(error) => {
+            return match error.kind() {
+                ErrorKind::Timeout | ErrorKind::IO | ErrorKind::Canceled => None,
+                // An answer, but no settings: CONFIG renamed away or not permitted.
+                _ => Some(Eviction::Unknown(error.details().to_owned())),
+            };
+        }
+    };
+    let setting = |name: &str| {
+        settings
+            .chunks_exact(2)
+            .find(|pair| pair[0] == name)
+            .map(|pair| pair[1].as_str())
+    };
+    let policy = setting("maxmemory-policy").unwrap_or("noeviction");
+    Some(match setting("maxmemory") {
+        // Without a memory limit Redis evicts nothing, whatever the policy.
+        Some("0") | None => Eviction::Never,
+        _ if policy == "noeviction" => Eviction::Never,
+        _ if policy.starts_with("volatile-") => Eviction::KeysWithExpiry(policy.to_owned()),
+        _ => Eviction::AnyKey(policy.to_owned()),
+    })
 }
 
 /// A health probe's command: one attempt, answered within `timeout`.

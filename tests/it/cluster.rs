@@ -239,7 +239,7 @@ async fn queues_on_every_primary_of_a_cluster_run_their_jobs_through_one_jobd() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readiness_turns_off_when_any_primary_stops_answering() {
+async fn readiness_turns_off_when_any_primary_stops_answering_or_may_evict_jobs() {
     // Nodes slow to suspect each other, so that a stall leaves the cluster itself ok.
     let cluster = RedisCluster::start(3, 0, "10000");
     // One pool client: fred sends a command without a key, such as PING, to one node of its
@@ -260,6 +260,20 @@ async fn readiness_turns_off_when_any_primary_stops_answering() {
         .await;
         stall.join().unwrap();
         readiness_becomes(&server, ServingStatus::Serving, Duration::from_secs(5)).await;
+    }
+    // Each primary has settings of its own: one that may evict any key turns readiness off.
+    for node in &cluster.nodes {
+        node.cli(&[
+            "CONFIG",
+            "SET",
+            "maxmemory",
+            "1gb",
+            "maxmemory-policy",
+            "allkeys-lru",
+        ]);
+        readiness_becomes(&server, ServingStatus::NotServing, Duration::from_secs(2)).await;
+        node.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+        readiness_becomes(&server, ServingStatus::Serving, Duration::from_secs(2)).await;
     }
 }
 
