@@ -27,7 +27,7 @@ pub use waiters::{JobWatch, QueueWaiter, Wake, Wakeup};
 
 use crate::{
     domain::{JobId, QueueName},
-    store::{AnnouncedEvent, name_connections, parse_announced},
+    store::{AnnouncedEvent, Reconnections, name_connections, parse_announced},
     sync::lock,
     telemetry::Metrics,
 };
@@ -157,15 +157,14 @@ impl Dispatcher {
         mut reconnects: tokio::sync::broadcast::Receiver<fred::types::config::Server>,
         shutdown: CancellationToken,
     ) {
-        // fred reports the first connection as a reconnection too.
-        let mut connected_before = false;
+        let mut reconnections = Reconnections::default();
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return,
                 event = reconnects.recv() => match event {
                     Ok(_) | Err(RecvError::Lagged(_)) => {
-                        if std::mem::replace(&mut connected_before, true) {
+                        if reconnections.counts(&self.subscriber) {
                             self.metrics.redis_reconnect("subscriber");
                         }
                         self.subscribe(&shutdown).await;

@@ -284,6 +284,32 @@ where
         .collect()
 }
 
+/// Tells a client's reconnections from its first connections. fred reports both alike, once
+/// per connection made, and on Redis Cluster its first connect makes one per primary.
+#[derive(Debug, Default)]
+pub struct Reconnections {
+    /// First connections not yet reported; unknown until the first report.
+    first_left: Option<usize>,
+}
+
+impl Reconnections {
+    /// Whether the connection `client` just reported is a reconnection.
+    pub fn counts<C: ClientLike + ClusterInterface>(&mut self, client: &C) -> bool {
+        // At the first report fred has read the cluster's layout already.
+        self.is_reconnection(|| per_connection(client, &Options::default()).len())
+    }
+
+    /// The same, with `connections` how many the client holds when connected.
+    fn is_reconnection(&mut self, connections: impl FnOnce() -> usize) -> bool {
+        let left = self.first_left.get_or_insert_with(|| connections().max(1));
+        if *left == 0 {
+            return true;
+        }
+        *left -= 1;
+        false
+    }
+}
+
 /// Names every connection of `client` `name` (CLIENT SETNAME), so that each shows in CLIENT
 /// LIST as jobd's; the first error, if any, once all were tried.
 pub async fn name_connections<C>(client: &C, name: &str) -> Result<(), fred::error::Error>
@@ -334,8 +360,8 @@ fn probe_options(timeout: Duration) -> Options {
     }
 }
 
-/// Names the client's connection on every (re)connect. fred reports the first connection
-/// as a reconnection too, so this also names it the first time.
+/// Names the client's connections on every (re)connect. fred reports the first connections
+/// as reconnections too, so this also names them the first time.
 async fn keep_named(
     client: Client,
     mut reconnects: broadcast::Receiver<fred::types::config::Server>,
@@ -343,13 +369,13 @@ async fn keep_named(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
-    let mut connected_before = false;
+    let mut reconnections = Reconnections::default();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             event = reconnects.recv() => match event {
                 Ok(_) | Err(RecvError::Lagged(_)) => {
-                    if std::mem::replace(&mut connected_before, true) {
+                    if reconnections.counts(&client) {
                         metrics.redis_reconnect("pool");
                     }
                     if let Err(error) = name_connections(&client, &name).await {
@@ -365,6 +391,24 @@ async fn keep_named(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_reports_beyond_the_first_connections_are_reconnections() {
+        let mut single = Reconnections::default();
+        let reports: Vec<bool> = (0..3).map(|_| single.is_reconnection(|| 1)).collect();
+        assert_eq!(reports, [false, true, true]);
+        // Three primaries: three first connections, read once.
+        let mut cluster = Reconnections::default();
+        let mut primaries = vec![3];
+        let reports: Vec<bool> = (0..5)
+            .map(|_| cluster.is_reconnection(|| primaries.pop().unwrap()))
+            .collect();
+        assert_eq!(reports, [false, false, false, true, true]);
+        // A cluster whose layout is not known yet still has a first connection.
+        let mut unknown = Reconnections::default();
+        assert!(!unknown.is_reconnection(|| 0));
+        assert!(unknown.is_reconnection(|| 0));
+    }
 
     #[test]
     fn redis_7_and_later_are_supported() {

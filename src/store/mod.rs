@@ -29,7 +29,9 @@ use fred::{
 };
 
 pub use codec::{AnnouncedEvent, decode_announced, parse_announced};
-pub use connection::{Eviction, MIN_REDIS_VERSION, RedisClients, name_connections, supported};
+pub use connection::{
+    Eviction, MIN_REDIS_VERSION, Reconnections, RedisClients, name_connections, supported,
+};
 pub use handoff::Parked;
 pub use jobs::{EventPage, ListCursor, QueueStats, Submitted};
 pub use keys::Keys;
