@@ -2,7 +2,7 @@
 //! every connection it holds on every node, and follows a primary's failover.
 
 use std::{
-    process::Command,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -12,19 +12,35 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use crate::support::*;
 
 /// A Redis Cluster of servers started here, joined with `redis-cli --cluster create`.
-struct RedisCluster {
-    nodes: Vec<RedisServer>,
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
     /// `primaries` primaries sharing the 16,384 slots, each with `replicas` replicas that
     /// take over when it has been unreachable for `node_timeout` milliseconds.
-    fn start(primaries: usize, replicas: usize, node_timeout: &str) -> Self {
+    pub fn start(primaries: usize, replicas: usize, node_timeout: &str) -> Self {
+        Self::start_with(primaries, replicas, node_timeout, Vec::new)
+    }
+
+    /// The same, each node also given the arguments `node_args` makes for it.
+    pub fn start_with(
+        primaries: usize,
+        replicas: usize,
+        node_timeout: &str,
+        node_args: impl Fn() -> Vec<String>,
+    ) -> Self {
         let nodes: Vec<RedisServer> = (0..primaries * (1 + replicas))
             .map(|_| {
-                RedisServer::start_with(&[
+                let extra = node_args();
+                // The bus port is the client port + 10,000 unless given, which a TLS node's
+                // peers do not learn; so it is always given.
+                let bus_port = free_port().to_string();
+                let mut args = vec![
                     "--cluster-enabled",
                     "yes",
+                    "--cluster-port",
+                    &bus_port,
                     // Relative to the server's own directory.
                     "--cluster-config-file",
                     "nodes.conf",
@@ -32,10 +48,14 @@ impl RedisCluster {
                     node_timeout,
                     "--enable-debug-command",
                     "local",
-                ])
+                ];
+                args.extend(extra.iter().map(String::as_str));
+                RedisServer::start_with(&args)
             })
             .collect();
-        let output = Command::new("redis-cli")
+        // redis-cli waits for the nodes to meet without end (nodes whose bus fails never
+        // do), so it gets a deadline.
+        let mut create = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(
                 nodes
@@ -43,13 +63,21 @@ impl RedisCluster {
                     .map(|node| format!("127.0.0.1:{}", node.port())),
             )
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
-            .output()
+            .stdout(Stdio::null())
+            .spawn()
             .expect("redis-cli runs");
-        assert!(
-            output.status.success(),
-            "redis-cli --cluster create: {}",
-            String::from_utf8_lossy(&output.stdout)
-        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = create.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = create.kill();
+                panic!("redis-cli --cluster create did not finish in 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "redis-cli --cluster create: {status}");
         let cluster = Self { nodes };
         cluster.wait_for("every node to see the cluster ok", |cluster| {
             cluster

@@ -1,14 +1,15 @@
 //! TLS to Redis: a rediss:// URL and the CA file that signed Redis's certificate run jobs end
-//! to end over TLS; a certificate jobd does not trust gets no connection, and calls fail with
-//! UNAVAILABLE.
+//! to end over TLS, on one server or on every primary of a cluster (rediss-cluster://); a
+//! certificate jobd does not trust gets no connection, and calls fail with UNAVAILABLE.
 
 use std::{path::Path, process::Command, time::Duration};
 
 use jobd::{App, Config};
 
-use crate::support::*;
+use crate::{cluster::RedisCluster, support::*};
 
-/// A CA and a certificate it signed for 127.0.0.1, made with the openssl command.
+/// A CA and a certificate it signed for 127.0.0.1, made with the openssl command; a client
+/// certificate too, as cluster nodes present it to each other over their TLS bus.
 struct Certificates {
     dir: TempDir,
 }
@@ -19,7 +20,7 @@ impl Certificates {
         let dir = temp.path();
         std::fs::write(
             dir.join("ext"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
         )
         .unwrap();
         let ec = [
@@ -78,25 +79,24 @@ impl Certificates {
 
     /// A redis-server with its usual plain port (for the test's own redis-cli) and a TLS port.
     fn redis(&self) -> (RedisServer, u16) {
-        let tls_port = free_port().to_string();
-        let (cert, key, ca) = (
-            self.path("redis.crt"),
-            self.path("redis.key"),
-            self.path("ca.crt"),
-        );
-        let redis = RedisServer::start_with(&[
-            "--tls-port",
-            &tls_port,
-            "--tls-cert-file",
-            &cert,
-            "--tls-key-file",
-            &key,
-            "--tls-ca-cert-file",
-            &ca,
-            "--tls-auth-clients",
-            "no",
-        ]);
-        (redis, tls_port.parse().unwrap())
+        let tls_port = free_port();
+        let args = self.tls_args(tls_port);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        (RedisServer::start_with(&args), tls_port)
+    }
+
+    /// redis-server arguments for a TLS port with this certificate; clients need none.
+    fn tls_args(&self, tls_port: u16) -> Vec<String> {
+        let mut args = vec!["--tls-port".to_owned(), tls_port.to_string()];
+        for (setting, file) in [
+            ("--tls-cert-file", "redis.crt"),
+            ("--tls-key-file", "redis.key"),
+            ("--tls-ca-cert-file", "ca.crt"),
+        ] {
+            args.extend([setting.to_owned(), self.path(file)]);
+        }
+        args.extend(["--tls-auth-clients".to_owned(), "no".to_owned()]);
+        args
     }
 }
 
@@ -141,6 +141,63 @@ async fn a_rediss_url_and_its_ca_file_run_jobs_over_tls() {
     assert_eq!(ours.len(), 2 + 1, "{ours:#?}");
     let laddr = format!("laddr=127.0.0.1:{tls_port} ");
     assert!(ours.iter().all(|line| line.contains(&laddr)), "{ours:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rediss_cluster_url_runs_jobs_over_tls_on_every_primary() {
+    let certificates = Certificates::make();
+    // The cluster's own bus is over TLS too, so it gives TLS clients its nodes' TLS ports.
+    let cluster = RedisCluster::start_with(3, 0, "1000", || {
+        let mut args = certificates.tls_args(free_port());
+        args.extend(["--tls-cluster".to_owned(), "yes".to_owned()]);
+        args
+    });
+    let tls_ports: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|node| {
+            node.cli(&["CONFIG", "GET", "tls-port"])
+                .lines()
+                .last()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let url = format!(
+        "rediss-cluster://127.0.0.1:{}?node=127.0.0.1:{}",
+        tls_ports[0], tls_ports[1]
+    );
+    let settings = Settings {
+        extra: vec![format!(
+            "--redis-tls-ca-file={}",
+            certificates.path("ca.crt")
+        )],
+        ..Settings::default()
+    };
+    let server = TestServer::start_with(&url, settings).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+
+    // Queues whose keys hash to all three primaries (see cluster.rs).
+    for queue in (0..6).map(|i| format!("cluster-{i}")) {
+        let job = submit(&mut jobs, &queue, b"over tls").await;
+        let claimed = claim(&mut workers, &queue).await;
+        assert_eq!(claimed.job.as_ref().unwrap().id, job.id);
+        complete(&mut workers, &claimed, b"done").await.unwrap();
+        let (events, end) = watch_to_end(&mut jobs, &job.id, 0).await;
+        end.unwrap();
+        assert_eq!(events.len(), 3);
+    }
+
+    // On every node, each of jobd's connections is on its TLS port.
+    for (node, tls_port) in cluster.nodes.iter().zip(&tls_ports) {
+        let ours = node.clients_named(&server.client_name_prefix());
+        assert_eq!(ours.len(), 2 + 1, "{ours:#?}");
+        let laddr = format!("laddr=127.0.0.1:{tls_port} ");
+        assert!(ours.iter().all(|line| line.contains(&laddr)), "{ours:#?}");
+        let keys: u64 = node.cli(&["DBSIZE"]).parse().unwrap();
+        assert!(keys > 0, "node {} holds jobs", node.port());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
