@@ -5,8 +5,7 @@
 use std::{path::Path, sync::Arc, time::Duration};
 
 use fred::{
-    clients::WithOptions,
-    clients::{Client, Pool, SubscriberClient},
+    clients::{Client, Pool, SubscriberClient, WithOptions},
     error::ErrorKind,
     interfaces::{ClientInterface, ClientLike, ClusterInterface, ConfigInterface, EventInterface},
     prelude::ReconnectPolicy,

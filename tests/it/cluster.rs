@@ -79,7 +79,7 @@ impl RedisCluster {
         };
         assert!(status.success(), "redis-cli --cluster create: {status}");
         let cluster = Self { nodes };
-        cluster.wait_for("every node to see the cluster ok", |cluster| {
+        wait_for("every node to see the cluster ok", || {
             cluster
                 .nodes
                 .iter()
@@ -116,14 +116,6 @@ impl RedisCluster {
             .filter(|line| !line.contains("cmd=client|list"))
             .map(str::to_owned)
             .collect()
-    }
-
-    fn wait_for(&self, what: &str, done: impl Fn(&Self) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !done(self) {
-            assert!(Instant::now() < deadline, "waited too long for {what}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
     }
 }
 
@@ -260,7 +252,7 @@ async fn queues_on_every_primary_of_a_cluster_run_their_jobs_through_one_jobd() 
 
     server.stop().await.unwrap();
     for node in &cluster.nodes {
-        cluster.wait_for("jobd's connections to close", |cluster| {
+        wait_for("jobd's connections to close", || {
             cluster.clients(node).is_empty()
         });
     }
@@ -333,7 +325,7 @@ async fn a_cluster_primary_failing_over_loses_no_job_or_watcher() {
                     .contains(&format!("master_port:{owner_port}"))
         })
         .expect("the primary has a replica");
-    cluster.wait_for("the replica to catch up", |_| {
+    wait_for("the replica to catch up", || {
         replication(owner, "master_repl_offset") == replication(replica, "master_repl_offset")
     });
     let replica_port = replica.port();
@@ -341,7 +333,7 @@ async fn a_cluster_primary_failing_over_loses_no_job_or_watcher() {
     // With a slot's primary gone the cluster serves none (cluster-require-full-coverage), so
     // readiness turns off until the replica has taken over.
     readiness_becomes(&server, ServingStatus::NotServing, Duration::from_secs(5)).await;
-    cluster.wait_for("the replica to be promoted", |cluster| {
+    wait_for("the replica to be promoted", || {
         let replica = cluster
             .nodes
             .iter()
@@ -384,13 +376,4 @@ async fn a_cluster_primary_failing_over_loses_no_job_or_watcher() {
     let (events, end) = watch_to_end(&mut jobs, &next.id, 0).await;
     end.unwrap();
     assert_eq!(events.last().unwrap().r#type(), EventType::Completed);
-}
-
-fn replication(node: &RedisServer, field: &str) -> String {
-    node.cli(&["INFO", "replication"])
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("{field}:")))
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
 }

@@ -73,23 +73,6 @@ impl Drop for Sentinel {
     }
 }
 
-fn wait_for(what: &str, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !done() {
-        assert!(Instant::now() < deadline, "waited too long for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn replication(redis: &RedisServer, field: &str) -> String {
-    let info = redis.cli(&["INFO", "replication"]);
-    info.lines()
-        .find_map(|line| line.strip_prefix(&format!("{field}:")))
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobd_follows_a_sentinel_failover_with_its_jobs_and_watchers() {
     let mut primary = RedisServer::start();

@@ -153,6 +153,25 @@ impl Drop for RedisServer {
     }
 }
 
+/// A field of the server's INFO replication, e.g. `master_repl_offset`.
+pub fn replication(redis: &RedisServer, field: &str) -> String {
+    let info = redis.cli(&["INFO", "replication"]);
+    info.lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// Waits, blocking the thread, until `done`; fails the test after 20 s.
+pub fn wait_for(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "waited too long for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Runs redis-cli against the server (or sentinel) on `port`; its output, trimmed.
 pub fn redis_cli(port: u16, args: &[&str]) -> String {
     let output = Command::new("redis-cli")
