@@ -349,17 +349,7 @@ async fn a_cluster_primary_failing_over_loses_no_job_or_watcher() {
 
     // The job claimed before completes on the new primary; callers may see UNAVAILABLE while
     // jobd finds it, and retry, as any caller of a service does.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match complete(&mut workers, &claimed, b"after").await {
-            Ok(()) => break,
-            Err(status) if status.code() == tonic::Code::Unavailable => {
-                assert!(Instant::now() < deadline, "still unavailable: {status:?}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(status) => panic!("completion refused: {status:?}"),
-        }
-    }
+    complete_across_failover(&mut workers, &claimed, b"after").await;
     let (events, end) = watcher.await.unwrap();
     end.expect("the watch from before the failover ends with OK");
     assert_eq!(

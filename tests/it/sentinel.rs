@@ -2,10 +2,7 @@
 //! primary dies, follows Sentinel's failover to the replica, with its jobs, its watchers and
 //! its connection count intact.
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::process::{Child, Command, Stdio};
 
 use crate::support::*;
 
@@ -117,17 +114,7 @@ async fn jobd_follows_a_sentinel_failover_with_its_jobs_and_watchers() {
 
     // The job claimed before completes on the new primary; callers may see UNAVAILABLE
     // while jobd reconnects, and retry, as any caller of a service does.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        match complete(&mut workers, &claimed, b"after").await {
-            Ok(()) => break,
-            Err(status) if status.code() == tonic::Code::Unavailable => {
-                assert!(Instant::now() < deadline, "still unavailable: {status:?}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(status) => panic!("completion refused: {status:?}"),
-        }
-    }
+    complete_across_failover(&mut workers, &claimed, b"after").await;
     let (events, end) = watcher.await.unwrap();
     end.expect("the watch from before the failover ends with OK");
     assert_eq!(events.len(), 3, "{events:?}");

@@ -538,6 +538,26 @@ pub async fn complete(
         .map(|_| ())
 }
 
+/// Completes `claimed` while Redis fails over: UNAVAILABLE, which callers may see until jobd
+/// reaches the new primary, is retried for up to 20 s; any other refusal fails the test.
+pub async fn complete_across_failover(
+    workers: &mut WorkerServiceClient<Channel>,
+    claimed: &proto::ClaimJobResponse,
+    result: &[u8],
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match complete(workers, claimed, result).await {
+            Ok(()) => return,
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                assert!(Instant::now() < deadline, "still unavailable: {status:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("completion refused: {status:?}"),
+        }
+    }
+}
+
 /// Reads a whole WatchJob stream: its events, and how it ended.
 pub async fn watch_to_end(
     jobs: &mut JobServiceClient<Channel>,
