@@ -95,9 +95,11 @@ impl App {
             keys,
             StoreSettings {
                 default_lease: config.jobs.default_lease,
+                max_lease: config.jobs.max_lease,
             },
             metrics.clone(),
             tracker.clone(),
+            shutdown.clone(),
         );
         tracing::info!(
             instance = %instance,

@@ -173,9 +173,20 @@ impl JobStore {
         let store = self.clone();
         self.tasks
             .spawn(async move {
-                let reply: Result<Vec<Value>> =
-                    store.call(script(&store.scripts), keys, args).await;
-                let made = matches!(&reply, Ok(reply) if handed(reply));
+                let client = store.pool.next();
+                let reply: Result<Vec<Value>> = store
+                    .call_on(client, script(&store.scripts), keys, args)
+                    .await;
+                let made = match &reply {
+                    Ok(reply) => handed(reply),
+                    Err(_) => {
+                        // The call may have made the hand-offs all the same (Redis ran it and
+                        // the reply was lost, or it runs late): whatever their tokens lease
+                        // goes back.
+                        store.release_later(client, handing.leases(&created), handing.until());
+                        false
+                    }
+                };
                 store.answer_claims(made, handing, &created);
                 reply.map(|reply| (reply, created))
             })
@@ -207,6 +218,25 @@ impl JobStore {
         for (claim, jobs) in taken.into_iter().zip(given) {
             claim.answer(jobs);
         }
+    }
+}
+
+impl Handing {
+    /// The job and lease token of each hand-off.
+    fn leases(&self, created: &[Job]) -> Vec<(JobId, LeaseToken)> {
+        self.handoffs
+            .iter()
+            .map(|handoff| (created[handoff.job].id.clone(), handoff.token.clone()))
+            .collect()
+    }
+
+    /// When the last of the hand-offs' leases runs out.
+    fn until(&self) -> UnixMillis {
+        self.handoffs
+            .iter()
+            .map(|handoff| handoff.lease_expires_at)
+            .max()
+            .unwrap_or(self.now)
     }
 }
 

@@ -20,10 +20,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio_util::task::TaskTracker;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use fred::{
-    clients::Pool,
+    clients::{Client, Pool},
     error::{Error as RedisError, ErrorKind},
     types::{FromValue, Value},
 };
@@ -102,6 +102,8 @@ type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct StoreSettings {
     /// Lease for a claim when neither the worker nor the job names one.
     pub default_lease: Duration,
+    /// The longest lease a worker or a job may ask for.
+    pub max_lease: Duration,
 }
 
 /// Typed job operations on Redis. A handle: cheap to clone and one pointer wide (every
@@ -129,6 +131,8 @@ pub struct Shared {
     /// Where the store's own tasks are spawned (group-commit calls, submissions with claims to
     /// answer, releases), so that shutdown waits for them before closing Redis.
     tasks: TaskTracker,
+    /// Cancelled when jobd shuts down: a task waiting to try Redis again gives up.
+    shutdown: CancellationToken,
     metrics: Metrics,
 }
 
@@ -147,6 +151,7 @@ impl JobStore {
         settings: StoreSettings,
         metrics: Metrics,
         tasks: TaskTracker,
+        shutdown: CancellationToken,
     ) -> Self {
         Self(Arc::new(Shared {
             pool,
@@ -160,6 +165,7 @@ impl JobStore {
             completions: Batcher::new(tasks.clone()),
             parked: Default::default(),
             tasks,
+            shutdown,
             metrics,
         }))
     }
@@ -170,7 +176,18 @@ impl JobStore {
         keys: Vec<String>,
         args: Vec<Value>,
     ) -> Result<R> {
-        self.timed(script.name(), script.call(self.pool.next(), keys, args))
+        self.call_on(self.pool.next(), script, keys, args).await
+    }
+
+    /// `call` on a given connection of the pool.
+    async fn call_on<R: FromValue>(
+        &self,
+        client: &Client,
+        script: &LuaScript,
+        keys: Vec<String>,
+        args: Vec<Value>,
+    ) -> Result<R> {
+        self.timed(script.name(), script.call(client, keys, args))
             .await
     }
 

@@ -8,13 +8,23 @@
 //! and, with it, the channel its jobs were sent on; an error cuts a claim short. `deliver`, as
 //! the response is built, is the only way out. Past that point a response lost on the wire is
 //! the lease's business, as is a worker that dies with its jobs.
+//!
+//! A claim's script call that fails may still have claimed: Redis ran it and the reply was
+//! lost, or Redis runs it after jobd stopped waiting. Its jobs would be leased under tokens
+//! nobody holds, so the caller releases every token the call carried (see `claim_batch` and
+//! `submit_call`); those the call did not use release nothing.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
-use fred::types::Value;
+use fred::{clients::Client, types::Value};
 
-use super::{JobStore, Result};
+use super::{JobStore, Result, StoreError};
 use crate::domain::{Claimed, JobId, LeaseToken, QueueName, UnixMillis};
+
+/// The first pause before a release tries Redis again; each next one doubles, up to
+/// `RELEASE_RETRY_MAX`.
+const RELEASE_RETRY_FIRST: Duration = Duration::from_millis(100);
+const RELEASE_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Jobs claimed for one caller and not yet given to it. Dropped undelivered, they are put back
 /// in their queues (release.lua) by a task of their own.
@@ -65,25 +75,39 @@ impl ClaimedJobs {
 
 impl Drop for ClaimedJobs {
     fn drop(&mut self) {
-        if self.jobs.is_empty() {
+        let Some(until) = self
+            .jobs
+            .iter()
+            .map(|claimed| claimed.lease_expires_at)
+            .max()
+        else {
             return;
-        }
+        };
         let leases = self
             .jobs
             .drain(..)
             .map(|claimed| (claimed.job.id, claimed.token))
             .collect();
         if let Some(store) = self.store.take() {
-            store.release_later(leases);
+            store.release_later(store.pool.next(), leases, until);
         }
     }
 }
 
 impl JobStore {
     /// Puts back, on a task of their own, the jobs leased with these tokens to a caller that
-    /// will never receive them. Should Redis fail the call, the leases run out as they would
-    /// have.
-    pub(super) fn release_later(&self, leases: Vec<(JobId, LeaseToken)>) {
+    /// will never receive them. While Redis is unavailable it tries again, pausing longer each
+    /// time, until the leases run out (`until`: from then on the sweeper takes the jobs back)
+    /// or jobd shuts down.
+    ///
+    /// `client` is the connection of the call that leased the jobs: Redis runs a connection's
+    /// commands in order, so a release cannot overtake a claim still waiting in Redis.
+    pub(super) fn release_later(
+        &self,
+        client: &Client,
+        leases: Vec<(JobId, LeaseToken)>,
+        until: UnixMillis,
+    ) {
         if tokio::runtime::Handle::try_current().is_err() {
             tracing::warn!(
                 jobs = leases.len(),
@@ -91,45 +115,67 @@ impl JobStore {
             );
             return;
         }
-        let store = self.clone();
+        let (store, client) = (self.clone(), client.clone());
         self.tasks.spawn(async move {
-            if let Err(error) = store.release(leases, UnixMillis::now()).await {
-                tracing::warn!(
-                    error = %error,
-                    "could not put back jobs claimed for a caller that went away; they run again once their lease expires"
-                );
+            let mut pause = RELEASE_RETRY_FIRST;
+            loop {
+                let error = match store.release(&client, &leases, UnixMillis::now()).await {
+                    Ok(_) => return,
+                    Err(error) => error,
+                };
+                let retry = matches!(error, StoreError::Unavailable(_))
+                    && UnixMillis::now().saturating_add(pause) < until;
+                if retry {
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = store.shutdown.cancelled() => {}
+                    }
+                }
+                if !retry || store.shutdown.is_cancelled() {
+                    tracing::warn!(
+                        error = %error,
+                        jobs = leases.len(),
+                        "could not put back jobs claimed for a caller that went away; they run again once their lease expires"
+                    );
+                    return;
+                }
+                pause = (pause * 2).min(RELEASE_RETRY_MAX);
             }
         });
     }
 
     /// Puts back in their queues the jobs still leased with these tokens: QUEUED again, their
     /// claim not counted as an attempt. Returns how many were put back.
-    pub async fn release(&self, leases: Vec<(JobId, LeaseToken)>, now: UnixMillis) -> Result<u64> {
-        let mut by_queue: BTreeMap<QueueName, Vec<(JobId, LeaseToken)>> = BTreeMap::new();
-        for (id, token) in leases {
-            by_queue
-                .entry(id.queue().clone())
-                .or_default()
-                .push((id, token));
+    async fn release(
+        &self,
+        client: &Client,
+        leases: &[(JobId, LeaseToken)],
+        now: UnixMillis,
+    ) -> Result<u64> {
+        let mut by_queue: BTreeMap<&QueueName, Vec<&(JobId, LeaseToken)>> = BTreeMap::new();
+        for lease in leases {
+            by_queue.entry(lease.0.queue()).or_default().push(lease);
         }
         let mut released = 0;
         for (queue, leases) in by_queue {
-            let mut keys = vec![self.keys.ready(&queue), self.keys.running(&queue)];
+            let mut keys = vec![self.keys.ready(queue), self.keys.running(queue)];
             let mut args: Vec<Value> = vec![
                 now.0.to_string().into(),
                 self.keys.job_channel().into(),
                 self.keys.queue_channel().into(),
                 queue.as_str().into(),
             ];
-            for (id, token) in &leases {
+            for (id, token) in leases {
                 keys.push(self.keys.job(id));
                 args.push(id.to_string().into());
                 args.push(token.as_str().into());
             }
-            let count: u64 = self.call(&self.scripts.release, keys, args).await?;
+            let count: u64 = self
+                .call_on(client, &self.scripts.release, keys, args)
+                .await?;
             if count > 0 {
                 tracing::info!(queue = %queue, jobs = count, "put back jobs claimed for a caller that went away");
-                self.metrics.released(&queue, count as usize);
+                self.metrics.released(queue, count as usize);
             }
             released += count;
         }

@@ -3,7 +3,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use bytes::Bytes;
-use fred::{interfaces::SortedSetsInterface, types::Value};
+use fred::{clients::Client, interfaces::SortedSetsInterface, types::Value};
 
 use super::{
     JobStore, Result, StoreError,
@@ -124,13 +124,17 @@ impl JobStore {
                 args.push(want.to_string().into());
                 args.push(Bytes::from(event_head("started", now, Some(op.worker.as_str()))).into());
             }
+            // The lease token each candidate gets should the script claim it.
+            let mut leases = Vec::with_capacity(candidates.len());
             let mut foreign = Vec::new();
             for candidate in candidates {
                 match JobId::parse("candidate", &candidate) {
                     Ok(id) if id.queue() == queue => {
+                        let token = LeaseToken::generate();
                         keys.push(self.keys.job(&id));
                         args.push(candidate.into());
-                        args.push(LeaseToken::generate().as_str().into());
+                        args.push(token.as_str().into());
+                        leases.push((id, token));
                     }
                     _ => foreign.push(candidate),
                 }
@@ -142,54 +146,29 @@ impl JobStore {
                     .timed("clean_queue", self.pool.next().zrem(&ready, foreign))
                     .await?;
             }
-            // The claimed jobs are read right after the script, in the same round trip: the
-            // first candidates, as many as wanted, which are the ones claimed unless another
-            // jobd took some of them (those are read after).
-            let reads = keys[2..].iter().take(wanted).cloned().collect::<Vec<_>>();
-            let (entries, jobs) = self
-                .timed(
-                    self.scripts.claim.name(),
-                    self.scripts.claim.call_then_read(
-                        self.pool.next(),
-                        keys,
-                        args,
-                        &reads,
-                        &JOB_FIELDS,
-                    ),
-                )
-                .await?;
-            let entries: Vec<Value> = entries
-                .convert()
-                .map_err(|_| StoreError::corrupt("claim reply shape"))?;
-            if entries.is_empty() {
+            let client = self.pool.next();
+            let round = match self
+                .claim_round(client, keys, args, wanted, batch.len())
+                .await
+            {
+                Ok(round) => round,
+                Err(error) => {
+                    // The call may have claimed jobs all the same (Redis ran it and the reply
+                    // was lost, or it runs late): whatever these tokens lease goes back.
+                    let until = now.saturating_add(self.settings.max_lease);
+                    self.release_later(client, leases, until);
+                    return Err(error);
+                }
+            };
+            if round.is_empty() {
                 // Every candidate was taken by another jobd between the read and the script:
                 // look again.
                 lost_rounds += 1;
                 continue;
             }
-            let mut jobs: HashMap<String, Value> = reads.into_iter().zip(jobs).collect();
-            let entries = entries
-                .into_iter()
-                .map(|entry| decode_claimed(entry, batch.len(), &mut jobs, self))
-                .collect::<Result<Vec<_>>>()?;
-            let mut entries = entries.into_iter();
-            while let Some((claimer, id, fields, token, expires)) = entries.next() {
-                let job = match self.read_claimed(&id, fields).await {
-                    Ok(job) => job,
-                    Err(error) => {
-                        // Claimed but not read, this job and the rest go back; those read
-                        // already go back with `claimed`.
-                        let rest = entries.map(|(_, id, _, token, _)| (id, token));
-                        self.release_later(std::iter::once((id, token)).chain(rest).collect());
-                        return Err(error);
-                    }
-                };
+            for (claimer, claimed_job) in round {
                 wants[claimer] = wants[claimer].saturating_sub(1);
-                claimed[claimer].push(Claimed {
-                    job,
-                    token,
-                    lease_expires_at: expires,
-                });
+                claimed[claimer].push(claimed_job);
             }
             if drained {
                 break;
@@ -198,6 +177,48 @@ impl JobStore {
         }
         // Nothing (more) ready, or lost every round: a waiting claim that got nothing waits.
         Ok(claimed)
+    }
+
+    /// One script call of a claim batch: the jobs claimed, each with the index of its claim in
+    /// the batch. On an error the call may have claimed jobs all the same; the caller puts
+    /// them back.
+    async fn claim_round(
+        &self,
+        client: &Client,
+        keys: Vec<String>,
+        args: Vec<Value>,
+        wanted: usize,
+        claimers: usize,
+    ) -> Result<Vec<(usize, Claimed)>> {
+        // The claimed jobs are read right after the script, in the same round trip: the first
+        // candidates, as many as wanted, which are the ones claimed unless another jobd took
+        // some of them (those are read after).
+        let reads = keys[2..].iter().take(wanted).cloned().collect::<Vec<_>>();
+        let (entries, jobs) = self
+            .timed(
+                self.scripts.claim.name(),
+                self.scripts
+                    .claim
+                    .call_then_read(client, keys, args, &reads, &JOB_FIELDS),
+            )
+            .await?;
+        let entries: Vec<Value> = entries
+            .convert()
+            .map_err(|_| StoreError::corrupt("claim reply shape"))?;
+        let mut jobs: HashMap<String, Value> = reads.into_iter().zip(jobs).collect();
+        let mut round = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let (claimer, id, fields, token, expires) =
+                decode_claimed(entry, claimers, &mut jobs, self)?;
+            let job = self.read_claimed(&id, fields).await?;
+            let claimed = Claimed {
+                job,
+                token,
+                lease_expires_at: expires,
+            };
+            round.push((claimer, claimed));
+        }
+        Ok(round)
     }
 
     /// A job just claimed: from the fields read with the claim, or read now when another jobd

@@ -11,6 +11,7 @@ mod health;
 mod layout;
 mod lifecycle;
 mod outage;
+mod proxy;
 mod release;
 mod scheduling;
 mod sentinel;

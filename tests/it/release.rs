@@ -1,13 +1,13 @@
 //! Claimed jobs are never leased to nobody: those claimed for a caller that went away before
-//! receiving them (its call was cancelled or timed out) go back to their queue at once, not
-//! after their lease, and the claim does not count as an attempt; a claim call that runs twice
-//! answers its jobs again.
+//! receiving them (its call was cancelled or timed out), or by a script call whose reply was
+//! lost, go back to their queue at once, not after their lease, and the claim does not count
+//! as an attempt; a claim call that runs twice answers its jobs again.
 
 use std::time::Duration;
 
 use jobd::api::proto::{self, EventType, JobState};
 
-use crate::support::*;
+use crate::{proxy::ReplyLosingProxy, support::*};
 
 type Jobs = proto::job_service_client::JobServiceClient<tonic::transport::Channel>;
 
@@ -229,4 +229,113 @@ async fn the_claim_script_run_twice_answers_its_first_runs_claims_again_and_no_m
         ids[2]
     );
     assert_eq!(redis.cli(&["ZCARD", "jobd:{replay}:running"]), "2");
+}
+
+/// A worker id that the proxy watches for: the call carrying it loses its reply.
+const UNLUCKY: &str = "unlucky-worker";
+
+/// A claim request of `UNLUCKY`'s, with a lease of 60 s: longer than any wait of these tests,
+/// so that only a release can bring its job back in time.
+fn unlucky_claim(queue: &str, wait: Duration) -> proto::ClaimJobRequest {
+    proto::ClaimJobRequest {
+        worker_id: UNLUCKY.to_owned(),
+        lease: Some(prost_types::Duration {
+            seconds: 60,
+            nanos: 0,
+        }),
+        ..claim_request(queue, wait)
+    }
+}
+
+/// A jobd whose Redis connections go through `proxy`, with the queue "lost" known and the
+/// scripts loaded (a job submitted and claimed), so that the call whose reply is lost is the
+/// one that claims, not a load of its script.
+async fn through(proxy: &ReplyLosingProxy) -> TestServer {
+    let server = TestServer::start_with(&proxy.url(), Settings::default()).await;
+    submit(&mut server.jobs().await, "lost", b"").await;
+    claim(&mut server.workers().await, "lost").await;
+    server
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_reply_is_lost_puts_its_job_back() {
+    let redis = RedisServer::start();
+    let proxy = ReplyLosingProxy::start(redis.port()).await;
+    let server = through(&proxy).await;
+    let jobs = server.jobs().await;
+    let job = submit(&mut jobs.clone(), "lost", b"").await;
+
+    // The claim's script runs in Redis, but its reply never comes back: the call fails.
+    proxy.lose_replies_after(UNLUCKY.as_bytes());
+    let mut workers = server.workers().await;
+    let refused = workers
+        .claim_job(unlucky_claim("lost", Duration::ZERO))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    proxy.lossy_connection_closed().await;
+
+    // The job it claimed for nobody is back, its attempt uncounted.
+    let back = queued_again(&jobs, &job.id).await;
+    assert_eq!(back.attempt, 0);
+    let events = run_to_the_end(&server, "lost", &job.id).await;
+    assert_eq!(types(&events), RELEASED_THEN_RUN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_off_whose_reply_is_lost_puts_its_job_back() {
+    let redis = RedisServer::start();
+    let proxy = ReplyLosingProxy::start(redis.port()).await;
+    let server = through(&proxy).await;
+
+    // A claim finds the queue empty (its read is the second) and parks.
+    let mut parked_workers = server.workers().await;
+    let parked = tokio::spawn(async move {
+        parked_workers
+            .claim_job(unlucky_claim("lost", Duration::from_secs(10)))
+            .await
+    });
+    claims_have_looked(&redis, 2).await;
+    // The submission hands its job to the parked claim in a script whose reply is lost (the
+    // hand-off's arguments name the claim's worker): the submission fails...
+    proxy.lose_replies_after(UNLUCKY.as_bytes());
+    let mut jobs = server.jobs().await;
+    let refused = jobs
+        .submit_job(proto::SubmitJobRequest {
+            queue: "lost".to_owned(),
+            kind: "test.kind".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    proxy.lossy_connection_closed().await;
+
+    // ... but its job was made, and is not lost. The parked claim, answered with nothing, looks
+    // again: it gets the job back from the hand-off nobody heard of, at attempt 1, unless its
+    // look went through the connection that stopped answering (UNAVAILABLE); then the job
+    // waits in the queue for the next claim.
+    let events = match parked.await.unwrap().map(|response| response.into_inner()) {
+        Ok(claimed @ proto::ClaimJobResponse { job: Some(_), .. }) => {
+            let job = claimed.job.as_ref().unwrap();
+            assert_eq!(job.attempt, 1, "the lost hand-off did not count");
+            let mut workers = server.workers().await;
+            complete(&mut workers, &claimed, b"done").await.unwrap();
+            let (events, end) = watch_to_end(&mut jobs, &job.id, 0).await;
+            end.expect("the watch ends with OK");
+            events
+        }
+        other => {
+            if let Err(status) = other {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+            }
+            let id = eventually(Duration::from_secs(5), "the job to be queued again", || {
+                let ready = redis.cli(&["ZRANGE", "jobd:{lost}:ready", "0", "-1"]);
+                async move { (!ready.is_empty()).then_some(ready) }
+            })
+            .await;
+            run_to_the_end(&server, "lost", &id).await
+        }
+    };
+    assert_eq!(types(&events), RELEASED_THEN_RUN);
 }
