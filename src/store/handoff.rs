@@ -179,11 +179,14 @@ impl JobStore {
                     .await;
                 let made = match &reply {
                     Ok(reply) => handed(reply),
-                    Err(_) => {
+                    Err(error) => {
                         // The call may have made the hand-offs all the same (Redis ran it and
                         // the reply was lost, or it runs late): whatever their tokens lease
                         // goes back.
-                        store.release_later(client, handing.leases(&created), handing.until());
+                        if error.may_have_run() {
+                            let leases = handing.leases(&created);
+                            store.release_later(client, leases, handing.until());
+                        }
                         false
                     }
                 };

@@ -125,17 +125,16 @@ impl JobStore {
                 };
                 let retry = matches!(error, StoreError::Unavailable(_))
                     && UnixMillis::now().saturating_add(pause) < until;
-                if retry {
-                    tokio::select! {
-                        () = tokio::time::sleep(pause) => {}
-                        () = store.shutdown.cancelled() => {}
-                    }
-                }
-                if !retry || store.shutdown.is_cancelled() {
+                let resumed = retry
+                    && tokio::select! {
+                        () = tokio::time::sleep(pause) => true,
+                        () = store.shutdown.cancelled() => false,
+                    };
+                if !resumed {
                     tracing::warn!(
                         error = %error,
                         jobs = leases.len(),
-                        "could not put back jobs claimed for a caller that went away; they run again once their lease expires"
+                        "could not put back claimed jobs that never reached a worker; they run again once their lease expires"
                     );
                     return;
                 }
@@ -174,7 +173,7 @@ impl JobStore {
                 .call_on(client, &self.scripts.release, keys, args)
                 .await?;
             if count > 0 {
-                tracing::info!(queue = %queue, jobs = count, "put back jobs claimed for a caller that went away");
+                tracing::info!(queue = %queue, jobs = count, "put back claimed jobs that never reached a worker");
                 self.metrics.released(queue, count as usize);
             }
             released += count;

@@ -155,8 +155,10 @@ impl JobStore {
                 Err(error) => {
                     // The call may have claimed jobs all the same (Redis ran it and the reply
                     // was lost, or it runs late): whatever these tokens lease goes back.
-                    let until = now.saturating_add(self.settings.max_lease);
-                    self.release_later(client, leases, until);
+                    if error.may_have_run() {
+                        let until = now.saturating_add(self.settings.max_lease);
+                        self.release_later(client, leases, until);
+                    }
                     return Err(error);
                 }
             };
