@@ -1,11 +1,12 @@
 //! Redis trouble: callers get UNAVAILABLE within a bounded time, never a hang, and service
-//! resumes when Redis is back.
+//! resumes when Redis is back; a call whose reply was lost is safe to repeat.
 
 use std::time::{Duration, Instant};
 
+use jobd::api::proto::{EventType, JobState};
 use tonic::Code;
 
-use crate::support::*;
+use crate::{proxy::ReplyLosingProxy, support::*};
 
 /// Command timeout of the test servers is 1 s; allow scheduling slack on a busy machine.
 const BOUND: Duration = Duration::from_secs(4);
@@ -82,4 +83,43 @@ async fn a_stopped_redis_gives_unavailable_then_service_resumes_when_it_returns(
         (redis.clients_named(&server.client_name_prefix()).len() == 3).then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_whose_reply_is_lost_is_recorded_once_and_safe_to_repeat() {
+    let redis = RedisServer::start();
+    let proxy = ReplyLosingProxy::start(redis.port()).await;
+    let server = TestServer::start_with(&proxy.url(), Settings::default()).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    // A first job completed, so that the call whose reply is lost is the completion, not a
+    // load of its script.
+    submit(&mut jobs, "q", b"").await;
+    let first = claim(&mut workers, "q").await;
+    complete(&mut workers, &first, b"first").await.unwrap();
+    let job = submit(&mut jobs, "q", b"").await;
+    let claimed = claim(&mut workers, "q").await;
+
+    // Redis records the completion, but its reply never comes back: the worker is told
+    // UNAVAILABLE, and does what it should, call again.
+    proxy.lose_replies_after(b"the-lost-result");
+    let lost = complete(&mut workers, &claimed, b"the-lost-result")
+        .await
+        .unwrap_err();
+    assert_eq!(lost.code(), Code::Unavailable, "{lost:?}");
+    proxy.lossy_connection_closed().await;
+    complete(&mut workers, &claimed, b"the-lost-result")
+        .await
+        .expect("the repeated completion succeeds");
+
+    let done = get(&mut jobs, &job.id).await;
+    assert_eq!(done.state, JobState::Completed as i32);
+    assert_eq!(done.result.as_ref(), b"the-lost-result");
+    let (events, end) = watch_to_end(&mut jobs, &job.id, 0).await;
+    end.expect("the watch ends with OK");
+    assert_eq!(
+        types(&events),
+        [EventType::Queued, EventType::Started, EventType::Completed],
+        "completed once"
+    );
 }
