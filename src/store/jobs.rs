@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use fred::{
     interfaces::{HashesInterface, SetsInterface, SortedSetsInterface},
-    types::Value,
+    types::{Value, sorted_sets::ZSort},
 };
 
 use super::{
@@ -495,26 +495,38 @@ const LIST_ORDER: [JobState; 6] = [
     JobState::Cancelled,
 ];
 
-/// Where a listing continues: an index (by `LIST_ORDER` position) and an offset in it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Where a listing continues: an index (by `LIST_ORDER` position) and, in it, the last entry
+/// listed (its score and job id), after which the next page starts. Pages follow each index's
+/// order from where the last one ended, so a job that stays in its state is listed once however
+/// the index changes between pages (an offset would skip a job for every one that left the
+/// index before it, and repeat one for every one that joined).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ListCursor {
     pub index: usize,
-    pub offset: u64,
+    pub after: Option<(f64, String)>,
 }
 
 impl ListCursor {
-    /// Cursors travel as opaque page tokens: `<index>.<offset>`.
+    /// Cursors travel as opaque page tokens: `<index>` or `<index>.<score>.<job id>`.
     pub fn encode(self) -> String {
-        format!("{}.{}", self.index, self.offset)
+        match self.after {
+            None => self.index.to_string(),
+            Some((score, id)) => format!("{}.{score}.{id}", self.index),
+        }
     }
 
     pub fn decode(token: &str) -> Option<Self> {
-        let (index, offset) = token.split_once('.')?;
-        let cursor = Self {
-            index: index.parse().ok()?,
-            offset: offset.parse().ok()?,
+        let mut parts = token.splitn(3, '.');
+        let index = parts.next()?.parse().ok()?;
+        let after = match (parts.next(), parts.next()) {
+            (None, _) => None,
+            (Some(score), Some(id)) if !id.is_empty() => {
+                let score: f64 = score.parse().ok()?;
+                Some((score.is_finite().then_some(score)?, id.to_owned()))
+            }
+            _ => return None,
         };
-        (cursor.index < LIST_ORDER.len()).then_some(cursor)
+        (index < LIST_ORDER.len()).then_some(Self { index, after })
     }
 }
 
@@ -531,77 +543,114 @@ impl JobStore {
         cursor: ListCursor,
         page_size: usize,
     ) -> Result<(Vec<crate::domain::Job>, Option<ListCursor>)> {
+        let fields: Vec<&str> = JOB_FIELDS
+            .into_iter()
+            .filter(|field| !NOT_LISTED.contains(field))
+            .collect();
         let mut jobs = Vec::new();
         let mut cursor = cursor;
         while cursor.index < LIST_ORDER.len() {
             let index_state = LIST_ORDER[cursor.index];
-            if state.is_some_and(|wanted| wanted != index_state) {
-                cursor = ListCursor {
-                    index: cursor.index + 1,
-                    offset: 0,
+            if state.is_none_or(|wanted| wanted == index_state) {
+                let key = match index_state {
+                    JobState::Queued => self.keys.ready(queue),
+                    JobState::Scheduled => self.keys.scheduled(queue),
+                    JobState::Running => self.keys.running(queue),
+                    outcome => self.keys.retained(queue, outcome),
                 };
-                continue;
-            }
-            let wanted = page_size - jobs.len();
-            let key = match index_state {
-                JobState::Queued => self.keys.ready(queue),
-                JobState::Scheduled => self.keys.scheduled(queue),
-                JobState::Running => self.keys.running(queue),
-                outcome => self.keys.retained(queue, outcome),
-            };
-            let start = i64::try_from(cursor.offset).unwrap_or(i64::MAX);
-            let ids: Vec<String> = self
-                .timed(
-                    "list_jobs",
-                    self.pool.next().zrange(
-                        &key,
-                        start,
-                        start + wanted as i64 - 1,
-                        None,
-                        false,
-                        None,
-                        false,
-                    ),
-                )
-                .await?;
-            cursor.offset += ids.len() as u64;
-            let ids: Vec<JobId> = ids
-                .iter()
-                .filter_map(|id| JobId::parse("id", id).ok())
-                .collect();
-            let fields: Vec<&str> = JOB_FIELDS
-                .into_iter()
-                .filter(|field| !NOT_LISTED.contains(field))
-                .collect();
-            let pipeline = self.pool.next().pipeline();
-            for id in &ids {
-                let _: () = pipeline
-                    .hmget(self.keys.job(id), fields.clone())
-                    .await
-                    .map_err(StoreError::redis("list_jobs"))?;
-            }
-            let rows: Vec<Vec<Option<Bytes>>> = if ids.is_empty() {
-                Vec::new()
-            } else {
-                self.timed("list_jobs", pipeline.all()).await?
-            };
-            for (id, values) in ids.iter().zip(rows) {
-                // An entry whose job expired before the sweeper trimmed it is skipped.
-                let fields = self
-                    .with_legacy(id, Fields::from_values(&fields, values))
-                    .await?;
-                if let Some(job) = fields.into_job(id)? {
-                    jobs.push(job);
+                loop {
+                    let wanted = page_size - jobs.len();
+                    let mut entries = self
+                        .entries_after(&key, cursor.after.as_ref(), wanted)
+                        .await?;
+                    let exhausted = entries.len() < wanted;
+                    let ids: Vec<JobId> = entries
+                        .iter()
+                        .filter_map(|(id, _)| JobId::parse("id", id).ok())
+                        .collect();
+                    if let Some((id, score)) = entries.pop() {
+                        cursor.after = Some((score, id));
+                    }
+                    jobs.extend(self.list_read(&ids, &fields).await?);
+                    if jobs.len() >= page_size {
+                        return Ok((jobs, Some(cursor)));
+                    }
+                    if exhausted {
+                        break;
+                    }
+                    // Some entries' jobs had expired: more of this index fills the page.
                 }
-            }
-            if jobs.len() >= page_size {
-                return Ok((jobs, Some(cursor)));
             }
             cursor = ListCursor {
                 index: cursor.index + 1,
-                offset: 0,
+                after: None,
             };
         }
         Ok((jobs, None))
+    }
+
+    /// Up to `wanted` entries of the sorted set `key` that come after `after` in its order
+    /// (by score, then by member): job ids with their scores.
+    async fn entries_after(
+        &self,
+        key: &str,
+        after: Option<&(f64, String)>,
+        wanted: usize,
+    ) -> Result<Vec<(String, f64)>> {
+        let from = after.map_or(f64::NEG_INFINITY, |(score, _)| *score);
+        let mut entries = Vec::with_capacity(wanted);
+        let mut offset = 0;
+        loop {
+            let page: Vec<(String, f64)> = self
+                .timed(
+                    "list_jobs",
+                    self.pool.next().zrange(
+                        key,
+                        from,
+                        f64::INFINITY,
+                        Some(ZSort::ByScore),
+                        false,
+                        Some((offset as i64, wanted as i64)),
+                        true,
+                    ),
+                )
+                .await?;
+            let read = page.len();
+            offset += read;
+            // Entries of the cursor's own score up to its id were listed already.
+            entries.extend(page.into_iter().filter(|(id, score)| {
+                after.is_none_or(|(after_score, after_id)| score > after_score || id > after_id)
+            }));
+            if entries.len() >= wanted || read < wanted {
+                entries.truncate(wanted);
+                return Ok(entries);
+            }
+        }
+    }
+
+    /// The listed jobs of `ids`, without what ListJobs leaves out; those that expired before
+    /// the sweeper trimmed their index entries are skipped.
+    async fn list_read(&self, ids: &[JobId], fields: &[&str]) -> Result<Vec<crate::domain::Job>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pipeline = self.pool.next().pipeline();
+        for id in ids {
+            let _: () = pipeline
+                .hmget(self.keys.job(id), fields.to_vec())
+                .await
+                .map_err(StoreError::redis("list_jobs"))?;
+        }
+        let rows: Vec<Vec<Option<Bytes>>> = self.timed("list_jobs", pipeline.all()).await?;
+        let mut jobs = Vec::with_capacity(ids.len());
+        for (id, values) in ids.iter().zip(rows) {
+            let fields = self
+                .with_legacy(id, Fields::from_values(fields, values))
+                .await?;
+            if let Some(job) = fields.into_job(id)? {
+                jobs.push(job);
+            }
+        }
+        Ok(jobs)
     }
 }

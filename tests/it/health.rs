@@ -140,6 +140,74 @@ async fn list_jobs_pages_through_a_queue_by_state() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_jobs_resumes_after_the_last_job_listed_however_the_queue_moved() {
+    use jobd::api::proto::{self, JobState};
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    // Eight jobs in one batch: one score in the ready set, ordered among themselves by id.
+    let submitted = jobs
+        .submit_jobs(proto::SubmitJobsRequest {
+            jobs: (0..8)
+                .map(|_| proto::SubmitJobRequest {
+                    queue: "moving".into(),
+                    kind: "k".into(),
+                    ..Default::default()
+                })
+                .collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<String> = submitted
+        .results
+        .into_iter()
+        .map(|result| result.job.unwrap().id)
+        .collect();
+    let lister = jobs.clone();
+    let queued_page = |token: String| {
+        let mut jobs = lister.clone();
+        async move {
+            let page = jobs
+                .list_jobs(proto::ListJobsRequest {
+                    queue: "moving".into(),
+                    state: JobState::Queued.into(),
+                    page_size: 2,
+                    page_token: token,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let listed: Vec<String> = page.jobs.into_iter().map(|job| job.id).collect();
+            (listed, page.next_page_token)
+        }
+    };
+
+    let (first, token) = queued_page(String::new()).await;
+    assert_eq!(first, ids[..2]);
+    // The two listed jobs leave the queue: the next page starts after them all the same,
+    // where an offset of 2 would skip the third and fourth jobs.
+    for _ in 0..2 {
+        claim(&mut workers, "moving").await;
+    }
+    let (second, token) = queued_page(token).await;
+    assert_eq!(second, ids[2..4]);
+    // A job joins the queue after the listed ones: it comes in its turn, and nothing repeats.
+    let late = submit(&mut jobs, "moving", b"").await;
+    let mut rest = Vec::new();
+    let mut token = token;
+    while !token.is_empty() {
+        let (page, next) = queued_page(token).await;
+        rest.extend(page);
+        token = next;
+    }
+    let mut expected = ids[4..].to_vec();
+    expected.push(late.id);
+    assert_eq!(rest, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_stays_off_while_redis_may_evict_queued_jobs() {
     // A job's hash is its only record: a Redis that may evict any key at its memory limit
     // could lose queued and running jobs without a trace.
