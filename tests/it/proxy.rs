@@ -67,6 +67,11 @@ impl ReplyLosingProxy {
         *self.trigger.lock().unwrap() = Some(bytes.to_vec());
     }
 
+    /// Disarms `lose_replies_after` if no connection has sent its bytes yet.
+    pub fn lose_no_replies(&self) {
+        *self.trigger.lock().unwrap() = None;
+    }
+
     /// Waits, 10 s at most, until the connection that lost replies is closed: jobd gave it up
     /// (it stopped answering) and uses a new one.
     pub async fn lossy_connection_closed(&self) {

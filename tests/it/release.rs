@@ -288,26 +288,40 @@ async fn a_hand_off_whose_reply_is_lost_puts_its_job_back() {
     let proxy = ReplyLosingProxy::start(redis.port()).await;
     let server = through(&proxy).await;
 
-    // A claim finds the queue empty (its read is the second) and parks.
-    let mut parked_workers = server.workers().await;
-    let parked = tokio::spawn(async move {
-        parked_workers
-            .claim_job(unlucky_claim("lost", Duration::from_secs(10)))
-            .await
-    });
-    claims_have_looked(&redis, 2).await;
-    // The submission hands its job to the parked claim in a script whose reply is lost (the
-    // hand-off's arguments name the claim's worker): the submission fails...
-    proxy.lose_replies_after(UNLUCKY.as_bytes());
     let mut jobs = server.jobs().await;
-    let refused = jobs
-        .submit_job(proto::SubmitJobRequest {
-            queue: "lost".to_owned(),
-            kind: "test.kind".to_owned(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let submission = || proto::SubmitJobRequest {
+        queue: "lost".to_owned(),
+        kind: "test.kind".to_owned(),
+        ..Default::default()
+    };
+    // A claim finds the queue empty and parks; a submission hands its job to it, in a script
+    // whose reply is lost (the hand-off's arguments name the claim's worker): the submission
+    // fails... The claim parks right after its read, which nothing outside jobd shows: a
+    // submission that comes first is queued instead (no worker id in its call, no reply lost)
+    // and the claim takes its job; then the round is played again.
+    let (refused, parked) = loop {
+        let reads = command_calls(&redis, "zrange");
+        let mut parked_workers = server.workers().await;
+        let parked = tokio::spawn(async move {
+            parked_workers
+                .claim_job(unlucky_claim("lost", Duration::from_secs(10)))
+                .await
+        });
+        claims_have_looked(&redis, reads + 1).await;
+        proxy.lose_replies_after(UNLUCKY.as_bytes());
+        match jobs.submit_job(submission()).await {
+            Err(refused) => break (refused, parked),
+            Ok(_) => {
+                proxy.lose_no_replies();
+                let claimed = parked.await.unwrap().expect("the claim succeeds");
+                let claimed = claimed.into_inner();
+                assert!(claimed.job.is_some(), "the claim takes the queued job");
+                complete(&mut server.workers().await, &claimed, b"")
+                    .await
+                    .unwrap();
+            }
+        }
+    };
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     proxy.lossy_connection_closed().await;
 
