@@ -14,7 +14,7 @@ use crate::{
             self, job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer,
         },
     },
-    background::{self, Sweeper},
+    background::{self, Sweeper, SweeperHandle},
     config::Config,
     domain::SubmitLimits,
     events::{Channels, EventHub},
@@ -44,6 +44,7 @@ pub struct App {
     clients: RedisClients,
     hub: EventHub,
     store: JobStore,
+    sweeper: SweeperHandle,
     metrics: Metrics,
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -62,7 +63,9 @@ impl App {
 
         let metrics = Metrics::global();
         clients.connect_pool(&tracker, &shutdown, &metrics);
-        let hub = EventHub::new();
+        let sweeper = SweeperHandle::default();
+        let touched = sweeper.clone();
+        let hub = EventHub::new(move |job_id| touched.touch(job_id));
         hub.start(
             clients.subscriber.clone(),
             clients.client_name("subscriber"),
@@ -114,6 +117,7 @@ impl App {
             clients,
             hub,
             store,
+            sweeper,
             metrics,
             tracker,
             shutdown,
@@ -137,9 +141,14 @@ impl App {
     pub async fn run(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
         let max_payload = self.config.jobs.max_payload_bytes as usize;
         let decode_limit = max_payload + REQUEST_OVERHEAD;
-        let sweeper = Sweeper::new(self.store.clone(), self.metrics.clone());
-        let sweeper_handle = sweeper.handle();
-        self.tracker.spawn(sweeper.run(self.shutdown.clone()));
+        let sweeper = Sweeper::new(
+            self.store.clone(),
+            self.metrics.clone(),
+            self.sweeper.clone(),
+        );
+        self.tracker
+            .spawn(sweeper.run(self.hub.resyncs(), self.shutdown.clone()));
+        let sweeper_handle = self.sweeper.clone();
         if let Some(interval) = telemetry::metrics_export_interval() {
             let depths = QueueDepths::default();
             self.metrics.observe_queue_depths(depths.clone());

@@ -88,7 +88,7 @@ impl JobApi {
                 tracing::debug!(job = %job.id, "job submitted");
                 self.metrics.submitted(job.queue(), job.kind.as_str());
                 if job.run_at.is_some() {
-                    self.sweeper.wake();
+                    self.sweeper.wake(job.queue());
                 }
                 (*job, true)
             }

@@ -415,7 +415,7 @@ impl WorkerService for WorkerApi {
         }
         Ok(Response::new(match outcome {
             FailOutcome::RetryAt(at) => {
-                self.sweeper.wake();
+                self.sweeper.wake(id.queue());
                 proto::FailJobResponse {
                     state: state(JobState::Scheduled).into(),
                     retry_at: Some(timestamp(at)),

@@ -1,39 +1,112 @@
 //! The sweeper: makes due scheduled jobs claimable, recovers jobs whose lease expired, and
 //! forgets finished jobs whose retention has passed.
 //!
-//! Every jobd replica runs one. It sleeps until the earliest due time or lease expiry it saw
-//! (at most `MAX_SLEEP`), so delayed and retried jobs become claimable within milliseconds of
-//! their time without polling Redis in a tight loop; a replica that schedules a job wakes its
-//! own sweeper at once. Several sweepers may race for the same job: every script re-checks its
-//! condition atomically, so each promotion and each lease recovery happens exactly once.
+//! Every jobd replica runs one, over every queue. It visits a queue again at its earliest due
+//! time or lease expiry, and at least every `MAX_SLEEP` while the queue has scheduled or
+//! running jobs, so delayed and retried jobs become claimable within milliseconds of their
+//! time without polling Redis in a tight loop. A queue with neither is idle: nothing can fall
+//! due in it until a job of it changes, which every replica hears of (each job event passes
+//! through its event hub, and `SweeperHandle::touch` brings the queue back within
+//! `MAX_SLEEP`), so an idle queue is visited only every `IDLE_VISIT`, or at once after its
+//! events when the hub may have missed some. A replica that schedules a job wakes its own
+//! sweeper for that queue at once. Several sweepers may race for the same job: every script
+//! re-checks its condition atomically, so each promotion and each lease recovery happens
+//! exactly once.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use tokio::{sync::Notify, time::Instant};
+use tokio::{
+    sync::{Notify, watch},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    domain::{FailOutcome, JobState, QueueName, UnixMillis},
+    domain::{FailOutcome, JobId, JobState, QueueName, UnixMillis},
     store::{JobStore, StoreError},
+    sync::lock,
     telemetry::Metrics,
 };
 
-/// The longest the sweeper sleeps: how late it can notice work another replica scheduled, or
-/// a lease claimed elsewhere.
+/// The longest a queue with scheduled or running jobs goes unvisited: how late the sweeper
+/// can notice an earlier due time or lease that another replica set there.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+/// The longest an idle queue goes unvisited: how late its retained-job index is trimmed, and
+/// the bound should the news of a change in it never arrive.
+const IDLE_VISIT: Duration = Duration::from_secs(30);
 
 /// How often the list of queues is re-read from the registry.
 const QUEUE_REFRESH: Duration = Duration::from_secs(5);
 
-/// Wakes a sweeper, e.g. after scheduling a job that may be due before it next looks.
+/// Wakes a sweeper for a queue: after scheduling a job in it, or on any event of its jobs.
+/// Cheap to clone.
 #[derive(Clone, Default)]
 pub struct SweeperHandle {
-    wake: Arc<Notify>,
+    shared: Arc<HandleShared>,
+}
+
+#[derive(Default)]
+struct HandleShared {
+    wake: Notify,
+    /// Queues whose last visit found nothing scheduled and nothing running.
+    idle: Mutex<HashSet<QueueName>>,
+    /// Queues to visit at once: something was scheduled there.
+    woken: Mutex<HashSet<QueueName>>,
+    /// Idle queues whose jobs had events: to visit within `MAX_SLEEP` of their last visit.
+    touched: Mutex<HashSet<QueueName>>,
 }
 
 impl SweeperHandle {
-    pub fn wake(&self) {
-        self.wake.notify_one();
+    /// Something in `queue` may fall due before the sweeper's next visit (a job scheduled
+    /// there): it visits the queue at once.
+    pub fn wake(&self, queue: &QueueName) {
+        lock(&self.shared.idle).remove(queue);
+        lock(&self.shared.woken).insert(queue.clone());
+        self.shared.wake.notify_one();
+    }
+
+    /// A job with this id had an event (through any replica). Its queue, if idle, may no
+    /// longer be: it is visited again within `MAX_SLEEP` of its last visit. Called for every
+    /// event: for a queue that is not idle it costs one lookup.
+    pub fn touch(&self, job_id: &str) {
+        let Some(queue) = JobId::queue_part(job_id) else {
+            return;
+        };
+        let Some(queue) = lock(&self.shared.idle).take(queue) else {
+            return;
+        };
+        lock(&self.shared.touched).insert(queue);
+        self.shared.wake.notify_one();
+    }
+
+    /// Events may have been lost: every idle queue is visited again.
+    fn touch_all_idle(&self) {
+        let idle = std::mem::take(&mut *lock(&self.shared.idle));
+        lock(&self.shared.touched).extend(idle);
+    }
+
+    fn take_woken(&self) -> HashSet<QueueName> {
+        std::mem::take(&mut *lock(&self.shared.woken))
+    }
+
+    fn take_touched(&self) -> HashSet<QueueName> {
+        std::mem::take(&mut *lock(&self.shared.touched))
+    }
+
+    /// Marks `queue` idle, or not: set before a visit, so that an event during it is not
+    /// missed, and cleared when the visit finds work.
+    fn set_idle(&self, queue: &QueueName, idle: bool) {
+        let mut set = lock(&self.shared.idle);
+        if idle {
+            set.insert(queue.clone());
+        } else {
+            set.remove(queue);
+        }
     }
 }
 
@@ -45,65 +118,113 @@ pub struct Sweeper {
 
 /// What one pass over a queue left to do.
 struct Pass {
-    /// The earliest future due time or lease expiry.
+    /// The earliest future due time or lease expiry; none when the queue is idle.
     next: Option<UnixMillis>,
+    /// When the next retained job is to be trimmed from its index.
+    next_trim: Option<UnixMillis>,
     /// A batch was full: more may be due now.
     more: bool,
 }
 
+/// When a queue was visited last, and when it is to be visited next.
+struct Visits {
+    last: Option<Instant>,
+    next: Instant,
+}
+
 impl Sweeper {
-    pub fn new(store: JobStore, metrics: Metrics) -> Self {
+    pub fn new(store: JobStore, metrics: Metrics, handle: SweeperHandle) -> Self {
         Self {
             store,
-            handle: SweeperHandle::default(),
+            handle,
             metrics,
         }
     }
 
-    pub fn handle(&self) -> SweeperHandle {
-        self.handle.clone()
-    }
-
-    pub async fn run(self, shutdown: CancellationToken) {
-        let mut queues: Vec<QueueName> = Vec::new();
+    /// Runs until `shutdown`. `resyncs` changes whenever the event hub may have missed events.
+    pub async fn run(self, mut resyncs: watch::Receiver<u64>, shutdown: CancellationToken) {
+        let mut visits: HashMap<QueueName, Visits> = HashMap::new();
         let mut queues_read: Option<Instant> = None;
         let mut failing = false;
         while !shutdown.is_cancelled() {
+            let now = Instant::now();
+            let mut known = self.store.local_queues();
             if queues_read.is_none_or(|at| at.elapsed() >= QUEUE_REFRESH) {
                 match self.store.queues().await {
                     Ok(found) => {
-                        queues = found;
-                        queues_read = Some(Instant::now());
+                        known.extend(found);
+                        queues_read = Some(now);
                     }
                     Err(error) => report(&mut failing, &error),
                 }
             }
-            for queue in self.store.local_queues() {
-                if !queues.contains(&queue) {
-                    queues.push(queue);
-                }
+            if resyncs.has_changed().unwrap_or(false) {
+                resyncs.mark_unchanged();
+                self.handle.touch_all_idle();
             }
-            let mut wake_at = Instant::now() + MAX_SLEEP;
+            let unvisited = || Visits {
+                last: None,
+                next: now,
+            };
+            for queue in known {
+                visits.entry(queue).or_insert_with(unvisited);
+            }
+            for queue in self.handle.take_woken() {
+                visits.entry(queue).or_insert_with(unvisited).next = now;
+            }
+            for queue in self.handle.take_touched() {
+                let visit = visits.entry(queue).or_insert_with(unvisited);
+                // Not more often than a queue with work is visited anyway.
+                let soonest = visit.last.map_or(now, |last| last + MAX_SLEEP);
+                visit.next = visit.next.min(soonest);
+            }
+
             let mut more = false;
-            for queue in &queues {
-                match self.pass(queue).await {
+            for (queue, visit) in visits.iter_mut().filter(|(_, v)| v.next <= now) {
+                // Idle until this visit finds otherwise: an event meanwhile wakes it again.
+                self.handle.set_idle(queue, true);
+                visit.last = Some(Instant::now());
+                let (after, idle) = match self.pass(queue).await {
                     Ok(pass) => {
                         failing = false;
                         more |= pass.more;
-                        if let Some(next) = pass.next {
-                            let wait = next.0.saturating_sub(UnixMillis::now().0);
-                            wake_at = wake_at.min(Instant::now() + Duration::from_millis(wait));
+                        let until = |at: UnixMillis| {
+                            Duration::from_millis(at.0.saturating_sub(UnixMillis::now().0))
+                        };
+                        match (pass.more, pass.next) {
+                            (true, _) => (Duration::ZERO, false),
+                            (false, None) => {
+                                // Retained jobs are trimmed on time, but at most once a
+                                // MAX_SLEEP: that is soon enough for an index of finished jobs.
+                                let trim = pass.next_trim.map_or(IDLE_VISIT, until);
+                                (trim.clamp(MAX_SLEEP, IDLE_VISIT), true)
+                            }
+                            (false, Some(next)) => (until(next).min(MAX_SLEEP), false),
                         }
                     }
-                    Err(error) => report(&mut failing, &error),
+                    Err(error) => {
+                        report(&mut failing, &error);
+                        (MAX_SLEEP, false)
+                    }
+                };
+                visit.next = Instant::now() + after;
+                if !idle {
+                    self.handle.set_idle(queue, false);
                 }
             }
             if more {
                 continue;
             }
+            let wake_at = visits
+                .values()
+                .map(|visit| visit.next)
+                .min()
+                .unwrap_or(now + MAX_SLEEP)
+                .min(Instant::now() + QUEUE_REFRESH);
             tokio::select! {
                 () = tokio::time::sleep_until(wake_at) => {}
-                () = self.handle.wake.notified() => {}
+                () = self.handle.shared.wake.notified() => {}
+                Ok(()) = resyncs.changed() => {}
                 () = shutdown.cancelled() => {}
             }
         }
@@ -148,6 +269,7 @@ impl Sweeper {
             } else {
                 Some(now)
             },
+            next_trim: report.next_trim,
             more: full(report.due.len()) || full(report.expired.len()),
         })
     }

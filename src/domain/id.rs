@@ -52,6 +52,13 @@ impl JobId {
         &self.queue
     }
 
+    /// The queue part of a job id as jobd writes it, without checking the rest: for messages
+    /// jobd itself published, read far more often than a full parse would be worth.
+    pub fn queue_part(id: &str) -> Option<&str> {
+        let split = id.len().checked_sub(ULID_LEN + 1)?;
+        id.get(..split).filter(|queue| !queue.is_empty())
+    }
+
     /// The unique part of the id, used in the job's key names.
     pub fn ulid(&self) -> Ulid {
         self.ulid
@@ -99,6 +106,8 @@ mod tests {
         let parsed = JobId::parse("job_id", &a.to_string()).unwrap();
         assert_eq!(parsed, a);
         assert_eq!(parsed.queue().as_str(), "mail.out");
+        assert_eq!(JobId::queue_part(&a.to_string()), Some("mail.out"));
+        assert_eq!(JobId::queue_part(&a.to_string()[9..]), None, "a bare ULID");
     }
 
     #[test]

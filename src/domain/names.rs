@@ -21,6 +21,13 @@ pub struct JobKind(String);
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct WorkerId(String);
 
+/// So that a set of names can be searched with the `&str` of a message, without a copy.
+impl std::borrow::Borrow<str> for QueueName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl QueueName {
     pub fn parse(field: &str, value: &str) -> Result<Self, RequestError> {
         check_name(field, value, NAME_MAX, |_| false).map(|()| Self(value.to_owned()))

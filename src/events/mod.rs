@@ -46,7 +46,7 @@ pub struct Announcement {
 const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(250);
 
 /// The process's pub/sub fan-out. Cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct EventHub {
     inner: Arc<Inner>,
 }
@@ -60,8 +60,9 @@ pub struct Channels {
     pub queues: String,
 }
 
-#[derive(Default)]
 struct Inner {
+    /// Called with the job id of every event announced, watched here or not.
+    on_event: Box<dyn Fn(&str) + Send + Sync>,
     /// Latest announcement per locally watched job.
     jobs: Mutex<HashMap<String, watch::Sender<Announcement>>>,
     /// Wake-ups per queue with local waiting claims, and how many claims wait on each.
@@ -76,8 +77,17 @@ struct QueueSlot {
 }
 
 impl EventHub {
-    pub fn new() -> Self {
-        Self::default()
+    /// A hub that calls `on_event` with the job id of every event announced, whether a job
+    /// watched here or not (the sweeper learns from it which queues are busy).
+    pub fn new(on_event: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                on_event: Box::new(on_event),
+                jobs: Mutex::default(),
+                queues: Mutex::default(),
+                resync: watch::Sender::default(),
+            }),
+        }
     }
 
     /// Registers interest in a job's events. Register before reading the log, so that an
@@ -139,6 +149,12 @@ impl EventHub {
             metrics,
         };
         tracker.spawn(dispatcher.run(messages, reconnects, shutdown));
+    }
+
+    /// Changes whenever messages may have been lost: whoever follows Redis through the hub
+    /// should look again.
+    pub fn resyncs(&self) -> watch::Receiver<u64> {
+        self.inner.resync.subscribe()
     }
 }
 
@@ -231,6 +247,7 @@ impl Dispatcher {
                 result,
             } in announced
             {
+                (self.inner.on_event)(job_id);
                 let Some(sender) = jobs.get(job_id) else {
                     continue;
                 };

@@ -20,13 +20,15 @@ pub struct SweepReport {
     pub next_due: Option<UnixMillis>,
     /// When the next lease runs out.
     pub next_expiry: Option<UnixMillis>,
+    /// When the next retained job's retention ends, to be trimmed from its index.
+    pub next_trim: Option<UnixMillis>,
 }
 
 /// The error recorded for an attempt whose worker went silent.
 pub const LEASE_EXPIRED: &str = "lease expired";
 
 impl JobStore {
-    /// Trims the queue's retained-job sets and reports what is due.
+    /// Trims the queue's retained-job sets and reports what is due, and when more will be.
     pub async fn sweep(&self, queue: &QueueName, now: UnixMillis) -> Result<SweepReport> {
         let [completed, failed, cancelled] = self.retained_keys(queue);
         let reply: Vec<Value> = self
@@ -43,7 +45,7 @@ impl JobStore {
             )
             .await?;
         let shape = || StoreError::corrupt("sweep reply shape");
-        let [due, expired, next_due, next_expiry]: [Value; 4] =
+        let [due, expired, next_due, next_expiry, next_trim]: [Value; 5] =
             reply.try_into().map_err(|_| shape())?;
         let ids = |value: Value| -> Result<Vec<JobId>> {
             let ids: Vec<String> = value.convert().map_err(|_| shape())?;
@@ -65,6 +67,7 @@ impl JobStore {
             expired: ids(expired)?,
             next_due: time(next_due),
             next_expiry: time(next_expiry),
+            next_trim: time(next_trim),
         })
     }
 

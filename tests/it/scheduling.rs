@@ -563,3 +563,84 @@ async fn bad_scheduling_options_are_refused_by_field() {
         "nothing written"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_queues_are_not_swept_every_second() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    // Twenty queues, each with a finished job retained and nothing scheduled or running.
+    for queue in 0..20 {
+        let queue = format!("idle-{queue}");
+        submit(&mut jobs, &queue, b"").await;
+        let claimed = claim(&mut workers, &queue).await;
+        complete(&mut workers, &claimed, b"").await.unwrap();
+    }
+    // Each sweep of a queue trims its three retained-job sets: three ZREMRANGEBYSCORE.
+    let sweeps = || command_calls(&redis, "zremrangebyscore") / 3;
+    eventually(
+        Duration::from_secs(5),
+        "every queue to be swept",
+        || async { (sweeps() >= 20).then_some(()) },
+    )
+    .await;
+    let before = sweeps();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Swept every second, the twenty queues would take sixty sweeps in these three seconds.
+    let during = sweeps() - before;
+    assert!(during < 20, "{during} sweeps of idle queues in 3 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_queue_is_swept_again_once_another_server_claims_in_it() {
+    let redis = RedisServer::start();
+    let a = TestServer::start(&redis).await;
+    let b = TestServer::start(&redis).await;
+    // The queue is known to b, and idle there: its one job is ready, nothing is scheduled or
+    // running.
+    let mut request = job_request("elsewhere");
+    request.backoff = backoff(0, 1.0);
+    let id = submit_request(&mut b.jobs().await, request)
+        .await
+        .job
+        .unwrap()
+        .id;
+    let sweeps = || command_calls(&redis, "zremrangebyscore") / 3;
+    eventually(Duration::from_secs(5), "b to sweep the queue", || async {
+        (sweeps() >= 2).then_some(())
+    })
+    .await;
+
+    // Claimed through a, with a lease of 1 s; then a goes away, and its sweeper with it.
+    let mut silent = claim_request("elsewhere", Duration::ZERO);
+    silent.lease = Some(pb_duration(Duration::from_secs(1)));
+    let silent = a
+        .workers()
+        .await
+        .claim_job(silent)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(silent.job.as_ref().unwrap().id, id);
+    let claimed_at = Instant::now();
+    a.stop().await.unwrap();
+
+    // b heard of the claim (its STARTED event) and recovers the lease when it runs out, not
+    // at its next visit of an idle queue.
+    let mut jobs = b.jobs().await;
+    eventually(Duration::from_secs(10), "the lease to be recovered", || {
+        let (mut jobs, id) = (jobs.clone(), id.clone());
+        async move { (get(&mut jobs, &id).await.error == "lease expired").then_some(()) }
+    })
+    .await;
+    let after = claimed_at.elapsed();
+    assert!(after < Duration::from_secs(3), "took {after:?}");
+    let again = claim(&mut b.workers().await, "elsewhere").await;
+    assert_eq!(again.job.as_ref().unwrap().attempt, 2);
+    complete(&mut b.workers().await, &again, b"ok")
+        .await
+        .unwrap();
+    let done = get(&mut jobs, &id).await;
+    assert_eq!(done.state(), JobState::Completed);
+}
