@@ -148,7 +148,6 @@ impl App {
         );
         self.tracker
             .spawn(sweeper.run(self.hub.resyncs(), self.shutdown.clone()));
-        let sweeper_handle = self.sweeper.clone();
         if let Some(interval) = telemetry::metrics_export_interval() {
             let depths = QueueDepths::default();
             self.metrics.observe_queue_depths(depths.clone());
@@ -163,7 +162,7 @@ impl App {
             self.store.clone(),
             self.hub.clone(),
             self.metrics.clone(),
-            sweeper_handle.clone(),
+            self.sweeper.clone(),
             SubmitLimits {
                 max_payload,
                 default_retention: self.config.jobs.retention,
@@ -175,7 +174,7 @@ impl App {
             self.store.clone(),
             self.hub.clone(),
             self.metrics.clone(),
-            sweeper_handle,
+            self.sweeper.clone(),
             self.config.lease_limits(),
             max_payload,
             self.shutdown.clone(),

@@ -4,9 +4,10 @@
 //! - [`config`]: every setting, from flags and environment.
 //! - [`domain`]: jobs, events, leases and their rules; knows neither gRPC nor Redis.
 //! - [`store`]: everything that speaks to Redis for jobs (keys, Lua scripts, `JobStore`).
-//! - [`events`]: one subscriber connection fanned out to local watchers and waiting claims.
+//! - [`events`]: one subscriber connection fanned out to local watchers and waiting claims
+//!   (and every job event's id to the sweeper).
 //! - [`background`]: the sweeper, which promotes due jobs, recovers expired leases and
-//!   forgets finished jobs past their retention.
+//!   forgets finished jobs past their retention, visiting idle queues rarely.
 //! - [`api`]: the gRPC services and the one mapping from errors to status.
 //! - [`telemetry`]: logs, OpenTelemetry traces and metrics, and every instrument.
 //! - [`app`]: builds the pieces from a `Config` and runs them until shutdown.
