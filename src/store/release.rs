@@ -26,6 +26,11 @@ use crate::domain::{Claimed, JobId, LeaseToken, QueueName, UnixMillis};
 const RELEASE_RETRY_FIRST: Duration = Duration::from_millis(100);
 const RELEASE_RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// How long a release keeps trying an unavailable Redis at most, whatever the leases: through
+/// a failover's pause, not through a long outage, where failed calls would pile up tasks that
+/// all retry at once when Redis is back; the leases then run out as they would have.
+const RELEASE_RETRY_WINDOW: Duration = Duration::from_secs(60);
+
 /// Jobs claimed for one caller and not yet given to it. Dropped undelivered, they are put back
 /// in their queues (release.lua) by a task of their own.
 #[derive(Default)]
@@ -97,8 +102,8 @@ impl Drop for ClaimedJobs {
 impl JobStore {
     /// Puts back, on a task of their own, the jobs leased with these tokens to a caller that
     /// will never receive them. While Redis is unavailable it tries again, pausing longer each
-    /// time, until the leases run out (`until`: from then on the sweeper takes the jobs back)
-    /// or jobd shuts down.
+    /// time, until the leases run out (`until`: from then on the sweeper takes the jobs back),
+    /// `RELEASE_RETRY_WINDOW` has passed, or jobd shuts down.
     ///
     /// `client` is the connection of the call that leased the jobs: Redis runs a connection's
     /// commands in order, so a release cannot overtake a claim still waiting in Redis.
@@ -116,6 +121,7 @@ impl JobStore {
             return;
         }
         let (store, client) = (self.clone(), client.clone());
+        let until = until.min(UnixMillis::now().saturating_add(RELEASE_RETRY_WINDOW));
         self.tasks.spawn(async move {
             let mut pause = RELEASE_RETRY_FIRST;
             loop {
