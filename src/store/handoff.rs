@@ -180,13 +180,8 @@ impl JobStore {
                 let made = match &reply {
                     Ok(reply) => handed(reply),
                     Err(error) => {
-                        // The call may have made the hand-offs all the same (Redis ran it and
-                        // the reply was lost, or it runs late): whatever their tokens lease
-                        // goes back.
-                        if error.may_have_run() {
-                            let leases = handing.leases(&created);
-                            store.release_later(client, leases, handing.until());
-                        }
+                        let leases = handing.leases(&created);
+                        store.release_after_failed_call(error, client, leases, handing.until());
                         false
                     }
                 };

@@ -80,12 +80,6 @@ impl StoreError {
         Self::Corrupt(what.into())
     }
 
-    /// Whether the script call that failed with this error may have run all the same: all but
-    /// a Redis out of memory, which refuses a script whole before it runs.
-    fn may_have_run(&self) -> bool {
-        !matches!(self, Self::OutOfMemory(_))
-    }
-
     fn redis(context: &'static str) -> impl FnOnce(RedisError) -> Self {
         move |source| match source.kind() {
             ErrorKind::Timeout

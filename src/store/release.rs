@@ -100,6 +100,22 @@ impl Drop for ClaimedJobs {
 }
 
 impl JobStore {
+    /// After a script call that claims (a claim, or a submission's hand-offs) failed with
+    /// `error` on `client`: the call may have claimed all the same (Redis ran it and the reply
+    /// was lost, or runs it late), so whatever the tokens it carried lease goes back. Not after
+    /// a refusal for lack of memory, which refuses a script whole before it runs.
+    pub(super) fn release_after_failed_call(
+        &self,
+        error: &StoreError,
+        client: &Client,
+        leases: Vec<(JobId, LeaseToken)>,
+        until: UnixMillis,
+    ) {
+        if !matches!(error, StoreError::OutOfMemory(_)) {
+            self.release_later(client, leases, until);
+        }
+    }
+
     /// Puts back, on a task of their own, the jobs leased with these tokens to a caller that
     /// will never receive them. While Redis is unavailable it tries again, pausing longer each
     /// time, until the leases run out (`until`: from then on the sweeper takes the jobs back),

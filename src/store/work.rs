@@ -153,12 +153,8 @@ impl JobStore {
             {
                 Ok(round) => round,
                 Err(error) => {
-                    // The call may have claimed jobs all the same (Redis ran it and the reply
-                    // was lost, or it runs late): whatever these tokens lease goes back.
-                    if error.may_have_run() {
-                        let until = now.saturating_add(self.settings.max_lease);
-                        self.release_later(client, leases, until);
-                    }
+                    let until = now.saturating_add(self.settings.max_lease);
+                    self.release_after_failed_call(&error, client, leases, until);
                     return Err(error);
                 }
             };
