@@ -36,8 +36,8 @@ use crate::{
 /// can notice an earlier due time or lease that another replica set there.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
-/// The longest an idle queue goes unvisited: how late its retained-job index is trimmed, and
-/// the bound should the news of a change in it never arrive.
+/// The longest an idle queue goes unvisited (its retained jobs are trimmed when their
+/// retention ends): the bound should the news of a change in it never arrive.
 const IDLE_VISIT: Duration = Duration::from_secs(30);
 
 /// How often the list of queues is re-read from the registry.
