@@ -53,20 +53,28 @@ pub struct SweeperHandle {
 #[derive(Default)]
 struct HandleShared {
     wake: Notify,
+    marks: Mutex<Marks>,
+}
+
+/// Which queues the sweeper should see to, as its handle tells it.
+#[derive(Default)]
+struct Marks {
     /// Queues whose last visit found nothing scheduled and nothing running.
-    idle: Mutex<HashSet<QueueName>>,
+    idle: HashSet<QueueName>,
     /// Queues to visit at once: something was scheduled there.
-    woken: Mutex<HashSet<QueueName>>,
+    woken: HashSet<QueueName>,
     /// Idle queues whose jobs had events: to visit within `MAX_SLEEP` of their last visit.
-    touched: Mutex<HashSet<QueueName>>,
+    touched: HashSet<QueueName>,
 }
 
 impl SweeperHandle {
     /// Something in `queue` may fall due before the sweeper's next visit (a job scheduled
     /// there): it visits the queue at once.
     pub fn wake(&self, queue: &QueueName) {
-        lock(&self.shared.idle).remove(queue);
-        lock(&self.shared.woken).insert(queue.clone());
+        let mut marks = self.marks();
+        marks.idle.remove(queue);
+        marks.woken.insert(queue.clone());
+        drop(marks);
         self.shared.wake.notify_one();
     }
 
@@ -77,35 +85,43 @@ impl SweeperHandle {
         let Some(queue) = JobId::queue_part(job_id) else {
             return;
         };
-        let Some(queue) = lock(&self.shared.idle).take(queue) else {
+        let mut marks = self.marks();
+        let Some(queue) = marks.idle.take(queue) else {
             return;
         };
-        lock(&self.shared.touched).insert(queue);
+        marks.touched.insert(queue);
+        drop(marks);
         self.shared.wake.notify_one();
+    }
+
+    fn marks(&self) -> std::sync::MutexGuard<'_, Marks> {
+        lock(&self.shared.marks)
     }
 
     /// Events may have been lost: every idle queue is visited again.
     fn touch_all_idle(&self) {
-        let idle = std::mem::take(&mut *lock(&self.shared.idle));
-        lock(&self.shared.touched).extend(idle);
+        let mut marks = self.marks();
+        let idle = std::mem::take(&mut marks.idle);
+        marks.touched.extend(idle);
     }
 
-    fn take_woken(&self) -> HashSet<QueueName> {
-        std::mem::take(&mut *lock(&self.shared.woken))
-    }
-
-    fn take_touched(&self) -> HashSet<QueueName> {
-        std::mem::take(&mut *lock(&self.shared.touched))
+    /// The queues woken, then those touched, since the last call.
+    fn take_marked(&self) -> (HashSet<QueueName>, HashSet<QueueName>) {
+        let mut marks = self.marks();
+        (
+            std::mem::take(&mut marks.woken),
+            std::mem::take(&mut marks.touched),
+        )
     }
 
     /// Marks `queue` idle, or not: set before a visit, so that an event during it is not
     /// missed, and cleared when the visit finds work.
     fn set_idle(&self, queue: &QueueName, idle: bool) {
-        let mut set = lock(&self.shared.idle);
+        let mut marks = self.marks();
         if idle {
-            set.insert(queue.clone());
+            marks.idle.insert(queue.clone());
         } else {
-            set.remove(queue);
+            marks.idle.remove(queue);
         }
     }
 }
@@ -169,10 +185,11 @@ impl Sweeper {
             for queue in known {
                 visits.entry(queue).or_insert_with(unvisited);
             }
-            for queue in self.handle.take_woken() {
+            let (woken, touched) = self.handle.take_marked();
+            for queue in woken {
                 visits.entry(queue).or_insert_with(unvisited).next = now;
             }
-            for queue in self.handle.take_touched() {
+            for queue in touched {
                 let visit = visits.entry(queue).or_insert_with(unvisited);
                 // Not more often than a queue with work is visited anyway.
                 let soonest = visit.last.map_or(now, |last| last + MAX_SLEEP);
