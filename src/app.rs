@@ -99,6 +99,7 @@ impl App {
             StoreSettings {
                 default_lease: config.jobs.default_lease,
                 max_lease: config.jobs.max_lease,
+                command_timeout: config.redis.redis_command_timeout,
             },
             metrics.clone(),
             tracker.clone(),

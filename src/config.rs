@@ -114,6 +114,12 @@ pub struct JobsConfig {
     /// Longest a ClaimJob call may wait for a job.
     #[arg(long, env = "JOBD_MAX_CLAIM_WAIT", default_value = "60s", value_parser = parse_duration)]
     pub max_claim_wait: Duration,
+
+    /// How long a worker has to acknowledge a job it claimed (a heartbeat, or its outcome)
+    /// unless its claim says otherwise; an unacknowledged job goes back to its queue at no
+    /// cost, its claim's reply having perhaps never reached the worker.
+    #[arg(long, env = "JOBD_ACK_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub ack_timeout: Duration,
 }
 
 /// The shortest lease a worker may ask for: a heartbeat needs at least a round trip.
@@ -146,6 +152,9 @@ impl Config {
         if self.jobs.default_lease < MIN_LEASE || self.jobs.default_lease > self.jobs.max_lease {
             return Err("invalid JOBD_DEFAULT_LEASE: must be between 1s and JOBD_MAX_LEASE".into());
         }
+        if self.jobs.ack_timeout < MIN_LEASE || self.jobs.ack_timeout > self.jobs.max_lease {
+            return Err("invalid JOBD_ACK_TIMEOUT: must be between 1s and JOBD_MAX_LEASE".into());
+        }
         if self.jobs.retention < MIN_RETENTION || self.jobs.retention > MAX_RETENTION {
             return Err("invalid JOBD_RETENTION: must be from 1s to 30 days".into());
         }
@@ -170,6 +179,7 @@ impl Config {
             min_lease: MIN_LEASE,
             max_lease: self.jobs.max_lease,
             max_wait: self.jobs.max_claim_wait,
+            default_ack: self.jobs.ack_timeout,
         }
     }
 }

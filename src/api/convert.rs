@@ -144,6 +144,7 @@ impl From<Job> for proto::Job {
             priority: job.priority,
             run_at: job.run_at.map(timestamp),
             lease_expires_at: job.lease_expires_at.map(timestamp),
+            ack_deadline: job.ack_deadline.map(timestamp),
             worker_id: job.worker_id.unwrap_or_default(),
             backoff: Some(job.backoff.into()),
             trace_context: job.trace_context.into_iter().collect(),
@@ -194,7 +195,10 @@ impl From<JobEvent> for proto::JobEvent {
                 out.error = error;
                 proto::EventType::RetryScheduled
             }
-            EventKind::Released => proto::EventType::Released,
+            EventKind::Released { reason } => {
+                out.reason = reason;
+                proto::EventType::Released
+            }
             EventKind::Unrecognized { .. } => proto::EventType::Unspecified,
         };
         out.set_type(kind);

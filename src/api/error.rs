@@ -5,12 +5,17 @@
 
 use tonic::Status;
 
-use crate::{domain::RequestError, store::StoreError};
+use crate::{
+    domain::{ClaimDeadline, JobState, Refusal, RequestError},
+    store::StoreError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error(transparent)]
     Request(#[from] RequestError),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -25,7 +30,9 @@ impl From<ApiError> for Status {
                 Status::resource_exhausted(error.to_string())
             }
             ApiError::Store(StoreError::NotFound) => Status::not_found("job not found"),
-            ApiError::Store(StoreError::Conflict(why)) => Status::failed_precondition(why),
+            ApiError::Refused(refusal) | ApiError::Store(StoreError::Refused(refusal)) => {
+                Status::failed_precondition(explain(&refusal))
+            }
             ApiError::Store(error @ StoreError::Unavailable(_)) => {
                 tracing::warn!(error = %chain(&error), "Redis unavailable");
                 Status::unavailable("storage is unavailable; retry later")
@@ -53,6 +60,61 @@ impl From<RequestError> for Status {
 impl From<StoreError> for Status {
     fn from(error: StoreError) -> Self {
         ApiError::from(error).into()
+    }
+}
+
+impl From<Refusal> for Status {
+    fn from(refusal: Refusal) -> Self {
+        ApiError::from(refusal).into()
+    }
+}
+
+/// What a refusal tells the caller: what is wrong, and what became of the job.
+fn explain(refusal: &Refusal) -> String {
+    let not_current = "the lease token is not the job's current one";
+    match refusal {
+        Refusal::NotCurrentToken { state } => match state {
+            JobState::Running => format!(
+                "{not_current}: the job runs under another lease (it was claimed again, or the \
+                 token is another job's)"
+            ),
+            JobState::Queued => format!(
+                "{not_current}: the job is back in its queue (given back, or not acknowledged \
+                 in time) and awaits a new claim"
+            ),
+            JobState::Scheduled => format!(
+                "{not_current}: the attempt ended (failure reported, or lease expired) and the \
+                 job awaits its next attempt"
+            ),
+            JobState::Cancelled => format!("{not_current}: the job was cancelled"),
+            JobState::Completed | JobState::Failed => {
+                format!("{not_current}: the job is already {}", state.as_str())
+            }
+        },
+        Refusal::UnknownToken => {
+            "lease_token is not a lease token jobd issued, so not the job's current one; use the \
+             token the claim returned"
+                .to_owned()
+        }
+        Refusal::DeadlinePassed {
+            deadline: ClaimDeadline::Ack,
+            at,
+        } => format!(
+            "the lease token is no longer valid: the job was not acknowledged by {} (a heartbeat \
+             or its outcome) and goes back to its queue",
+            at.rfc3339()
+        ),
+        Refusal::DeadlinePassed {
+            deadline: ClaimDeadline::Lease,
+            at,
+        } => format!(
+            "the lease token is no longer valid: the lease ran out at {} without a heartbeat",
+            at.rfc3339()
+        ),
+        Refusal::Finished(state) => format!(
+            "the job is already {} and can no longer be cancelled",
+            state.as_str()
+        ),
     }
 }
 

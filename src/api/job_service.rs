@@ -59,7 +59,7 @@ impl JobApi {
     fn new_jobs(
         &self,
         request: Request<proto::SubmitJobsRequest>,
-    ) -> Result<(Vec<(JobId, NewJob)>, UnixMillis), Status> {
+    ) -> Result<Vec<(JobId, NewJob)>, Status> {
         let now = UnixMillis::now();
         let trace_context = current_trace_context(request.metadata().as_ref());
         let requests = request.into_inner().jobs;
@@ -77,13 +77,15 @@ impl JobApi {
             let job = NewJob::new(submission, &self.limits, now).map_err(|e| e.within(&element))?;
             jobs.push((self.store.new_job_id(&job.queue), job));
         }
-        Ok((jobs, now))
+        Ok(jobs)
     }
 
     /// The answer for one submitted job; a new one is counted, and a scheduled one wakes the
-    /// sweeper.
+    /// sweeper. The job comes without what the caller sent (payload, labels) and without a
+    /// result: a reply that echoed them could exceed what a client accepts (4 MiB for every
+    /// stock gRPC client) after the jobs were created, and its retry would create them again.
     async fn submitted(&self, submitted: Submitted) -> Result<proto::SubmitJobResponse, Status> {
-        let (job, created) = match submitted {
+        let (mut job, created) = match submitted {
             Submitted::Created(job) => {
                 tracing::debug!(job = %job.id, "job submitted");
                 self.metrics.submitted(job.queue(), job.kind.as_str());
@@ -94,6 +96,9 @@ impl JobApi {
             }
             Submitted::Existing(id) => (self.store.get(&id).await?, false),
         };
+        job.payload = Default::default();
+        job.labels = Default::default();
+        job.result = None;
         Ok(proto::SubmitJobResponse {
             job: Some(job.into()),
             created,
@@ -112,7 +117,7 @@ impl JobService for JobApi {
         let mut submission: SubmitRequest = request.into_inner().try_into()?;
         submission.trace_context = trace_context;
         let new = NewJob::new(submission, &self.limits, now)?;
-        let submitted = self.store.submit(new, now).await?;
+        let submitted = self.store.submit(new).await?;
         Ok(Response::new(self.submitted(submitted).await?))
     }
 
@@ -120,9 +125,9 @@ impl JobService for JobApi {
         &self,
         request: Request<proto::SubmitJobsRequest>,
     ) -> Result<Response<proto::SubmitJobsResponse>, Status> {
-        let (jobs, now) = self.new_jobs(request)?;
+        let jobs = self.new_jobs(request)?;
         let mut results = Vec::with_capacity(jobs.len());
-        for submitted in self.store.submit_many(jobs, now).await? {
+        for submitted in self.store.submit_many(jobs).await? {
             results.push(self.submitted(submitted).await?);
         }
         Ok(Response::new(proto::SubmitJobsResponse { results }))
@@ -134,7 +139,7 @@ impl JobService for JobApi {
         &self,
         request: Request<proto::SubmitJobsRequest>,
     ) -> Result<Response<Self::SubmitAndWatchJobsStream>, Status> {
-        let (jobs, now) = self.new_jobs(request)?;
+        let jobs = self.new_jobs(request)?;
         // Registered before the jobs are written, so that no event can go unannounced.
         let mut watches: Vec<_> = jobs.iter().map(|(id, _)| self.hub.watch_job(id)).collect();
         let mut followed = Followed::new(
@@ -143,7 +148,7 @@ impl JobService for JobApi {
             self.shutdown.clone(),
         );
         let mut results = Vec::with_capacity(jobs.len());
-        let submitted = self.store.submit_many(jobs, now).await?;
+        let submitted = self.store.submit_many(jobs).await?;
         for (submitted, watch) in submitted.into_iter().zip(watches.drain(..)) {
             match &submitted {
                 Submitted::Created(job) => followed.created(watch, job.first_event()),
@@ -180,10 +185,7 @@ impl JobService for JobApi {
         let request = request.into_inner();
         let id = JobId::parse("job_id", &request.job_id)?;
         check_text("reason", &request.reason, MAX_CANCEL_REASON)?;
-        let (job, cancelled_now) = self
-            .store
-            .cancel(&id, &request.reason, UnixMillis::now())
-            .await?;
+        let (job, cancelled_now) = self.store.cancel(&id, &request.reason).await?;
         if cancelled_now {
             self.metrics
                 .finished(job.queue(), job.kind.as_str(), JobState::Cancelled);
@@ -198,7 +200,7 @@ impl JobService for JobApi {
         request: Request<proto::GetQueueStatsRequest>,
     ) -> Result<Response<proto::QueueStats>, Status> {
         let queue = QueueName::parse("queue", &request.get_ref().queue)?;
-        let stats = self.store.stats(&queue, UnixMillis::now()).await?;
+        let stats = self.store.stats(&queue).await?;
         Ok(Response::new(proto::QueueStats {
             queue: queue.to_string(),
             queued: stats.queued,

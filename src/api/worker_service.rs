@@ -12,15 +12,17 @@ use crate::{
     background::SweeperHandle,
     domain::{
         AttemptEnd, ClaimRequest, Claimed, FailOutcome, HeartbeatOutcome, JobId, JobState,
-        LeaseLimits, LeaseToken, Progress, RequestError, UnixMillis, check_size, check_text,
+        LeaseLimits, LeaseToken, Progress, Refusal, RequestError, check_size, check_text,
+        stored_error,
     },
     events::{EventHub, QueueWaiter, Wakeup},
     store::{ClaimedJobs, Completed, JobStore, StoreError},
     telemetry::Metrics,
 };
 
-const MAX_ERROR_MESSAGE: usize = 4096;
 const MAX_CLAIM_JOBS: u32 = 100;
+const MAX_RELEASE_REASON: usize = 256;
+const DEFAULT_RELEASE_REASON: &str = "given back by its worker";
 
 pub struct WorkerApi {
     store: JobStore,
@@ -54,13 +56,22 @@ impl WorkerApi {
     }
 
     /// Records a job that a worker finished for good.
-    fn record_end(&self, id: &JobId, ended: &AttemptEnd, outcome: JobState, now: UnixMillis) {
+    fn record_end(&self, id: &JobId, ended: &AttemptEnd, outcome: JobState) {
         self.metrics
             .finished(id.queue(), ended.kind.as_str(), outcome);
-        if let Some(started) = ended.started_at {
-            self.metrics
-                .run_time(id.queue(), outcome, now.since(started));
+        if let Some(run_time) = ended.run_time() {
+            self.metrics.run_time(id.queue(), outcome, run_time);
         }
+    }
+
+    /// The status for a store error on a call about job `id`. A claim whose deadline passed
+    /// wakes the sweeper for its queue, so that the job goes back (or its attempt ends) at
+    /// once rather than at the sweeper's next visit.
+    fn refused(&self, id: &JobId, error: StoreError) -> Status {
+        if matches!(error, StoreError::Refused(Refusal::DeadlinePassed { .. })) {
+            self.sweeper.wake(id.queue());
+        }
+        error.into()
     }
 
     /// Claims up to `max` jobs, trying each queue in the caller's order of preference.
@@ -69,10 +80,9 @@ impl WorkerApi {
         let mut claimed = ClaimedJobs::default();
         for queue in &claim.queues {
             let want = max - claimed.len();
-            let now = UnixMillis::now();
             claimed.append(
                 self.store
-                    .claim(queue, &claim.worker, claim.lease, want, now)
+                    .claim(queue, &claim.worker, claim.lease, want, claim.ack_timeout)
                     .await?,
             );
             if claimed.len() >= max {
@@ -153,9 +163,13 @@ impl WorkerApi {
             };
             // Parked, a job submitted through this process comes straight to this claim; one
             // submitted elsewhere wakes it to look again.
-            let mut parked = self
-                .store
-                .park(&claim.queues, &claim.worker, claim.lease, max);
+            let mut parked = self.store.park(
+                &claim.queues,
+                &claim.worker,
+                claim.lease,
+                max,
+                claim.ack_timeout,
+            );
             let (handed, stop) = tokio::select! {
                 handed = parked.handed() => (Some(handed), false),
                 () = wakeup => (None, false),
@@ -176,12 +190,14 @@ impl WorkerApi {
         }
     }
 
-    /// Records how long the jobs just claimed for the first time waited.
+    /// Records how long the jobs just claimed for the first time waited, by Redis's clock,
+    /// which recorded both times.
     fn started(&self, claimed: ClaimedJobs) -> ClaimedJobs {
-        let now = UnixMillis::now();
         for first in claimed.iter().filter(|claimed| claimed.job.attempt == 1) {
-            self.metrics
-                .queue_wait(first.job.queue(), now.since(first.job.created_at));
+            if let Some(started) = first.job.started_at {
+                self.metrics
+                    .queue_wait(first.job.queue(), started.since(first.job.created_at));
+            }
         }
         claimed
     }
@@ -191,11 +207,15 @@ impl WorkerApi {
             .map(|lease| self.limits.check_lease("lease", lease))
             .transpose()?;
         let wait = self.limits.wait("wait", duration("wait", request.wait)?)?;
+        let ack_timeout = self
+            .limits
+            .ack_timeout("ack_timeout", duration("ack_timeout", request.ack_timeout)?)?;
         Ok(ClaimRequest::new(
             &request.queues,
             &request.worker_id,
             lease,
             wait,
+            ack_timeout,
         )?)
     }
 
@@ -252,7 +272,7 @@ impl WorkerService for WorkerApi {
     ) -> Result<Response<proto::HeartbeatResponse>, Status> {
         let request = request.into_inner();
         let id = JobId::parse("job_id", &request.job_id)?;
-        let token = LeaseToken::parse("lease_token", &request.lease_token)?;
+        let token = lease_token("lease_token", &request.lease_token)?;
         let lease = duration("lease", request.lease)?
             .map(|lease| self.limits.check_lease("lease", lease))
             .transpose()?;
@@ -262,8 +282,9 @@ impl WorkerService for WorkerApi {
             .transpose()?;
         let outcome = self
             .store
-            .heartbeat(&id, &token, lease, progress, UnixMillis::now())
-            .await?;
+            .heartbeat(&id, &token, lease, progress)
+            .await
+            .map_err(|error| self.refused(&id, error))?;
         Ok(Response::new(match outcome {
             HeartbeatOutcome::Extended(expires) => proto::HeartbeatResponse {
                 lease_expires_at: Some(timestamp(expires)),
@@ -282,7 +303,7 @@ impl WorkerService for WorkerApi {
     ) -> Result<Response<proto::CompleteJobResponse>, Status> {
         let request = request.into_inner();
         let id = JobId::parse("job_id", &request.job_id)?;
-        let token = LeaseToken::parse("lease_token", &request.lease_token)?;
+        let token = lease_token("lease_token", &request.lease_token)?;
         check_size("result", &request.result, self.max_payload)?;
         let next = request
             .next
@@ -290,13 +311,13 @@ impl WorkerService for WorkerApi {
             .transpose()?;
         // Registered before the completion, which says whether the queue then had ready jobs.
         let waiting = next.as_ref().and_then(|(claim, _)| self.waiting(claim));
-        let now = UnixMillis::now();
         let completed = self
             .store
-            .complete(&id, &token, request.result, now)
-            .await?;
+            .complete(&id, &token, request.result)
+            .await
+            .map_err(|error| self.refused(&id, error))?;
         if let Some(ended) = &completed.ended {
-            self.record_end(&id, ended, JobState::Completed, now);
+            self.record_end(&id, ended, JobState::Completed);
         }
         let next = match next {
             Some((claim, max)) => {
@@ -329,6 +350,7 @@ impl WorkerService for WorkerApi {
             let element = format!("completions[{index}]");
             let within = |error: RequestError| error.within(&element);
             let id = JobId::parse("job_id", &completion.job_id).map_err(within)?;
+            // A token jobd never issued is refused for this completion alone, as the job would.
             let token =
                 LeaseToken::parse("lease_token", &completion.lease_token).map_err(within)?;
             check_size("result", &completion.result, self.max_payload).map_err(within)?;
@@ -340,28 +362,29 @@ impl WorkerService for WorkerApi {
             .transpose()?;
         // Registered before the completions, which say whether their queues then had ready jobs.
         let waiting = next.as_ref().and_then(|(claim, _)| self.waiting(claim));
-        let now = UnixMillis::now();
         // All at once: completions of one queue share a script call.
-        let outcomes = futures::future::join_all(
-            completions
-                .iter()
-                .map(|(id, token, result)| self.store.complete(id, token, result.clone(), now)),
-        )
-        .await;
+        let outcomes =
+            futures::future::join_all(completions.iter().map(|(id, token, result)| async move {
+                match token {
+                    Ok(token) => self.store.complete(id, token, result.clone()).await,
+                    Err(refusal) => Err(StoreError::Refused(refusal.clone())),
+                }
+            }))
+            .await;
         let mut results = Vec::with_capacity(outcomes.len());
         let mut recorded = Vec::with_capacity(outcomes.len());
         for ((id, _, _), outcome) in completions.iter().zip(outcomes) {
             let result = match outcome {
                 Ok(completed) => {
                     if let Some(ended) = &completed.ended {
-                        self.record_end(id, ended, JobState::Completed, now);
+                        self.record_end(id, ended, JobState::Completed);
                     }
                     recorded.push((id, completed));
                     proto::CompletionResult::default()
                 }
                 // The job's refusal is this completion's answer alone.
-                Err(error @ (StoreError::NotFound | StoreError::Conflict(_))) => {
-                    let status = Status::from(error);
+                Err(error @ (StoreError::NotFound | StoreError::Refused(_))) => {
+                    let status = self.refused(id, error);
                     proto::CompletionResult {
                         code: status.code() as i32,
                         message: status.message().to_owned(),
@@ -393,24 +416,26 @@ impl WorkerService for WorkerApi {
     ) -> Result<Response<proto::FailJobResponse>, Status> {
         let request = request.into_inner();
         let id = JobId::parse("job_id", &request.job_id)?;
-        let token = LeaseToken::parse("lease_token", &request.lease_token)?;
+        let token = lease_token("lease_token", &request.lease_token)?;
         if request.error.is_empty() {
             return Err(RequestError::invalid("error", "must not be empty").into());
         }
-        check_text("error", &request.error, MAX_ERROR_MESSAGE)?;
+        // A long error is kept cut rather than refused: refusing it would leave the failure
+        // unrecorded, the job waiting out its lease.
+        let error = stored_error(&request.error);
         let retryable = request.retryable.unwrap_or(true);
-        let now = UnixMillis::now();
         let (outcome, ended) = self
             .store
-            .fail(&id, &token, &request.error, retryable, now)
-            .await?;
+            .fail(&id, &token, &error, retryable)
+            .await
+            .map_err(|error| self.refused(&id, error))?;
         if let Some(ended) = ended {
             match outcome {
                 FailOutcome::RetryAt(_) => {
                     self.metrics
                         .retried(id.queue(), ended.kind.as_str(), "failed");
                 }
-                FailOutcome::Failed => self.record_end(&id, &ended, JobState::Failed, now),
+                FailOutcome::Failed => self.record_end(&id, &ended, JobState::Failed),
             }
         }
         Ok(Response::new(match outcome {
@@ -427,6 +452,32 @@ impl WorkerService for WorkerApi {
             },
         }))
     }
+
+    async fn release_job(
+        &self,
+        request: Request<proto::ReleaseJobRequest>,
+    ) -> Result<Response<proto::ReleaseJobResponse>, Status> {
+        let request = request.into_inner();
+        let id = JobId::parse("job_id", &request.job_id)?;
+        let token = lease_token("lease_token", &request.lease_token)?;
+        check_text("reason", &request.reason, MAX_RELEASE_REASON)?;
+        let reason = match request.reason.as_str() {
+            "" => DEFAULT_RELEASE_REASON,
+            reason => reason,
+        };
+        self.store
+            .release_held(&id, &token, reason)
+            .await
+            .map_err(|error| self.refused(&id, error))?;
+        self.metrics.released(id.queue(), 1);
+        Ok(Response::new(proto::ReleaseJobResponse {}))
+    }
+}
+
+/// A lease token as a caller presents it: INVALID_ARGUMENT when missing; one jobd never issued
+/// is refused as any token that is not the job's current one (FAILED_PRECONDITION).
+fn lease_token(field: &str, value: &str) -> Result<LeaseToken, Status> {
+    Ok(LeaseToken::parse(field, value)??)
 }
 
 /// A claim that may wait: its registration on the hub, armed for its first look.
@@ -462,6 +513,7 @@ fn claimed_job(claimed: Claimed) -> proto::ClaimedJob {
         job: Some(claimed.job.into()),
         lease_token: claimed.token.to_string(),
         lease_expires_at: Some(timestamp(claimed.lease_expires_at)),
+        ack_deadline: Some(timestamp(claimed.ack_deadline)),
     }
 }
 
@@ -470,5 +522,6 @@ fn claimed_response(claimed: Claimed) -> proto::ClaimJobResponse {
         job: Some(claimed.job.into()),
         lease_token: claimed.token.to_string(),
         lease_expires_at: Some(timestamp(claimed.lease_expires_at)),
+        ack_deadline: Some(timestamp(claimed.ack_deadline)),
     }
 }

@@ -5,11 +5,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    domain::{JobState, UnixMillis},
-    store::JobStore,
-    telemetry::QueueDepths,
-};
+use crate::{domain::JobState, store::JobStore, telemetry::QueueDepths};
 
 pub async fn refresh_queue_depths(
     store: JobStore,
@@ -32,7 +28,7 @@ pub async fn refresh_queue_depths(
             }
         };
         for queue in queues {
-            match store.stats(&queue, UnixMillis::now()).await {
+            match store.stats(&queue).await {
                 Ok(stats) => depths.set(
                     queue,
                     vec![

@@ -1,17 +1,21 @@
-//! The sweeper: makes due scheduled jobs claimable, recovers jobs whose lease expired, and
-//! forgets finished jobs whose retention has passed.
+//! The sweeper: makes due scheduled jobs claimable, ends claims whose deadline passed (a job
+//! its worker never acknowledged goes back to its queue, a lease that ran out ends its
+//! attempt), and forgets finished jobs whose retention has passed.
 //!
 //! Every jobd replica runs one, over every queue. It visits a queue again at its earliest due
-//! time or lease expiry, and at least every `MAX_SLEEP` while the queue has scheduled or
-//! running jobs, so delayed and retried jobs become claimable within milliseconds of their
-//! time without polling Redis in a tight loop. A queue with neither is idle: nothing can fall
-//! due in it until a job of it changes, which every replica hears of (each job event passes
-//! through its event hub, and `SweeperHandle::touch` brings the queue back within
-//! `MAX_SLEEP`), so an idle queue is visited only every `IDLE_VISIT`, or at once after its
-//! events when the hub may have missed some. A replica that schedules a job wakes its own
-//! sweeper for that queue at once. Several sweepers may race for the same job: every script
-//! re-checks its condition atomically, so each promotion and each lease recovery happens
-//! exactly once.
+//! time or claim deadline, and at least every `MAX_SLEEP` while the queue has scheduled or
+//! running jobs, so delayed and retried jobs become claimable and expired claims end within
+//! milliseconds of their time without polling Redis in a tight loop. Times are Redis's: each
+//! sweep says what Redis's clock read, and the next visit is that far from now whatever this
+//! replica's clock says. A queue with neither is idle: nothing can fall due in it until a job
+//! of it changes, which every replica hears of (each job event passes through its event hub,
+//! and `SweeperHandle::touch` brings the queue back within `MAX_SLEEP`, or makes a queue this
+//! replica did not know yet known at once), so an idle queue is visited only every
+//! `IDLE_VISIT`, or at once after its events when the hub may have missed some (the registry
+//! is then read again too). A replica that schedules a job, or sees a call refused for a
+//! passed deadline, wakes its own sweeper for that queue at once. Several sweepers may race for
+//! the same job: every script re-checks its condition atomically, so each promotion and each
+//! end of a claim happens exactly once.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -27,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     domain::{FailOutcome, JobId, JobState, QueueName, UnixMillis},
-    store::{JobStore, StoreError},
+    store::{Expired, JobStore, StoreError},
     sync::lock,
     telemetry::Metrics,
 };
@@ -59,6 +63,8 @@ struct HandleShared {
 /// Which queues the sweeper should see to, as its handle tells it.
 #[derive(Default)]
 struct Marks {
+    /// Every queue the sweeper visits.
+    known: HashSet<QueueName>,
     /// Queues whose last visit found nothing scheduled and nothing running.
     idle: HashSet<QueueName>,
     /// Queues to visit at once: something was scheduled there.
@@ -79,15 +85,22 @@ impl SweeperHandle {
     }
 
     /// A job with this id had an event (through any replica). Its queue, if idle, may no
-    /// longer be: it is visited again within `MAX_SLEEP` of its last visit. Called for every
-    /// event: for a queue that is not idle it costs one lookup.
+    /// longer be: it is visited again within `MAX_SLEEP` of its last visit; a queue the
+    /// sweeper did not know (created through another replica since the registry was read) is
+    /// visited at once. Called for every event: for a known queue that is not idle it costs
+    /// two lookups.
     pub fn touch(&self, job_id: &str) {
-        let Some(queue) = JobId::queue_part(job_id) else {
+        let Some(name) = JobId::queue_part(job_id) else {
             return;
         };
         let mut marks = self.marks();
-        let Some(queue) = marks.idle.take(queue) else {
-            return;
+        let queue = match marks.idle.take(name) {
+            Some(queue) => queue,
+            None if marks.known.contains(name) => return,
+            None => match QueueName::parse("queue", name) {
+                Ok(queue) => queue,
+                Err(_) => return,
+            },
         };
         marks.touched.insert(queue);
         drop(marks);
@@ -114,6 +127,11 @@ impl SweeperHandle {
         )
     }
 
+    /// Records that the sweeper visits `queues`.
+    fn know(&self, queues: impl IntoIterator<Item = QueueName>) {
+        self.marks().known.extend(queues);
+    }
+
     /// Marks `queue` idle, or not: set before a visit, so that an event during it is not
     /// missed, and cleared when the visit finds work.
     fn set_idle(&self, queue: &QueueName, idle: bool) {
@@ -134,6 +152,8 @@ pub struct Sweeper {
 
 /// What one pass over a queue left to do.
 struct Pass {
+    /// Redis's time when the queue was swept.
+    now: UnixMillis,
     /// The earliest future due time or lease expiry; none when the queue is idle.
     next: Option<UnixMillis>,
     /// When the next retained job is to be trimmed from its index.
@@ -161,28 +181,32 @@ impl Sweeper {
     pub async fn run(self, mut resyncs: watch::Receiver<u64>, shutdown: CancellationToken) {
         let mut visits: HashMap<QueueName, Visits> = HashMap::new();
         let mut queues_read: Option<Instant> = None;
+        // How many queues the handle was last told of.
+        let mut known = 0;
         let mut failing = false;
         while !shutdown.is_cancelled() {
             let now = Instant::now();
-            let mut known = self.store.local_queues();
+            if resyncs.has_changed().unwrap_or(false) {
+                resyncs.mark_unchanged();
+                self.handle.touch_all_idle();
+                // Events of queues it does not know may have been lost too.
+                queues_read = None;
+            }
+            let mut listed = self.store.local_queues();
             if queues_read.is_none_or(|at| at.elapsed() >= QUEUE_REFRESH) {
                 match self.store.queues().await {
                     Ok(found) => {
-                        known.extend(found);
+                        listed.extend(found);
                         queues_read = Some(now);
                     }
                     Err(error) => report(&mut failing, &error),
                 }
             }
-            if resyncs.has_changed().unwrap_or(false) {
-                resyncs.mark_unchanged();
-                self.handle.touch_all_idle();
-            }
             let unvisited = || Visits {
                 last: None,
                 next: now,
             };
-            for queue in known {
+            for queue in listed {
                 visits.entry(queue).or_insert_with(unvisited);
             }
             let (woken, touched) = self.handle.take_marked();
@@ -195,6 +219,11 @@ impl Sweeper {
                 let soonest = visit.last.map_or(now, |last| last + MAX_SLEEP);
                 visit.next = visit.next.min(soonest);
             }
+            if visits.len() != known {
+                // New queues: their events no longer need to make them known.
+                known = visits.len();
+                self.handle.know(visits.keys().cloned());
+            }
 
             let mut more = false;
             for (queue, visit) in visits.iter_mut().filter(|(_, v)| v.next <= now) {
@@ -205,9 +234,8 @@ impl Sweeper {
                     Ok(pass) => {
                         failing = false;
                         more |= pass.more;
-                        let until = |at: UnixMillis| {
-                            Duration::from_millis(at.0.saturating_sub(UnixMillis::now().0))
-                        };
+                        // By Redis's clock, which set every time the pass reports.
+                        let until = |at: UnixMillis| at.since(pass.now);
                         match (pass.more, pass.next) {
                             (true, _) => (Duration::ZERO, false),
                             (false, None) => {
@@ -248,29 +276,34 @@ impl Sweeper {
     }
 
     async fn pass(&self, queue: &QueueName) -> Result<Pass, StoreError> {
-        let now = UnixMillis::now();
-        let report = self.store.sweep(queue, now).await?;
+        let report = self.store.sweep(queue).await?;
         tracing::trace!(queue = %queue, ?report, "swept");
-        let promoted = self.store.promote(queue, &report.due, now).await?;
+        let promoted = self.store.promote(queue, &report.due).await?;
         if promoted > 0 {
             tracing::debug!(queue = %queue, promoted, "scheduled jobs became claimable");
         }
         for id in &report.expired {
-            let Some((outcome, ended)) = self.store.expire(id, now).await? else {
-                continue; // Another replica, or a heartbeat, got there first.
-            };
-            self.metrics.lease_expired(queue);
-            let Some(ended) = ended else { continue };
-            match outcome {
-                FailOutcome::RetryAt(at) => {
-                    tracing::info!(job = %id, retry_at = at.0, "lease expired; retry scheduled");
-                    self.metrics
-                        .retried(queue, ended.kind.as_str(), "lease_expired");
+            match self.store.expire(id).await? {
+                // Another replica, or a heartbeat, got there first.
+                None => {}
+                Some(Expired::Released) => {
+                    tracing::info!(job = %id, "not acknowledged by its worker in time; back in its queue");
+                    self.metrics.released(queue, 1);
                 }
-                FailOutcome::Failed => {
-                    tracing::info!(job = %id, "lease expired; no attempts left, job failed");
-                    self.metrics
-                        .finished(queue, ended.kind.as_str(), JobState::Failed);
+                Some(Expired::AttemptEnded(outcome, ended)) => {
+                    self.metrics.lease_expired(queue);
+                    match outcome {
+                        FailOutcome::RetryAt(at) => {
+                            tracing::info!(job = %id, retry_at = at.0, "claim expired; retry scheduled");
+                            self.metrics
+                                .retried(queue, ended.kind.as_str(), "lease_expired");
+                        }
+                        FailOutcome::Failed => {
+                            tracing::info!(job = %id, "claim expired; no attempts left, job failed");
+                            self.metrics
+                                .finished(queue, ended.kind.as_str(), JobState::Failed);
+                        }
+                    }
                 }
             }
         }
@@ -281,10 +314,11 @@ impl Sweeper {
             .flatten()
             .min();
         Ok(Pass {
+            now: report.now,
             next: if report.expired.is_empty() {
                 next
             } else {
-                Some(now)
+                Some(report.now)
             },
             next_trim: report.next_trim,
             more: full(report.due.len()) || full(report.expired.len()),

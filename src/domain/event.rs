@@ -40,9 +40,11 @@ pub enum EventKind {
         run_at: UnixMillis,
         error: String,
     },
-    /// Claimed for a caller that went away before receiving it: queued again, the claim not
-    /// counted as an attempt.
-    Released,
+    /// Back in its queue from a claim that does not count as an attempt: given back by its
+    /// worker, claimed for a caller that went away, or not acknowledged in time.
+    Released {
+        reason: String,
+    },
     /// An event of a type this jobd does not know, recorded by a newer one (replicas of two
     /// versions serve the same jobs during a rolling upgrade): passed on with its sequence,
     /// time and attempt, so a watch neither fails nor skips a sequence number.

@@ -13,7 +13,7 @@ use super::{
 };
 
 /// Milliseconds since the Unix epoch, the resolution jobd records times in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct UnixMillis(pub u64);
 
 impl UnixMillis {
@@ -32,6 +32,12 @@ impl UnixMillis {
     pub fn saturating_add(self, duration: Duration) -> Self {
         let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
         Self(self.0.saturating_add(millis))
+    }
+
+    /// The time as RFC 3339 with milliseconds, for messages.
+    pub fn rfc3339(self) -> String {
+        let at = UNIX_EPOCH + Duration::from_millis(self.0);
+        humantime::format_rfc3339_millis(at).to_string()
     }
 }
 
@@ -109,6 +115,9 @@ pub struct Job {
     pub run_at: Option<UnixMillis>,
     /// When RUNNING: when the lease runs out.
     pub lease_expires_at: Option<UnixMillis>,
+    /// When RUNNING and not yet acknowledged by its worker: when it goes back to its queue
+    /// unless the worker acknowledges it.
+    pub ack_deadline: Option<UnixMillis>,
     pub worker_id: Option<String>,
     /// The submitter's W3C trace context, for the worker to continue its trace.
     pub trace_context: BTreeMap<String, String>,
@@ -137,12 +146,14 @@ impl Job {
     }
 
     /// A QUEUED job as its first claim leaves it: RUNNING, attempt 1, leased to `worker`
-    /// from `at` until `lease_expires_at`, its STARTED event the second of its log.
+    /// from `at` until `lease_expires_at`, to be acknowledged by `ack_deadline`, its STARTED
+    /// event the second of its log.
     pub fn started_by(
         self,
         worker: &WorkerId,
         at: UnixMillis,
         lease_expires_at: UnixMillis,
+        ack_deadline: UnixMillis,
     ) -> Job {
         Job {
             state: JobState::Running,
@@ -151,6 +162,7 @@ impl Job {
             last_sequence: 2,
             run_at: None,
             lease_expires_at: Some(lease_expires_at),
+            ack_deadline: Some(ack_deadline),
             worker_id: Some(worker.as_str().to_owned()),
             ..self
         }
@@ -192,8 +204,9 @@ pub struct NewJob {
     pub labels: BTreeMap<String, String>,
     pub max_attempts: u32,
     pub backoff: Backoff,
-    /// When the job becomes claimable; `None`: at once.
-    pub run_at: Option<UnixMillis>,
+    /// When the job becomes claimable; `None`: at once. A delay counts from the time Redis
+    /// writes the job, by Redis's clock.
+    pub start: Option<Start>,
     pub priority: i32,
     /// The lease for workers that ask for none; `None`: the server's default.
     pub lease: Option<Duration>,
@@ -203,12 +216,24 @@ pub struct NewJob {
 }
 
 impl NewJob {
-    /// The job as SubmitJob creates it: QUEUED, or SCHEDULED until `run_at`.
-    pub fn into_job(self, id: JobId, now: UnixMillis) -> Job {
+    /// When the job becomes claimable if Redis writes it at `created`; `None`: at once. The
+    /// submit scripts decide as this does (`start_time` in lua/lib.lua).
+    pub fn run_at(&self, created: UnixMillis) -> Option<UnixMillis> {
+        let at = match self.start? {
+            Start::At(at) => at,
+            Start::After(delay) => created.saturating_add(delay),
+        };
+        (at > created).then_some(at)
+    }
+
+    /// The job as SubmitJob creates it, written by Redis at `created`: QUEUED, or SCHEDULED
+    /// until its start.
+    pub fn into_job(self, id: JobId, created: UnixMillis) -> Job {
+        let run_at = self.run_at(created);
         Job {
             id,
             kind: self.kind,
-            state: if self.run_at.is_some() {
+            state: if run_at.is_some() {
                 JobState::Scheduled
             } else {
                 JobState::Queued
@@ -219,15 +244,16 @@ impl NewJob {
             result: None,
             error: None,
             cancel_reason: None,
-            created_at: now,
+            created_at: created,
             started_at: None,
             finished_at: None,
             last_sequence: 1,
             max_attempts: self.max_attempts,
             priority: self.priority,
             backoff: self.backoff,
-            run_at: self.run_at,
+            run_at,
             lease_expires_at: None,
+            ack_deadline: None,
             worker_id: None,
             trace_context: self.trace_context,
         }
@@ -261,7 +287,7 @@ impl NewJob {
             labels: request.labels,
             max_attempts: schedule::max_attempts(request.max_attempts)?,
             backoff: request.backoff.resolve()?,
-            run_at: schedule::run_at(request.start, now)?,
+            start: schedule::start(request.start, now)?,
             priority: schedule::priority(request.priority)?,
             lease,
             idempotency: Idempotency::new(
@@ -311,6 +337,23 @@ pub fn check_size(field: &'static str, value: &[u8], limit: usize) -> Result<(),
     Ok(())
 }
 
+/// The longest error text a job keeps; a longer one (a stack trace, say) is cut there.
+pub const MAX_STORED_ERROR: usize = 4096;
+
+/// An attempt's error as the job keeps it: whole up to `MAX_STORED_ERROR` bytes, else cut at a
+/// character boundary, saying so and how long it was, within the same bound.
+pub fn stored_error(error: &str) -> std::borrow::Cow<'_, str> {
+    if error.len() <= MAX_STORED_ERROR {
+        return error.into();
+    }
+    let note = format!(" [truncated: {} bytes in all]", error.len());
+    let mut end = MAX_STORED_ERROR - note.len();
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{note}", &error[..end]).into()
+}
+
 /// Checks a short free-text field such as a cancel reason or an error message.
 pub fn check_text(field: &str, value: &str, max: usize) -> Result<(), RequestError> {
     if value.len() > max {
@@ -342,6 +385,7 @@ mod tests {
                 min_lease: Duration::from_secs(1),
                 max_lease: Duration::from_secs(3600),
                 max_wait: Duration::from_secs(60),
+                default_ack: Duration::from_secs(5),
             },
         }
     }
@@ -382,13 +426,29 @@ mod tests {
     }
 
     #[test]
+    fn long_errors_are_kept_cut_and_say_so() {
+        assert_eq!(stored_error("short"), "short");
+        let exact = "e".repeat(MAX_STORED_ERROR);
+        assert_eq!(stored_error(&exact), exact);
+        // Multi-byte characters across the cut: the text stays valid and within the bound.
+        let long = "é".repeat(40_000);
+        let stored = stored_error(&long);
+        assert!(stored.len() <= MAX_STORED_ERROR, "{}", stored.len());
+        assert!(stored.starts_with("éé"));
+        assert!(
+            stored.ends_with(" [truncated: 80000 bytes in all]"),
+            "{stored}"
+        );
+    }
+
+    #[test]
     fn defaults_are_filled_in() {
         let job = NewJob::new(request(0, BTreeMap::new()), &limits(10), UnixMillis(0)).unwrap();
         assert_eq!(job.max_attempts, 3);
         assert_eq!(job.backoff, Backoff::default());
         assert_eq!(job.retention, Duration::from_secs(86400));
         assert_eq!(
-            (job.run_at, job.lease, job.idempotency, job.priority),
+            (job.start, job.lease, job.idempotency, job.priority),
             (None, None, None, 0)
         );
     }

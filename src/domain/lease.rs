@@ -2,7 +2,7 @@
 
 use std::{fmt, time::Duration};
 
-use super::{Job, JobKind, QueueName, RequestError, UnixMillis, WorkerId};
+use super::{Job, JobKind, JobState, QueueName, RequestError, UnixMillis, WorkerId};
 
 /// The proof that a caller is a job's current worker. A new token is made for every claim, so
 /// the token of an earlier attempt is refused (a fencing token).
@@ -17,17 +17,17 @@ impl LeaseToken {
         Self(format!("{:032x}", rand::random::<u128>()))
     }
 
-    pub fn parse(field: &str, value: &str) -> Result<Self, RequestError> {
+    /// A token a caller presents. Missing is a malformed request; anything jobd could not
+    /// have issued is, like any token that is not the job's current one, refused
+    /// (`Refusal::NotCurrentToken`).
+    pub fn parse(field: &str, value: &str) -> Result<Result<Self, Refusal>, RequestError> {
         if value.is_empty() {
             return Err(RequestError::invalid(field, "must not be empty"));
         }
         if value.len() != TOKEN_LEN || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(RequestError::invalid(
-                field,
-                "is not a lease token; use the token returned by ClaimJob",
-            ));
+            return Ok(Err(Refusal::UnknownToken));
         }
-        Ok(Self(value.to_ascii_lowercase()))
+        Ok(Ok(Self(value.to_ascii_lowercase())))
     }
 
     pub fn as_str(&self) -> &str {
@@ -47,6 +47,8 @@ pub struct LeaseLimits {
     pub min_lease: Duration,
     pub max_lease: Duration,
     pub max_wait: Duration,
+    /// How long a worker has to acknowledge a job it claimed, unless its claim says.
+    pub default_ack: Duration,
 }
 
 impl LeaseLimits {
@@ -63,6 +65,17 @@ impl LeaseLimits {
             ));
         }
         Ok(lease)
+    }
+
+    /// How long a claim's worker has to acknowledge each job; the server's default when
+    /// unset. Refused outside the lease bounds; the acknowledgement deadline never falls
+    /// after the lease's end.
+    pub fn ack_timeout(
+        &self,
+        field: &str,
+        asked: Option<Duration>,
+    ) -> Result<Duration, RequestError> {
+        asked.map_or(Ok(self.default_ack), |ack| self.check_lease(field, ack))
     }
 
     /// How long a claim may wait; zero when unset.
@@ -89,6 +102,8 @@ pub struct ClaimRequest {
     /// The lease the worker asked for; `None`: the job's own, else the server's default.
     pub lease: Option<Duration>,
     pub wait: Duration,
+    /// How long the worker has to acknowledge each job it gets.
+    pub ack_timeout: Duration,
 }
 
 pub const MAX_CLAIM_QUEUES: usize = 16;
@@ -99,6 +114,7 @@ impl ClaimRequest {
         worker: &str,
         lease: Option<Duration>,
         wait: Duration,
+        ack_timeout: Duration,
     ) -> Result<Self, RequestError> {
         if queues.is_empty() {
             return Err(RequestError::invalid("queues", "name at least one queue"));
@@ -121,6 +137,7 @@ impl ClaimRequest {
             worker: WorkerId::parse("worker_id", worker)?,
             lease,
             wait,
+            ack_timeout,
         })
     }
 }
@@ -131,6 +148,38 @@ pub struct Claimed {
     pub job: Job,
     pub token: LeaseToken,
     pub lease_expires_at: UnixMillis,
+    /// Unless the worker acknowledges the job by then (a heartbeat, or its outcome), the job
+    /// goes back to its queue: the claim's reply may never have reached it.
+    pub ack_deadline: UnixMillis,
+}
+
+/// Which deadline of a claim passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimDeadline {
+    /// The worker did not acknowledge the job in time: it goes back to its queue.
+    Ack,
+    /// The lease ran out without a heartbeat: the attempt ends.
+    Lease,
+}
+
+/// Why a job refused what a caller asked; nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The lease token is not the job's current one; the job is now in `state`.
+    #[error("the lease token is not the job's current one")]
+    NotCurrentToken { state: JobState },
+    /// The token is none jobd could have issued.
+    #[error("the lease token is not one jobd issued")]
+    UnknownToken,
+    /// The claim's deadline passed (by Redis's clock) before this call: the token is dead.
+    #[error("the claim's deadline passed")]
+    DeadlinePassed {
+        deadline: ClaimDeadline,
+        at: UnixMillis,
+    },
+    /// The job is finished (completed or failed) and can no longer be cancelled.
+    #[error("the job is already finished")]
+    Finished(JobState),
 }
 
 /// Where a failed attempt left the job.
@@ -147,7 +196,20 @@ pub enum FailOutcome {
 pub struct AttemptEnd {
     pub kind: JobKind,
     pub started_at: Option<UnixMillis>,
+    pub ended_at: UnixMillis,
 }
+
+impl AttemptEnd {
+    /// How long the attempt ran, by Redis's clock, which recorded both ends.
+    pub fn run_time(&self) -> Option<Duration> {
+        self.started_at.map(|started| self.ended_at.since(started))
+    }
+}
+
+/// How many times a job may be claimed without its worker acknowledging it and go back to its
+/// queue at no cost; after that, each such claim counts as a failed attempt, so that a job
+/// that kills its workers before they can acknowledge it still ends.
+pub const FREE_DELIVERIES: u32 = 3;
 
 /// What a heartbeat found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,8 +228,11 @@ mod tests {
     fn tokens_are_unique_and_parse_back() {
         let a = LeaseToken::generate();
         assert_ne!(a, LeaseToken::generate());
-        assert_eq!(LeaseToken::parse("lease_token", a.as_str()).unwrap(), a);
-        assert!(LeaseToken::parse("lease_token", "xyz").is_err());
+        assert_eq!(LeaseToken::parse("lease_token", a.as_str()), Ok(Ok(a)));
+        assert_eq!(
+            LeaseToken::parse("lease_token", "xyz"),
+            Ok(Err(Refusal::UnknownToken))
+        );
         assert!(LeaseToken::parse("lease_token", "").is_err());
     }
 
@@ -177,6 +242,7 @@ mod tests {
             min_lease: Duration::from_secs(1),
             max_lease: Duration::from_secs(3600),
             max_wait: Duration::from_secs(60),
+            default_ack: Duration::from_secs(5),
         };
         let thirty = Duration::from_secs(30);
         assert_eq!(limits.check_lease("lease", thirty).unwrap(), thirty);
@@ -191,15 +257,28 @@ mod tests {
                 .is_err()
         );
         assert!(limits.wait("wait", Some(Duration::from_secs(61))).is_err());
+        assert_eq!(
+            limits.ack_timeout("ack_timeout", None).unwrap(),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            limits.ack_timeout("ack_timeout", Some(thirty)).unwrap(),
+            thirty
+        );
+        assert!(
+            limits
+                .ack_timeout("ack_timeout", Some(Duration::ZERO))
+                .is_err()
+        );
         assert_eq!(limits.wait("wait", None).unwrap(), Duration::ZERO);
     }
 
     #[test]
     fn claim_needs_queues_and_a_worker() {
         let d = Duration::from_secs(1);
-        assert!(ClaimRequest::new(&[], "w", None, d).is_err());
-        let err = ClaimRequest::new(&["ok".into(), "no way".into()], "w", None, d).unwrap_err();
+        assert!(ClaimRequest::new(&[], "w", None, d, d).is_err());
+        let err = ClaimRequest::new(&["ok".into(), "no way".into()], "w", None, d, d).unwrap_err();
         assert!(matches!(err, RequestError::Invalid { field, .. } if field == "queues[1]"));
-        assert!(ClaimRequest::new(&["q".into()], "", None, d).is_err());
+        assert!(ClaimRequest::new(&["q".into()], "", None, d, d).is_err());
     }
 }

@@ -13,10 +13,12 @@ pub use error::RequestError;
 pub use event::{EventKind, JobEvent, Progress};
 pub use id::{JobId, JobIdGenerator};
 pub use job::{
-    Job, JobState, NewJob, SubmitLimits, SubmitRequest, UnixMillis, check_size, check_text,
+    Job, JobState, MAX_STORED_ERROR, NewJob, SubmitLimits, SubmitRequest, UnixMillis, check_size,
+    check_text, stored_error,
 };
 pub use lease::{
-    AttemptEnd, ClaimRequest, Claimed, FailOutcome, HeartbeatOutcome, LeaseLimits, LeaseToken,
+    AttemptEnd, ClaimDeadline, ClaimRequest, Claimed, FREE_DELIVERIES, FailOutcome,
+    HeartbeatOutcome, LeaseLimits, LeaseToken, Refusal,
 };
 pub use names::{JobKind, QueueName, WorkerId};
 pub use schedule::{

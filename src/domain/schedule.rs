@@ -116,20 +116,21 @@ pub fn priority(asked: i32) -> Result<i32, RequestError> {
     Ok(asked)
 }
 
-/// The time a job becomes claimable; `None`: at once.
-pub fn run_at(start: Option<Start>, now: UnixMillis) -> Result<Option<UnixMillis>, RequestError> {
+/// When a job asked to start, checked against the bounds; `None`: at once. `now` is this
+/// process's clock, used only for the bound: Redis's clock decides whether the time has come.
+pub fn start(start: Option<Start>, now: UnixMillis) -> Result<Option<Start>, RequestError> {
     let latest = now.saturating_add(MAX_START_AHEAD);
     match start {
         None => Ok(None),
         Some(Start::After(delay)) if delay > MAX_START_AHEAD => {
             Err(RequestError::invalid("delay", "must be at most 365 days"))
         }
-        Some(Start::After(delay)) => Ok((!delay.is_zero()).then(|| now.saturating_add(delay))),
+        Some(Start::After(delay)) => Ok((!delay.is_zero()).then_some(Start::After(delay))),
         Some(Start::At(at)) if at > latest => Err(RequestError::invalid(
             "run_at",
             "must be at most 365 days ahead",
         )),
-        Some(Start::At(at)) => Ok((at > now).then_some(at)),
+        Some(Start::At(at)) => Ok(Some(Start::At(at))),
     }
 }
 
@@ -236,21 +237,19 @@ mod tests {
     #[test]
     fn start_times() {
         let now = UnixMillis(1_000_000);
-        assert_eq!(run_at(None, now).unwrap(), None);
+        assert_eq!(start(None, now).unwrap(), None);
         assert_eq!(
-            run_at(Some(Start::After(Duration::ZERO)), now).unwrap(),
+            start(Some(Start::After(Duration::ZERO)), now).unwrap(),
             None
         );
-        assert_eq!(
-            run_at(Some(Start::After(Duration::from_secs(2))), now).unwrap(),
-            Some(UnixMillis(1_002_000))
-        );
-        assert_eq!(
-            run_at(Some(Start::At(UnixMillis(5))), now).unwrap(),
-            None,
-            "past: at once"
-        );
-        assert!(run_at(Some(Start::After(Duration::from_secs(400 * 86400))), now).is_err());
+        let two = Start::After(Duration::from_secs(2));
+        assert_eq!(start(Some(two), now).unwrap(), Some(two));
+        // A past time is kept: Redis's clock, not this one, says it has passed.
+        let past = Start::At(UnixMillis(5));
+        assert_eq!(start(Some(past), now).unwrap(), Some(past));
+        assert!(start(Some(Start::After(Duration::from_secs(400 * 86400))), now).is_err());
+        let far = Start::At(UnixMillis(now.0 + 400 * 86_400_000));
+        assert!(start(Some(far), now).is_err());
     }
 
     #[test]

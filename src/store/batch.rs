@@ -6,13 +6,20 @@
 //! as the load grows, with no timer adding latency. Calls run on a task of their own, so an
 //! operation whose caller went away (a cancelled RPC) still gets its answer written, and the
 //! operations sharing its call are not disturbed.
+//!
+//! An operation waits at most the command timeout from the moment it arrives, whether its
+//! call is under way or it waits for the call before it: with Redis away, every caller gets
+//! UNAVAILABLE within that time, not after the calls queued ahead of it have timed out one
+//! after the other. One that gave up by the time its call is made is left out of it.
 
 use std::{
     collections::HashMap,
     future::Future,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
+use fred::error::{Error as RedisError, ErrorKind};
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
@@ -34,8 +41,9 @@ impl<T, R> Pending<T, R> {
         self.reply.answer(result);
     }
 
-    /// Whether the caller went away (its RPC was cancelled) before the call was made.
-    pub fn abandoned(&self) -> bool {
+    /// Whether the caller went away (its RPC was cancelled, or it gave up waiting) before
+    /// the call was made.
+    fn abandoned(&self) -> bool {
         self.reply.0.is_closed()
     }
 }
@@ -58,6 +66,8 @@ pub struct Batcher<T, R> {
     lanes: Lanes<T, R>,
     /// Where runners are spawned, so that shutdown waits for the calls under way.
     tasks: TaskTracker,
+    /// The longest an operation waits for its answer: Redis's command timeout.
+    timeout: Duration,
 }
 
 impl<T, R> Clone for Batcher<T, R> {
@@ -65,15 +75,17 @@ impl<T, R> Clone for Batcher<T, R> {
         Self {
             lanes: self.lanes.clone(),
             tasks: self.tasks.clone(),
+            timeout: self.timeout,
         }
     }
 }
 
 impl<T, R> Batcher<T, R> {
-    pub fn new(tasks: TaskTracker) -> Self {
+    pub fn new(tasks: TaskTracker, timeout: Duration) -> Self {
         Self {
             lanes: Default::default(),
             tasks,
+            timeout,
         }
     }
 }
@@ -81,6 +93,7 @@ impl<T, R> Batcher<T, R> {
 impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     /// Runs `op` in the next call for `queue`, made by `call` with every operation waiting by
     /// then (at most `MAX_BATCH`). `call` answers each operation of the batch it is given.
+    /// Past the timeout the answer is UNAVAILABLE; the call, if made, may still take effect.
     pub async fn run<F, Fut>(&self, queue: &QueueName, op: T, call: F) -> Result<R>
     where
         F: Fn(Vec<Pending<T, R>>) -> Fut + Send + 'static,
@@ -118,9 +131,14 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
             };
             self.tasks.spawn(runner.run(call));
         }
-        answer
-            .await
-            .map_err(|_| StoreError::corrupt("the batched call ended without an answer"))?
+        match tokio::time::timeout(self.timeout, answer).await {
+            Ok(answer) => answer
+                .map_err(|_| StoreError::corrupt("the batched call ended without an answer"))?,
+            Err(_) => Err(StoreError::Unavailable(RedisError::new(
+                ErrorKind::Timeout,
+                "no answer from Redis within the command timeout",
+            ))),
+        }
     }
 }
 
@@ -144,10 +162,13 @@ impl<T, R> Runner<T, R> {
     }
 
     /// The next batch, or `None` once nothing waits, the lane then being closed so that the
-    /// next operation starts a runner of its own.
+    /// next operation starts a runner of its own. Operations whose callers gave up are left
+    /// out: a claim would lease jobs nobody works on, a submission create a job its caller
+    /// was told failed.
     fn next_batch(&mut self) -> Option<Vec<Pending<T, R>>> {
         let mut lanes = lock(&self.lanes);
         let waiting = lanes.get_mut(&self.queue)?;
+        waiting.retain(|pending| !pending.abandoned());
         if waiting.is_empty() {
             lanes.remove(&self.queue);
             self.closed = true;
@@ -180,7 +201,7 @@ mod tests {
 
     #[tokio::test]
     async fn operations_arriving_during_a_call_share_the_next() {
-        let batcher: Batcher<u32, u32> = Batcher::new(TaskTracker::new());
+        let batcher: Batcher<u32, u32> = Batcher::new(TaskTracker::new(), Duration::from_secs(10));
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let call = {
             let sizes = sizes.clone();
@@ -215,7 +236,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_holds_at_most_max_batch() {
-        let batcher: Batcher<usize, ()> = Batcher::new(TaskTracker::new());
+        let batcher: Batcher<usize, ()> = Batcher::new(TaskTracker::new(), Duration::from_secs(10));
         let largest = Arc::new(AtomicUsize::new(0));
         let call = {
             let largest = largest.clone();
@@ -237,7 +258,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_call_that_panics_fails_its_operations_and_the_lane_recovers() {
-        let batcher: Batcher<bool, ()> = Batcher::new(TaskTracker::new());
+        let batcher: Batcher<bool, ()> = Batcher::new(TaskTracker::new(), Duration::from_secs(10));
         let call = |batch: Vec<Pending<bool, ()>>| async move {
             assert!(!batch[0].op, "told to panic");
             batch.into_iter().for_each(|pending| pending.answer(Ok(())));

@@ -10,10 +10,10 @@
 //!
 //! What never changes after submission and only jobd reads is one MessagePack field, `spec`
 //! (`Spec`): one field to write and look up instead of ten, in a hash Redis scans field by
-//! field. The fields the scripts read stay fields of their own: `kind` and `retention` (the
-//! first also in `spec`), and `lease_default` when the job names one. Jobs written before
-//! `spec` existed hold each of its values as a field of its own (`LEGACY_FIELDS`); they are
-//! read as such.
+//! field. The fields the scripts read stay fields of their own: `kind`, `retention` and
+//! `created` (Redis's time of the submission), `size` (what the job weighs in a claim's
+//! reply), and `lease_default` when the job names one. A running job's `ack_until` lives
+//! until its worker acknowledges it.
 
 use std::{collections::BTreeMap, collections::HashMap, time::Duration};
 
@@ -27,12 +27,13 @@ use crate::domain::{
 
 /// The fields GetJob (and a claim, and ListJobs but for payload and result) reads: everything
 /// but the event log and what only the scripts read.
-pub const JOB_FIELDS: [&str; 13] = [
+pub const JOB_FIELDS: [&str; 15] = [
     "state",
     "spec",
     "payload",
     "attempt",
     "seq",
+    "created",
     "started",
     "finished",
     "result",
@@ -40,21 +41,8 @@ pub const JOB_FIELDS: [&str; 13] = [
     "reason",
     "run_at",
     "lease_until",
+    "ack_until",
     "worker",
-];
-
-/// Where a job written before `spec` existed keeps what `spec` holds.
-pub const LEGACY_FIELDS: [&str; 10] = [
-    "kind",
-    "labels",
-    "created",
-    "priority",
-    "max_attempts",
-    "b_initial",
-    "b_mult",
-    "b_max",
-    "b_jitter",
-    "trace",
 ];
 
 /// A job's `spec` field: what never changes after submission. Named fields (a MessagePack
@@ -65,9 +53,6 @@ pub struct Spec {
     pub kind: String,
     #[serde(rename = "l", default)]
     pub labels: BTreeMap<String, String>,
-    /// Submission time, Unix ms.
-    #[serde(rename = "c")]
-    pub created: u64,
     #[serde(rename = "p")]
     pub priority: i32,
     #[serde(rename = "m")]
@@ -95,13 +80,6 @@ impl Spec {
 
 pub fn event_field(sequence: u64) -> String {
     format!("e:{sequence}")
-}
-
-fn decode_map(name: &str, raw: &[u8]) -> Result<BTreeMap<String, String>, StoreError> {
-    if raw.is_empty() {
-        return Ok(BTreeMap::new());
-    }
-    rmp_serde::from_slice(raw).map_err(|e| StoreError::corrupt(format!("job field {name}: {e}")))
 }
 
 /// A job's stored fields, by name.
@@ -132,49 +110,16 @@ impl Fields {
             .map_err(|_| StoreError::corrupt(format!("job field {name} is not a number")))
     }
 
-    fn map(&self, name: &str) -> Result<BTreeMap<String, String>, StoreError> {
-        decode_map(
-            name,
-            self.0.get(name).map(|raw| &raw[..]).unwrap_or_default(),
-        )
-    }
-
     fn millis(&self, name: &str) -> Result<Option<UnixMillis>, StoreError> {
         Ok(self.number(name)?.map(UnixMillis))
     }
 
-    /// Whether the job was written before `spec` existed: read `LEGACY_FIELDS` too, and
-    /// `extend` with them.
-    pub fn is_legacy(&self) -> bool {
-        self.0.contains_key("state") && !self.0.contains_key("spec")
-    }
-
-    pub fn extend(&mut self, more: Fields) {
-        self.0.extend(more.0);
-    }
-
     fn spec(&self) -> Result<Spec, StoreError> {
-        if let Some(raw) = self.0.get("spec") {
-            return rmp_serde::from_slice(raw)
-                .map_err(|e| StoreError::corrupt(format!("job field spec: {e}")));
-        }
-        let defaults = Backoff::default();
-        Ok(Spec {
-            kind: self.text("kind")?.unwrap_or_default(),
-            labels: self.map("labels")?,
-            created: self.number("created")?.unwrap_or(0),
-            priority: self.number("priority")?.unwrap_or(0),
-            max_attempts: self.number("max_attempts")?.unwrap_or(1),
-            backoff_initial: self
-                .number("b_initial")?
-                .unwrap_or(defaults.initial.as_millis() as u64),
-            backoff_multiplier: self.number("b_mult")?.unwrap_or(defaults.multiplier),
-            backoff_max: self
-                .number("b_max")?
-                .unwrap_or(defaults.max.as_millis() as u64),
-            backoff_jitter: self.number("b_jitter")?.unwrap_or(defaults.jitter),
-            trace: self.map("trace")?,
-        })
+        let raw = self
+            .0
+            .get("spec")
+            .ok_or_else(|| StoreError::corrupt("job without spec"))?;
+        rmp_serde::from_slice(raw).map_err(|e| StoreError::corrupt(format!("job field spec: {e}")))
     }
 
     /// Builds the job; `None` when it does not exist.
@@ -199,7 +144,9 @@ impl Fields {
                 .filter(|_| state == JobState::Completed),
             error: self.text("error")?.filter(|e| !e.is_empty()),
             cancel_reason: self.text("reason")?,
-            created_at: UnixMillis(spec.created),
+            created_at: self
+                .millis("created")?
+                .ok_or_else(|| StoreError::corrupt("job without created"))?,
             started_at: self.millis("started")?,
             finished_at: self.millis("finished")?,
             last_sequence: self.number("seq")?.unwrap_or(0),
@@ -217,33 +164,59 @@ impl Fields {
             lease_expires_at: self
                 .millis("lease_until")?
                 .filter(|_| state == JobState::Running),
+            ack_deadline: self
+                .millis("ack_until")?
+                .filter(|_| state == JobState::Running),
             worker_id: self.text("worker")?,
             trace_context: spec.trace,
         }))
     }
 }
 
+/// An event that jobd knows all of but its time and attempt before the script that records
+/// it runs.
+#[derive(Debug, Clone, Copy)]
+pub enum EventStart<'a> {
+    Queued,
+    Started { worker: &'a str },
+    Progress(&'a Progress),
+    Completed,
+}
+
 /// The start of an event as the scripts store it (a MessagePack map, see `EventRecord`): all
-/// but the value of its last key, `a`, the attempt, which the script appends as one byte, a
-/// positive fixint, since attempts never exceed 100 (`MAX_ATTEMPTS`, checked at submission).
-/// jobd knows the rest before the script runs; building the map in Lua and packing it with
+/// but its time `at` and attempt `a`, which the script appends (`finish_event` in
+/// lua/lib.lua), Redis's clock giving the time. Building the map in Lua and packing it with
 /// cmsgpack was a tenth of Redis's work per job.
-pub fn event_head(kind: &str, at: UnixMillis, worker: Option<&str>) -> Vec<u8> {
+pub fn event_head(event: EventStart) -> Vec<u8> {
     fn write(head: &mut Vec<u8>, text: &str) {
         rmp::encode::write_str(head, text).expect("writing to a Vec cannot fail");
     }
-    let mut head = Vec::with_capacity(32 + worker.map_or(0, str::len));
-    let entries = if worker.is_some() { 4 } else { 3 };
-    rmp::encode::write_map_len(&mut head, entries).expect("writing to a Vec cannot fail");
+    let (kind, extra) = match event {
+        EventStart::Queued => ("queued", 0),
+        EventStart::Started { .. } => ("started", 1),
+        EventStart::Progress(progress) => ("progress", 1 + u32::from(progress.value.is_some())),
+        EventStart::Completed => ("completed", 0),
+    };
+    let mut head = Vec::with_capacity(48);
+    // t, the extra fields, then at and a from the script.
+    rmp::encode::write_map_len(&mut head, 3 + extra).expect("writing to a Vec cannot fail");
     write(&mut head, "t");
     write(&mut head, kind);
-    write(&mut head, "at");
-    rmp::encode::write_uint(&mut head, at.0).expect("writing to a Vec cannot fail");
-    if let Some(worker) = worker {
-        write(&mut head, "w");
-        write(&mut head, worker);
+    match event {
+        EventStart::Started { worker } => {
+            write(&mut head, "w");
+            write(&mut head, worker);
+        }
+        EventStart::Progress(progress) => {
+            write(&mut head, "m");
+            write(&mut head, &progress.message);
+            if let Some(value) = progress.value {
+                write(&mut head, "v");
+                rmp::encode::write_f64(&mut head, value).expect("writing to a Vec cannot fail");
+            }
+        }
+        EventStart::Queued | EventStart::Completed => {}
     }
-    write(&mut head, "a");
     head
 }
 
@@ -304,7 +277,9 @@ pub fn decode_event(
         "cancelled" => EventKind::Cancelled {
             reason: record.r.unwrap_or_default(),
         },
-        "released" => EventKind::Released,
+        "released" => EventKind::Released {
+            reason: record.r.unwrap_or_default(),
+        },
         "retry_scheduled" => EventKind::RetryScheduled {
             run_at: run_at()?,
             error: record.e.unwrap_or_default(),
@@ -440,11 +415,24 @@ mod tests {
     use super::*;
     use crate::domain::{JobIdGenerator, QueueName};
 
+    /// An event head finished as `finish_event` in lua/lib.lua does: the time, packed as
+    /// cmsgpack packs an integral number, and the attempt byte.
+    fn finish(mut head: Vec<u8>, at: u64, attempt: u8) -> Vec<u8> {
+        head.extend(b"\xa2at");
+        rmp::encode::write_uint(&mut head, at).unwrap();
+        head.extend(b"\xa1a");
+        head.push(attempt);
+        head
+    }
+
     #[test]
-    fn an_event_head_and_its_attempt_byte_decode_as_the_event() {
+    fn an_event_head_finished_by_a_script_decodes_as_the_event() {
         let id = JobIdGenerator::default().generate(&QueueName::parse("queue", "q").unwrap());
-        let mut started = event_head("started", UnixMillis(1_764_000_000_123), Some("w-1"));
-        started.push(100);
+        let started = finish(
+            event_head(EventStart::Started { worker: "w-1" }),
+            1_764_000_000_123,
+            100,
+        );
         let event = decode_event(&id, 2, &started, &None).unwrap();
         assert_eq!(
             (event.at, event.attempt),
@@ -456,8 +444,7 @@ mod tests {
                 worker_id: "w-1".into()
             }
         );
-        let mut completed = event_head("completed", UnixMillis(7), None);
-        completed.push(1);
+        let completed = finish(event_head(EventStart::Completed), 7, 1);
         let result = Some(Bytes::from_static(b"done"));
         let event = decode_event(&id, 3, &completed, &result).unwrap();
         assert_eq!((event.at, event.attempt), (UnixMillis(7), 1));
@@ -467,13 +454,27 @@ mod tests {
                 result: Bytes::from_static(b"done")
             }
         );
+        for progress in [
+            Progress {
+                value: Some(2.5),
+                message: "half".into(),
+            },
+            Progress {
+                value: None,
+                message: String::new(),
+            },
+        ] {
+            let raw = finish(event_head(EventStart::Progress(&progress)), 8, 3);
+            let event = decode_event(&id, 4, &raw, &None).unwrap();
+            assert_eq!((event.at, event.attempt), (UnixMillis(8), 3));
+            assert_eq!(event.kind, EventKind::Progress(progress));
+        }
     }
 
     #[test]
     fn an_event_of_an_unknown_type_decodes_as_unrecognized() {
         let id = JobIdGenerator::default().generate(&QueueName::parse("queue", "q").unwrap());
-        let mut paused = event_head("paused", UnixMillis(9), None);
-        paused.push(2);
+        let paused = packed(&[("t", "paused".into()), ("at", 9.into()), ("a", 2.into())]);
         let event = decode_event(&id, 4, &paused, &None).unwrap();
         assert_eq!(
             (event.sequence, event.at, event.attempt),

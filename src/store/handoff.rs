@@ -21,8 +21,8 @@ use fred::types::Value;
 use tokio::sync::oneshot;
 
 use super::{
-    JobStore, Result, StoreError,
-    codec::event_head,
+    CLAIM_REPLY_BUDGET, JobStore, Result, StoreError,
+    codec::{EventStart, event_head},
     millis,
     release::ClaimedJobs,
     scripts::{LuaScript, Scripts},
@@ -43,6 +43,7 @@ struct Slot {
     worker: WorkerId,
     lease: Option<Duration>,
     want: usize,
+    ack_timeout: Duration,
     /// Taken by the one submission that serves the claim; gone once the claim stops waiting.
     answer: Mutex<Option<oneshot::Sender<ClaimedJobs>>>,
 }
@@ -60,6 +61,7 @@ pub struct Taken {
     pub worker: WorkerId,
     pub lease: Option<Duration>,
     pub want: usize,
+    pub ack_timeout: Duration,
     answer: oneshot::Sender<ClaimedJobs>,
 }
 
@@ -68,7 +70,6 @@ pub(super) struct Handing {
     queue: QueueName,
     taken: Vec<Taken>,
     handoffs: Vec<Handoff>,
-    now: UnixMillis,
 }
 
 /// A job of a submission given to a parked claim: indexes into the submission's jobs and the
@@ -78,7 +79,6 @@ struct Handoff {
     claim: usize,
     token: LeaseToken,
     lease: Duration,
-    lease_expires_at: UnixMillis,
 }
 
 impl JobStore {
@@ -90,30 +90,34 @@ impl JobStore {
         worker: &WorkerId,
         lease: Option<Duration>,
         want: usize,
+        ack_timeout: Duration,
     ) -> Parked {
-        self.parked.park(queues, worker, lease, want)
+        self.parked.park(queues, worker, lease, want, ack_timeout)
     }
 
-    /// Takes parked claims of `queue` for the submission's jobs ready now and deals the jobs
-    /// to them, adding each hand-off to the script's arguments: 6 values, as the submission
-    /// scripts read them.
+    /// Takes parked claims of `queue` for the submission's jobs that start at once (`sizes`:
+    /// what each job weighs in a claim's reply) and deals the jobs to them, adding each
+    /// hand-off to the script's arguments: 6 values, as the submission scripts read them.
     pub(super) fn hand_off(
         &self,
         queue: &QueueName,
         jobs: &[(JobId, NewJob)],
-        now: UnixMillis,
+        sizes: &[usize],
         args: &mut Vec<Value>,
     ) -> Handing {
         let ready_now: Vec<usize> = (0..jobs.len())
-            .filter(|&job| jobs[job].1.run_at.is_none_or(|at| at <= now))
+            .filter(|&job| jobs[job].1.start.is_none())
             .collect();
         let taken = match ready_now.len() {
             0 => Vec::new(),
             most => self.parked.take(queue, most),
         };
-        let priorities: Vec<i32> = ready_now.iter().map(|&job| jobs[job].1.priority).collect();
+        let offered: Vec<(i32, usize)> = ready_now
+            .iter()
+            .map(|&job| (jobs[job].1.priority, sizes[job]))
+            .collect();
         let wants: Vec<usize> = taken.iter().map(|claim| claim.want).collect();
-        let handoffs: Vec<Handoff> = deal(&priorities, &wants)
+        let handoffs: Vec<Handoff> = deal(&offered, &wants, CLAIM_REPLY_BUDGET)
             .into_iter()
             .map(|(ready, claim)| {
                 let job = ready_now[ready];
@@ -126,78 +130,91 @@ impl JobStore {
                     claim,
                     token: LeaseToken::generate(),
                     lease,
-                    lease_expires_at: now.saturating_add(lease),
                 }
             })
             .collect();
         for handoff in &handoffs {
-            let worker = taken[handoff.claim].worker.as_str();
-            let mut started = event_head("started", now, Some(worker));
-            started.push(1);
+            let claim = &taken[handoff.claim];
+            let started = EventStart::Started {
+                worker: claim.worker.as_str(),
+            };
             args.extend([
                 Value::from((handoff.job + 1).to_string()),
-                worker.into(),
-                Bytes::from(started).into(),
+                claim.worker.as_str().into(),
+                Bytes::from(event_head(started)).into(),
                 handoff.token.as_str().into(),
                 millis(handoff.lease).into(),
-                handoff.lease_expires_at.0.to_string().into(),
+                millis(claim.ack_timeout).into(),
             ]);
         }
         Handing {
             queue: queue.clone(),
             taken,
             handoffs,
-            now,
         }
     }
 
     /// Makes a submission's script call, `script` of the store's, and returns its reply with
-    /// the jobs as created. With parked claims taken, the call runs on a task of its own, so
-    /// that a submitter going away during it (a cancelled SubmitJobs) cannot leave the claims
-    /// without the jobs handed to them, and the claims are answered after it: with their jobs
-    /// if `handed` finds in the reply that the script made the hand-offs, else with none, so
-    /// that they look again.
+    /// the jobs as created at the time `created` finds in the reply (none if it finds none).
+    /// With parked claims taken, the call runs on a task of its own, so that a submitter going
+    /// away during it (a cancelled SubmitJobs) cannot leave the claims without the jobs handed
+    /// to them, and the claims are answered after it: with their jobs if `handed` finds in the
+    /// reply that the script made the hand-offs, else with none, so that they look again.
     pub(super) async fn submit_call(
         &self,
         script: fn(&Scripts) -> &LuaScript,
         keys: Vec<String>,
         args: Vec<Value>,
         handing: Handing,
-        created: Vec<Job>,
-        handed: fn(&[Value]) -> bool,
+        jobs: Vec<(JobId, NewJob)>,
+        reply: SubmitReply,
     ) -> Result<(Vec<Value>, Vec<Job>)> {
+        let created =
+            move |values: &[Value], jobs: Vec<(JobId, NewJob)>| match (reply.created)(values) {
+                Some(at) => jobs
+                    .into_iter()
+                    .map(|(id, job)| job.into_job(id, at))
+                    .collect(),
+                None => Vec::new(),
+            };
         if handing.taken.is_empty() {
-            let reply = self.call(script(&self.scripts), keys, args).await?;
-            return Ok((reply, created));
+            let values: Vec<Value> = self.call(script(&self.scripts), keys, args).await?;
+            let jobs = created(&values, jobs);
+            return Ok((values, jobs));
         }
         let store = self.clone();
         self.tasks
             .spawn(async move {
                 let client = store.pool.next();
-                let reply: Result<Vec<Value>> = store
+                let values: Result<Vec<Value>> = store
                     .call_on(client, script(&store.scripts), keys, args)
                     .await;
-                let made = match &reply {
-                    Ok(reply) => handed(reply),
-                    Err(error) => {
-                        let leases = handing.leases(&created);
-                        store.release_after_failed_call(error, client, leases, handing.until());
-                        false
+                match values {
+                    Ok(values) => {
+                        let handed = (reply.handed)(&values);
+                        let jobs = created(&values, jobs);
+                        store.answer_claims(handed, handing, &jobs);
+                        Ok((values, jobs))
                     }
-                };
-                store.answer_claims(made, handing, &created);
-                reply.map(|reply| (reply, created))
+                    Err(error) => {
+                        let leases = handing.leases(&jobs);
+                        store.release_after_failed_call(&error, client, leases);
+                        store.answer_claims(false, handing, &[]);
+                        Err(error)
+                    }
+                }
             })
             .await
             .map_err(|_| StoreError::corrupt("the submission's call ended without an answer"))?
     }
 
+    /// Answers the claims a submission took: with the jobs it handed them, as `created` (the
+    /// submission's jobs as written), if `handed`, else with none.
     fn answer_claims(&self, handed: bool, handing: Handing, created: &[Job]) {
         let Handing {
             queue,
             taken,
             handoffs,
-            now,
         } = handing;
         let mut given: Vec<ClaimedJobs> = taken.iter().map(|_| ClaimedJobs::new(self)).collect();
         if handed {
@@ -205,10 +222,15 @@ impl JobStore {
             for handoff in &handoffs {
                 let claim = &taken[handoff.claim];
                 let job = created[handoff.job].clone();
+                // As the script computes them, from the time it wrote the job.
+                let at = job.created_at;
+                let lease_expires_at = at.saturating_add(handoff.lease);
+                let ack_deadline = at.saturating_add(claim.ack_timeout.min(handoff.lease));
                 given[handoff.claim].push(Claimed {
-                    job: job.started_by(&claim.worker, now, handoff.lease_expires_at),
+                    job: job.started_by(&claim.worker, at, lease_expires_at, ack_deadline),
                     token: handoff.token.clone(),
-                    lease_expires_at: handoff.lease_expires_at,
+                    lease_expires_at,
+                    ack_deadline,
                 });
             }
         }
@@ -219,22 +241,22 @@ impl JobStore {
     }
 }
 
+/// Where a submission script's reply says what `submit_call` needs to know.
+#[derive(Clone, Copy)]
+pub(super) struct SubmitReply {
+    /// Whether the script made the hand-offs.
+    pub handed: fn(&[Value]) -> bool,
+    /// When Redis created the jobs; `None` when it created none.
+    pub created: fn(&[Value]) -> Option<UnixMillis>,
+}
+
 impl Handing {
     /// The job and lease token of each hand-off.
-    fn leases(&self, created: &[Job]) -> Vec<(JobId, LeaseToken)> {
+    fn leases(&self, jobs: &[(JobId, NewJob)]) -> Vec<(JobId, LeaseToken)> {
         self.handoffs
             .iter()
-            .map(|handoff| (created[handoff.job].id.clone(), handoff.token.clone()))
+            .map(|handoff| (jobs[handoff.job].0.clone(), handoff.token.clone()))
             .collect()
-    }
-
-    /// When the last of the hand-offs' leases runs out.
-    fn until(&self) -> UnixMillis {
-        self.handoffs
-            .iter()
-            .map(|handoff| handoff.lease_expires_at)
-            .max()
-            .unwrap_or(self.now)
     }
 }
 
@@ -246,12 +268,14 @@ impl ParkedClaims {
         worker: &WorkerId,
         lease: Option<Duration>,
         want: usize,
+        ack_timeout: Duration,
     ) -> Parked {
         let (answer, handed) = oneshot::channel();
         let slot = Arc::new(Slot {
             worker: worker.clone(),
             lease,
             want: want.max(1),
+            ack_timeout,
             answer: Mutex::new(Some(answer)),
         });
         let mut parked = lock(&self.queues);
@@ -287,6 +311,7 @@ impl ParkedClaims {
                     worker: slot.worker.clone(),
                     lease: slot.lease,
                     want: slot.want,
+                    ack_timeout: slot.ack_timeout,
                     answer,
                 });
             }
@@ -340,25 +365,35 @@ impl Taken {
 }
 
 /// Which claim gets which job: jobs in priority order (submission order among equals) dealt
-/// one at a time to the claims in turn, each up to what it wants, so that idle workers each
-/// start one before any starts a second. `priorities` are the jobs'; returns pairs of (job,
-/// claim) indexes into `priorities` and `wants`.
-pub fn deal(priorities: &[i32], wants: &[usize]) -> Vec<(usize, usize)> {
-    let mut jobs: Vec<usize> = (0..priorities.len()).collect();
-    jobs.sort_by_key(|&job| std::cmp::Reverse(priorities[job]));
-    let mut jobs = jobs.into_iter();
+/// one at a time to the claims in turn, each up to what it wants and to what its reply holds
+/// (`budget` bytes of jobs beyond its first), so that idle workers each start one before any
+/// starts a second. `offered` are the jobs' priorities and sizes; returns pairs of (job,
+/// claim) indexes into `offered` and `wants`.
+pub fn deal(offered: &[(i32, usize)], wants: &[usize], budget: usize) -> Vec<(usize, usize)> {
+    let mut jobs: Vec<usize> = (0..offered.len()).collect();
+    jobs.sort_by_key(|&job| std::cmp::Reverse(offered[job].0));
+    let mut jobs = jobs.into_iter().peekable();
     let mut room = wants.to_vec();
+    let mut bytes = vec![0; wants.len()];
     let mut dealt = Vec::new();
     'rounds: while room.iter().any(|&left| left > 0) {
-        for (claim, left) in room.iter_mut().enumerate() {
-            if *left == 0 {
+        for claim in 0..room.len() {
+            if room[claim] == 0 {
                 continue;
             }
-            let Some(job) = jobs.next() else {
+            let Some(&job) = jobs.peek() else {
                 break 'rounds;
             };
+            let size = offered[job].1;
+            if bytes[claim] > 0 && bytes[claim] + size > budget {
+                // This claim's reply is full; the job goes to the next claim with room.
+                room[claim] = 0;
+                continue;
+            }
+            jobs.next();
             dealt.push((job, claim));
-            *left -= 1;
+            room[claim] -= 1;
+            bytes[claim] += size;
         }
     }
     dealt
@@ -376,25 +411,45 @@ mod tests {
         WorkerId::parse("worker_id", name).unwrap()
     }
 
+    const SECOND: Duration = Duration::from_secs(1);
+
     #[test]
     fn jobs_are_dealt_one_per_claim_in_turn_by_priority() {
+        let small = |priorities: &[i32]| -> Vec<(i32, usize)> {
+            priorities.iter().map(|&priority| (priority, 1)).collect()
+        };
         // Three jobs, two claims wanting 8: the first claim gets the two best jobs' first and
         // third, the second the one between.
-        assert_eq!(deal(&[0, 5, 0], &[8, 8]), vec![(1, 0), (0, 1), (2, 0)]);
+        assert_eq!(
+            deal(&small(&[0, 5, 0]), &[8, 8], 100),
+            vec![(1, 0), (0, 1), (2, 0)]
+        );
         // More claims than jobs: one job each, the rest get none.
-        assert_eq!(deal(&[0, 0], &[8, 8, 8]), vec![(0, 0), (1, 1)]);
+        assert_eq!(deal(&small(&[0, 0]), &[8, 8, 8], 100), vec![(0, 0), (1, 1)]);
         // Wants are respected; jobs beyond them are not dealt.
         assert_eq!(
-            deal(&[0, 0, 0, 0, 0], &[1, 2]),
+            deal(&small(&[0, 0, 0, 0, 0]), &[1, 2], 100),
             vec![(0, 0), (1, 1), (2, 1)]
         );
-        assert!(deal(&[], &[3]).is_empty());
+        assert!(deal(&[], &[3], 100).is_empty());
+    }
+
+    #[test]
+    fn a_claim_gets_no_more_jobs_than_its_reply_holds_but_always_one() {
+        // Jobs of 60 bytes, a budget of 100: each claim takes one, however many it wants.
+        let big = [(0, 60), (0, 60), (0, 60)];
+        assert_eq!(deal(&big, &[5, 5], 100), vec![(0, 0), (1, 1)]);
+        // A job larger than the budget still goes to a claim that has none.
+        assert_eq!(deal(&[(0, 500)], &[5], 100), vec![(0, 0)]);
+        // Small jobs fill a reply up to the budget.
+        let mixed = [(0, 40), (0, 40), (0, 40)];
+        assert_eq!(deal(&mixed, &[5], 100), vec![(0, 0), (1, 0)]);
     }
 
     #[tokio::test]
     async fn a_claim_parked_on_two_queues_is_taken_once() {
         let claims = ParkedClaims::default();
-        let mut parked = claims.park(&[queue("a"), queue("b")], &worker("w"), None, 2);
+        let mut parked = claims.park(&[queue("a"), queue("b")], &worker("w"), None, 2, SECOND);
         let taken = claims.take(&queue("b"), 5);
         assert_eq!(taken.len(), 1);
         assert_eq!(taken[0].want, 2);
@@ -417,8 +472,8 @@ mod tests {
     #[tokio::test]
     async fn a_claim_that_left_is_not_taken_and_one_taken_waits_for_its_answer() {
         let claims = ParkedClaims::default();
-        let first = claims.park(&[queue("a")], &worker("one"), None, 1);
-        let second = claims.park(&[queue("a")], &worker("two"), None, 1);
+        let first = claims.park(&[queue("a")], &worker("one"), None, 1, SECOND);
+        let second = claims.park(&[queue("a")], &worker("two"), None, 1, SECOND);
         assert!(first.leave().await.is_empty());
         let taken = claims.take(&queue("a"), 5);
         assert_eq!(taken.len(), 1);

@@ -11,12 +11,13 @@ use fred::{
 use super::{
     JobStore, Result, StoreError,
     batch::Pending,
-    codec::{
-        Fields, JOB_FIELDS, LEGACY_FIELDS, Spec, decode_event, event_field, event_head, number,
-    },
-    millis, state_in, status,
+    codec::{EventStart, Fields, JOB_FIELDS, Spec, decode_event, event_field, event_head, number},
+    handoff::SubmitReply,
+    job_size, millis, state_in, status,
 };
-use crate::domain::{Idempotency, Job, JobEvent, JobId, JobState, NewJob, QueueName, UnixMillis};
+use crate::domain::{
+    Idempotency, Job, JobEvent, JobId, JobState, NewJob, QueueName, Refusal, Start, UnixMillis,
+};
 use crate::sync::lock;
 
 /// Events read per round trip when replaying a log; most jobs have fewer in all.
@@ -53,16 +54,16 @@ pub struct QueueStats {
 impl JobStore {
     /// Creates a job, QUEUED or SCHEDULED, and wakes a worker waiting on its queue. With an
     /// idempotency key that names a live job, creates nothing and returns that job's id.
-    pub async fn submit(&self, new: NewJob, now: UnixMillis) -> Result<Submitted> {
+    pub async fn submit(&self, new: NewJob) -> Result<Submitted> {
         let id = self.new_job_id(&new.queue);
         match new.idempotency.clone() {
-            Some(idempotency) => self.submit_idempotent(id, new, idempotency, now).await,
+            Some(idempotency) => self.submit_idempotent(id, new, idempotency).await,
             // Submissions to one queue that arrive together share a script call.
             None => {
                 let store = self.clone();
                 let queue = new.queue.clone();
                 self.submissions
-                    .run(&queue.clone(), (id, new, now), move |batch| {
+                    .run(&queue.clone(), (id, new), move |batch| {
                         let (store, queue) = (store.clone(), queue.clone());
                         async move { store.submit_batch(&queue, batch).await }
                     })
@@ -81,24 +82,15 @@ impl JobStore {
     async fn submit_batch(
         &self,
         queue: &QueueName,
-        batch: Vec<Pending<(JobId, NewJob, UnixMillis), Submitted>>,
+        batch: Vec<Pending<(JobId, NewJob), Submitted>>,
     ) {
-        let now = batch
-            .iter()
-            .map(|pending| pending.op.2)
-            .max()
-            .unwrap_or_else(UnixMillis::now);
         let mut jobs = Vec::with_capacity(batch.len());
         let mut answers = Vec::with_capacity(batch.len());
-        for Pending {
-            op: (id, job, _),
-            reply,
-        } in batch
-        {
-            jobs.push((id, job));
+        for Pending { op, reply } in batch {
+            jobs.push(op);
             answers.push(reply);
         }
-        match self.write_jobs(queue, jobs, now).await {
+        match self.write_jobs(queue, jobs).await {
             Ok(created) => {
                 for (reply, job) in answers.into_iter().zip(created) {
                     reply.answer(Ok(Submitted::Created(Box::new(job))));
@@ -117,7 +109,6 @@ impl JobStore {
         id: JobId,
         new: NewJob,
         idempotency: Idempotency,
-        now: UnixMillis,
     ) -> Result<Submitted> {
         self.register(&new.queue).await?;
         let queue = new.queue.clone();
@@ -129,30 +120,34 @@ impl JobStore {
             self.keys.running(&queue),
         ];
         let mut args: Vec<Value> = vec![
-            now.0.to_string().into(),
             self.keys.queue_channel().into(),
             queue.as_str().into(),
             millis(idempotency.ttl).into(),
         ];
-        push_job_args(&mut args, &id, &new, now)?;
+        let size = push_job_args(&mut args, &id, &new)?;
         args.push(self.keys.job_channel().into());
-        let jobs = [(id, new)];
-        let handing = self.hand_off(&queue, &jobs, now, &mut args);
-        let [(id, new)] = jobs;
+        args.push(Bytes::from(event_head(EventStart::Queued)).into());
+        let jobs = vec![(id, new)];
+        let handing = self.hand_off(&queue, &jobs, &[size], &mut args);
         let (reply, mut created) = self
             .submit_call(
                 |scripts| &scripts.submit,
                 keys,
                 args,
                 handing,
-                vec![new.into_job(id, now)],
-                // The reply: {"created" or "again", state, 1 if handed off}, or {"exists", id}.
-                |reply| reply.get(2).and_then(Value::as_u64) == Some(1),
+                jobs,
+                // {"created" or "again", state, 1 if handed off, created}, or {"exists", id}.
+                SubmitReply {
+                    handed: |reply| reply.get(2).and_then(Value::as_u64) == Some(1),
+                    created: |reply| reply.get(3).and_then(Value::as_u64).map(UnixMillis),
+                },
             )
             .await?;
         match status(&reply)?.as_str() {
             // "again": an earlier try of this very call was written; same id, same job.
-            "created" | "again" => Ok(Submitted::Created(Box::new(created.remove(0)))),
+            "created" | "again" if !created.is_empty() => {
+                Ok(Submitted::Created(Box::new(created.remove(0))))
+            }
             "exists" => {
                 let existing = reply.get(1).and_then(Value::as_string).unwrap_or_default();
                 let id = JobId::parse("id", &existing)
@@ -168,18 +163,14 @@ impl JobStore {
     /// atomically; jobs with a key go one by one, as `submit` does. Jobs of different queues
     /// live in different slots, so a failure (Redis unavailable) can leave some queues' jobs
     /// written and others not: callers retry with idempotency keys where that matters.
-    pub async fn submit_many(
-        &self,
-        jobs: Vec<(JobId, NewJob)>,
-        now: UnixMillis,
-    ) -> Result<Vec<Submitted>> {
+    pub async fn submit_many(&self, jobs: Vec<(JobId, NewJob)>) -> Result<Vec<Submitted>> {
         let mut results: Vec<Option<Submitted>> = (0..jobs.len()).map(|_| None).collect();
         // Per queue: each job with its place in the answer.
         let mut by_queue: BTreeMap<QueueName, Vec<(usize, JobId, NewJob)>> = BTreeMap::new();
         for (index, (id, job)) in jobs.into_iter().enumerate() {
             match job.idempotency.clone() {
                 Some(idempotency) => {
-                    results[index] = Some(self.submit_idempotent(id, job, idempotency, now).await?);
+                    results[index] = Some(self.submit_idempotent(id, job, idempotency).await?);
                 }
                 None => by_queue
                     .entry(job.queue.clone())
@@ -192,7 +183,7 @@ impl JobStore {
                 .into_iter()
                 .map(|(index, id, job)| (index, (id, job)))
                 .unzip();
-            let created = self.write_jobs(&queue, jobs, now).await?;
+            let created = self.write_jobs(&queue, jobs).await?;
             for (index, job) in indexes.into_iter().zip(created) {
                 results[index] = Some(Submitted::Created(Box::new(job)));
             }
@@ -203,47 +194,45 @@ impl JobStore {
     /// Creates jobs of one queue, none with an idempotency key, with one script call. Jobs
     /// ready now go straight to claims parked on this process if the queue has no ready job
     /// (see `store::handoff`); every parked claim taken is answered, whatever happens.
-    async fn write_jobs(
-        &self,
-        queue: &QueueName,
-        jobs: Vec<(JobId, NewJob)>,
-        now: UnixMillis,
-    ) -> Result<Vec<Job>> {
+    async fn write_jobs(&self, queue: &QueueName, jobs: Vec<(JobId, NewJob)>) -> Result<Vec<Job>> {
         self.register(queue).await?;
         let mut keys = vec![
             self.keys.ready(queue),
             self.keys.scheduled(queue),
             self.keys.running(queue),
         ];
-        let mut queued = event_head("queued", now, None);
-        queued.push(0);
         let mut args: Vec<Value> = vec![
-            now.0.to_string().into(),
             self.keys.queue_channel().into(),
             queue.as_str().into(),
-            Bytes::from(queued).into(),
+            Bytes::from(event_head(EventStart::Queued)).into(),
             self.keys.job_channel().into(),
         ];
+        let mut sizes = Vec::with_capacity(jobs.len());
         for (id, job) in &jobs {
             keys.push(self.keys.job(id));
-            push_job_args(&mut args, id, job, now)?;
+            sizes.push(push_job_args(&mut args, id, job)?);
         }
-        let handing = self.hand_off(queue, &jobs, now, &mut args);
-        let created: Vec<Job> = jobs
-            .into_iter()
-            .map(|(id, job)| job.into_job(id, now))
-            .collect();
+        let handing = self.hand_off(queue, &jobs, &sizes, &mut args);
+        let count = jobs.len();
         let (_, created) = self
             .submit_call(
                 |scripts| &scripts.submit_many,
                 keys,
                 args,
                 handing,
-                created,
-                // The reply: {jobs made ready, 1 if the hand-offs were made}.
-                |reply| reply.get(1).and_then(Value::as_u64) == Some(1),
+                jobs,
+                // {jobs made ready, 1 if the hand-offs were made, created}.
+                SubmitReply {
+                    handed: |reply| reply.get(1).and_then(Value::as_u64) == Some(1),
+                    created: |reply| reply.get(2).and_then(Value::as_u64).map(UnixMillis),
+                },
             )
             .await?;
+        if created.len() != count {
+            return Err(StoreError::corrupt(
+                "submit_many reply without a creation time",
+            ));
+        }
         Ok(created)
     }
 
@@ -264,24 +253,7 @@ impl JobStore {
                     .hmget(self.keys.job(id), JOB_FIELDS.to_vec()),
             )
             .await?;
-        self.with_legacy(id, Fields::from_values(&JOB_FIELDS, values))
-            .await
-    }
-
-    /// `fields`, with `LEGACY_FIELDS` read too when the job was written before `spec` existed.
-    pub(super) async fn with_legacy(&self, id: &JobId, mut fields: Fields) -> Result<Fields> {
-        if fields.is_legacy() {
-            let values: Vec<Option<Bytes>> = self
-                .timed(
-                    "read_legacy_job",
-                    self.pool
-                        .next()
-                        .hmget(self.keys.job(id), LEGACY_FIELDS.to_vec()),
-                )
-                .await?;
-            fields.extend(Fields::from_values(&LEGACY_FIELDS, values));
-        }
-        Ok(fields)
+        Ok(Fields::from_values(&JOB_FIELDS, values))
     }
 
     /// Reads the events after `after`, oldest first: all of them, in as many round trips as
@@ -334,12 +306,7 @@ impl JobStore {
 
     /// Cancels a queued, scheduled or running job and returns it, with whether this call
     /// cancelled it. A cancelled job is returned unchanged.
-    pub async fn cancel(
-        &self,
-        id: &JobId,
-        reason: &str,
-        now: UnixMillis,
-    ) -> Result<(crate::domain::Job, bool)> {
+    pub async fn cancel(&self, id: &JobId, reason: &str) -> Result<(Job, bool)> {
         let queue = id.queue();
         let reply: Vec<Value> = self
             .call(
@@ -353,7 +320,6 @@ impl JobStore {
                 ],
                 vec![
                     id.to_string().into(),
-                    now.0.to_string().into(),
                     reason.into(),
                     self.keys.job_channel().into(),
                 ],
@@ -362,38 +328,24 @@ impl JobStore {
         match status(&reply)?.as_str() {
             outcome @ ("ok" | "unchanged") => Ok((self.get(id).await?, outcome == "ok")),
             "not_found" => Err(StoreError::NotFound),
-            "finished" => Err(StoreError::Conflict(format!(
-                "the job is already {} and can no longer be cancelled",
-                state_in(&reply).map_or("finished", JobState::as_str)
-            ))),
+            "finished" => Err(StoreError::Refused(Refusal::Finished(state_in(&reply)?))),
             other => Err(StoreError::corrupt(format!("cancel replied {other:?}"))),
         }
     }
 
-    /// Counts a queue's jobs by state, in one round trip.
-    pub async fn stats(&self, queue: &QueueName, now: UnixMillis) -> Result<QueueStats> {
-        let pipeline = self.pool.next().pipeline();
-        // Retained means a retention end still ahead.
-        let live = (now.0 + 1) as f64;
-        let _: () = pipeline
-            .zcard(self.keys.ready(queue))
-            .await
-            .map_err(StoreError::redis("queue_stats"))?;
-        let _: () = pipeline
-            .zcard(self.keys.scheduled(queue))
-            .await
-            .map_err(StoreError::redis("queue_stats"))?;
-        let _: () = pipeline
-            .zcard(self.keys.running(queue))
-            .await
-            .map_err(StoreError::redis("queue_stats"))?;
-        for key in self.retained_keys(queue) {
-            let _: () = pipeline
-                .zcount(key, live, f64::INFINITY)
-                .await
-                .map_err(StoreError::redis("queue_stats"))?;
-        }
-        let counts: Vec<u64> = self.timed("queue_stats", pipeline.all()).await?;
+    /// Counts a queue's jobs by state, in one round trip; finished ones while their retention
+    /// lasts by Redis's clock.
+    pub async fn stats(&self, queue: &QueueName) -> Result<QueueStats> {
+        let [completed, failed, cancelled] = self.retained_keys(queue);
+        let keys = vec![
+            self.keys.ready(queue),
+            self.keys.scheduled(queue),
+            self.keys.running(queue),
+            completed,
+            failed,
+            cancelled,
+        ];
+        let counts: Vec<u64> = self.call(&self.scripts.stats, keys, Vec::new()).await?;
         let [queued, scheduled, running, completed, failed, cancelled]: [u64; 6] = counts
             .try_into()
             .map_err(|_| StoreError::corrupt("stats reply shape"))?;
@@ -453,14 +405,13 @@ impl JobStore {
     }
 }
 
-/// The 8 script arguments that describe a new job, in the order submit.lua and
-/// submit_many.lua read them.
-fn push_job_args(args: &mut Vec<Value>, id: &JobId, job: &NewJob, now: UnixMillis) -> Result<()> {
+/// The 9 script arguments that describe a new job, in the order submit.lua and
+/// submit_many.lua read them; returns the job's size (see `job_size`), the last of them.
+fn push_job_args(args: &mut Vec<Value>, id: &JobId, job: &NewJob) -> Result<usize> {
     let backoff = job.backoff;
     let spec = Spec {
         kind: job.kind.as_str().to_owned(),
         labels: job.labels.clone(),
-        created: now.0,
         priority: job.priority,
         max_attempts: job.max_attempts,
         backoff_initial: backoff.initial.as_millis() as u64,
@@ -468,21 +419,27 @@ fn push_job_args(args: &mut Vec<Value>, id: &JobId, job: &NewJob, now: UnixMilli
         backoff_max: backoff.max.as_millis() as u64,
         backoff_jitter: backoff.jitter,
         trace: job.trace_context.clone(),
+    }
+    .encode()?;
+    let size = job_size(job.payload.len(), spec.len());
+    // "" for at once, "+<ms>" for a delay from Redis's now, "<ms>" for a time (start_time).
+    let start = match job.start {
+        None => String::new(),
+        Some(Start::After(delay)) => format!("+{}", delay.as_millis()),
+        Some(Start::At(at)) => at.0.to_string(),
     };
     args.extend([
         Value::from(id.to_string()),
         job.payload.clone().into(),
-        Bytes::from(spec.encode()?).into(),
+        Bytes::from(spec).into(),
         job.kind.as_str().into(),
         millis(job.retention).into(),
         job.lease.map(millis).unwrap_or_default().into(),
-        job.run_at
-            .map(|at| at.0.to_string())
-            .unwrap_or_default()
-            .into(),
+        start.into(),
         job.priority.to_string().into(),
+        size.to_string().into(),
     ]);
-    Ok(())
+    Ok(size)
 }
 
 /// The order ListJobs walks a queue's indexes in.
@@ -644,10 +601,7 @@ impl JobStore {
         let rows: Vec<Vec<Option<Bytes>>> = self.timed("list_jobs", pipeline.all()).await?;
         let mut jobs = Vec::with_capacity(ids.len());
         for (id, values) in ids.iter().zip(rows) {
-            let fields = self
-                .with_legacy(id, Fields::from_values(fields, values))
-                .await?;
-            if let Some(job) = fields.into_job(id)? {
+            if let Some(job) = Fields::from_values(fields, values).into_job(id)? {
                 jobs.push(job);
             }
         }

@@ -36,10 +36,11 @@ pub use handoff::Parked;
 pub use jobs::{EventPage, ListCursor, QueueStats, Submitted};
 pub use keys::Keys;
 pub use release::ClaimedJobs;
-pub use sweep::{SWEEP_BATCH, SweepReport};
+pub use sweep::{Expired, SWEEP_BATCH, SweepReport};
+pub use work::{CLAIM_REPLY_BUDGET, job_size};
 
 use crate::{
-    domain::{JobId, JobIdGenerator, JobState, NewJob, QueueName, UnixMillis},
+    domain::{JobId, JobIdGenerator, JobState, NewJob, QueueName, Refusal, UnixMillis},
     telemetry::Metrics,
 };
 use batch::Batcher;
@@ -54,8 +55,8 @@ pub enum StoreError {
     #[error("job not found")]
     NotFound,
     /// The operation does not apply to the job as it is; nothing was changed.
-    #[error("{0}")]
-    Conflict(String),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// Redis could not be reached within the command timeout.
     #[error("Redis is unavailable")]
     Unavailable(#[source] RedisError),
@@ -104,6 +105,9 @@ pub struct StoreSettings {
     pub default_lease: Duration,
     /// The longest lease a worker or a job may ask for.
     pub max_lease: Duration,
+    /// How long a call waits for Redis at most (an operation waiting to share a script call
+    /// included).
+    pub command_timeout: Duration,
 }
 
 /// Typed job operations on Redis. A handle: cheap to clone and one pointer wide (every
@@ -121,7 +125,7 @@ pub struct Shared {
     /// Queues this process has put in the queue registry.
     registered: Mutex<HashSet<QueueName>>,
     /// Submissions without an idempotency key waiting to share a script call, per queue.
-    submissions: Batcher<(JobId, NewJob, UnixMillis), Submitted>,
+    submissions: Batcher<(JobId, NewJob), Submitted>,
     /// Claims waiting to share a script call, per queue.
     claims: Batcher<Claim, ClaimedJobs>,
     /// Completions waiting to share a script call, per queue.
@@ -160,9 +164,9 @@ impl JobStore {
             settings,
             ids: Default::default(),
             registered: Default::default(),
-            submissions: Batcher::new(tasks.clone()),
-            claims: Batcher::new(tasks.clone()),
-            completions: Batcher::new(tasks.clone()),
+            submissions: Batcher::new(tasks.clone(), settings.command_timeout),
+            claims: Batcher::new(tasks.clone(), settings.command_timeout),
+            completions: Batcher::new(tasks.clone(), settings.command_timeout),
             parked: Default::default(),
             tasks,
             shutdown,
@@ -251,10 +255,20 @@ fn status(reply: &[Value]) -> Result<String> {
 }
 
 /// The state a script names in its reply after the status.
-fn state_in(reply: &[Value]) -> Option<JobState> {
+fn state_in(reply: &[Value]) -> Result<JobState> {
     reply
         .get(1)
         .and_then(Value::as_string)
         .as_deref()
         .and_then(JobState::from_name)
+        .ok_or_else(|| StoreError::corrupt("script reply without a known job state"))
+}
+
+/// A time a script replied, Unix ms.
+fn time_in(reply: &[Value], index: usize) -> Result<UnixMillis> {
+    reply
+        .get(index)
+        .and_then(Value::as_u64)
+        .map(UnixMillis)
+        .ok_or_else(|| StoreError::corrupt("script reply without a time"))
 }

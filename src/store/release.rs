@@ -7,7 +7,8 @@
 //! Whatever drops them on the way releases them: a cancelled or timed-out RPC drops its future
 //! and, with it, the channel its jobs were sent on; an error cuts a claim short. `deliver`, as
 //! the response is built, is the only way out. Past that point a response lost on the wire is
-//! the lease's business, as is a worker that dies with its jobs.
+//! the acknowledgement deadline's business (expire.lua), and a worker that dies with its jobs
+//! the lease's.
 //!
 //! A claim's script call that fails may still have claimed: Redis ran it and the reply was
 //! lost, or Redis runs it after jobd stopped waiting. Its jobs would be leased under tokens
@@ -17,18 +18,40 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use fred::{clients::Client, types::Value};
+use tokio::time::Instant;
 
-use super::{JobStore, Result, StoreError};
-use crate::domain::{Claimed, JobId, LeaseToken, QueueName, UnixMillis};
+use super::{JobStore, Result, StoreError, status};
+use crate::domain::{Claimed, JobId, LeaseToken, QueueName};
+
+/// Who gives claimed jobs back (release.lua's two callers).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Holder {
+    /// The jobs' worker (ReleaseJob): refused once a claim's deadline passed.
+    Worker,
+    /// jobd, for jobs that never reached a worker.
+    Undelivered,
+}
+
+impl Holder {
+    fn as_str(self) -> &'static str {
+        match self {
+            Holder::Worker => "worker",
+            Holder::Undelivered => "undelivered",
+        }
+    }
+}
+
+/// The reason a RELEASED event gives for a job that never reached its worker.
+const UNDELIVERED: &str = "the claim's reply never reached a worker";
 
 /// The first pause before a release tries Redis again; each next one doubles, up to
 /// `RELEASE_RETRY_MAX`.
 const RELEASE_RETRY_FIRST: Duration = Duration::from_millis(100);
 const RELEASE_RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// How long a release keeps trying an unavailable Redis at most, whatever the leases: through
-/// a failover's pause, not through a long outage, where failed calls would pile up tasks that
-/// all retry at once when Redis is back; the leases then run out as they would have.
+/// How long a release keeps trying an unavailable Redis at most: through a failover's pause,
+/// not through a long outage, where failed calls would pile up tasks that all retry at once
+/// when Redis is back; the jobs then go back at their acknowledgement deadline.
 const RELEASE_RETRY_WINDOW: Duration = Duration::from_secs(60);
 
 /// Jobs claimed for one caller and not yet given to it. Dropped undelivered, they are put back
@@ -80,21 +103,16 @@ impl ClaimedJobs {
 
 impl Drop for ClaimedJobs {
     fn drop(&mut self) {
-        let Some(until) = self
-            .jobs
-            .iter()
-            .map(|claimed| claimed.lease_expires_at)
-            .max()
-        else {
+        if self.jobs.is_empty() {
             return;
-        };
+        }
         let leases = self
             .jobs
             .drain(..)
             .map(|claimed| (claimed.job.id, claimed.token))
             .collect();
         if let Some(store) = self.store.take() {
-            store.release_later(store.pool.next(), leases, until);
+            store.release_later(store.pool.next(), leases);
         }
     }
 }
@@ -109,44 +127,44 @@ impl JobStore {
         error: &StoreError,
         client: &Client,
         leases: Vec<(JobId, LeaseToken)>,
-        until: UnixMillis,
     ) {
         if !matches!(error, StoreError::OutOfMemory(_)) {
-            self.release_later(client, leases, until);
+            self.release_later(client, leases);
         }
     }
 
     /// Puts back, on a task of their own, the jobs leased with these tokens to a caller that
     /// will never receive them. While Redis is unavailable it tries again, pausing longer each
-    /// time, until the leases run out (`until`: from then on the sweeper takes the jobs back),
-    /// `RELEASE_RETRY_WINDOW` has passed, or jobd shuts down.
+    /// time, until `RELEASE_RETRY_WINDOW` has passed or jobd shuts down; a job it could not
+    /// put back goes back anyway at its acknowledgement deadline (see expire.lua).
     ///
     /// `client` is the connection of the call that leased the jobs: Redis runs a connection's
     /// commands in order, so a release cannot overtake a claim still waiting in Redis.
-    pub(super) fn release_later(
-        &self,
-        client: &Client,
-        leases: Vec<(JobId, LeaseToken)>,
-        until: UnixMillis,
-    ) {
+    pub(super) fn release_later(&self, client: &Client, leases: Vec<(JobId, LeaseToken)>) {
         if tokio::runtime::Handle::try_current().is_err() {
             tracing::warn!(
                 jobs = leases.len(),
-                "claimed jobs dropped outside the runtime; they run again once their lease expires"
+                "claimed jobs dropped outside the runtime; they go back at their acknowledgement deadline"
             );
             return;
         }
         let (store, client) = (self.clone(), client.clone());
-        let until = until.min(UnixMillis::now().saturating_add(RELEASE_RETRY_WINDOW));
+        let until = Instant::now() + RELEASE_RETRY_WINDOW;
         self.tasks.spawn(async move {
             let mut pause = RELEASE_RETRY_FIRST;
             loop {
-                let error = match store.release(&client, &leases, UnixMillis::now()).await {
-                    Ok(_) => return,
+                let released = store
+                    .release(&client, &leases, UNDELIVERED, Holder::Undelivered)
+                    .await;
+                let error = match released {
+                    Ok(replies) => {
+                        store.count_released(&leases, &replies);
+                        return;
+                    }
                     Err(error) => error,
                 };
-                let retry = matches!(error, StoreError::Unavailable(_))
-                    && UnixMillis::now().saturating_add(pause) < until;
+                let retry =
+                    matches!(error, StoreError::Unavailable(_)) && Instant::now() + pause < until;
                 let resumed = retry
                     && tokio::select! {
                         () = tokio::time::sleep(pause) => true,
@@ -156,7 +174,7 @@ impl JobStore {
                     tracing::warn!(
                         error = %error,
                         jobs = leases.len(),
-                        "could not put back claimed jobs that never reached a worker; they run again once their lease expires"
+                        "could not put back claimed jobs that never reached a worker; they go back at their acknowledgement deadline"
                     );
                     return;
                 }
@@ -165,41 +183,66 @@ impl JobStore {
         });
     }
 
-    /// Puts back in their queues the jobs still leased with these tokens: QUEUED again, their
-    /// claim not counted as an attempt. Returns how many were put back.
-    async fn release(
+    /// Puts back in their queues the jobs still running under these tokens, for `holder`:
+    /// QUEUED again, their claim not counted as an attempt, with `reason` in their RELEASED
+    /// events. Returns release.lua's reply for each job, in order.
+    pub(super) async fn release(
         &self,
         client: &Client,
         leases: &[(JobId, LeaseToken)],
-        now: UnixMillis,
-    ) -> Result<u64> {
-        let mut by_queue: BTreeMap<&QueueName, Vec<&(JobId, LeaseToken)>> = BTreeMap::new();
-        for lease in leases {
-            by_queue.entry(lease.0.queue()).or_default().push(lease);
+        reason: &str,
+        holder: Holder,
+    ) -> Result<Vec<Value>> {
+        let mut by_queue: BTreeMap<&QueueName, Vec<usize>> = BTreeMap::new();
+        for (index, (id, _)) in leases.iter().enumerate() {
+            by_queue.entry(id.queue()).or_default().push(index);
         }
-        let mut released = 0;
-        for (queue, leases) in by_queue {
+        let mut replies = vec![Value::Null; leases.len()];
+        for (queue, indexes) in by_queue {
             let mut keys = vec![self.keys.ready(queue), self.keys.running(queue)];
             let mut args: Vec<Value> = vec![
-                now.0.to_string().into(),
                 self.keys.job_channel().into(),
                 self.keys.queue_channel().into(),
                 queue.as_str().into(),
+                reason.into(),
+                holder.as_str().into(),
             ];
-            for (id, token) in leases {
+            for &index in &indexes {
+                let (id, token) = &leases[index];
                 keys.push(self.keys.job(id));
                 args.push(id.to_string().into());
                 args.push(token.as_str().into());
             }
-            let count: u64 = self
+            let queue_replies: Vec<Value> = self
                 .call_on(client, &self.scripts.release, keys, args)
                 .await?;
-            if count > 0 {
-                tracing::info!(queue = %queue, jobs = count, "put back claimed jobs that never reached a worker");
-                self.metrics.released(queue, count as usize);
+            if queue_replies.len() != indexes.len() {
+                return Err(StoreError::corrupt("release reply shape"));
             }
-            released += count;
+            for (index, reply) in indexes.into_iter().zip(queue_replies) {
+                replies[index] = reply;
+            }
         }
-        Ok(released)
+        Ok(replies)
+    }
+
+    /// Logs and counts the jobs jobd put back (release.lua said "ok" for them).
+    fn count_released(&self, leases: &[(JobId, LeaseToken)], replies: &[Value]) {
+        let mut by_queue: BTreeMap<&QueueName, usize> = BTreeMap::new();
+        for ((id, _), reply) in leases.iter().zip(replies) {
+            let put_back = reply
+                .clone()
+                .convert::<Vec<Value>>()
+                .ok()
+                .and_then(|reply| status(&reply).ok())
+                .is_some_and(|status| status == "ok");
+            if put_back {
+                *by_queue.entry(id.queue()).or_default() += 1;
+            }
+        }
+        for (queue, count) in by_queue {
+            tracing::info!(queue = %queue, jobs = count, "put back claimed jobs that never reached a worker");
+            self.metrics.released(queue, count);
+        }
     }
 }

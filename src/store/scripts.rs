@@ -21,6 +21,8 @@ use fred::{
 ///   full Redis does not cost running jobs their leases or their results, and finished jobs
 ///   expire and free memory on their retention.
 ///
+/// - `read`: scripts that only read (`no-writes`) run whatever Redis's memory.
+///
 /// A script without a shebang would be refused only at its first write that Redis deems
 /// memory-growing (Redis 7.0's rule for old scripts), which took claims in and refused
 /// heartbeats. Shebangs need Redis 7.0 (see `MIN_REDIS_VERSION`).
@@ -30,6 +32,9 @@ macro_rules! script {
     };
     (drain $name:literal) => {
         script!(@ "#!lua flags=allow-oom\n", $name)
+    };
+    (read $name:literal) => {
+        script!(@ "#!lua flags=no-writes\n", $name)
     };
     (@ $shebang:literal, $name:literal) => {
         concat!(
@@ -118,8 +123,10 @@ pub struct Scripts {
     pub heartbeat: LuaScript,
     pub complete: LuaScript,
     pub fail: LuaScript,
+    pub expire: LuaScript,
     pub cancel: LuaScript,
     pub sweep: LuaScript,
+    pub stats: LuaScript,
 }
 
 impl Scripts {
@@ -133,8 +140,10 @@ impl Scripts {
             heartbeat: LuaScript::new("heartbeat", script!(drain "heartbeat")),
             complete: LuaScript::new("complete", script!(drain "complete")),
             fail: LuaScript::new("fail", script!(drain "fail")),
+            expire: LuaScript::new("expire", script!(drain "expire")),
             cancel: LuaScript::new("cancel", script!(drain "cancel")),
             sweep: LuaScript::new("sweep", script!(drain "sweep")),
+            stats: LuaScript::new("stats", script!(read "stats")),
         }
     }
 }

@@ -252,6 +252,17 @@ async fn bad_worker_requests_are_refused_by_field() {
         "wait",
     );
 
+    let mut short_ack = claim_request("q", Duration::ZERO);
+    short_ack.ack_timeout = Some(prost_types::Duration {
+        seconds: 0,
+        nanos: 1_000_000,
+    });
+    assert_status(
+        workers.claim_job(short_ack).await,
+        Code::InvalidArgument,
+        "ack_timeout",
+    );
+
     let job = submit(&mut jobs, "q", b"").await;
     let claimed = claim(&mut workers, "q").await;
     let bad_token = workers
@@ -262,7 +273,15 @@ async fn bad_worker_requests_are_refused_by_field() {
             next: None,
         })
         .await;
-    assert_status(bad_token, Code::InvalidArgument, "lease_token");
+    // A token jobd never issued is not the job's current one, as the README and proto say.
+    assert_status(bad_token, Code::FailedPrecondition, "lease_token");
+    let no_token = workers
+        .heartbeat(proto::HeartbeatRequest {
+            job_id: job.id.clone(),
+            ..Default::default()
+        })
+        .await;
+    assert_status(no_token, Code::InvalidArgument, "lease_token");
     let big_result = workers
         .complete_job(proto::CompleteJobRequest {
             job_id: job.id.clone(),
@@ -554,4 +573,38 @@ async fn a_full_redis_takes_no_new_work_but_lets_running_jobs_finish() {
     redis.cli(&["DEL", "filler"]);
     let claimed = claim(&mut workers, "full").await;
     assert_eq!(claimed.job.as_ref().unwrap().id, waiting.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_error_is_recorded_cut_rather_than_refused() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    let job = submit(&mut jobs, "q", b"").await;
+    let claimed = claim(&mut workers, "q").await;
+    // A stack trace of 64 KiB.
+    let trace: String = (0..)
+        .map(|line| format!("  at frame {line} (src/deep/module.rs:{line})\n"))
+        .take_while({
+            let mut total = 0;
+            move |line: &String| {
+                total += line.len();
+                total <= 64 * 1024
+            }
+        })
+        .collect();
+    let failed = fail(&mut workers, &claimed, &trace, false).await;
+    assert_eq!(failed.state(), JobState::Failed);
+
+    let stored = get(&mut jobs, &job.id).await.error;
+    assert!(stored.len() <= 4096, "{} bytes kept", stored.len());
+    assert!(trace.starts_with(stored.split(" [truncated").next().unwrap()));
+    assert!(
+        stored.ends_with(&format!(" [truncated: {} bytes in all]", trace.len())),
+        "{stored}"
+    );
+    let (events, end) = watch_to_end(&mut jobs, &job.id, 0).await;
+    end.unwrap();
+    assert_eq!(events.last().unwrap().error, stored);
 }

@@ -2,17 +2,20 @@
 
 mod binary;
 mod cancel;
+mod clock;
 mod cluster;
 mod connections;
 mod errors;
 mod grpcurl;
 mod handoff;
 mod health;
-mod layout;
 mod lifecycle;
 mod outage;
+mod protocol;
 mod proxy;
+mod recovery;
 mod release;
+mod replies;
 mod scheduling;
 mod sentinel;
 mod shutdown;

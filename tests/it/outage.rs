@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use jobd::api::proto::{EventType, JobState};
 use tonic::Code;
 
-use crate::{proxy::ReplyLosingProxy, support::*};
+use crate::{proxy::FaultyProxy, support::*};
 
 /// Command timeout of the test servers is 1 s; allow scheduling slack on a busy machine.
 const BOUND: Duration = Duration::from_secs(4);
@@ -88,7 +88,7 @@ async fn a_stopped_redis_gives_unavailable_then_service_resumes_when_it_returns(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completion_whose_reply_is_lost_is_recorded_once_and_safe_to_repeat() {
     let redis = RedisServer::start();
-    let proxy = ReplyLosingProxy::start(redis.port()).await;
+    let proxy = FaultyProxy::start(redis.port()).await;
     let server = TestServer::start_with(&proxy.url(), Settings::default()).await;
     let mut jobs = server.jobs().await;
     let mut workers = server.workers().await;
@@ -122,4 +122,59 @@ async fn a_completion_whose_reply_is_lost_is_recorded_once_and_safe_to_repeat() 
         [EventType::Queued, EventType::Started, EventType::Completed],
         "completed once"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_load_every_call_fails_within_the_command_timeout_of_its_arrival() {
+    const CALLERS: usize = 20;
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    // The queue registered and every script loaded before Redis freezes.
+    submit(&mut jobs, "busy", b"").await;
+    let claimed = claim(&mut workers, "busy").await;
+    complete(&mut workers, &claimed, b"").await.unwrap();
+    for _ in 0..CALLERS {
+        submit(&mut jobs, "busy", b"").await;
+    }
+    let clients: Vec<_> = futures::future::join_all((0..CALLERS).map(|_| server.channel())).await;
+
+    // Submissions and claims of one queue, arriving while each other's group-commit calls are
+    // in flight: each waits for Redis at most the command timeout (1 s) from its arrival, not
+    // for the calls queued before it to time out first.
+    redis.signal("STOP");
+    let calls = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, channel)| async move {
+            // Spread over the first half second, so that most arrive during another's call.
+            tokio::time::sleep(Duration::from_millis(25 * i as u64)).await;
+            let started = Instant::now();
+            let code = if i % 2 == 0 {
+                let mut jobs = jobd::api::proto::job_service_client::JobServiceClient::new(channel);
+                jobs.submit_job(job_request("busy"))
+                    .await
+                    .map(|_| ())
+                    .unwrap_err()
+                    .code()
+            } else {
+                let mut workers =
+                    jobd::api::proto::worker_service_client::WorkerServiceClient::new(channel);
+                let claim = claim_request("busy", Duration::ZERO);
+                workers
+                    .claim_job(claim)
+                    .await
+                    .map(|_| ())
+                    .unwrap_err()
+                    .code()
+            };
+            (code, started.elapsed())
+        });
+    let outcomes = futures::future::join_all(calls).await;
+    redis.signal("CONT");
+    for (i, (code, took)) in outcomes.into_iter().enumerate() {
+        assert_eq!(code, Code::Unavailable, "call {i}");
+        assert!(took < Duration::from_millis(1100), "call {i} took {took:?}");
+    }
 }

@@ -1,5 +1,6 @@
-//! A TCP proxy between jobd and its Redis that can lose replies, as a network that fails after
-//! a request went through does: Redis runs the command, its caller never hears back.
+//! A TCP proxy between jobd and its Redis that misbehaves on cue, as a network does: it can
+//! lose replies (Redis runs the command, its caller never hears back), or hold a command back
+//! for a while (it reaches Redis late, after commands sent later on other connections).
 
 use std::{
     net::SocketAddr,
@@ -18,16 +19,35 @@ use tokio::{
 };
 
 /// The proxy; it stops, with every connection through it, when dropped.
-pub struct ReplyLosingProxy {
+pub struct FaultyProxy {
     addr: SocketAddr,
-    /// Bytes that, once a connection sends them, make it lose every reply from then on.
-    trigger: Arc<Mutex<Option<Vec<u8>>>>,
+    /// What the next connection to send the fault's bytes suffers.
+    fault: Arc<Mutex<Option<Fault>>>,
     /// Told when the connection that lost replies closes.
     closed: Arc<Notify>,
+    /// Told when a connection sent the armed fault's bytes.
+    struck: Arc<Notify>,
     _connections: JoinSet<()>,
 }
 
-impl ReplyLosingProxy {
+/// A fault armed on bytes a connection sends.
+#[derive(Clone)]
+enum Fault {
+    /// The connection loses the reply to the command and every reply after it.
+    LoseReplies(Vec<u8>),
+    /// The command (and whatever follows it on the connection) reaches Redis this much later.
+    Delay(Vec<u8>, Duration),
+}
+
+impl Fault {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Fault::LoseReplies(bytes) | Fault::Delay(bytes, _) => bytes,
+        }
+    }
+}
+
+impl FaultyProxy {
     /// A proxy on a free local port to the Redis at `redis_port`.
     pub async fn start(redis_port: u16) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
@@ -36,23 +56,29 @@ impl ReplyLosingProxy {
         let addr = listener
             .local_addr()
             .expect("a bound listener has an address");
-        let trigger = Arc::new(Mutex::new(None));
+        let fault = Arc::new(Mutex::new(None));
         let closed = Arc::new(Notify::new());
+        let struck = Arc::new(Notify::new());
         let mut connections = JoinSet::new();
-        let (armed, told) = (trigger.clone(), closed.clone());
+        let (armed, told, hit) = (fault.clone(), closed.clone(), struck.clone());
         connections.spawn(async move {
             let mut relays = JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
                 let redis = TcpStream::connect(("127.0.0.1", redis_port))
                     .await
                     .expect("Redis accepts the proxy's connection");
-                relays.spawn(relay(client, redis, armed.clone(), told.clone()));
+                let notices = Notices {
+                    closed: told.clone(),
+                    struck: hit.clone(),
+                };
+                relays.spawn(relay(client, redis, armed.clone(), notices));
             }
         });
         Self {
             addr,
-            trigger,
+            fault,
             closed,
+            struck,
             _connections: connections,
         }
     }
@@ -64,12 +90,25 @@ impl ReplyLosingProxy {
     /// The next connection to send `bytes` (within one command, as fred writes it) loses the
     /// reply to that command and every reply after it, until jobd gives the connection up.
     pub fn lose_replies_after(&self, bytes: &[u8]) {
-        *self.trigger.lock().unwrap() = Some(bytes.to_vec());
+        *self.fault.lock().unwrap() = Some(Fault::LoseReplies(bytes.to_vec()));
     }
 
-    /// Disarms `lose_replies_after` if no connection has sent its bytes yet.
-    pub fn lose_no_replies(&self) {
-        *self.trigger.lock().unwrap() = None;
+    /// The next command to hold `bytes` reaches Redis `delay` late, and the commands after it on
+    /// its connection after it; the connection's replies are not held.
+    pub fn delay(&self, bytes: &[u8], delay: Duration) {
+        *self.fault.lock().unwrap() = Some(Fault::Delay(bytes.to_vec(), delay));
+    }
+
+    /// Disarms the fault if no connection has sent its bytes yet.
+    pub fn disarm(&self) {
+        *self.fault.lock().unwrap() = None;
+    }
+
+    /// Waits, 10 s at most, until a connection sent the armed fault's bytes.
+    pub async fn struck(&self) {
+        tokio::time::timeout(Duration::from_secs(10), self.struck.notified())
+            .await
+            .expect("the fault's bytes went by");
     }
 
     /// Waits, 10 s at most, until the connection that lost replies is closed: jobd gave it up
@@ -81,13 +120,20 @@ impl ReplyLosingProxy {
     }
 }
 
-/// Carries one connection's bytes both ways, dropping Redis's once the trigger was sent.
+/// Whom a connection tells of what befell it.
+struct Notices {
+    closed: Arc<Notify>,
+    struck: Arc<Notify>,
+}
+
+/// Carries one connection's bytes both ways, suffering the armed fault once its bytes go by.
 async fn relay(
     client: TcpStream,
     redis: TcpStream,
-    trigger: Arc<Mutex<Option<Vec<u8>>>>,
-    closed: Arc<Notify>,
+    fault: Arc<Mutex<Option<Fault>>>,
+    notices: Notices,
 ) {
+    let Notices { closed, struck } = notices;
     let (mut from_client, mut to_client) = client.into_split();
     let (mut from_redis, mut to_redis) = redis.into_split();
     let losing = Arc::new(AtomicBool::new(false));
@@ -96,15 +142,22 @@ async fn relay(
         let mut buffer = vec![0; 64 * 1024];
         while let Ok(read @ 1..) = from_client.read(&mut buffer).await {
             let chunk = &buffer[..read];
-            {
-                let mut trigger = trigger.lock().unwrap();
-                if let Some(bytes) = trigger.as_deref()
-                    && chunk.windows(bytes.len()).any(|window| window == bytes)
-                {
-                    // Before the command reaches Redis, so that its reply is lost too.
-                    lose.store(true, Ordering::SeqCst);
-                    *trigger = None;
-                }
+            let suffered = {
+                let mut armed = fault.lock().unwrap();
+                let hit = armed.as_ref().is_some_and(|fault| {
+                    let bytes = fault.bytes();
+                    chunk.windows(bytes.len()).any(|window| window == bytes)
+                });
+                if hit { armed.take() } else { None }
+            };
+            if suffered.is_some() {
+                struck.notify_one();
+            }
+            match suffered {
+                // Before the command reaches Redis, so that its reply is lost too.
+                Some(Fault::LoseReplies(_)) => lose.store(true, Ordering::SeqCst),
+                Some(Fault::Delay(_, delay)) => tokio::time::sleep(delay).await,
+                None => {}
             }
             if to_redis.write_all(chunk).await.is_err() {
                 break;
@@ -120,10 +173,16 @@ async fn relay(
             }
         }
     };
-    // Either side closing ends the connection, as a dropped TCP connection would.
-    tokio::select! {
-        () = requests => {}
-        () = replies => {}
+    // Either side closing ends the connection, as a dropped TCP connection would; a command
+    // held back is still delivered (it was on its way).
+    tokio::pin!(requests);
+    let requests_ended = tokio::select! {
+        () = &mut requests => true,
+        () = replies => false,
+    };
+    if !requests_ended {
+        // jobd gave the connection up: a held command still reaches Redis, late.
+        let _ = tokio::time::timeout(Duration::from_secs(30), requests).await;
     }
     if lost.load(Ordering::SeqCst) {
         closed.notify_one();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use jobd::api::proto::{self, EventType, JobState};
 
-use crate::{proxy::ReplyLosingProxy, support::*};
+use crate::{proxy::FaultyProxy, support::*};
 
 type Jobs = proto::job_service_client::JobServiceClient<tonic::transport::Channel>;
 
@@ -128,25 +128,26 @@ async fn a_released_lease_is_dead_and_a_second_release_changes_nothing() {
             "jobd:{fence}:ready",
             "jobd:{fence}:running",
             &key,
-            "1800000000000",
             "jobd:wake:jobs",
             "jobd:wake:queues",
             "fence",
+            "the claim's reply never reached a worker",
+            "undelivered",
             &job.id,
             token,
         ])
     };
 
     // Another lease's token puts nothing back.
-    assert_eq!(release("not-the-token"), "0");
+    assert_eq!(release("not-the-token"), "stale\nrunning");
     assert_eq!(
         get(&mut jobs, &job.id).await.state,
         JobState::Running as i32
     );
-    assert_eq!(release(&claimed.lease_token), "1");
+    assert_eq!(release(&claimed.lease_token), "ok");
     assert_eq!(
         release(&claimed.lease_token),
-        "0",
+        "again",
         "run twice, nothing changes"
     );
     let back = get(&mut jobs, &job.id).await;
@@ -198,30 +199,43 @@ async fn the_claim_script_run_twice_answers_its_first_runs_claims_again_and_no_m
         ];
         args.extend(keys.iter().map(String::as_str));
         args.extend([
-            "1800000000000",
             "jobd:wake:jobs",
             "30000",
+            "4000000",
             "1",
             "w",
             "",
             "2",
             "started-event",
+            "5000",
+            "0",
         ]);
         for (id, token) in ids.iter().zip(tokens) {
             args.extend([id.as_str(), token]);
         }
-        redis.cli(&args)
+        // The reply but its first line, the time the script ran.
+        redis
+            .cli(&args)
+            .lines()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join("\n")
     };
 
+    // No claimer's reply is full; claimer 1 gets two jobs: id, token, lease expiry,
+    // acknowledgement deadline, size.
     let first = run();
-    let expected = format!(
-        "1\n{}\ntoken-1\n1800000030000\n1\n{}\ntoken-2\n1800000030000",
-        ids[0], ids[1]
-    );
-    assert_eq!(first, expected);
+    let lines: Vec<&str> = first.lines().collect();
+    assert_eq!(lines.len(), 13, "{first}");
+    assert_eq!(lines[0], "", "no full reply");
+    assert_eq!(&lines[1..4], ["1", ids[0].as_str(), "token-1"]);
+    assert_eq!(&lines[7..10], ["1", ids[1].as_str(), "token-2"]);
+    let expires: u64 = lines[4].parse().unwrap();
+    let ack: u64 = lines[5].parse().unwrap();
+    assert_eq!(expires - ack, 25_000, "acknowledged 5 s into a 30 s lease");
     // Again, as fred would resend it after a lost reply: the same claims, nothing written twice,
     // and the third job, which the first run left, still ready.
-    assert_eq!(run(), expected);
+    assert_eq!(run(), first);
     assert_eq!(redis.cli(&["HGET", &keys[0], "seq"]), "2");
     assert_eq!(redis.cli(&["HGET", &keys[0], "attempt"]), "1");
     assert_eq!(
@@ -234,15 +248,13 @@ async fn the_claim_script_run_twice_answers_its_first_runs_claims_again_and_no_m
 /// A worker id that the proxy watches for: the call carrying it loses its reply.
 const UNLUCKY: &str = "unlucky-worker";
 
-/// A claim request of `UNLUCKY`'s, with a lease of 60 s: longer than any wait of these tests,
-/// so that only a release can bring its job back in time.
+/// A claim request of `UNLUCKY`'s, with a lease and an acknowledgement timeout of 60 s: longer
+/// than any wait of these tests, so that only a release can bring its job back in time.
 fn unlucky_claim(queue: &str, wait: Duration) -> proto::ClaimJobRequest {
     proto::ClaimJobRequest {
         worker_id: UNLUCKY.to_owned(),
-        lease: Some(prost_types::Duration {
-            seconds: 60,
-            nanos: 0,
-        }),
+        lease: Some(pb_duration(Duration::from_secs(60))),
+        ack_timeout: Some(pb_duration(Duration::from_secs(60))),
         ..claim_request(queue, wait)
     }
 }
@@ -250,7 +262,7 @@ fn unlucky_claim(queue: &str, wait: Duration) -> proto::ClaimJobRequest {
 /// A jobd whose Redis connections go through `proxy`, with the queue "lost" known and the
 /// scripts loaded (a job submitted and claimed), so that the call whose reply is lost is the
 /// one that claims, not a load of its script.
-async fn through(proxy: &ReplyLosingProxy) -> TestServer {
+async fn through(proxy: &FaultyProxy) -> TestServer {
     let server = TestServer::start_with(&proxy.url(), Settings::default()).await;
     submit(&mut server.jobs().await, "lost", b"").await;
     claim(&mut server.workers().await, "lost").await;
@@ -260,7 +272,7 @@ async fn through(proxy: &ReplyLosingProxy) -> TestServer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_whose_reply_is_lost_puts_its_job_back() {
     let redis = RedisServer::start();
-    let proxy = ReplyLosingProxy::start(redis.port()).await;
+    let proxy = FaultyProxy::start(redis.port()).await;
     let server = through(&proxy).await;
     let jobs = server.jobs().await;
     let job = submit(&mut jobs.clone(), "lost", b"").await;
@@ -285,7 +297,7 @@ async fn a_claim_whose_reply_is_lost_puts_its_job_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_off_whose_reply_is_lost_puts_its_job_back() {
     let redis = RedisServer::start();
-    let proxy = ReplyLosingProxy::start(redis.port()).await;
+    let proxy = FaultyProxy::start(redis.port()).await;
     let server = through(&proxy).await;
 
     let mut jobs = server.jobs().await;
@@ -312,7 +324,7 @@ async fn a_hand_off_whose_reply_is_lost_puts_its_job_back() {
         match jobs.submit_job(submission()).await {
             Err(refused) => break (refused, parked),
             Ok(_) => {
-                proxy.lose_no_replies();
+                proxy.disarm();
                 let claimed = parked.await.unwrap().expect("the claim succeeds");
                 let claimed = claimed.into_inner();
                 assert!(claimed.job.is_some(), "the claim takes the queued job");

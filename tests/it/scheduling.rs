@@ -157,6 +157,8 @@ async fn a_silent_workers_job_is_claimed_again_and_its_late_calls_refused() {
     let silent = workers.claim_job(silent).await.unwrap().into_inner();
     let claimed_at = Instant::now();
     assert_eq!(silent.job.as_ref().unwrap().id, id);
+    // It acknowledges the job, then goes silent: its attempt counts.
+    acknowledge(&mut workers, &id, &silent.lease_token).await;
 
     let again = claim(&mut workers, "q").await;
     let after = claimed_at.elapsed();
@@ -228,6 +230,8 @@ async fn two_servers_recover_each_expired_lease_exactly_once() {
                 let lease = millis_of(&claimed.lease_expires_at) - millis_of(&job.started_at);
                 assert_eq!(lease, 3000, "the job's own lease applies");
                 assert_eq!(job.attempt, 1, "claimed before any lease expired");
+                // Acknowledged, then silent: each lease runs out and costs an attempt.
+                acknowledge(&mut workers, &job.id, &claimed.lease_token).await;
             }
         }));
     }
@@ -585,6 +589,14 @@ async fn idle_queues_are_not_swept_every_second() {
         || async { (sweeps() >= 20).then_some(()) },
     )
     .await;
+    // A queue's visit while its job still ran is followed by one within a second, which finds
+    // it idle: measure once a second and a half has passed without any sweep.
+    eventually(Duration::from_secs(10), "the sweeps to settle", || async {
+        let before = sweeps();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        (sweeps() == before).then_some(())
+    })
+    .await;
     let before = sweeps();
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Swept every second, the twenty queues would take sixty sweeps in these three seconds.
@@ -615,15 +627,11 @@ async fn an_idle_queue_is_swept_again_once_another_server_claims_in_it() {
     // Claimed through a, with a lease of 1 s; then a goes away, and its sweeper with it.
     let mut silent = claim_request("elsewhere", Duration::ZERO);
     silent.lease = Some(pb_duration(Duration::from_secs(1)));
-    let silent = a
-        .workers()
-        .await
-        .claim_job(silent)
-        .await
-        .unwrap()
-        .into_inner();
+    let mut a_workers = a.workers().await;
+    let silent = a_workers.claim_job(silent).await.unwrap().into_inner();
     assert_eq!(silent.job.as_ref().unwrap().id, id);
     let claimed_at = Instant::now();
+    acknowledge(&mut a_workers, &id, &silent.lease_token).await;
     a.stop().await.unwrap();
 
     // b heard of the claim (its STARTED event) and recovers the lease when it runs out, not

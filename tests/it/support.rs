@@ -384,7 +384,8 @@ pub fn command_calls(redis: &RedisServer, command: &str) -> u64 {
 }
 
 /// Waits until claims have read their queues `reads` times in all: a claim that found its
-/// queue empty parks right after that read.
+/// queue empty parks right after that read. (Claims read a queue with ZRANGE; the sweeper and
+/// the scripts never send it.)
 pub async fn claims_have_looked(redis: &RedisServer, reads: u64) {
     eventually(Duration::from_secs(10), "the claims to look", || async {
         (command_calls(redis, "zrange") >= reads).then_some(())
@@ -488,10 +489,12 @@ pub fn claim_request(queue: &str, wait: Duration) -> proto::ClaimJobRequest {
             nanos: 0,
         }),
         wait: Some(prost_types::Duration::try_from(wait).expect("small duration")),
+        ack_timeout: None,
     }
 }
 
-/// Claims a job from `queue`, waiting up to 5 s; returns the claim response.
+/// Claims a job from `queue`, waiting up to 5 s, and acknowledges it as a worker following the
+/// protocol does (a heartbeat); returns the claim response.
 pub async fn claim(
     workers: &mut WorkerServiceClient<Channel>,
     queue: &str,
@@ -501,8 +504,23 @@ pub async fn claim(
         .await
         .expect("claim succeeds")
         .into_inner();
-    assert!(claimed.job.is_some(), "a job was claimed from {queue}");
+    let job = claimed.job.as_ref().expect("a job was claimed");
+    acknowledge(workers, &job.id, &claimed.lease_token).await;
     claimed
+}
+
+/// Acknowledges a claimed job: a heartbeat without progress, which records no event.
+pub async fn acknowledge(workers: &mut WorkerServiceClient<Channel>, job_id: &str, token: &str) {
+    let beat = workers
+        .heartbeat(proto::HeartbeatRequest {
+            job_id: job_id.to_owned(),
+            lease_token: token.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("the claimed job takes a heartbeat")
+        .into_inner();
+    assert!(!beat.cancelled, "the claimed job is not cancelled");
 }
 
 /// ClaimJobs: up to `max_jobs` jobs for `claim`; the call must succeed.

@@ -242,7 +242,8 @@ async fn metrics_and_spans_reach_the_otlp_endpoint() {
     let silent = submit_request(&mut jobs, silent).await.job.unwrap();
     let mut no_lease = claim_request("silent", Duration::from_secs(5));
     no_lease.lease = None;
-    workers.claim_job(no_lease).await.unwrap();
+    let claimed = workers.claim_job(no_lease).await.unwrap().into_inner();
+    acknowledge(&mut workers, &silent.id, &claimed.lease_token).await;
     let mut watcher = jobs
         .watch_job(proto::WatchJobRequest {
             job_id: silent.id.clone(),

@@ -432,6 +432,7 @@ async fn start_workers(
                 seconds: 1,
                 nanos: 0,
             }),
+            ack_timeout: None,
         };
         if batch <= 1 {
             workers.spawn(single_worker(client, claim, done.clone()));

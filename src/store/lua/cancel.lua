@@ -8,9 +8,8 @@
 -- KEYS[4]  queue's scheduled set
 -- KEYS[5]  queue's retained-cancelled set (score: when the job's retention ends, Unix ms)
 -- ARGV[1]  job id
--- ARGV[2]  now, Unix ms
--- ARGV[3]  reason (may be empty)
--- ARGV[4]  job wake-up channel
+-- ARGV[2]  reason (may be empty)
+-- ARGV[3]  job wake-up channel
 -- returns  {"ok"} cancelled now, {"unchanged"} was cancelled already,
 --          {"finished", state} completed or failed, {"not_found"}
 
@@ -20,16 +19,16 @@ if not state then return {'not_found'} end
 if state == 'cancelled' then return {'unchanged'} end
 if state == 'completed' or state == 'failed' then return {'finished', state} end
 
-local now = tonumber(ARGV[2])
+local now = clock()
 local seq = tonumber(job[2]) + 1
 local retention = tonumber(job[4])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
-local event = cmsgpack.pack({t = 'cancelled', at = now, a = tonumber(job[3]), r = ARGV[3]})
+local event = cmsgpack.pack({t = 'cancelled', at = now, a = tonumber(job[3]), r = ARGV[2]})
 redis.call('HSET', KEYS[1],
-  'state', 'cancelled', 'reason', ARGV[3], 'finished', now, 'seq', seq, 'e:' .. seq, event)
+  'state', 'cancelled', 'reason', ARGV[2], 'finished', now, 'seq', seq, 'e:' .. seq, event)
 redis.call('ZADD', KEYS[5], now + retention, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], retention)
-redis.call('PUBLISH', ARGV[4], announcement(seq, ARGV[1], event))
+redis.call('PUBLISH', ARGV[3], announcement(seq, ARGV[1], event))
 return {'ok'}

@@ -1,101 +1,121 @@
 -- Claims, for each claimer in turn, up to its number of the candidate jobs that are still
--- ready, in the order given. The caller reads the candidates from the head of the ready set;
--- a candidate another call took meanwhile is no longer in it and is skipped, so each job is
--- claimed by exactly one claimer. Claims of one queue that reach a jobd together share a call.
+-- ready, in the order given, and no more than fit in one reply. The caller reads the
+-- candidates from the head of the ready set; a candidate another call took meanwhile is no
+-- longer in it and is skipped, so each job is claimed by exactly one claimer. Claims of one
+-- queue that reach a jobd together share a call.
+-- Each claimed job must be acknowledged by its worker (a heartbeat, or its outcome) before
+-- its acknowledgement deadline, or it goes back to its queue (expire.lua): a reply lost on
+-- its way to the worker does not strand the job until its lease runs out.
 -- Safe to run twice (fred resends a call whose reply a dropped connection lost): the lease
 -- tokens are made by the caller, so a candidate no longer ready but running under the token
 -- this call gave it was claimed by an earlier run of this call, and is answered again, as it
 -- was, instead of being left leased to nobody.
 --
 -- KEYS[1]     queue's ready set
--- KEYS[2]     queue's running set (score: lease expiry, Unix ms)
+-- KEYS[2]     queue's running set (score: the claim's deadline, see `deadline`, Unix ms)
 -- KEYS[3..n]  candidate job hashes
--- ARGV[1]     now, Unix ms
--- ARGV[2]     job wake-up channel
--- ARGV[3]     the server's default lease ms
+-- ARGV[1]     job wake-up channel
+-- ARGV[2]     the server's default lease ms
+-- ARGV[3]     reply budget: the most bytes of jobs (their `size`) one claimer takes, beyond
+--             its first job, which it takes whatever its size
 -- ARGV[4]     number of claimers, C
--- ARGV[5..]   per claimer, 4 values: worker id, lease ms it asked for ("" for the job's own,
---             else ARGV[3]), how many jobs it takes at most, its STARTED event but the attempt
---             (see event_head in store/codec.rs)
+-- ARGV[5..]   per claimer, 6 values: worker id, lease ms it asked for ("" for the job's own,
+--             else ARGV[2]), how many more jobs it takes at most, its STARTED event's start
+--             (see event_head in store/codec.rs), acknowledgement timeout ms, bytes of jobs it
+--             took in earlier calls
 -- then        per candidate, in KEYS order, 2 values: job id, new lease token
--- returns     one entry per claimed job: {claimer (1-based), job id, token, lease expiry}; the
+-- returns     {now, the claimers (1-based) whose reply is full, then one entry per claimed
+--             job: {claimer, job id, token, lease expiry, acknowledgement deadline, size}}; the
 --             caller reads the claimed jobs in the same round trip, right after the script
 
-local now = tonumber(ARGV[1])
+local now = clock()
 local claimers = tonumber(ARGV[4])
-local first_candidate = 5 + claimers * 4
+local budget = tonumber(ARGV[3])
+local first_candidate = 5 + claimers * 6
+-- The claimer's values: ARGV[claimer_arg(c) + 0 .. 5].
+local function claimer_arg(c) return 5 + (c - 1) * 6 end
 
--- Which candidates are still ready: one ZMSCORE, then one ZREM for those taken.
 local ids = {}
 for i = 3, #KEYS do ids[#ids + 1] = ARGV[first_candidate + (i - 3) * 2] end
-if #ids == 0 then return {} end
-local wanted = 0
-for c = 1, claimers do wanted = wanted + tonumber(ARGV[3 + c * 4]) end
+if #ids == 0 then return {now, {}} end
 local scores = redis.call('ZMSCORE', KEYS[1], unpack(ids))
--- Candidates taken, in order; those an earlier run of this call took are marked.
-local taken, earlier = {}, {}
-for k = 1, #ids do
-  if #taken == wanted then break end
-  if scores[k] then
-    taken[#taken + 1] = k
-  else
-    local token = ARGV[first_candidate + (k - 1) * 2 + 1]
-    local job = redis.call('HMGET', KEYS[k + 2], 'state', 'token', 'lease_until')
-    if job[1] == 'running' and job[2] == token then
-      taken[#taken + 1] = k
-      earlier[k] = job[3]
-    end
-  end
-end
-if #taken == 0 then return {} end
-local members = {}
-for _, k in ipairs(taken) do
-  if not earlier[k] then members[#members + 1] = ids[k] end
-end
-if #members > 0 then redis.call('ZREM', KEYS[1], unpack(members)) end
 
--- The claimer being served, and how many jobs it still takes.
-local claimer, room = 1, tonumber(ARGV[7])
--- The claimer's values: ARGV[claimer * 4 + 1 .. claimer * 4 + 4].
-local claimed, running, announced = {}, {}, {}
-for _, k in ipairs(taken) do
-  local key, id, token = KEYS[k + 2], ids[k], ARGV[first_candidate + (k - 1) * 2 + 1]
-  local job = {}
-  if not earlier[k] then
-    job = redis.call('HMGET', key, 'state', 'attempt', 'seq', 'lease_default')
+local at = packed_at(now)
+-- How many jobs claimer c still takes, and the bytes it took so far.
+local function serve(c)
+  return tonumber(ARGV[claimer_arg(c) + 2]), tonumber(ARGV[claimer_arg(c) + 5])
+end
+-- The claimer being served, and what `serve` says of it as it takes jobs.
+local claimer = 1
+local room, bytes = serve(1)
+local full = {}
+local claimed, taken, running, announced = {now, full}, {}, {}, {}
+for k = 1, #ids do
+  while room == 0 and claimer < claimers do
+    claimer = claimer + 1
+    room, bytes = serve(claimer)
   end
-  -- A ready entry without its job hash is an orphan: removing it above is all there is to do.
-  if earlier[k] or job[1] == 'queued' then
-    while room == 0 do
-      claimer = claimer + 1
-      room = tonumber(ARGV[3 + claimer * 4])
+  if room == 0 then break end
+  local key, id = KEYS[k + 2], ids[k]
+  local token = ARGV[first_candidate + (k - 1) * 2 + 1]
+  local job, earlier
+  if scores[k] then
+    job = redis.call('HMGET', key, 'state', 'attempt', 'seq', 'lease_default', 'size')
+    -- A ready entry whose job is gone (or not queued) is an orphan: removing it is all there
+    -- is to do.
+    if job[1] ~= 'queued' then
+      taken[#taken + 1] = id
+      job = nil
     end
-    if earlier[k] then
+  else
+    local held = redis.call('HMGET', key, 'state', 'token', 'lease_until', 'ack_until', 'size')
+    if held[1] == 'running' and held[2] == token then earlier = held end
+  end
+  if job or earlier then
+    local size = tonumber((job or earlier)[5])
+    if not size then size = redis.call('HSTRLEN', key, 'payload') end
+    -- A claimer whose reply is full takes no more: the job goes to the next one with room.
+    -- (A job claimed by an earlier run is answered whatever its size: it is claimed.)
+    while job and bytes > 0 and bytes + size > budget do
+      full[#full + 1] = claimer
+      room = 0
+      while room == 0 and claimer < claimers do
+        claimer = claimer + 1
+        room, bytes = serve(claimer)
+      end
+      if room == 0 then break end
+    end
+    if room == 0 then break end
+    local base = claimer_arg(claimer)
+    if earlier then
       -- Claimed by an earlier run of this call: answered as it was.
-      claimed[#claimed + 1] = {claimer, id, token, earlier[k]}
+      claimed[#claimed + 1] = {claimer, id, token, earlier[3], earlier[4] or earlier[3], size}
     else
-      local worker = ARGV[1 + claimer * 4]
-      local lease = ARGV[2 + claimer * 4]
+      local lease = ARGV[base + 1]
       if lease == '' then lease = job[4] end
-      if not lease or lease == '' then lease = ARGV[3] end
-      local expires = int(now + tonumber(lease))
+      if not lease or lease == '' then lease = ARGV[2] end
+      local expires = now + tonumber(lease)
+      local ack = math.min(now + tonumber(ARGV[base + 4]), expires)
       local attempt = tonumber(job[2]) + 1
       local seq = int(tonumber(job[3]) + 1)
-      local event = ARGV[4 + claimer * 4] .. string.char(attempt)
+      local event = finish_event(ARGV[base + 3], at, attempt)
       redis.call('HSET', key,
         'state', 'running', 'attempt', int(attempt), 'seq', seq, 'token', token,
-        'worker', worker, 'started', ARGV[1], 'lease_ms', lease, 'lease_until', expires,
-        'e:' .. seq, event)
-      running[#running + 1] = expires
+        'worker', ARGV[base], 'started', int(now), 'lease_ms', lease,
+        'lease_until', int(expires), 'ack_until', int(ack), 'e:' .. seq, event)
+      taken[#taken + 1] = id
+      running[#running + 1] = int(ack)
       running[#running + 1] = id
       announced[#announced + 1] = announcement(seq, id, event)
-      claimed[#claimed + 1] = {claimer, id, token, expires}
+      claimed[#claimed + 1] = {claimer, id, token, int(expires), int(ack), size}
     end
     room = room - 1
+    bytes = bytes + size
   end
 end
+if #taken > 0 then redis.call('ZREM', KEYS[1], unpack(taken)) end
 if #running > 0 then
   redis.call('ZADD', KEYS[2], unpack(running))
-  redis.call('PUBLISH', ARGV[2], table.concat(announced, '\n'))
+  redis.call('PUBLISH', ARGV[1], table.concat(announced, '\n'))
 end
 return claimed

@@ -7,24 +7,26 @@
 -- KEYS[2]     queue's retained-completed set (score: when the job's retention ends, Unix ms)
 -- KEYS[3]     queue's ready set, only looked at
 -- KEYS[4..n]  job hashes, one per completion
--- ARGV[1]     now, Unix ms
--- ARGV[2]     job wake-up channel
--- ARGV[3]     the COMPLETED event but its attempt (see event_head in store/codec.rs)
--- ARGV[4..]   per completion, in KEYS order: job id, lease token, result
+-- ARGV[1]     job wake-up channel
+-- ARGV[2]     the COMPLETED event's start (see event_head in store/codec.rs)
+-- ARGV[3..]   per completion, in KEYS order: job id, lease token, result
 -- returns     per completion, in KEYS order:
 --             {"ok", kind, started}: recorded now; {"again"}: recorded by an earlier run;
 --             {"not_found"}; {"stale", state}: the token is not the job's current one, or the
---             job is not running;
+--             job is not running; {"expired", "ack" or "lease", when}: the claim's deadline
+--             passed (see `deadline`);
 --             then 1 if the queue has ready jobs, else 0: a worker claiming its next jobs
---             from this queue need not read it when it has none (see worker_service.rs)
+--             from this queue need not read it when it has none (see worker_service.rs);
+--             then now, Unix ms
 
-local now = tonumber(ARGV[1])
+local now = clock()
+local at = packed_at(now)
 local replies, done, retained, announced = {}, {}, {}, {}
 for i = 4, #KEYS do
-  local key, a = KEYS[i], 4 + (i - 4) * 3
+  local key, a = KEYS[i], 3 + (i - 4) * 3
   local id, token, result = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   local job = redis.call('HMGET', key, 'state', 'token', 'seq', 'attempt', 'retention', 'kind',
-    'started')
+    'started', 'lease_until', 'ack_until')
   local state = job[1]
   if not state then
     replies[#replies + 1] = {'not_found'}
@@ -34,11 +36,14 @@ for i = 4, #KEYS do
     replies[#replies + 1] = {'again'}
   elseif state ~= 'running' then
     replies[#replies + 1] = {'stale', state}
+  elseif deadline(job[8], job[9]) <= now then
+    replies[#replies + 1] = {'expired', job[9] and 'ack' or 'lease', deadline(job[8], job[9])}
   else
     local seq = int(tonumber(job[3]) + 1)
-    local event = ARGV[3] .. string.char(tonumber(job[4]))
+    local event = finish_event(ARGV[2], at, tonumber(job[4]))
     redis.call('HSET', key,
-      'state', 'completed', 'result', result, 'finished', ARGV[1], 'seq', seq, 'e:' .. seq, event)
+      'state', 'completed', 'result', result, 'finished', int(now), 'seq', seq,
+      'e:' .. seq, event)
     redis.call('PEXPIRE', key, job[5])
     done[#done + 1] = id
     retained[#retained + 1] = int(now + tonumber(job[5]))
@@ -53,7 +58,8 @@ end
 if #done > 0 then
   redis.call('ZREM', KEYS[1], unpack(done))
   redis.call('ZADD', KEYS[2], unpack(retained))
-  redis.call('PUBLISH', ARGV[2], table.concat(announced, '\n'))
+  redis.call('PUBLISH', ARGV[1], table.concat(announced, '\n'))
 end
 replies[#replies + 1] = redis.call('EXISTS', KEYS[3])
+replies[#replies + 1] = now
 return replies

@@ -1,37 +1,43 @@
--- Extends a running job's lease and optionally records progress.
+-- Extends a running job's lease and optionally records progress. The first heartbeat of a
+-- claim also acknowledges the job (see claim.lua). A heartbeat never shortens the lease, so
+-- one that Redis runs late (delayed, then applied after a later one) cannot undo the later
+-- one; its event carries the time Redis applied it, so the log stays in time order.
+-- Safe to run twice: a second run extends the lease again, and records the progress again.
 --
 -- KEYS[1]  job hash
 -- KEYS[2]  queue's running set
 -- ARGV[1]  job id
 -- ARGV[2]  lease token
--- ARGV[3]  now, Unix ms
--- ARGV[4]  new lease, ms; empty: the lease the job was claimed with
--- ARGV[5]  "1" to record progress, "0" not to
--- ARGV[6]  progress value; empty when none
--- ARGV[7]  progress message
--- ARGV[8]  job wake-up channel
+-- ARGV[3]  new lease, ms from now; empty: the lease the job was claimed with
+-- ARGV[4]  job wake-up channel
+-- ARGV[5]  optional: the PROGRESS event's start (see event_head in store/codec.rs)
 -- returns  {"ok", lease expiry}, {"cancelled"}, {"not_found"},
---          {"stale", state}: the token is not the job's current one, or the job is not running
+--          {"stale", state}: the token is not the job's current one, or the job is not running;
+--          {"expired", "ack" or "lease", when}: the claim's deadline passed (see `deadline`)
 
-local job = redis.call('HMGET', KEYS[1], 'state', 'token', 'seq', 'attempt', 'lease_ms')
+local job = redis.call('HMGET', KEYS[1], 'state', 'token', 'seq', 'attempt', 'lease_ms',
+  'lease_until', 'ack_until')
 local state, token = job[1], job[2]
 if not state then return {'not_found'} end
 if token ~= ARGV[2] then return {'stale', state} end
 if state == 'cancelled' then return {'cancelled'} end
 if state ~= 'running' then return {'stale', state} end
 
-local now = tonumber(ARGV[3])
+local now = clock()
+local ends = deadline(job[6], job[7])
+if ends <= now then
+  return {'expired', job[7] and 'ack' or 'lease', ends}
+end
 local lease = tonumber(job[5])
-if ARGV[4] ~= '' then lease = tonumber(ARGV[4]) end
-local expires = now + lease
-redis.call('HSET', KEYS[1], 'lease_until', expires)
+if ARGV[3] ~= '' then lease = tonumber(ARGV[3]) end
+local expires = math.max(now + lease, tonumber(job[6]))
+redis.call('HSET', KEYS[1], 'lease_until', int(expires))
+if job[7] then redis.call('HDEL', KEYS[1], 'ack_until') end
 redis.call('ZADD', KEYS[2], 'XX', expires, ARGV[1])
-if ARGV[5] == '1' then
-  local seq = tonumber(job[3]) + 1
-  local event = {t = 'progress', at = now, a = tonumber(job[4]), m = ARGV[7]}
-  if ARGV[6] ~= '' then event.v = tonumber(ARGV[6]) end
-  event = cmsgpack.pack(event)
+if ARGV[5] then
+  local seq = int(tonumber(job[3]) + 1)
+  local event = finish_event(ARGV[5], packed_at(now), tonumber(job[4]))
   redis.call('HSET', KEYS[1], 'seq', seq, 'e:' .. seq, event)
-  redis.call('PUBLISH', ARGV[8], announcement(seq, ARGV[1], event))
+  redis.call('PUBLISH', ARGV[4], announcement(seq, ARGV[1], event))
 end
 return {'ok', expires}

@@ -4,6 +4,22 @@
 -- to text formats it as a float, which costs several times more.
 local function int(n) return string.format('%d', n) end
 
+-- The time now, Unix ms, by Redis's clock. Every time a script records or compares is this
+-- one, so that every jobd replica uses one clock whatever its own says. (Redis 7 replicates
+-- a script's effects, not the script, so TIME is allowed before writes.)
+local function clock()
+  local time = redis.call('TIME')
+  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
+
+-- An event whose start jobd built (event_head in store/codec.rs, a MessagePack map of the
+-- type and, for STARTED, the worker) finished here: its time `at`, packed once per call by
+-- `packed_at`, and its attempt, one byte (a positive fixint: attempts never exceed 100).
+local function packed_at(now) return '\162at' .. cmsgpack.pack(now) end
+local function finish_event(head, at, attempt)
+  return head .. at .. '\161a' .. string.char(attempt)
+end
+
 -- An event's line in a wake-up message on the job channel, as parse_announced in
 -- store/codec.rs reads it: sequence, job id, the event's length and bytes, then the result's
 -- length and bytes when the message carries it, else "-".
@@ -27,3 +43,68 @@ local function ready_score(priority, at)
   return (1000 - priority) * 2199023255552 + (at - 1704067200000)
 end
 
+-- When a running job's claim ends unless its worker acts (its score in the running set):
+-- the acknowledgement deadline while the worker has not acknowledged the job, else the end
+-- of its lease. A claim sets the first no later than the second, and only a heartbeat, which
+-- acknowledges, moves the second.
+local function deadline(lease_until, ack_until)
+  return tonumber(ack_until or lease_until)
+end
+
+-- Puts running job `id` (hash `key`) back in its queue at no cost, with a RELEASED event
+-- saying `reason`: QUEUED at its place by priority and submission time, the claim not counted
+-- as an attempt. `job` holds the job's seq, attempt, spec and created fields, in that order;
+-- `token` is what the job's lease token becomes. Returns the event's wake-up line.
+local function requeue(key, id, job, ready, running, reason, token, now)
+  local seq = tonumber(job[1]) + 1
+  local attempt = tonumber(job[2]) - 1
+  local event = cmsgpack.pack({t = 'released', at = now, a = attempt, r = reason})
+  redis.call('HSET', key, 'state', 'queued', 'token', token, 'attempt', attempt, 'seq', seq,
+    'e:' .. seq, event)
+  redis.call('ZREM', running, id)
+  redis.call('ZADD', ready, ready_score(cmsgpack.unpack(job[3]).p, tonumber(job[4])), id)
+  return announcement(seq, id, event)
+end
+
+-- Ends the current attempt of running job `id` (hash `key`) with `error`: with attempts left
+-- and a retryable error, SCHEDULED for its next attempt after the backoff delay (a
+-- RETRY_SCHEDULED event), otherwise FAILED. `job` holds the job's seq, attempt, spec and
+-- retention fields, in that order; `sample` is a random number in [0, 1) for the jitter
+-- (Redis seeds math.random the same every time). Returns the time of the next attempt, or
+-- nil when the job failed for good.
+local function end_attempt(key, id, job, sets, error, retryable, sample, channel, now)
+  local seq = tonumber(job[1]) + 1
+  local attempt = tonumber(job[2])
+  local spec = cmsgpack.unpack(job[3])
+  redis.call('ZREM', sets.running, id)
+  if retryable and attempt < spec.m then
+    -- initial * multiplier^(failures - 1), at most max, spread by +/- jitter.
+    local delay = spec.bi * spec.bm ^ (attempt - 1)
+    delay = math.min(delay, spec.bx)
+    delay = delay * (1 + spec.bj * (2 * sample - 1))
+    local run_at = now + math.floor(delay)
+    local event = cmsgpack.pack({t = 'retry_scheduled', at = now, a = attempt, e = error,
+      due = run_at})
+    redis.call('HSET', key, 'state', 'scheduled', 'error', error, 'run_at', run_at,
+      'seq', seq, 'e:' .. seq, event)
+    redis.call('ZADD', sets.scheduled, run_at, id)
+    redis.call('PUBLISH', channel, announcement(seq, id, event))
+    return run_at
+  end
+  local retention = tonumber(job[4])
+  local event = cmsgpack.pack({t = 'failed', at = now, a = attempt, e = error})
+  redis.call('HSET', key, 'state', 'failed', 'error', error, 'finished', now,
+    'seq', seq, 'e:' .. seq, event)
+  redis.call('ZADD', sets.failed, now + retention, id)
+  redis.call('PEXPIRE', key, retention)
+  redis.call('PUBLISH', channel, announcement(seq, id, event))
+  return nil
+end
+
+-- When a new job becomes claimable: `start` is "" for now, "+<ms>" for a delay from now, or
+-- "<ms>" for a Unix time (a past one meaning now).
+local function start_time(start, now)
+  if start == '' then return now end
+  if string.sub(start, 1, 1) == '+' then return now + tonumber(string.sub(start, 2)) end
+  return math.max(now, tonumber(start))
+end

@@ -5,31 +5,28 @@
 -- KEYS[1]     queue's scheduled set
 -- KEYS[2]     queue's ready set
 -- KEYS[3..n]  job hashes of the candidates
--- ARGV[1]     now, Unix ms
--- ARGV[2]     job wake-up channel
--- ARGV[3]     queue wake-up channel
--- ARGV[4]     queue name
--- ARGV[5..]   job ids, in KEYS order
+-- ARGV[1]     job wake-up channel
+-- ARGV[2]     queue wake-up channel
+-- ARGV[3]     queue name
+-- ARGV[4..]   job ids, in KEYS order
 -- returns     the number of jobs promoted
 
-local now = tonumber(ARGV[1])
+local now = clock()
 local announced = {}
 for i = 3, #KEYS do
-  local id = ARGV[i + 2]
+  local id = ARGV[i + 1]
   local due = redis.call('ZSCORE', KEYS[1], id)
   if due and tonumber(due) <= now and redis.call('ZREM', KEYS[1], id) == 1 then
-    -- Priority from the job's spec, or from a field of its own in a job written before spec.
-    local job = redis.call('HMGET', KEYS[i], 'state', 'seq', 'attempt', 'spec', 'priority')
+    local job = redis.call('HMGET', KEYS[i], 'state', 'seq', 'attempt', 'spec')
     if job[1] == 'scheduled' then
       local seq = tonumber(job[2]) + 1
       local event = cmsgpack.pack({t = 'queued', at = now, a = tonumber(job[3])})
       redis.call('HSET', KEYS[i], 'state', 'queued', 'seq', seq, 'e:' .. seq, event)
-      local priority = tonumber(job[5])
-      if job[4] then priority = cmsgpack.unpack(job[4]).p end
+      local priority = cmsgpack.unpack(job[4]).p
       redis.call('ZADD', KEYS[2], ready_score(priority, tonumber(due)), id)
       announced[#announced + 1] = announcement(seq, id, event)
     end
   end
 end
-announce_ready(ARGV[2], announced, ARGV[3], ARGV[4])
+announce_ready(ARGV[1], announced, ARGV[2], ARGV[3])
 return #announced

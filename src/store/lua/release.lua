@@ -1,42 +1,50 @@
--- Puts back in their queue jobs claimed for a caller that went away before receiving them (its
--- call was cancelled or timed out): each job still leased with the given token becomes QUEUED
--- again (RELEASED), at its place by priority and submission time, and the claim does not count
--- as an attempt. The token dies, so nobody can work on the job under it. Safe to run twice and
--- from several jobd replicas at once: a job no longer leased with that token is left alone.
+-- Puts claimed jobs back in their queue at no cost: each job still leased with the given token
+-- becomes QUEUED again (RELEASED, saying why), at its place by priority and submission time,
+-- and the claim does not count as an attempt. Two callers:
+-- - "worker": a worker gives back jobs it holds (ReleaseJob), e.g. as it shuts down; refused,
+--   like its other calls, once the claim's deadline passed (see `deadline`);
+-- - "undelivered": jobd puts back jobs claimed for a caller that went away before receiving
+--   them, or by a call whose reply was lost: no worker has them, whatever the deadline says.
+-- The job keeps the token, so that a repeated release finds it done; every other call with it
+-- is refused, the job not being running under it. Safe to run twice and from several jobd
+-- replicas at once: a job no longer running under that token is left alone.
 --
 -- KEYS[1]     queue's ready set
 -- KEYS[2]     queue's running set
 -- KEYS[3..n]  job hashes
--- ARGV[1]     now, Unix ms
--- ARGV[2]     job wake-up channel
--- ARGV[3]     queue wake-up channel
--- ARGV[4]     queue name
--- ARGV[5..]   per job, in KEYS order, 2 values: job id, lease token
--- returns     the number of jobs put back
+-- ARGV[1]     job wake-up channel
+-- ARGV[2]     queue wake-up channel
+-- ARGV[3]     queue name
+-- ARGV[4]     why the jobs go back, for their RELEASED events
+-- ARGV[5]     "worker" or "undelivered", as above
+-- ARGV[6..]   per job, in KEYS order, 2 values: job id, lease token
+-- returns     per job, in KEYS order: {"ok"} put back now; {"again"} put back by an earlier run;
+--             {"not_found"}; {"stale", state}: the token is not the job's current one, or the
+--             job is not running; {"expired", "ack" or "lease", when}: the claim's deadline
+--             passed (worker releases only)
 
-local now = tonumber(ARGV[1])
-local announced = {}
+local now = clock()
+local replies, announced = {}, {}
 for i = 3, #KEYS do
-  local id, token = ARGV[5 + (i - 3) * 2], ARGV[6 + (i - 3) * 2]
+  local id, token = ARGV[6 + (i - 3) * 2], ARGV[7 + (i - 3) * 2]
   local job = redis.call('HMGET', KEYS[i], 'state', 'token', 'seq', 'attempt', 'spec',
-    'priority', 'created')
-  if job[1] == 'running' and job[2] == token then
-    local seq = tonumber(job[3]) + 1
-    local attempt = tonumber(job[4]) - 1
-    local event = cmsgpack.pack({t = 'released', at = now, a = attempt})
-    redis.call('HSET', KEYS[i], 'state', 'queued', 'token', '', 'attempt', attempt, 'seq', seq,
-      'e:' .. seq, event)
-    -- Priority and submission time from the job's spec, or from fields of their own in a job
-    -- written before spec.
-    local priority, created = tonumber(job[6]), tonumber(job[7])
-    if job[5] then
-      local spec = cmsgpack.unpack(job[5])
-      priority, created = spec.p, spec.c
-    end
-    redis.call('ZREM', KEYS[2], id)
-    redis.call('ZADD', KEYS[1], ready_score(priority, created), id)
-    announced[#announced + 1] = announcement(seq, id, event)
+    'created', 'lease_until', 'ack_until')
+  local state = job[1]
+  if not state then
+    replies[#replies + 1] = {'not_found'}
+  elseif job[2] ~= token then
+    replies[#replies + 1] = {'stale', state}
+  elseif state == 'queued' then
+    replies[#replies + 1] = {'again'}
+  elseif state ~= 'running' then
+    replies[#replies + 1] = {'stale', state}
+  elseif ARGV[5] == 'worker' and deadline(job[7], job[8]) <= now then
+    replies[#replies + 1] = {'expired', job[8] and 'ack' or 'lease', deadline(job[7], job[8])}
+  else
+    announced[#announced + 1] = requeue(KEYS[i], id, {job[3], job[4], job[5], job[6]}, KEYS[1],
+      KEYS[2], ARGV[4], token, now)
+    replies[#replies + 1] = {'ok'}
   end
 end
-announce_ready(ARGV[2], announced, ARGV[3], ARGV[4])
-return #announced
+announce_ready(ARGV[1], announced, ARGV[2], ARGV[3])
+return replies

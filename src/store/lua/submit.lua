@@ -6,59 +6,65 @@
 -- the job and says whether the first run handed it off.
 --
 -- KEYS[1]  job hash
--- KEYS[2]  queue's ready set (score: see ready_score below)
+-- KEYS[2]  queue's ready set (score: see ready_score)
 -- KEYS[3]  queue's scheduled set (score: when the job becomes claimable, Unix ms)
 -- KEYS[4]  idempotency key
--- KEYS[5]  queue's running set (score: lease expiry, Unix ms)
--- ARGV[1]  now, Unix ms
--- ARGV[2]  queue wake-up channel
--- ARGV[3]  queue name (the wake-up message)
--- ARGV[4]  idempotency key TTL ms
--- ARGV[5..12]  the job, as in submit_many.lua: id, payload, spec (MessagePack), kind,
---          retention ms, default lease ms ("" for the server's), run at ("" for now), priority
+-- KEYS[5]  queue's running set (score: the claim's deadline, see `deadline`)
+-- ARGV[1]  queue wake-up channel
+-- ARGV[2]  queue name (the wake-up message)
+-- ARGV[3]  idempotency key TTL ms
+-- ARGV[4..12]  the job, as in submit_many.lua: id, payload, spec (MessagePack), kind,
+--          retention ms, default lease ms ("" for the server's), start (see `start_time`),
+--          priority, size
 -- ARGV[13] job wake-up channel
--- ARGV[14..19]  optional, a hand-off as in submit_many.lua: "1", worker id, its STARTED
---          event, lease token, lease ms, lease expiry (Unix ms)
--- returns  {"created", state, handed}, {"exists", id} for a live idempotency key naming job
---          `id`, {"again", state, handed} when this very job was written by an earlier run;
---          handed is 1 when the job was handed off, else 0
+-- ARGV[14] the QUEUED event's start (see event_head in store/codec.rs)
+-- ARGV[15..20]  optional, a hand-off as in submit_many.lua: "1" (the job's place), worker id,
+--          its STARTED event's start, lease token, lease ms, acknowledgement timeout ms
+-- returns  {"created", state, handed, now}, {"exists", id} for a live idempotency key naming
+--          job `id`, {"again", state, handed, created} when this very job was written by an
+--          earlier run; handed is 1 when the job was handed off, else 0
 
 local existing = redis.call('GET', KEYS[4])
-if existing and existing ~= ARGV[5] then return {'exists', existing} end
+if existing and existing ~= ARGV[4] then return {'exists', existing} end
 
-local now = tonumber(ARGV[1])
-local run_at = now
-if ARGV[11] ~= '' then run_at = math.max(now, tonumber(ARGV[11])) end
-local state = 'queued'
-if run_at > now then state = 'scheduled' end
-
-if redis.call('HSETNX', KEYS[1], 'state', state) == 0 then
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local job = redis.call('HMGET', KEYS[1], 'state', 'token', 'created')
   -- The job holds the hand-off's lease token if that run made the hand-off.
   local handed = 0
-  if #ARGV >= 14 and redis.call('HGET', KEYS[1], 'token') == ARGV[17] then handed = 1 end
-  return {'again', redis.call('HGET', KEYS[1], 'state'), handed}
+  if #ARGV >= 15 and job[2] == ARGV[18] then handed = 1 end
+  return {'again', job[1], handed, tonumber(job[3])}
 end
-local event = {t = 'queued', at = now, a = 0}
-if state == 'scheduled' then event = {t = 'scheduled', at = now, a = 0, due = run_at} end
+
+local now = clock()
+local at = packed_at(now)
+local run_at = start_time(ARGV[10], now)
+local state, event = 'queued', finish_event(ARGV[14], at, 0)
+if run_at > now then
+  state, event = 'scheduled', cmsgpack.pack({t = 'scheduled', at = now, a = 0, due = run_at})
+end
 redis.call('HSET', KEYS[1],
-  'seq', '1', 'e:1', cmsgpack.pack(event), 'attempt', '0', 'payload', ARGV[6], 'spec', ARGV[7],
-  'kind', ARGV[8], 'retention', ARGV[9], 'idem', KEYS[4])
-if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'lease_default', ARGV[10]) end
-redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[4])
-if state == 'queued' and #ARGV >= 14 and redis.call('EXISTS', KEYS[2]) == 0 then
-  local started = ARGV[16]
+  'state', state, 'seq', '1', 'e:1', event, 'attempt', '0', 'payload', ARGV[5],
+  'spec', ARGV[6], 'kind', ARGV[7], 'retention', ARGV[8], 'created', int(now),
+  'size', ARGV[12], 'idem', KEYS[4])
+if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'lease_default', ARGV[9]) end
+redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[3])
+if state == 'queued' and #ARGV >= 15 and redis.call('EXISTS', KEYS[2]) == 0 then
+  local started = finish_event(ARGV[17], at, 1)
+  local expires = now + tonumber(ARGV[19])
+  local ack = math.min(now + tonumber(ARGV[20]), expires)
   redis.call('HSET', KEYS[1],
-    'state', 'running', 'seq', '2', 'e:2', started, 'attempt', '1', 'token', ARGV[17],
-    'worker', ARGV[15], 'started', ARGV[1], 'lease_ms', ARGV[18], 'lease_until', ARGV[19])
-  redis.call('ZADD', KEYS[5], ARGV[19], ARGV[5])
-  redis.call('PUBLISH', ARGV[13], announcement('2', ARGV[5], started))
-  return {'created', 'running', 1}
+    'state', 'running', 'seq', '2', 'e:2', started, 'attempt', '1', 'token', ARGV[18],
+    'worker', ARGV[16], 'started', int(now), 'lease_ms', ARGV[19],
+    'lease_until', int(expires), 'ack_until', int(ack))
+  redis.call('ZADD', KEYS[5], ack, ARGV[4])
+  redis.call('PUBLISH', ARGV[13], announcement('2', ARGV[4], started))
+  return {'created', 'running', 1, now}
 end
 if state == 'scheduled' then
-  redis.call('HSET', KEYS[1], 'run_at', run_at)
-  redis.call('ZADD', KEYS[3], run_at, ARGV[5])
+  redis.call('HSET', KEYS[1], 'run_at', int(run_at))
+  redis.call('ZADD', KEYS[3], run_at, ARGV[4])
 else
-  redis.call('ZADD', KEYS[2], ready_score(tonumber(ARGV[12]), now), ARGV[5])
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  redis.call('ZADD', KEYS[2], ready_score(tonumber(ARGV[11]), now), ARGV[4])
+  redis.call('PUBLISH', ARGV[1], ARGV[2])
 end
-return {'created', state, 0}
+return {'created', state, 0, now}

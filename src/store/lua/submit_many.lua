@@ -8,31 +8,32 @@
 --
 -- KEYS[1]     queue's ready set
 -- KEYS[2]     queue's scheduled set
--- KEYS[3]     queue's running set (score: lease expiry, Unix ms)
+-- KEYS[3]     queue's running set (score: the claim's deadline, see `deadline`)
 -- KEYS[4..n]  job hashes, one per job
--- ARGV[1]     now, Unix ms
--- ARGV[2]     queue wake-up channel
--- ARGV[3]     queue name
--- ARGV[4]     the QUEUED event of every job made ready now (see event_head in store/codec.rs)
--- ARGV[5]     job wake-up channel
--- ARGV[6..]   per job, in KEYS order, 8 values: id, payload, spec (MessagePack, see
+-- ARGV[1]     queue wake-up channel
+-- ARGV[2]     queue name
+-- ARGV[3]     the QUEUED event's start (see event_head in store/codec.rs)
+-- ARGV[4]     job wake-up channel
+-- ARGV[5..]   per job, in KEYS order, 9 values: id, payload, spec (MessagePack, see
 --             store/codec.rs), kind, retention ms, default lease ms ("" for the server's),
---             run at ("" for now), priority
+--             start (see `start_time`), priority, size (the bytes a claim's reply holds of it)
 -- then        per hand-off, 6 values: the job's place among the jobs (1-based), worker id, its
---             STARTED event, lease token, lease ms, lease expiry (Unix ms); none are for jobs
---             run later
--- returns     {the number of jobs made ready now, 1 if the hand-offs were made else 0}
+--             STARTED event's start, lease token, lease ms, acknowledgement timeout ms; none
+--             are for jobs run later
+-- returns     {the number of jobs made ready now, 1 if the hand-offs were made else 0, the
+--             jobs' creation time (now, or the first run's), Unix ms}
 
 local jobs = #KEYS - 3
-local first_handoff = 6 + jobs * 8
+local first_handoff = 5 + jobs * 9
 if redis.call('EXISTS', KEYS[4]) == 1 then
+  local created = tonumber(redis.call('HGET', KEYS[4], 'created'))
   -- The first hand-off's job holds its lease token if that run made the hand-offs.
   if #ARGV >= first_handoff
     and redis.call('HGET', KEYS[3 + tonumber(ARGV[first_handoff])], 'token')
       == ARGV[first_handoff + 3] then
-    return {0, 1}
+    return {0, 1, created}
   end
-  return {0, 0}
+  return {0, 0, created}
 end
 -- Hand-offs by job place; made only when they pass over no ready job.
 local handoffs = {}
@@ -40,33 +41,38 @@ local handing = #ARGV >= first_handoff and redis.call('EXISTS', KEYS[1]) == 0
 if handing then
   for h = first_handoff, #ARGV, 6 do handoffs[tonumber(ARGV[h])] = h end
 end
-local now = tonumber(ARGV[1])
+local now = clock()
+local at = packed_at(now)
+local queued = finish_event(ARGV[3], at, 0)
 local ready, running, announced = {}, {}, {}
 for place = 1, jobs do
-  local key, a = KEYS[3 + place], 6 + (place - 1) * 8
-  local run_at = now
-  if ARGV[a + 6] ~= '' then run_at = math.max(now, tonumber(ARGV[a + 6])) end
+  local key, a = KEYS[3 + place], 5 + (place - 1) * 9
+  local run_at = start_time(ARGV[a + 6], now)
   local h = handoffs[place]
   if h then
-    local started = ARGV[h + 2]
+    local started = finish_event(ARGV[h + 2], at, 1)
+    local expires = now + tonumber(ARGV[h + 4])
+    local ack = math.min(now + tonumber(ARGV[h + 5]), expires)
     redis.call('HSET', key,
-      'state', 'running', 'seq', '2', 'e:1', ARGV[4], 'e:2', started, 'attempt', '1',
+      'state', 'running', 'seq', '2', 'e:1', queued, 'e:2', started, 'attempt', '1',
       'payload', ARGV[a + 1], 'spec', ARGV[a + 2], 'kind', ARGV[a + 3], 'retention', ARGV[a + 4],
-      'token', ARGV[h + 3], 'worker', ARGV[h + 1], 'started', ARGV[1], 'lease_ms', ARGV[h + 4],
-      'lease_until', ARGV[h + 5])
-    running[#running + 1] = ARGV[h + 5]
+      'created', int(now), 'size', ARGV[a + 8], 'token', ARGV[h + 3], 'worker', ARGV[h + 1],
+      'started', int(now), 'lease_ms', ARGV[h + 4], 'lease_until', int(expires),
+      'ack_until', int(ack))
+    running[#running + 1] = int(ack)
     running[#running + 1] = ARGV[a]
     announced[#announced + 1] = announcement('2', ARGV[a], started)
   else
-    local state, event = 'queued', ARGV[4]
+    local state, event = 'queued', queued
     if run_at > now then
       state, event = 'scheduled', cmsgpack.pack({t = 'scheduled', at = now, a = 0, due = run_at})
     end
     redis.call('HSET', key,
       'state', state, 'seq', '1', 'e:1', event, 'attempt', '0',
-      'payload', ARGV[a + 1], 'spec', ARGV[a + 2], 'kind', ARGV[a + 3], 'retention', ARGV[a + 4])
+      'payload', ARGV[a + 1], 'spec', ARGV[a + 2], 'kind', ARGV[a + 3], 'retention', ARGV[a + 4],
+      'created', int(now), 'size', ARGV[a + 8])
     if run_at > now then
-      redis.call('HSET', key, 'run_at', run_at)
+      redis.call('HSET', key, 'run_at', int(run_at))
       redis.call('ZADD', KEYS[2], run_at, ARGV[a])
     else
       ready[#ready + 1] = int(ready_score(tonumber(ARGV[a + 7]), now))
@@ -77,10 +83,10 @@ for place = 1, jobs do
 end
 if #running > 0 then
   redis.call('ZADD', KEYS[3], unpack(running))
-  redis.call('PUBLISH', ARGV[5], table.concat(announced, '\n'))
+  redis.call('PUBLISH', ARGV[4], table.concat(announced, '\n'))
 end
 if #ready > 0 then
   redis.call('ZADD', KEYS[1], unpack(ready))
-  redis.call('PUBLISH', ARGV[2], ARGV[3] .. ' ' .. int(#ready / 2))
+  redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. int(#ready / 2))
 end
-return {#ready / 2, handing and 1 or 0}
+return {#ready / 2, handing and 1 or 0, now}
