@@ -33,6 +33,10 @@ impl From<ApiError> for Status {
             ApiError::Refused(refusal) | ApiError::Store(StoreError::Refused(refusal)) => {
                 Status::failed_precondition(explain(&refusal))
             }
+            // Only WatchJob reads after a sequence the client chose, and names it so.
+            ApiError::Store(StoreError::PastLastEvent { after, last }) => Status::out_of_range(
+                format!("after_sequence {after} is past the job's last event (sequence {last})"),
+            ),
             ApiError::Store(error @ StoreError::Unavailable(_)) => {
                 tracing::warn!(error = %chain(&error), "Redis unavailable");
                 Status::unavailable("storage is unavailable; retry later")

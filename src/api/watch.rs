@@ -28,7 +28,8 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    /// Registers for wake-ups, then reads the log once: the job exists, or NOT_FOUND.
+    /// Registers for wake-ups, then reads the log once: the job exists, or NOT_FOUND; `after`
+    /// is at most its last sequence, or OUT_OF_RANGE (no event after it will ever come).
     pub async fn start(
         store: JobStore,
         hub: &EventHub,
@@ -158,7 +159,7 @@ pub(super) enum Step {
 pub(super) fn step(id: &JobId, taken: u64, wake: Wake, metrics: &Metrics) -> Step {
     match wake {
         Wake::Event(announced) if announced.sequence <= taken => Step::Skip,
-        Wake::Event(announced) if announced.sequence == taken + 1 => {
+        Wake::Event(announced) if taken.checked_add(1) == Some(announced.sequence) => {
             match decode_announced(
                 id,
                 announced.sequence,

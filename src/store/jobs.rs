@@ -257,11 +257,16 @@ impl JobStore {
     }
 
     /// Reads the events after `after`, oldest first: all of them, in as many round trips as
-    /// it takes. `NotFound` when the job does not exist (or its retention passed).
+    /// it takes. `NotFound` when the job does not exist (or its retention passed);
+    /// `PastLastEvent` when `after` is past the job's last sequence, since nothing after it
+    /// will ever be recorded and a caller waiting for it would wait forever.
     pub async fn events_after(&self, id: &JobId, after: u64) -> Result<EventPage> {
         let key = self.keys.job(id);
+        // Sequences are ranges from `after` with `after` itself skipped, and the page's end
+        // saturates: `after` comes from the caller and may be any u64, up to u64::MAX.
+        let page_end = after.saturating_add(EVENT_PAGE);
         let mut fields = vec!["state".to_owned(), "seq".to_owned(), "result".to_owned()];
-        fields.extend((after + 1..=after + EVENT_PAGE).map(event_field));
+        fields.extend((after..=page_end).skip(1).map(event_field));
         let mut values: Vec<Option<Bytes>> = self
             .timed("read_events", self.pool.next().hmget(&key, fields))
             .await?;
@@ -275,18 +280,25 @@ impl JobStore {
         let Some(last_sequence) = number::<u64>(seq.as_deref())? else {
             return Err(StoreError::NotFound);
         };
+        if after > last_sequence {
+            return Err(StoreError::PastLastEvent {
+                after,
+                last: last_sequence,
+            });
+        }
         let finished = state
             .as_deref()
             .and_then(|state| std::str::from_utf8(state).ok())
             .and_then(JobState::from_name)
             .is_some_and(JobState::is_terminal);
-        if last_sequence > after + EVENT_PAGE {
+        if last_sequence > page_end {
             let rest: Vec<Option<Bytes>> = self
                 .timed(
                     "read_events",
                     self.pool.next().hmget(
                         &key,
-                        (after + EVENT_PAGE + 1..=last_sequence)
+                        (page_end..=last_sequence)
+                            .skip(1)
                             .map(event_field)
                             .collect::<Vec<_>>(),
                     ),
@@ -295,7 +307,7 @@ impl JobStore {
             values.extend(rest);
         }
         let mut events = Vec::new();
-        for (sequence, raw) in (after + 1..=last_sequence).zip(values) {
+        for (sequence, raw) in (after..=last_sequence).skip(1).zip(values) {
             let raw = raw.ok_or_else(|| {
                 StoreError::corrupt(format!("event {sequence} of {id} is missing"))
             })?;

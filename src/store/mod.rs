@@ -54,6 +54,9 @@ use work::{Claim, Completion};
 pub enum StoreError {
     #[error("job not found")]
     NotFound,
+    /// A read of a job's events after a sequence the job has not reached.
+    #[error("sequence {after} is past the job's last event ({last})")]
+    PastLastEvent { after: u64, last: u64 },
     /// The operation does not apply to the job as it is; nothing was changed.
     #[error(transparent)]
     Refused(#[from] Refusal),

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use jobd::api::proto::{self, EventType};
+use jobd::api::proto::{self, EventType, job_service_client::JobServiceClient};
+use tonic::transport::Channel;
 
 use crate::support::*;
 
@@ -176,4 +177,104 @@ async fn an_event_type_from_a_newer_jobd_is_passed_on_as_unspecified() {
         assert_eq!(sequences(&events), [1, 2, 3]);
         assert_eq!(millis_of(&events[1].time), 1_700_000_000_000);
     }
+}
+
+/// Opens a WatchJob stream after `after`; the call itself must fail, before any message, and
+/// within a few seconds (a stream that opened instead would wait for events forever).
+async fn watch_refused(
+    jobs: &mut JobServiceClient<Channel>,
+    id: &str,
+    after: u64,
+) -> tonic::Status {
+    let opened = tokio::time::timeout(
+        Duration::from_secs(5),
+        jobs.watch_job(proto::WatchJobRequest {
+            job_id: id.to_owned(),
+            after_sequence: after,
+        }),
+    )
+    .await
+    .expect("WatchJob answers at once");
+    match opened {
+        Err(status) => status,
+        Ok(stream) => {
+            let first = tokio::time::timeout(Duration::from_secs(5), stream.into_inner().message())
+                .await
+                .map(|message| format!("{message:?}"))
+                .unwrap_or_else(|_| "nothing within 5 s".to_owned());
+            panic!("WatchJob after {after} opened a stream; its first message: {first}")
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sequence_past_the_last_event_is_out_of_range_at_once() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+
+    // A running job, at sequence 2 (QUEUED, STARTED): a resume past it would wait forever for
+    // events that it would then skip.
+    let running = submit(&mut jobs, "q", b"").await;
+    claim(&mut workers, "q").await;
+    for after in [3, 9, u64::MAX - 1, u64::MAX] {
+        let status = watch_refused(&mut jobs, &running.id, after).await;
+        assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+        assert_eq!(
+            status.message(),
+            format!("after_sequence {after} is past the job's last event (sequence 2)")
+        );
+    }
+
+    // A finished job, at sequence 3: past it is refused too, rather than ending with OK.
+    let finished = submit(&mut jobs, "q", b"").await;
+    let claimed = claim(&mut workers, "q").await;
+    complete(&mut workers, &claimed, b"").await.unwrap();
+    for after in [4, u64::MAX] {
+        let status = watch_refused(&mut jobs, &finished.id, after).await;
+        assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+        assert!(
+            status.message().contains("(sequence 3)"),
+            "{}",
+            status.message()
+        );
+    }
+
+    // An unknown job is NOT_FOUND whatever the sequence.
+    let unknown = format!("q.{}", "0".repeat(26));
+    let status = watch_refused(&mut jobs, &unknown, u64::MAX).await;
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sequence_at_the_last_event_follows_a_running_job_to_its_end() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let mut workers = server.workers().await;
+    let job = submit(&mut jobs, "q", b"").await;
+    let claimed = claim(&mut workers, "q").await;
+
+    // The stream is open (and its watcher registered) once the call has answered.
+    let mut stream = jobs
+        .watch_job(proto::WatchJobRequest {
+            job_id: job.id.clone(),
+            after_sequence: 2,
+        })
+        .await
+        .expect("WatchJob at the last sequence opens a stream")
+        .into_inner();
+    complete(&mut workers, &claimed, b"done").await.unwrap();
+    let terminal = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the terminal event arrives")
+        .expect("a healthy stream")
+        .expect("an event");
+    assert_eq!(terminal.sequence, 3);
+    assert_eq!(terminal.r#type(), EventType::Completed);
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the stream ends");
+    assert!(matches!(end, Ok(None)), "ends with OK: {end:?}");
 }
