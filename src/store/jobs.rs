@@ -504,7 +504,13 @@ const NOT_LISTED: [&str; 2] = ["payload", "result"];
 
 impl JobStore {
     /// A page of a queue's jobs, in `state` or in every state, from `cursor`; and where the
-    /// next page starts, if there may be one.
+    /// next page starts, given only when a job follows the page.
+    ///
+    /// The page is read one job ahead, through the indexes still to come when no state is
+    /// given: a page that happens to end with the queue's last job then says it is the last,
+    /// rather than sending the caller for an empty one. The job ahead is read like the others,
+    /// so one whose retention passed (an index entry the sweeper has not trimmed yet) does not
+    /// count.
     pub async fn list(
         &self,
         queue: &QueueName,
@@ -516,9 +522,12 @@ impl JobStore {
             .into_iter()
             .filter(|field| !NOT_LISTED.contains(field))
             .collect();
-        let mut jobs = Vec::new();
+        let wanted = page_size.saturating_add(1);
+        // Each job listed, with the cursor just after it: the last on the page is where the
+        // next page starts.
+        let mut listed: Vec<(crate::domain::Job, ListCursor)> = Vec::new();
         let mut cursor = cursor;
-        while cursor.index < LIST_ORDER.len() {
+        while cursor.index < LIST_ORDER.len() && listed.len() < wanted {
             let index_state = LIST_ORDER[cursor.index];
             if state.is_none_or(|wanted| wanted == index_state) {
                 let key = match index_state {
@@ -528,23 +537,26 @@ impl JobStore {
                     outcome => self.keys.retained(queue, outcome),
                 };
                 loop {
-                    let wanted = page_size - jobs.len();
-                    let mut entries = self
-                        .entries_after(&key, cursor.after.as_ref(), wanted)
+                    let missing = wanted - listed.len();
+                    let entries = self
+                        .entries_after(&key, cursor.after.as_ref(), missing)
                         .await?;
-                    let exhausted = entries.len() < wanted;
-                    let ids: Vec<JobId> = entries
+                    let exhausted = entries.len() < missing;
+                    let parsed: Vec<Option<JobId>> = entries
                         .iter()
-                        .filter_map(|(id, _)| JobId::parse("id", id).ok())
+                        .map(|(member, _)| JobId::parse("id", member).ok())
                         .collect();
-                    if let Some((id, score)) = entries.pop() {
-                        cursor.after = Some((score, id));
+                    let ids: Vec<JobId> = parsed.iter().flatten().cloned().collect();
+                    let mut read = self.list_read(&ids, &fields).await?.into_iter();
+                    for ((member, score), id) in entries.into_iter().zip(parsed) {
+                        // The cursor passes every entry, listed or not, so that the next read
+                        // starts after it.
+                        cursor.after = Some((score, member));
+                        if let Some(job) = id.and_then(|_| read.next().flatten()) {
+                            listed.push((job, cursor.clone()));
+                        }
                     }
-                    jobs.extend(self.list_read(&ids, &fields).await?);
-                    if jobs.len() >= page_size {
-                        return Ok((jobs, Some(cursor)));
-                    }
-                    if exhausted {
+                    if exhausted || listed.len() >= wanted {
                         break;
                     }
                     // Some entries' jobs had expired: more of this index fills the page.
@@ -555,7 +567,13 @@ impl JobStore {
                 after: None,
             };
         }
-        Ok((jobs, None))
+        let next = if listed.len() > page_size {
+            listed.truncate(page_size);
+            listed.last().map(|(_, after)| after.clone())
+        } else {
+            None
+        };
+        Ok((listed.into_iter().map(|(job, _)| job).collect(), next))
     }
 
     /// Up to `wanted` entries of the sorted set `key` that come after `after` in its order
@@ -597,9 +615,13 @@ impl JobStore {
         }
     }
 
-    /// The listed jobs of `ids`, without what ListJobs leaves out; those that expired before
-    /// the sweeper trimmed their index entries are skipped.
-    async fn list_read(&self, ids: &[JobId], fields: &[&str]) -> Result<Vec<crate::domain::Job>> {
+    /// The listed jobs of `ids`, in their order, without what ListJobs leaves out; `None` for
+    /// those that expired before the sweeper trimmed their index entries.
+    async fn list_read(
+        &self,
+        ids: &[JobId],
+        fields: &[&str],
+    ) -> Result<Vec<Option<crate::domain::Job>>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -613,9 +635,7 @@ impl JobStore {
         let rows: Vec<Vec<Option<Bytes>>> = self.timed("list_jobs", pipeline.all()).await?;
         let mut jobs = Vec::with_capacity(ids.len());
         for (id, values) in ids.iter().zip(rows) {
-            if let Some(job) = Fields::from_values(fields, values).into_job(id)? {
-                jobs.push(job);
-            }
+            jobs.push(Fields::from_values(fields, values).into_job(id)?);
         }
         Ok(jobs)
     }

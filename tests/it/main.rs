@@ -10,6 +10,7 @@ mod grpcurl;
 mod handoff;
 mod health;
 mod lifecycle;
+mod list;
 mod outage;
 mod protocol;
 mod proxy;
