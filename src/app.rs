@@ -9,7 +9,7 @@ use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
     api::{
-        JobApi, ObserveLayer, Readiness, WorkerApi,
+        DeadlineLayer, JobApi, ObserveLayer, Readiness, WorkerApi,
         proto::{
             self, job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer,
         },
@@ -203,8 +203,12 @@ impl App {
                 .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
+        // Observe outside Deadline, so that a call ended at its deadline is recorded as such;
+        // tonic's own timeout wraps both, and Deadline leaves it nothing to end (see
+        // api/deadline.rs).
         let mut routes = Server::builder()
             .layer(ObserveLayer::new(self.metrics.clone()))
+            .layer(DeadlineLayer)
             .add_service(health_service)
             .add_service(
                 JobServiceServer::new(job_api)

@@ -3,6 +3,7 @@
 
 mod codec;
 mod convert;
+mod deadline;
 mod error;
 mod follow;
 mod health;
@@ -11,6 +12,7 @@ mod observe;
 mod watch;
 mod worker_service;
 
+pub use deadline::DeadlineLayer;
 pub use error::ApiError;
 pub use health::Readiness;
 pub use job_service::JobApi;

@@ -130,7 +130,12 @@ impl<B: Body> Body for ObservedBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let this = self.project();
-        let frame = this.inner.poll_frame(cx);
+        // In the call's span: a stream's work happens here, and so does a call's answer when it
+        // comes after its headers (see `api::deadline`).
+        let frame = {
+            let _entered = this.observer.span.enter();
+            this.inner.poll_frame(cx)
+        };
         match &frame {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(status) = frame.trailers_ref().and_then(grpc_status) {

@@ -5,6 +5,7 @@ mod cancel;
 mod clock;
 mod cluster;
 mod connections;
+mod deadline;
 mod errors;
 mod grpcurl;
 mod handoff;

@@ -554,3 +554,69 @@ async fn a_next_claim_counts_as_waiting_only_once_its_completion_is_done() {
     let (code, log) = jobd.terminate();
     assert_eq!(code, Some(0), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_its_deadline_is_recorded_as_deadline_exceeded() {
+    use crate::deadline::{bare_clients, with_deadline};
+
+    let (receiver, endpoint) = Receiver::start().await;
+    let redis = RedisServer::start();
+    let jobd = Running::start_with_env(
+        &redis.url(),
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "100"),
+        ],
+    );
+    jobd.wait_for("jobd started").await;
+    let (mut jobs, mut workers) = bare_clients(&jobd.address()).await;
+    let claim = workers
+        .claim_job(with_deadline(
+            claim_request("nothing", Duration::from_secs(10)),
+            "300m",
+        ))
+        .await;
+    assert_eq!(claim.unwrap_err().code(), tonic::Code::DeadlineExceeded);
+    let mut plain = JobServiceClient::connect(format!("http://{}", jobd.address()))
+        .await
+        .unwrap();
+    let job = submit(&mut plain, "q", b"").await;
+    let mut stream = jobs
+        .watch_job(with_deadline(
+            proto::WatchJobRequest {
+                job_id: job.id,
+                after_sequence: 0,
+            },
+            "300m",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap().expect("the first event");
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.message()).await;
+    drop(stream);
+    assert!(
+        matches!(&end, Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded),
+        "{end:?}"
+    );
+
+    let recorded = |method: &'static str, code: &'static str| {
+        receiver.value(
+            "rpc.server.call.duration",
+            &[("rpc.method", method), ("rpc.response.status_code", code)],
+        )
+    };
+    for method in [
+        "jobd.v1.WorkerService/ClaimJob",
+        "jobd.v1.JobService/WatchJob",
+    ] {
+        eventually(Duration::from_secs(10), method, || async {
+            (recorded(method, "DEADLINE_EXCEEDED") == Some(1.0)).then_some(())
+        })
+        .await;
+        assert_eq!(recorded(method, "CANCELLED"), None, "{method}");
+    }
+    let (code, log) = jobd.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}

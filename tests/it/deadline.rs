@@ -1,0 +1,238 @@
+//! Deadlines: a call still running when the caller's `grpc-timeout` passes ends with
+//! DEADLINE_EXCEEDED, never CANCELLED, and is recorded so; a stream ends at its deadline too.
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use hyper::{body::Incoming, client::conn::http2::SendRequest};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use jobd::api::proto::{
+    self, job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient,
+};
+use tonic::Code;
+
+use crate::support::*;
+
+/// One HTTP/2 connection with no deadline of its own. tonic's `Channel` enforces a call's
+/// `grpc-timeout` header itself, and ends the call when its own timer fires (as CANCELLED):
+/// over it, a test would see the client's timer, not what the server answers.
+#[derive(Clone)]
+pub struct BareConnection(SendRequest<tonic::body::Body>);
+
+impl BareConnection {
+    pub async fn open(address: &str) -> Self {
+        let tcp = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("jobd accepts connections");
+        let (send, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .expect("an HTTP/2 connection");
+        tokio::spawn(connection);
+        Self(send)
+    }
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for BareConnection {
+    type Response = http::Response<Incoming>;
+    type Error = hyper::Error;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<http::Response<Incoming>, hyper::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(self.0.send_request(request))
+    }
+}
+
+pub async fn bare_clients(
+    address: &str,
+) -> (
+    JobServiceClient<BareConnection>,
+    WorkerServiceClient<BareConnection>,
+) {
+    let connection = BareConnection::open(address).await;
+    let origin: http::Uri = format!("http://{address}").parse().unwrap();
+    (
+        JobServiceClient::with_origin(connection.clone(), origin.clone()),
+        WorkerServiceClient::with_origin(connection, origin),
+    )
+}
+
+/// `message` with a `grpc-timeout` header set by hand, e.g. "300m".
+pub fn with_deadline<T>(message: T, timeout: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("grpc-timeout", timeout.parse().unwrap());
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_waiting_past_its_deadline_ends_with_deadline_exceeded() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let (_, mut workers) = bare_clients(&server.addr.to_string()).await;
+
+    // Many times over: tonic's own timeout, set to the same deadline, must never win.
+    for attempt in 0..20 {
+        let started = Instant::now();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            workers.claim_job(with_deadline(
+                claim_request("nothing", Duration::from_secs(10)),
+                "300m",
+            )),
+        )
+        .await
+        .expect("the claim ends at its deadline, not after its wait");
+        let took = started.elapsed();
+        let status = answer.expect_err("no job, and the deadline passed");
+        assert_eq!(
+            status.code(),
+            Code::DeadlineExceeded,
+            "attempt {attempt}: {status:?}"
+        );
+        assert!(took >= Duration::from_millis(300), "after {took:?}");
+    }
+
+    // A claim whose wait ends before its deadline answers as ever; so does a call with a
+    // header that is not a timeout (ignored).
+    for timeout in ["10S", "garbage"] {
+        let answer = workers
+            .claim_job(with_deadline(
+                claim_request("nothing", Duration::from_millis(100)),
+                timeout,
+            ))
+            .await
+            .expect("the wait ended first");
+        assert!(answer.into_inner().job.is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tonic_client_with_a_deadline_sees_deadline_exceeded() {
+    // tonic's client times out only the wait for the response headers (as CANCELLED); jobd
+    // sends them at once for a call with a deadline, so the server's status decides.
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let mut workers = server.workers().await;
+    for attempt in 0..5 {
+        let mut request = tonic::Request::new(claim_request("nothing", Duration::from_secs(10)));
+        request.set_timeout(Duration::from_millis(300));
+        let status = tokio::time::timeout(Duration::from_secs(5), workers.claim_job(request))
+            .await
+            .expect("the claim ends at its deadline")
+            .expect_err("no job, and the deadline passed");
+        assert_eq!(
+            status.code(),
+            Code::DeadlineExceeded,
+            "attempt {attempt}: {status:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_open_past_its_deadline_ends_with_deadline_exceeded() {
+    let redis = RedisServer::start();
+    let server = TestServer::start(&redis).await;
+    let (mut bare_jobs, _) = bare_clients(&server.addr.to_string()).await;
+    let mut jobs = server.jobs().await;
+    let job = submit(&mut jobs, "q", b"").await;
+
+    let started = Instant::now();
+    let mut stream = bare_jobs
+        .watch_job(with_deadline(
+            proto::WatchJobRequest {
+                job_id: job.id.clone(),
+                after_sequence: 0,
+            },
+            "500m",
+        ))
+        .await
+        .expect("the stream opens")
+        .into_inner();
+    let first = stream.message().await.expect("a healthy stream");
+    assert_eq!(first.map(|event| event.sequence), Some(1));
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("the stream ends at its deadline");
+    let status = end.expect_err("the stream ends with a status");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+
+    // A refusal keeps its status and message, before any message of the stream.
+    let refused = watch_refused(
+        &mut bare_jobs,
+        with_deadline(
+            proto::WatchJobRequest {
+                job_id: job.id.clone(),
+                after_sequence: 9,
+            },
+            "10S",
+        ),
+    )
+    .await;
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+    assert_eq!(
+        refused.message(),
+        "after_sequence 9 is past the job's last event (sequence 1)"
+    );
+    let missing = bare_jobs
+        .get_job(with_deadline(
+            proto::GetJobRequest {
+                job_id: format!("q.{}", "0".repeat(26)),
+            },
+            "10S",
+        ))
+        .await
+        .expect_err("no such job");
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+
+    // A watch whose job finishes before the deadline ends with OK, as ever.
+    let (mut workers, claimed) = {
+        let mut workers = server.workers().await;
+        let claimed = claim(&mut workers, "q").await;
+        (workers, claimed)
+    };
+    complete(&mut workers, &claimed, b"").await.unwrap();
+    let mut stream = bare_jobs
+        .watch_job(with_deadline(
+            proto::WatchJobRequest {
+                job_id: job.id,
+                after_sequence: 0,
+            },
+            "10S",
+        ))
+        .await
+        .expect("the stream opens")
+        .into_inner();
+    let mut events = 0;
+    while let Some(event) = stream.message().await.expect("ends with OK") {
+        events += 1;
+        assert!(event.sequence <= 3);
+    }
+    assert_eq!(events, 3);
+}
+
+/// The status of a WatchJob refused before any message: in the call's answer, or (the headers
+/// having gone ahead, for a call with a deadline) at the stream's first read.
+async fn watch_refused(
+    jobs: &mut JobServiceClient<BareConnection>,
+    request: tonic::Request<proto::WatchJobRequest>,
+) -> tonic::Status {
+    match jobs.watch_job(request).await {
+        Err(status) => status,
+        Ok(stream) => stream
+            .into_inner()
+            .message()
+            .await
+            .expect_err("refused before any message"),
+    }
+}
