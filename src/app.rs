@@ -125,6 +125,11 @@ impl App {
         })
     }
 
+    /// The instruments this process records, e.g. to read how many claims wait now.
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()

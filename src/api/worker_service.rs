@@ -146,9 +146,9 @@ impl WorkerApi {
         mut seen_empty: bool,
     ) -> Result<ClaimedJobs, Status> {
         let deadline = Instant::now() + claim.wait;
-        // Counted from here: a `next` claim registers before its completion, which is not
-        // waiting for jobs.
-        let _gauge = waiting.is_some().then(|| self.metrics.waiting_claim());
+        // Counted as waiting from its first park, once it found nothing: a `next` claim
+        // registers before its completion, which is not waiting for jobs.
+        let mut gauge = None;
         loop {
             let wakeup = waiting.as_mut().map(Waiting::arm);
             let claimed = match (std::mem::take(&mut seen_empty), &wakeup) {
@@ -170,6 +170,7 @@ impl WorkerApi {
                 max,
                 claim.ack_timeout,
             );
+            gauge.get_or_insert_with(|| self.metrics.waiting_claim());
             let (handed, stop) = tokio::select! {
                 handed = parked.handed() => (Some(handed), false),
                 () = wakeup => (None, false),

@@ -4,7 +4,10 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, Ordering},
+    },
     time::Duration,
 };
 
@@ -72,6 +75,8 @@ struct Instruments {
     run_time: Histogram<f64>,
     watch_streams: UpDownCounter<i64>,
     waiting_claims: UpDownCounter<i64>,
+    /// What `waiting_claims` counts now, for readers in this process.
+    claims_waiting_now: Arc<AtomicI64>,
     redis_duration: Histogram<f64>,
     redis_reconnects: Counter<u64>,
     resyncs: Counter<u64>,
@@ -146,6 +151,7 @@ impl Metrics {
                 .with_unit("{call}")
                 .with_description("ClaimJob calls waiting for a job")
                 .build(),
+            claims_waiting_now: Arc::default(),
             redis_duration: seconds("jobd.redis.duration", "Duration of Redis round trips"),
             redis_reconnects: counter(
                 "jobd.redis.reconnects",
@@ -160,6 +166,9 @@ impl Metrics {
             gauges: Mutex::new(Vec::new()),
             meter,
         };
+        // The counts of what is open now are reported from the start, at zero.
+        instruments.watch_streams.add(0, &[]);
+        instruments.waiting_claims.add(0, &[]);
         Self(Arc::new(instruments))
     }
 
@@ -240,7 +249,12 @@ impl Metrics {
 
     /// Counts a waiting ClaimJob call until the guard drops.
     pub fn waiting_claim(&self) -> Gauged {
-        Gauged::new(self.0.waiting_claims.clone())
+        Gauged::new(self.0.waiting_claims.clone()).mirrored(self.0.claims_waiting_now.clone())
+    }
+
+    /// How many claims wait for a job in this process now (`jobd.claims.waiting`).
+    pub fn claims_waiting(&self) -> i64 {
+        self.0.claims_waiting_now.load(Ordering::SeqCst)
     }
 
     /// Records one Redis round trip (a script or a command) by what it did.
@@ -326,17 +340,33 @@ fn job(queue: &QueueName, kind: &str) -> Vec<KeyValue> {
 }
 
 /// Adds one to an up-down counter for as long as it lives.
-pub struct Gauged(UpDownCounter<i64>);
+pub struct Gauged {
+    counter: UpDownCounter<i64>,
+    /// A count this process can read, kept with the counter.
+    mirror: Option<Arc<AtomicI64>>,
+}
 
 impl Gauged {
     fn new(counter: UpDownCounter<i64>) -> Self {
         counter.add(1, &[]);
-        Self(counter)
+        Self {
+            counter,
+            mirror: None,
+        }
+    }
+
+    fn mirrored(mut self, mirror: Arc<AtomicI64>) -> Self {
+        mirror.fetch_add(1, Ordering::SeqCst);
+        self.mirror = Some(mirror);
+        self
     }
 }
 
 impl Drop for Gauged {
     fn drop(&mut self) {
-        self.0.add(-1, &[]);
+        self.counter.add(-1, &[]);
+        if let Some(mirror) = &self.mirror {
+            mirror.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }

@@ -281,11 +281,11 @@ async fn claims_cancelled_as_jobs_reach_them_never_strand_a_job_or_cost_an_attem
     let mut stranded_or_not = Vec::new();
     for round in 0..ROUNDS {
         let queue = format!("race-{round}");
-        let reads = command_calls(&redis, "zrange");
+        claims_waiting(&server, 0).await;
         let mut claimer = server.workers().await;
         let request = claim_acked_within_a_second(&queue, Duration::from_secs(10));
         let claiming = tokio::spawn(async move { claimer.claim_job(request).await });
-        claims_have_looked(&redis, reads + 1).await;
+        claims_waiting(&server, 1).await;
         let job = submit_request(&mut jobs, one_attempt(&queue))
             .await
             .job

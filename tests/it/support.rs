@@ -241,6 +241,7 @@ pub fn free_port() -> u16 {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub instance: String,
+    metrics: jobd::telemetry::Metrics,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -292,6 +293,7 @@ impl TestServer {
         config.validate().expect("valid test config");
         let app = App::build(config).await.expect("jobd builds");
         let addr = app.local_addr();
+        let metrics = app.metrics();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(app.run(async {
             let _ = stopped.await;
@@ -299,6 +301,7 @@ impl TestServer {
         Self {
             addr,
             instance,
+            metrics,
             stop: Some(stop),
             task: Some(task),
         }
@@ -306,6 +309,12 @@ impl TestServer {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// How many claims wait for a job on this server now (its `jobd.claims.waiting`): a
+    /// waiting claim found its queues empty and parked.
+    pub fn claims_waiting(&self) -> i64 {
+        self.metrics.claims_waiting()
     }
 
     /// A new client connection; each has its own HTTP/2 connection.
@@ -381,6 +390,15 @@ pub fn command_calls(redis: &RedisServer, command: &str) -> u64 {
         .and_then(|rest| rest.split(',').next())
         .and_then(|calls| calls.parse().ok())
         .unwrap_or(0)
+}
+
+/// Waits until exactly `count` claims wait for a job on `server` (they found their queues
+/// empty and parked).
+pub async fn claims_waiting(server: &TestServer, count: i64) {
+    eventually(Duration::from_secs(10), "the claims to wait", || async {
+        (server.claims_waiting() == count).then_some(())
+    })
+    .await;
 }
 
 /// Waits until claims have read their queues `reads` times in all: a claim that found its
