@@ -1,29 +1,26 @@
-//! Builds every part of jobd from a `Config`, and runs it until shutdown.
+//! The composition root: builds every part of jobd from a `Config`, runs them until a signal,
+//! then shuts them down in order.
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use anyhow::Context;
-use tokio::{net::TcpListener, time::Instant};
+use tokio::{net::TcpListener, sync::watch, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
-    api::{
-        DeadlineLayer, JobApi, ObserveLayer, Readiness, WorkerApi,
-        proto::{
-            self, job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer,
-        },
-    },
+    api::{self, Limits, ServerOptions, Services},
     background::{self, Sweeper, SweeperHandle},
+    claims::{ClaimSettings, Claims},
+    completions::Completions,
     config::Config,
     domain::SubmitLimits,
     events::{Channels, EventHub},
-    store::{self, Eviction, JobStore, Keys, RedisClients, StoreSettings},
+    queues::QueueRegistry,
+    redis::RedisClients,
+    store::{JobStore, Keys, StoreSettings},
+    submissions::Submissions,
     telemetry::{self, Metrics, QueueDepths},
 };
-
-/// How often readiness is checked: it follows Redis within this plus the probe timeout.
-const READINESS_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The longest a readiness PING may take before Redis counts as unreachable.
 const READINESS_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -31,23 +28,13 @@ const READINESS_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// QUIT gets at least this long, even when the shutdown deadline has passed.
 const MIN_QUIT_TIME: Duration = Duration::from_millis(500);
 
-/// Room for the rest of a request beside a payload of the maximum size, so that an oversized
-/// payload reaches validation and gets a status that names it.
-const REQUEST_OVERHEAD: usize = 64 * 1024;
-
-/// The largest SubmitJobs request, whatever the payload limit of each job.
-const BATCH_REQUEST_LIMIT: usize = 16 * 1024 * 1024;
-
 pub struct App {
     config: Config,
     listener: TcpListener,
     clients: RedisClients,
-    hub: EventHub,
-    store: JobStore,
-    sweeper: SweeperHandle,
-    metrics: Metrics,
+    services: Services,
+    registry: QueueRegistry,
     tracker: TaskTracker,
-    shutdown: CancellationToken,
 }
 
 impl App {
@@ -60,50 +47,24 @@ impl App {
         let keys = Keys::new(&config.redis.redis_key_prefix);
         let tracker = TaskTracker::new();
         let shutdown = CancellationToken::new();
-
         let metrics = Metrics::global();
-        clients.connect_pool(&tracker, &shutdown, &metrics);
         let sweeper = SweeperHandle::default();
-        let touched = sweeper.clone();
-        let hub = EventHub::new(move |job_id| touched.touch(job_id));
-        hub.start(
-            clients.subscriber.clone(),
-            clients.client_name("subscriber"),
-            Channels {
-                jobs: keys.job_channel(),
-                queues: keys.queue_channel(),
-            },
-            metrics.clone(),
-            &tracker,
-            shutdown.clone(),
-        );
-        let connection_state = clients.clone();
-        metrics.observe_redis(move || connection_state.connected());
-        if !clients
-            .wait_connected(config.redis.redis_command_timeout)
-            .await
-        {
-            tracing::warn!(
-                redis = %config.redis.redacted_url(),
-                "Redis is not reachable yet; calls fail with UNAVAILABLE until it is"
-            );
-        }
+        let hub = connect(
+            &config, &clients, &keys, &sweeper, &metrics, &tracker, &shutdown,
+        )
+        .await;
 
         tracing::info!(?config, "effective configuration");
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-        let store = JobStore::new(
-            clients.pool.clone(),
-            keys,
-            StoreSettings {
-                default_lease: config.jobs.default_lease,
-                max_lease: config.jobs.max_lease,
-                command_timeout: config.redis.redis_command_timeout,
-            },
-            metrics.clone(),
-            tracker.clone(),
-            shutdown.clone(),
+        let settings = StoreSettings {
+            default_lease: config.jobs.default_lease,
+        };
+        let store = JobStore::new(clients.pool.clone(), keys, settings, metrics.clone());
+        let registry = QueueRegistry::new(store.clone());
+        let services = services(
+            &config, store, hub, sweeper, &registry, metrics, &tracker, shutdown,
         );
         tracing::info!(
             instance = %instance,
@@ -116,18 +77,15 @@ impl App {
             config,
             listener,
             clients,
-            hub,
-            store,
-            sweeper,
-            metrics,
+            services,
+            registry,
             tracker,
-            shutdown,
         })
     }
 
     /// The instruments this process records, e.g. to read how many claims wait now.
     pub fn metrics(&self) -> Metrics {
-        self.metrics.clone()
+        self.services.metrics.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -136,7 +94,91 @@ impl App {
             .expect("a bound listener has an address")
     }
 
-    /// Serves until `signal` resolves, then shuts down in order:
+    /// Serves until `signal` resolves, then shuts down in order (see `shut_down`).
+    pub async fn run(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let draining = CancellationToken::new();
+        let ready = self.spawn_background(&draining);
+        let shutdown = self.services.shutdown.clone();
+        let tracker = self.tracker.clone();
+        let options = ServerOptions {
+            reflection: self.config.server.reflection,
+        };
+        let server = api::serve(
+            std::sync::Arc::new(self.services),
+            self.listener,
+            options,
+            ready,
+            &tracker,
+            shutdown.clone().cancelled_owned(),
+        );
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => return result,
+            () = signal => {}
+        }
+        let parts = Running {
+            config: self.config,
+            clients: self.clients,
+            tracker: self.tracker,
+            shutdown,
+            draining,
+        };
+        parts.shut_down(server).await
+    }
+
+    /// Starts the sweeper, the queue-depth refresher (when metrics are exported) and the
+    /// readiness probe; returns what readiness says.
+    fn spawn_background(&self, draining: &CancellationToken) -> watch::Receiver<bool> {
+        let services = &self.services;
+        let shutdown = &services.shutdown;
+        let sweeper = Sweeper::new(
+            services.store.clone(),
+            self.registry.clone(),
+            services.metrics.clone(),
+            services.sweeper.clone(),
+        );
+        self.tracker
+            .spawn(sweeper.run(services.hub.resyncs(), shutdown.clone()));
+        if let Some(interval) = telemetry::metrics_export_interval() {
+            let depths = QueueDepths::default();
+            services.metrics.observe_queue_depths(depths.clone());
+            let refresh = background::refresh_queue_depths(
+                services.store.clone(),
+                self.registry.clone(),
+                depths,
+                interval,
+                shutdown.clone(),
+            );
+            self.tracker.spawn(refresh);
+        }
+        let (ready, readiness) = watch::channel(false);
+        let probe_timeout = self
+            .config
+            .redis
+            .redis_command_timeout
+            .min(READINESS_PROBE_TIMEOUT);
+        self.tracker.spawn(background::keep_ready(
+            ready,
+            self.clients.clone(),
+            probe_timeout,
+            draining.clone(),
+            shutdown.clone(),
+        ));
+        readiness
+    }
+}
+
+/// What shutdown needs once the server runs.
+struct Running {
+    config: Config,
+    clients: RedisClients,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    draining: CancellationToken,
+}
+
+impl Running {
+    /// Shuts down in order, with `server` still serving:
     /// 1. readiness turns NOT_SERVING at once;
     /// 2. calls are still served for the drain delay, while load balancers take the pod out;
     /// 3. the server stops accepting calls; open WatchJob streams end with UNAVAILABLE naming
@@ -144,105 +186,15 @@ impl App {
     /// 4. tracked tasks stop, Redis connections QUIT.
     ///
     /// Steps 3 and 4 share the shutdown timeout, so a misbehaving peer cannot hold the process.
-    pub async fn run(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let max_payload = self.config.jobs.max_payload_bytes as usize;
-        let decode_limit = max_payload + REQUEST_OVERHEAD;
-        let sweeper = Sweeper::new(
-            self.store.clone(),
-            self.metrics.clone(),
-            self.sweeper.clone(),
-        );
-        self.tracker
-            .spawn(sweeper.run(self.hub.resyncs(), self.shutdown.clone()));
-        if let Some(interval) = telemetry::metrics_export_interval() {
-            let depths = QueueDepths::default();
-            self.metrics.observe_queue_depths(depths.clone());
-            self.tracker.spawn(background::refresh_queue_depths(
-                self.store.clone(),
-                depths,
-                interval,
-                self.shutdown.clone(),
-            ));
-        }
-        let job_api = JobApi::new(
-            self.store.clone(),
-            self.hub.clone(),
-            self.metrics.clone(),
-            self.sweeper.clone(),
-            SubmitLimits {
-                max_payload,
-                default_retention: self.config.jobs.retention,
-                leases: self.config.lease_limits(),
-            },
-            self.shutdown.clone(),
-        );
-        let worker_api = WorkerApi::new(
-            self.store.clone(),
-            self.hub.clone(),
-            self.metrics.clone(),
-            self.sweeper.clone(),
-            self.config.lease_limits(),
-            max_payload,
-            self.shutdown.clone(),
-        );
-
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        let draining = CancellationToken::new();
-        // Registered before serving starts: NOT_SERVING until the first probe says otherwise.
-        let mut readiness = Readiness::new(health_reporter);
-        readiness.set(false).await;
-        self.tracker.spawn(keep_readiness(
-            readiness,
-            self.clients.clone(),
-            self.config
-                .redis
-                .redis_command_timeout
-                .min(READINESS_PROBE_TIMEOUT),
-            draining.clone(),
-            self.shutdown.clone(),
-        ));
-
-        // Both reflection versions, so that every grpcurl release works.
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        };
-        // Observe outside Deadline, so that a call ended at its deadline is recorded as such;
-        // tonic's own timeout wraps both, and Deadline leaves it nothing to end (see
-        // api/deadline.rs).
-        let mut routes = Server::builder()
-            .layer(ObserveLayer::new(self.metrics.clone()))
-            .layer(DeadlineLayer)
-            .add_service(health_service)
-            .add_service(
-                JobServiceServer::new(job_api)
-                    .max_decoding_message_size(decode_limit.max(BATCH_REQUEST_LIMIT)),
-            )
-            .add_service(
-                WorkerServiceServer::new(worker_api).max_decoding_message_size(decode_limit),
-            );
-        if self.config.server.reflection {
-            routes = routes
-                .add_service(reflection().build_v1()?)
-                .add_service(reflection().build_v1alpha()?);
-        }
-        // Small gRPC frames must not wait for Nagle's algorithm (and the peer's delayed ACK).
-        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
-        let server =
-            routes.serve_with_incoming_shutdown(incoming, self.shutdown.clone().cancelled_owned());
-        tokio::pin!(server);
-
-        tokio::select! {
-            result = &mut server => return result.context("gRPC server failed"),
-            () = signal => {}
-        }
-
+    async fn shut_down(
+        self,
+        mut server: std::pin::Pin<&mut impl Future<Output = anyhow::Result<()>>>,
+    ) -> anyhow::Result<()> {
         let drain = self.config.shutdown.shutdown_drain_delay;
         tracing::info!(drain = %humantime::format_duration(drain), "shutting down: readiness off, draining");
-        draining.cancel();
+        self.draining.cancel();
         tokio::select! {
-            result = &mut server => return result.context("gRPC server failed"),
+            result = &mut server => return result,
             () = tokio::time::sleep(drain) => {}
         }
 
@@ -250,7 +202,7 @@ impl App {
         let deadline = Instant::now() + self.config.shutdown.shutdown_timeout;
         self.shutdown.cancel();
         match tokio::time::timeout_at(deadline, server).await {
-            Ok(result) => result.context("gRPC server failed")?,
+            Ok(result) => result?,
             Err(_) => tracing::warn!("calls still open at the shutdown deadline were dropped"),
         }
         self.tracker.close();
@@ -267,89 +219,100 @@ impl App {
     }
 }
 
-/// Keeps the readiness of jobd's services true to Redis' health until shutdown: checked every
-/// `READINESS_INTERVAL`, and NOT_SERVING for good once draining starts. Redis is healthy when
-/// it answers, is recent enough for the scripts (see `runs_scripts`) and cannot evict the jobs
-/// it holds (see `keeps_jobs`).
-async fn keep_readiness(
-    mut readiness: Readiness,
-    clients: RedisClients,
-    probe_timeout: Duration,
-    draining: CancellationToken,
-    shutdown: CancellationToken,
-) {
-    let mut eviction = None;
-    let mut too_old = false;
-    loop {
-        let ready = !draining.is_cancelled()
-            && clients.healthy(probe_timeout).await
-            && runs_scripts(&clients, &mut too_old)
-            && keeps_jobs(&clients, probe_timeout, &mut eviction).await;
-        readiness.set(ready && !draining.is_cancelled()).await;
-        tokio::select! {
-            () = tokio::time::sleep(READINESS_INTERVAL) => {}
-            () = draining.cancelled(), if !draining.is_cancelled() => {}
-            () = shutdown.cancelled() => return,
-        }
-    }
-}
-
-/// Whether Redis is recent enough for jobd's scripts (see `MIN_REDIS_VERSION`); an older one
-/// is logged once (`logged`), and jobd does not serve on it.
-fn runs_scripts(clients: &RedisClients, logged: &mut bool) -> bool {
-    // An unknown version (INFO refused) is given the benefit of the doubt.
-    let Some(version) = clients
-        .server_version()
-        .filter(|version| !store::supported(version))
-    else {
-        *logged = false;
-        return true;
+/// Connects the pool, starts the event hub on the subscriber (telling the sweeper of every
+/// job event), and waits for Redis at most the command timeout.
+async fn connect(
+    config: &Config,
+    clients: &RedisClients,
+    keys: &Keys,
+    sweeper: &SweeperHandle,
+    metrics: &Metrics,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> EventHub {
+    clients.connect_pool(tracker, shutdown, metrics);
+    let touched = sweeper.clone();
+    let hub = EventHub::new(move |job_id| touched.touch(job_id));
+    let channels = Channels {
+        jobs: keys.job_channel(),
+        queues: keys.queue_channel(),
     };
-    if !std::mem::replace(logged, true) {
-        tracing::error!(
-            %version,
-            minimum = %store::MIN_REDIS_VERSION,
-            "Redis is too old for jobd's scripts: not ready until it is upgraded"
+    let subscriber = clients.subscriber.clone();
+    let name = clients.client_name("subscriber");
+    hub.start(
+        subscriber,
+        name,
+        channels,
+        metrics.clone(),
+        tracker,
+        shutdown.clone(),
+    );
+    let connection_state = clients.clone();
+    metrics.observe_redis(move || connection_state.connected());
+    if !clients
+        .wait_connected(config.redis.redis_command_timeout)
+        .await
+    {
+        tracing::warn!(
+            redis = %config.redis.redacted_url(),
+            "Redis is not reachable yet; calls fail with UNAVAILABLE until it is"
         );
     }
-    false
+    hub
 }
 
-/// Whether Redis answers and will not evict queued or running jobs when it runs out of memory:
-/// a job's hash is its only record, so an `allkeys-*` policy could lose jobs without a trace,
-/// and jobd does not serve on it. What it finds is logged when it changes (`last`).
-async fn keeps_jobs(
-    clients: &RedisClients,
-    timeout: Duration,
-    last: &mut Option<Eviction>,
-) -> bool {
-    let Some(eviction) = clients.eviction(timeout).await else {
-        return false;
+/// The use cases and what the API needs of them.
+#[allow(clippy::too_many_arguments)]
+fn services(
+    config: &Config,
+    store: JobStore,
+    hub: EventHub,
+    sweeper: SweeperHandle,
+    registry: &QueueRegistry,
+    metrics: Metrics,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) -> Services {
+    let command_timeout = config.redis.redis_command_timeout;
+    let claim_settings = ClaimSettings {
+        default_lease: config.jobs.default_lease,
+        command_timeout,
     };
-    if last.as_ref() != Some(&eviction) {
-        match &eviction {
-            Eviction::Never if last.is_some() => {
-                tracing::info!("Redis's maxmemory-policy now keeps every key");
-            }
-            Eviction::Never => {}
-            Eviction::KeysWithExpiry(policy) => tracing::warn!(
-                policy,
-                "Redis may evict keys with an expiry when it reaches maxmemory: finished jobs \
-                 and idempotency keys could go before their time; set maxmemory-policy \
-                 noeviction"
-            ),
-            Eviction::AnyKey(policy) => tracing::error!(
-                policy,
-                "Redis may evict any key when it reaches maxmemory, queued and running jobs \
-                 included: not ready until maxmemory-policy is noeviction (or volatile-*)"
-            ),
-            Eviction::Unknown(reason) => tracing::warn!(
-                reason,
-                "cannot read Redis's maxmemory-policy; make sure it is noeviction, or jobs \
-                 may be evicted"
-            ),
-        }
-        *last = Some(eviction.clone());
+    let claims = Claims::new(
+        store.clone(),
+        hub.clone(),
+        metrics.clone(),
+        tracker.clone(),
+        shutdown.clone(),
+        claim_settings,
+    );
+    let submissions = Submissions::new(
+        store.clone(),
+        claims.clone(),
+        registry.clone(),
+        tracker.clone(),
+        command_timeout,
+    );
+    let completions = Completions::new(store.clone(), tracker.clone(), command_timeout);
+    let max_payload = config.jobs.max_payload_bytes as usize;
+    let limits = Limits {
+        submit: SubmitLimits {
+            max_payload,
+            default_retention: config.jobs.retention,
+            leases: config.lease_limits(),
+        },
+        leases: config.lease_limits(),
+        max_payload,
+    };
+    Services {
+        store,
+        submissions,
+        claims,
+        completions,
+        hub,
+        sweeper,
+        metrics,
+        limits,
+        shutdown,
     }
-    !matches!(eviction, Eviction::AnyKey(_))
 }

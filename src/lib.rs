@@ -21,11 +21,17 @@
 pub mod api;
 pub mod app;
 pub mod background;
+pub mod claims;
+pub mod completions;
 pub mod config;
 pub mod domain;
 pub mod events;
+pub mod group_commit;
+pub mod queues;
+pub mod redis;
 pub mod shutdown;
 pub mod store;
+pub mod submissions;
 pub mod sync;
 pub mod telemetry;
 

@@ -5,9 +5,12 @@ use std::time::Duration;
 use prost_types::Timestamp;
 
 use super::proto;
-use crate::domain::{
-    Backoff, BackoffRequest, EventKind, Job, JobEvent, JobState, RequestError, Start,
-    SubmitRequest, UnixMillis,
+use crate::{
+    domain::{
+        Backoff, BackoffRequest, EventKind, Job, JobEvent, JobState, RequestError, Start,
+        SubmitRequest, UnixMillis,
+    },
+    store::ListCursor,
 };
 
 pub fn timestamp(at: UnixMillis) -> Timestamp {
@@ -69,6 +72,32 @@ pub fn job_state(field: &str, value: i32) -> Result<Option<JobState>, RequestErr
         proto::JobState::Failed => Some(JobState::Failed),
         proto::JobState::Cancelled => Some(JobState::Cancelled),
     })
+}
+
+/// Jobs per ListJobs page when the request names no size.
+const DEFAULT_PAGE_SIZE: u32 = 50;
+/// The most jobs a ListJobs page holds.
+const MAX_PAGE_SIZE: u32 = 500;
+
+/// A ListJobs page size: 50 when unset (0), refused by field name beyond 500.
+pub fn page_size(field: &str, value: u32) -> Result<usize, RequestError> {
+    match value {
+        0 => Ok(DEFAULT_PAGE_SIZE as usize),
+        size @ 1..=MAX_PAGE_SIZE => Ok(size as usize),
+        _ => Err(RequestError::invalid(
+            field,
+            format!("must be from 1 to {MAX_PAGE_SIZE}"),
+        )),
+    }
+}
+
+/// Where a ListJobs page starts: its token, from the page before; empty for the first page.
+pub fn list_cursor(field: &str, token: &str) -> Result<ListCursor, RequestError> {
+    match token {
+        "" => Ok(ListCursor::default()),
+        token => ListCursor::decode(token)
+            .ok_or_else(|| RequestError::invalid(field, "is not a token from ListJobs")),
+    }
 }
 
 impl TryFrom<proto::SubmitJobRequest> for SubmitRequest {

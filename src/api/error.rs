@@ -47,7 +47,11 @@ impl From<ApiError> for Status {
                     "storage is out of memory (Redis reached its maxmemory); retry later",
                 )
             }
-            ApiError::Store(error @ (StoreError::Redis { .. } | StoreError::Corrupt(_))) => {
+            ApiError::Store(
+                error @ (StoreError::Redis { .. }
+                | StoreError::Corrupt(_)
+                | StoreError::Interrupted),
+            ) => {
                 tracing::error!(error = %chain(&error), "internal error");
                 Status::internal("internal error")
             }

@@ -1,8 +1,8 @@
 //! The standard gRPC health service. The empty service name "" is SERVING while the process is
-//! alive and answering (liveness); `jobd.v1.JobService` and `jobd.v1.WorkerService` are SERVING
-//! only while Redis answers, cannot evict jobs (see `keeps_jobs` in app.rs), and the server is
-//! not draining (readiness).
+//! alive and answering (liveness); `jobd.v1.JobService` and `jobd.v1.WorkerService` report
+//! readiness as `background::readiness` decides it.
 
+use tokio::sync::watch;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use super::{
@@ -21,6 +21,17 @@ impl Readiness {
         Self {
             reporter,
             ready: None,
+        }
+    }
+
+    /// Reports what `ready` says, from now until its sender is gone.
+    pub async fn follow(mut self, mut ready: watch::Receiver<bool>) {
+        loop {
+            let now = *ready.borrow_and_update();
+            self.set(now).await;
+            if ready.changed().await.is_err() {
+                return;
+            }
         }
     }
 

@@ -1,57 +1,31 @@
 //! `jobd.v1.JobService`: submit, inspect, cancel and watch jobs.
 
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::{
-    convert::job_state,
-    follow::{FollowStream, Followed},
+    convert::{job_state, list_cursor, page_size},
     observe::current_trace_context,
     proto::{self, job_service_server::JobService},
-    watch::{EventStream, Watcher},
+    services::Shared,
+    streams::{self, EventStream, FollowStream},
 };
 use crate::{
-    background::SweeperHandle,
     domain::{
-        JobId, JobState, NewJob, QueueName, RequestError, SubmitLimits, SubmitRequest, UnixMillis,
-        check_text,
+        JobId, JobState, NewJob, QueueName, RequestError, SubmitRequest, UnixMillis, check_text,
     },
-    events::EventHub,
-    store::{JobStore, ListCursor, Submitted},
-    telemetry::Metrics,
+    events::Follower,
+    store::ListCursor,
+    submissions::Submitted,
 };
 
 const MAX_CANCEL_REASON: usize = 256;
 const MAX_BATCH: usize = 1000;
-const DEFAULT_PAGE_SIZE: u32 = 50;
-const MAX_PAGE_SIZE: u32 = 500;
 
-pub struct JobApi {
-    store: JobStore,
-    hub: EventHub,
-    metrics: Metrics,
-    sweeper: SweeperHandle,
-    limits: SubmitLimits,
-    shutdown: CancellationToken,
-}
+pub struct JobApi(Shared);
 
 impl JobApi {
-    pub fn new(
-        store: JobStore,
-        hub: EventHub,
-        metrics: Metrics,
-        sweeper: SweeperHandle,
-        limits: SubmitLimits,
-        shutdown: CancellationToken,
-    ) -> Self {
-        Self {
-            store,
-            hub,
-            metrics,
-            sweeper,
-            limits,
-            shutdown,
-        }
+    pub fn new(services: Shared) -> Self {
+        Self(services)
     }
 
     /// Checks a SubmitJobs request and gives each job its id: every job is valid, or the
@@ -64,18 +38,16 @@ impl JobApi {
         let trace_context = current_trace_context(request.metadata().as_ref());
         let requests = request.into_inner().jobs;
         if requests.is_empty() || requests.len() > MAX_BATCH {
-            return Err(
-                RequestError::invalid("jobs", format!("must hold 1 to {MAX_BATCH} jobs")).into(),
-            );
+            let reason = format!("must hold 1 to {MAX_BATCH} jobs");
+            return Err(RequestError::invalid("jobs", reason).into());
         }
         let mut jobs = Vec::with_capacity(requests.len());
         for (index, request) in requests.into_iter().enumerate() {
-            let element = format!("jobs[{index}]");
-            let mut submission =
-                SubmitRequest::try_from(request).map_err(|e| e.within(&element))?;
+            let within = |error: RequestError| error.within(&format!("jobs[{index}]"));
+            let mut submission = SubmitRequest::try_from(request).map_err(within)?;
             submission.trace_context = trace_context.clone();
-            let job = NewJob::new(submission, &self.limits, now).map_err(|e| e.within(&element))?;
-            jobs.push((self.store.new_job_id(&job.queue), job));
+            let job = NewJob::new(submission, &self.0.limits.submit, now).map_err(within)?;
+            jobs.push((self.0.submissions.new_job_id(&job.queue), job));
         }
         Ok(jobs)
     }
@@ -88,13 +60,13 @@ impl JobApi {
         let (mut job, created) = match submitted {
             Submitted::Created(job) => {
                 tracing::debug!(job = %job.id, "job submitted");
-                self.metrics.submitted(job.queue(), job.kind.as_str());
+                self.0.metrics.submitted(job.queue(), job.kind.as_str());
                 if job.run_at.is_some() {
-                    self.sweeper.wake(job.queue());
+                    self.0.sweeper.wake(job.queue());
                 }
                 (*job, true)
             }
-            Submitted::Existing(id) => (self.store.get(&id).await?, false),
+            Submitted::Existing(id) => (self.0.store.get(&id).await?, false),
         };
         job.payload = Default::default();
         job.labels = Default::default();
@@ -103,6 +75,14 @@ impl JobApi {
             job: Some(job.into()),
             created,
         })
+    }
+
+    fn follower(&self) -> Follower {
+        Follower::new(
+            self.0.store.clone(),
+            self.0.metrics.clone(),
+            self.0.shutdown.clone(),
+        )
     }
 }
 
@@ -116,8 +96,8 @@ impl JobService for JobApi {
         let trace_context = current_trace_context(request.metadata().as_ref());
         let mut submission: SubmitRequest = request.into_inner().try_into()?;
         submission.trace_context = trace_context;
-        let new = NewJob::new(submission, &self.limits, now)?;
-        let submitted = self.store.submit(new).await?;
+        let new = NewJob::new(submission, &self.0.limits.submit, now)?;
+        let submitted = self.0.submissions.submit(new).await?;
         Ok(Response::new(self.submitted(submitted).await?))
     }
 
@@ -127,7 +107,7 @@ impl JobService for JobApi {
     ) -> Result<Response<proto::SubmitJobsResponse>, Status> {
         let jobs = self.new_jobs(request)?;
         let mut results = Vec::with_capacity(jobs.len());
-        for submitted in self.store.submit_many(jobs).await? {
+        for submitted in self.0.submissions.submit_many(jobs).await? {
             results.push(self.submitted(submitted).await?);
         }
         Ok(Response::new(proto::SubmitJobsResponse { results }))
@@ -141,30 +121,28 @@ impl JobService for JobApi {
     ) -> Result<Response<Self::SubmitAndWatchJobsStream>, Status> {
         let jobs = self.new_jobs(request)?;
         // Registered before the jobs are written, so that no event can go unannounced.
-        let mut watches: Vec<_> = jobs.iter().map(|(id, _)| self.hub.watch_job(id)).collect();
-        let mut followed = Followed::new(
-            self.store.clone(),
-            self.metrics.clone(),
-            self.shutdown.clone(),
-        );
+        let watches: Vec<_> = jobs
+            .iter()
+            .map(|(id, _)| self.0.hub.watch_job(id))
+            .collect();
+        let mut follower = self.follower();
         let mut results = Vec::with_capacity(jobs.len());
-        let submitted = self.store.submit_many(jobs).await?;
-        for (submitted, watch) in submitted.into_iter().zip(watches.drain(..)) {
+        let submitted = self.0.submissions.submit_many(jobs).await?;
+        for (submitted, watch) in submitted.into_iter().zip(watches) {
             match &submitted {
-                Submitted::Created(job) => followed.created(watch, job.first_event()),
+                Submitted::Created(job) => follower.created(watch, job.first_event()),
                 // An idempotency key named an earlier job: follow that one, once.
-                Submitted::Existing(id) if !followed.contains(id) => {
-                    followed
-                        .existing(self.hub.watch_job(id), id.clone())
-                        .await?;
+                Submitted::Existing(id) if !follower.contains(id) => {
+                    let watch = self.0.hub.watch_job(id);
+                    follower.existing(watch, id.clone(), 0).await?;
                 }
                 Submitted::Existing(_) => {}
             }
             results.push(self.submitted(submitted).await?);
         }
-        Ok(Response::new(
-            followed.into_stream(proto::SubmitJobsResponse { results }),
-        ))
+        let first = proto::SubmitJobsResponse { results };
+        let gauge = self.0.metrics.watch_stream();
+        Ok(Response::new(streams::follow(follower, first, gauge)))
     }
 
     async fn get_job(
@@ -172,7 +150,7 @@ impl JobService for JobApi {
         request: Request<proto::GetJobRequest>,
     ) -> Result<Response<proto::GetJobResponse>, Status> {
         let id = JobId::parse("job_id", &request.get_ref().job_id)?;
-        let job = self.store.get(&id).await?;
+        let job = self.0.store.get(&id).await?;
         Ok(Response::new(proto::GetJobResponse {
             job: Some(job.into()),
         }))
@@ -185,9 +163,10 @@ impl JobService for JobApi {
         let request = request.into_inner();
         let id = JobId::parse("job_id", &request.job_id)?;
         check_text("reason", &request.reason, MAX_CANCEL_REASON)?;
-        let (job, cancelled_now) = self.store.cancel(&id, &request.reason).await?;
+        let (job, cancelled_now) = self.0.store.cancel(&id, &request.reason).await?;
         if cancelled_now {
-            self.metrics
+            self.0
+                .metrics
                 .finished(job.queue(), job.kind.as_str(), JobState::Cancelled);
         }
         Ok(Response::new(proto::CancelJobResponse {
@@ -200,7 +179,7 @@ impl JobService for JobApi {
         request: Request<proto::GetQueueStatsRequest>,
     ) -> Result<Response<proto::QueueStats>, Status> {
         let queue = QueueName::parse("queue", &request.get_ref().queue)?;
-        let stats = self.store.stats(&queue).await?;
+        let stats = self.0.store.stats(&queue).await?;
         Ok(Response::new(proto::QueueStats {
             queue: queue.to_string(),
             queued: stats.queued,
@@ -219,27 +198,9 @@ impl JobService for JobApi {
         let request = request.into_inner();
         let queue = QueueName::parse("queue", &request.queue)?;
         let state = job_state("state", request.state)?;
-        let page_size = match request.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            size @ 1..=MAX_PAGE_SIZE => size,
-            _ => {
-                return Err(RequestError::invalid(
-                    "page_size",
-                    format!("must be from 1 to {MAX_PAGE_SIZE}"),
-                )
-                .into());
-            }
-        };
-        let cursor = match request.page_token.as_str() {
-            "" => ListCursor::default(),
-            token => ListCursor::decode(token).ok_or_else(|| {
-                RequestError::invalid("page_token", "is not a token from ListJobs")
-            })?,
-        };
-        let (jobs, next) = self
-            .store
-            .list(&queue, state, cursor, page_size as usize)
-            .await?;
+        let page_size = page_size("page_size", request.page_size)?;
+        let cursor = list_cursor("page_token", &request.page_token)?;
+        let (jobs, next) = self.0.store.list(&queue, state, cursor, page_size).await?;
         Ok(Response::new(proto::ListJobsResponse {
             jobs: jobs.into_iter().map(Into::into).collect(),
             next_page_token: next.map(ListCursor::encode).unwrap_or_default(),
@@ -254,15 +215,14 @@ impl JobService for JobApi {
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         let request = request.into_inner();
         let id = JobId::parse("job_id", &request.job_id)?;
-        // The first read happens here, so an unknown job is NOT_FOUND before any stream starts.
-        let watcher = Watcher::start(
-            self.store.clone(),
-            &self.hub,
-            id,
-            request.after_sequence,
-            self.shutdown.clone(),
-        )
-        .await?;
-        Ok(Response::new(watcher.into_stream(self.metrics.clone())))
+        let after = request.after_sequence;
+        // Registered, then read, here: an unknown job is NOT_FOUND, a sequence past its last
+        // OUT_OF_RANGE, before any stream starts.
+        let mut follower = self.follower();
+        follower
+            .existing(self.0.hub.watch_job(&id), id, after)
+            .await?;
+        let gauge = self.0.metrics.watch_stream();
+        Ok(Response::new(streams::watch(follower, after, gauge)))
     }
 }

@@ -5,19 +5,23 @@ mod codec;
 mod convert;
 mod deadline;
 mod error;
-mod follow;
 mod health;
 mod job_service;
 mod observe;
-mod watch;
+mod server;
+mod services;
+mod streams;
 mod worker_service;
 
-pub use deadline::DeadlineLayer;
 pub use error::ApiError;
-pub use health::Readiness;
-pub use job_service::JobApi;
-pub use observe::ObserveLayer;
-pub use worker_service::WorkerApi;
+pub use server::{ServerOptions, serve};
+pub use services::{Limits, Services};
+
+use deadline::DeadlineLayer;
+use health::Readiness;
+use job_service::JobApi;
+use observe::ObserveLayer;
+use worker_service::WorkerApi;
 
 /// Types and clients generated from `proto/jobd/v1`.
 pub mod proto {

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{domain::JobState, store::JobStore, telemetry::QueueDepths};
+use crate::{domain::JobState, queues::QueueRegistry, store::JobStore, telemetry::QueueDepths};
 
 pub async fn refresh_queue_depths(
     store: JobStore,
+    registry: QueueRegistry,
     depths: QueueDepths,
     interval: Duration,
     shutdown: CancellationToken,
@@ -20,7 +21,7 @@ pub async fn refresh_queue_depths(
             _ = ticks.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        let queues = match store.queues().await {
+        let queues = match registry.all().await {
             Ok(queues) => queues,
             Err(error) => {
                 tracing::debug!(%error, "cannot read the queue registry for depths");

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     domain::{FailOutcome, JobId, JobState, QueueName, UnixMillis},
+    queues::QueueRegistry,
     store::{Expired, JobStore, StoreError},
     sync::lock,
     telemetry::Metrics,
@@ -146,6 +147,7 @@ impl SweeperHandle {
 
 pub struct Sweeper {
     store: JobStore,
+    registry: QueueRegistry,
     handle: SweeperHandle,
     metrics: Metrics,
 }
@@ -169,9 +171,15 @@ struct Visits {
 }
 
 impl Sweeper {
-    pub fn new(store: JobStore, metrics: Metrics, handle: SweeperHandle) -> Self {
+    pub fn new(
+        store: JobStore,
+        registry: QueueRegistry,
+        metrics: Metrics,
+        handle: SweeperHandle,
+    ) -> Self {
         Self {
             store,
+            registry,
             handle,
             metrics,
         }
@@ -192,9 +200,9 @@ impl Sweeper {
                 // Events of queues it does not know may have been lost too.
                 queues_read = None;
             }
-            let mut listed = self.store.local_queues();
+            let mut listed = self.registry.local();
             if queues_read.is_none_or(|at| at.elapsed() >= QUEUE_REFRESH) {
-                match self.store.queues().await {
+                match self.registry.all().await {
                     Ok(found) => {
                         listed.extend(found);
                         queues_read = Some(now);

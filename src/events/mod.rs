@@ -6,6 +6,7 @@
 //! and waiting claim is woken to re-read ("resync"). Redis holds exactly two subscriptions per
 //! process, whatever the number of watchers: nothing is subscribed or left behind per watcher.
 
+mod follow;
 mod waiters;
 
 use std::{
@@ -14,7 +15,6 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use fred::{
     clients::SubscriberClient,
     interfaces::{ClientLike, EventInterface, PubsubInterface},
@@ -23,23 +23,24 @@ use fred::{
 use tokio::sync::{Notify, broadcast::error::RecvError, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+pub use follow::{Follower, Interrupted};
 pub use waiters::{JobWatch, QueueWaiter, Wake, Wakeup};
 
 use crate::{
-    domain::{JobId, QueueName},
-    store::{AnnouncedEvent, Reconnections, name_connections, parse_announced},
+    domain::{JobEvent, JobId, QueueName},
+    redis::{Reconnections, name_connections},
+    store::{AnnouncedEvent, parse_announced},
     sync::lock,
     telemetry::Metrics,
 };
 
-/// The latest event a job announced, as the wake-up message carried it (see
-/// `store::decode_announced`).
+/// The latest event a watched job announced, decoded once for all its local watchers.
 #[derive(Debug, Clone, Default)]
 pub struct Announcement {
     pub sequence: u64,
-    pub event: Bytes,
-    /// A COMPLETED event's result, when small enough to be carried.
-    pub result: Option<Bytes>,
+    /// The event, when the message carried all of it; `None` when it cannot stand for the
+    /// stored event (a COMPLETED event whose result was too large to carry): read the log.
+    pub event: Option<JobEvent>,
 }
 
 /// Delay before subscribing again after a failed SUBSCRIBE on a live connection.
@@ -240,25 +241,15 @@ impl Dispatcher {
                 }
             };
             let jobs = lock(&self.inner.jobs);
-            for AnnouncedEvent {
-                sequence,
-                job_id,
-                event,
-                result,
-            } in announced
-            {
-                (self.inner.on_event)(job_id);
-                let Some(sender) = jobs.get(job_id) else {
+            for announced in announced {
+                (self.inner.on_event)(announced.job_id);
+                let Some(sender) = jobs.get(announced.job_id) else {
                     continue;
                 };
                 sender.send_if_modified(|latest| {
-                    let newer = sequence > latest.sequence;
+                    let newer = announced.sequence > latest.sequence;
                     if newer {
-                        *latest = Announcement {
-                            sequence,
-                            event: Bytes::copy_from_slice(event),
-                            result: result.map(Bytes::copy_from_slice),
-                        };
+                        *latest = decode(&announced);
                     }
                     newer
                 });
@@ -283,6 +274,21 @@ impl Dispatcher {
                 }
             }
         }
+    }
+}
+
+/// An announced event as its watchers get it; one that does not decode is left for them to
+/// read from the log.
+fn decode(announced: &AnnouncedEvent) -> Announcement {
+    let event = JobId::parse("id", announced.job_id)
+        .map_err(|_| "not a job id".to_owned())
+        .and_then(|id| announced.decode(&id).map_err(|error| error.to_string()));
+    Announcement {
+        sequence: announced.sequence,
+        event: event.unwrap_or_else(|error| {
+            tracing::warn!(job = announced.job_id, %error, "an announced event does not decode; its watchers read the log");
+            None
+        }),
     }
 }
 

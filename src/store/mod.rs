@@ -1,26 +1,24 @@
-//! Everything that speaks to Redis for jobs: key layout, scripts, and `JobStore`, the typed
-//! operations the API and the sweeper are built on.
+//! Everything that speaks to Redis about jobs, as typed calls over the connection pool: the
+//! key layout, the Lua scripts and their wrappers, the job hash's layout and the event log's
+//! encoding. Nothing here spawns a task, waits for other callers or keeps state between
+//! calls: batching, parking and retrying belong to the use cases built on it.
 
-mod batch;
-mod codec;
-mod connection;
-mod handoff;
-mod jobs;
+mod claim;
+mod event_codec;
 mod keys;
-mod release;
+mod layout;
+mod list;
+mod outcome;
+mod read;
 mod scripts;
+mod submit;
 mod sweep;
-mod work;
 
 use std::{
-    collections::HashSet,
     pin::Pin,
-    sync::{Arc, Mutex},
     task::{Context, Poll, ready},
     time::{Duration, Instant},
 };
-
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use fred::{
     clients::{Client, Pool},
@@ -28,26 +26,20 @@ use fred::{
     types::{FromValue, Value},
 };
 
-pub use codec::{AnnouncedEvent, decode_announced, parse_announced};
-pub use connection::{
-    Eviction, MIN_REDIS_VERSION, Reconnections, RedisClients, name_connections, supported,
-};
-pub use handoff::Parked;
-pub use jobs::{EventPage, ListCursor, QueueStats, Submitted};
+pub use claim::{CLAIM_REPLY_BUDGET, ClaimFailure, Claimant, job_size};
+pub use event_codec::{AnnouncedEvent, parse_announced};
 pub use keys::Keys;
-pub use release::ClaimedJobs;
+pub use list::ListCursor;
+pub use outcome::{CompletionOutcome, Completions, Holder, Released};
+pub use read::{EventPage, QueueStats};
+pub use submit::{HandOff, KeyedSubmission, PreparedJobs, SubmittedBatch};
 pub use sweep::{Expired, SWEEP_BATCH, SweepReport};
-pub use work::{CLAIM_REPLY_BUDGET, job_size};
 
 use crate::{
-    domain::{JobId, JobIdGenerator, JobState, NewJob, QueueName, Refusal, UnixMillis},
+    domain::{JobState, QueueName, Refusal, UnixMillis},
     telemetry::Metrics,
 };
-use batch::Batcher;
-use handoff::ParkedClaims;
 use scripts::{LuaScript, Scripts};
-pub use work::Completed;
-use work::{Claim, Completion};
 
 /// Why a store operation did not happen.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -74,14 +66,26 @@ pub enum StoreError {
         #[source]
         source: RedisError,
     },
-    /// Redis holds data jobd did not write.
+    /// Redis holds, or answered, data that jobd did not write.
     #[error("stored data is not as expected: {0}")]
     Corrupt(String),
+    /// The task that was to make the call for this operation ended without answering (it
+    /// panicked): a bug of jobd's, not Redis's.
+    #[error("the call was interrupted")]
+    Interrupted,
 }
 
 impl StoreError {
     pub(crate) fn corrupt(what: impl Into<String>) -> Self {
         Self::Corrupt(what.into())
+    }
+
+    /// UNAVAILABLE for an answer that did not come within the command timeout.
+    pub fn timed_out() -> Self {
+        Self::Unavailable(RedisError::new(
+            ErrorKind::Timeout,
+            "no answer from Redis within the command timeout",
+        ))
     }
 
     fn redis(context: &'static str) -> impl FnOnce(RedisError) -> Self {
@@ -106,75 +110,54 @@ type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct StoreSettings {
     /// Lease for a claim when neither the worker nor the job names one.
     pub default_lease: Duration,
-    /// The longest lease a worker or a job may ask for.
-    pub max_lease: Duration,
-    /// How long a call waits for Redis at most (an operation waiting to share a script call
-    /// included).
-    pub command_timeout: Duration,
 }
 
 /// Typed job operations on Redis. A handle: cheap to clone and one pointer wide (every
-/// WatchJob stream holds one), all clones sharing the pool, the scripts and the batchers.
+/// WatchJob stream holds one).
 #[derive(Clone)]
-pub struct JobStore(Arc<Shared>);
+pub struct JobStore(std::sync::Arc<Shared>);
 
 /// What every clone of a `JobStore` shares.
-pub struct Shared {
+struct Shared {
     pool: Pool,
     keys: Keys,
     scripts: Scripts,
     settings: StoreSettings,
-    ids: JobIdGenerator,
-    /// Queues this process has put in the queue registry.
-    registered: Mutex<HashSet<QueueName>>,
-    /// Submissions without an idempotency key waiting to share a script call, per queue.
-    submissions: Batcher<(JobId, NewJob), Submitted>,
-    /// Claims waiting to share a script call, per queue.
-    claims: Batcher<Claim, ClaimedJobs>,
-    /// Completions waiting to share a script call, per queue.
-    completions: Batcher<Completion, Completed>,
-    /// Claims waiting on this process for a job that a submission here may hand them.
-    parked: ParkedClaims,
-    /// Where the store's own tasks are spawned (group-commit calls, submissions with claims to
-    /// answer, releases), so that shutdown waits for them before closing Redis.
-    tasks: TaskTracker,
-    /// Cancelled when jobd shuts down: a task waiting to try Redis again gives up.
-    shutdown: CancellationToken,
     metrics: Metrics,
 }
 
-impl std::ops::Deref for JobStore {
-    type Target = Shared;
-
-    fn deref(&self) -> &Shared {
-        &self.0
-    }
-}
+/// One connection of the pool, for calls that must follow each other on it: Redis runs one
+/// connection's commands in order, so a release sent after a claim on the same connection
+/// cannot overtake it.
+#[derive(Clone)]
+pub struct Connection(Client);
 
 impl JobStore {
-    pub fn new(
-        pool: Pool,
-        keys: Keys,
-        settings: StoreSettings,
-        metrics: Metrics,
-        tasks: TaskTracker,
-        shutdown: CancellationToken,
-    ) -> Self {
-        Self(Arc::new(Shared {
+    pub fn new(pool: Pool, keys: Keys, settings: StoreSettings, metrics: Metrics) -> Self {
+        Self(std::sync::Arc::new(Shared {
             pool,
             keys,
             scripts: Scripts::new(),
             settings,
-            ids: Default::default(),
-            registered: Default::default(),
-            submissions: Batcher::new(tasks.clone(), settings.command_timeout),
-            claims: Batcher::new(tasks.clone(), settings.command_timeout),
-            completions: Batcher::new(tasks.clone(), settings.command_timeout),
-            parked: Default::default(),
-            tasks,
-            shutdown,
             metrics,
         }))
+    }
+
+    /// The next connection of the pool.
+    pub fn connection(&self) -> Connection {
+        Connection(self.0.pool.next().clone())
+    }
+
+    fn keys(&self) -> &Keys {
+        &self.0.keys
+    }
+
+    fn scripts(&self) -> &Scripts {
+        &self.0.scripts
+    }
+
+    fn client(&self) -> &Client {
+        self.0.pool.next()
     }
 
     async fn call<R: FromValue>(
@@ -183,7 +166,7 @@ impl JobStore {
         keys: Vec<String>,
         args: Vec<Value>,
     ) -> Result<R> {
-        self.call_on(self.pool.next(), script, keys, args).await
+        self.call_on(self.client(), script, keys, args).await
     }
 
     /// `call` on a given connection of the pool.
@@ -207,7 +190,7 @@ impl JobStore {
         Timed {
             round_trip,
             operation,
-            metrics: &self.metrics,
+            metrics: &self.0.metrics,
             started: None,
         }
     }
@@ -215,7 +198,7 @@ impl JobStore {
     /// The keys of a queue's retained-job sets, completed, failed and cancelled, in that order.
     fn retained_keys(&self, queue: &QueueName) -> [String; 3] {
         [JobState::Completed, JobState::Failed, JobState::Cancelled]
-            .map(|outcome| self.keys.retained(queue, outcome))
+            .map(|outcome| self.keys().retained(queue, outcome))
     }
 }
 

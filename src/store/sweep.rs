@@ -2,7 +2,7 @@
 
 use fred::types::Value;
 
-use super::{JobStore, Result, StoreError, status, work::attempt_ended};
+use super::{JobStore, Result, StoreError, outcome::attempt_ended, status};
 use crate::domain::{
     AttemptEnd, FREE_DELIVERIES, FailOutcome, JobId, JobState, QueueName, UnixMillis,
 };
@@ -43,10 +43,10 @@ impl JobStore {
         let [completed, failed, cancelled] = self.retained_keys(queue);
         let reply: Vec<Value> = self
             .call(
-                &self.scripts.sweep,
+                &self.scripts().sweep,
                 vec![
-                    self.keys.scheduled(queue),
-                    self.keys.running(queue),
+                    self.keys().scheduled(queue),
+                    self.keys().running(queue),
                     completed,
                     failed,
                     cancelled,
@@ -87,15 +87,15 @@ impl JobStore {
         if due.is_empty() {
             return Ok(0);
         }
-        let mut keys = vec![self.keys.scheduled(queue), self.keys.ready(queue)];
-        keys.extend(due.iter().map(|id| self.keys.job(id)));
+        let mut keys = vec![self.keys().scheduled(queue), self.keys().ready(queue)];
+        keys.extend(due.iter().map(|id| self.keys().job(id)));
         let mut args: Vec<Value> = vec![
-            self.keys.job_channel().into(),
-            self.keys.queue_channel().into(),
+            self.keys().job_channel().into(),
+            self.keys().queue_channel().into(),
             queue.as_str().into(),
         ];
         args.extend(due.iter().map(|id| Value::from(id.to_string())));
-        self.call(&self.scripts.promote, keys, args).await
+        self.call(&self.scripts().promote, keys, args).await
     }
 
     /// Ends the claim of a running job whose deadline passed, if it still has: a job its
@@ -105,19 +105,19 @@ impl JobStore {
         let queue = id.queue();
         let reply: Vec<Value> = self
             .call(
-                &self.scripts.expire,
+                &self.scripts().expire,
                 vec![
-                    self.keys.job(id),
-                    self.keys.running(queue),
-                    self.keys.scheduled(queue),
-                    self.keys.retained(queue, JobState::Failed),
-                    self.keys.ready(queue),
+                    self.keys().job(id),
+                    self.keys().running(queue),
+                    self.keys().scheduled(queue),
+                    self.keys().retained(queue, JobState::Failed),
+                    self.keys().ready(queue),
                 ],
                 vec![
                     id.to_string().into(),
                     rand::random::<f64>().to_string().into(),
-                    self.keys.job_channel().into(),
-                    self.keys.queue_channel().into(),
+                    self.keys().job_channel().into(),
+                    self.keys().queue_channel().into(),
                     queue.as_str().into(),
                     FREE_DELIVERIES.to_string().into(),
                 ],

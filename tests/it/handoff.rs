@@ -303,10 +303,10 @@ const JOB: [&str; 9] = [
     "q.1", "payload", "spec", "kind", "60000", "", "", "0", "9000",
 ];
 
-/// A hand-off of that job, as both submission scripts take it: place, worker, STARTED event's
-/// start, lease token, lease, acknowledgement timeout.
-fn handoff(token: &str) -> [&str; 6] {
-    ["1", "w", "started-event", token, "30000", "5000"]
+/// A hand-off of that job, as both submission scripts take it: place, worker, lease token,
+/// lease, acknowledgement timeout.
+fn handoff(token: &str) -> [&str; 5] {
+    ["1", "w", token, "30000", "5000"]
 }
 
 /// A script's reply as redis-cli prints it, but for its last line (the time it ran).
@@ -330,7 +330,6 @@ fn the_submission_script_run_twice_reports_the_first_runs_handoff() {
             "jobd:{q}:job:1",
             "jobd:wake:queues",
             "q",
-            "queued-event",
             "jobd:wake:jobs",
         ];
         args.extend(JOB);
@@ -556,7 +555,7 @@ fn the_keyed_submission_script_run_twice_reports_the_first_runs_handoff() {
             "60000",
         ];
         args.extend(JOB);
-        args.extend(["jobd:wake:jobs", "queued-event"]);
+        args.push("jobd:wake:jobs");
         args.extend(handoff("token-1"));
         redis.cli(&args)
     };

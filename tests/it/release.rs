@@ -206,7 +206,6 @@ async fn the_claim_script_run_twice_answers_its_first_runs_claims_again_and_no_m
             "w",
             "",
             "2",
-            "started-event",
             "5000",
             "0",
         ]);

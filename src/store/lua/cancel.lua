@@ -25,7 +25,7 @@ local retention = tonumber(job[4])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
-local event = cmsgpack.pack({t = 'cancelled', at = now, a = tonumber(job[3]), r = ARGV[2]})
+local event = pack_event('cancelled', packed_at(now), tonumber(job[3]), {'r', ARGV[2]})
 redis.call('HSET', KEYS[1],
   'state', 'cancelled', 'reason', ARGV[2], 'finished', now, 'seq', seq, 'e:' .. seq, event)
 redis.call('ZADD', KEYS[5], now + retention, ARGV[1])

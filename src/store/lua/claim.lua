@@ -19,10 +19,9 @@
 -- ARGV[3]     reply budget: the most bytes of jobs (their `size`) one claimer takes, beyond
 --             its first job, which it takes whatever its size
 -- ARGV[4]     number of claimers, C
--- ARGV[5..]   per claimer, 6 values: worker id, lease ms it asked for ("" for the job's own,
---             else ARGV[2]), how many more jobs it takes at most, its STARTED event's start
---             (see event_head in store/codec.rs), acknowledgement timeout ms, bytes of jobs it
---             took in earlier calls
+-- ARGV[5..]   per claimer, 5 values: worker id, lease ms it asked for ("" for the job's own,
+--             else ARGV[2]), how many more jobs it takes at most, acknowledgement timeout ms,
+--             bytes of jobs it took in earlier calls
 -- then        per candidate, in KEYS order, 2 values: job id, new lease token
 -- returns     {now, the claimers (1-based) whose reply is full, then one entry per claimed
 --             job: {claimer, job id, token, lease expiry, acknowledgement deadline, size}}; the
@@ -31,9 +30,9 @@
 local now = clock()
 local claimers = tonumber(ARGV[4])
 local budget = tonumber(ARGV[3])
-local first_candidate = 5 + claimers * 6
--- The claimer's values: ARGV[claimer_arg(c) + 0 .. 5].
-local function claimer_arg(c) return 5 + (c - 1) * 6 end
+local first_candidate = 5 + claimers * 5
+-- The claimer's values: ARGV[claimer_arg(c) + 0 .. 4].
+local function claimer_arg(c) return 5 + (c - 1) * 5 end
 
 local ids = {}
 for i = 3, #KEYS do ids[#ids + 1] = ARGV[first_candidate + (i - 3) * 2] end
@@ -43,13 +42,15 @@ local scores = redis.call('ZMSCORE', KEYS[1], unpack(ids))
 local at = packed_at(now)
 -- How many jobs claimer c still takes, and the bytes it took so far.
 local function serve(c)
-  return tonumber(ARGV[claimer_arg(c) + 2]), tonumber(ARGV[claimer_arg(c) + 5])
+  return tonumber(ARGV[claimer_arg(c) + 2]), tonumber(ARGV[claimer_arg(c) + 4])
 end
 -- The claimer being served, and what `serve` says of it as it takes jobs.
 local claimer = 1
 local room, bytes = serve(1)
 local full = {}
 local claimed, taken, running, announced = {now, full}, {}, {}, {}
+-- Each claimer's STARTED event but its time and attempt, packed once.
+local started = {}
 for k = 1, #ids do
   while room == 0 and claimer < claimers do
     claimer = claimer + 1
@@ -95,10 +96,11 @@ for k = 1, #ids do
       if lease == '' then lease = job[4] end
       if not lease or lease == '' then lease = ARGV[2] end
       local expires = now + tonumber(lease)
-      local ack = math.min(now + tonumber(ARGV[base + 4]), expires)
+      local ack = math.min(now + tonumber(ARGV[base + 3]), expires)
       local attempt = tonumber(job[2]) + 1
       local seq = int(tonumber(job[3]) + 1)
-      local event = finish_event(ARGV[base + 3], at, attempt)
+      started[claimer] = started[claimer] or event_start('started', {'w', ARGV[base]})
+      local event = finish_event(started[claimer], at, attempt)
       redis.call('HSET', key,
         'state', 'running', 'attempt', int(attempt), 'seq', seq, 'token', token,
         'worker', ARGV[base], 'started', int(now), 'lease_ms', lease,

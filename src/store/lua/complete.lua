@@ -8,8 +8,7 @@
 -- KEYS[3]     queue's ready set, only looked at
 -- KEYS[4..n]  job hashes, one per completion
 -- ARGV[1]     job wake-up channel
--- ARGV[2]     the COMPLETED event's start (see event_head in store/codec.rs)
--- ARGV[3..]   per completion, in KEYS order: job id, lease token, result
+-- ARGV[2..]   per completion, in KEYS order: job id, lease token, result
 -- returns     per completion, in KEYS order:
 --             {"ok", kind, started}: recorded now; {"again"}: recorded by an earlier run;
 --             {"not_found"}; {"stale", state}: the token is not the job's current one, or the
@@ -20,10 +19,10 @@
 --             then now, Unix ms
 
 local now = clock()
-local at = packed_at(now)
+local at, completed = packed_at(now), event_start('completed')
 local replies, done, retained, announced = {}, {}, {}, {}
 for i = 4, #KEYS do
-  local key, a = KEYS[i], 3 + (i - 4) * 3
+  local key, a = KEYS[i], 2 + (i - 4) * 3
   local id, token, result = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   local job = redis.call('HMGET', key, 'state', 'token', 'seq', 'attempt', 'retention', 'kind',
     'started', 'lease_until', 'ack_until')
@@ -40,7 +39,7 @@ for i = 4, #KEYS do
     replies[#replies + 1] = {'expired', job[9] and 'ack' or 'lease', deadline(job[8], job[9])}
   else
     local seq = int(tonumber(job[3]) + 1)
-    local event = finish_event(ARGV[2], at, tonumber(job[4]))
+    local event = finish_event(completed, at, tonumber(job[4]))
     redis.call('HSET', key,
       'state', 'completed', 'result', result, 'finished', int(now), 'seq', seq,
       'e:' .. seq, event)

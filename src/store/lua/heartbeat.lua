@@ -10,7 +10,7 @@
 -- ARGV[2]  lease token
 -- ARGV[3]  new lease, ms from now; empty: the lease the job was claimed with
 -- ARGV[4]  job wake-up channel
--- ARGV[5]  optional: the PROGRESS event's start (see event_head in store/codec.rs)
+-- ARGV[5..6]  optional, progress to record: its message, and its value ("" for none)
 -- returns  {"ok", lease expiry}, {"cancelled"}, {"not_found"},
 --          {"stale", state}: the token is not the job's current one, or the job is not running;
 --          {"expired", "ack" or "lease", when}: the claim's deadline passed (see `deadline`)
@@ -36,7 +36,9 @@ if job[7] then redis.call('HDEL', KEYS[1], 'ack_until') end
 redis.call('ZADD', KEYS[2], 'XX', expires, ARGV[1])
 if ARGV[5] then
   local seq = int(tonumber(job[3]) + 1)
-  local event = finish_event(ARGV[5], packed_at(now), tonumber(job[4]))
+  local fields = {'m', ARGV[5]}
+  if ARGV[6] ~= '' then fields[3], fields[4] = 'v', tonumber(ARGV[6]) end
+  local event = pack_event('progress', packed_at(now), tonumber(job[4]), fields)
   redis.call('HSET', KEYS[1], 'seq', seq, 'e:' .. seq, event)
   redis.call('PUBLISH', ARGV[4], announcement(seq, ARGV[1], event))
 end

@@ -12,16 +12,45 @@ local function clock()
   return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 end
 
--- An event whose start jobd built (event_head in store/codec.rs, a MessagePack map of the
--- type and, for STARTED, the worker) finished here: its time `at`, packed once per call by
--- `packed_at`, and its attempt, one byte (a positive fixint: attempts never exceed 100).
+-- Job events, as the log stores them (decoded by store/event_codec.rs, and written nowhere
+-- else): a MessagePack map of the type `t`, the time `at`, the attempt `a`, then the fields
+-- the type has. `pack_event` packs one; `event_start` packs all but the time and attempt and
+-- `finish_event` adds those, so that a call writing many events of one shape (a claim's
+-- STARTED events) packs the start once.
+-- `at` is packed once per call by `packed_at`; the attempt is one byte, a positive fixint
+-- (attempts never exceed 100).
+local function mp_str(text)
+  local n = #text
+  if n < 32 then return string.char(0xa0 + n) .. text end
+  if n < 256 then return '\217' .. string.char(n) .. text end
+  if n < 65536 then return '\218' .. string.char(math.floor(n / 256), n % 256) .. text end
+  return '\219' .. string.char(math.floor(n / 16777216), math.floor(n / 65536) % 256,
+    math.floor(n / 256) % 256, n % 256) .. text
+end
 local function packed_at(now) return '\162at' .. cmsgpack.pack(now) end
-local function finish_event(head, at, attempt)
-  return head .. at .. '\161a' .. string.char(attempt)
+-- `fields`: names and values in turn; a value is a string, or a number (packed as an integer
+-- when it is whole).
+local function event_start(kind, fields)
+  local parts = {'', '\161t', mp_str(kind)}
+  local count = 3
+  for i = 1, #(fields or {}), 2 do
+    local value = fields[i + 1]
+    if type(value) == 'string' then value = mp_str(value) else value = cmsgpack.pack(value) end
+    parts[#parts + 1] = mp_str(fields[i]) .. value
+    count = count + 1
+  end
+  parts[1] = string.char(0x80 + count)
+  return table.concat(parts)
+end
+local function finish_event(start, at, attempt)
+  return start .. at .. '\161a' .. string.char(attempt)
+end
+local function pack_event(kind, at, attempt, fields)
+  return finish_event(event_start(kind, fields), at, attempt)
 end
 
 -- An event's line in a wake-up message on the job channel, as parse_announced in
--- store/codec.rs reads it: sequence, job id, the event's length and bytes, then the result's
+-- store/event_codec.rs reads it: sequence, job id, the event's length and bytes, then the result's
 -- length and bytes when the message carries it, else "-".
 local function announcement(seq, id, event, result)
   local carried = '-'
@@ -58,7 +87,7 @@ end
 local function requeue(key, id, job, ready, running, reason, token, now)
   local seq = tonumber(job[1]) + 1
   local attempt = tonumber(job[2]) - 1
-  local event = cmsgpack.pack({t = 'released', at = now, a = attempt, r = reason})
+  local event = pack_event('released', packed_at(now), attempt, {'r', reason})
   redis.call('HSET', key, 'state', 'queued', 'token', token, 'attempt', attempt, 'seq', seq,
     'e:' .. seq, event)
   redis.call('ZREM', running, id)
@@ -83,8 +112,7 @@ local function end_attempt(key, id, job, sets, error, retryable, sample, channel
     delay = math.min(delay, spec.bx)
     delay = delay * (1 + spec.bj * (2 * sample - 1))
     local run_at = now + math.floor(delay)
-    local event = cmsgpack.pack({t = 'retry_scheduled', at = now, a = attempt, e = error,
-      due = run_at})
+    local event = pack_event('retry_scheduled', packed_at(now), attempt, {'e', error, 'due', run_at})
     redis.call('HSET', key, 'state', 'scheduled', 'error', error, 'run_at', run_at,
       'seq', seq, 'e:' .. seq, event)
     redis.call('ZADD', sets.scheduled, run_at, id)
@@ -92,7 +120,7 @@ local function end_attempt(key, id, job, sets, error, retryable, sample, channel
     return run_at
   end
   local retention = tonumber(job[4])
-  local event = cmsgpack.pack({t = 'failed', at = now, a = attempt, e = error})
+  local event = pack_event('failed', packed_at(now), attempt, {'e', error})
   redis.call('HSET', key, 'state', 'failed', 'error', error, 'finished', now,
     'seq', seq, 'e:' .. seq, event)
   redis.call('ZADD', sets.failed, now + retention, id)

@@ -12,6 +12,7 @@
 -- returns     the number of jobs promoted
 
 local now = clock()
+local at = packed_at(now)
 local announced = {}
 for i = 3, #KEYS do
   local id = ARGV[i + 1]
@@ -20,7 +21,7 @@ for i = 3, #KEYS do
     local job = redis.call('HMGET', KEYS[i], 'state', 'seq', 'attempt', 'spec')
     if job[1] == 'scheduled' then
       local seq = tonumber(job[2]) + 1
-      local event = cmsgpack.pack({t = 'queued', at = now, a = tonumber(job[3])})
+      local event = pack_event('queued', at, tonumber(job[3]))
       redis.call('HSET', KEYS[i], 'state', 'queued', 'seq', seq, 'e:' .. seq, event)
       local priority = cmsgpack.unpack(job[4]).p
       redis.call('ZADD', KEYS[2], ready_score(priority, tonumber(due)), id)

@@ -17,9 +17,8 @@
 --          retention ms, default lease ms ("" for the server's), start (see `start_time`),
 --          priority, size
 -- ARGV[13] job wake-up channel
--- ARGV[14] the QUEUED event's start (see event_head in store/codec.rs)
--- ARGV[15..20]  optional, a hand-off as in submit_many.lua: "1" (the job's place), worker id,
---          its STARTED event's start, lease token, lease ms, acknowledgement timeout ms
+-- ARGV[14..18]  optional, a hand-off as in submit_many.lua: "1" (the job's place), worker id,
+--          lease token, lease ms, acknowledgement timeout ms
 -- returns  {"created", state, handed, now}, {"exists", id} for a live idempotency key naming
 --          job `id`, {"again", state, handed, created} when this very job was written by an
 --          earlier run; handed is 1 when the job was handed off, else 0
@@ -31,16 +30,16 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   local job = redis.call('HMGET', KEYS[1], 'state', 'token', 'created')
   -- The job holds the hand-off's lease token if that run made the hand-off.
   local handed = 0
-  if #ARGV >= 15 and job[2] == ARGV[18] then handed = 1 end
+  if #ARGV >= 14 and job[2] == ARGV[16] then handed = 1 end
   return {'again', job[1], handed, tonumber(job[3])}
 end
 
 local now = clock()
 local at = packed_at(now)
 local run_at = start_time(ARGV[10], now)
-local state, event = 'queued', finish_event(ARGV[14], at, 0)
+local state, event = 'queued', pack_event('queued', at, 0)
 if run_at > now then
-  state, event = 'scheduled', cmsgpack.pack({t = 'scheduled', at = now, a = 0, due = run_at})
+  state, event = 'scheduled', pack_event('scheduled', at, 0, {'due', run_at})
 end
 redis.call('HSET', KEYS[1],
   'state', state, 'seq', '1', 'e:1', event, 'attempt', '0', 'payload', ARGV[5],
@@ -48,13 +47,13 @@ redis.call('HSET', KEYS[1],
   'size', ARGV[12], 'idem', KEYS[4])
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'lease_default', ARGV[9]) end
 redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[3])
-if state == 'queued' and #ARGV >= 15 and redis.call('EXISTS', KEYS[2]) == 0 then
-  local started = finish_event(ARGV[17], at, 1)
-  local expires = now + tonumber(ARGV[19])
-  local ack = math.min(now + tonumber(ARGV[20]), expires)
+if state == 'queued' and #ARGV >= 14 and redis.call('EXISTS', KEYS[2]) == 0 then
+  local started = pack_event('started', at, 1, {'w', ARGV[15]})
+  local expires = now + tonumber(ARGV[17])
+  local ack = math.min(now + tonumber(ARGV[18]), expires)
   redis.call('HSET', KEYS[1],
-    'state', 'running', 'seq', '2', 'e:2', started, 'attempt', '1', 'token', ARGV[18],
-    'worker', ARGV[16], 'started', int(now), 'lease_ms', ARGV[19],
+    'state', 'running', 'seq', '2', 'e:2', started, 'attempt', '1', 'token', ARGV[16],
+    'worker', ARGV[15], 'started', int(now), 'lease_ms', ARGV[17],
     'lease_until', int(expires), 'ack_until', int(ack))
   redis.call('ZADD', KEYS[5], ack, ARGV[4])
   redis.call('PUBLISH', ARGV[13], announcement('2', ARGV[4], started))

@@ -12,25 +12,23 @@
 -- KEYS[4..n]  job hashes, one per job
 -- ARGV[1]     queue wake-up channel
 -- ARGV[2]     queue name
--- ARGV[3]     the QUEUED event's start (see event_head in store/codec.rs)
--- ARGV[4]     job wake-up channel
--- ARGV[5..]   per job, in KEYS order, 9 values: id, payload, spec (MessagePack, see
---             store/codec.rs), kind, retention ms, default lease ms ("" for the server's),
+-- ARGV[3]     job wake-up channel
+-- ARGV[4..]   per job, in KEYS order, 9 values: id, payload, spec (MessagePack, see
+--             store/layout.rs), kind, retention ms, default lease ms ("" for the server's),
 --             start (see `start_time`), priority, size (the bytes a claim's reply holds of it)
--- then        per hand-off, 6 values: the job's place among the jobs (1-based), worker id, its
---             STARTED event's start, lease token, lease ms, acknowledgement timeout ms; none
---             are for jobs run later
+-- then        per hand-off, 5 values: the job's place among the jobs (1-based), worker id,
+--             lease token, lease ms, acknowledgement timeout ms; none are for jobs run later
 -- returns     {the number of jobs made ready now, 1 if the hand-offs were made else 0, the
 --             jobs' creation time (now, or the first run's), Unix ms}
 
 local jobs = #KEYS - 3
-local first_handoff = 5 + jobs * 9
+local first_handoff = 4 + jobs * 9
 if redis.call('EXISTS', KEYS[4]) == 1 then
   local created = tonumber(redis.call('HGET', KEYS[4], 'created'))
   -- The first hand-off's job holds its lease token if that run made the hand-offs.
   if #ARGV >= first_handoff
     and redis.call('HGET', KEYS[3 + tonumber(ARGV[first_handoff])], 'token')
-      == ARGV[first_handoff + 3] then
+      == ARGV[first_handoff + 2] then
     return {0, 1, created}
   end
   return {0, 0, created}
@@ -39,25 +37,25 @@ end
 local handoffs = {}
 local handing = #ARGV >= first_handoff and redis.call('EXISTS', KEYS[1]) == 0
 if handing then
-  for h = first_handoff, #ARGV, 6 do handoffs[tonumber(ARGV[h])] = h end
+  for h = first_handoff, #ARGV, 5 do handoffs[tonumber(ARGV[h])] = h end
 end
 local now = clock()
 local at = packed_at(now)
-local queued = finish_event(ARGV[3], at, 0)
+local queued = pack_event('queued', at, 0)
 local ready, running, announced = {}, {}, {}
 for place = 1, jobs do
-  local key, a = KEYS[3 + place], 5 + (place - 1) * 9
+  local key, a = KEYS[3 + place], 4 + (place - 1) * 9
   local run_at = start_time(ARGV[a + 6], now)
   local h = handoffs[place]
   if h then
-    local started = finish_event(ARGV[h + 2], at, 1)
-    local expires = now + tonumber(ARGV[h + 4])
-    local ack = math.min(now + tonumber(ARGV[h + 5]), expires)
+    local started = pack_event('started', at, 1, {'w', ARGV[h + 1]})
+    local expires = now + tonumber(ARGV[h + 3])
+    local ack = math.min(now + tonumber(ARGV[h + 4]), expires)
     redis.call('HSET', key,
       'state', 'running', 'seq', '2', 'e:1', queued, 'e:2', started, 'attempt', '1',
       'payload', ARGV[a + 1], 'spec', ARGV[a + 2], 'kind', ARGV[a + 3], 'retention', ARGV[a + 4],
-      'created', int(now), 'size', ARGV[a + 8], 'token', ARGV[h + 3], 'worker', ARGV[h + 1],
-      'started', int(now), 'lease_ms', ARGV[h + 4], 'lease_until', int(expires),
+      'created', int(now), 'size', ARGV[a + 8], 'token', ARGV[h + 2], 'worker', ARGV[h + 1],
+      'started', int(now), 'lease_ms', ARGV[h + 3], 'lease_until', int(expires),
       'ack_until', int(ack))
     running[#running + 1] = int(ack)
     running[#running + 1] = ARGV[a]
@@ -65,7 +63,7 @@ for place = 1, jobs do
   else
     local state, event = 'queued', queued
     if run_at > now then
-      state, event = 'scheduled', cmsgpack.pack({t = 'scheduled', at = now, a = 0, due = run_at})
+      state, event = 'scheduled', pack_event('scheduled', at, 0, {'due', run_at})
     end
     redis.call('HSET', key,
       'state', state, 'seq', '1', 'e:1', event, 'attempt', '0',
@@ -83,7 +81,7 @@ for place = 1, jobs do
 end
 if #running > 0 then
   redis.call('ZADD', KEYS[3], unpack(running))
-  redis.call('PUBLISH', ARGV[4], table.concat(announced, '\n'))
+  redis.call('PUBLISH', ARGV[3], table.concat(announced, '\n'))
 end
 if #ready > 0 then
   redis.call('ZADD', KEYS[1], unpack(ready))

@@ -19,13 +19,12 @@ use std::{
     time::Duration,
 };
 
-use fred::error::{Error as RedisError, ErrorKind};
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
-use super::{Result, StoreError};
-use crate::domain::QueueName;
-use crate::sync::lock;
+use crate::{domain::QueueName, store::StoreError, sync::lock};
+
+type Result<T> = std::result::Result<T, StoreError>;
 
 /// Operations per call at most; the rest go in the next call.
 pub const MAX_BATCH: usize = 64;
@@ -132,12 +131,8 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
             self.tasks.spawn(runner.run(call));
         }
         match tokio::time::timeout(self.timeout, answer).await {
-            Ok(answer) => answer
-                .map_err(|_| StoreError::corrupt("the batched call ended without an answer"))?,
-            Err(_) => Err(StoreError::Unavailable(RedisError::new(
-                ErrorKind::Timeout,
-                "no answer from Redis within the command timeout",
-            ))),
+            Ok(answer) => answer.map_err(|_| StoreError::Interrupted)?,
+            Err(_) => Err(StoreError::timed_out()),
         }
     }
 }

@@ -1,0 +1,42 @@
+//! What both gRPC services act on: the use cases and the store, and the limits they apply.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    background::SweeperHandle,
+    claims::Claims,
+    completions::Completions,
+    domain::{LeaseLimits, SubmitLimits},
+    events::EventHub,
+    store::JobStore,
+    submissions::Submissions,
+    telemetry::Metrics,
+};
+
+/// Shared by `JobApi` and `WorkerApi`; built once by the app.
+pub struct Services {
+    pub store: JobStore,
+    pub submissions: Submissions,
+    pub claims: Claims,
+    pub completions: Completions,
+    pub hub: EventHub,
+    /// Woken for a queue where something may be due before its next visit.
+    pub sweeper: SweeperHandle,
+    pub metrics: Metrics,
+    pub limits: Limits,
+    /// Cancelled when jobd shuts down: streams end, waiting claims return.
+    pub shutdown: CancellationToken,
+}
+
+/// The bounds and defaults requests are checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub submit: SubmitLimits,
+    pub leases: LeaseLimits,
+    /// The largest payload or result, bytes.
+    pub max_payload: usize,
+}
+
+pub type Shared = Arc<Services>;

@@ -1,0 +1,314 @@
+//! Claims: a worker's request for jobs, from its first look at its queues to the jobs in its
+//! reply. A claim tries its queues in its order of preference; one that finds nothing and may
+//! wait parks on this process (`parked`), where a submission can hand it jobs directly
+//! (`handoff`), and wakes when the event hub hears of jobs for its queues; claims of one queue
+//! that arrive together share one script call (group commit). The jobs travel to the reply as
+//! `ClaimedJobs`, which put themselves back if they never get there (`delivery`).
+
+mod delivery;
+mod handoff;
+mod parked;
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::time::Instant;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+pub use delivery::{ClaimedJobs, Delivery};
+pub use handoff::{Handing, deal};
+
+use crate::{
+    domain::{ClaimRequest, JobId, NewJob, QueueName},
+    events::{EventHub, QueueWaiter, Wakeup},
+    group_commit::{Batcher, Pending},
+    store::{Claimant, JobStore, StoreError},
+    telemetry::Metrics,
+};
+use parked::ParkedClaims;
+
+/// The claims of this process. Cheap to clone.
+#[derive(Clone)]
+pub struct Claims(Arc<Inner>);
+
+struct Inner {
+    store: JobStore,
+    hub: EventHub,
+    parked: ParkedClaims,
+    /// Claims of one queue waiting to share a script call.
+    batcher: Batcher<Claimant, ClaimedJobs>,
+    delivery: Delivery,
+    metrics: Metrics,
+    /// Lease for a handed-off job when neither the claim nor the job names one.
+    default_lease: Duration,
+    /// Cancelled when jobd shuts down: waiting claims return with no job.
+    shutdown: CancellationToken,
+}
+
+/// A claim registered with the hub to wait for jobs, armed for its first look.
+pub struct Registration {
+    waiter: QueueWaiter,
+    armed: Option<Wakeup>,
+}
+
+impl Registration {
+    /// The wake-up armed at registration, the first time; a newly armed one after that.
+    fn arm(&mut self) -> Wakeup {
+        self.armed.take().unwrap_or_else(|| self.waiter.arm())
+    }
+}
+
+impl Claims {
+    pub fn new(
+        store: JobStore,
+        hub: EventHub,
+        metrics: Metrics,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+        settings: ClaimSettings,
+    ) -> Self {
+        let delivery = Delivery::new(
+            store.clone(),
+            tasks.clone(),
+            shutdown.clone(),
+            metrics.clone(),
+        );
+        Self(Arc::new(Inner {
+            store,
+            hub,
+            parked: ParkedClaims::default(),
+            batcher: Batcher::new(tasks, settings.command_timeout),
+            delivery,
+            metrics,
+            default_lease: settings.default_lease,
+            shutdown,
+        }))
+    }
+
+    /// Claims up to `max` jobs, waiting up to the claim's wait for the first; none once the
+    /// wait is over or jobd shuts down.
+    pub async fn claim(
+        &self,
+        request: &ClaimRequest,
+        max: usize,
+    ) -> Result<ClaimedJobs, StoreError> {
+        self.claim_with(request, max, self.register(request), false)
+            .await
+    }
+
+    /// Registers a claim that waits on the hub, armed from now on: a job announced after this
+    /// wakes it. None for a claim that does not wait. A waiting claim holds no Redis
+    /// connection; the hub wakes one waiter per announced job.
+    pub fn register(&self, request: &ClaimRequest) -> Option<Registration> {
+        (!request.wait.is_zero()).then(|| {
+            let mut waiter = self.0.hub.wait_for_queues(&request.queues);
+            Registration {
+                armed: Some(waiter.arm()),
+                waiter,
+            }
+        })
+    }
+
+    /// The jobs a completion's `next` claims, registered before the completions were written:
+    /// none when the claim fails (Redis full or away), since the completions are recorded and
+    /// their answer must say so; the worker's next claim meets the error itself. `completed`
+    /// are the jobs whose completion was recorded, each with whether its queue then had ready
+    /// jobs: a claim of a single queue that had none waits at once instead of reading it.
+    pub async fn after_completion<'a>(
+        &self,
+        request: &ClaimRequest,
+        max: usize,
+        registration: Option<Registration>,
+        completed: impl IntoIterator<Item = (&'a JobId, bool)>,
+    ) -> ClaimedJobs {
+        let seen_empty = match request.queues.as_slice() {
+            // With several queues, the first look must take them in the worker's order.
+            [queue] => completed
+                .into_iter()
+                .any(|(id, queue_has_ready)| id.queue() == queue && !queue_has_ready),
+            _ => false,
+        };
+        match self
+            .claim_with(request, max, registration, seen_empty)
+            .await
+        {
+            Ok(claimed) => claimed,
+            Err(error) => {
+                tracing::warn!(%error, "completion recorded; the next claim failed and claims nothing");
+                ClaimedJobs::default()
+            }
+        }
+    }
+
+    /// Takes claims parked on `queue` for a submission's jobs and deals them the jobs that
+    /// start at once (`sizes`: what each weighs in a reply).
+    pub fn hand_off(
+        &self,
+        queue: &QueueName,
+        jobs: &[(JobId, NewJob)],
+        sizes: &[usize],
+    ) -> Handing {
+        let ready_now = jobs.iter().filter(|(_, job)| job.start.is_none()).count();
+        let taken = match ready_now {
+            0 => Vec::new(),
+            most => self.0.parked.take(queue, most),
+        };
+        Handing::new(
+            queue,
+            jobs,
+            sizes,
+            taken,
+            self.0.default_lease,
+            self.0.delivery.clone(),
+            self.0.metrics.clone(),
+        )
+    }
+
+    /// Claims as `claim` does, with `registration` made already. `seen_empty`: its queue was
+    /// seen without ready jobs since then, so a waiting claim waits at once instead of reading
+    /// the queue first.
+    async fn claim_with(
+        &self,
+        request: &ClaimRequest,
+        max: usize,
+        mut registration: Option<Registration>,
+        mut seen_empty: bool,
+    ) -> Result<ClaimedJobs, StoreError> {
+        let deadline = Instant::now() + request.wait;
+        // Counted as waiting from its first park, once it found nothing.
+        let mut gauge = None;
+        loop {
+            let wakeup = registration.as_mut().map(Registration::arm);
+            let claimed = match (std::mem::take(&mut seen_empty), &wakeup) {
+                (true, Some(_)) => ClaimedJobs::default(),
+                _ => self.try_queues(request, max).await?,
+            };
+            if !claimed.is_empty() {
+                return Ok(self.started(claimed));
+            }
+            let Some(wakeup) = wakeup else {
+                return Ok(ClaimedJobs::default());
+            };
+            // Parked, a job submitted through this process comes straight to this claim; one
+            // submitted elsewhere wakes it to look again.
+            let mut parked = self.0.parked.park(
+                &request.queues,
+                &request.worker,
+                request.lease,
+                max,
+                request.ack_timeout,
+            );
+            gauge.get_or_insert_with(|| self.0.metrics.waiting_claim());
+            let (handed, stop) = tokio::select! {
+                handed = parked.handed() => (Some(handed), false),
+                () = wakeup => (None, false),
+                () = tokio::time::sleep_until(deadline) => (None, true),
+                () = self.0.shutdown.cancelled() => (None, true),
+            };
+            // A submission may have taken this claim meanwhile: leaving gets what it hands over.
+            let handed = match handed {
+                Some(handed) => handed,
+                None => parked.leave().await,
+            };
+            if !handed.is_empty() {
+                return Ok(self.started(handed));
+            }
+            if stop {
+                return Ok(ClaimedJobs::default());
+            }
+        }
+    }
+
+    /// Claims up to `max` jobs, trying each queue in the worker's order of preference. An
+    /// error drops what earlier queues gave, which puts it back.
+    async fn try_queues(
+        &self,
+        request: &ClaimRequest,
+        max: usize,
+    ) -> Result<ClaimedJobs, StoreError> {
+        let mut claimed = ClaimedJobs::default();
+        for queue in &request.queues {
+            let claimant = Claimant {
+                worker: request.worker.clone(),
+                lease: request.lease,
+                want: max - claimed.len(),
+                ack_timeout: request.ack_timeout,
+            };
+            claimed.append(self.claim_queue(queue, claimant).await?);
+            if claimed.len() >= max {
+                break;
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Claims from `queue`: claims of it that arrive while one is being made share the next
+    /// script call.
+    async fn claim_queue(
+        &self,
+        queue: &QueueName,
+        claimant: Claimant,
+    ) -> Result<ClaimedJobs, StoreError> {
+        let claims = self.clone();
+        let lane = queue.clone();
+        self.0
+            .batcher
+            .run(queue, claimant, move |batch| {
+                let (claims, queue) = (claims.clone(), lane.clone());
+                async move { claims.claim_batch(&queue, batch).await }
+            })
+            .await
+    }
+
+    /// Makes the claims of a batch with one store call, and answers each.
+    async fn claim_batch(&self, queue: &QueueName, batch: Vec<Pending<Claimant, ClaimedJobs>>) {
+        let (claimants, replies): (Vec<Claimant>, Vec<_>) = batch
+            .into_iter()
+            .map(|pending| (pending.op, pending.reply))
+            .unzip();
+        let connection = self.0.store.connection();
+        match self.0.store.claim(&connection, queue, &claimants).await {
+            Ok(claimed) => {
+                for (reply, jobs) in replies.into_iter().zip(claimed) {
+                    reply.answer(Ok(ClaimedJobs::new(&self.0.delivery, jobs)));
+                }
+            }
+            Err(failure) => {
+                let mut leases = failure.uncertain;
+                leases.extend(
+                    failure
+                        .claimed
+                        .into_iter()
+                        .map(|job| (job.job.id, job.token)),
+                );
+                self.0
+                    .delivery
+                    .after_failed_call(&failure.error, connection, leases);
+                for reply in replies {
+                    reply.answer(Err(failure.error.clone()));
+                }
+            }
+        }
+    }
+
+    /// Records how long the jobs just claimed for the first time waited, by Redis's clock,
+    /// which recorded both times.
+    fn started(&self, claimed: ClaimedJobs) -> ClaimedJobs {
+        for first in claimed.iter().filter(|claimed| claimed.job.attempt == 1) {
+            if let Some(started) = first.job.started_at {
+                self.0
+                    .metrics
+                    .queue_wait(first.job.queue(), started.since(first.job.created_at));
+            }
+        }
+        claimed
+    }
+}
+
+/// The settings claims follow.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimSettings {
+    /// Lease for a handed-off job when neither the claim nor the job names one.
+    pub default_lease: Duration,
+    /// The longest a claim waits for Redis, from its arrival.
+    pub command_timeout: Duration,
+}

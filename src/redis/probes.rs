@@ -1,0 +1,147 @@
+//! What readiness asks of Redis: whether it answers, how recent it is, and what it may evict
+//! when full.
+
+use std::time::Duration;
+
+use fred::{
+    clients::{Client, WithOptions},
+    error::ErrorKind,
+    interfaces::{ClientLike, ConfigInterface},
+    types::{Version, config::Options},
+};
+
+use super::{RedisClients, clients::per_connection};
+
+/// What Redis may evict when it reaches its `maxmemory` (its `maxmemory-policy`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Eviction {
+    /// Nothing: the policy is `noeviction` (writes fail past the limit) or there is no limit.
+    Never,
+    /// Keys with an expiry (a `volatile-*` policy): finished jobs and idempotency keys may go
+    /// before their retention or TTL ends; queued and running jobs, which have none, stay.
+    KeysWithExpiry(String),
+    /// Any key (an `allkeys-*` policy): queued and running jobs may vanish without a trace.
+    AnyKey(String),
+    /// Redis would not say (CONFIG renamed or not permitted, as on some managed services).
+    Unknown(String),
+}
+
+impl Eviction {
+    /// How much of what jobd keeps the policy puts at risk, for picking the worst of several.
+    fn risk(&self) -> u8 {
+        match self {
+            Eviction::Never => 0,
+            Eviction::KeysWithExpiry(_) => 1,
+            Eviction::Unknown(_) => 2,
+            Eviction::AnyKey(_) => 3,
+        }
+    }
+}
+
+/// The oldest Redis jobd runs on: its scripts declare their flags in a shebang (Redis 7.0).
+/// Valkey reports the Redis version it is compatible with, so it passes as well.
+pub const MIN_REDIS_VERSION: Version = Version::new(7, 0, 0);
+
+/// Whether a Redis of `version` runs jobd's scripts.
+pub fn supported(version: &Version) -> bool {
+    *version >= MIN_REDIS_VERSION
+}
+
+impl RedisClients {
+    /// Whether Redis answers: every pool connection (on Redis Cluster, the connection to
+    /// every primary) answers PING within `timeout`, and the subscriber is connected. A
+    /// frozen Redis keeps its sockets open, so a PING is the only way to tell.
+    pub async fn healthy(&self, timeout: Duration) -> bool {
+        if !self.subscriber.is_connected() {
+            return false;
+        }
+        let options = probe_options(timeout);
+        let pings = self.pool.clients().iter().map(|client| {
+            let connections = per_connection(client, &options);
+            async move {
+                let pings = connections
+                    .iter()
+                    .map(|connection| connection.ping::<String>(None));
+                client.is_connected()
+                    && !connections.is_empty()
+                    && futures::future::join_all(pings)
+                        .await
+                        .iter()
+                        .all(Result::is_ok)
+            }
+        });
+        futures::future::join_all(pings)
+            .await
+            .into_iter()
+            .all(|ok| ok)
+    }
+
+    /// What Redis may evict when it runs out of memory (CONFIG GET maxmemory*), asked once
+    /// within `timeout`; `None` when Redis did not answer. On Redis Cluster every primary is
+    /// asked, each having settings of its own, and the answer is the worst of theirs.
+    pub async fn eviction(&self, timeout: Duration) -> Option<Eviction> {
+        let connections = per_connection(self.pool.next(), &probe_options(timeout));
+        let answers = futures::future::join_all(connections.iter().map(eviction_of)).await;
+        answers
+            .into_iter()
+            .collect::<Option<Vec<_>>>()?
+            .into_iter()
+            .max_by_key(Eviction::risk)
+    }
+
+    /// The Redis server's version, as fred read it (INFO server) when the pool connected.
+    pub fn server_version(&self) -> Option<Version> {
+        self.pool.next().server_version()
+    }
+}
+
+/// What the Redis behind `connection` may evict (see `RedisClients::eviction`).
+async fn eviction_of(connection: &WithOptions<Client>) -> Option<Eviction> {
+    let settings: Vec<String> = match connection.config_get("maxmemory*").await {
+        Ok(settings) => settings,
+        Err(error) => {
+            return match error.kind() {
+                ErrorKind::Timeout | ErrorKind::IO | ErrorKind::Canceled => None,
+                // An answer, but no settings: CONFIG renamed away or not permitted.
+                _ => Some(Eviction::Unknown(error.details().to_owned())),
+            };
+        }
+    };
+    let setting = |name: &str| {
+        settings
+            .chunks_exact(2)
+            .find(|pair| pair[0] == name)
+            .map(|pair| pair[1].as_str())
+    };
+    let policy = setting("maxmemory-policy").unwrap_or("noeviction");
+    Some(match setting("maxmemory") {
+        // Without a memory limit Redis evicts nothing, whatever the policy.
+        Some("0") | None => Eviction::Never,
+        _ if policy == "noeviction" => Eviction::Never,
+        _ if policy.starts_with("volatile-") => Eviction::KeysWithExpiry(policy.to_owned()),
+        _ => Eviction::AnyKey(policy.to_owned()),
+    })
+}
+
+/// A health probe's command: one attempt, answered within `timeout`.
+fn probe_options(timeout: Duration) -> Options {
+    Options {
+        timeout: Some(timeout),
+        max_attempts: Some(1),
+        ..Options::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_7_and_later_are_supported() {
+        let version = |text: &str| Version::parse(text).unwrap();
+        assert!(supported(&version("7.0.15")));
+        // Valkey 8 reports the Redis version it is compatible with.
+        assert!(supported(&version("7.2.4")));
+        assert!(!supported(&version("6.2.14")));
+    }
+}

@@ -1,0 +1,361 @@
+//! Claiming: jobs from the head of a queue's ready set, for one or more claimants sharing a
+//! call (claim.lua), each job read in the same round trip as the script that claims it.
+
+use std::{collections::HashMap, time::Duration};
+
+use bytes::Bytes;
+use fred::{interfaces::SortedSetsInterface, types::Value};
+
+use super::{
+    Connection, JobStore, Result, StoreError,
+    layout::{Fields, JOB_FIELDS},
+    millis,
+};
+use crate::domain::{Claimed, Job, JobId, LeaseToken, QueueName, UnixMillis, WorkerId};
+
+/// How many ready jobs beyond those wanted a claim looks at in one round, so that a few
+/// concurrent claimers racing for the head of a queue each still find one.
+const CLAIM_CANDIDATES: usize = 4;
+
+/// How many times a claim retries after losing all its candidates to other workers.
+const CLAIM_ROUNDS: usize = 8;
+
+/// Most candidates a claim call looks at beyond `CLAIM_CANDIDATES`, whatever its claims want.
+const MAX_CANDIDATES: usize = 256;
+
+/// The most bytes of jobs (their `job_size`) one claim's reply carries beyond its first job,
+/// which it carries whatever its size: every stock gRPC client refuses a reply over 4 MiB, and
+/// a job leased in a reply that cannot be delivered would wait out its acknowledgement
+/// deadline. 64 KiB are left for the rest of the reply.
+pub const CLAIM_REPLY_BUDGET: usize = 4 * 1024 * 1024 - 64 * 1024;
+
+/// What a job weighs in a reply beyond its payload and spec (labels, trace context): its ids,
+/// names, times and last error (at most `MAX_STORED_ERROR`), with room to spare.
+const JOB_OVERHEAD: usize = 8 * 1024;
+
+/// The bytes a job takes in a claim's reply, at most: stored with the job as `size`.
+pub fn job_size(payload: usize, spec: usize) -> usize {
+    payload + spec + JOB_OVERHEAD
+}
+
+/// One claim of a call that claims for several.
+#[derive(Debug, Clone)]
+pub struct Claimant {
+    pub worker: WorkerId,
+    /// The lease asked for; `None`: the job's own, else the server's default.
+    pub lease: Option<Duration>,
+    /// How many jobs it takes at most.
+    pub want: usize,
+    pub ack_timeout: Duration,
+}
+
+/// A claim call that failed part way. The jobs of its earlier rounds are claimed; its last
+/// round may have claimed all the same (Redis ran it and the reply was lost, or runs it
+/// late), under the `uncertain` tokens: whoever holds this puts them all back, on the same
+/// connection.
+#[derive(Debug)]
+pub struct ClaimFailure {
+    pub error: StoreError,
+    pub claimed: Vec<Claimed>,
+    pub uncertain: Vec<(JobId, LeaseToken)>,
+}
+
+impl JobStore {
+    /// Claims jobs of `queue` for `claimants` on `connection`, in claim order, each claimant up
+    /// to what it wants and to what one reply holds (`CLAIM_REPLY_BUDGET`): the jobs claimed
+    /// for each, in `claimants`' order. Losing a race for a candidate to another worker moves
+    /// on to the next ones; none means nothing was ready.
+    pub async fn claim(
+        &self,
+        connection: &Connection,
+        queue: &QueueName,
+        claimants: &[Claimant],
+    ) -> std::result::Result<Vec<Vec<Claimed>>, ClaimFailure> {
+        let mut claimed: Vec<Vec<Claimed>> = claimants.iter().map(|_| Vec::new()).collect();
+        let mut wants: Vec<usize> = claimants.iter().map(|claimant| claimant.want).collect();
+        let mut bytes: Vec<usize> = vec![0; claimants.len()];
+        // Rounds that claimed nothing because other jobds took every candidate first.
+        let mut lost_rounds = 0;
+        let fail = |error, claimed: Vec<Vec<Claimed>>, uncertain| ClaimFailure {
+            error,
+            claimed: claimed.into_iter().flatten().collect(),
+            uncertain,
+        };
+        while wants.iter().sum::<usize>() > 0 && lost_rounds < CLAIM_ROUNDS {
+            let wanted: usize = wants.iter().sum();
+            // A few more candidates than wanted, so that racing claimers each still find some.
+            let page = wanted.min(MAX_CANDIDATES) + CLAIM_CANDIDATES;
+            let (candidates, read) = match self.candidates(connection, queue, page).await {
+                Ok((_, 0)) => break,
+                Ok(candidates) => candidates,
+                Err(error) => return Err(fail(error, claimed, Vec::new())),
+            };
+            if candidates.is_empty() {
+                // Only foreign entries, now removed: look again.
+                lost_rounds += 1;
+                continue;
+            }
+            // A short page: the queue holds nothing beyond it.
+            let drained = read < page;
+            let leases: Vec<(JobId, LeaseToken)> = candidates
+                .into_iter()
+                .map(|id| (id, LeaseToken::generate()))
+                .collect();
+            let round = Round::new(claimants, &wants, &bytes);
+            let outcome = match self.claim_round(connection, queue, round, &leases).await {
+                Ok(outcome) => outcome,
+                Err(error) => return Err(fail(error, claimed, leases)),
+            };
+            // A claim whose reply is full takes no more, whatever it wanted.
+            for &claimant in &outcome.full {
+                wants[claimant] = 0;
+            }
+            if outcome.claimed.is_empty() && outcome.full.is_empty() {
+                // Every candidate was taken by another jobd between the read and the script:
+                // look again.
+                lost_rounds += 1;
+                continue;
+            }
+            for (claimant, job, size) in outcome.claimed {
+                wants[claimant] = wants[claimant].saturating_sub(1);
+                bytes[claimant] += size;
+                claimed[claimant].push(job);
+            }
+            if drained {
+                break;
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// The job ids among the first `page` entries of the queue's ready set, and how many
+    /// entries were read. Entries that are not jobd's job ids of this queue (jobd never writes
+    /// them; left in place they would block the queue) are removed.
+    async fn candidates(
+        &self,
+        connection: &Connection,
+        queue: &QueueName,
+        page: usize,
+    ) -> Result<(Vec<JobId>, usize)> {
+        let ready = self.keys().ready(queue);
+        let entries: Vec<String> = self
+            .timed(
+                "read_queue",
+                connection
+                    .0
+                    .zrange(&ready, 0, page as i64 - 1, None, false, None, false),
+            )
+            .await?;
+        let read = entries.len();
+        let mut candidates = Vec::with_capacity(read);
+        let mut foreign = Vec::new();
+        for entry in entries {
+            match JobId::parse("candidate", &entry) {
+                Ok(id) if id.queue() == queue => candidates.push(id),
+                _ => foreign.push(entry),
+            }
+        }
+        if !foreign.is_empty() {
+            tracing::warn!(queue = %queue, entries = ?foreign, "removing foreign ready-set entries");
+            let _: i64 = self
+                .timed("clean_queue", connection.0.zrem(&ready, foreign))
+                .await?;
+        }
+        Ok((candidates, read))
+    }
+
+    /// One call of claim.lua over `leases` (the candidates with the tokens they get should
+    /// they be claimed), read in the same round trip.
+    async fn claim_round(
+        &self,
+        connection: &Connection,
+        queue: &QueueName,
+        round: Round<'_>,
+        leases: &[(JobId, LeaseToken)],
+    ) -> Result<RoundOutcome> {
+        let keys = self.keys();
+        let mut script_keys = vec![keys.ready(queue), keys.running(queue)];
+        let mut args = round.args(self);
+        for (id, token) in leases {
+            script_keys.push(keys.job(id));
+            args.push(id.to_string().into());
+            args.push(token.as_str().into());
+        }
+        // The claimed jobs are read right after the script, in the same round trip: the first
+        // candidates, as many as wanted, which are the ones claimed unless another jobd took
+        // some of them (those are read after).
+        let reads: Vec<String> = script_keys[2..]
+            .iter()
+            .take(round.wanted())
+            .cloned()
+            .collect();
+        let (reply, jobs) = self
+            .timed(
+                self.scripts().claim.name(),
+                self.scripts().claim.call_then_read(
+                    &connection.0,
+                    script_keys,
+                    args,
+                    &reads,
+                    &JOB_FIELDS,
+                ),
+            )
+            .await?;
+        let mut jobs: HashMap<String, Value> = reads.into_iter().zip(jobs).collect();
+        let (full, entries) = split_reply(reply, round.claimants.len())?;
+        let mut claimed = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let entry = ClaimedEntry::decode(entry, round.claimants.len())?;
+            let fields = jobs.remove(&keys.job(&entry.id));
+            let job = self.read_claimed(&entry.id, fields).await?;
+            let claimant = entry.claimant;
+            let size = entry.size;
+            claimed.push((claimant, entry.into_claimed(job), size));
+        }
+        Ok(RoundOutcome { full, claimed })
+    }
+
+    /// A job just claimed: from the fields read with the claim, or read now when another jobd
+    /// had taken it among the candidates read.
+    async fn read_claimed(&self, id: &JobId, fields: Option<Value>) -> Result<Job> {
+        let fields = match fields {
+            Some(values) => {
+                let values: Vec<Option<Bytes>> = values.convert().map_err(|_| shape())?;
+                Fields::from_values(&JOB_FIELDS, values)
+            }
+            None => self.read_fields(id, "read_claimed").await?,
+        };
+        fields
+            .into_job(id)?
+            .ok_or_else(|| StoreError::corrupt(format!("claimed job {id} is gone")))
+    }
+}
+
+/// What one script call asks for each claimant: how many more jobs, and how many bytes of
+/// jobs it took in earlier calls.
+struct Round<'a> {
+    claimants: &'a [Claimant],
+    wants: &'a [usize],
+    bytes: &'a [usize],
+}
+
+impl<'a> Round<'a> {
+    fn new(claimants: &'a [Claimant], wants: &'a [usize], bytes: &'a [usize]) -> Self {
+        Self {
+            claimants,
+            wants,
+            bytes,
+        }
+    }
+
+    fn wanted(&self) -> usize {
+        self.wants.iter().sum()
+    }
+
+    /// claim.lua's arguments before the candidates.
+    fn args(&self, store: &JobStore) -> Vec<Value> {
+        let mut args: Vec<Value> = vec![
+            store.keys().job_channel().into(),
+            millis(store.0.settings.default_lease).into(),
+            CLAIM_REPLY_BUDGET.to_string().into(),
+            self.claimants.len().to_string().into(),
+        ];
+        for ((claimant, want), taken) in self.claimants.iter().zip(self.wants).zip(self.bytes) {
+            args.extend([
+                claimant.worker.as_str().into(),
+                claimant.lease.map(millis).unwrap_or_default().into(),
+                want.to_string().into(),
+                millis(claimant.ack_timeout).into(),
+                taken.to_string().into(),
+            ]);
+        }
+        args
+    }
+}
+
+/// What one script call of a claim gave.
+struct RoundOutcome {
+    /// The claimants (by index) whose reply is full.
+    full: Vec<usize>,
+    /// The jobs claimed, each with its claimant's index and its size.
+    claimed: Vec<(usize, Claimed, usize)>,
+}
+
+/// claim.lua's reply: {now, full claimants, entries...}.
+fn split_reply(reply: Value, claimants: usize) -> Result<(Vec<usize>, Vec<Value>)> {
+    let mut reply: Vec<Value> = reply.convert().map_err(|_| shape())?;
+    if reply.len() < 2 {
+        return Err(shape());
+    }
+    let entries = reply.split_off(2);
+    let full: Vec<i64> = reply
+        .pop()
+        .ok_or_else(shape)?
+        .convert()
+        .map_err(|_| shape())?;
+    let full = full
+        .into_iter()
+        .map(|claimant| claimant_index(claimant, claimants))
+        .collect::<Result<_>>()?;
+    Ok((full, entries))
+}
+
+/// A job the claim script claimed, as its reply gives it.
+struct ClaimedEntry {
+    claimant: usize,
+    id: JobId,
+    token: LeaseToken,
+    lease_expires_at: UnixMillis,
+    ack_deadline: UnixMillis,
+    size: usize,
+}
+
+impl ClaimedEntry {
+    /// An entry of the reply, {claimant, job id, token, lease expiry, acknowledgement
+    /// deadline, size}, for one of `claimants`.
+    fn decode(entry: Value, claimants: usize) -> Result<Self> {
+        let Value::Array(parts) = entry else {
+            return Err(shape());
+        };
+        let [claimant, id, token, expires, ack, size]: [Value; 6] =
+            parts.try_into().map_err(|_| shape())?;
+        let id = id.as_string().ok_or_else(shape)?;
+        let token = token.as_string().ok_or_else(shape)?;
+        Ok(Self {
+            claimant: claimant_index(claimant.as_i64().ok_or_else(shape)?, claimants)?,
+            id: JobId::parse("id", &id).map_err(|_| StoreError::corrupt("claimed job id"))?,
+            token: match LeaseToken::parse("token", &token) {
+                Ok(Ok(token)) => token,
+                _ => return Err(StoreError::corrupt("lease token")),
+            },
+            lease_expires_at: UnixMillis(expires.as_u64().ok_or_else(shape)?),
+            ack_deadline: UnixMillis(ack.as_u64().ok_or_else(shape)?),
+            size: size
+                .as_u64()
+                .and_then(|size| usize::try_from(size).ok())
+                .ok_or_else(shape)?,
+        })
+    }
+
+    fn into_claimed(self, job: Job) -> Claimed {
+        Claimed {
+            job,
+            token: self.token,
+            lease_expires_at: self.lease_expires_at,
+            ack_deadline: self.ack_deadline,
+        }
+    }
+}
+
+/// A claimant's place in its call from the script's 1-based number.
+fn claimant_index(claimant: i64, claimants: usize) -> Result<usize> {
+    usize::try_from(claimant)
+        .ok()
+        .and_then(|c| c.checked_sub(1))
+        .filter(|&c| c < claimants)
+        .ok_or_else(shape)
+}
+
+fn shape() -> StoreError {
+    StoreError::corrupt("claim reply shape")
+}

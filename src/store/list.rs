@@ -1,0 +1,197 @@
+//! ListJobs: a queue's jobs a page at a time, each page resuming after the last job of the one
+//! before.
+
+use bytes::Bytes;
+use fred::{
+    interfaces::{HashesInterface, SortedSetsInterface},
+    types::sorted_sets::ZSort,
+};
+
+use super::{
+    JobStore, Result, StoreError,
+    layout::{Fields, JOB_FIELDS},
+};
+use crate::domain::{Job, JobId, JobState, QueueName};
+
+/// The order ListJobs walks a queue's indexes in.
+const LIST_ORDER: [JobState; 6] = [
+    JobState::Queued,
+    JobState::Scheduled,
+    JobState::Running,
+    JobState::Completed,
+    JobState::Failed,
+    JobState::Cancelled,
+];
+
+/// Where a listing continues: an index (by `LIST_ORDER` position) and, in it, the last entry
+/// listed (its score and job id), after which the next page starts. Pages follow each index's
+/// order from where the last one ended, so a job that stays in its state is listed once however
+/// the index changes between pages (an offset would skip a job for every one that left the
+/// index before it, and repeat one for every one that joined).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ListCursor {
+    pub index: usize,
+    pub after: Option<(f64, String)>,
+}
+
+impl ListCursor {
+    /// Cursors travel as opaque page tokens: `<index>` or `<index>.<score>.<job id>`.
+    pub fn encode(self) -> String {
+        match self.after {
+            None => self.index.to_string(),
+            Some((score, id)) => format!("{}.{score}.{id}", self.index),
+        }
+    }
+
+    pub fn decode(token: &str) -> Option<Self> {
+        let mut parts = token.splitn(3, '.');
+        let index = parts.next()?.parse().ok()?;
+        let after = match (parts.next(), parts.next()) {
+            (None, _) => None,
+            (Some(score), Some(id)) if !id.is_empty() => {
+                let score: f64 = score.parse().ok()?;
+                Some((score.is_finite().then_some(score)?, id.to_owned()))
+            }
+            _ => return None,
+        };
+        (index < LIST_ORDER.len()).then_some(Self { index, after })
+    }
+}
+
+/// What ListJobs leaves out of the jobs it lists.
+const NOT_LISTED: [&str; 2] = ["payload", "result"];
+
+impl JobStore {
+    /// A page of a queue's jobs, in `state` or in every state, from `cursor`; and where the
+    /// next page starts, given only when a job follows the page.
+    ///
+    /// The page is read one job ahead, through the indexes still to come when no state is
+    /// given: a page that happens to end with the queue's last job then says it is the last,
+    /// rather than sending the caller for an empty one. The job ahead is read like the others,
+    /// so one whose retention passed (an index entry the sweeper has not trimmed yet) does not
+    /// count.
+    pub async fn list(
+        &self,
+        queue: &QueueName,
+        state: Option<JobState>,
+        cursor: ListCursor,
+        page_size: usize,
+    ) -> Result<(Vec<Job>, Option<ListCursor>)> {
+        let fields: Vec<&str> = JOB_FIELDS
+            .into_iter()
+            .filter(|field| !NOT_LISTED.contains(field))
+            .collect();
+        let wanted = page_size.saturating_add(1);
+        // Each job listed, with the cursor just after it: the last on the page is where the
+        // next page starts.
+        let mut listed: Vec<(Job, ListCursor)> = Vec::new();
+        let mut cursor = cursor;
+        while cursor.index < LIST_ORDER.len() && listed.len() < wanted {
+            let index_state = LIST_ORDER[cursor.index];
+            if state.is_none_or(|wanted| wanted == index_state) {
+                let key = match index_state {
+                    JobState::Queued => self.keys().ready(queue),
+                    JobState::Scheduled => self.keys().scheduled(queue),
+                    JobState::Running => self.keys().running(queue),
+                    outcome => self.keys().retained(queue, outcome),
+                };
+                loop {
+                    let missing = wanted - listed.len();
+                    let entries = self
+                        .entries_after(&key, cursor.after.as_ref(), missing)
+                        .await?;
+                    let exhausted = entries.len() < missing;
+                    let parsed: Vec<Option<JobId>> = entries
+                        .iter()
+                        .map(|(member, _)| JobId::parse("id", member).ok())
+                        .collect();
+                    let ids: Vec<JobId> = parsed.iter().flatten().cloned().collect();
+                    let mut read = self.list_read(&ids, &fields).await?.into_iter();
+                    for ((member, score), id) in entries.into_iter().zip(parsed) {
+                        // The cursor passes every entry, listed or not, so that the next read
+                        // starts after it.
+                        cursor.after = Some((score, member));
+                        if let Some(job) = id.and_then(|_| read.next().flatten()) {
+                            listed.push((job, cursor.clone()));
+                        }
+                    }
+                    if exhausted || listed.len() >= wanted {
+                        break;
+                    }
+                    // Some entries' jobs had expired: more of this index fills the page.
+                }
+            }
+            cursor = ListCursor {
+                index: cursor.index + 1,
+                after: None,
+            };
+        }
+        let next = if listed.len() > page_size {
+            listed.truncate(page_size);
+            listed.last().map(|(_, after)| after.clone())
+        } else {
+            None
+        };
+        Ok((listed.into_iter().map(|(job, _)| job).collect(), next))
+    }
+
+    /// Up to `wanted` entries of the sorted set `key` that come after `after` in its order
+    /// (by score, then by member): job ids with their scores.
+    async fn entries_after(
+        &self,
+        key: &str,
+        after: Option<&(f64, String)>,
+        wanted: usize,
+    ) -> Result<Vec<(String, f64)>> {
+        let from = after.map_or(f64::NEG_INFINITY, |(score, _)| *score);
+        let mut entries = Vec::with_capacity(wanted);
+        let mut offset = 0;
+        loop {
+            let page: Vec<(String, f64)> = self
+                .timed(
+                    "list_jobs",
+                    self.client().zrange(
+                        key,
+                        from,
+                        f64::INFINITY,
+                        Some(ZSort::ByScore),
+                        false,
+                        Some((offset as i64, wanted as i64)),
+                        true,
+                    ),
+                )
+                .await?;
+            let read = page.len();
+            offset += read;
+            // Entries of the cursor's own score up to its id were listed already.
+            entries.extend(page.into_iter().filter(|(id, score)| {
+                after.is_none_or(|(after_score, after_id)| score > after_score || id > after_id)
+            }));
+            if entries.len() >= wanted || read < wanted {
+                entries.truncate(wanted);
+                return Ok(entries);
+            }
+        }
+    }
+
+    /// The listed jobs of `ids`, in their order, without what ListJobs leaves out; `None` for
+    /// those that expired before the sweeper trimmed their index entries.
+    async fn list_read(&self, ids: &[JobId], fields: &[&str]) -> Result<Vec<Option<Job>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pipeline = self.client().pipeline();
+        for id in ids {
+            let _: () = pipeline
+                .hmget(self.keys().job(id), fields.to_vec())
+                .await
+                .map_err(StoreError::redis("list_jobs"))?;
+        }
+        let rows: Vec<Vec<Option<Bytes>>> = self.timed("list_jobs", pipeline.all()).await?;
+        let mut jobs = Vec::with_capacity(ids.len());
+        for (id, values) in ids.iter().zip(rows) {
+            jobs.push(Fields::from_values(fields, values).into_job(id)?);
+        }
+        Ok(jobs)
+    }
+}
