@@ -6,6 +6,7 @@ mod clock;
 mod cluster;
 mod connections;
 mod deadline;
+mod docs;
 mod errors;
 mod grpcurl;
 mod handoff;
