@@ -164,6 +164,42 @@ struct Pass {
     more: bool,
 }
 
+impl Pass {
+    /// How long until the queue's next visit, and whether it is idle: by Redis's clock, which
+    /// set every time the pass reports.
+    fn next_visit(&self) -> (Duration, bool) {
+        let until = |at: UnixMillis| at.since(self.now);
+        match (self.more, self.next) {
+            (true, _) => (Duration::ZERO, false),
+            (false, None) => {
+                // Retained jobs are trimmed on time, but at most once a MAX_SLEEP: that is
+                // soon enough for an index of finished jobs.
+                let trim = self.next_trim.map_or(IDLE_VISIT, until);
+                (trim.clamp(MAX_SLEEP, IDLE_VISIT), true)
+            }
+            (false, Some(next)) => (until(next).min(MAX_SLEEP), false),
+        }
+    }
+}
+
+/// What the sweeper knows of the queues from one round to the next.
+#[derive(Default)]
+struct Rounds {
+    visits: HashMap<QueueName, Visits>,
+    /// When the registry was last read.
+    queues_read: Option<Instant>,
+    /// How many queues the handle was last told of.
+    known: usize,
+    /// Whether the last Redis call failed: a streak is logged once.
+    failing: bool,
+}
+
+impl Rounds {
+    fn next_visit(&self) -> Option<Instant> {
+        self.visits.values().map(|visit| visit.next).min()
+    }
+}
+
 /// When a queue was visited last, and when it is to be visited next.
 struct Visits {
     last: Option<Instant>,
@@ -187,93 +223,22 @@ impl Sweeper {
 
     /// Runs until `shutdown`. `resyncs` changes whenever the event hub may have missed events.
     pub async fn run(self, mut resyncs: watch::Receiver<u64>, shutdown: CancellationToken) {
-        let mut visits: HashMap<QueueName, Visits> = HashMap::new();
-        let mut queues_read: Option<Instant> = None;
-        // How many queues the handle was last told of.
-        let mut known = 0;
-        let mut failing = false;
+        let mut rounds = Rounds::default();
         while !shutdown.is_cancelled() {
             let now = Instant::now();
             if resyncs.has_changed().unwrap_or(false) {
                 resyncs.mark_unchanged();
                 self.handle.touch_all_idle();
                 // Events of queues it does not know may have been lost too.
-                queues_read = None;
+                rounds.queues_read = None;
             }
-            let mut listed = self.registry.local();
-            if queues_read.is_none_or(|at| at.elapsed() >= QUEUE_REFRESH) {
-                match self.registry.all().await {
-                    Ok(found) => {
-                        listed.extend(found);
-                        queues_read = Some(now);
-                    }
-                    Err(error) => report(&mut failing, &error),
-                }
-            }
-            let unvisited = || Visits {
-                last: None,
-                next: now,
-            };
-            for queue in listed {
-                visits.entry(queue).or_insert_with(unvisited);
-            }
-            let (woken, touched) = self.handle.take_marked();
-            for queue in woken {
-                visits.entry(queue).or_insert_with(unvisited).next = now;
-            }
-            for queue in touched {
-                let visit = visits.entry(queue).or_insert_with(unvisited);
-                // Not more often than a queue with work is visited anyway.
-                let soonest = visit.last.map_or(now, |last| last + MAX_SLEEP);
-                visit.next = visit.next.min(soonest);
-            }
-            if visits.len() != known {
-                // New queues: their events no longer need to make them known.
-                known = visits.len();
-                self.handle.know(visits.keys().cloned());
-            }
-
-            let mut more = false;
-            for (queue, visit) in visits.iter_mut().filter(|(_, v)| v.next <= now) {
-                // Idle until this visit finds otherwise: an event meanwhile wakes it again.
-                self.handle.set_idle(queue, true);
-                visit.last = Some(Instant::now());
-                let (after, idle) = match self.pass(queue).await {
-                    Ok(pass) => {
-                        failing = false;
-                        more |= pass.more;
-                        // By Redis's clock, which set every time the pass reports.
-                        let until = |at: UnixMillis| at.since(pass.now);
-                        match (pass.more, pass.next) {
-                            (true, _) => (Duration::ZERO, false),
-                            (false, None) => {
-                                // Retained jobs are trimmed on time, but at most once a
-                                // MAX_SLEEP: that is soon enough for an index of finished jobs.
-                                let trim = pass.next_trim.map_or(IDLE_VISIT, until);
-                                (trim.clamp(MAX_SLEEP, IDLE_VISIT), true)
-                            }
-                            (false, Some(next)) => (until(next).min(MAX_SLEEP), false),
-                        }
-                    }
-                    Err(error) => {
-                        report(&mut failing, &error);
-                        (MAX_SLEEP, false)
-                    }
-                };
-                visit.next = Instant::now() + after;
-                if !idle {
-                    self.handle.set_idle(queue, false);
-                }
-            }
-            if more {
+            self.learn_queues(&mut rounds, now).await;
+            if self.visit_due(&mut rounds, now).await {
+                // A batch was full: more is due now.
                 continue;
             }
-            let wake_at = visits
-                .values()
-                .map(|visit| visit.next)
-                .min()
-                .unwrap_or(now + MAX_SLEEP)
-                .min(Instant::now() + QUEUE_REFRESH);
+            let wake_at = rounds.next_visit().unwrap_or(now + MAX_SLEEP);
+            let wake_at = wake_at.min(Instant::now() + QUEUE_REFRESH);
             tokio::select! {
                 () = tokio::time::sleep_until(wake_at) => {}
                 () = self.handle.shared.wake.notified() => {}
@@ -281,6 +246,72 @@ impl Sweeper {
                 () = shutdown.cancelled() => {}
             }
         }
+    }
+
+    /// Adds the queues of the registry (re-read every `QUEUE_REFRESH`), this process's, and
+    /// those the handle marked since the last round, and when to visit each.
+    async fn learn_queues(&self, rounds: &mut Rounds, now: Instant) {
+        let mut listed = self.registry.local();
+        if rounds
+            .queues_read
+            .is_none_or(|at| at.elapsed() >= QUEUE_REFRESH)
+        {
+            match self.registry.all().await {
+                Ok(found) => {
+                    listed.extend(found);
+                    rounds.queues_read = Some(now);
+                }
+                Err(error) => report(&mut rounds.failing, &error),
+            }
+        }
+        let unvisited = || Visits {
+            last: None,
+            next: now,
+        };
+        for queue in listed {
+            rounds.visits.entry(queue).or_insert_with(unvisited);
+        }
+        let (woken, touched) = self.handle.take_marked();
+        for queue in woken {
+            rounds.visits.entry(queue).or_insert_with(unvisited).next = now;
+        }
+        for queue in touched {
+            let visit = rounds.visits.entry(queue).or_insert_with(unvisited);
+            // Not more often than a queue with work is visited anyway.
+            let soonest = visit.last.map_or(now, |last| last + MAX_SLEEP);
+            visit.next = visit.next.min(soonest);
+        }
+        if rounds.visits.len() != rounds.known {
+            // New queues: their events no longer need to make them known.
+            rounds.known = rounds.visits.len();
+            self.handle.know(rounds.visits.keys().cloned());
+        }
+    }
+
+    /// Visits every queue due by `now`; whether one had more work than a pass takes.
+    async fn visit_due(&self, rounds: &mut Rounds, now: Instant) -> bool {
+        let mut more = false;
+        for (queue, visit) in rounds.visits.iter_mut().filter(|(_, v)| v.next <= now) {
+            // Idle until this visit finds otherwise: an event meanwhile wakes it again.
+            self.handle.set_idle(queue, true);
+            visit.last = Some(Instant::now());
+            let (after, idle) = match self.pass(queue).await {
+                Ok(pass) => {
+                    rounds.failing = false;
+                    more |= pass.more;
+                    pass.next_visit()
+                }
+                Err(error) => {
+                    report(&mut rounds.failing, &error);
+                    (MAX_SLEEP, false)
+                }
+            };
+            visit.next = Instant::now() + after;
+            if !idle {
+                self.handle.set_idle(queue, false);
+            }
+        }
+        more
     }
 
     async fn pass(&self, queue: &QueueName) -> Result<Pass, StoreError> {

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use super::{JobId, RequestError, UnixMillis, job::check_text};
+use super::{JobId, RequestError, UnixMillis, check_text};
 
 /// One entry of a job's event log. Sequence numbers start at 1 and have no gaps.
 #[derive(Debug, Clone, PartialEq)]

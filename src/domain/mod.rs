@@ -8,14 +8,13 @@ mod job;
 mod lease;
 mod names;
 mod schedule;
+mod submission;
+mod text;
 
 pub use error::RequestError;
 pub use event::{EventKind, JobEvent, Progress};
 pub use id::{JobId, JobIdGenerator};
-pub use job::{
-    Job, JobState, MAX_STORED_ERROR, NewJob, SubmitLimits, SubmitRequest, UnixMillis, check_size,
-    check_text, stored_error,
-};
+pub use job::{Job, JobState, UnixMillis};
 pub use lease::{
     AttemptEnd, ClaimDeadline, ClaimRequest, Claimed, FREE_DELIVERIES, FailOutcome,
     HeartbeatOutcome, LeaseLimits, LeaseToken, Refusal,
@@ -24,3 +23,5 @@ pub use names::{JobKind, QueueName, WorkerId};
 pub use schedule::{
     Backoff, BackoffRequest, Idempotency, MAX_ATTEMPTS, MAX_RETENTION, MIN_RETENTION, Start,
 };
+pub use submission::{NewJob, SubmitLimits, SubmitRequest};
+pub use text::{MAX_STORED_ERROR, check_size, check_text, stored_error};

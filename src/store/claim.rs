@@ -71,61 +71,43 @@ impl JobStore {
         queue: &QueueName,
         claimants: &[Claimant],
     ) -> std::result::Result<Vec<Vec<Claimed>>, ClaimFailure> {
-        let mut claimed: Vec<Vec<Claimed>> = claimants.iter().map(|_| Vec::new()).collect();
-        let mut wants: Vec<usize> = claimants.iter().map(|claimant| claimant.want).collect();
-        let mut bytes: Vec<usize> = vec![0; claimants.len()];
+        let mut progress = Progress::new(claimants);
         // Rounds that claimed nothing because other jobds took every candidate first.
         let mut lost_rounds = 0;
-        let fail = |error, claimed: Vec<Vec<Claimed>>, uncertain| ClaimFailure {
-            error,
-            claimed: claimed.into_iter().flatten().collect(),
-            uncertain,
-        };
-        while wants.iter().sum::<usize>() > 0 && lost_rounds < CLAIM_ROUNDS {
-            let wanted: usize = wants.iter().sum();
+        while progress.wanted() > 0 && lost_rounds < CLAIM_ROUNDS {
             // A few more candidates than wanted, so that racing claimers each still find some.
-            let page = wanted.min(MAX_CANDIDATES) + CLAIM_CANDIDATES;
+            let page = progress.wanted().min(MAX_CANDIDATES) + CLAIM_CANDIDATES;
             let (candidates, read) = match self.candidates(connection, queue, page).await {
                 Ok((_, 0)) => break,
                 Ok(candidates) => candidates,
-                Err(error) => return Err(fail(error, claimed, Vec::new())),
+                Err(error) => return Err(progress.failed(error, Vec::new())),
             };
             if candidates.is_empty() {
                 // Only foreign entries, now removed: look again.
                 lost_rounds += 1;
                 continue;
             }
-            // A short page: the queue holds nothing beyond it.
-            let drained = read < page;
             let leases: Vec<(JobId, LeaseToken)> = candidates
                 .into_iter()
                 .map(|id| (id, LeaseToken::generate()))
                 .collect();
-            let round = Round::new(claimants, &wants, &bytes);
-            let outcome = match self.claim_round(connection, queue, round, &leases).await {
-                Ok(outcome) => outcome,
-                Err(error) => return Err(fail(error, claimed, leases)),
-            };
-            // A claim whose reply is full takes no more, whatever it wanted.
-            for &claimant in &outcome.full {
-                wants[claimant] = 0;
+            let round = Round::new(claimants, &progress.wants, &progress.bytes);
+            match self.claim_round(connection, queue, round, &leases).await {
+                // Every candidate was taken by another jobd between the read and the
+                // script: look again.
+                Ok(outcome) if outcome.claimed.is_empty() && outcome.full.is_empty() => {
+                    lost_rounds += 1;
+                    continue;
+                }
+                Ok(outcome) => progress.record(outcome),
+                Err(error) => return Err(progress.failed(error, leases)),
             }
-            if outcome.claimed.is_empty() && outcome.full.is_empty() {
-                // Every candidate was taken by another jobd between the read and the script:
-                // look again.
-                lost_rounds += 1;
-                continue;
-            }
-            for (claimant, job, size) in outcome.claimed {
-                wants[claimant] = wants[claimant].saturating_sub(1);
-                bytes[claimant] += size;
-                claimed[claimant].push(job);
-            }
-            if drained {
+            // A short page: the queue holds nothing beyond it.
+            if read < page {
                 break;
             }
         }
-        Ok(claimed)
+        Ok(progress.claimed)
     }
 
     /// The job ids among the first `page` entries of the queue's ready set, and how many
@@ -228,6 +210,49 @@ impl JobStore {
         fields
             .into_job(id)?
             .ok_or_else(|| StoreError::corrupt(format!("claimed job {id} is gone")))
+    }
+}
+
+/// What a claim call has claimed so far, for each claimant, and what each still takes.
+struct Progress {
+    claimed: Vec<Vec<Claimed>>,
+    wants: Vec<usize>,
+    /// The bytes of jobs each took.
+    bytes: Vec<usize>,
+}
+
+impl Progress {
+    fn new(claimants: &[Claimant]) -> Self {
+        Self {
+            claimed: claimants.iter().map(|_| Vec::new()).collect(),
+            wants: claimants.iter().map(|claimant| claimant.want).collect(),
+            bytes: vec![0; claimants.len()],
+        }
+    }
+
+    fn wanted(&self) -> usize {
+        self.wants.iter().sum()
+    }
+
+    fn record(&mut self, outcome: RoundOutcome) {
+        // A claim whose reply is full takes no more, whatever it wanted.
+        for &claimant in &outcome.full {
+            self.wants[claimant] = 0;
+        }
+        for (claimant, job, size) in outcome.claimed {
+            self.wants[claimant] = self.wants[claimant].saturating_sub(1);
+            self.bytes[claimant] += size;
+            self.claimed[claimant].push(job);
+        }
+    }
+
+    /// The call failed with `error`, after its last round tried `uncertain`.
+    fn failed(self, error: StoreError, uncertain: Vec<(JobId, LeaseToken)>) -> ClaimFailure {
+        ClaimFailure {
+            error,
+            claimed: self.claimed.into_iter().flatten().collect(),
+            uncertain,
+        }
     }
 }
 

@@ -95,31 +95,8 @@ impl JobStore {
                     JobState::Running => self.keys().running(queue),
                     outcome => self.keys().retained(queue, outcome),
                 };
-                loop {
-                    let missing = wanted - listed.len();
-                    let entries = self
-                        .entries_after(&key, cursor.after.as_ref(), missing)
-                        .await?;
-                    let exhausted = entries.len() < missing;
-                    let parsed: Vec<Option<JobId>> = entries
-                        .iter()
-                        .map(|(member, _)| JobId::parse("id", member).ok())
-                        .collect();
-                    let ids: Vec<JobId> = parsed.iter().flatten().cloned().collect();
-                    let mut read = self.list_read(&ids, &fields).await?.into_iter();
-                    for ((member, score), id) in entries.into_iter().zip(parsed) {
-                        // The cursor passes every entry, listed or not, so that the next read
-                        // starts after it.
-                        cursor.after = Some((score, member));
-                        if let Some(job) = id.and_then(|_| read.next().flatten()) {
-                            listed.push((job, cursor.clone()));
-                        }
-                    }
-                    if exhausted || listed.len() >= wanted {
-                        break;
-                    }
-                    // Some entries' jobs had expired: more of this index fills the page.
-                }
+                self.list_index(&key, &mut cursor, wanted, &fields, &mut listed)
+                    .await?;
             }
             cursor = ListCursor {
                 index: cursor.index + 1,
@@ -133,6 +110,43 @@ impl JobStore {
             None
         };
         Ok((listed.into_iter().map(|(job, _)| job).collect(), next))
+    }
+
+    /// Adds to `listed` the jobs of the index `key` after `cursor`, until it holds `wanted`
+    /// or the index ends; `cursor` moves past every entry read.
+    async fn list_index(
+        &self,
+        key: &str,
+        cursor: &mut ListCursor,
+        wanted: usize,
+        fields: &[&str],
+        listed: &mut Vec<(Job, ListCursor)>,
+    ) -> Result<()> {
+        loop {
+            let missing = wanted - listed.len();
+            let entries = self
+                .entries_after(key, cursor.after.as_ref(), missing)
+                .await?;
+            let exhausted = entries.len() < missing;
+            let parsed: Vec<Option<JobId>> = entries
+                .iter()
+                .map(|(member, _)| JobId::parse("id", member).ok())
+                .collect();
+            let ids: Vec<JobId> = parsed.iter().flatten().cloned().collect();
+            let mut read = self.list_read(&ids, fields).await?.into_iter();
+            for ((member, score), id) in entries.into_iter().zip(parsed) {
+                // The cursor passes every entry, listed or not, so that the next read starts
+                // after it.
+                cursor.after = Some((score, member));
+                if let Some(job) = id.and_then(|_| read.next().flatten()) {
+                    listed.push((job, cursor.clone()));
+                }
+            }
+            if exhausted || listed.len() >= wanted {
+                return Ok(());
+            }
+            // Some entries' jobs had expired: more of this index fills the page.
+        }
     }
 
     /// Up to `wanted` entries of the sorted set `key` that come after `after` in its order

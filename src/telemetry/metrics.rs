@@ -1,6 +1,5 @@
-//! jobd's metric instruments, built once from a meter and passed down. Each has one method
-//! that records it, so attribute names and units are written in one place; the README's
-//! table lists them.
+//! jobd's metric instruments, built once from a meter (as `instruments` describes them) and
+//! passed down. Each has one method that records it, so attributes are given in one place.
 
 use std::{
     collections::BTreeMap,
@@ -15,17 +14,12 @@ use opentelemetry::{
     KeyValue, global,
     metrics::{Counter, Histogram, Meter, ObservableGauge, UpDownCounter},
 };
-use opentelemetry_semantic_conventions::{attribute as semconv, metric as semmetric};
+use opentelemetry_semantic_conventions::attribute as semconv;
 
+use super::instruments::{
+    self as described, CONNECTION, Instrument, KIND, OPERATION, OUTCOME, QUEUE, REASON, STATE,
+};
 use crate::domain::{JobState, QueueName};
-
-const QUEUE: &str = "jobd.queue";
-const KIND: &str = "jobd.job.kind";
-const OUTCOME: &str = "jobd.job.outcome";
-const STATE: &str = "jobd.job.state";
-const OPERATION: &str = "jobd.redis.operation";
-const CONNECTION: &str = "jobd.redis.connection";
-const REASON: &str = "jobd.reason";
 
 /// Bucket bounds for durations in seconds, from 100 µs to 60 s.
 const SECONDS_BUCKETS: [f64; 17] = [
@@ -90,86 +84,50 @@ impl Metrics {
     }
 
     pub fn new(meter: Meter) -> Self {
-        let seconds = |name: &'static str, description: &'static str| {
+        let seconds = |described: Instrument| {
             meter
-                .f64_histogram(name)
-                .with_unit("s")
-                .with_description(description)
+                .f64_histogram(described.name)
+                .with_unit(described.unit)
+                .with_description(described.description)
                 .with_boundaries(SECONDS_BUCKETS.to_vec())
                 .build()
         };
-        let counter = |name: &'static str, unit: &'static str, description: &'static str| {
+        let counter = |described: Instrument| {
             meter
-                .u64_counter(name)
-                .with_unit(unit)
-                .with_description(description)
+                .u64_counter(described.name)
+                .with_unit(described.unit)
+                .with_description(described.description)
                 .build()
         };
-        let instruments = Instruments {
-            rpc_duration: seconds(
-                semmetric::RPC_SERVER_CALL_DURATION,
-                "Duration of gRPC calls served, streams included",
-            ),
-            submitted: counter("jobd.jobs.submitted", "{job}", "Jobs created by SubmitJob"),
-            finished: counter(
-                "jobd.jobs.finished",
-                "{job}",
-                "Jobs that reached a terminal state, by outcome",
-            ),
-            retries: counter(
-                "jobd.jobs.retries",
-                "{attempt}",
-                "Failed attempts that were scheduled for a retry",
-            ),
-            lease_expiries: counter(
-                "jobd.leases.expired",
-                "{lease}",
-                "Leases that ran out without a heartbeat or an outcome",
-            ),
-            handoffs: counter(
-                "jobd.jobs.handed_off",
-                "{job}",
-                "Jobs a submission gave straight to a claim waiting for one",
-            ),
-            releases: counter(
-                "jobd.jobs.released",
-                "{job}",
-                "Jobs claimed for a caller that went away before receiving them, queued again",
-            ),
-            queue_wait: seconds("jobd.job.queue_wait", "Time from submit to the first claim"),
-            run_time: seconds(
-                "jobd.job.run_time",
-                "Time from claim to the worker's outcome",
-            ),
-            watch_streams: meter
-                .i64_up_down_counter("jobd.watch.streams")
-                .with_unit("{stream}")
-                .with_description("Open WatchJob and SubmitAndWatchJobs streams")
-                .build(),
-            waiting_claims: meter
-                .i64_up_down_counter("jobd.claims.waiting")
-                .with_unit("{call}")
-                .with_description("ClaimJob calls waiting for a job")
-                .build(),
-            claims_waiting_now: Arc::default(),
-            redis_duration: seconds("jobd.redis.duration", "Duration of Redis round trips"),
-            redis_reconnects: counter(
-                "jobd.redis.reconnects",
-                "{reconnect}",
-                "Redis reconnections after a lost connection",
-            ),
-            resyncs: counter(
-                "jobd.watch.resyncs",
-                "{read}",
-                "Event-log re-reads by watchers after possible pub/sub message loss",
-            ),
-            gauges: Mutex::new(Vec::new()),
-            meter,
+        let open = |described: Instrument| {
+            let counter = meter
+                .i64_up_down_counter(described.name)
+                .with_unit(described.unit)
+                .with_description(described.description)
+                .build();
+            // A count of what is open now is reported from the start, at zero.
+            counter.add(0, &[]);
+            counter
         };
-        // The counts of what is open now are reported from the start, at zero.
-        instruments.watch_streams.add(0, &[]);
-        instruments.waiting_claims.add(0, &[]);
-        Self(Arc::new(instruments))
+        Self(Arc::new(Instruments {
+            rpc_duration: seconds(described::RPC_DURATION),
+            submitted: counter(described::SUBMITTED),
+            finished: counter(described::FINISHED),
+            retries: counter(described::RETRIES),
+            lease_expiries: counter(described::LEASES_EXPIRED),
+            handoffs: counter(described::HANDED_OFF),
+            releases: counter(described::RELEASED),
+            queue_wait: seconds(described::QUEUE_WAIT),
+            run_time: seconds(described::RUN_TIME),
+            watch_streams: open(described::WATCH_STREAMS),
+            waiting_claims: open(described::CLAIMS_WAITING),
+            claims_waiting_now: Arc::default(),
+            redis_duration: seconds(described::REDIS_DURATION),
+            redis_reconnects: counter(described::REDIS_RECONNECTS),
+            resyncs: counter(described::RESYNCS),
+            gauges: Mutex::new(Vec::new()),
+            meter: meter.clone(),
+        }))
     }
 
     /// Records one finished gRPC call, per the OpenTelemetry RPC conventions.
@@ -211,14 +169,15 @@ impl Metrics {
             .add(1, &[KeyValue::new(QUEUE, queue.to_string())]);
     }
 
-    /// A submission gave `jobs` jobs straight to waiting claims (see `store::handoff`).
+    /// A submission gave `jobs` jobs straight to waiting claims (see `claims::handoff`).
     pub fn handed_off(&self, queue: &QueueName, jobs: usize) {
         self.0
             .handoffs
             .add(jobs as u64, &[KeyValue::new(QUEUE, queue.to_string())]);
     }
 
-    /// `jobs` jobs claimed for a caller that went away were queued again (see `store::release`).
+    /// `jobs` jobs went back to their queue at no cost (see `claims::delivery`, ReleaseJob,
+    /// and the acknowledgement deadline).
     pub fn released(&self, queue: &QueueName, jobs: usize) {
         self.0
             .releases
@@ -283,9 +242,9 @@ impl Metrics {
         let gauge = self
             .0
             .meter
-            .u64_observable_gauge("jobd.redis.connected")
-            .with_unit("1")
-            .with_description("Whether every connection of the pool, or the subscriber, is up")
+            .u64_observable_gauge(described::REDIS_CONNECTED.name)
+            .with_unit(described::REDIS_CONNECTED.unit)
+            .with_description(described::REDIS_CONNECTED.description)
             .with_callback(move |observer| {
                 let (pool, subscriber) = connected();
                 observer.observe(u64::from(pool), &[KeyValue::new(CONNECTION, "pool")]);
@@ -303,9 +262,9 @@ impl Metrics {
         let gauge = self
             .0
             .meter
-            .u64_observable_gauge("jobd.queue.depth")
-            .with_unit("{job}")
-            .with_description("Jobs per queue and state, read from Redis once per export")
+            .u64_observable_gauge(described::QUEUE_DEPTH.name)
+            .with_unit(described::QUEUE_DEPTH.unit)
+            .with_description(described::QUEUE_DEPTH.description)
             .with_callback(move |observer| {
                 for (queue, states) in depths.snapshot() {
                     for (state, count) in states {

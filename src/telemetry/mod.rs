@@ -9,6 +9,7 @@
 //! `OTEL_METRIC_EXPORT_INTERVAL` sets the metric period, and `OTEL_SDK_DISABLED=true` turns
 //! the SDK off. The `Telemetry` returned by `init` flushes what is left on `shutdown`.
 
+mod instruments;
 mod metrics;
 
 use std::{env, io::IsTerminal, time::Duration};
@@ -20,6 +21,7 @@ use opentelemetry_sdk::{
 };
 use tracing_subscriber::{EnvFilter, Layer, filter::Targets, fmt, prelude::*};
 
+pub use instruments::{INSTRUMENTS, Instrument, InstrumentKind};
 pub use metrics::{Gauged, Metrics, QueueDepths};
 
 use crate::config::LogFormat;
@@ -37,44 +39,55 @@ pub struct Telemetry {
 /// once, from `main`, inside the Tokio runtime (the OTLP exporter's gRPC client needs it).
 pub fn init(format: LogFormat) -> anyhow::Result<Telemetry> {
     global::set_text_map_propagator(TraceContextPropagator::new());
-    let enabled = !sdk_disabled();
-    let resource = enabled.then(resource);
-
-    let tracer_provider = match &resource {
-        Some(resource) => {
-            let mut builder = SdkTracerProvider::builder().with_resource(resource.clone());
-            if endpoint_configured("TRACES") {
-                builder = builder.with_batch_exporter(
-                    opentelemetry_otlp::SpanExporter::builder()
-                        .with_tonic()
-                        .build()?,
-                );
-            }
-            let provider = builder.build();
-            global::set_tracer_provider(provider.clone());
-            Some(provider)
-        }
-        None => None,
-    };
+    let resource = (!sdk_disabled()).then(resource);
+    let tracer_provider = resource.as_ref().map(tracer_provider).transpose()?;
     let meter_provider = match &resource {
-        Some(resource) if endpoint_configured("METRICS") => {
-            let provider = SdkMeterProvider::builder()
-                .with_resource(resource.clone())
-                .with_periodic_exporter(
-                    opentelemetry_otlp::MetricExporter::builder()
-                        .with_tonic()
-                        .build()?,
-                )
-                .build();
-            global::set_meter_provider(provider.clone());
-            Some(provider)
-        }
+        Some(resource) if endpoint_configured("METRICS") => Some(meter_provider(resource)?),
         _ => None,
     };
+    install_subscriber(format, tracer_provider.as_ref());
+    Ok(Telemetry {
+        tracer_provider,
+        meter_provider,
+    })
+}
 
+/// The global tracer provider: exporting with OTLP when an endpoint is set, else recording
+/// trace ids for the logs only.
+fn tracer_provider(resource: &Resource) -> anyhow::Result<SdkTracerProvider> {
+    let mut builder = SdkTracerProvider::builder().with_resource(resource.clone());
+    if endpoint_configured("TRACES") {
+        builder = builder.with_batch_exporter(
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .build()?,
+        );
+    }
+    let provider = builder.build();
+    global::set_tracer_provider(provider.clone());
+    Ok(provider)
+}
+
+/// The global meter provider, exporting with OTLP periodically.
+fn meter_provider(resource: &Resource) -> anyhow::Result<SdkMeterProvider> {
+    let provider = SdkMeterProvider::builder()
+        .with_resource(resource.clone())
+        .with_periodic_exporter(
+            opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .build()?,
+        )
+        .build();
+    global::set_meter_provider(provider.clone());
+    Ok(provider)
+}
+
+/// The global log subscriber: logs to stderr as `format`, at the level RUST_LOG sets (info by
+/// default), and jobd's spans to `tracer_provider`.
+fn install_subscriber(format: LogFormat, tracer_provider: Option<&SdkTracerProvider>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Spans become OpenTelemetry spans only for jobd's own code, not its dependencies'.
-    let otel = tracer_provider.as_ref().map(|provider| {
+    let otel = tracer_provider.map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer(SCOPE))
             .with_filter(Targets::new().with_target("jobd", tracing::Level::INFO))
@@ -99,10 +112,6 @@ pub fn init(format: LogFormat) -> anyhow::Result<Telemetry> {
             )
             .init(),
     }
-    Ok(Telemetry {
-        tracer_provider,
-        meter_provider,
-    })
 }
 
 impl Telemetry {

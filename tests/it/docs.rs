@@ -1,7 +1,8 @@
 //! The docs against the code: the configuration table of docs/operations.md must list exactly
-//! the settings `jobd --help` shows, with their flags, variables and defaults; every relative
-//! link in the README, BENCHMARKS.md and docs/ must lead to a file (and heading) that exists;
-//! and the README stays short enough to read in ten minutes.
+//! the settings `jobd --help` shows, with their flags, variables and defaults, and its metrics
+//! table exactly the instruments jobd records; every relative link in the README,
+//! BENCHMARKS.md and docs/ must lead to a file (and heading) that exists; and the README stays
+//! short enough to read in ten minutes.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -74,6 +75,49 @@ fn the_configuration_table_lists_every_setting_of_jobd_help() {
         problems.is_empty(),
         "docs/operations.md's configuration table and jobd --help differ:\n{}",
         problems.join("\n")
+    );
+}
+
+#[test]
+fn the_metrics_table_lists_every_instrument_as_jobd_describes_it() {
+    let expected: Vec<String> = jobd::telemetry::INSTRUMENTS
+        .iter()
+        .map(|instrument| {
+            let attributes: Vec<String> = instrument
+                .attributes
+                .iter()
+                .map(|attribute| format!("`{attribute}`"))
+                .collect();
+            let attributes = match attributes.join(", ") {
+                none if none.is_empty() => String::new(),
+                some => format!("{some} "),
+            };
+            format!(
+                "| `{}` | {}, {} | {attributes}| {} |",
+                instrument.name,
+                instrument.kind.as_str(),
+                instrument.unit,
+                instrument.description
+            )
+        })
+        .collect();
+    let text = read(&repo().join("docs/operations.md"));
+    let lines: Vec<&str> = text.lines().collect();
+    let header = lines
+        .iter()
+        .position(|line| *line == "| instrument | kind, unit | attributes | meaning |")
+        .expect("docs/operations.md has the metrics table");
+    let rows: Vec<&str> = lines[header + 2..]
+        .iter()
+        .take_while(|line| line.starts_with('|'))
+        .copied()
+        .collect();
+    assert!(
+        rows == expected,
+        "docs/operations.md:{}: the metrics table must read, as src/telemetry/instruments.rs \
+         describes the instruments:\n{}",
+        header + 3,
+        expected.join("\n")
     );
 }
 

@@ -26,17 +26,11 @@ for i = 4, #KEYS do
   local id, token, result = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   local job = redis.call('HMGET', key, 'state', 'token', 'seq', 'attempt', 'retention', 'kind',
     'started', 'lease_until', 'ack_until')
-  local state = job[1]
-  if not state then
-    replies[#replies + 1] = {'not_found'}
-  elseif job[2] ~= token then
-    replies[#replies + 1] = {'stale', state}
-  elseif state == 'completed' then
-    replies[#replies + 1] = {'again'}
-  elseif state ~= 'running' then
-    replies[#replies + 1] = {'stale', state}
-  elseif deadline(job[8], job[9]) <= now then
-    replies[#replies + 1] = {'expired', job[9] and 'ack' or 'lease', deadline(job[8], job[9])}
+  local refusal = token_refusal(job[1], job[2], token)
+  if not refusal and job[1] == 'completed' then refusal = {'again'} end
+  refusal = refusal or claim_refusal(job[1], job[8], job[9], now)
+  if refusal then
+    replies[#replies + 1] = refusal
   else
     local seq = int(tonumber(job[3]) + 1)
     local event = finish_event(completed, at, tonumber(job[4]))

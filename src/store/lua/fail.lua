@@ -20,15 +20,13 @@
 
 local job = redis.call('HMGET', KEYS[1], 'state', 'token', 'seq', 'attempt', 'spec',
   'retention', 'run_at', 'kind', 'started', 'lease_until', 'ack_until')
-local state, token = job[1], job[2]
-if not state then return {'not_found'} end
-if token ~= ARGV[2] then return {'stale', state} end
-if state == 'failed' then return {'again_failed'} end
-if state == 'scheduled' then return {'again_scheduled', tonumber(job[7])} end
-if state ~= 'running' then return {'stale', state} end
+local refusal = token_refusal(job[1], job[2], ARGV[2])
+if refusal then return refusal end
+if job[1] == 'failed' then return {'again_failed'} end
+if job[1] == 'scheduled' then return {'again_scheduled', tonumber(job[7])} end
 local now = clock()
-local ends = deadline(job[10], job[11])
-if ends <= now then return {'expired', job[11] and 'ack' or 'lease', ends} end
+refusal = claim_refusal(job[1], job[10], job[11], now)
+if refusal then return refusal end
 
 local sets = {running = KEYS[2], scheduled = KEYS[3], failed = KEYS[4]}
 local run_at = end_attempt(KEYS[1], ARGV[1], {job[3], job[4], job[5], job[6]}, sets, ARGV[3],

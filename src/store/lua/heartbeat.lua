@@ -17,17 +17,12 @@
 
 local job = redis.call('HMGET', KEYS[1], 'state', 'token', 'seq', 'attempt', 'lease_ms',
   'lease_until', 'ack_until')
-local state, token = job[1], job[2]
-if not state then return {'not_found'} end
-if token ~= ARGV[2] then return {'stale', state} end
-if state == 'cancelled' then return {'cancelled'} end
-if state ~= 'running' then return {'stale', state} end
-
+local refusal = token_refusal(job[1], job[2], ARGV[2])
+if refusal then return refusal end
+if job[1] == 'cancelled' then return {'cancelled'} end
 local now = clock()
-local ends = deadline(job[6], job[7])
-if ends <= now then
-  return {'expired', job[7] and 'ack' or 'lease', ends}
-end
+refusal = claim_refusal(job[1], job[6], job[7], now)
+if refusal then return refusal end
 local lease = tonumber(job[5])
 if ARGV[3] ~= '' then lease = tonumber(ARGV[3]) end
 local expires = math.max(now + lease, tonumber(job[6]))

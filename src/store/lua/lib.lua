@@ -80,6 +80,23 @@ local function deadline(lease_until, ack_until)
   return tonumber(ack_until or lease_until)
 end
 
+-- A worker's call carries a lease token; these say why a job refuses it, or nil when it does
+-- not. `token_refusal`: the job is gone ({"not_found"}), or runs under another token
+-- ({"stale", state}); the caller then checks whether an earlier run of it did its work.
+-- `claim_refusal`: the job is not running ({"stale", state}), or its claim's deadline passed
+-- by `now` ({"expired", "ack" or "lease", when}).
+local function token_refusal(state, job_token, token)
+  if not state then return {'not_found'} end
+  if job_token ~= token then return {'stale', state} end
+  return nil
+end
+local function claim_refusal(state, lease_until, ack_until, now)
+  if state ~= 'running' then return {'stale', state} end
+  local ends = deadline(lease_until, ack_until)
+  if ends <= now then return {'expired', ack_until and 'ack' or 'lease', ends} end
+  return nil
+end
+
 -- Puts running job `id` (hash `key`) back in its queue at no cost, with a RELEASED event
 -- saying `reason`: QUEUED at its place by priority and submission time, the claim not counted
 -- as an attempt. `job` holds the job's seq, attempt, spec and created fields, in that order;

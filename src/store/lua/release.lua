@@ -29,17 +29,15 @@ for i = 3, #KEYS do
   local id, token = ARGV[6 + (i - 3) * 2], ARGV[7 + (i - 3) * 2]
   local job = redis.call('HMGET', KEYS[i], 'state', 'token', 'seq', 'attempt', 'spec',
     'created', 'lease_until', 'ack_until')
-  local state = job[1]
-  if not state then
-    replies[#replies + 1] = {'not_found'}
-  elseif job[2] ~= token then
-    replies[#replies + 1] = {'stale', state}
-  elseif state == 'queued' then
-    replies[#replies + 1] = {'again'}
-  elseif state ~= 'running' then
-    replies[#replies + 1] = {'stale', state}
-  elseif ARGV[5] == 'worker' and deadline(job[7], job[8]) <= now then
-    replies[#replies + 1] = {'expired', job[8] and 'ack' or 'lease', deadline(job[7], job[8])}
+  local refusal = token_refusal(job[1], job[2], token)
+  if not refusal and job[1] == 'queued' then refusal = {'again'} end
+  if not refusal and ARGV[5] == 'worker' then
+    refusal = claim_refusal(job[1], job[7], job[8], now)
+  elseif not refusal and job[1] ~= 'running' then
+    refusal = {'stale', job[1]}
+  end
+  if refusal then
+    replies[#replies + 1] = refusal
   else
     announced[#announced + 1] = requeue(KEYS[i], id, {job[3], job[4], job[5], job[6]}, KEYS[1],
       KEYS[2], ARGV[4], token, now)
