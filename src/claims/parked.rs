@@ -146,7 +146,7 @@ impl Drop for Parked {
 
 impl Taken {
     /// Gives the claim its jobs; none tells it to look again. False when its caller went away
-    /// meanwhile: the jobs then go back to their queue (see `store::release`).
+    /// meanwhile: the jobs then go back to their queue (see `delivery`).
     pub fn answer(self, jobs: ClaimedJobs) -> bool {
         self.answer.send(jobs).is_ok()
     }

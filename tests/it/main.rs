@@ -11,6 +11,7 @@ mod errors;
 mod grpcurl;
 mod handoff;
 mod health;
+mod layers;
 mod lifecycle;
 mod list;
 mod outage;

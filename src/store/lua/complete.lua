@@ -15,7 +15,7 @@
 --             job is not running; {"expired", "ack" or "lease", when}: the claim's deadline
 --             passed (see `deadline`);
 --             then 1 if the queue has ready jobs, else 0: a worker claiming its next jobs
---             from this queue need not read it when it has none (see worker_service.rs);
+--             from this queue need not read it when it has none (see claims/mod.rs);
 --             then now, Unix ms
 
 local now = clock()

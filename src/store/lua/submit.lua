@@ -1,5 +1,5 @@
 -- Creates a job with an idempotency key: QUEUED in the ready set, or SCHEDULED when it may only
--- run later; or, handed off to a claim waiting on the calling jobd (see store/handoff.rs),
+-- run later; or, handed off to a claim waiting on the calling jobd (see claims/handoff.rs),
 -- RUNNING at once, but only when the queue has no ready job that would be passed over. (Jobs
 -- without a key go through submit_many.lua, alone or in batches.)
 -- Safe to run twice: the job id and lease token are made by the caller, and a second run finds

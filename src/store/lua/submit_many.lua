@@ -1,6 +1,6 @@
 -- Creates several jobs of one queue at once (none with an idempotency key): each QUEUED in the
 -- ready set, or SCHEDULED when it may only run later; or, handed off to a claim waiting on the
--- calling jobd (see store/handoff.rs), RUNNING at once, but only when the queue has no ready
+-- calling jobd (see claims/handoff.rs), RUNNING at once, but only when the queue has no ready
 -- job that would be passed over. One ZADD and one wake-up per set for the batch.
 -- Safe to run twice: job ids and lease tokens are made by the caller and the batch is written
 -- whole, so a second run finds the first job, writes nothing, and says whether the first run
