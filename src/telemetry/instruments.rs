@@ -43,130 +43,148 @@ pub struct Instrument {
     pub description: &'static str,
 }
 
+impl Instrument {
+    const fn new(
+        name: &'static str,
+        kind: InstrumentKind,
+        unit: &'static str,
+        attributes: &'static [&'static str],
+        description: &'static str,
+    ) -> Self {
+        Self {
+            name,
+            kind,
+            unit,
+            attributes,
+            description,
+        }
+    }
+}
+
 use InstrumentKind::{Counter, Gauge, Histogram, UpDownCounter};
 
-pub const RPC_DURATION: Instrument = Instrument {
-    name: semmetric::RPC_SERVER_CALL_DURATION,
-    kind: Histogram,
-    unit: "s",
-    attributes: &[
+pub const RPC_DURATION: Instrument = Instrument::new(
+    semmetric::RPC_SERVER_CALL_DURATION,
+    Histogram,
+    "s",
+    &[
         semconv::RPC_SYSTEM_NAME,
         semconv::RPC_METHOD,
         semconv::RPC_RESPONSE_STATUS_CODE,
         semconv::ERROR_TYPE,
     ],
-    description: "every gRPC call, streams until their last message (OpenTelemetry RPC conventions)",
-};
-pub const SUBMITTED: Instrument = Instrument {
-    name: "jobd.jobs.submitted",
-    kind: Counter,
-    unit: "{job}",
-    attributes: &[QUEUE, KIND],
-    description: "jobs created",
-};
-pub const FINISHED: Instrument = Instrument {
-    name: "jobd.jobs.finished",
-    kind: Counter,
-    unit: "{job}",
-    attributes: &[QUEUE, KIND, OUTCOME],
-    description: "jobs that reached `completed`, `failed` or `cancelled`",
-};
-pub const RETRIES: Instrument = Instrument {
-    name: "jobd.jobs.retries",
-    kind: Counter,
-    unit: "{attempt}",
-    attributes: &[QUEUE, KIND, REASON],
-    description: "failed attempts scheduled for a retry; reason `failed` or `lease_expired`",
-};
-pub const LEASES_EXPIRED: Instrument = Instrument {
-    name: "jobd.leases.expired",
-    kind: Counter,
-    unit: "{lease}",
-    attributes: &[QUEUE],
-    description: "claims that ended as a failed attempt: a lease that ran out without a \
+    "every gRPC call, streams until their last message (OpenTelemetry RPC conventions)",
+);
+pub const SUBMITTED: Instrument = Instrument::new(
+    "jobd.jobs.submitted",
+    Counter,
+    "{job}",
+    &[QUEUE, KIND],
+    "jobs created",
+);
+pub const FINISHED: Instrument = Instrument::new(
+    "jobd.jobs.finished",
+    Counter,
+    "{job}",
+    &[QUEUE, KIND, OUTCOME],
+    "jobs that reached `completed`, `failed` or `cancelled`",
+);
+pub const RETRIES: Instrument = Instrument::new(
+    "jobd.jobs.retries",
+    Counter,
+    "{attempt}",
+    &[QUEUE, KIND, REASON],
+    "failed attempts scheduled for a retry; reason `failed` or `lease_expired`",
+);
+pub const LEASES_EXPIRED: Instrument = Instrument::new(
+    "jobd.leases.expired",
+    Counter,
+    "{lease}",
+    &[QUEUE],
+    "claims that ended as a failed attempt: a lease that ran out without a \
                   heartbeat, or a job not acknowledged once its free deliveries were spent",
-};
-pub const HANDED_OFF: Instrument = Instrument {
-    name: "jobd.jobs.handed_off",
-    kind: Counter,
-    unit: "{job}",
-    attributes: &[QUEUE],
-    description: "jobs a submission gave straight to a waiting claim",
-};
-pub const RELEASED: Instrument = Instrument {
-    name: "jobd.jobs.released",
-    kind: Counter,
-    unit: "{job}",
-    attributes: &[QUEUE],
-    description: "jobs back in their queue at no cost: given back by their worker, claimed for \
+);
+pub const HANDED_OFF: Instrument = Instrument::new(
+    "jobd.jobs.handed_off",
+    Counter,
+    "{job}",
+    &[QUEUE],
+    "jobs a submission gave straight to a waiting claim",
+);
+pub const RELEASED: Instrument = Instrument::new(
+    "jobd.jobs.released",
+    Counter,
+    "{job}",
+    &[QUEUE],
+    "jobs back in their queue at no cost: given back by their worker, claimed for \
                   a caller that went away or by a call whose reply was lost, or not \
                   acknowledged in time",
-};
-pub const QUEUE_WAIT: Instrument = Instrument {
-    name: "jobd.job.queue_wait",
-    kind: Histogram,
-    unit: "s",
-    attributes: &[QUEUE],
-    description: "submit to first claim",
-};
-pub const RUN_TIME: Instrument = Instrument {
-    name: "jobd.job.run_time",
-    kind: Histogram,
-    unit: "s",
-    attributes: &[QUEUE, OUTCOME],
-    description: "claim to the worker's outcome",
-};
-pub const WATCH_STREAMS: Instrument = Instrument {
-    name: "jobd.watch.streams",
-    kind: UpDownCounter,
-    unit: "{stream}",
-    attributes: &[],
-    description: "open WatchJob and SubmitAndWatchJobs streams",
-};
-pub const CLAIMS_WAITING: Instrument = Instrument {
-    name: "jobd.claims.waiting",
-    kind: UpDownCounter,
-    unit: "{call}",
-    attributes: &[],
-    description: "claims waiting for a job: they found their queues empty and wait",
-};
-pub const QUEUE_DEPTH: Instrument = Instrument {
-    name: "jobd.queue.depth",
-    kind: Gauge,
-    unit: "{job}",
-    attributes: &[QUEUE, STATE],
-    description: "jobs per queue and state, read from Redis once per export interval per queue",
-};
-pub const REDIS_DURATION: Instrument = Instrument {
-    name: "jobd.redis.duration",
-    kind: Histogram,
-    unit: "s",
-    attributes: &[OPERATION],
-    description: "Redis round trips: a script's name (`submit`, `claim`, …) or a read \
+);
+pub const QUEUE_WAIT: Instrument = Instrument::new(
+    "jobd.job.queue_wait",
+    Histogram,
+    "s",
+    &[QUEUE],
+    "submit to first claim",
+);
+pub const RUN_TIME: Instrument = Instrument::new(
+    "jobd.job.run_time",
+    Histogram,
+    "s",
+    &[QUEUE, OUTCOME],
+    "claim to the worker's outcome",
+);
+pub const WATCH_STREAMS: Instrument = Instrument::new(
+    "jobd.watch.streams",
+    UpDownCounter,
+    "{stream}",
+    &[],
+    "open WatchJob and SubmitAndWatchJobs streams",
+);
+pub const CLAIMS_WAITING: Instrument = Instrument::new(
+    "jobd.claims.waiting",
+    UpDownCounter,
+    "{call}",
+    &[],
+    "claims waiting for a job: they found their queues empty and wait",
+);
+pub const QUEUE_DEPTH: Instrument = Instrument::new(
+    "jobd.queue.depth",
+    Gauge,
+    "{job}",
+    &[QUEUE, STATE],
+    "jobs per queue and state, read from Redis once per export interval per queue",
+);
+pub const REDIS_DURATION: Instrument = Instrument::new(
+    "jobd.redis.duration",
+    Histogram,
+    "s",
+    &[OPERATION],
+    "Redis round trips: a script's name (`submit`, `claim`, …) or a read \
                   (`get_job`, `read_events`, …)",
-};
-pub const REDIS_RECONNECTS: Instrument = Instrument {
-    name: "jobd.redis.reconnects",
-    kind: Counter,
-    unit: "{reconnect}",
-    attributes: &[CONNECTION],
-    description: "reconnections of the `pool` or the `subscriber`",
-};
-pub const REDIS_CONNECTED: Instrument = Instrument {
-    name: "jobd.redis.connected",
-    kind: Gauge,
-    unit: "1",
-    attributes: &[CONNECTION],
-    description: "1 while every pool connection, or the subscriber, is up",
-};
-pub const RESYNCS: Instrument = Instrument {
-    name: "jobd.watch.resyncs",
-    kind: Counter,
-    unit: "{read}",
-    attributes: &[],
-    description: "watcher re-reads of the durable log after a subscriber reconnect or \
+);
+pub const REDIS_RECONNECTS: Instrument = Instrument::new(
+    "jobd.redis.reconnects",
+    Counter,
+    "{reconnect}",
+    &[CONNECTION],
+    "reconnections of the `pool` or the `subscriber`",
+);
+pub const REDIS_CONNECTED: Instrument = Instrument::new(
+    "jobd.redis.connected",
+    Gauge,
+    "1",
+    &[CONNECTION],
+    "1 while every pool connection, or the subscriber, is up",
+);
+pub const RESYNCS: Instrument = Instrument::new(
+    "jobd.watch.resyncs",
+    Counter,
+    "{read}",
+    &[],
+    "watcher re-reads of the durable log after a subscriber reconnect or \
                   dispatcher lag",
-};
+);
 
 /// Every instrument, in the order the documentation lists them.
 pub const INSTRUMENTS: [Instrument; 16] = [
