@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::support::*;
+use crate::harness::*;
 
 #[test]
 fn an_invalid_setting_exits_64_with_one_line_naming_it() {

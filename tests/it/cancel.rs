@@ -5,7 +5,7 @@ use std::time::Duration;
 use jobd::api::proto::{self, EventType, JobState};
 use tonic::Code;
 
-use crate::support::*;
+use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_queued_job() {

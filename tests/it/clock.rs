@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use jobd::api::proto::{self, EventType, JobState};
 use tonic::Code;
 
-use crate::{proxy::FaultyProxy, support::*};
+use crate::harness::*;
 
 /// libfaketime, which `.ci/install` installs: a process started with it preloaded reads a
 /// clock `FAKETIME` off the real one.

@@ -9,7 +9,7 @@ use std::{
 use jobd::api::proto::{self, EventType};
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::support::*;
+use crate::harness::*;
 
 /// A Redis Cluster of servers started here, joined with `redis-cli --cluster create`.
 pub struct RedisCluster {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use jobd::api::proto::{self, EventType};
 
-use crate::support::*;
+use crate::harness::*;
 
 const POOL_SIZE: u16 = 3;
 

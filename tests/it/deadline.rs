@@ -14,7 +14,7 @@ use jobd::api::proto::{
 };
 use tonic::Code;
 
-use crate::support::*;
+use crate::harness::*;
 
 /// One HTTP/2 connection with no deadline of its own. tonic's `Channel` enforces a call's
 /// `grpc-timeout` header itself, and ends the call when its own timer fires (as CANCELLED):

@@ -5,7 +5,7 @@ use std::time::Duration;
 use jobd::api::proto::{self, JobState};
 use tonic::Code;
 
-use crate::support::*;
+use crate::harness::*;
 
 fn assert_status(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code, mentions: &str) {
     let status = result.expect_err("the call must fail");

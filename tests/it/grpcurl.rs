@@ -5,7 +5,7 @@ use std::{process::Stdio, time::Duration};
 
 use tokio::process::Command;
 
-use crate::support::*;
+use crate::harness::*;
 
 /// The commands of the README's grpcurl block, continuation lines joined, comments dropped.
 fn readme_commands() -> Vec<String> {

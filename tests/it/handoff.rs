@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use jobd::api::proto::{self, EventType};
 
-use crate::support::*;
+use crate::harness::*;
 
 /// A ClaimJob on `queue` waiting up to `wait`, in the background; returns once claims have
 /// read their queues `reads` times in all, this one's read included, so that it is parked.

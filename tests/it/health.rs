@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
 
-use crate::support::*;
+use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_a_frozen_redis_and_liveness_does_not() {

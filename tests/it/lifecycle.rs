@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use jobd::api::proto::{self, EventType, JobState};
 
-use crate::support::*;
+use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_then_get_returns_what_was_submitted() {

@@ -4,7 +4,7 @@
 use jobd::api::proto::{self, JobState, job_service_client::JobServiceClient};
 use tonic::transport::Channel;
 
-use crate::support::*;
+use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_jobs_pages_through_a_queue_by_state() {

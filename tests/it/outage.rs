@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use jobd::api::proto::{EventType, JobState};
 use tonic::Code;
 
-use crate::{proxy::FaultyProxy, support::*};
+use crate::harness::*;
 
 /// Command timeout of the test servers is 1 s; allow scheduling slack on a busy machine.
 const BOUND: Duration = Duration::from_secs(4);

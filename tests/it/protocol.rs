@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use jobd::api::proto::{self, EventType, JobState};
 use tonic::Code;
 
-use crate::support::*;
+use crate::harness::*;
 
 type Jobs = proto::job_service_client::JobServiceClient<tonic::transport::Channel>;
 type Workers = proto::worker_service_client::WorkerServiceClient<tonic::transport::Channel>;

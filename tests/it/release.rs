@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use jobd::api::proto::{self, EventType, JobState};
 
-use crate::{proxy::FaultyProxy, support::*};
+use crate::harness::*;
 
 type Jobs = proto::job_service_client::JobServiceClient<tonic::transport::Channel>;
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use jobd::api::proto::{self, JobState};
 
-use crate::support::*;
+use crate::harness::*;
 
 const MIB: usize = 1024 * 1024;
 

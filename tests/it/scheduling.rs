@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use jobd::api::proto::{self, EventType, JobState};
 use tonic::Code;
 
-use crate::support::*;
+use crate::harness::*;
 
 fn backoff(initial_ms: u64, multiplier: f64) -> Option<proto::BackoffPolicy> {
     Some(proto::BackoffPolicy {

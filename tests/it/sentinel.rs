@@ -4,7 +4,7 @@
 
 use std::process::{Child, Command, Stdio};
 
-use crate::support::*;
+use crate::harness::*;
 
 /// The name the sentinel monitors the primary under.
 const SERVICE: &str = "jobd";

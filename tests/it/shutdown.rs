@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::*;
+use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_streams_and_claims_and_closes_redis() {

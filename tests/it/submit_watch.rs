@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use jobd::api::proto::{self, EventType, submit_and_watch_jobs_response::Message};
 
-use crate::support::*;
+use crate::harness::*;
 
 /// Opens a SubmitAndWatchJobs stream and reads its first message, the submission results.
 async fn submit_and_watch(

@@ -28,7 +28,7 @@ use opentelemetry_proto::tonic::{
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
-use crate::support::*;
+use crate::harness::*;
 
 /// An OTLP collector that keeps everything it is sent.
 #[derive(Clone, Default)]

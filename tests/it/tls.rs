@@ -6,7 +6,7 @@ use std::{path::Path, process::Command, time::Duration};
 
 use jobd::{App, Config};
 
-use crate::{cluster::RedisCluster, support::*};
+use crate::{cluster::RedisCluster, harness::*};
 
 /// A CA and a certificate it signed for 127.0.0.1, made with the openssl command; a client
 /// certificate too, as cluster nodes present it to each other over their TLS bus.

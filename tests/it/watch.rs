@@ -5,7 +5,7 @@ use std::time::Duration;
 use jobd::api::proto::{self, EventType, job_service_client::JobServiceClient};
 use tonic::transport::Channel;
 
-use crate::support::*;
+use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_watcher_gets_the_whole_history_then_ok() {

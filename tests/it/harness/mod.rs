@@ -1,6 +1,10 @@
 //! The test harness: a real redis-server per test on a free port, and a real jobd serving
 //! gRPC on a socket, driven through the generated tonic clients.
 
+mod proxy;
+
+pub use proxy::FaultyProxy;
+
 use std::{
     future::Future,
     io::{BufRead, BufReader},
@@ -416,8 +420,16 @@ pub async fn claims_have_looked(redis: &RedisServer, reads: u64) {
 macro_rules! lua_script {
     ($name:literal) => {
         concat!(
-            include_str!("../../src/store/lua/lib.lua"),
-            include_str!(concat!("../../src/store/lua/", $name, ".lua"))
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/src/store/lua/lib.lua"
+            )),
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/src/store/lua/",
+                $name,
+                ".lua"
+            ))
         )
     };
 }
