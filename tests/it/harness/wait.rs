@@ -1,6 +1,9 @@
 //! Waiting, the one way: `eventually` polls an observable condition until it holds, and fails
 //! the test at a deadline. The conditions tests wait on by name are built on it here.
 //!
+//! A future that ends by itself (a task, a stream's next message, a process's exit) is awaited
+//! under `tokio::time::timeout` instead; its bound is often what the test asserts.
+//!
 //! No test sleeps to let something happen. A sleep stays only where no condition can replace
 //! it: to prove that something does not happen within a time, to let an idle period pass, to
 //! pace calls, or as a stall itself; each says which.
