@@ -5,7 +5,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::support::*;
+use jobd::api::proto;
+use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
+
+use crate::harness::*;
 
 #[test]
 fn an_invalid_setting_exits_64_with_one_line_naming_it() {
@@ -47,18 +50,11 @@ fn an_invalid_setting_exits_64_with_one_line_naming_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_password_never_reaches_the_logs() {
     const PASSWORD: &str = "pw-5ecr3t-do-not-log";
-    let redis = RedisServer::start_with(&["--requirepass", PASSWORD]);
+    let redis = RedisServer::start_with(&["--requirepass", PASSWORD]).await;
     for format in ["text", "json"] {
         let url = format!("redis://:{PASSWORD}@127.0.0.1:{}", redis.port());
-        let jobd = Running::start(&url, &["--log-format", format]);
-        jobd.wait_for("jobd started").await;
-        let mut jobs = jobd::api::proto::job_service_client::JobServiceClient::connect(format!(
-            "http://{}",
-            jobd.address()
-        ))
-        .await
-        .unwrap();
-        submit(&mut jobs, "q", b"").await;
+        let jobd = Running::start(&url, &["--log-format", format]).await;
+        submit(&mut jobd.jobs().await, "q", b"").await;
         let (code, log) = jobd.terminate();
         assert_eq!(code, Some(0), "{log}");
         assert!(
@@ -73,9 +69,9 @@ async fn the_redis_password_never_reaches_the_logs() {
 
     // A wrong password makes fred log authentication errors: they must not carry it either.
     let wrong = "wrong-pw-also-secret";
-    let jobd = Running::start(&format!("redis://:{wrong}@127.0.0.1:{}", redis.port()), &[]);
-    jobd.wait_for("jobd started").await;
-    std::thread::sleep(Duration::from_millis(500));
+    let url = format!("redis://:{wrong}@127.0.0.1:{}", redis.port());
+    let jobd = Running::start(&url, &[]).await;
+    jobd.until_logged("WRONGPASS").await;
     let (code, log) = jobd.terminate();
     assert_eq!(code, Some(0), "{log}");
     assert!(!log.contains(wrong), "password leaked:\n{log}");
@@ -88,16 +84,11 @@ async fn the_redis_password_never_reaches_the_logs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_ends_streams_and_exits_zero_without_connections() {
-    use jobd::api::proto::{
-        job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient,
-    };
-    use tonic_health::pb::{
-        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-    };
-
-    let redis = RedisServer::start();
+    // jobd exports its metrics here, so that the test sees its claims wait.
+    let receiver = OtlpReceiver::start().await;
+    let redis = RedisServer::start().await;
     let instance = "sigterm-test";
-    let jobd = Running::start(
+    let jobd = Running::start_with_env(
         &redis.url(),
         &[
             "--instance-id",
@@ -107,74 +98,26 @@ async fn sigterm_drains_ends_streams_and_exits_zero_without_connections() {
             "--shutdown-timeout",
             "5s",
         ],
-    );
-    jobd.wait_for("jobd started").await;
-    let url = format!("http://{}", jobd.address());
-    let channel = || async {
-        tonic::transport::Channel::from_shared(url.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    };
-    let health = HealthClient::new(channel().await);
-    let check = |service: &'static str| {
-        let mut health = health.clone();
-        async move {
-            health
-                .check(HealthCheckRequest {
-                    service: service.into(),
-                })
-                .await
-                .map(|r| r.into_inner().status())
-                .ok()
-        }
-    };
-    eventually(Duration::from_secs(10), "readiness", || async {
-        (check("jobd.v1.JobService").await == Some(ServingStatus::Serving)).then_some(())
-    })
+        &receiver.exporter_env("100"),
+    )
     .await;
-
-    let mut jobs = JobServiceClient::new(channel().await);
+    let prefix = format!("jobd:{instance}:");
+    readiness_becomes(&jobd, ServingStatus::Serving, Duration::from_secs(10)).await;
+    let mut jobs = jobd.jobs().await;
     let job = submit(&mut jobs, "q", b"").await;
-    let mut streams = Vec::new();
-    for _ in 0..5 {
-        let mut client = JobServiceClient::new(channel().await);
-        for _ in 0..10 {
-            streams.push(open_watch(&mut client, &job.id).await);
-        }
-    }
-    let mut claims = Vec::new();
-    for _ in 0..10 {
-        let mut workers = WorkerServiceClient::new(channel().await);
-        claims.push(tokio::spawn(async move {
-            workers
-                .claim_job(claim_request("idle", Duration::from_secs(30)))
-                .await
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (streams, claims) = calls_to_end(&jobd, &receiver, &job.id).await;
     assert_eq!(
-        redis.clients_named(&format!("jobd:{instance}:")).len(),
+        redis.clients_named(&prefix).len(),
         5,
         "pool of 4 + subscriber"
     );
 
     let started = Instant::now();
-    Command::new("kill")
-        .args(["-TERM", &jobd.child.id().to_string()])
-        .status()
-        .unwrap();
+    jobd.signal("TERM");
     // Readiness turns NOT_SERVING at once; liveness does not; calls are still served.
-    eventually(
-        Duration::from_millis(800),
-        "readiness to turn off",
-        || async {
-            (check("jobd.v1.JobService").await == Some(ServingStatus::NotServing)).then_some(())
-        },
-    )
-    .await;
-    assert_eq!(check("").await, Some(ServingStatus::Serving));
+    readiness_becomes(&jobd, ServingStatus::NotServing, Duration::from_millis(800)).await;
+    let mut health = HealthClient::new(jobd.channel().await);
+    assert_eq!(status(&mut health, "").await, ServingStatus::Serving);
     assert_eq!(
         get(&mut jobs, &job.id).await.id,
         job.id,
@@ -186,7 +129,7 @@ async fn sigterm_drains_ends_streams_and_exits_zero_without_connections() {
     );
 
     assert_ended_by_shutdown(streams, claims, 1).await;
-    let (code, log) = jobd.terminate();
+    let (code, log) = jobd.exited();
     assert_eq!(code, Some(0), "{log}");
     let took = started.elapsed();
     assert!(
@@ -198,7 +141,34 @@ async fn sigterm_drains_ends_streams_and_exits_zero_without_connections() {
         "kept serving for the drain delay: {took:?}"
     );
     assert!(
-        redis.clients_named(&format!("jobd:{instance}:")).is_empty(),
+        redis.clients_named(&prefix).is_empty(),
         "every connection closed"
     );
+}
+
+/// The calls a shutdown of `jobd` must end: fifty WatchJob streams of the job `id` over five
+/// connections, each established, and ten claims of an empty queue, each waiting (as jobd's
+/// `jobd.claims.waiting`, exported to `receiver`, shows).
+async fn calls_to_end(
+    jobd: &Running,
+    receiver: &OtlpReceiver,
+    id: &str,
+) -> (Vec<tonic::Streaming<proto::JobEvent>>, Vec<PendingClaim>) {
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        let mut jobs = jobd.jobs().await;
+        for _ in 0..10 {
+            streams.push(open_watch(&mut jobs, id).await);
+        }
+    }
+    let mut claims = Vec::new();
+    for _ in 0..10 {
+        let request = claim_request("idle", Duration::from_secs(30));
+        claims.push(claim_in_background(jobd.workers().await, request));
+    }
+    until(Duration::from_secs(10), "the claims to wait", || {
+        receiver.value("jobd.claims.waiting", &[]) == Some(10.0)
+    })
+    .await;
+    (streams, claims)
 }

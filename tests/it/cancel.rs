@@ -5,27 +5,17 @@ use std::time::Duration;
 use jobd::api::proto::{self, EventType, JobState};
 use tonic::Code;
 
-use crate::support::*;
+use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_queued_job() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     let job = submit(&mut jobs, "q", b"").await;
     let watcher = watch_in_background(&server, &job.id).await;
 
-    let cancelled = jobs
-        .cancel_job(proto::CancelJobRequest {
-            job_id: job.id.clone(),
-            reason: "not needed".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    let cancelled = cancel(&mut jobs, &job.id, "not needed").await;
     assert_eq!(cancelled.state(), JobState::Cancelled);
     assert_eq!(cancelled.cancel_reason, "not needed");
     assert!(cancelled.finished_at.is_some());
@@ -47,39 +37,20 @@ async fn cancelling_a_queued_job() {
     assert!(none.job.is_none());
 
     // Cancelling again returns the job unchanged.
-    let again = jobs
-        .cancel_job(proto::CancelJobRequest {
-            job_id: job.id.clone(),
-            reason: "again".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    let again = cancel(&mut jobs, &job.id, "again").await;
     assert_eq!(again, cancelled);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_running_job_tells_the_worker_and_refuses_its_result() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     let job = submit(&mut jobs, "q", b"").await;
     let claimed = claim(&mut workers, "q").await;
     let watcher = watch_in_background(&server, &job.id).await;
 
-    let cancelled = jobs
-        .cancel_job(proto::CancelJobRequest {
-            job_id: job.id.clone(),
-            reason: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap();
+    let cancelled = cancel(&mut jobs, &job.id, "").await;
     assert_eq!(cancelled.state(), JobState::Cancelled);
 
     let (events, end) = tokio::time::timeout(Duration::from_secs(10), watcher)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use jobd::api::proto::{self, EventType, JobState};
 use tonic::Code;
 
-use crate::{proxy::FaultyProxy, support::*};
+use crate::harness::*;
 
 /// libfaketime, which `.ci/install` installs: a process started with it preloaded reads a
 /// clock `FAKETIME` off the real one.
@@ -27,7 +27,7 @@ fn faketime() -> String {
 /// The jobd binary with its clock `offset` off the machine's (e.g. "+5s"), against `redis`.
 async fn replica_with_clock(redis: &RedisServer, offset: &str) -> Running {
     let library = faketime();
-    let replica = Running::start_with_env(
+    Running::start_with_env(
         &redis.url(),
         &[],
         &[
@@ -36,28 +36,17 @@ async fn replica_with_clock(redis: &RedisServer, offset: &str) -> Running {
             // Timers and sleeps run on the real monotonic clock.
             ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
         ],
-    );
-    replica.wait_for("jobd started").await;
-    replica
-}
-
-async fn connect(address: &str) -> tonic::transport::Channel {
-    tonic::transport::Channel::from_shared(format!("http://{address}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("the replica accepts connections")
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_whose_clock_runs_ahead_changes_no_time() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
     let fast = replica_with_clock(&redis, "+5s").await;
-    let fast_channel = connect(&fast.address()).await;
-    let mut fast_jobs = proto::job_service_client::JobServiceClient::new(fast_channel);
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let mut fast_jobs = fast.jobs().await;
+    let (mut jobs, mut workers) = server.clients().await;
 
     // FIFO: a job submitted through the fast replica, then one through the other, are claimed
     // in that order (the fast clock would have put the first 5 s behind the second).
@@ -74,18 +63,21 @@ async fn a_replica_whose_clock_runs_ahead_changes_no_time() {
     }
 
     // A delayed job is not claimable before its time, whatever replica's sweeper looks.
-    let mut delayed = job_request("later");
+    let mut delayed = submit_request("later");
     delayed.start = Some(proto::submit_job_request::Start::Delay(pb_duration(
         Duration::from_secs(3),
     )));
     let submitted_at = Instant::now();
-    let delayed = submit_request(&mut jobs, delayed).await.job.unwrap();
-    let became_due = eventually(Duration::from_secs(10), "the job to be due", || {
-        let (mut jobs, id) = (jobs.clone(), delayed.id.clone());
-        async move { (get(&mut jobs, &id).await.state() == JobState::Queued).then(Instant::now) }
-    })
+    let delayed = submit_with(&mut jobs, delayed).await.job.unwrap();
+    job_becomes(
+        &jobs,
+        &delayed.id,
+        Duration::from_secs(10),
+        "the job to be due",
+        |job| job.state() == JobState::Queued,
+    )
     .await;
-    let waited = became_due - submitted_at;
+    let waited = submitted_at.elapsed();
     assert!(
         waited >= Duration::from_millis(2900),
         "due after {waited:?}"
@@ -93,14 +85,15 @@ async fn a_replica_whose_clock_runs_ahead_changes_no_time() {
 
     // A healthy lease of 4 s, kept alive with heartbeats every second through the other
     // replica for 6 s, is never taken away (the fast clock would see it run out at once).
-    let mut leased = job_request("leased");
+    let mut leased = submit_request("leased");
     leased.lease = Some(pb_duration(Duration::from_secs(4)));
-    let job = submit_request(&mut jobs, leased).await.job.unwrap();
+    let job = submit_with(&mut jobs, leased).await.job.unwrap();
     let mut request = claim_request("leased", Duration::from_secs(5));
     request.lease = None;
     let claimed = workers.claim_job(request).await.unwrap().into_inner();
     for _ in 0..6 {
         acknowledge(&mut workers, &job.id, &claimed.lease_token).await;
+        // Paced as a worker's heartbeats are: what is under test is the time between them.
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     complete(&mut workers, &claimed, b"kept").await.unwrap();
@@ -115,12 +108,11 @@ async fn a_replica_whose_clock_runs_ahead_changes_no_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heartbeat_that_reaches_redis_late_neither_shortens_the_lease_nor_reorders_events() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let proxy = FaultyProxy::start(redis.port()).await;
     let direct = TestServer::start(&redis).await;
     let delayed = TestServer::start_with(&proxy.url(), Settings::default()).await;
-    let mut jobs = direct.jobs().await;
-    let mut workers = direct.workers().await;
+    let (mut jobs, mut workers) = direct.clients().await;
     let job = submit(&mut jobs, "q", b"").await;
     let claimed = claim(&mut workers, "q").await;
     let beat = |lease: u64, value: f64, message: &str| proto::HeartbeatRequest {

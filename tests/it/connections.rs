@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use jobd::api::proto::{self, EventType};
 
-use crate::support::*;
+use crate::harness::*;
 
 const POOL_SIZE: u16 = 3;
 
@@ -24,7 +24,7 @@ fn pubsub_state(redis: &RedisServer) -> (Vec<String>, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_watchers_and_fifty_waiting_claims_use_pool_size_plus_one_connections() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start_with(
         &redis.url(),
         Settings {
@@ -38,43 +38,14 @@ async fn five_hundred_watchers_and_fifty_waiting_claims_use_pool_size_plus_one_c
     for _ in 0..100 {
         ids.push(submit(&mut jobs, "watched", b"").await.id);
     }
-
-    // 500 streams over 10 client connections, each stream established (first event read).
-    let mut streams = Vec::new();
-    for connection in 0..10 {
-        let mut client = server.jobs().await;
-        for i in 0..50 {
-            let id = &ids[(connection * 50 + i) % ids.len()];
-            let mut stream = client
-                .watch_job(proto::WatchJobRequest {
-                    job_id: id.clone(),
-                    after_sequence: 0,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            let first = stream.message().await.unwrap().unwrap();
-            assert_eq!(first.r#type(), EventType::Queued);
-            streams.push(stream);
-        }
-    }
+    let streams = five_hundred_streams(&server, &ids).await;
     assert_eq!(streams.len(), 500);
-
     let mut claims = Vec::new();
     for _ in 0..50 {
-        let mut workers = server.workers().await;
-        claims.push(tokio::spawn(async move {
-            workers
-                .claim_job(claim_request("idle", Duration::from_secs(30)))
-                .await
-        }));
+        let request = claim_request("idle", Duration::from_secs(30));
+        claims.push(claim_in_background(server.workers().await, request));
     }
-    // The claims cannot be observed waiting from outside; give them time to get there.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        claims.iter().all(|claim| !claim.is_finished()),
-        "claims are waiting"
-    );
+    claims_waiting(&server, 50).await;
 
     let ours = redis.clients_named(&server.client_name_prefix());
     assert_eq!(ours.len(), usize::from(POOL_SIZE) + 1, "{ours:#?}");
@@ -107,6 +78,8 @@ async fn five_hundred_watchers_and_fifty_waiting_claims_use_pool_size_plus_one_c
     for claim in claims {
         let _ = claim.await;
     }
+    claims_waiting(&server, 0).await;
+    // Nothing outside jobd marks a stream's release: time for a wrong unsubscribe to happen.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         pubsub_state(&redis),
@@ -127,12 +100,38 @@ async fn five_hundred_watchers_and_fifty_waiting_claims_use_pool_size_plus_one_c
     assert_eq!(events.len(), 3);
 }
 
+/// 500 WatchJob streams of the jobs `ids` over 10 client connections, each stream established
+/// (its first event, QUEUED, read).
+async fn five_hundred_streams(
+    server: &TestServer,
+    ids: &[String],
+) -> Vec<tonic::Streaming<proto::JobEvent>> {
+    let mut streams = Vec::new();
+    for connection in 0..10 {
+        let mut client = server.jobs().await;
+        for i in 0..50 {
+            let id = &ids[(connection * 50 + i) % ids.len()];
+            let mut stream = client
+                .watch_job(proto::WatchJobRequest {
+                    job_id: id.clone(),
+                    after_sequence: 0,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let first = stream.message().await.unwrap().unwrap();
+            assert_eq!(first.r#type(), EventType::Queued);
+            streams.push(stream);
+        }
+    }
+    streams
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_gets_the_terminal_event_across_a_subscriber_reconnect() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     let job = submit(&mut jobs, "q", b"").await;
     let claimed = claim(&mut workers, "q").await;
 
@@ -174,18 +173,12 @@ async fn a_watcher_gets_the_terminal_event_across_a_subscriber_reconnect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_claim_is_woken_across_a_subscriber_reconnect() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
     // The job is submitted through another jobd, so that only the wake-up message can reach
     // the claim (through its own, it would be handed to it directly).
     let other = TestServer::start(&redis).await;
-    let mut workers = server.workers().await;
-    let waiting = tokio::spawn(async move {
-        workers
-            .claim_job(claim_request("q", Duration::from_secs(30)))
-            .await
-    });
-    claims_have_looked(&redis, 1).await;
+    let waiting = waiting_claim(&server, claim_request("q", Duration::from_secs(30))).await;
     // Both jobds' subscriber connections.
     assert_eq!(redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]), "2");
     let mut jobs = other.jobs().await;

@@ -1,82 +1,16 @@
 //! Deadlines: a call still running when the caller's `grpc-timeout` passes ends with
 //! DEADLINE_EXCEEDED, never CANCELLED, and is recorded so; a stream ends at its deadline too.
 
-use std::{
-    pin::Pin,
-    task::{Context, Poll},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use hyper::{body::Incoming, client::conn::http2::SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use jobd::api::proto::{
-    self, job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient,
-};
+use jobd::api::proto::{self, job_service_client::JobServiceClient};
 use tonic::Code;
 
-use crate::support::*;
-
-/// One HTTP/2 connection with no deadline of its own. tonic's `Channel` enforces a call's
-/// `grpc-timeout` header itself, and ends the call when its own timer fires (as CANCELLED):
-/// over it, a test would see the client's timer, not what the server answers.
-#[derive(Clone)]
-pub struct BareConnection(SendRequest<tonic::body::Body>);
-
-impl BareConnection {
-    pub async fn open(address: &str) -> Self {
-        let tcp = tokio::net::TcpStream::connect(address)
-            .await
-            .expect("jobd accepts connections");
-        let (send, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-                .await
-                .expect("an HTTP/2 connection");
-        tokio::spawn(connection);
-        Self(send)
-    }
-}
-
-impl tower::Service<http::Request<tonic::body::Body>> for BareConnection {
-    type Response = http::Response<Incoming>;
-    type Error = hyper::Error;
-    type Future =
-        Pin<Box<dyn Future<Output = Result<http::Response<Incoming>, hyper::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        Box::pin(self.0.send_request(request))
-    }
-}
-
-pub async fn bare_clients(
-    address: &str,
-) -> (
-    JobServiceClient<BareConnection>,
-    WorkerServiceClient<BareConnection>,
-) {
-    let connection = BareConnection::open(address).await;
-    let origin: http::Uri = format!("http://{address}").parse().unwrap();
-    (
-        JobServiceClient::with_origin(connection.clone(), origin.clone()),
-        WorkerServiceClient::with_origin(connection, origin),
-    )
-}
-
-/// `message` with a `grpc-timeout` header set by hand, e.g. "300m".
-pub fn with_deadline<T>(message: T, timeout: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("grpc-timeout", timeout.parse().unwrap());
-    request
-}
+use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_waiting_past_its_deadline_ends_with_deadline_exceeded() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
     let (_, mut workers) = bare_clients(&server.addr.to_string()).await;
 
@@ -120,7 +54,7 @@ async fn a_claim_waiting_past_its_deadline_ends_with_deadline_exceeded() {
 async fn a_tonic_client_with_a_deadline_sees_deadline_exceeded() {
     // tonic's client times out only the wait for the response headers (as CANCELLED); jobd
     // sends them at once for a call with a deadline, so the server's status decides.
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
     let mut workers = server.workers().await;
     for attempt in 0..5 {
@@ -140,7 +74,7 @@ async fn a_tonic_client_with_a_deadline_sees_deadline_exceeded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_open_past_its_deadline_ends_with_deadline_exceeded() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
     let (mut bare_jobs, _) = bare_clients(&server.addr.to_string()).await;
     let mut jobs = server.jobs().await;
@@ -168,7 +102,7 @@ async fn a_watch_open_past_its_deadline_ends_with_deadline_exceeded() {
     assert!(started.elapsed() >= Duration::from_millis(500));
 
     // A refusal keeps its status and message, before any message of the stream.
-    let refused = watch_refused(
+    let refused = watch_refusal(
         &mut bare_jobs,
         with_deadline(
             proto::WatchJobRequest {
@@ -196,11 +130,8 @@ async fn a_watch_open_past_its_deadline_ends_with_deadline_exceeded() {
     assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
 
     // A watch whose job finishes before the deadline ends with OK, as ever.
-    let (mut workers, claimed) = {
-        let mut workers = server.workers().await;
-        let claimed = claim(&mut workers, "q").await;
-        (workers, claimed)
-    };
+    let mut workers = server.workers().await;
+    let claimed = claim(&mut workers, "q").await;
     complete(&mut workers, &claimed, b"").await.unwrap();
     let mut stream = bare_jobs
         .watch_job(with_deadline(
@@ -222,8 +153,9 @@ async fn a_watch_open_past_its_deadline_ends_with_deadline_exceeded() {
 }
 
 /// The status of a WatchJob refused before any message: in the call's answer, or (the headers
-/// having gone ahead, for a call with a deadline) at the stream's first read.
-async fn watch_refused(
+/// having gone ahead, for a call with a deadline) at the stream's first read. (watch.rs's
+/// `watch_refused` wants the refusal in the call's answer itself.)
+async fn watch_refusal(
     jobs: &mut JobServiceClient<BareConnection>,
     request: tonic::Request<proto::WatchJobRequest>,
 ) -> tonic::Status {

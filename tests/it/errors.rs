@@ -5,40 +5,11 @@ use std::time::Duration;
 use jobd::api::proto::{self, JobState};
 use tonic::Code;
 
-use crate::support::*;
-
-fn assert_status(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code, mentions: &str) {
-    let status = result.expect_err("the call must fail");
-    assert_eq!(status.code(), code, "{status:?}");
-    assert!(
-        status.message().contains(mentions),
-        "message {:?} should mention {mentions:?}",
-        status.message()
-    );
-}
-
-fn submit_request(queue: &str, kind: &str, payload: Vec<u8>) -> proto::SubmitJobRequest {
-    proto::SubmitJobRequest {
-        queue: queue.into(),
-        kind: kind.into(),
-        payload: payload.into(),
-        labels: Default::default(),
-        ..Default::default()
-    }
-}
-
-/// Job keys in Redis, to prove a refused call wrote nothing.
-fn job_keys(redis: &RedisServer) -> usize {
-    redis
-        .cli(&["--scan", "--pattern", "jobd:*:job:*"])
-        .lines()
-        .filter(|l| !l.is_empty())
-        .count()
-}
+use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_submissions_are_refused_by_field() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start_with(
         &redis.url(),
         Settings {
@@ -49,29 +20,19 @@ async fn bad_submissions_are_refused_by_field() {
     .await;
     let mut jobs = server.jobs().await;
 
-    assert_status(
-        jobs.submit_job(submit_request("", "k", vec![])).await,
-        Code::InvalidArgument,
-        "queue",
-    );
-    assert_status(
-        jobs.submit_job(submit_request("has space", "k", vec![]))
-            .await,
-        Code::InvalidArgument,
-        "queue",
-    );
-    assert_status(
-        jobs.submit_job(submit_request(&"q".repeat(65), "k", vec![]))
-            .await,
-        Code::InvalidArgument,
-        "queue",
-    );
-    assert_status(
-        jobs.submit_job(submit_request("q", "{tag}", vec![])).await,
-        Code::InvalidArgument,
-        "kind",
-    );
-    let mut labels = submit_request("q", "k", vec![]);
+    for queue in ["", "has space", &"q".repeat(65)] {
+        assert_status(
+            jobs.submit_job(submit_request(queue)).await,
+            Code::InvalidArgument,
+            "queue",
+        );
+    }
+    let tagged = proto::SubmitJobRequest {
+        kind: "{tag}".into(),
+        ..submit_request("q")
+    };
+    assert_status(jobs.submit_job(tagged).await, Code::InvalidArgument, "kind");
+    let mut labels = submit_request("q");
     labels.labels.insert(String::new(), "v".into());
     assert_status(
         jobs.submit_job(labels).await,
@@ -79,31 +40,37 @@ async fn bad_submissions_are_refused_by_field() {
         "labels",
     );
     assert_status(
-        jobs.submit_job(submit_request("q", "k", vec![0; 1025]))
-            .await,
+        jobs.submit_job(sized_request(1025)).await,
         Code::ResourceExhausted,
         "payload",
     );
-    assert_eq!(job_keys(&redis), 0, "refused submissions wrote nothing");
+    assert_eq!(
+        redis.keys(JOB_KEYS).len(),
+        0,
+        "refused submissions wrote nothing"
+    );
 
     // At the limit is fine.
-    jobs.submit_job(submit_request("q", "k", vec![0; 1024]))
-        .await
-        .unwrap();
-    assert_eq!(job_keys(&redis), 1);
+    jobs.submit_job(sized_request(1024)).await.unwrap();
+    assert_eq!(redis.keys(JOB_KEYS).len(), 1);
+}
+
+/// A submission to queue "q" whose payload is `bytes` long.
+fn sized_request(bytes: usize) -> proto::SubmitJobRequest {
+    proto::SubmitJobRequest {
+        payload: vec![7; bytes].into(),
+        ..submit_request("q")
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_payload_limit_is_one_mebibyte() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
     let mut jobs = server.jobs().await;
-    jobs.submit_job(submit_request("q", "k", vec![7; 1024 * 1024]))
-        .await
-        .unwrap();
+    jobs.submit_job(sized_request(1024 * 1024)).await.unwrap();
     assert_status(
-        jobs.submit_job(submit_request("q", "k", vec![7; 1024 * 1024 + 1]))
-            .await,
+        jobs.submit_job(sized_request(1024 * 1024 + 1)).await,
         Code::ResourceExhausted,
         "payload",
     );
@@ -111,10 +78,9 @@ async fn the_default_payload_limit_is_one_mebibyte() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_unknown_ids() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     let real = submit(&mut jobs, "q", b"").await;
     // Well-formed, but never submitted: same queue, another ULID.
     let unknown = format!("q.{}", "0".repeat(26));
@@ -187,8 +153,51 @@ async fn malformed_and_unknown_ids() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_worker_requests_are_refused_by_field() {
-    let redis = RedisServer::start();
+async fn bad_claims_are_refused_by_field() {
+    let redis = RedisServer::start().await;
+    let server = TestServer::start(&redis).await;
+    let mut workers = server.workers().await;
+    type Change = Box<dyn Fn(&mut proto::ClaimJobRequest)>;
+    let cases: Vec<(Change, &str)> = vec![
+        (Box::new(|r| r.queues.clear()), "queues"),
+        (Box::new(|r| r.queues.push("not ok".into())), "queues[1]"),
+        (Box::new(|r| r.worker_id.clear()), "worker_id"),
+        (
+            Box::new(|r| r.lease = Some(pb_duration(Duration::from_millis(1)))),
+            "lease",
+        ),
+        (
+            Box::new(|r| r.wait = Some(pb_duration(Duration::from_secs(3600)))),
+            "wait",
+        ),
+        (
+            Box::new(|r| {
+                r.wait = Some(prost_types::Duration {
+                    seconds: -1,
+                    nanos: 0,
+                })
+            }),
+            "wait",
+        ),
+        (
+            Box::new(|r| r.ack_timeout = Some(pb_duration(Duration::from_millis(1)))),
+            "ack_timeout",
+        ),
+    ];
+    for (change, field) in cases {
+        let mut request = claim_request("q", Duration::ZERO);
+        change(&mut request);
+        assert_status(
+            workers.claim_job(request).await,
+            Code::InvalidArgument,
+            field,
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_reports_on_a_claimed_job_are_refused_by_field_and_record_nothing() {
+    let redis = RedisServer::start().await;
     let server = TestServer::start_with(
         &redis.url(),
         Settings {
@@ -197,71 +206,7 @@ async fn bad_worker_requests_are_refused_by_field() {
         },
     )
     .await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
-
-    let mut no_queues = claim_request("q", Duration::ZERO);
-    no_queues.queues.clear();
-    assert_status(
-        workers.claim_job(no_queues).await,
-        Code::InvalidArgument,
-        "queues",
-    );
-    let mut bad_queue = claim_request("q", Duration::ZERO);
-    bad_queue.queues.push("not ok".into());
-    assert_status(
-        workers.claim_job(bad_queue).await,
-        Code::InvalidArgument,
-        "queues[1]",
-    );
-    let mut no_worker = claim_request("q", Duration::ZERO);
-    no_worker.worker_id.clear();
-    assert_status(
-        workers.claim_job(no_worker).await,
-        Code::InvalidArgument,
-        "worker_id",
-    );
-    let mut short_lease = claim_request("q", Duration::ZERO);
-    short_lease.lease = Some(prost_types::Duration {
-        seconds: 0,
-        nanos: 1_000_000,
-    });
-    assert_status(
-        workers.claim_job(short_lease).await,
-        Code::InvalidArgument,
-        "lease",
-    );
-    let mut long_wait = claim_request("q", Duration::ZERO);
-    long_wait.wait = Some(prost_types::Duration {
-        seconds: 3600,
-        nanos: 0,
-    });
-    assert_status(
-        workers.claim_job(long_wait).await,
-        Code::InvalidArgument,
-        "wait",
-    );
-    let mut negative_wait = claim_request("q", Duration::ZERO);
-    negative_wait.wait = Some(prost_types::Duration {
-        seconds: -1,
-        nanos: 0,
-    });
-    assert_status(
-        workers.claim_job(negative_wait).await,
-        Code::InvalidArgument,
-        "wait",
-    );
-
-    let mut short_ack = claim_request("q", Duration::ZERO);
-    short_ack.ack_timeout = Some(prost_types::Duration {
-        seconds: 0,
-        nanos: 1_000_000,
-    });
-    assert_status(
-        workers.claim_job(short_ack).await,
-        Code::InvalidArgument,
-        "ack_timeout",
-    );
+    let (mut jobs, mut workers) = server.clients().await;
 
     let job = submit(&mut jobs, "q", b"").await;
     let claimed = claim(&mut workers, "q").await;
@@ -320,10 +265,9 @@ async fn bad_worker_requests_are_refused_by_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_lease_token_is_refused_and_changes_nothing() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     let job = submit(&mut jobs, "q", b"").await;
     let claimed = claim(&mut workers, "q").await;
     let before = get(&mut jobs, &job.id).await;
@@ -375,10 +319,9 @@ async fn a_stale_lease_token_is_refused_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_finished_job_is_a_failed_precondition() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     let completed = submit(&mut jobs, "q", b"").await;
     let claimed = claim(&mut workers, "q").await;
     complete(&mut workers, &claimed, b"").await.unwrap();
@@ -411,14 +354,16 @@ async fn cancelling_a_finished_job_is_a_failed_precondition() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn internal_errors_hide_their_cause() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
     let mut jobs = server.jobs().await;
     let job = submit(&mut jobs, "q", b"").await;
     // Make the job's key hold the wrong type: Redis answers WRONGTYPE.
-    let key = redis.cli(&["--scan", "--pattern", "jobd:*:job:*"]);
-    redis.cli(&["DEL", &key]);
-    redis.cli(&["SET", &key, "garbage"]);
+    let [key] = &redis.keys(JOB_KEYS)[..] else {
+        panic!("one job's hash");
+    };
+    redis.cli(&["DEL", key]);
+    redis.cli(&["SET", key, "garbage"]);
     let status = jobs
         .get_job(proto::GetJobRequest {
             job_id: job.id.clone(),
@@ -428,8 +373,8 @@ async fn internal_errors_hide_their_cause() {
     assert_eq!(status.code(), Code::Internal);
     assert_eq!(status.message(), "internal error");
     // Data jobd did not write is also internal, not a crash.
-    redis.cli(&["DEL", &key]);
-    redis.cli(&["HSET", &key, "state", "bogus", "kind", "k", "seq", "1"]);
+    redis.cli(&["DEL", key]);
+    redis.cli(&["HSET", key, "state", "bogus", "kind", "k", "seq", "1"]);
     let status = jobs
         .get_job(proto::GetJobRequest { job_id: job.id })
         .await
@@ -440,8 +385,8 @@ async fn internal_errors_hide_their_cause() {
 
 /// A Redis with an 8 MB maxmemory under noeviction: once past it, Redis refuses writes
 /// rather than drop keys.
-fn small_redis() -> RedisServer {
-    RedisServer::start_with(&["--maxmemory", "8mb", "--maxmemory-policy", "noeviction"])
+async fn small_redis() -> RedisServer {
+    RedisServer::start_with(&["--maxmemory", "8mb", "--maxmemory-policy", "noeviction"]).await
 }
 
 /// Takes `small_redis` past its maxmemory with one 16 MB key, `filler`; deleting it makes
@@ -453,37 +398,33 @@ fn fill(redis: &RedisServer) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_redis_refuses_submissions_with_unavailable_and_writes_nothing() {
-    let redis = small_redis();
+    let redis = small_redis().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     let first = submit(&mut jobs, "full", b"").await;
     fill(&redis);
-    let keys = job_keys(&redis);
+    let keys = redis.keys(JOB_KEYS);
 
     for kind in ["alone", "batch"] {
         let refused = match kind {
-            "alone" => jobs
-                .submit_job(submit_request("full", "k", b"x".to_vec()))
-                .await
-                .map(|_| ()),
+            "alone" => jobs.submit_job(submit_request("full")).await.map(|_| ()),
             _ => jobs
                 .submit_jobs(proto::SubmitJobsRequest {
-                    jobs: vec![submit_request("full", "k", b"x".to_vec()); 3],
+                    jobs: vec![submit_request("full"); 3],
                 })
                 .await
                 .map(|_| ()),
         };
         assert_status(refused, Code::Unavailable, "out of memory");
     }
-    let mut idempotent = submit_request("other", "k", b"x".to_vec());
+    let mut idempotent = submit_request("other");
     idempotent.idempotency_key = "once".into();
     assert_status(
         jobs.submit_job(idempotent).await,
         Code::Unavailable,
         "out of memory",
     );
-    assert_eq!(job_keys(&redis), keys, "nothing written");
+    assert_eq!(redis.keys(JOB_KEYS), keys, "nothing written");
 
     // Room again: the first job is claimed as it was, and submissions go through.
     redis.cli(&["DEL", "filler"]);
@@ -494,10 +435,9 @@ async fn a_full_redis_refuses_submissions_with_unavailable_and_writes_nothing() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_redis_takes_no_new_work_but_lets_running_jobs_finish() {
-    let redis = small_redis();
+    let redis = small_redis().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     let done = submit(&mut jobs, "full", b"").await;
     let failing = submit(&mut jobs, "full", b"").await;
     let waiting = submit(&mut jobs, "full", b"").await;
@@ -577,10 +517,9 @@ async fn a_full_redis_takes_no_new_work_but_lets_running_jobs_finish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_error_is_recorded_cut_rather_than_refused() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     let job = submit(&mut jobs, "q", b"").await;
     let claimed = claim(&mut workers, "q").await;
     // A stack trace of 64 KiB.

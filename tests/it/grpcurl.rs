@@ -1,11 +1,18 @@
 //! The README's grpcurl examples, run as written (after filling in ids and tokens from earlier
 //! replies) with the real grpcurl binary against a real jobd, so they cannot go stale.
 
-use std::{process::Stdio, time::Duration};
+use std::{
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use tokio::process::Command;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::Command,
+};
 
-use crate::support::*;
+use crate::harness::*;
 
 /// The commands of the README's grpcurl block, continuation lines joined, comments dropped.
 fn readme_commands() -> Vec<String> {
@@ -63,18 +70,6 @@ async fn run(command: &str) -> String {
     stdout
 }
 
-/// What a grpcurl stream started in the background printed, once it ended (within 10 s, after
-/// its last terminal event) with OK.
-async fn ended_ok(stream: Option<tokio::process::Child>, what: &str) -> String {
-    let stream = stream.unwrap_or_else(|| panic!("{what} started before"));
-    let output = tokio::time::timeout(Duration::from_secs(10), stream.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("{what} ends after the terminal event"))
-        .unwrap();
-    assert!(output.status.success(), "{what} ends with OK");
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 fn field(json: &str, path: &[&str]) -> String {
     let mut value: serde_json::Value = serde_json::from_str(json).expect("grpcurl prints JSON");
     for key in path {
@@ -89,44 +84,72 @@ async fn the_readme_grpcurl_examples_work_as_written() {
         grpcurl_installed(),
         "grpcurl is needed: .ci/install installs it"
     );
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
     let address = server.addr.to_string();
     let commands = readme_commands();
     assert!(commands.len() >= 12, "{commands:#?}");
 
-    let mut job_id = String::new();
-    let mut lease_token = String::new();
-    let mut other_job_id = String::new();
-    // The batch's claimed jobs: (id, lease token), in the claim's order.
-    let mut reports: Vec<(String, String)> = Vec::new();
-    let mut watcher = None;
-    let mut follower = None;
+    let mut session = Session::default();
     for template in &commands {
         assert!(template.starts_with("grpcurl "), "{template}");
+        let command = session.command(template, &address);
+        let method = template.rsplit(' ').next().unwrap_or_default();
+        // Streams that run until terminal events: started here, read after the completions.
+        match method {
+            "jobd.v1.JobService/WatchJob" => session.watcher = Some(Stream::start(&command).await),
+            "jobd.v1.JobService/SubmitAndWatchJobs" => {
+                session.follower = Some(Stream::start(&command).await)
+            }
+            _ => session.check(method, &run(&command).await).await,
+        }
+    }
+    assert!(
+        !session.lease_token.is_empty()
+            && !session.other_job_id.is_empty()
+            && session.reports.len() == 2,
+        "every step ran"
+    );
+}
+
+/// What the README's commands pass on to those after them: ids and tokens from earlier
+/// replies, and the streams started in the background.
+#[derive(Default)]
+struct Session {
+    job_id: String,
+    lease_token: String,
+    other_job_id: String,
+    /// The batch's claimed jobs: (id, lease token), in the claim's order.
+    reports: Vec<(String, String)>,
+    watcher: Option<Stream>,
+    follower: Option<Stream>,
+}
+
+/// A grpcurl stream running in the background, and what it printed so far.
+struct Stream {
+    child: tokio::process::Child,
+    printed: Arc<Mutex<String>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Session {
+    /// The README's command `template`, sent to `address`, with the ids and tokens it names.
+    fn command(&self, template: &str, address: &str) -> String {
         let mut command = template
-            .replace("localhost:50051", &address)
-            .replace("OTHER_JOB_ID", &other_job_id)
-            .replace("JOB_ID", &job_id)
-            .replace("LEASE_TOKEN", &lease_token);
-        for (n, (id, token)) in reports.iter().enumerate() {
+            .replace("localhost:50051", address)
+            .replace("OTHER_JOB_ID", &self.other_job_id)
+            .replace("JOB_ID", &self.job_id)
+            .replace("LEASE_TOKEN", &self.lease_token);
+        for (n, (id, token)) in self.reports.iter().enumerate() {
             command = command
                 .replace(&format!("REPORT_ID_{}", n + 1), id)
                 .replace(&format!("REPORT_TOKEN_{}", n + 1), token);
         }
-        let method = template.rsplit(' ').next().unwrap_or_default();
-        // Streams that run until terminal events: started here, read after the completions.
-        let stream = match method {
-            "jobd.v1.JobService/WatchJob" => Some(&mut watcher),
-            "jobd.v1.JobService/SubmitAndWatchJobs" => Some(&mut follower),
-            _ => None,
-        };
-        if let Some(stream) = stream {
-            *stream = Some(shell(&command).spawn().expect("bash runs"));
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            continue;
-        }
-        let output = run(&command).await;
+        command
+    }
+
+    /// Checks what the call of `method` printed, and keeps what later commands need of it.
+    async fn check(&mut self, method: &str, output: &str) {
         match method {
             "list" => {
                 for service in [
@@ -143,20 +166,20 @@ async fn the_readme_grpcurl_examples_work_as_written() {
                     "describe shows the docs: {output}"
                 );
             }
-            "jobd.v1.JobService/SubmitJob" if job_id.is_empty() => {
-                job_id = field(&output, &["job", "id"]);
+            "jobd.v1.JobService/SubmitJob" if self.job_id.is_empty() => {
+                self.job_id = field(output, &["job", "id"]);
             }
             "jobd.v1.JobService/SubmitJob" => {
-                assert_eq!(field(&output, &["job", "state"]), "JOB_STATE_SCHEDULED");
-                other_job_id = field(&output, &["job", "id"]);
+                assert_eq!(field(output, &["job", "state"]), "JOB_STATE_SCHEDULED");
+                self.other_job_id = field(output, &["job", "id"]);
             }
             "jobd.v1.WorkerService/ClaimJob" => {
-                assert_eq!(field(&output, &["job", "id"]), job_id);
-                lease_token = field(&output, &["leaseToken"]);
+                assert_eq!(field(output, &["job", "id"]), self.job_id);
+                self.lease_token = field(output, &["leaseToken"]);
             }
             "jobd.v1.WorkerService/Heartbeat" => assert!(output.contains("leaseExpiresAt")),
             "jobd.v1.WorkerService/CompleteJob" => {
-                let events = ended_ok(watcher.take(), "the watch").await;
+                let events = Stream::ended_ok(self.watcher.take(), "the watch").await;
                 let order: Vec<usize> = [
                     "EVENT_TYPE_QUEUED",
                     "EVENT_TYPE_STARTED",
@@ -173,14 +196,14 @@ async fn the_readme_grpcurl_examples_work_as_written() {
                 assert!(order.is_sorted(), "events in order: {events}");
             }
             "jobd.v1.WorkerService/ClaimJobs" => {
-                let claimed: serde_json::Value = serde_json::from_str(&output).unwrap();
+                let claimed: serde_json::Value = serde_json::from_str(output).unwrap();
                 let jobs = claimed["jobs"].as_array().expect("jobs claimed");
                 let kinds: Vec<&str> = jobs
                     .iter()
                     .map(|job| job["job"]["kind"].as_str().unwrap())
                     .collect();
                 assert_eq!(kinds, ["daily", "weekly"], "{output}");
-                reports = jobs
+                self.reports = jobs
                     .iter()
                     .map(|job| {
                         let id = job["job"]["id"].as_str().unwrap().to_owned();
@@ -189,13 +212,13 @@ async fn the_readme_grpcurl_examples_work_as_written() {
                     .collect();
             }
             "jobd.v1.WorkerService/CompleteJobs" => {
-                let completed: serde_json::Value = serde_json::from_str(&output).unwrap();
+                let completed: serde_json::Value = serde_json::from_str(output).unwrap();
                 assert_eq!(
                     completed["results"],
                     serde_json::json!([{}, {}]),
                     "both recorded: {output}"
                 );
-                let messages = ended_ok(follower.take(), "the batch's stream").await;
+                let messages = Stream::ended_ok(self.follower.take(), "the batch's stream").await;
                 assert!(messages.contains("\"submitted\""), "{messages}");
                 assert_eq!(
                     messages.matches("EVENT_TYPE_COMPLETED").count(),
@@ -204,23 +227,66 @@ async fn the_readme_grpcurl_examples_work_as_written() {
                 );
             }
             "jobd.v1.JobService/CancelJob" => {
-                assert_eq!(field(&output, &["job", "state"]), "JOB_STATE_CANCELLED");
-                assert_eq!(field(&output, &["job", "cancelReason"]), "no longer needed");
+                assert_eq!(field(output, &["job", "state"]), "JOB_STATE_CANCELLED");
+                assert_eq!(field(output, &["job", "cancelReason"]), "no longer needed");
             }
             "jobd.v1.JobService/GetQueueStats" => {
-                let stats: serde_json::Value = serde_json::from_str(&output).unwrap();
+                let stats: serde_json::Value = serde_json::from_str(output).unwrap();
                 assert_eq!(stats["completed"], "1", "{output}");
                 assert_eq!(stats["cancelled"], "1", "{output}");
             }
-            "jobd.v1.JobService/ListJobs" => assert!(output.contains(&job_id), "{output}"),
-            "grpc.health.v1.Health/Check" => assert_eq!(field(&output, &["status"]), "SERVING"),
+            "jobd.v1.JobService/ListJobs" => assert!(output.contains(&self.job_id), "{output}"),
+            "grpc.health.v1.Health/Check" => assert_eq!(field(output, &["status"]), "SERVING"),
             other => panic!("the README runs {other}, which this test does not check"),
         }
     }
-    assert!(
-        !lease_token.is_empty() && !other_job_id.is_empty() && reports.len() == 2,
-        "every step ran"
-    );
+}
+
+impl Stream {
+    /// Starts the grpcurl `command`, and returns once it has printed its first message
+    /// (grpcurl prints each as it arrives): the stream is established, and for
+    /// SubmitAndWatchJobs the batch submitted.
+    async fn start(command: &str) -> Self {
+        let mut child = shell(command).spawn().expect("bash runs");
+        let stdout = child.stdout.take().expect("grpcurl's output is piped");
+        let printed = Arc::new(Mutex::new(String::new()));
+        let reader = tokio::spawn({
+            let printed = printed.clone();
+            async move {
+                let mut lines = BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let mut printed = printed.lock().unwrap();
+                    printed.push_str(&line);
+                    printed.push('\n');
+                }
+            }
+        });
+        // A message is printed as indented JSON: its closing brace alone on a line ends it.
+        until(
+            Duration::from_secs(10),
+            "the stream's first message",
+            || printed.lock().unwrap().lines().any(|line| line == "}"),
+        )
+        .await;
+        Self {
+            child,
+            printed,
+            reader,
+        }
+    }
+
+    /// What the stream printed, once it ended (within 10 s, after its last terminal event)
+    /// with OK.
+    async fn ended_ok(stream: Option<Self>, what: &str) -> String {
+        let mut stream = stream.unwrap_or_else(|| panic!("{what} started before"));
+        let status = tokio::time::timeout(Duration::from_secs(10), stream.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{what} ends after the terminal event"))
+            .unwrap();
+        assert!(status.success(), "{what} ends with OK");
+        stream.reader.await.expect("the output is read to its end");
+        stream.printed.lock().unwrap().clone()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,7 +295,7 @@ async fn reflection_can_be_turned_off() {
         grpcurl_installed(),
         "grpcurl is needed: .ci/install installs it"
     );
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start_with(
         &redis.url(),
         Settings {

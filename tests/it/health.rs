@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
 
-use crate::support::*;
+use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_a_frozen_redis_and_liveness_does_not() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
     let mut health = HealthClient::new(server.channel().await);
     readiness_becomes(&server, ServingStatus::Serving, Duration::from_secs(5)).await;
@@ -35,17 +35,17 @@ async fn readiness_follows_a_frozen_redis_and_liveness_does_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_a_stopped_and_restarted_redis() {
-    let mut redis = RedisServer::start();
+    let mut redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
     readiness_becomes(&server, ServingStatus::Serving, Duration::from_secs(5)).await;
 
     redis.stop();
     let took = readiness_becomes(&server, ServingStatus::NotServing, Duration::from_secs(10)).await;
     assert!(took <= Duration::from_secs(2), "NOT_SERVING after {took:?}");
-    // Long enough for the reconnect backoff to reach its cap.
+    // Lets the reconnect backoff grow to its cap, which nothing outside jobd shows.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    redis.restart();
+    redis.restart().await;
     let took = readiness_becomes(&server, ServingStatus::Serving, Duration::from_secs(10)).await;
     assert!(
         took <= Duration::from_secs(2),
@@ -60,10 +60,11 @@ async fn readiness_stays_off_while_redis_may_evict_queued_jobs() {
     // A job's hash is its only record: a Redis that may evict any key at its memory limit
     // could lose queued and running jobs without a trace.
     let redis =
-        RedisServer::start_with(&["--maxmemory", "1gb", "--maxmemory-policy", "allkeys-lru"]);
+        RedisServer::start_with(&["--maxmemory", "1gb", "--maxmemory-policy", "allkeys-lru"]).await;
     let server = TestServer::start(&redis).await;
     let mut health = HealthClient::new(server.channel().await);
     // Past two readiness checks, still not serving; liveness unaffected.
+    // (That readiness does not turn on, only time passing can show.)
     tokio::time::sleep(Duration::from_millis(1200)).await;
     for service in READINESS {
         assert_eq!(
@@ -86,7 +87,8 @@ async fn readiness_stays_off_while_redis_may_evict_queued_jobs() {
 async fn a_redis_that_evicts_only_expiring_keys_or_hides_its_policy_is_served() {
     // volatile-*: only keys with an expiry (finished jobs, idempotency keys) may go.
     let volatile =
-        RedisServer::start_with(&["--maxmemory", "1gb", "--maxmemory-policy", "volatile-lru"]);
+        RedisServer::start_with(&["--maxmemory", "1gb", "--maxmemory-policy", "volatile-lru"])
+            .await;
     // CONFIG renamed away, as some managed Redis services do: the policy cannot be read.
     let hidden = RedisServer::start_with(&[
         "--maxmemory",
@@ -96,7 +98,8 @@ async fn a_redis_that_evicts_only_expiring_keys_or_hides_its_policy_is_served() 
         "--rename-command",
         "CONFIG",
         "",
-    ]);
+    ])
+    .await;
     for redis in [&volatile, &hidden] {
         let server = TestServer::start(redis).await;
         readiness_becomes(&server, ServingStatus::Serving, Duration::from_secs(5)).await;

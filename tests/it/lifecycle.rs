@@ -4,11 +4,11 @@ use std::time::{Duration, Instant};
 
 use jobd::api::proto::{self, EventType, JobState};
 
-use crate::support::*;
+use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_then_get_returns_what_was_submitted() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
     let mut jobs = server.jobs().await;
 
@@ -43,10 +43,9 @@ async fn submit_then_get_returns_what_was_submitted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claim_heartbeat_complete() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     let job = submit(&mut jobs, "q", b"in").await;
 
     let claimed = claim(&mut workers, "q").await;
@@ -62,7 +61,6 @@ async fn claim_heartbeat_complete() {
     assert_eq!(stored.state(), JobState::Running);
     assert!(stored.started_at.is_some());
 
-    tokio::time::sleep(Duration::from_millis(20)).await;
     let beat = workers
         .heartbeat(proto::HeartbeatRequest {
             job_id: job.id.clone(),
@@ -119,10 +117,9 @@ async fn claim_heartbeat_complete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_makes_the_job_failed() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     let job = submit(&mut jobs, "q", b"").await;
     let claimed = claim(&mut workers, "q").await;
 
@@ -149,7 +146,7 @@ async fn fail_makes_the_job_failed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_are_fifo_and_each_job_goes_to_one_worker() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
     let mut jobs = server.jobs().await;
     let mut ids = Vec::new();
@@ -190,7 +187,7 @@ async fn claims_are_fifo_and_each_job_goes_to_one_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claim_without_a_job_returns_nothing_after_the_wait() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
     let mut workers = server.workers().await;
 
@@ -215,13 +212,13 @@ async fn claim_without_a_job_returns_nothing_after_the_wait() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_claim_is_woken_by_a_submit_through_another_jobd() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
     // Submitted through the claim's own jobd, the job would be handed to it (see handoff.rs);
     // through another, the claim is woken by the queue's wake-up message.
     let other = TestServer::start(&redis).await;
     let mut workers = server.workers().await;
-    let waiting = tokio::spawn(async move {
+    let claiming = async move {
         let started = Instant::now();
         let response = workers
             .claim_job(claim_request("later", Duration::from_secs(20)))
@@ -229,8 +226,8 @@ async fn a_waiting_claim_is_woken_by_a_submit_through_another_jobd() {
             .unwrap()
             .into_inner();
         (response, started.elapsed())
-    });
-    claims_have_looked(&redis, 1).await;
+    };
+    let waiting = spawn_parked(&server, claiming).await;
     let mut jobs = other.jobs().await;
     let job = submit(&mut jobs, "later", b"x").await;
     let (response, waited) = waiting.await.unwrap();
@@ -243,10 +240,9 @@ async fn a_waiting_claim_is_woken_by_a_submit_through_another_jobd() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_takes_from_its_queues_in_order_of_preference() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     let low = submit(&mut jobs, "low", b"").await;
     let high = submit(&mut jobs, "high", b"").await;
     let mut request = claim_request("high", Duration::ZERO);
@@ -263,10 +259,9 @@ async fn a_claim_takes_from_its_queues_in_order_of_preference() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completing_twice_with_the_same_token_is_idempotent() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     let job = submit(&mut jobs, "q", b"").await;
     let claimed = claim(&mut workers, "q").await;
     complete(&mut workers, &claimed, b"r").await.unwrap();
@@ -277,10 +272,9 @@ async fn completing_twice_with_the_same_token_is_idempotent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripts_are_reloaded_after_redis_forgets_them() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     submit(&mut jobs, "q", b"").await;
     assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]), "OK");
     let job = submit(&mut jobs, "q", b"").await;
@@ -295,10 +289,9 @@ async fn scripts_are_reloaded_after_redis_forgets_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_entry_in_a_queue_does_not_block_it() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     for junk in [
         "junk-1",
         "junk-2",
@@ -315,10 +308,9 @@ async fn a_foreign_entry_in_a_queue_does_not_block_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claim_several_and_claim_the_next_with_a_completion() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     let mut ids = Vec::new();
     for i in 0..7u8 {
         ids.push(submit(&mut jobs, "batch", &[i]).await.id);
@@ -390,39 +382,33 @@ async fn claim_several_and_claim_the_next_with_a_completion() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_jobs_creates_a_batch_in_order_and_wakes_a_claimer_per_job() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
     let mut jobs = server.jobs().await;
 
     // Three claimers wait on the queue before the batch arrives: each must be woken.
     let mut waiting = Vec::new();
     for _ in 0..3 {
-        let mut workers = server.workers().await;
-        waiting.push(tokio::spawn(async move {
-            workers
-                .claim_job(claim_request("bulk", Duration::from_secs(20)))
-                .await
-        }));
-        // One at a time: claims arriving together would share one read of the queue.
-        claims_have_looked(&redis, waiting.len() as u64).await;
+        let request = claim_request("bulk", Duration::from_secs(20));
+        waiting.push(waiting_claim(&server, request).await);
     }
 
     let mut batch: Vec<proto::SubmitJobRequest> = (0..5u8)
         .map(|i| proto::SubmitJobRequest {
             payload: vec![i].into(),
-            ..job_request("bulk")
+            ..submit_request("bulk")
         })
         .collect();
-    batch.push(job_request("other"));
+    batch.push(submit_request("other"));
     batch.push(proto::SubmitJobRequest {
         idempotency_key: "once".into(),
-        ..job_request("bulk")
+        ..submit_request("bulk")
     });
     batch.push(proto::SubmitJobRequest {
         start: Some(proto::submit_job_request::Start::Delay(pb_duration(
             Duration::from_secs(3600),
         ))),
-        ..job_request("bulk")
+        ..submit_request("bulk")
     });
     let started = Instant::now();
     let results = jobs
@@ -473,7 +459,7 @@ async fn submit_jobs_creates_a_batch_in_order_and_wakes_a_claimer_per_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_jobs_refuses_a_batch_with_an_invalid_job_and_writes_nothing() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start_with(
         &redis.url(),
         Settings {
@@ -483,7 +469,11 @@ async fn submit_jobs_refuses_a_batch_with_an_invalid_job_and_writes_nothing() {
     )
     .await;
     let mut jobs = server.jobs().await;
-    let mut batch = vec![job_request("q"), job_request("q"), job_request("bad queue")];
+    let mut batch = vec![
+        submit_request("q"),
+        submit_request("q"),
+        submit_request("bad queue"),
+    ];
     let status = jobs
         .submit_jobs(proto::SubmitJobsRequest {
             jobs: batch.clone(),
@@ -498,7 +488,7 @@ async fn submit_jobs_refuses_a_batch_with_an_invalid_job_and_writes_nothing() {
     );
     batch[2] = proto::SubmitJobRequest {
         payload: vec![0; 9].into(),
-        ..job_request("q")
+        ..submit_request("q")
     };
     let status = jobs
         .submit_jobs(proto::SubmitJobsRequest { jobs: batch })
@@ -515,19 +505,14 @@ async fn submit_jobs_refuses_a_batch_with_an_invalid_job_and_writes_nothing() {
         .await
         .unwrap_err();
     assert_eq!(empty.code(), tonic::Code::InvalidArgument);
-    assert!(
-        redis
-            .cli(&["--scan", "--pattern", "jobd:*:job:*"])
-            .is_empty(),
-        "nothing written"
-    );
+    assert!(redis.keys(JOB_KEYS).is_empty(), "nothing written");
 }
 
 /// Completions of one queue that arrive together share a script call; each still gets its own
 /// answer, and one refused completion does not disturb the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_completions_each_get_their_own_answer() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
     let mut jobs = server.jobs().await;
     let workers = server.workers().await;
@@ -548,7 +533,7 @@ async fn concurrent_completions_each_get_their_own_answer() {
     .await;
     assert_eq!(claimed.len(), JOBS);
 
-    let completion = |id: &str, token: &str, result: Vec<u8>| {
+    let complete_in_background = |id: &str, token: &str, result: Vec<u8>| {
         let mut workers = workers.clone();
         let request = proto::CompleteJobRequest {
             job_id: id.to_owned(),
@@ -562,22 +547,22 @@ async fn concurrent_completions_each_get_their_own_answer() {
     let mut stale = Vec::new();
     for (i, held) in claimed.iter().enumerate() {
         let id = &held.job.as_ref().unwrap().id;
-        good.push(completion(
+        good.push(complete_in_background(
             id,
             &held.lease_token,
             format!("r{i}").into_bytes(),
         ));
         // Another job's token, and the same completion sent twice (a client's retry).
         let other = &claimed[(i + 1) % JOBS].lease_token;
-        stale.push(completion(id, other, b"wrong".to_vec()));
-        good.push(completion(
+        stale.push(complete_in_background(id, other, b"wrong".to_vec()));
+        good.push(complete_in_background(
             id,
             &held.lease_token,
             format!("r{i}").into_bytes(),
         ));
     }
     let unknown_id = format!("together.{}", ulid_like());
-    let unknown = completion(&unknown_id, &claimed[0].lease_token, Vec::new());
+    let unknown = complete_in_background(&unknown_id, &claimed[0].lease_token, Vec::new());
 
     for answer in good {
         answer
@@ -619,21 +604,15 @@ fn ulid_like() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn complete_jobs_answers_each_completion_and_claims_the_next() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     let mut ids = Vec::new();
     for i in 0..5u8 {
         ids.push(submit(&mut jobs, "many", &[i]).await.id);
     }
     let claim = claim_request("many", Duration::from_secs(1));
     let claimed = claim_jobs(&mut workers, claim.clone(), 3).await;
-    let completion = |held: &proto::ClaimedJob, token: &str| proto::Completion {
-        job_id: held.job.as_ref().unwrap().id.clone(),
-        lease_token: token.to_owned(),
-        result: held.job.as_ref().unwrap().payload.clone(),
-    };
     let mut completions: Vec<proto::Completion> = claimed
         .iter()
         .map(|held| completion(held, &held.lease_token))
@@ -641,7 +620,7 @@ async fn complete_jobs_answers_each_completion_and_claims_the_next() {
     // Job 1 with job 0's token, and a job that does not exist.
     completions[1].lease_token = claimed[0].lease_token.clone();
     completions.push(proto::Completion {
-        job_id: "many.01ARZ3NDEKTSV4RRFFQ69G5FAV".to_owned(),
+        job_id: format!("many.{}", ulid_like()),
         ..completion(&claimed[0], &claimed[0].lease_token)
     });
     let response = workers
@@ -701,13 +680,25 @@ async fn complete_jobs_answers_each_completion_and_claims_the_next() {
         .into_inner();
     assert_eq!(again.results[0].code, tonic::Code::Ok as i32);
     assert_eq!(get(&mut jobs, &ids[0]).await.last_sequence, 3);
+}
 
-    // A malformed completion refuses the whole call, naming it, and records nothing.
-    let mut bad = vec![completion(&claimed[1], &claimed[1].lease_token)];
-    bad.push(proto::Completion {
-        job_id: "no-dot".to_owned(),
-        ..bad[0].clone()
-    });
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_completion_refuses_the_whole_call_and_records_nothing() {
+    let redis = RedisServer::start().await;
+    let server = TestServer::start(&redis).await;
+    let (mut jobs, mut workers) = server.clients().await;
+    let job = submit(&mut jobs, "many", b"").await;
+    let claimed = claim_jobs(&mut workers, claim_request("many", Duration::ZERO), 1).await;
+    let held = completion(&claimed[0], &claimed[0].lease_token);
+
+    // One malformed completion among good ones: the call is refused, naming it.
+    let bad = vec![
+        held.clone(),
+        proto::Completion {
+            job_id: "no-dot".to_owned(),
+            ..held.clone()
+        },
+    ];
     let refused = workers
         .complete_jobs(proto::CompleteJobsRequest {
             completions: bad,
@@ -720,11 +711,11 @@ async fn complete_jobs_answers_each_completion_and_claims_the_next() {
         refused.message().contains("completions[1].job_id"),
         "{refused:?}"
     );
-    assert_eq!(get(&mut jobs, &ids[1]).await.state(), JobState::Running);
+    assert_eq!(get(&mut jobs, &job.id).await.state(), JobState::Running);
     for count in [0, 101] {
         let refused = workers
             .complete_jobs(proto::CompleteJobsRequest {
-                completions: vec![completion(&claimed[1], &claimed[1].lease_token); count],
+                completions: vec![held.clone(); count],
                 next: None,
             })
             .await
@@ -734,16 +725,25 @@ async fn complete_jobs_answers_each_completion_and_claims_the_next() {
     }
 }
 
+/// A completion of the claimed job `held` with `token`, its payload as its result.
+fn completion(held: &proto::ClaimedJob, token: &str) -> proto::Completion {
+    proto::Completion {
+        job_id: held.job.as_ref().unwrap().id.clone(),
+        lease_token: token.to_owned(),
+        result: held.job.as_ref().unwrap().payload.clone(),
+    }
+}
+
 /// SubmitJob calls to one queue that arrive together share a script call; each still creates
 /// its own job, as given, and a delayed one among them is scheduled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_submissions_each_create_their_own_job() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
     let jobs = server.jobs().await;
     let submissions = (0..50u8).map(|i| {
         let mut jobs = jobs.clone();
-        let mut request = job_request("crowd");
+        let mut request = submit_request("crowd");
         request.payload = vec![i].into();
         if i == 7 {
             request.start = Some(proto::submit_job_request::Start::Delay(pb_duration(
@@ -774,7 +774,7 @@ async fn concurrent_submissions_each_create_their_own_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_claims_each_get_their_own_jobs_worker_and_lease() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
     let mut jobs = server.jobs().await;
     const JOBS: usize = 30;
@@ -813,10 +813,9 @@ async fn concurrent_claims_each_get_their_own_jobs_worker_and_lease() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ready_entry_whose_job_is_gone_is_dropped_and_the_next_job_claimed_whole() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     // Ahead of everything in the queue: an id of the queue whose job hash does not exist.
     redis.cli(&[
         "ZADD",
@@ -837,13 +836,13 @@ async fn a_ready_entry_whose_job_is_gone_is_dropped_and_the_next_job_claimed_who
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_that_want_more_than_one_read_of_the_queue_each_get_all_they_ask_for() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
     let mut jobs = server.jobs().await;
     const JOBS: usize = 600;
     for _ in 0..2 {
         jobs.submit_jobs(proto::SubmitJobsRequest {
-            jobs: vec![job_request("many"); JOBS / 2],
+            jobs: vec![submit_request("many"); JOBS / 2],
         })
         .await
         .unwrap();

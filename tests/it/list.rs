@@ -1,17 +1,15 @@
 //! ListJobs: a queue's jobs a page at a time, by state, each listed once, the last page's
 //! token empty.
 
-use jobd::api::proto::{self, JobState, job_service_client::JobServiceClient};
-use tonic::transport::Channel;
+use jobd::api::proto::{self, JobState};
 
-use crate::support::*;
+use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_jobs_pages_through_a_queue_by_state() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     let mut queued = Vec::new();
     for _ in 0..7 {
         queued.push(submit(&mut jobs, "l", b"payload").await.id);
@@ -91,29 +89,11 @@ async fn list_jobs_pages_through_a_queue_by_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_jobs_resumes_after_the_last_job_listed_however_the_queue_moved() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     // Eight jobs in one batch: one score in the ready set, ordered among themselves by id.
-    let submitted = jobs
-        .submit_jobs(proto::SubmitJobsRequest {
-            jobs: (0..8)
-                .map(|_| proto::SubmitJobRequest {
-                    queue: "moving".into(),
-                    kind: "k".into(),
-                    ..Default::default()
-                })
-                .collect(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let ids: Vec<String> = submitted
-        .results
-        .into_iter()
-        .map(|result| result.job.unwrap().id)
-        .collect();
+    let ids = submit_batch(&mut jobs, "moving", 8).await;
     let lister = jobs.clone();
     let queued_page = |token: String| {
         let mut jobs = lister.clone();
@@ -160,7 +140,7 @@ async fn list_jobs_resumes_after_the_last_job_listed_however_the_queue_moved() {
 /// with an empty token; returns each page's jobs as (id, state). Every page but the last is
 /// full, and the last is not empty unless the first is: a token promises a job to follow.
 async fn list_pages(
-    jobs: &mut JobServiceClient<Channel>,
+    jobs: &mut Jobs,
     queue: &str,
     state: Option<JobState>,
     page_size: u32,
@@ -217,29 +197,20 @@ fn page_lengths(pages: &[Vec<(String, JobState)>]) -> Vec<usize> {
 }
 
 /// Submits `count` jobs to `queue` in one batch; their ids, in claim order.
-async fn submit_batch(
-    jobs: &mut JobServiceClient<Channel>,
-    queue: &str,
-    count: usize,
-) -> Vec<String> {
-    jobs.submit_jobs(proto::SubmitJobsRequest {
-        jobs: (0..count).map(|_| job_request(queue)).collect(),
-    })
-    .await
-    .expect("submit succeeds")
-    .into_inner()
-    .results
-    .into_iter()
-    .map(|result| result.job.expect("a job").id)
-    .collect()
+async fn submit_batch(jobs: &mut Jobs, queue: &str, count: usize) -> Vec<String> {
+    let requests = (0..count).map(|_| submit_request(queue)).collect();
+    submit_jobs(jobs, requests)
+        .await
+        .into_iter()
+        .map(|job| job.id)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_page_has_an_empty_token_even_when_it_is_full() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     let queued = |ids: &[String]| -> Vec<(String, JobState)> {
         ids.iter()
             .map(|id| (id.clone(), JobState::Queued))

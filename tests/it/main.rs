@@ -1,4 +1,5 @@
 //! Integration tests: a real redis-server per test, a real jobd on a socket, real gRPC clients.
+//! What they share is in `harness`; each other module tests one part of jobd.
 
 mod binary;
 mod cancel;
@@ -10,13 +11,13 @@ mod docs;
 mod errors;
 mod grpcurl;
 mod handoff;
+mod harness;
 mod health;
 mod layers;
 mod lifecycle;
 mod list;
 mod outage;
 mod protocol;
-mod proxy;
 mod recovery;
 mod release;
 mod replies;
@@ -24,7 +25,6 @@ mod scheduling;
 mod sentinel;
 mod shutdown;
 mod submit_watch;
-mod support;
 mod telemetry;
 mod tls;
 mod watch;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use jobd::api::proto::{EventType, JobState};
 use tonic::Code;
 
-use crate::{proxy::FaultyProxy, support::*};
+use crate::harness::*;
 
 /// Command timeout of the test servers is 1 s; allow scheduling slack on a busy machine.
 const BOUND: Duration = Duration::from_secs(4);
@@ -14,20 +14,13 @@ const BOUND: Duration = Duration::from_secs(4);
 async fn submit_status(server: &TestServer) -> (Result<(), tonic::Status>, Duration) {
     let mut jobs = server.jobs().await;
     let started = Instant::now();
-    let result = jobs
-        .submit_job(jobd::api::proto::SubmitJobRequest {
-            queue: "q".into(),
-            kind: "k".into(),
-            ..Default::default()
-        })
-        .await
-        .map(|_| ());
+    let result = jobs.submit_job(submit_request("q")).await.map(|_| ());
     (result, started.elapsed())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_redis_gives_unavailable_in_bounded_time() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
     let mut jobs = server.jobs().await;
     let job = submit(&mut jobs, "q", b"").await;
@@ -61,7 +54,7 @@ async fn a_frozen_redis_gives_unavailable_in_bounded_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_redis_gives_unavailable_then_service_resumes_when_it_returns() {
-    let mut redis = RedisServer::start();
+    let mut redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
     let mut jobs = server.jobs().await;
     submit(&mut jobs, "q", b"").await;
@@ -73,7 +66,7 @@ async fn a_stopped_redis_gives_unavailable_then_service_resumes_when_it_returns(
         assert!(took < BOUND, "took {took:?}");
     }
 
-    redis.restart();
+    redis.restart().await;
     eventually(Duration::from_secs(15), "service to resume", || async {
         submit_status(&server).await.0.ok()
     })
@@ -87,11 +80,10 @@ async fn a_stopped_redis_gives_unavailable_then_service_resumes_when_it_returns(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completion_whose_reply_is_lost_is_recorded_once_and_safe_to_repeat() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let proxy = FaultyProxy::start(redis.port()).await;
     let server = TestServer::start_with(&proxy.url(), Settings::default()).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     // A first job completed, so that the call whose reply is lost is the completion, not a
     // load of its script.
     submit(&mut jobs, "q", b"").await;
@@ -127,10 +119,9 @@ async fn a_completion_whose_reply_is_lost_is_recorded_once_and_safe_to_repeat() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_load_every_call_fails_within_the_command_timeout_of_its_arrival() {
     const CALLERS: usize = 20;
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     // The queue registered and every script loaded before Redis freezes.
     submit(&mut jobs, "busy", b"").await;
     let claimed = claim(&mut workers, "busy").await;
@@ -148,19 +139,18 @@ async fn under_load_every_call_fails_within_the_command_timeout_of_its_arrival()
         .into_iter()
         .enumerate()
         .map(|(i, channel)| async move {
-            // Spread over the first half second, so that most arrive during another's call.
+            // Paced over the first half second, so that most arrive during another's call.
             tokio::time::sleep(Duration::from_millis(25 * i as u64)).await;
             let started = Instant::now();
             let code = if i % 2 == 0 {
-                let mut jobs = jobd::api::proto::job_service_client::JobServiceClient::new(channel);
-                jobs.submit_job(job_request("busy"))
+                let mut jobs = Jobs::new(channel);
+                jobs.submit_job(submit_request("busy"))
                     .await
                     .map(|_| ())
                     .unwrap_err()
                     .code()
             } else {
-                let mut workers =
-                    jobd::api::proto::worker_service_client::WorkerServiceClient::new(channel);
+                let mut workers = Workers::new(channel);
                 let claim = claim_request("busy", Duration::ZERO);
                 workers
                     .claim_job(claim)

@@ -7,13 +7,10 @@ use std::time::{Duration, Instant};
 use jobd::api::proto::{self, EventType, JobState};
 use tonic::Code;
 
-use crate::support::*;
-
-type Jobs = proto::job_service_client::JobServiceClient<tonic::transport::Channel>;
-type Workers = proto::worker_service_client::WorkerServiceClient<tonic::transport::Channel>;
+use crate::harness::*;
 
 /// A claim of `queue` that must be acknowledged within 1 s, with a 30 s lease.
-fn claim_acked_within_a_second(queue: &str, wait: Duration) -> proto::ClaimJobRequest {
+fn short_ack_claim_request(queue: &str, wait: Duration) -> proto::ClaimJobRequest {
     proto::ClaimJobRequest {
         ack_timeout: Some(pb_duration(Duration::from_secs(1))),
         ..claim_request(queue, wait)
@@ -21,29 +18,14 @@ fn claim_acked_within_a_second(queue: &str, wait: Duration) -> proto::ClaimJobRe
 }
 
 /// A job of `queue` allowed one attempt only.
-fn one_attempt(queue: &str) -> proto::SubmitJobRequest {
+fn one_attempt_request(queue: &str) -> proto::SubmitJobRequest {
     proto::SubmitJobRequest {
         max_attempts: 1,
-        ..job_request(queue)
+        ..submit_request(queue)
     }
 }
 
-/// Waits, 5 s at most, until job `id` is QUEUED again with `sequence` events.
-async fn back_in_queue(jobs: &Jobs, id: &str, sequence: u64) -> proto::Job {
-    eventually(
-        Duration::from_secs(5),
-        "the job to be back in its queue",
-        || {
-            let (mut jobs, id) = (jobs.clone(), id.to_owned());
-            async move {
-                let job = get(&mut jobs, &id).await;
-                (job.state() == JobState::Queued && job.last_sequence == sequence).then_some(job)
-            }
-        },
-    )
-    .await
-}
-
+/// ReleaseJob: gives the job `id` back with `reason`.
 async fn release(
     workers: &mut Workers,
     id: &str,
@@ -62,15 +44,14 @@ async fn release(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unacknowledged_job_goes_back_at_no_cost_and_an_acknowledged_one_keeps_its_lease() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
-    let lost = submit_request(&mut jobs, one_attempt("ack"))
+    let (mut jobs, mut workers) = server.clients().await;
+    let lost = submit_with(&mut jobs, one_attempt_request("ack"))
         .await
         .job
         .unwrap();
-    let kept = submit_request(&mut jobs, one_attempt("ack"))
+    let kept = submit_with(&mut jobs, one_attempt_request("ack"))
         .await
         .job
         .unwrap();
@@ -79,7 +60,7 @@ async fn an_unacknowledged_job_goes_back_at_no_cost_and_an_acknowledged_one_keep
     // (it is dropped here), the second is acknowledged at once.
     let claims = claim_jobs(
         &mut workers,
-        claim_acked_within_a_second("ack", Duration::ZERO),
+        short_ack_claim_request("ack", Duration::ZERO),
         2,
     )
     .await;
@@ -146,11 +127,10 @@ async fn an_unacknowledged_job_goes_back_at_no_cost_and_an_acknowledged_one_keep
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_no_worker_ever_acknowledges_ends_after_its_free_deliveries() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
-    let job = submit_request(&mut jobs, one_attempt("poison"))
+    let (mut jobs, mut workers) = server.clients().await;
+    let job = submit_with(&mut jobs, one_attempt_request("poison"))
         .await
         .job
         .unwrap();
@@ -159,10 +139,7 @@ async fn a_job_no_worker_ever_acknowledges_ends_after_its_free_deliveries() {
     // back at no cost.
     for round in 1..=3u64 {
         let claimed = workers
-            .claim_job(claim_acked_within_a_second(
-                "poison",
-                Duration::from_secs(5),
-            ))
+            .claim_job(short_ack_claim_request("poison", Duration::from_secs(5)))
             .await
             .unwrap()
             .into_inner();
@@ -171,10 +148,7 @@ async fn a_job_no_worker_ever_acknowledges_ends_after_its_free_deliveries() {
     }
     // The fourth counts as the job's one attempt: it fails.
     workers
-        .claim_job(claim_acked_within_a_second(
-            "poison",
-            Duration::from_secs(5),
-        ))
+        .claim_job(short_ack_claim_request("poison", Duration::from_secs(5)))
         .await
         .unwrap();
     let (events, end) =
@@ -196,11 +170,10 @@ async fn a_job_no_worker_ever_acknowledges_ends_after_its_free_deliveries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_gives_a_job_back_at_no_cost() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
-    let job = submit_request(&mut jobs, one_attempt("back"))
+    let (mut jobs, mut workers) = server.clients().await;
+    let job = submit_with(&mut jobs, one_attempt_request("back"))
         .await
         .job
         .unwrap();
@@ -271,22 +244,20 @@ async fn a_worker_gives_a_job_back_at_no_cost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_cancelled_as_jobs_reach_them_never_strand_a_job_or_cost_an_attempt() {
     const ROUNDS: usize = 120;
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
 
     // Each round: a claim waits on a queue of its own; a job is submitted, handed to it (or
     // queued, if the claim has not parked yet); the claim's caller cancels 0 to 3 ms later.
     let mut stranded_or_not = Vec::new();
     for round in 0..ROUNDS {
         let queue = format!("race-{round}");
+        // The last round's claim is gone (it was cancelled) before this one starts.
         claims_waiting(&server, 0).await;
-        let mut claimer = server.workers().await;
-        let request = claim_acked_within_a_second(&queue, Duration::from_secs(10));
-        let claiming = tokio::spawn(async move { claimer.claim_job(request).await });
-        claims_waiting(&server, 1).await;
-        let job = submit_request(&mut jobs, one_attempt(&queue))
+        let request = short_ack_claim_request(&queue, Duration::from_secs(10));
+        let claiming = waiting_claim(&server, request).await;
+        let job = submit_with(&mut jobs, one_attempt_request(&queue))
             .await
             .job
             .unwrap();
@@ -311,13 +282,13 @@ async fn claims_cancelled_as_jobs_reach_them_never_strand_a_job_or_cost_an_attem
     // acknowledgement deadline, its claim uncounted: none failed, none is left RUNNING.
     let started = Instant::now();
     for id in &stranded_or_not {
-        let job = eventually(Duration::from_secs(5), "each job to be settled", || {
-            let (mut jobs, id) = (jobs.clone(), id.clone());
-            async move {
-                let job = get(&mut jobs, &id).await;
-                matches!(job.state(), JobState::Queued | JobState::Completed).then_some(job)
-            }
-        })
+        let job = job_becomes(
+            &jobs,
+            id,
+            Duration::from_secs(5),
+            "each job to be settled",
+            |job| matches!(job.state(), JobState::Queued | JobState::Completed),
+        )
         .await;
         if job.state() == JobState::Queued {
             assert_eq!(job.attempt, 0, "{id}: a claim nobody received cost nothing");

@@ -7,10 +7,7 @@ use std::time::Duration;
 use jobd::api::proto::{self, EventType, JobState};
 use tonic::Code;
 
-use crate::support::*;
-
-type Jobs = proto::job_service_client::JobServiceClient<tonic::transport::Channel>;
-type Workers = proto::worker_service_client::WorkerServiceClient<tonic::transport::Channel>;
+use crate::harness::*;
 
 /// Submits a job of `queue` allowed one attempt, claims it with a 1 s lease and acknowledges
 /// it, as a worker that then dies would; returns the job id and when its lease ends (Unix ms,
@@ -22,9 +19,9 @@ async fn claimed_by_a_worker_that_dies(
 ) -> (String, i64) {
     let request = proto::SubmitJobRequest {
         max_attempts: 1,
-        ..job_request(queue)
+        ..submit_request(queue)
     };
-    let id = submit_request(jobs, request).await.job.unwrap().id;
+    let id = submit_with(jobs, request).await.job.unwrap().id;
     let mut claim = claim_request(queue, Duration::from_secs(5));
     claim.lease = Some(pb_duration(Duration::from_secs(1)));
     let claimed = workers.claim_job(claim).await.unwrap().into_inner();
@@ -37,11 +34,14 @@ async fn claimed_by_a_worker_that_dies(
 /// Waits until the job `id` failed for its expired lease; returns how long after its lease
 /// ended that was recorded, in ms, by Redis's clock.
 async fn recovered_after(jobs: &Jobs, id: &str, lease_end: i64) -> i64 {
-    let failed = eventually(Duration::from_secs(10), "the lease to be recovered", || {
-        let (mut jobs, id) = (jobs.clone(), id.to_owned());
-        async move { (get(&mut jobs, &id).await.state() == JobState::Failed).then_some(()) }
-    });
-    failed.await;
+    job_becomes(
+        jobs,
+        id,
+        Duration::from_secs(10),
+        "the lease to be recovered",
+        |job| job.state() == JobState::Failed,
+    )
+    .await;
     let (events, end) = watch_to_end(&mut jobs.clone(), id, 0).await;
     end.unwrap();
     let failed = events.last().unwrap();
@@ -52,23 +52,14 @@ async fn recovered_after(jobs: &Jobs, id: &str, lease_end: i64) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_survivor_recovers_the_leases_of_a_queue_only_a_killed_replica_knew() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     // The survivor reads the queue registry as it starts, before the queue exists.
     let survivor = TestServer::start(&redis).await;
-    let doomed = Running::start(&redis.url(), &[]);
-    doomed.wait_for("jobd started").await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", doomed.address()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut jobs = Jobs::new(channel.clone());
-    let mut workers = Workers::new(channel);
+    let mut doomed = Running::start(&redis.url(), &[]).await;
+    let (mut jobs, mut workers) = doomed.clients().await;
 
     let (id, lease_end) = claimed_by_a_worker_that_dies(&mut jobs, &mut workers, "orphan").await;
-    let mut doomed = doomed;
-    doomed.child.kill().unwrap();
-    doomed.child.wait().unwrap();
+    doomed.kill();
 
     let late = recovered_after(&survivor.jobs().await, &id, lease_end).await;
     assert!(
@@ -79,12 +70,12 @@ async fn a_survivor_recovers_the_leases_of_a_queue_only_a_killed_replica_knew() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_in_a_queue_that_was_idle_is_recovered_on_time() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     for round in 0..4 {
         // Idle: its last job failed, nothing scheduled or running; the sweeper saw it so.
+        // (An idle period is what is under test, and only time passing makes one.)
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let (id, lease_end) = claimed_by_a_worker_that_dies(&mut jobs, &mut workers, "idle").await;
         let late = recovered_after(&jobs, &id, lease_end).await;
@@ -97,10 +88,9 @@ async fn a_lease_in_a_queue_that_was_idle_is_recovered_on_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_whose_lease_ended_is_refused_before_the_sweeper_acts() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     let (id, lease_end) = claimed_by_a_worker_that_dies(&mut jobs, &mut workers, "blind").await;
     let claimed = get(&mut jobs, &id).await;
     // The sweeper is kept from seeing the expiry: the running set says it is far off.

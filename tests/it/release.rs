@@ -7,22 +7,7 @@ use std::time::Duration;
 
 use jobd::api::proto::{self, EventType, JobState};
 
-use crate::{proxy::FaultyProxy, support::*};
-
-type Jobs = proto::job_service_client::JobServiceClient<tonic::transport::Channel>;
-
-/// Waits, 5 s at most, for the job `id` to be QUEUED again after its claim (its third event);
-/// a lease of 30 s could not explain it.
-async fn queued_again(jobs: &Jobs, id: &str) -> proto::Job {
-    eventually(Duration::from_secs(5), "the job to be queued again", || {
-        let (mut jobs, id) = (jobs.clone(), id.to_owned());
-        async move {
-            let job = get(&mut jobs, &id).await;
-            (job.state == JobState::Queued as i32 && job.last_sequence == 3).then_some(job)
-        }
-    })
-    .await
-}
+use crate::harness::*;
 
 /// Claims the job of `queue` as another worker and completes it; returns the job's events.
 async fn run_to_the_end(server: &TestServer, queue: &str, id: &str) -> Vec<proto::JobEvent> {
@@ -45,29 +30,50 @@ const RELEASED_THEN_RUN: [EventType; 5] = [
     EventType::Completed,
 ];
 
+/// A worker id that the proxy watches for: the call carrying it (a claim of its, or a
+/// submission's hand-off to it) is the one that loses its reply or is held back.
+const UNLUCKY: &str = "unlucky-worker";
+
+/// A claim request of `UNLUCKY`'s, with a lease and an acknowledgement timeout of 60 s: longer
+/// than any wait of these tests, so that only a release can bring its job back in time.
+fn unlucky_claim_request(queue: &str, wait: Duration) -> proto::ClaimJobRequest {
+    proto::ClaimJobRequest {
+        worker_id: UNLUCKY.to_owned(),
+        lease: Some(pb_duration(Duration::from_secs(60))),
+        ack_timeout: Some(pb_duration(Duration::from_secs(60))),
+        ..claim_request(queue, wait)
+    }
+}
+
+/// A jobd whose Redis connections go through `proxy`, with the queue "lost" known and the
+/// scripts loaded (a job submitted and claimed), so that the call the proxy acts on is the one
+/// that claims, not a load of its script.
+async fn through(proxy: &FaultyProxy) -> TestServer {
+    let server = TestServer::start_with(&proxy.url(), Settings::default()).await;
+    submit(&mut server.jobs().await, "lost", b"").await;
+    claim(&mut server.workers().await, "lost").await;
+    server
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_whose_caller_goes_away_mid_call_puts_its_job_back() {
-    let redis = RedisServer::start_with(&["--enable-debug-command", "local"]);
-    let server = TestServer::start(&redis).await;
+    let redis = RedisServer::start().await;
+    let proxy = FaultyProxy::start(redis.port()).await;
+    let server = through(&proxy).await;
     let jobs = server.jobs().await;
     let job = submit(&mut jobs.clone(), "back", b"").await;
 
-    // Redis stalls, so the claim's call is in flight when its caller gives up.
-    // (0.8 s: time for the claim to reach jobd on a loaded machine, within the 1 s command
-    // timeout of the test server.)
-    let stall = redis.stall("0.8").await;
-    let mut workers = server.workers().await;
-    let claiming = tokio::spawn(async move {
-        workers
-            .claim_job(claim_request("back", Duration::ZERO))
-            .await
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The claim's call is held back on its way to Redis, so that it is in flight when its
+    // caller gives up; it reaches Redis later, within the 1 s command timeout.
+    proxy.delay(UNLUCKY.as_bytes(), Duration::from_millis(500));
+    let request = unlucky_claim_request("back", Duration::ZERO);
+    let claiming = claim_in_background(server.workers().await, request);
+    proxy.struck().await;
     claiming.abort();
-    stall.join().unwrap();
 
-    // The claim was made once Redis woke, for nobody: the job is back, its attempt uncounted.
-    let back = queued_again(&jobs, &job.id).await;
+    // The claim was made once its call reached Redis, for nobody: the job is back, its
+    // attempt uncounted.
+    let back = back_in_queue(&jobs, &job.id, 3).await;
     assert_eq!(back.attempt, 0);
     let events = run_to_the_end(&server, "back", &job.id).await;
     assert_eq!(types(&events), RELEASED_THEN_RUN);
@@ -77,34 +83,36 @@ async fn a_claim_whose_caller_goes_away_mid_call_puts_its_job_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_handed_to_a_claim_whose_caller_went_away_goes_back() {
-    let redis = RedisServer::start_with(&["--enable-debug-command", "local"]);
-    let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
-    // The queue is known to jobd and Redis before the measured submission.
-    let first = submit(&mut jobs, "gone", b"").await;
-    claim(&mut workers, "gone").await;
+    let redis = RedisServer::start().await;
+    // The queue is known to Redis before the measured submission, through a jobd of its own:
+    // the wake-up of this first job cannot reach the jobd under test, and take the claim
+    // below out of its park after the fact.
+    let first = {
+        let earlier = TestServer::start(&redis).await;
+        let (mut jobs, mut workers) = earlier.clients().await;
+        let first = submit(&mut jobs, "gone", b"").await;
+        claim(&mut workers, "gone").await;
+        first
+    };
+    let proxy = FaultyProxy::start(redis.port()).await;
+    let server = through(&proxy).await;
+    let jobs = server.jobs().await;
 
-    // A claim that finds the queue empty (its read is the second) and parks.
-    let mut parked_workers = server.workers().await;
-    let parked = tokio::spawn(async move {
-        parked_workers
-            .claim_job(claim_request("gone", Duration::from_secs(10)))
-            .await
-    });
-    claims_have_looked(&redis, 2).await;
-    // A submission takes the parked claim; Redis stalls, so its call is in flight...
-    let stall = redis.stall("0.8").await;
+    // A claim that finds the queue empty, and parks.
+    let request = unlucky_claim_request("gone", Duration::from_secs(10));
+    let parked = waiting_claim(&server, request).await;
+    // A submission takes the parked claim (its hand-off names the claim's worker); its call is
+    // held back on its way to Redis, so that it is in flight...
+    proxy.delay(UNLUCKY.as_bytes(), Duration::from_millis(500));
     let mut submitter = jobs.clone();
     let submitting = tokio::spawn(async move { submit(&mut submitter, "gone", b"").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.struck().await;
     // ... when the claim's caller gives up.
     parked.abort();
-    stall.join().unwrap();
 
     let job = submitting.await.unwrap();
     assert_ne!(job.id, first.id);
-    let back = queued_again(&jobs, &job.id).await;
+    let back = back_in_queue(&jobs, &job.id, 3).await;
     assert_eq!(back.attempt, 0);
     let events = run_to_the_end(&server, "gone", &job.id).await;
     assert_eq!(types(&events), RELEASED_THEN_RUN);
@@ -112,15 +120,14 @@ async fn a_job_handed_to_a_claim_whose_caller_went_away_goes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_released_lease_is_dead_and_a_second_release_changes_nothing() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     let job = submit(&mut jobs, "fence", b"").await;
     let claimed = claim(&mut workers, "fence").await;
     let ulid = job.id.strip_prefix("fence.").expect("ids are queue.ulid");
     let key = format!("jobd:{{fence}}:job:{ulid}");
-    let release = |token: &str| {
+    let run_release_script = |token: &str| {
         redis.cli(&[
             "EVAL",
             lua_script!("release"),
@@ -139,14 +146,14 @@ async fn a_released_lease_is_dead_and_a_second_release_changes_nothing() {
     };
 
     // Another lease's token puts nothing back.
-    assert_eq!(release("not-the-token"), "stale\nrunning");
+    assert_eq!(run_release_script("not-the-token"), "stale\nrunning");
     assert_eq!(
         get(&mut jobs, &job.id).await.state,
         JobState::Running as i32
     );
-    assert_eq!(release(&claimed.lease_token), "ok");
+    assert_eq!(run_release_script(&claimed.lease_token), "ok");
     assert_eq!(
-        release(&claimed.lease_token),
+        run_release_script(&claimed.lease_token),
         "again",
         "run twice, nothing changes"
     );
@@ -173,7 +180,7 @@ async fn a_released_lease_is_dead_and_a_second_release_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_claim_script_run_twice_answers_its_first_runs_claims_again_and_no_more() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
     let mut jobs = server.jobs().await;
     let mut ids = Vec::new();
@@ -244,33 +251,9 @@ async fn the_claim_script_run_twice_answers_its_first_runs_claims_again_and_no_m
     assert_eq!(redis.cli(&["ZCARD", "jobd:{replay}:running"]), "2");
 }
 
-/// A worker id that the proxy watches for: the call carrying it loses its reply.
-const UNLUCKY: &str = "unlucky-worker";
-
-/// A claim request of `UNLUCKY`'s, with a lease and an acknowledgement timeout of 60 s: longer
-/// than any wait of these tests, so that only a release can bring its job back in time.
-fn unlucky_claim(queue: &str, wait: Duration) -> proto::ClaimJobRequest {
-    proto::ClaimJobRequest {
-        worker_id: UNLUCKY.to_owned(),
-        lease: Some(pb_duration(Duration::from_secs(60))),
-        ack_timeout: Some(pb_duration(Duration::from_secs(60))),
-        ..claim_request(queue, wait)
-    }
-}
-
-/// A jobd whose Redis connections go through `proxy`, with the queue "lost" known and the
-/// scripts loaded (a job submitted and claimed), so that the call whose reply is lost is the
-/// one that claims, not a load of its script.
-async fn through(proxy: &FaultyProxy) -> TestServer {
-    let server = TestServer::start_with(&proxy.url(), Settings::default()).await;
-    submit(&mut server.jobs().await, "lost", b"").await;
-    claim(&mut server.workers().await, "lost").await;
-    server
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_whose_reply_is_lost_puts_its_job_back() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let proxy = FaultyProxy::start(redis.port()).await;
     let server = through(&proxy).await;
     let jobs = server.jobs().await;
@@ -280,14 +263,14 @@ async fn a_claim_whose_reply_is_lost_puts_its_job_back() {
     proxy.lose_replies_after(UNLUCKY.as_bytes());
     let mut workers = server.workers().await;
     let refused = workers
-        .claim_job(unlucky_claim("lost", Duration::ZERO))
+        .claim_job(unlucky_claim_request("lost", Duration::ZERO))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     proxy.lossy_connection_closed().await;
 
     // The job it claimed for nobody is back, its attempt uncounted.
-    let back = queued_again(&jobs, &job.id).await;
+    let back = back_in_queue(&jobs, &job.id, 3).await;
     assert_eq!(back.attempt, 0);
     let events = run_to_the_end(&server, "lost", &job.id).await;
     assert_eq!(types(&events), RELEASED_THEN_RUN);
@@ -295,44 +278,23 @@ async fn a_claim_whose_reply_is_lost_puts_its_job_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_off_whose_reply_is_lost_puts_its_job_back() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let proxy = FaultyProxy::start(redis.port()).await;
     let server = through(&proxy).await;
 
     let mut jobs = server.jobs().await;
-    let submission = || proto::SubmitJobRequest {
-        queue: "lost".to_owned(),
-        kind: "test.kind".to_owned(),
-        ..Default::default()
-    };
     // A claim finds the queue empty and parks; a submission hands its job to it, in a script
     // whose reply is lost (the hand-off's arguments name the claim's worker): the submission
-    // fails... The claim parks right after its read, which nothing outside jobd shows: a
-    // submission that comes first is queued instead (no worker id in its call, no reply lost)
-    // and the claim takes its job; then the round is played again.
-    let (refused, parked) = loop {
-        let reads = command_calls(&redis, "zrange");
-        let mut parked_workers = server.workers().await;
-        let parked = tokio::spawn(async move {
-            parked_workers
-                .claim_job(unlucky_claim("lost", Duration::from_secs(10)))
-                .await
-        });
-        claims_have_looked(&redis, reads + 1).await;
-        proxy.lose_replies_after(UNLUCKY.as_bytes());
-        match jobs.submit_job(submission()).await {
-            Err(refused) => break (refused, parked),
-            Ok(_) => {
-                proxy.disarm();
-                let claimed = parked.await.unwrap().expect("the claim succeeds");
-                let claimed = claimed.into_inner();
-                assert!(claimed.job.is_some(), "the claim takes the queued job");
-                complete(&mut server.workers().await, &claimed, b"")
-                    .await
-                    .unwrap();
-            }
-        }
-    };
+    // fails...
+    // (A queue no job went to yet: no wake-up still on its way can take the claim out of its
+    // park after the fact.)
+    let request = unlucky_claim_request("handed", Duration::from_secs(10));
+    let parked = waiting_claim(&server, request).await;
+    proxy.lose_replies_after(UNLUCKY.as_bytes());
+    let refused = jobs
+        .submit_job(submit_request("handed"))
+        .await
+        .expect_err("the hand-off's reply is lost");
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
     proxy.lossy_connection_closed().await;
 
@@ -355,11 +317,11 @@ async fn a_hand_off_whose_reply_is_lost_puts_its_job_back() {
                 assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
             }
             let id = eventually(Duration::from_secs(5), "the job to be queued again", || {
-                let ready = redis.cli(&["ZRANGE", "jobd:{lost}:ready", "0", "-1"]);
+                let ready = redis.cli(&["ZRANGE", "jobd:{handed}:ready", "0", "-1"]);
                 async move { (!ready.is_empty()).then_some(ready) }
             })
             .await;
-            run_to_the_end(&server, "lost", &id).await
+            run_to_the_end(&server, "handed", &id).await
         }
     };
     assert_eq!(types(&events), RELEASED_THEN_RUN);

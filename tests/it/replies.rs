@@ -6,17 +6,17 @@ use std::time::Duration;
 
 use jobd::api::proto::{self, JobState};
 
-use crate::support::*;
+use crate::harness::*;
 
 const MIB: usize = 1024 * 1024;
 
 /// Five jobs of `queue` with payloads of 1 MiB, the default limit: 5 MiB sent in one call.
-fn five_big_jobs(queue: &str) -> proto::SubmitJobsRequest {
+fn five_big_jobs_request(queue: &str) -> proto::SubmitJobsRequest {
     proto::SubmitJobsRequest {
         jobs: (0..5u8)
             .map(|i| proto::SubmitJobRequest {
                 payload: vec![i; MIB].into(),
-                ..job_request(queue)
+                ..submit_request(queue)
             })
             .collect(),
     }
@@ -24,15 +24,14 @@ fn five_big_jobs(queue: &str) -> proto::SubmitJobsRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn big_submissions_and_claims_fit_a_default_client() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
     // tonic's clients, like every stock gRPC client, take replies of 4 MiB at most.
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
 
     // Submissions do not echo the payloads (nor labels): GetJob has them.
     let submitted = jobs
-        .submit_jobs(five_big_jobs("big"))
+        .submit_jobs(five_big_jobs_request("big"))
         .await
         .expect("the reply fits")
         .into_inner()
@@ -44,7 +43,7 @@ async fn big_submissions_and_claims_fit_a_default_client() {
         assert_eq!(get(&mut jobs, &job.id).await.payload, vec![i as u8; MIB]);
     }
     let mut stream = jobs
-        .submit_and_watch_jobs(five_big_jobs("big"))
+        .submit_and_watch_jobs(five_big_jobs_request("big"))
         .await
         .expect("the stream opens")
         .into_inner();
@@ -110,7 +109,7 @@ async fn big_submissions_and_claims_fit_a_default_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_larger_than_the_budget_comes_alone() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let settings = Settings {
         max_payload: Some(5 * MIB as u32),
         ..Settings::default()
@@ -124,7 +123,7 @@ async fn a_job_larger_than_the_budget_comes_alone() {
     for payload in [vec![1; 4 * MIB + MIB / 2], vec![2; 10], vec![3; 10]] {
         jobs.submit_job(proto::SubmitJobRequest {
             payload: payload.into(),
-            ..job_request("huge")
+            ..submit_request("huge")
         })
         .await
         .unwrap();

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use jobd::api::proto::{self, EventType, JobState};
 use tonic::Code;
 
-use crate::support::*;
+use crate::harness::*;
 
 fn backoff(initial_ms: u64, multiplier: f64) -> Option<proto::BackoffPolicy> {
     Some(proto::BackoffPolicy {
@@ -18,14 +18,13 @@ fn backoff(initial_ms: u64, multiplier: f64) -> Option<proto::BackoffPolicy> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_twice_then_completed_retries_per_the_backoff_policy() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
-    let mut request = job_request("retry");
+    let (mut jobs, mut workers) = server.clients().await;
+    let mut request = submit_request("retry");
     request.max_attempts = 3;
     request.backoff = backoff(200, 2.0);
-    let id = submit_request(&mut jobs, request).await.job.unwrap().id;
+    let id = submit_with(&mut jobs, request).await.job.unwrap().id;
 
     let first = claim(&mut workers, "retry").await;
     let failed = fail(&mut workers, &first, "boom 1", true).await;
@@ -91,12 +90,11 @@ async fn failed_twice_then_completed_retries_per_the_backoff_policy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_retryable_and_exhausted_failures_end_failed() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
 
-    let id = submit_request(&mut jobs, job_request("a"))
+    let id = submit_with(&mut jobs, submit_request("a"))
         .await
         .job
         .unwrap()
@@ -117,10 +115,10 @@ async fn non_retryable_and_exhausted_failures_end_failed() {
         "attempts were left, but not used"
     );
 
-    let mut request = job_request("b");
+    let mut request = submit_request("b");
     request.max_attempts = 2;
     request.backoff = backoff(0, 1.0);
-    let id = submit_request(&mut jobs, request).await.job.unwrap().id;
+    let id = submit_with(&mut jobs, request).await.job.unwrap().id;
     let first = claim(&mut workers, "b").await;
     assert_eq!(
         fail(&mut workers, &first, "e1", true).await.state(),
@@ -144,13 +142,12 @@ async fn non_retryable_and_exhausted_failures_end_failed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_workers_job_is_claimed_again_and_its_late_calls_refused() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
-    let mut request = job_request("q");
+    let (mut jobs, mut workers) = server.clients().await;
+    let mut request = submit_request("q");
     request.backoff = backoff(0, 1.0);
-    let id = submit_request(&mut jobs, request).await.job.unwrap().id;
+    let id = submit_with(&mut jobs, request).await.job.unwrap().id;
 
     let mut silent = claim_request("q", Duration::ZERO);
     silent.lease = Some(pb_duration(Duration::from_secs(1)));
@@ -196,17 +193,17 @@ async fn a_silent_workers_job_is_claimed_again_and_its_late_calls_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_recover_each_expired_lease_exactly_once() {
     const JOBS: usize = 200;
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let a = TestServer::start(&redis).await;
     let b = TestServer::start(&redis).await;
     let mut jobs = a.jobs().await;
     let mut ids = Vec::new();
     for _ in 0..JOBS {
-        let mut request = job_request("many");
+        let mut request = submit_request("many");
         request.max_attempts = 2;
         request.backoff = backoff(100, 1.0);
         request.lease = Some(pb_duration(Duration::from_secs(3)));
-        ids.push(submit_request(&mut jobs, request).await.job.unwrap().id);
+        ids.push(submit_with(&mut jobs, request).await.job.unwrap().id);
     }
     // Claim every job through both servers, well within the lease, and let every lease run out.
     let mut claimers = Vec::new();
@@ -269,15 +266,14 @@ async fn two_servers_recover_each_expired_lease_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delayed_job_is_claimable_at_its_time_and_not_before() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
-    let mut request = job_request("later");
+    let (mut jobs, mut workers) = server.clients().await;
+    let mut request = submit_request("later");
     request.start = Some(proto::submit_job_request::Start::Delay(pb_duration(
         Duration::from_millis(1500),
     )));
-    let submitted = submit_request(&mut jobs, request).await.job.unwrap();
+    let submitted = submit_with(&mut jobs, request).await.job.unwrap();
     assert_eq!(submitted.state(), JobState::Scheduled);
     let due = millis_of(&submitted.run_at);
     assert_eq!(due - millis_of(&submitted.created_at), 1500);
@@ -308,31 +304,27 @@ async fn a_delayed_job_is_claimable_at_its_time_and_not_before() {
     }
 
     // A run_at in the past means at once.
-    let mut request = job_request("now");
+    let mut request = submit_request("now");
     request.start = Some(proto::submit_job_request::Start::RunAt(
         prost_types::Timestamp {
             seconds: 1_000_000_000,
             nanos: 0,
         },
     ));
-    let job = submit_request(&mut jobs, request).await.job.unwrap();
+    let job = submit_with(&mut jobs, request).await.job.unwrap();
     assert_eq!(job.state(), JobState::Queued);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn higher_priority_first_fifo_within_a_priority() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     let mut ids = std::collections::HashMap::new();
     for (name, priority) in [("a", 0), ("b", 5), ("c", 0), ("d", 10), ("e", 5), ("f", -3)] {
-        let mut request = job_request("prio");
+        let mut request = submit_request("prio");
         request.priority = priority;
-        ids.insert(
-            submit_request(&mut jobs, request).await.job.unwrap().id,
-            name,
-        );
+        ids.insert(submit_with(&mut jobs, request).await.job.unwrap().id, name);
     }
     let mut order = String::new();
     for _ in 0..6 {
@@ -341,7 +333,7 @@ async fn higher_priority_first_fifo_within_a_priority() {
     }
     assert_eq!(order, "dbeacf");
 
-    let mut bad = job_request("prio");
+    let mut bad = submit_request("prio");
     bad.priority = 1001;
     let status = jobs.submit_job(bad).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -350,16 +342,16 @@ async fn higher_priority_first_fifo_within_a_priority() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_submits_with_one_idempotency_key_create_one_job() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
     let mut tasks = Vec::new();
     for i in 0..100 {
         let mut jobs = server.jobs().await;
         tasks.push(tokio::spawn(async move {
-            let mut request = job_request("idem");
+            let mut request = submit_request("idem");
             request.idempotency_key = "order-42".into();
             request.payload = vec![i].into();
-            submit_request(&mut jobs, request).await
+            submit_with(&mut jobs, request).await
         }));
     }
     let mut ids = std::collections::HashSet::new();
@@ -371,48 +363,42 @@ async fn concurrent_submits_with_one_idempotency_key_create_one_job() {
     }
     assert_eq!(ids.len(), 1, "every caller got the same job");
     assert_eq!(created, 1, "exactly one caller created it");
-    let job_keys = redis.cli(&["--scan", "--pattern", "jobd:*:job:*"]);
-    assert_eq!(job_keys.lines().count(), 1, "one job in Redis: {job_keys}");
+    let job_keys = redis.keys(JOB_KEYS);
+    assert_eq!(job_keys.len(), 1, "one job in Redis: {job_keys:?}");
     let mut jobs = server.jobs().await;
     assert_eq!(stats(&mut jobs, "idem").await.queued, 1);
 
     // Another key is another job.
-    let mut request = job_request("idem");
+    let mut request = submit_request("idem");
     request.idempotency_key = "order-43".into();
-    let other = submit_request(&mut jobs, request).await;
+    let other = submit_with(&mut jobs, request).await;
     assert!(other.created);
     assert!(!ids.contains(&other.job.unwrap().id));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_stats_count_jobs_by_state() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     for _ in 0..5 {
-        submit_request(&mut jobs, job_request("s")).await;
+        submit_with(&mut jobs, submit_request("s")).await;
     }
-    let mut delayed = job_request("s");
+    let mut delayed = submit_request("s");
     delayed.start = Some(proto::submit_job_request::Start::Delay(pb_duration(
         Duration::from_secs(3600),
     )));
-    let delayed = submit_request(&mut jobs, delayed).await.job.unwrap();
+    let delayed = submit_with(&mut jobs, delayed).await.job.unwrap();
     let done = claim(&mut workers, "s").await;
     complete(&mut workers, &done, b"").await.unwrap();
     let failed = claim(&mut workers, "s").await;
     fail(&mut workers, &failed, "x", false).await;
     claim(&mut workers, "s").await;
-    let queued = submit_request(&mut jobs, job_request("s"))
+    let queued = submit_with(&mut jobs, submit_request("s"))
         .await
         .job
         .unwrap();
-    jobs.cancel_job(proto::CancelJobRequest {
-        job_id: queued.id,
-        reason: String::new(),
-    })
-    .await
-    .unwrap();
+    cancel(&mut jobs, &queued.id, "").await;
     assert_eq!(
         stats(&mut jobs, "s").await,
         proto::QueueStats {
@@ -426,39 +412,28 @@ async fn queue_stats_count_jobs_by_state() {
         }
     );
     // Cancelling the scheduled job takes it out of the schedule.
-    jobs.cancel_job(proto::CancelJobRequest {
-        job_id: delayed.id,
-        reason: String::new(),
-    })
-    .await
-    .unwrap();
+    cancel(&mut jobs, &delayed.id, "").await;
     let after = stats(&mut jobs, "s").await;
     assert_eq!((after.scheduled, after.cancelled), (0, 2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finished_jobs_leave_no_keys_once_their_retention_passes() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     let mut ids = Vec::new();
     for i in 0..300 {
-        let mut request = job_request("short");
+        let mut request = submit_request("short");
         request.retention = Some(pb_duration(Duration::from_secs(1)));
         if i % 3 == 0 {
             request.idempotency_key = format!("key-{i}");
         }
-        ids.push(submit_request(&mut jobs, request).await.job.unwrap().id);
+        ids.push(submit_with(&mut jobs, request).await.job.unwrap().id);
     }
     for (i, id) in ids.iter().enumerate() {
         if i % 3 == 2 {
-            jobs.cancel_job(proto::CancelJobRequest {
-                job_id: id.clone(),
-                reason: String::new(),
-            })
-            .await
-            .unwrap();
+            cancel(&mut jobs, id, "").await;
             continue;
         }
         let claimed = claim(&mut workers, "short").await;
@@ -469,12 +444,8 @@ async fn finished_jobs_leave_no_keys_once_their_retention_passes() {
         }
     }
     let remaining = eventually(Duration::from_secs(15), "every key to go", || async {
-        let keys = redis.cli(&["--scan", "--pattern", "jobd:*"]);
-        let keys: Vec<String> = keys
-            .lines()
-            .filter(|k| *k != "jobd:queues")
-            .map(str::to_owned)
-            .collect();
+        let mut keys = redis.keys("jobd:*");
+        keys.retain(|key| key != "jobd:queues");
         keys.is_empty().then_some(keys)
     })
     .await;
@@ -497,7 +468,7 @@ async fn finished_jobs_leave_no_keys_once_their_retention_passes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_scheduling_options_are_refused_by_field() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
     let mut jobs = server.jobs().await;
     type Change = Box<dyn Fn(&mut proto::SubmitJobRequest)>;
@@ -550,7 +521,7 @@ async fn bad_scheduling_options_are_refused_by_field() {
         ),
     ];
     for (change, field) in cases {
-        let mut request = job_request("q");
+        let mut request = submit_request("q");
         change(&mut request);
         let status = jobs.submit_job(request).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
@@ -560,20 +531,21 @@ async fn bad_scheduling_options_are_refused_by_field() {
             status.message()
         );
     }
-    assert!(
-        redis
-            .cli(&["--scan", "--pattern", "jobd:*:job:*"])
-            .is_empty(),
-        "nothing written"
-    );
+    assert!(redis.keys(JOB_KEYS).is_empty(), "nothing written");
+}
+
+/// How many times the sweepers visited a queue: each visit trims its three retained-job sets,
+/// three ZREMRANGEBYSCORE. How often queues are swept is what the tests below assert, so
+/// Redis's command statistics count it.
+fn sweeps(redis: &RedisServer) -> u64 {
+    redis.command_calls("zremrangebyscore") / 3
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_queues_are_not_swept_every_second() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     // Twenty queues, each with a finished job retained and nothing scheduled or running.
     for queue in 0..20 {
         let queue = format!("idle-{queue}");
@@ -581,46 +553,45 @@ async fn idle_queues_are_not_swept_every_second() {
         let claimed = claim(&mut workers, &queue).await;
         complete(&mut workers, &claimed, b"").await.unwrap();
     }
-    // Each sweep of a queue trims its three retained-job sets: three ZREMRANGEBYSCORE.
-    let sweeps = || command_calls(&redis, "zremrangebyscore") / 3;
     eventually(
         Duration::from_secs(5),
         "every queue to be swept",
-        || async { (sweeps() >= 20).then_some(()) },
+        || async { (sweeps(&redis) >= 20).then_some(()) },
     )
     .await;
     // A queue's visit while its job still ran is followed by one within a second, which finds
     // it idle: measure once a second and a half has passed without any sweep.
+    // (A quiet period, only time passing can show.)
     eventually(Duration::from_secs(10), "the sweeps to settle", || async {
-        let before = sweeps();
+        let before = sweeps(&redis);
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        (sweeps() == before).then_some(())
+        (sweeps(&redis) == before).then_some(())
     })
     .await;
-    let before = sweeps();
+    let before = sweeps(&redis);
+    // That sweeps do not come every second, only time passing can show.
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Swept every second, the twenty queues would take sixty sweeps in these three seconds.
-    let during = sweeps() - before;
+    let during = sweeps(&redis) - before;
     assert!(during < 20, "{during} sweeps of idle queues in 3 s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_queue_is_swept_again_once_another_server_claims_in_it() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let a = TestServer::start(&redis).await;
     let b = TestServer::start(&redis).await;
     // The queue is known to b, and idle there: its one job is ready, nothing is scheduled or
     // running.
-    let mut request = job_request("elsewhere");
+    let mut request = submit_request("elsewhere");
     request.backoff = backoff(0, 1.0);
-    let id = submit_request(&mut b.jobs().await, request)
+    let id = submit_with(&mut b.jobs().await, request)
         .await
         .job
         .unwrap()
         .id;
-    let sweeps = || command_calls(&redis, "zremrangebyscore") / 3;
     eventually(Duration::from_secs(5), "b to sweep the queue", || async {
-        (sweeps() >= 2).then_some(())
+        (sweeps(&redis) >= 2).then_some(())
     })
     .await;
 
@@ -637,10 +608,13 @@ async fn an_idle_queue_is_swept_again_once_another_server_claims_in_it() {
     // b heard of the claim (its STARTED event) and recovers the lease when it runs out, not
     // at its next visit of an idle queue.
     let mut jobs = b.jobs().await;
-    eventually(Duration::from_secs(10), "the lease to be recovered", || {
-        let (mut jobs, id) = (jobs.clone(), id.clone());
-        async move { (get(&mut jobs, &id).await.error == "lease expired").then_some(()) }
-    })
+    job_becomes(
+        &jobs,
+        &id,
+        Duration::from_secs(10),
+        "the lease to be recovered",
+        |job| job.error == "lease expired",
+    )
     .await;
     let after = claimed_at.elapsed();
     assert!(after < Duration::from_secs(3), "took {after:?}");

@@ -2,23 +2,26 @@
 //! primary dies, follows Sentinel's failover to the replica, with its jobs, its watchers and
 //! its connection count intact.
 
-use std::process::{Child, Command, Stdio};
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
 
-use crate::support::*;
+use crate::harness::*;
 
 /// The name the sentinel monitors the primary under.
 const SERVICE: &str = "jobd";
 
 /// A redis-server in sentinel mode, watching one primary; killed when dropped.
 struct Sentinel {
-    child: Child,
+    _process: Process,
     port: u16,
     /// Holds its configuration file, which Sentinel rewrites.
     _dir: TempDir,
 }
 
 impl Sentinel {
-    fn start(primary: &RedisServer) -> Self {
+    async fn start(primary: &RedisServer) -> Self {
         // Sentinel rewrites its configuration file, so it gets one of its own.
         let dir = TempDir::new("jobd-sentinel");
         let port = free_port();
@@ -34,21 +37,22 @@ impl Sentinel {
             ),
         )
         .unwrap();
-        let child = Command::new("redis-server")
-            .arg(&conf)
-            .arg("--sentinel")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server runs");
+        let process = Process::spawn(
+            Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
         let sentinel = Self {
-            child,
+            _process: process,
             port,
             _dir: dir,
         };
-        wait_for("the sentinel to answer", || {
+        until(Duration::from_secs(20), "the sentinel to answer", || {
             sentinel.cli(&["PING"]) == "PONG"
-        });
+        })
+        .await;
         sentinel
     }
 
@@ -63,28 +67,27 @@ impl Sentinel {
     }
 }
 
-impl Drop for Sentinel {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobd_follows_a_sentinel_failover_with_its_jobs_and_watchers() {
-    let mut primary = RedisServer::start();
+    let mut primary = RedisServer::start().await;
     let replica =
-        RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port().to_string()]);
-    wait_for("the replica to sync", || {
-        replication(&replica, "master_link_status") == "up"
-    });
-    let sentinel = Sentinel::start(&primary);
+        RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port().to_string()]).await;
+    until(Duration::from_secs(20), "the replica to sync", || {
+        replica.replication("master_link_status") == "up"
+    })
+    .await;
+    let sentinel = Sentinel::start(&primary).await;
     let replica_port = replica.port().to_string();
-    wait_for("the sentinel to know the replica", || {
-        sentinel
-            .cli(&["SENTINEL", "REPLICAS", SERVICE])
-            .contains(&replica_port)
-    });
+    until(
+        Duration::from_secs(20),
+        "the sentinel to know the replica",
+        || {
+            sentinel
+                .cli(&["SENTINEL", "REPLICAS", SERVICE])
+                .contains(&replica_port)
+        },
+    )
+    .await;
 
     let url = format!(
         "redis-sentinel://127.0.0.1:{}/0?sentinelServiceName={SERVICE}",
@@ -92,8 +95,7 @@ async fn jobd_follows_a_sentinel_failover_with_its_jobs_and_watchers() {
     );
     let server = TestServer::start_with(&url, Settings::default()).await;
     let prefix = server.client_name_prefix();
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     assert_eq!(primary.clients_named(&prefix).len(), 2 + 1);
 
     let job = submit(&mut jobs, "ha", b"before").await;
@@ -104,17 +106,18 @@ async fn jobd_follows_a_sentinel_failover_with_its_jobs_and_watchers() {
 
     // The primary dies once the replica has everything; Sentinel sees it down after a second
     // and promotes the replica.
-    wait_for("the replica to catch up", || {
-        replication(&primary, "master_repl_offset") == replication(&replica, "master_repl_offset")
-    });
+    replica_caught_up(&primary, &replica).await;
     primary.stop();
-    wait_for("the sentinel to promote the replica", || {
-        sentinel.primary_port() == replica_port
-    });
+    until(
+        Duration::from_secs(20),
+        "the sentinel to promote the replica",
+        || sentinel.primary_port() == replica_port,
+    )
+    .await;
 
     // The job claimed before completes on the new primary; callers may see UNAVAILABLE
     // while jobd reconnects, and retry, as any caller of a service does.
-    complete_across_failover(&mut workers, &claimed, b"after").await;
+    complete_across_failover(&workers, &claimed, b"after").await;
     let (events, end) = watcher.await.unwrap();
     end.expect("the watch from before the failover ends with OK");
     assert_eq!(events.len(), 3, "{events:?}");
@@ -125,7 +128,10 @@ async fn jobd_follows_a_sentinel_failover_with_its_jobs_and_watchers() {
     let claimed = claim(&mut workers, "ha").await;
     assert_eq!(claimed.job.as_ref().unwrap().id, next.id);
     complete(&mut workers, &claimed, b"").await.unwrap();
-    wait_for("jobd's connections to move", || {
-        replica.clients_named(&prefix).len() == 2 + 1
-    });
+    until(
+        Duration::from_secs(20),
+        "jobd's connections to move",
+        || replica.clients_named(&prefix).len() == 2 + 1,
+    )
+    .await;
 }

@@ -3,11 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::*;
+use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_streams_and_claims_and_closes_redis() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
     let prefix = server.client_name_prefix();
     let mut jobs = server.jobs().await;
@@ -20,7 +20,7 @@ async fn shutdown_ends_streams_and_claims_and_closes_redis() {
     // A SubmitAndWatchJobs stream, established: its results and its job's QUEUED event read.
     let mut followed = jobs
         .submit_and_watch_jobs(jobd::api::proto::SubmitJobsRequest {
-            jobs: vec![job_request("q")],
+            jobs: vec![submit_request("q")],
         })
         .await
         .unwrap()
@@ -34,14 +34,8 @@ async fn shutdown_ends_streams_and_claims_and_closes_redis() {
     }
     let mut claims = Vec::new();
     for _ in 0..2 {
-        let mut workers = server.workers().await;
-        claims.push(tokio::spawn(async move {
-            workers
-                .claim_job(claim_request("idle", Duration::from_secs(30)))
-                .await
-        }));
-        // One at a time: claims arriving together would share one read of the queue.
-        claims_have_looked(&redis, claims.len() as u64).await;
+        let request = claim_request("idle", Duration::from_secs(30));
+        claims.push(waiting_claim(&server, request).await);
     }
     assert_eq!(redis.clients_named(&prefix).len(), 3);
 

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use jobd::api::proto::{self, EventType, submit_and_watch_jobs_response::Message};
 
-use crate::support::*;
+use crate::harness::*;
 
 /// Opens a SubmitAndWatchJobs stream and reads its first message, the submission results.
 async fn submit_and_watch(
@@ -73,18 +73,20 @@ fn job_id(result: &proto::SubmitJobResponse) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_job_is_followed_to_its_terminal_event_then_ok() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     let later = proto::SubmitJobRequest {
         start: Some(proto::submit_job_request::Start::Delay(pb_duration(
             Duration::from_secs(3600),
         ))),
-        ..job_request("b")
+        ..submit_request("b")
     };
-    let (results, mut stream) =
-        submit_and_watch(&server, vec![job_request("a"), job_request("a"), later]).await;
+    let (results, mut stream) = submit_and_watch(
+        &server,
+        vec![submit_request("a"), submit_request("a"), later],
+    )
+    .await;
     assert_eq!(results.len(), 3);
     assert!(results.iter().all(|result| result.created));
     let ids: Vec<String> = results.iter().map(job_id).collect();
@@ -94,12 +96,7 @@ async fn every_job_is_followed_to_its_terminal_event_then_ok() {
     complete(&mut workers, &first, b"done").await.unwrap();
     let second = claim(&mut workers, "a").await;
     fail(&mut workers, &second, "broken", false).await;
-    jobs.cancel_job(proto::CancelJobRequest {
-        job_id: ids[2].clone(),
-        reason: "not needed".to_owned(),
-    })
-    .await
-    .unwrap();
+    cancel(&mut jobs, &ids[2], "not needed").await;
 
     let (events, end) = events_to_end(&mut stream).await;
     end.expect("the stream ends with OK");
@@ -131,22 +128,21 @@ async fn every_job_is_followed_to_its_terminal_event_then_ok() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_found_by_its_idempotency_key_is_followed_once_from_its_first_event() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     let keyed = proto::SubmitJobRequest {
         idempotency_key: "order-7".to_owned(),
-        ..job_request("q")
+        ..submit_request("q")
     };
-    let earlier = submit_request(&mut jobs, keyed.clone()).await;
+    let earlier = submit_with(&mut jobs, keyed.clone()).await;
     let earlier_id = earlier.job.unwrap().id;
     let claimed = claim(&mut workers, "q").await;
     complete(&mut workers, &claimed, b"first").await.unwrap();
 
     // The key twice, and a new job.
     let (results, mut stream) =
-        submit_and_watch(&server, vec![keyed.clone(), keyed, job_request("q")]).await;
+        submit_and_watch(&server, vec![keyed.clone(), keyed, submit_request("q")]).await;
     assert_eq!(
         results.iter().map(|r| r.created).collect::<Vec<_>>(),
         [false, false, true]
@@ -167,7 +163,7 @@ async fn a_job_found_by_its_idempotency_key_is_followed_once_from_its_first_even
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_submissions_are_refused_whole_and_create_nothing() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
     let mut jobs = server.jobs().await;
 
@@ -180,11 +176,11 @@ async fn invalid_submissions_are_refused_whole_and_create_nothing() {
 
     let bad = proto::SubmitJobRequest {
         max_attempts: 1000,
-        ..job_request("q")
+        ..submit_request("q")
     };
     let refused = jobs
         .submit_and_watch_jobs(proto::SubmitJobsRequest {
-            jobs: vec![job_request("q"), bad],
+            jobs: vec![submit_request("q"), bad],
         })
         .await
         .expect_err("an invalid job refuses the call");

@@ -1,159 +1,18 @@
 //! OpenTelemetry: jobd exports metrics and spans over OTLP/gRPC to the endpoint the standard
 //! variables name — here a receiver of the test's own — and nothing when none is named.
 
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
-use jobd::api::proto::{
-    self, job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient,
-};
-use opentelemetry_proto::tonic::{
-    collector::{
-        metrics::v1::{
-            ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-            metrics_service_server::{MetricsService, MetricsServiceServer},
-        },
-        trace::v1::{
-            ExportTraceServiceRequest, ExportTraceServiceResponse,
-            trace_service_server::{TraceService, TraceServiceServer},
-        },
-    },
-    common::v1::{KeyValue, any_value},
-    metrics::v1::{metric::Data, number_data_point},
-    trace::v1::span::SpanKind,
-};
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{Request, Response, Status};
+use jobd::api::proto;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use tonic::Request;
 
-use crate::support::*;
-
-/// An OTLP collector that keeps everything it is sent.
-#[derive(Clone, Default)]
-struct Receiver {
-    metrics: Arc<Mutex<Vec<ExportMetricsServiceRequest>>>,
-    traces: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
-}
-
-#[tonic::async_trait]
-impl MetricsService for Receiver {
-    async fn export(
-        &self,
-        request: Request<ExportMetricsServiceRequest>,
-    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        self.metrics.lock().unwrap().push(request.into_inner());
-        Ok(Response::new(ExportMetricsServiceResponse::default()))
-    }
-}
-
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        self.traces.lock().unwrap().push(request.into_inner());
-        Ok(Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-impl Receiver {
-    async fn start() -> (Self, String) {
-        let receiver = Self::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let server = tonic::transport::Server::builder()
-            .add_service(MetricsServiceServer::new(receiver.clone()))
-            .add_service(TraceServiceServer::new(receiver.clone()))
-            .serve_with_incoming(TcpListenerStream::new(listener));
-        tokio::spawn(server);
-        (receiver, endpoint)
-    }
-
-    /// The latest value of every metric point: name and attributes -> value (sums and
-    /// gauges) or count (histograms). Cumulative temporality: the latest export has it all.
-    fn points(&self) -> BTreeMap<(String, BTreeMap<String, String>), f64> {
-        let mut points = BTreeMap::new();
-        for request in self.metrics.lock().unwrap().iter() {
-            for resource in &request.resource_metrics {
-                for scope in &resource.scope_metrics {
-                    for metric in &scope.metrics {
-                        let mut put = |attributes: &[KeyValue], value: f64| {
-                            points.insert((metric.name.clone(), attrs(attributes)), value);
-                        };
-                        match &metric.data {
-                            Some(Data::Sum(sum)) => sum
-                                .data_points
-                                .iter()
-                                .for_each(|p| put(&p.attributes, number(&p.value))),
-                            Some(Data::Gauge(gauge)) => gauge
-                                .data_points
-                                .iter()
-                                .for_each(|p| put(&p.attributes, number(&p.value))),
-                            Some(Data::Histogram(h)) => h
-                                .data_points
-                                .iter()
-                                .for_each(|p| put(&p.attributes, p.count as f64)),
-                            _ => {}
-                        }
-                    }
-                }
-            }
-        }
-        points
-    }
-
-    /// The value of `name` at the point whose attributes include `with`.
-    fn value(&self, name: &str, with: &[(&str, &str)]) -> Option<f64> {
-        self.points()
-            .into_iter()
-            .find_map(|((metric, attributes), value)| {
-                let matches = metric == name
-                    && with
-                        .iter()
-                        .all(|(k, v)| attributes.get(*k).map(String::as_str) == Some(*v));
-                matches.then_some(value)
-            })
-    }
-
-    fn resource_attributes(&self) -> BTreeMap<String, String> {
-        let metrics = self.metrics.lock().unwrap();
-        let resource = metrics
-            .iter()
-            .flat_map(|r| &r.resource_metrics)
-            .find_map(|r| r.resource.as_ref());
-        resource.map(|r| attrs(&r.attributes)).unwrap_or_default()
-    }
-}
-
-fn attrs(attributes: &[KeyValue]) -> BTreeMap<String, String> {
-    attributes
-        .iter()
-        .map(|kv| {
-            let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                Some(any_value::Value::StringValue(s)) => s.clone(),
-                Some(any_value::Value::IntValue(i)) => i.to_string(),
-                Some(any_value::Value::BoolValue(b)) => b.to_string(),
-                other => format!("{other:?}"),
-            };
-            (kv.key.clone(), value)
-        })
-        .collect()
-}
-
-fn number(value: &Option<number_data_point::Value>) -> f64 {
-    match value {
-        Some(number_data_point::Value::AsInt(i)) => *i as f64,
-        Some(number_data_point::Value::AsDouble(d)) => *d,
-        None => f64::NAN,
-    }
-}
+use crate::harness::*;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_ID: &str = "00f067aa0ba902b7";
 
+/// `message` sent within the caller's trace: TRACE_ID, from its span PARENT_ID.
 fn traced<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
     request.metadata_mut().insert(
@@ -163,31 +22,38 @@ fn traced<T>(message: T) -> Request<T> {
     request
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_and_spans_reach_the_otlp_endpoint() {
-    let (receiver, endpoint) = Receiver::start().await;
-    let redis = RedisServer::start();
-    let jobd = Running::start_with_env(
-        &redis.url(),
-        &["--log-format", "json", "--shutdown-timeout", "5s"],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
-            ("OTEL_SERVICE_NAME", "jobd-under-test"),
-            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test"),
-            ("RUST_LOG", "info,jobd=debug"),
-        ],
-    );
-    jobd.wait_for("jobd started").await;
-    let url = format!("http://{}", jobd.address());
-    let mut jobs = JobServiceClient::connect(url.clone()).await.unwrap();
-    let mut workers = WorkerServiceClient::connect(url).await.unwrap();
+/// A metric point jobd must have exported: its name, some of its attributes, its value.
+type Exported = (&'static str, &'static [(&'static str, &'static str)], f64);
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The jobd binary against `redis`, exporting its metrics (every 300 ms) and spans to a
+/// receiver of the test's own as the service "jobd-under-test", and logging JSON.
+async fn exporting_jobd(redis: &RedisServer) -> (OtlpReceiver, Running) {
+    let receiver = OtlpReceiver::start().await;
+    let mut env = receiver.exporter_env("300");
+    env.extend([
+        ("OTEL_SERVICE_NAME", "jobd-under-test"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test"),
+        ("RUST_LOG", "info,jobd=debug"),
+    ]);
+    let args = ["--log-format", "json", "--shutdown-timeout", "5s"];
+    let jobd = Running::start_with_env(&redis.url(), &args, &env).await;
+    (receiver, jobd)
+}
+
+/// Submits a job of queue "otel" within the caller's trace, and claims it: the claim carries
+/// the trace, from jobd's submit span. Returns the claim and the traceparent it carries.
+async fn submit_traced_and_claim(
+    jobs: &mut Jobs,
+    workers: &mut Workers,
+) -> (proto::ClaimJobResponse, String) {
     let submitted = jobs
         .submit_job(traced(proto::SubmitJobRequest {
-            queue: "otel".into(),
             kind: "k".into(),
-            ..Default::default()
+            ..submit_request("otel")
         }))
         .await
         .unwrap()
@@ -204,7 +70,8 @@ async fn metrics_and_spans_reach_the_otlp_endpoint() {
     let traceparent = job
         .trace_context
         .get("traceparent")
-        .expect("the claim carries the submitter's trace");
+        .expect("the claim carries the submitter's trace")
+        .clone();
     assert!(
         traceparent.starts_with(&format!("00-{TRACE_ID}-")),
         "{traceparent}"
@@ -213,37 +80,26 @@ async fn metrics_and_spans_reach_the_otlp_endpoint() {
         !traceparent.contains(PARENT_ID),
         "the parent is jobd's submit span: {traceparent}"
     );
-    complete(&mut workers, &claimed, b"done").await.unwrap();
-    let (events, end) = watch_to_end(&mut jobs, &job.id, 0).await;
-    end.unwrap();
-    assert_eq!(events.len(), 3);
-    let other = submit(&mut jobs, "otel", b"").await;
-    jobs.cancel_job(proto::CancelJobRequest {
-        job_id: other.id,
-        reason: String::new(),
-    })
-    .await
-    .unwrap();
-    // A retried failure, and a lease that runs out while a watcher waits through a subscriber
-    // reconnect.
-    let retried = submit(&mut jobs, "otel", b"").await;
-    let claim = claim(&mut workers, "otel").await;
-    assert_eq!(claim.job.as_ref().unwrap().id, retried.id);
-    assert_eq!(
-        fail(&mut workers, &claim, "flaky", true).await.state(),
-        proto::JobState::Scheduled
-    );
-    let mut silent = proto::SubmitJobRequest {
-        queue: "silent".into(),
+    (claimed, traceparent)
+}
+
+/// A job of queue "silent" whose 1 s lease runs out, watched from its STARTED event through a
+/// reconnect of jobd's subscriber: returns the watch, still open, once it got RETRY_SCHEDULED.
+async fn lease_running_out_under_a_watcher(
+    redis: &RedisServer,
+    jobs: &mut Jobs,
+    workers: &mut Workers,
+) -> tonic::Streaming<proto::JobEvent> {
+    let silent = proto::SubmitJobRequest {
         kind: "k".into(),
-        ..Default::default()
+        lease: Some(pb_duration(Duration::from_secs(1))),
+        ..submit_request("silent")
     };
-    silent.lease = Some(pb_duration(Duration::from_secs(1)));
-    let silent = submit_request(&mut jobs, silent).await.job.unwrap();
+    let silent = submit_with(jobs, silent).await.job.unwrap();
     let mut no_lease = claim_request("silent", Duration::from_secs(5));
     no_lease.lease = None;
     let claimed = workers.claim_job(no_lease).await.unwrap().into_inner();
-    acknowledge(&mut workers, &silent.id, &claimed.lease_token).await;
+    acknowledge(workers, &silent.id, &claimed.lease_token).await;
     let mut watcher = jobs
         .watch_job(proto::WatchJobRequest {
             job_id: silent.id.clone(),
@@ -259,14 +115,67 @@ async fn metrics_and_spans_reach_the_otlp_endpoint() {
         .unwrap()
         .unwrap();
     assert_eq!(retry.r#type(), proto::EventType::RetryScheduled);
+    watcher
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_reach_the_otlp_endpoint() {
+    let redis = RedisServer::start().await;
+    let (receiver, jobd) = exporting_jobd(&redis).await;
+    let (mut jobs, mut workers) = jobd.clients().await;
+    let _open = make_every_kind_of_call(&redis, &mut jobs, &mut workers).await;
+    job_and_call_metrics_are_exported(&receiver).await;
+    lease_and_reconnect_metrics_are_exported(&receiver).await;
+    let resource = receiver.resource_attributes();
+    assert_eq!(
+        resource.get("service.name").map(String::as_str),
+        Some("jobd-under-test")
+    );
+    assert_eq!(
+        resource.get("deployment.environment").map(String::as_str),
+        Some("test")
+    );
+    let (code, log) = jobd.terminate();
+    assert_eq!(code, Some(0), "{log}");
+}
+
+/// A job completed and watched, one cancelled, a retried failure, a lease that runs out while a
+/// watcher waits through a subscriber reconnect, and a call refused; returns that watcher's
+/// stream, still open.
+async fn make_every_kind_of_call(
+    redis: &RedisServer,
+    jobs: &mut Jobs,
+    workers: &mut Workers,
+) -> tonic::Streaming<proto::JobEvent> {
+    let (claimed, _) = submit_traced_and_claim(jobs, workers).await;
+    complete(workers, &claimed, b"done").await.unwrap();
+    let id = &claimed.job.as_ref().unwrap().id;
+    let (events, end) = watch_to_end(jobs, id, 0).await;
+    end.unwrap();
+    assert_eq!(events.len(), 3);
+    let other = submit(jobs, "otel", b"").await;
+    cancel(jobs, &other.id, "").await;
+    let retried = submit(jobs, "otel", b"").await;
+    let failing = claim(workers, "otel").await;
+    assert_eq!(failing.job.as_ref().unwrap().id, retried.id);
+    assert_eq!(
+        fail(workers, &failing, "flaky", true).await.state(),
+        proto::JobState::Scheduled
+    );
+    let open = lease_running_out_under_a_watcher(redis, jobs, workers).await;
     let missing = jobs
         .get_job(proto::GetJobRequest {
             job_id: format!("otel.{}", "0".repeat(26)),
         })
         .await;
     assert_eq!(missing.unwrap_err().code(), tonic::Code::NotFound);
+    open
+}
 
-    let submit = [
+/// Waits until `receiver` has the metrics of `make_every_kind_of_call`'s jobs and calls, and
+/// asserts their values.
+async fn job_and_call_metrics_are_exported(receiver: &OtlpReceiver) {
+    let submit_ok = [
         ("rpc.method", "jobd.v1.JobService/SubmitJob"),
         ("rpc.response.status_code", "OK"),
         ("rpc.system.name", "grpc"),
@@ -276,56 +185,59 @@ async fn metrics_and_spans_reach_the_otlp_endpoint() {
         ("rpc.response.status_code", "NOT_FOUND"),
         ("error.type", "NOT_FOUND"),
     ];
-    eventually(Duration::from_secs(20), "the metrics", || async {
-        let complete = receiver.value("jobd.jobs.finished", &[("jobd.job.outcome", "completed")])
-            == Some(1.0)
+    until(Duration::from_secs(20), "the metrics", || {
+        receiver.value("jobd.jobs.finished", &[("jobd.job.outcome", "completed")]) == Some(1.0)
             && receiver.value("jobd.jobs.finished", &[("jobd.job.outcome", "cancelled")])
                 == Some(1.0)
-            && receiver.value("rpc.server.call.duration", &submit) == Some(4.0)
+            && receiver.value("rpc.server.call.duration", &submit_ok) == Some(4.0)
             && receiver.value("rpc.server.call.duration", &not_found) == Some(1.0)
             && receiver.value(
                 "jobd.queue.depth",
                 &[("jobd.queue", "otel"), ("jobd.job.state", "completed")],
-            ) == Some(1.0);
-        complete.then_some(())
+            ) == Some(1.0)
     })
     .await;
-    assert_eq!(
-        receiver.value(
+    let exported: [Exported; 8] = [
+        (
             "jobd.jobs.submitted",
-            &[("jobd.queue", "otel"), ("jobd.job.kind", "k")]
+            &[("jobd.queue", "otel"), ("jobd.job.kind", "k")],
+            1.0,
         ),
-        Some(1.0)
-    );
-    assert_eq!(
-        receiver.value(
+        (
             "jobd.jobs.submitted",
-            &[("jobd.queue", "otel"), ("jobd.job.kind", "test.kind")]
+            &[("jobd.queue", "otel"), ("jobd.job.kind", "test.kind")],
+            2.0,
         ),
-        Some(2.0)
-    );
-    assert_eq!(
-        receiver.value("jobd.job.queue_wait", &[("jobd.queue", "otel")]),
-        Some(2.0)
-    );
-    assert_eq!(
-        receiver.value(
+        ("jobd.job.queue_wait", &[("jobd.queue", "otel")], 2.0),
+        (
             "jobd.job.run_time",
-            &[("jobd.queue", "otel"), ("jobd.job.outcome", "completed")]
+            &[("jobd.queue", "otel"), ("jobd.job.outcome", "completed")],
+            1.0,
         ),
-        Some(1.0)
-    );
-    assert_eq!(
-        receiver.value("jobd.redis.connected", &[("jobd.redis.connection", "pool")]),
-        Some(1.0)
-    );
-    assert_eq!(
-        receiver.value(
+        (
             "jobd.redis.connected",
-            &[("jobd.redis.connection", "subscriber")]
+            &[("jobd.redis.connection", "pool")],
+            1.0,
         ),
-        Some(1.0)
-    );
+        (
+            "jobd.redis.connected",
+            &[("jobd.redis.connection", "subscriber")],
+            1.0,
+        ),
+        ("jobd.claims.waiting", &[], 0.0),
+        (
+            "jobd.jobs.retries",
+            &[("jobd.queue", "otel"), ("jobd.reason", "failed")],
+            1.0,
+        ),
+    ];
+    for (name, attributes, value) in exported {
+        assert_eq!(
+            receiver.value(name, attributes),
+            Some(value),
+            "{name} {attributes:?}"
+        );
+    }
     assert!(
         receiver
             .value(
@@ -334,34 +246,28 @@ async fn metrics_and_spans_reach_the_otlp_endpoint() {
             )
             .is_some_and(|n| n >= 2.0)
     );
-    assert_eq!(receiver.value("jobd.claims.waiting", &[]), Some(0.0));
-    assert_eq!(
-        receiver.value(
-            "jobd.jobs.retries",
-            &[("jobd.queue", "otel"), ("jobd.reason", "failed")]
-        ),
-        Some(1.0)
-    );
-    eventually(
+}
+
+/// Waits until `receiver` has the metrics of `make_every_kind_of_call`'s lease that ran out
+/// and of the reconnect its watcher waited through, and asserts what the watch streams show.
+async fn lease_and_reconnect_metrics_are_exported(receiver: &OtlpReceiver) {
+    until(
         Duration::from_secs(10),
         "the lease expiry and reconnect metrics",
-        || async {
-            let seen = receiver.value("jobd.leases.expired", &[("jobd.queue", "silent")])
-                == Some(1.0)
+        || {
+            let at_least_one = |name: &str, attributes: &[(&str, &str)]| {
+                receiver.value(name, attributes).is_some_and(|n| n >= 1.0)
+            };
+            receiver.value("jobd.leases.expired", &[("jobd.queue", "silent")]) == Some(1.0)
                 && receiver.value(
                     "jobd.jobs.retries",
                     &[("jobd.queue", "silent"), ("jobd.reason", "lease_expired")],
                 ) == Some(1.0)
-                && receiver
-                    .value(
-                        "jobd.redis.reconnects",
-                        &[("jobd.redis.connection", "subscriber")],
-                    )
-                    .is_some_and(|n| n >= 1.0)
-                && receiver
-                    .value("jobd.watch.resyncs", &[])
-                    .is_some_and(|n| n >= 1.0);
-            seen.then_some(())
+                && at_least_one(
+                    "jobd.redis.reconnects",
+                    &[("jobd.redis.connection", "subscriber")],
+                )
+                && at_least_one("jobd.watch.resyncs", &[])
         },
     )
     .await;
@@ -380,28 +286,20 @@ async fn metrics_and_spans_reach_the_otlp_endpoint() {
         Some(1.0),
         "the silent job's stream is open"
     );
-    let resource = receiver.resource_attributes();
-    assert_eq!(
-        resource.get("service.name").map(String::as_str),
-        Some("jobd-under-test")
-    );
-    assert_eq!(
-        resource.get("deployment.environment").map(String::as_str),
-        Some("test")
-    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_the_otlp_endpoint_within_the_callers_trace() {
+    let redis = RedisServer::start().await;
+    let (receiver, jobd) = exporting_jobd(&redis).await;
+    let (mut jobs, mut workers) = jobd.clients().await;
+    let (claimed, traceparent) = submit_traced_and_claim(&mut jobs, &mut workers).await;
+    complete(&mut workers, &claimed, b"done").await.unwrap();
 
     // Spans are flushed at shutdown at the latest.
     let (code, log) = jobd.terminate();
     assert_eq!(code, Some(0), "{log}");
-    let spans: Vec<_> = receiver
-        .traces
-        .lock()
-        .unwrap()
-        .iter()
-        .flat_map(|r| r.resource_spans.clone())
-        .flat_map(|r| r.scope_spans)
-        .flat_map(|s| s.spans)
-        .collect();
+    let spans = receiver.spans();
     let span = spans
         .iter()
         .find(|span| span.name == "jobd.v1.JobService/SubmitJob" && hex(&span.trace_id) == TRACE_ID)
@@ -417,13 +315,13 @@ async fn metrics_and_spans_reach_the_otlp_endpoint() {
         "its parent is the caller's span"
     );
     assert_eq!(span.kind(), SpanKind::Server);
-    let attributes = attrs(&span.attributes);
+    let span_attributes = attributes(&span.attributes);
     assert_eq!(
-        attributes.get("rpc.method").map(String::as_str),
+        span_attributes.get("rpc.method").map(String::as_str),
         Some("jobd.v1.JobService/SubmitJob")
     );
     assert_eq!(
-        attributes
+        span_attributes
             .get("rpc.response.status_code")
             .map(String::as_str),
         Some("OK")
@@ -441,19 +339,11 @@ async fn metrics_and_spans_reach_the_otlp_endpoint() {
     assert!(line.contains(TRACE_ID), "{line}");
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_endpoint_nothing_is_exported_and_nothing_complains() {
-    let redis = RedisServer::start();
-    let jobd = Running::start_with_env(&redis.url(), &[], &[("RUST_LOG", "info")]);
-    jobd.wait_for("jobd started").await;
-    let mut jobs = JobServiceClient::connect(format!("http://{}", jobd.address()))
-        .await
-        .unwrap();
-    submit(&mut jobs, "q", b"").await;
+    let redis = RedisServer::start().await;
+    let jobd = Running::start_with_env(&redis.url(), &[], &[("RUST_LOG", "info")]).await;
+    submit(&mut jobd.jobs().await, "q", b"").await;
     let (code, log) = jobd.terminate();
     assert_eq!(code, Some(0), "{log}");
     for line in log.lines() {
@@ -470,63 +360,44 @@ async fn without_an_endpoint_nothing_is_exported_and_nothing_complains() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otel_sdk_disabled_turns_export_off_even_with_an_endpoint() {
-    let (receiver, endpoint) = Receiver::start().await;
-    let redis = RedisServer::start();
-    let jobd = Running::start_with_env(
-        &redis.url(),
-        &[],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "100"),
-            ("OTEL_SDK_DISABLED", "true"),
-        ],
-    );
-    jobd.wait_for("jobd started").await;
-    let mut jobs = JobServiceClient::connect(format!("http://{}", jobd.address()))
-        .await
-        .unwrap();
-    submit(&mut jobs, "q", b"").await;
+    let receiver = OtlpReceiver::start().await;
+    let redis = RedisServer::start().await;
+    let mut env = receiver.exporter_env("100");
+    env.push(("OTEL_SDK_DISABLED", "true"));
+    let jobd = Running::start_with_env(&redis.url(), &[], &env).await;
+    submit(&mut jobd.jobs().await, "q", b"").await;
+    // Five export intervals: that nothing is exported, only time passing can show.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (code, log) = jobd.terminate();
     assert_eq!(code, Some(0), "{log}");
-    assert!(
-        receiver.metrics.lock().unwrap().is_empty(),
-        "no metrics exported"
-    );
-    assert!(
-        receiver.traces.lock().unwrap().is_empty(),
-        "no spans exported"
-    );
+    assert_eq!(receiver.metric_exports(), 0, "no metrics exported");
+    assert!(receiver.spans().is_empty(), "no spans exported");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_next_claim_counts_as_waiting_only_once_its_completion_is_done() {
-    let (receiver, endpoint) = Receiver::start().await;
-    let redis = RedisServer::start_with(&["--enable-debug-command", "local"]);
-    let jobd = Running::start_with_env(
-        &redis.url(),
-        &[],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "100"),
-        ],
-    );
-    jobd.wait_for("jobd started").await;
-    let url = format!("http://{}", jobd.address());
-    let mut jobs = JobServiceClient::connect(url.clone()).await.unwrap();
-    let mut workers = WorkerServiceClient::connect(url).await.unwrap();
+    let redis = RedisServer::start().await;
+    let proxy = FaultyProxy::start(redis.port()).await;
+    let receiver = OtlpReceiver::start().await;
+    let mut env = receiver.exporter_env("100");
+    // The completion below is held back for a second on its way to Redis: it must not time
+    // out meanwhile.
+    env.push(("JOBD_REDIS_COMMAND_TIMEOUT", "2s"));
+    let jobd = Running::start_with_env(&proxy.url(), &[], &env).await;
+    let (mut jobs, mut workers) = jobd.clients().await;
     submit(&mut jobs, "gauge", b"").await;
     let claimed = claim(&mut workers, "gauge").await;
 
-    // Redis stalls (within the test server's 500 ms command timeout), so the completion is in
-    // flight; its next claim is registered but not waiting for jobs yet.
-    let stall = redis.stall("0.45").await;
+    // The completion's call is held back, so that it is in flight; its next claim is
+    // registered but not waiting for jobs yet.
+    const HELD: &[u8] = b"held-back-result";
+    proxy.delay(HELD, Duration::from_secs(1));
     let completing = tokio::spawn(async move {
         workers
             .complete_job(proto::CompleteJobRequest {
                 job_id: claimed.job.unwrap().id,
                 lease_token: claimed.lease_token,
-                result: Default::default(),
+                result: HELD.to_vec().into(),
                 next: Some(proto::ClaimJobsRequest {
                     claim: Some(claim_request("gauge", Duration::from_secs(10))),
                     max_jobs: 1,
@@ -534,21 +405,27 @@ async fn a_next_claim_counts_as_waiting_only_once_its_completion_is_done() {
             })
             .await
     });
-    // Exports (every 100 ms) while the completion waits on Redis.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.struck().await;
+    // The second export from now was taken while the completion waited on Redis.
+    let exports = receiver.metric_exports();
+    until(Duration::from_secs(5), "two exports more", || {
+        receiver.metric_exports() >= exports + 2
+    })
+    .await;
     let during = receiver.value("jobd.claims.waiting", &[]);
-    stall.join().unwrap();
+    assert!(
+        !completing.is_finished(),
+        "the exports were taken while the completion ran"
+    );
     assert_eq!(
         during,
         Some(0.0),
         "no claim waits while the completion runs"
     );
     // Completed, the next claim waits for a job: now it counts.
-    eventually(
-        Duration::from_secs(5),
-        "the next claim to count",
-        || async { (receiver.value("jobd.claims.waiting", &[]) == Some(1.0)).then_some(()) },
-    )
+    until(Duration::from_secs(5), "the next claim to count", || {
+        receiver.value("jobd.claims.waiting", &[]) == Some(1.0)
+    })
     .await;
     completing.abort();
     let (code, log) = jobd.terminate();
@@ -557,20 +434,10 @@ async fn a_next_claim_counts_as_waiting_only_once_its_completion_is_done() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_past_its_deadline_is_recorded_as_deadline_exceeded() {
-    use crate::deadline::{bare_clients, with_deadline};
-
-    let (receiver, endpoint) = Receiver::start().await;
-    let redis = RedisServer::start();
-    let jobd = Running::start_with_env(
-        &redis.url(),
-        &[],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-            ("OTEL_METRIC_EXPORT_INTERVAL", "100"),
-        ],
-    );
-    jobd.wait_for("jobd started").await;
-    let (mut jobs, mut workers) = bare_clients(&jobd.address()).await;
+    let receiver = OtlpReceiver::start().await;
+    let redis = RedisServer::start().await;
+    let jobd = Running::start_with_env(&redis.url(), &[], &receiver.exporter_env("100")).await;
+    let (mut jobs, mut workers) = bare_clients(jobd.address()).await;
     let claim = workers
         .claim_job(with_deadline(
             claim_request("nothing", Duration::from_secs(10)),
@@ -578,10 +445,7 @@ async fn a_call_past_its_deadline_is_recorded_as_deadline_exceeded() {
         ))
         .await;
     assert_eq!(claim.unwrap_err().code(), tonic::Code::DeadlineExceeded);
-    let mut plain = JobServiceClient::connect(format!("http://{}", jobd.address()))
-        .await
-        .unwrap();
-    let job = submit(&mut plain, "q", b"").await;
+    let job = submit(&mut jobd.jobs().await, "q", b"").await;
     let mut stream = jobs
         .watch_job(with_deadline(
             proto::WatchJobRequest {
@@ -611,8 +475,8 @@ async fn a_call_past_its_deadline_is_recorded_as_deadline_exceeded() {
         "jobd.v1.WorkerService/ClaimJob",
         "jobd.v1.JobService/WatchJob",
     ] {
-        eventually(Duration::from_secs(10), method, || async {
-            (recorded(method, "DEADLINE_EXCEEDED") == Some(1.0)).then_some(())
+        until(Duration::from_secs(10), method, || {
+            recorded(method, "DEADLINE_EXCEEDED") == Some(1.0)
         })
         .await;
         assert_eq!(recorded(method, "CANCELLED"), None, "{method}");

@@ -6,7 +6,7 @@ use std::{path::Path, process::Command, time::Duration};
 
 use jobd::{App, Config};
 
-use crate::{cluster::RedisCluster, support::*};
+use crate::harness::*;
 
 /// A CA and a certificate it signed for 127.0.0.1, made with the openssl command; a client
 /// certificate too, as cluster nodes present it to each other over their TLS bus.
@@ -78,11 +78,11 @@ impl Certificates {
     }
 
     /// A redis-server with its usual plain port (for the test's own redis-cli) and a TLS port.
-    fn redis(&self) -> (RedisServer, u16) {
+    async fn redis(&self) -> (RedisServer, u16) {
         let tls_port = free_port();
         let args = self.tls_args(tls_port);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        (RedisServer::start_with(&args), tls_port)
+        (RedisServer::start_with(&args).await, tls_port)
     }
 
     /// redis-server arguments for a TLS port with this certificate; clients need none.
@@ -116,7 +116,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rediss_url_and_its_ca_file_run_jobs_over_tls() {
     let certificates = Certificates::make();
-    let (redis, tls_port) = certificates.redis();
+    let (redis, tls_port) = certificates.redis().await;
     let settings = Settings {
         extra: vec![format!(
             "--redis-tls-ca-file={}",
@@ -125,8 +125,7 @@ async fn a_rediss_url_and_its_ca_file_run_jobs_over_tls() {
         ..Settings::default()
     };
     let server = TestServer::start_with(&format!("rediss://127.0.0.1:{tls_port}"), settings).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
 
     let job = submit(&mut jobs, "tls", b"over tls").await;
     let claimed = claim(&mut workers, "tls").await;
@@ -151,7 +150,8 @@ async fn a_rediss_cluster_url_runs_jobs_over_tls_on_every_primary() {
         let mut args = certificates.tls_args(free_port());
         args.extend(["--tls-cluster".to_owned(), "yes".to_owned()]);
         args
-    });
+    })
+    .await;
     let tls_ports: Vec<String> = cluster
         .nodes
         .iter()
@@ -175,8 +175,7 @@ async fn a_rediss_cluster_url_runs_jobs_over_tls_on_every_primary() {
         ..Settings::default()
     };
     let server = TestServer::start_with(&url, settings).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
 
     // Queues whose keys hash to all three primaries (see cluster.rs).
     for queue in (0..6).map(|i| format!("cluster-{i}")) {
@@ -203,7 +202,7 @@ async fn a_rediss_cluster_url_runs_jobs_over_tls_on_every_primary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_certificate_jobd_does_not_trust_gets_no_connection() {
     let certificates = Certificates::make();
-    let (redis, tls_port) = certificates.redis();
+    let (redis, tls_port) = certificates.redis().await;
     // The system's roots do not hold the test CA.
     let server = TestServer::start_with(
         &format!("rediss://127.0.0.1:{tls_port}"),
@@ -213,11 +212,7 @@ async fn a_redis_certificate_jobd_does_not_trust_gets_no_connection() {
     let mut jobs = server.jobs().await;
     let refused = tokio::time::timeout(
         Duration::from_secs(5),
-        jobs.submit_job(jobd::api::proto::SubmitJobRequest {
-            queue: "tls".into(),
-            kind: "k".into(),
-            ..Default::default()
-        }),
+        jobs.submit_job(submit_request("tls")),
     )
     .await
     .expect("answered within the command timeout")

@@ -2,17 +2,15 @@
 
 use std::time::Duration;
 
-use jobd::api::proto::{self, EventType, job_service_client::JobServiceClient};
-use tonic::transport::Channel;
+use jobd::api::proto::{self, EventType};
 
-use crate::support::*;
+use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_watcher_gets_the_whole_history_then_ok() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     let job = submit(&mut jobs, "q", b"").await;
     let claimed = claim(&mut workers, "q").await;
     complete(&mut workers, &claimed, b"done").await.unwrap();
@@ -29,25 +27,13 @@ async fn a_late_watcher_gets_the_whole_history_then_ok() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_sequence_resumes_exactly_after_the_given_event() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     let job = submit(&mut jobs, "q", b"").await;
     let claimed = claim(&mut workers, "q").await;
     for i in 0..30 {
-        workers
-            .heartbeat(proto::HeartbeatRequest {
-                job_id: job.id.clone(),
-                lease_token: claimed.lease_token.clone(),
-                lease: None,
-                progress: Some(proto::Progress {
-                    value: Some(f64::from(i)),
-                    message: String::new(),
-                }),
-            })
-            .await
-            .unwrap();
+        report_progress(&mut workers, &claimed, f64::from(i), "").await;
     }
     complete(&mut workers, &claimed, b"").await.unwrap();
     let (all, end) = watch_to_end(&mut jobs, &job.id, 0).await;
@@ -72,10 +58,9 @@ async fn after_sequence_resumes_exactly_after_the_given_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_watchers_see_identical_live_sequences() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     let job = submit(&mut jobs, "q", b"").await;
 
     let mut watchers = Vec::new();
@@ -84,18 +69,7 @@ async fn concurrent_watchers_see_identical_live_sequences() {
     }
     let claimed = claim(&mut workers, "q").await;
     for i in 0..20 {
-        workers
-            .heartbeat(proto::HeartbeatRequest {
-                job_id: job.id.clone(),
-                lease_token: claimed.lease_token.clone(),
-                lease: None,
-                progress: Some(proto::Progress {
-                    value: Some(f64::from(i)),
-                    message: format!("{i}"),
-                }),
-            })
-            .await
-            .unwrap();
+        report_progress(&mut workers, &claimed, f64::from(i), &format!("{i}")).await;
     }
     complete(&mut workers, &claimed, b"r").await.unwrap();
 
@@ -119,10 +93,9 @@ async fn concurrent_watchers_see_identical_live_sequences() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_watcher_gets_a_result_too_large_to_ride_on_the_wake_up() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     let job = submit(&mut jobs, "q", b"").await;
     let watcher = watch_in_background(&server, &job.id).await;
     let claimed = claim(&mut workers, "q").await;
@@ -142,7 +115,7 @@ async fn a_live_watcher_gets_a_result_too_large_to_ride_on_the_wake_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_type_from_a_newer_jobd_is_passed_on_as_unspecified() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
     let mut jobs = server.jobs().await;
     let job = submit(&mut jobs, "q", b"").await;
@@ -150,16 +123,13 @@ async fn an_event_type_from_a_newer_jobd_is_passed_on_as_unspecified() {
 
     // A newer jobd records an event of a type this one does not know ("paused"), as the
     // scripts record events: the next sequence, a MessagePack map with its type, time, attempt.
-    let key = redis.cli(&["--scan", "--pattern", "*:job:*"]);
+    let [key] = &redis.keys(JOB_KEYS)[..] else {
+        panic!("one job's hash");
+    };
     let record = "redis.call('HSET', KEYS[1], 'seq', '2', 'e:2', \
                   cmsgpack.pack({t = 'paused', at = 1700000000000, a = 0})) return 1";
-    redis.cli(&["EVAL", record, "1", key.trim()]);
-    jobs.cancel_job(proto::CancelJobRequest {
-        job_id: job.id.clone(),
-        reason: String::new(),
-    })
-    .await
-    .expect("cancel succeeds");
+    redis.cli(&["EVAL", record, "1", key]);
+    cancel(&mut jobs, &job.id, "").await;
 
     let (live, end) = live.await.unwrap();
     end.expect("the live watch ends with OK");
@@ -181,11 +151,7 @@ async fn an_event_type_from_a_newer_jobd_is_passed_on_as_unspecified() {
 
 /// Opens a WatchJob stream after `after`; the call itself must fail, before any message, and
 /// within a few seconds (a stream that opened instead would wait for events forever).
-async fn watch_refused(
-    jobs: &mut JobServiceClient<Channel>,
-    id: &str,
-    after: u64,
-) -> tonic::Status {
+async fn watch_refused(jobs: &mut Jobs, id: &str, after: u64) -> tonic::Status {
     let opened = tokio::time::timeout(
         Duration::from_secs(5),
         jobs.watch_job(proto::WatchJobRequest {
@@ -209,10 +175,9 @@ async fn watch_refused(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_sequence_past_the_last_event_is_out_of_range_at_once() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
 
     // A running job, at sequence 2 (QUEUED, STARTED): a resume past it would wait forever for
     // events that it would then skip.
@@ -249,10 +214,9 @@ async fn after_sequence_past_the_last_event_is_out_of_range_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_sequence_at_the_last_event_follows_a_running_job_to_its_end() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
-    let mut jobs = server.jobs().await;
-    let mut workers = server.workers().await;
+    let (mut jobs, mut workers) = server.clients().await;
     let job = submit(&mut jobs, "q", b"").await;
     let claimed = claim(&mut workers, "q").await;
 

@@ -99,11 +99,6 @@ impl FaultyProxy {
         *self.fault.lock().unwrap() = Some(Fault::Delay(bytes.to_vec(), delay));
     }
 
-    /// Disarms the fault if no connection has sent its bytes yet.
-    pub fn disarm(&self) {
-        *self.fault.lock().unwrap() = None;
-    }
-
     /// Waits, 10 s at most, until a connection sent the armed fault's bytes.
     pub async fn struck(&self) {
         tokio::time::timeout(Duration::from_secs(10), self.struck.notified())
@@ -156,6 +151,7 @@ async fn relay(
             match suffered {
                 // Before the command reaches Redis, so that its reply is lost too.
                 Some(Fault::LoseReplies(_)) => lose.store(true, Ordering::SeqCst),
+                // The fault itself: the command is held back as a slow network would.
                 Some(Fault::Delay(_, delay)) => tokio::time::sleep(delay).await,
                 None => {}
             }

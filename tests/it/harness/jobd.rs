@@ -1,0 +1,293 @@
+//! jobd under test: in this test's runtime (`TestServer`), or as the real binary CI builds
+//! (`Running`); either is called through `Jobd`.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use jobd::{App, Config};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
+
+use super::{
+    clients::{Jobs, Workers, connect, status},
+    os::{Process, rand_u32},
+    redis::RedisServer,
+    wait::{eventually, until},
+};
+
+/// The real jobd binary, as CI builds it.
+pub const JOBD: &str = env!("CARGO_BIN_EXE_jobd");
+
+/// A jobd a test calls, wherever it runs. Each call of `channel`, `jobs` or `workers` opens an
+/// HTTP/2 connection of its own.
+pub trait Jobd {
+    /// Where its gRPC server listens, as an http:// URL.
+    fn url(&self) -> String;
+
+    async fn channel(&self) -> Channel {
+        connect(&self.url()).await
+    }
+
+    async fn jobs(&self) -> Jobs {
+        Jobs::new(self.channel().await)
+    }
+
+    async fn workers(&self) -> Workers {
+        Workers::new(self.channel().await)
+    }
+
+    /// A client of each service, each on its own connection.
+    async fn clients(&self) -> (Jobs, Workers) {
+        (self.jobs().await, self.workers().await)
+    }
+}
+
+/// A jobd server running in this test's runtime.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub instance: String,
+    metrics: jobd::telemetry::Metrics,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Settings a test may change; the rest are jobd's defaults.
+pub struct Settings {
+    pub pool_size: u16,
+    pub max_payload: Option<u32>,
+    pub command_timeout: &'static str,
+    pub extra: Vec<String>,
+}
+
+/// The binary, run until SIGTERM, with everything it logs collected.
+pub struct Running {
+    process: Process,
+    /// Its gRPC address, from its startup line.
+    address: String,
+    log: Arc<Mutex<String>>,
+    /// The threads that read its stdout and stderr into `log`; they end with the process.
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            pool_size: 2,
+            max_payload: None,
+            command_timeout: "1s",
+            extra: Vec::new(),
+        }
+    }
+}
+
+impl TestServer {
+    pub async fn start(redis: &RedisServer) -> Self {
+        Self::start_with(&redis.url(), Settings::default()).await
+    }
+
+    pub async fn start_with(redis_url: &str, settings: Settings) -> Self {
+        // Logs of the servers under test, shown for failing tests when RUST_LOG is set.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
+        let instance = format!("test-{:08x}", rand_u32());
+        let mut args = vec![
+            "jobd".to_owned(),
+            "--listen=127.0.0.1:0".to_owned(),
+            format!("--redis-url={redis_url}"),
+            format!("--instance-id={instance}"),
+            format!("--redis-pool-size={}", settings.pool_size),
+            format!("--redis-command-timeout={}", settings.command_timeout),
+        ];
+        if let Some(limit) = settings.max_payload {
+            args.push(format!("--max-payload-bytes={limit}"));
+        }
+        args.extend(settings.extra);
+        let config = <Config as clap::Parser>::try_parse_from(args).expect("valid test config");
+        config.validate().expect("valid test config");
+        let app = App::build(config).await.expect("jobd builds");
+        let addr = app.local_addr();
+        let metrics = app.metrics();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(app.run(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            instance,
+            metrics,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// How many claims wait for a job on this server now (its `jobd.claims.waiting`): a
+    /// waiting claim found its queues empty and parked.
+    pub fn claims_waiting(&self) -> i64 {
+        self.metrics.claims_waiting()
+    }
+
+    /// The CLIENT SETNAME prefix of this server's connections.
+    pub fn client_name_prefix(&self) -> String {
+        format!("jobd:{}:", self.instance)
+    }
+
+    /// Shuts the server down as SIGTERM would, and waits for it.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Jobd for TestServer {
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Running {
+    pub async fn start(redis_url: &str, extra: &[&str]) -> Self {
+        Self::start_with_env(redis_url, extra, &[]).await
+    }
+
+    /// Starts jobd with `extra` arguments and environment, and returns once it serves. No
+    /// OTEL_* variable is inherited; Redis commands time out after 500 ms unless `env` sets
+    /// JOBD_REDIS_COMMAND_TIMEOUT.
+    pub async fn start_with_env(redis_url: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(JOBD);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("OTEL_") {
+                command.env_remove(key);
+            }
+        }
+        command
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("REDIS_URL", redis_url)
+            .env("RUST_LOG", "debug")
+            .env("JOBD_REDIS_COMMAND_TIMEOUT", "500ms")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut process = Process::spawn(&mut command);
+        let log = Arc::new(Mutex::new(String::new()));
+        let child = process.child();
+        let pipes = [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ];
+        let readers = pipes
+            .into_iter()
+            .map(|pipe| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                        let mut log = log.lock().unwrap();
+                        log.push_str(&line);
+                        log.push('\n');
+                    }
+                })
+            })
+            .collect();
+        let address = eventually(Duration::from_secs(20), "jobd to start", || {
+            let log = log.lock().unwrap().clone();
+            let address = startup_address(&log);
+            assert!(
+                address.is_some() || !process.has_exited(),
+                "jobd exited before it started:\n{log}"
+            );
+            std::future::ready(address)
+        })
+        .await;
+        let running = Self {
+            process,
+            address,
+            log,
+            readers,
+        };
+        // The startup line comes before jobd serves, and listens for signals; a liveness check
+        // is answered only once it does both.
+        let mut health = HealthClient::new(running.channel().await);
+        assert_eq!(status(&mut health, "").await, ServingStatus::Serving);
+        running
+    }
+
+    /// Everything it has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until it has logged `text`.
+    pub async fn until_logged(&self, text: &str) {
+        until(Duration::from_secs(20), text, || self.log().contains(text)).await;
+    }
+
+    /// Its gRPC address, host:port.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Sends it `signal`, e.g. "TERM".
+    pub fn signal(&self, signal: &str) {
+        self.process.signal(signal);
+    }
+
+    /// Kills it, as a crash would.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Sends it SIGTERM and waits for it to exit; its exit code, and everything it logged.
+    pub fn terminate(self) -> (Option<i32>, String) {
+        self.signal("TERM");
+        self.exited()
+    }
+
+    /// Waits for it to exit (after a signal sent before); its exit code, and everything it
+    /// logged.
+    pub fn exited(mut self) -> (Option<i32>, String) {
+        let status = self.process.wait();
+        // Its pipes closed as it exited: once read to their end, the log is whole.
+        for reader in self.readers.drain(..) {
+            reader.join().expect("the log reader ends with the process");
+        }
+        (status.code(), self.log())
+    }
+}
+
+impl Jobd for Running {
+    fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+}
+
+/// The address in jobd's startup line, once it is in `log`.
+fn startup_address(log: &str) -> Option<String> {
+    let line = log.lines().find(|line| line.contains("jobd started"))?;
+    let at = line.find("127.0.0.1:")?;
+    let port: String = line[at + "127.0.0.1:".len()..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    Some(format!("127.0.0.1:{port}"))
+}

@@ -1,0 +1,31 @@
+//! The test harness: what every test shares, one name per concept. Tests `use
+//! crate::harness::*`.
+//!
+//! - `redis`, `cluster`: a redis-server (or a Redis Cluster) of the test's own, and what tests
+//!   ask of it through redis-cli.
+//! - `jobd`: jobd under test, in the test's runtime (`TestServer`) or as the real binary
+//!   (`Running`), both called through `Jobd`.
+//! - `clients`: gRPC clients; `*_request` functions build requests, verbs (`submit`, `claim`,
+//!   `complete`, ...) make calls and expect them to succeed. `events`: WatchJob streams and
+//!   the events they carry. `bare`: calls whose deadline only the server keeps.
+//! - `proxy`: a TCP proxy between jobd and Redis that loses replies or holds commands back.
+//! - `otlp`: an OTLP receiver jobd exports its metrics and spans to.
+//! - `wait`: the one way to wait, `eventually`, on an observable condition with a deadline,
+//!   and the conditions tests wait on by name (`claims_waiting`, `readiness_becomes`, ...).
+//! - `os`: child processes, temporary directories and ports a test owns.
+
+mod bare;
+mod clients;
+mod cluster;
+mod events;
+mod jobd;
+mod os;
+mod otlp;
+mod proxy;
+mod redis;
+mod wait;
+
+pub use self::{
+    bare::*, clients::*, cluster::*, events::*, jobd::*, os::*, otlp::*, proxy::*, redis::*,
+    wait::*,
+};
