@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser};
+use clap::{Args, Parser, Subcommand};
 
 use crate::domain::{LeaseLimits, MAX_RETENTION, MIN_RETENTION};
 
@@ -18,24 +18,123 @@ pub struct Config {
     pub jobs: JobsConfig,
     #[command(flatten)]
     pub shutdown: ShutdownConfig,
+    #[command(flatten)]
+    pub security: SecurityConfig,
+    /// Without a command, jobd serves.
+    #[command(subcommand)]
+    pub command: Option<Command>,
 }
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Bearer tokens for the auth file.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokenCommand {
+    /// Makes a random token for a principal. Prints the token on the first line (only now:
+    /// jobd keeps only its SHA-256), then the principal's entry for the auth file.
+    New {
+        /// The principal's name, as logs and messages show it.
+        #[arg(long)]
+        name: String,
+        /// A role: submitter, worker or operator; repeat for several.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// A queue it may use: a name, a prefix such as `billing.*`, or `*` for all; repeat
+        /// for several.
+        #[arg(long = "queue", required = true)]
+        queues: Vec<String>,
+    },
+    /// Reads a token on standard input and prints its `token_sha256` line for the auth file.
+    Hash,
+}
+
+/// Who may call jobd, and over what: TLS, client certificates, bearer tokens.
+#[derive(Debug, Clone, Args)]
+pub struct SecurityConfig {
+    /// PEM file of the server's certificate chain: with --tls-key-file, jobd serves gRPC over
+    /// TLS only. Re-read when it changes (new connections get the new certificate).
+    #[arg(
+        long,
+        env = "JOBD_TLS_CERT_FILE",
+        hide_env_values = true,
+        requires = "tls_key_file"
+    )]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM file of the server certificate's private key.
+    #[arg(
+        long,
+        env = "JOBD_TLS_KEY_FILE",
+        hide_env_values = true,
+        requires = "tls_cert_file"
+    )]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// PEM file of the certificate authorities whose client certificates jobd accepts (mTLS):
+    /// every client must present one. Needs --tls-cert-file.
+    #[arg(
+        long,
+        env = "JOBD_TLS_CLIENT_CA_FILE",
+        hide_env_values = true,
+        requires = "tls_cert_file"
+    )]
+    pub tls_client_ca_file: Option<PathBuf>,
+
+    /// TOML file of the principals that may call jobd: their roles, queues, and credentials
+    /// (SHA-256 of bearer tokens, client-certificate identities). Re-read when it changes.
+    /// Make entries with `jobd token new`.
+    #[arg(long, env = "JOBD_AUTH_FILE", hide_env_values = true)]
+    pub auth_file: Option<PathBuf>,
+
+    /// Serve without authentication on an address other than loopback, which is refused
+    /// otherwise: anyone who reaches the port may then do anything to any job.
+    #[arg(long, env = "JOBD_INSECURE", hide_env_values = true)]
+    pub insecure: bool,
+}
+
+/// The Redis URL read from a file, and the file's path.
+#[derive(Clone)]
+pub struct UrlFile {
+    pub path: PathBuf,
+    url: String,
+}
+
+/// An invalid setting found after the flags were read (an auth file that does not parse, say):
+/// jobd exits 64 with its one-line message, as for a bad flag.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidSetting(pub String);
 
 #[derive(Debug, Clone, Args)]
 pub struct ServerConfig {
     /// Address the gRPC server listens on.
-    #[arg(long, env = "JOBD_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "JOBD_LISTEN",
+        hide_env_values = true,
+        default_value = "127.0.0.1:50051"
+    )]
     pub listen: SocketAddr,
 
     /// Name of this process in Redis' CLIENT LIST and in logs [default: <hostname>-<pid>].
-    #[arg(long, env = "JOBD_INSTANCE_ID", value_parser = parse_instance_id)]
+    #[arg(long, env = "JOBD_INSTANCE_ID", hide_env_values = true, value_parser = parse_instance_id)]
     pub instance_id: Option<String>,
 
     /// Log format: `text` for people, `json` for log pipelines. The level comes from RUST_LOG.
-    #[arg(long, env = "JOBD_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        env = "JOBD_LOG_FORMAT",
+        hide_env_values = true,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
 
     /// Serve gRPC server reflection (v1 and v1alpha), so grpcurl works without proto files.
-    #[arg(long, env = "JOBD_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "JOBD_REFLECTION", hide_env_values = true, default_value_t = true, action = clap::ArgAction::Set)]
     pub reflection: bool,
 }
 
@@ -45,12 +144,12 @@ pub struct ShutdownConfig {
     /// balancers stop sending calls first. Set it to at least the readiness probe's period x
     /// failure threshold plus endpoint propagation; with the shutdown timeout it must fit in
     /// the pod's terminationGracePeriodSeconds.
-    #[arg(long, env = "JOBD_SHUTDOWN_DRAIN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, env = "JOBD_SHUTDOWN_DRAIN_DELAY", hide_env_values = true, default_value = "0s", value_parser = parse_duration)]
     pub shutdown_drain_delay: Duration,
 
     /// After the drain delay, the most the rest of shutdown may take (ending streams, finishing
     /// calls in flight, closing Redis) before the process exits anyway.
-    #[arg(long, env = "JOBD_SHUTDOWN_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "JOBD_SHUTDOWN_TIMEOUT", hide_env_values = true, default_value = "15s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 }
 
@@ -66,59 +165,69 @@ pub struct RedisConfig {
     /// redis[s]-sentinel://…?sentinelServiceName=<name> behind Sentinel;
     /// redis[s]-cluster://host:port[?node=host:port…] for Redis Cluster. The password is never
     /// logged.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        hide_env_values = true,
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub redis_url: String,
+
+    /// A file holding the Redis URL (a mounted Secret, say), read at startup; when set it
+    /// takes the place of --redis-url.
+    #[arg(long, env = "JOBD_REDIS_URL_FILE", hide_env_values = true, value_parser = read_url_file)]
+    pub redis_url_file: Option<UrlFile>,
 
     /// For a rediss:// URL, a PEM file of the certificate authorities to trust for Redis's
     /// certificate [default: the system's].
-    #[arg(long, env = "JOBD_REDIS_TLS_CA_FILE")]
+    #[arg(long, env = "JOBD_REDIS_TLS_CA_FILE", hide_env_values = true)]
     pub redis_tls_ca_file: Option<PathBuf>,
 
     /// Connections in the command pool; the process holds this many plus one for pub/sub.
-    #[arg(long, env = "JOBD_REDIS_POOL_SIZE", default_value_t = 4,
+    #[arg(long, env = "JOBD_REDIS_POOL_SIZE", hide_env_values = true, default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub redis_pool_size: u16,
 
     /// How long a Redis command may take before the call fails with UNAVAILABLE.
-    #[arg(long, env = "JOBD_REDIS_COMMAND_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "JOBD_REDIS_COMMAND_TIMEOUT", hide_env_values = true, default_value = "2s", value_parser = parse_duration)]
     pub redis_command_timeout: Duration,
 
     /// Longest pause between reconnection attempts (they back off exponentially up to it).
-    #[arg(long, env = "JOBD_REDIS_RECONNECT_MAX_DELAY", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "JOBD_REDIS_RECONNECT_MAX_DELAY", hide_env_values = true, default_value = "1s", value_parser = parse_duration)]
     pub redis_reconnect_max_delay: Duration,
 
     /// Prefix of every key and channel jobd uses, so several deployments can share one Redis.
-    #[arg(long, env = "JOBD_REDIS_KEY_PREFIX", default_value = "jobd", value_parser = parse_key_prefix)]
+    #[arg(long, env = "JOBD_REDIS_KEY_PREFIX", hide_env_values = true, default_value = "jobd", value_parser = parse_key_prefix)]
     pub redis_key_prefix: String,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct JobsConfig {
     /// Largest accepted payload or result, in bytes; larger ones get RESOURCE_EXHAUSTED.
-    #[arg(long, env = "JOBD_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024,
+    #[arg(long, env = "JOBD_MAX_PAYLOAD_BYTES", hide_env_values = true, default_value_t = 1024 * 1024,
           value_parser = clap::value_parser!(u32).range(1..=64 * 1024 * 1024))]
     pub max_payload_bytes: u32,
 
     /// How long a finished job and its events stay readable, unless the submitter says otherwise.
-    #[arg(long, env = "JOBD_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, env = "JOBD_RETENTION", hide_env_values = true, default_value = "24h", value_parser = parse_duration)]
     pub retention: Duration,
 
     /// Lease given to a worker that does not ask for one.
-    #[arg(long, env = "JOBD_DEFAULT_LEASE", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "JOBD_DEFAULT_LEASE", hide_env_values = true, default_value = "30s", value_parser = parse_duration)]
     pub default_lease: Duration,
 
     /// Longest lease a worker may ask for.
-    #[arg(long, env = "JOBD_MAX_LEASE", default_value = "1h", value_parser = parse_duration)]
+    #[arg(long, env = "JOBD_MAX_LEASE", hide_env_values = true, default_value = "1h", value_parser = parse_duration)]
     pub max_lease: Duration,
 
     /// Longest a ClaimJob call may wait for a job.
-    #[arg(long, env = "JOBD_MAX_CLAIM_WAIT", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "JOBD_MAX_CLAIM_WAIT", hide_env_values = true, default_value = "60s", value_parser = parse_duration)]
     pub max_claim_wait: Duration,
 
     /// How long a worker has to acknowledge a job it claimed (a heartbeat, or its outcome)
     /// unless its claim says otherwise; an unacknowledged job goes back to its queue at no
     /// cost, its claim's reply having perhaps never reached the worker.
-    #[arg(long, env = "JOBD_ACK_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "JOBD_ACK_TIMEOUT", hide_env_values = true, default_value = "5s", value_parser = parse_duration)]
     pub ack_timeout: Duration,
 }
 
@@ -128,7 +237,8 @@ const MIN_LEASE: Duration = Duration::from_secs(1);
 impl Config {
     /// Settings of the whole config that no single flag can check.
     pub fn validate(&self) -> Result<(), String> {
-        let url = url::Url::parse(&self.redis.redis_url)
+        self.check_perimeter()?;
+        let url = url::Url::parse(self.redis.url())
             .ok()
             .filter(|url| {
                 matches!(
@@ -167,6 +277,31 @@ impl Config {
         Ok(())
     }
 
+    /// Secure by default: jobd serves on a network address only behind an auth file or mTLS,
+    /// unless told --insecure.
+    fn check_perimeter(&self) -> Result<(), String> {
+        let security = &self.security;
+        let guarded = security.auth_file.is_some() || security.tls_client_ca_file.is_some();
+        if self.server.listen.ip().is_loopback() || guarded || security.insecure {
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to serve {} without authentication: set JOBD_AUTH_FILE (see `jobd token \
+             new`) or JOBD_TLS_CLIENT_CA_FILE, or JOBD_INSECURE=true to let anyone who reaches \
+             it do anything",
+            self.server.listen
+        ))
+    }
+
+    /// Whether anyone who reaches the listen address may call jobd: --insecure on a network
+    /// address, without auth file or mTLS.
+    pub fn is_insecure(&self) -> bool {
+        let security = &self.security;
+        !self.server.listen.ip().is_loopback()
+            && security.auth_file.is_none()
+            && security.tls_client_ca_file.is_none()
+    }
+
     pub fn instance_id(&self) -> String {
         self.server
             .instance_id
@@ -185,9 +320,17 @@ impl Config {
 }
 
 impl RedisConfig {
+    /// The Redis URL: the file's, if one was given.
+    pub fn url(&self) -> &str {
+        match &self.redis_url_file {
+            Some(file) => &file.url,
+            None => &self.redis_url,
+        }
+    }
+
     /// The Redis URL with any password replaced, safe for logs.
     pub fn redacted_url(&self) -> String {
-        redact_url(&self.redis_url)
+        redact_url(self.url())
     }
 }
 
@@ -196,6 +339,10 @@ impl std::fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisConfig")
             .field("redis_url", &self.redacted_url())
+            .field(
+                "redis_url_file",
+                &self.redis_url_file.as_ref().map(|file| &file.path),
+            )
             .field("redis_pool_size", &self.redis_pool_size)
             .field("redis_command_timeout", &self.redis_command_timeout)
             .field("redis_reconnect_max_delay", &self.redis_reconnect_max_delay)
@@ -217,6 +364,21 @@ pub fn redact_url(raw: &str) -> String {
         }
         Err(_) => "<unparsable URL>".to_owned(),
     }
+}
+
+/// Reads the Redis URL from a file when the flags are read, so that a missing file is named as
+/// a bad flag. Its content never appears in the error.
+fn read_url_file(path: &str) -> Result<UrlFile, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|error| format!("cannot read {path}: {error}"))?;
+    let url = text.trim().to_owned();
+    if url.is_empty() {
+        return Err(format!("{path} is empty"));
+    }
+    Ok(UrlFile {
+        path: path.into(),
+        url,
+    })
 }
 
 fn parse_duration(value: &str) -> Result<Duration, String> {

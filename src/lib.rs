@@ -4,6 +4,7 @@
 //! architecture invariant, and how each call flows; tests/it/layers.rs checks what each
 //! module may import):
 //! - [`domain`]: jobs, events, leases and their rules; knows neither gRPC nor Redis.
+//! - [`auth`]: principals, their roles and queues, and how callers are recognised.
 //! - [`config`]: every setting, from flags and environment.
 //! - [`telemetry`]: logs, OpenTelemetry traces and metrics, and every instrument.
 //! - [`redis`]: the process's Redis connections, and what readiness probes of them.
@@ -15,10 +16,12 @@
 //! - [`background`]: the sweeper, the queue-depth refresher, readiness.
 //! - [`api`]: the gRPC services and the one mapping from errors to status.
 //! - [`app`]: builds the parts from a `Config` and runs them until shutdown.
+//! - [`reload`]: files read again while jobd runs (the auth file, TLS certificates).
 //! - [`shutdown`] and [`sync`]: the shutdown signal, and locking the in-process maps.
 
 pub mod domain;
 
+pub mod auth;
 pub mod config;
 pub mod telemetry;
 
@@ -38,6 +41,7 @@ pub mod background;
 pub mod api;
 
 pub mod app;
+pub mod reload;
 pub mod shutdown;
 pub mod sync;
 

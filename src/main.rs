@@ -1,9 +1,14 @@
 //! parse config -> init telemetry -> App::build -> run until SIGTERM or SIGINT -> flush.
 
-use std::{process::ExitCode, time::Duration};
+use std::{io::Read, process::ExitCode, time::Duration};
 
 use clap::{Parser, error::ErrorKind};
-use jobd::{App, Config, shutdown, telemetry};
+use jobd::{
+    App, Config,
+    auth::{NewToken, QueuePattern, Roles, TokenHash},
+    config::{Command, InvalidSetting, TokenCommand},
+    shutdown, telemetry,
+};
 
 /// mimalloc: glibc's malloc spent a fifth of jobd's CPU under load (see BENCHMARKS.md). The
 /// deployments set MIMALLOC_ARENA_EAGER_COMMIT=0, so that memory is committed as it is used.
@@ -30,6 +35,9 @@ fn main() -> ExitCode {
         }
         Err(error) => return usage_error(&error.to_string()),
     };
+    if let Some(Command::Token(command)) = &config.command {
+        return token(command);
+    }
     if let Err(message) = config.validate() {
         return usage_error(&message);
     }
@@ -61,12 +69,62 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.is::<InvalidSetting>() => usage_error(&error.to_string()),
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "jobd failed");
             eprintln!("jobd: {error:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// `jobd token new` and `jobd token hash`.
+fn token(command: &TokenCommand) -> ExitCode {
+    match command {
+        TokenCommand::New {
+            name,
+            roles,
+            queues,
+        } => {
+            let mut all = Roles::NONE;
+            for role in roles {
+                match Roles::named(role) {
+                    Some(known) => all = all.or(known),
+                    None => {
+                        let known = Roles::known();
+                        return usage_error(&format!("unknown role {role:?} (roles: {known})"));
+                    }
+                }
+            }
+            let patterns = match queues.iter().map(|q| QueuePattern::parse(q)).collect() {
+                Ok(patterns) => patterns,
+                Err(message) => return usage_error(&message),
+            };
+            let new = NewToken::generate(name.clone(), all, patterns);
+            if let Err(message) = jobd::auth::parse_principals(&new.entry()) {
+                return usage_error(&message);
+            }
+            println!("{}", new.token);
+            println!(
+                "# ^ the token for {name:?}: give it to its client; it is shown only now, as jobd \
+                 keeps only its SHA-256.\n# The principal's entry, for the auth file:\n{}",
+                new.entry()
+            );
+        }
+        TokenCommand::Hash => {
+            let mut token = String::new();
+            if let Err(error) = std::io::stdin().read_to_string(&mut token) {
+                eprintln!("jobd: cannot read the token: {error}");
+                return ExitCode::FAILURE;
+            }
+            let token = token.trim();
+            if token.is_empty() {
+                return usage_error("no token on standard input");
+            }
+            println!("token_sha256 = [\"{}\"]", TokenHash::of(token.as_bytes()));
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// Prints the first line of a configuration error, which names the setting, and exits 64.

@@ -189,6 +189,7 @@ impl Submissions {
         let prepared = self.0.store.prepare(&queue, &jobs)?;
         let handing = self.0.claims.hand_off(&queue, &jobs, prepared.sizes());
         let detached = !handing.is_empty();
+        let fingerprint = jobs[0].1.fingerprint();
         let (store, idempotency) = (self.0.store.clone(), idempotency.clone());
         let call = async move {
             let connection = store.connection();
@@ -196,7 +197,7 @@ impl Submissions {
                 .submit_keyed(
                     &connection,
                     prepared,
-                    &idempotency,
+                    (&idempotency, fingerprint),
                     handing.hand_offs().first(),
                 )
                 .await;

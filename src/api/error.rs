@@ -30,6 +30,12 @@ impl From<ApiError> for Status {
                 Status::resource_exhausted(error.to_string())
             }
             ApiError::Store(StoreError::NotFound) => Status::not_found("job not found"),
+            ApiError::Store(StoreError::IdempotencyConflict { key }) => {
+                Status::already_exists(format!(
+                    "idempotency_key {key:?} was used for a different job (its kind, payload or \
+                     options differ); send the same request to get that job, or use a new key"
+                ))
+            }
             ApiError::Refused(refusal) | ApiError::Store(StoreError::Refused(refusal)) => {
                 Status::failed_precondition(explain(&refusal))
             }

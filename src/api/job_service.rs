@@ -3,6 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use super::{
+    auth::Access,
     convert::{job_state, list_cursor, page_size},
     observe::current_trace_context,
     proto::{self, job_service_server::JobService},
@@ -28,12 +29,13 @@ impl JobApi {
         Self(services)
     }
 
-    /// Checks a SubmitJobs request and gives each job its id: every job is valid, or the
-    /// status names the first that is not (`jobs[i]`).
+    /// Checks a SubmitJobs request and gives each job its id: every job is valid, and in a
+    /// queue the caller may use, or the status names the first that is not (`jobs[i]`).
     fn new_jobs(
         &self,
         request: Request<proto::SubmitJobsRequest>,
     ) -> Result<Vec<(JobId, NewJob)>, Status> {
+        let access = Access::of(&request)?;
         let now = UnixMillis::now();
         let trace_context = current_trace_context(request.metadata().as_ref());
         let requests = request.into_inner().jobs;
@@ -49,6 +51,8 @@ impl JobApi {
             let job = NewJob::new(submission, &self.0.limits.submit, now).map_err(within)?;
             jobs.push((self.0.submissions.new_job_id(&job.queue), job));
         }
+        let queues = jobs.iter().enumerate();
+        access.check_all(queues.map(|(i, (_, job))| (format!("jobs[{i}].queue"), &job.queue)))?;
         Ok(jobs)
     }
 
@@ -92,11 +96,13 @@ impl JobService for JobApi {
         &self,
         request: Request<proto::SubmitJobRequest>,
     ) -> Result<Response<proto::SubmitJobResponse>, Status> {
+        let access = Access::of(&request)?;
         let now = UnixMillis::now();
         let trace_context = current_trace_context(request.metadata().as_ref());
         let mut submission: SubmitRequest = request.into_inner().try_into()?;
         submission.trace_context = trace_context;
         let new = NewJob::new(submission, &self.0.limits.submit, now)?;
+        access.check("queue", &new.queue)?;
         let submitted = self.0.submissions.submit(new).await?;
         Ok(Response::new(self.submitted(submitted).await?))
     }
@@ -150,6 +156,7 @@ impl JobService for JobApi {
         request: Request<proto::GetJobRequest>,
     ) -> Result<Response<proto::GetJobResponse>, Status> {
         let id = JobId::parse("job_id", &request.get_ref().job_id)?;
+        Access::of(&request)?.check("job_id", id.queue())?;
         let job = self.0.store.get(&id).await?;
         Ok(Response::new(proto::GetJobResponse {
             job: Some(job.into()),
@@ -160,8 +167,10 @@ impl JobService for JobApi {
         &self,
         request: Request<proto::CancelJobRequest>,
     ) -> Result<Response<proto::CancelJobResponse>, Status> {
+        let access = Access::of(&request)?;
         let request = request.into_inner();
         let id = JobId::parse("job_id", &request.job_id)?;
+        access.check("job_id", id.queue())?;
         check_text("reason", &request.reason, MAX_CANCEL_REASON)?;
         let (job, cancelled_now) = self.0.store.cancel(&id, &request.reason).await?;
         if cancelled_now {
@@ -179,6 +188,7 @@ impl JobService for JobApi {
         request: Request<proto::GetQueueStatsRequest>,
     ) -> Result<Response<proto::QueueStats>, Status> {
         let queue = QueueName::parse("queue", &request.get_ref().queue)?;
+        Access::of(&request)?.check("queue", &queue)?;
         let stats = self.0.store.stats(&queue).await?;
         Ok(Response::new(proto::QueueStats {
             queue: queue.to_string(),
@@ -195,8 +205,10 @@ impl JobService for JobApi {
         &self,
         request: Request<proto::ListJobsRequest>,
     ) -> Result<Response<proto::ListJobsResponse>, Status> {
+        let access = Access::of(&request)?;
         let request = request.into_inner();
         let queue = QueueName::parse("queue", &request.queue)?;
+        access.check("queue", &queue)?;
         let state = job_state("state", request.state)?;
         let page_size = page_size("page_size", request.page_size)?;
         let cursor = list_cursor("page_token", &request.page_token)?;
@@ -213,8 +225,10 @@ impl JobService for JobApi {
         &self,
         request: Request<proto::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let access = Access::of(&request)?;
         let request = request.into_inner();
         let id = JobId::parse("job_id", &request.job_id)?;
+        access.check("job_id", id.queue())?;
         let after = request.after_sequence;
         // Registered, then read, here: an unknown job is NOT_FOUND, a sequence past its last
         // OUT_OF_RANGE, before any stream starts.

@@ -1,6 +1,7 @@
 //! The gRPC surface: generated types, the two services, and the mapping of errors to status.
 //! Handlers read as convert -> act -> convert.
 
+mod auth;
 mod codec;
 mod convert;
 mod deadline;
@@ -11,12 +12,15 @@ mod observe;
 mod server;
 mod services;
 mod streams;
+mod tls;
 mod worker_service;
 
 pub use error::ApiError;
 pub use server::{ServerOptions, serve};
 pub use services::{Limits, Services};
+pub use tls::TlsSettings;
 
+use auth::AuthLayer;
 use deadline::DeadlineLayer;
 use health::Readiness;
 use job_service::JobApi;

@@ -1,7 +1,7 @@
 //! The gRPC server: jobd's two services, health and reflection, behind the layers that observe
 //! every call and end it at its deadline.
 
-use std::future::Future;
+use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch};
@@ -9,12 +9,14 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::{Server, server::TcpIncoming};
 
 use super::{
-    DeadlineLayer, JobApi, ObserveLayer, Readiness, WorkerApi,
+    AuthLayer, DeadlineLayer, JobApi, ObserveLayer, Readiness, TlsSettings, WorkerApi,
     proto::{
         self, job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer,
     },
     services::Shared,
+    tls,
 };
+use crate::auth::Gate;
 
 /// Room for the rest of a request beside a payload of the maximum size, so that an oversized
 /// payload reaches validation and gets a status that names it.
@@ -23,11 +25,15 @@ const REQUEST_OVERHEAD: usize = 64 * 1024;
 /// The largest SubmitJobs request, whatever the payload limit of each job.
 const BATCH_REQUEST_LIMIT: usize = 16 * 1024 * 1024;
 
-/// What the server offers beside the services.
-#[derive(Debug, Clone, Copy)]
+/// What the server offers beside the services, and how it keeps its perimeter.
+#[derive(Clone)]
 pub struct ServerOptions {
     /// Serve gRPC reflection (v1 and v1alpha).
     pub reflection: bool,
+    /// Who may call what.
+    pub gate: Arc<Gate>,
+    /// Serve over TLS with these settings; plaintext without.
+    pub tls: Option<Arc<TlsSettings>>,
 }
 
 /// Serves `services` on `listener` until `stop` resolves, then finishes the calls under way
@@ -49,11 +55,14 @@ pub async fn serve(
 
     let decode_limit = services.limits.max_payload + REQUEST_OVERHEAD;
     let metrics = services.metrics.clone();
+    let shutdown = services.shutdown.clone();
     // Observe outside Deadline, so that a call ended at its deadline is recorded as such;
     // tonic's own timeout wraps both, and Deadline leaves it nothing to end (see deadline.rs).
+    // Auth innermost: a refusal is observed, and answered at once.
     let mut routes = Server::builder()
-        .layer(ObserveLayer::new(metrics))
+        .layer(ObserveLayer::new(metrics.clone()))
         .layer(DeadlineLayer)
+        .layer(AuthLayer::new(options.gate, metrics))
         .add_service(health_service)
         .add_service(
             JobServiceServer::new(JobApi::new(services.clone()))
@@ -74,10 +83,17 @@ pub async fn serve(
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?);
     }
-    // Small gRPC frames must not wait for Nagle's algorithm (and the peer's delayed ACK).
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    routes
-        .serve_with_incoming_shutdown(incoming, stop)
-        .await
-        .context("gRPC server failed")
+    let served = match options.tls {
+        Some(settings) => {
+            let incoming = tls::incoming(listener, settings, tasks, shutdown);
+            routes.serve_with_incoming_shutdown(incoming, stop).await
+        }
+        None => {
+            // Small gRPC frames must not wait for Nagle's algorithm (and the peer's delayed
+            // ACK).
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            routes.serve_with_incoming_shutdown(incoming, stop).await
+        }
+    };
+    served.context("gRPC server failed")
 }

@@ -4,6 +4,7 @@ use bytes::Bytes;
 use tonic::{Request, Response, Status};
 
 use super::{
+    auth::Access,
     convert::{duration, state, timestamp},
     proto::{self, worker_service_server::WorkerService},
     services::Shared,
@@ -56,7 +57,14 @@ impl WorkerApi {
         error.into()
     }
 
-    fn claim_request(&self, request: proto::ClaimJobRequest) -> Result<ClaimRequest, Status> {
+    /// Validates a claim, whose queues must all be the caller's; `at` is where the request
+    /// holds it (`claim.`, `next.claim.`).
+    fn claim_request(
+        &self,
+        access: &Access,
+        at: &str,
+        request: proto::ClaimJobRequest,
+    ) -> Result<ClaimRequest, Status> {
         let leases = &self.0.limits.leases;
         let lease = duration("lease", request.lease)?
             .map(|lease| leases.check_lease("lease", lease))
@@ -64,18 +72,17 @@ impl WorkerApi {
         let wait = leases.wait("wait", duration("wait", request.wait)?)?;
         let ack =
             leases.ack_timeout("ack_timeout", duration("ack_timeout", request.ack_timeout)?)?;
-        Ok(ClaimRequest::new(
-            &request.queues,
-            &request.worker_id,
-            lease,
-            wait,
-            ack,
-        )?)
+        let claim = ClaimRequest::new(&request.queues, &request.worker_id, lease, wait, ack)?;
+        let queues = claim.queues.iter();
+        access.check_all(queues.map(|queue| (format!("{at}queues"), queue)))?;
+        Ok(claim)
     }
 
     /// Validates a ClaimJobs request: the claim, and how many jobs it may take.
     fn claim_jobs_request(
         &self,
+        access: &Access,
+        at: &str,
         request: proto::ClaimJobsRequest,
     ) -> Result<(ClaimRequest, usize), Status> {
         let claim = request
@@ -89,15 +96,20 @@ impl WorkerApi {
                 return Err(RequestError::invalid("max_jobs", reason).into());
             }
         };
-        Ok((self.claim_request(claim)?, max))
+        let claim = self.claim_request(access, &format!("{at}claim."), claim)?;
+        Ok((claim, max))
     }
 
     /// A completion's `next`, validated and registered with the hub before the completions.
-    fn next(&self, request: Option<proto::ClaimJobsRequest>) -> Result<Option<Next>, Status> {
+    fn next(
+        &self,
+        access: &Access,
+        request: Option<proto::ClaimJobsRequest>,
+    ) -> Result<Option<Next>, Status> {
         let Some(request) = request else {
             return Ok(None);
         };
-        let (claim, max) = self.claim_jobs_request(request)?;
+        let (claim, max) = self.claim_jobs_request(access, "next.", request)?;
         let registration = self.0.claims.register(&claim);
         Ok(Some(Next {
             claim,
@@ -179,7 +191,8 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<proto::ClaimJobRequest>,
     ) -> Result<Response<proto::ClaimJobResponse>, Status> {
-        let claim = self.claim_request(request.into_inner())?;
+        let access = Access::of(&request)?;
+        let claim = self.claim_request(&access, "", request.into_inner())?;
         let claimed = self.0.claims.claim(&claim, 1).await?.deliver();
         let response = claimed.into_iter().next().map(claimed_response);
         Ok(Response::new(response.unwrap_or_default()))
@@ -189,7 +202,8 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<proto::ClaimJobsRequest>,
     ) -> Result<Response<proto::ClaimJobsResponse>, Status> {
-        let (claim, max) = self.claim_jobs_request(request.into_inner())?;
+        let access = Access::of(&request)?;
+        let (claim, max) = self.claim_jobs_request(&access, "", request.into_inner())?;
         let claimed = self.0.claims.claim(&claim, max).await?.deliver();
         Ok(Response::new(proto::ClaimJobsResponse {
             jobs: claimed.into_iter().map(claimed_job).collect(),
@@ -200,8 +214,10 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<proto::HeartbeatRequest>,
     ) -> Result<Response<proto::HeartbeatResponse>, Status> {
+        let access = Access::of(&request)?;
         let request = request.into_inner();
         let id = JobId::parse("job_id", &request.job_id)?;
+        access.check("job_id", id.queue())?;
         let token = lease_token("lease_token", &request.lease_token)?;
         let lease = duration("lease", request.lease)?
             .map(|lease| self.0.limits.leases.check_lease("lease", lease))
@@ -232,11 +248,13 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<proto::CompleteJobRequest>,
     ) -> Result<Response<proto::CompleteJobResponse>, Status> {
+        let access = Access::of(&request)?;
         let request = request.into_inner();
         let id = JobId::parse("job_id", &request.job_id)?;
+        access.check("job_id", id.queue())?;
         let token = lease_token("lease_token", &request.lease_token)?;
         check_size("result", &request.result, self.0.limits.max_payload)?;
-        let next = self.next(request.next)?;
+        let next = self.next(&access, request.next)?;
         let completed = self
             .0
             .completions
@@ -256,6 +274,7 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<proto::CompleteJobsRequest>,
     ) -> Result<Response<proto::CompleteJobsResponse>, Status> {
+        let access = Access::of(&request)?;
         let request = request.into_inner();
         let count = request.completions.len();
         if count == 0 || count > MAX_CLAIM_JOBS as usize {
@@ -266,6 +285,7 @@ impl WorkerService for WorkerApi {
         for (index, completion) in request.completions.into_iter().enumerate() {
             let within = |error: RequestError| error.within(&format!("completions[{index}]"));
             let id = JobId::parse("job_id", &completion.job_id).map_err(within)?;
+            access.check(&format!("completions[{index}].job_id"), id.queue())?;
             // A token jobd never issued is refused for this completion alone, as the job would.
             let token =
                 LeaseToken::parse("lease_token", &completion.lease_token).map_err(within)?;
@@ -273,7 +293,7 @@ impl WorkerService for WorkerApi {
             check_size("result", &completion.result, max_payload).map_err(within)?;
             completions.push((id, token, completion.result));
         }
-        let next = self.next(request.next)?;
+        let next = self.next(&access, request.next)?;
         let (results, recorded) = self.complete_all(&completions).await?;
         let recorded: Vec<(&JobId, bool)> = recorded
             .iter()
@@ -287,8 +307,10 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<proto::FailJobRequest>,
     ) -> Result<Response<proto::FailJobResponse>, Status> {
+        let access = Access::of(&request)?;
         let request = request.into_inner();
         let id = JobId::parse("job_id", &request.job_id)?;
+        access.check("job_id", id.queue())?;
         let token = lease_token("lease_token", &request.lease_token)?;
         if request.error.is_empty() {
             return Err(RequestError::invalid("error", "must not be empty").into());
@@ -332,8 +354,10 @@ impl WorkerService for WorkerApi {
         &self,
         request: Request<proto::ReleaseJobRequest>,
     ) -> Result<Response<proto::ReleaseJobResponse>, Status> {
+        let access = Access::of(&request)?;
         let request = request.into_inner();
         let id = JobId::parse("job_id", &request.job_id)?;
+        access.check("job_id", id.queue())?;
         let token = lease_token("lease_token", &request.lease_token)?;
         check_text("reason", &request.reason, MAX_RELEASE_REASON)?;
         let reason = match request.reason.as_str() {

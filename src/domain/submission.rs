@@ -100,6 +100,53 @@ impl NewJob {
     }
 }
 
+impl NewJob {
+    /// What an idempotency key is bound to: the SHA-256, in hex, of everything that makes the
+    /// job (kind, payload, labels and options as resolved, its queue being in the key), but
+    /// not the trace context, nor the key's own time to live. A key used again with another
+    /// fingerprint is a different request, refused (Stripe's rule).
+    pub fn fingerprint(&self) -> String {
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut field = |bytes: &[u8]| {
+            context.update(&(bytes.len() as u64).to_be_bytes());
+            context.update(bytes);
+        };
+        field(self.kind.as_str().as_bytes());
+        field(&self.payload);
+        field(&(self.labels.len() as u64).to_be_bytes());
+        for (key, value) in &self.labels {
+            field(key.as_bytes());
+            field(value.as_bytes());
+        }
+        let millis = |duration: Duration| (duration.as_millis() as u64).to_be_bytes();
+        let backoff = &self.backoff;
+        field(&self.max_attempts.to_be_bytes());
+        field(&millis(backoff.initial));
+        field(&backoff.multiplier.to_be_bytes());
+        field(&millis(backoff.max));
+        field(&backoff.jitter.to_be_bytes());
+        match self.start {
+            None => field(b"now"),
+            Some(Start::At(at)) => field(&[b"at".as_slice(), &at.0.to_be_bytes()].concat()),
+            Some(Start::After(delay)) => field(&[b"after".as_slice(), &millis(delay)].concat()),
+        }
+        field(&self.priority.to_be_bytes());
+        field(
+            &self
+                .lease
+                .map_or(u64::MAX, |lease| lease.as_millis() as u64)
+                .to_be_bytes(),
+        );
+        field(&millis(self.retention));
+        let digest = context.finish();
+        digest
+            .as_ref()
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    }
+}
+
 const MAX_LABELS: usize = 64;
 const MAX_LABEL_KEY: usize = 64;
 const MAX_LABEL_VALUE: usize = 256;
@@ -189,6 +236,63 @@ mod tests {
             payload: Bytes::from(vec![0; payload]),
             labels,
             ..SubmitRequest::default()
+        }
+    }
+
+    #[test]
+    fn fingerprints_differ_with_what_makes_the_job_only() {
+        let now = UnixMillis(0);
+        let job = |request: SubmitRequest| NewJob::new(request, &limits(100), now).unwrap();
+        let base = request(3, BTreeMap::new());
+        let fingerprint = job(base.clone()).fingerprint();
+        assert_eq!(fingerprint.len(), 64);
+        let traced = SubmitRequest {
+            trace_context: [("traceparent".into(), "x".into())].into(),
+            idempotency_key: "k".into(),
+            idempotency_ttl: Some(Duration::from_secs(60)),
+            ..base.clone()
+        };
+        assert_eq!(job(traced).fingerprint(), fingerprint);
+        let changed = [
+            SubmitRequest {
+                kind: "other".into(),
+                ..base.clone()
+            },
+            SubmitRequest {
+                payload: Bytes::from_static(b"abc"),
+                ..base.clone()
+            },
+            SubmitRequest {
+                labels: [("a".into(), "b".into())].into(),
+                ..base.clone()
+            },
+            SubmitRequest {
+                priority: 1,
+                ..base.clone()
+            },
+            SubmitRequest {
+                max_attempts: Some(1),
+                ..base.clone()
+            },
+            SubmitRequest {
+                start: Some(Start::After(Duration::from_secs(1))),
+                ..base.clone()
+            },
+            SubmitRequest {
+                retention: Some(Duration::from_secs(60)),
+                ..base.clone()
+            },
+            SubmitRequest {
+                lease: Some(Duration::from_secs(60)),
+                ..base.clone()
+            },
+        ];
+        for request in changed {
+            assert_ne!(
+                job(request.clone()).fingerprint(),
+                fingerprint,
+                "{request:?}"
+            );
         }
     }
 

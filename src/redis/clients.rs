@@ -40,7 +40,7 @@ impl RedisClients {
     /// timeout; commands written while Redis is away fail by then instead of queueing without
     /// bound, and are not replayed after they timed out.
     pub fn build(config: &RedisConfig, instance: &str) -> Result<Self, fred::error::Error> {
-        let mut fred_config = FredConfig::from_url(&config.redis_url)?;
+        let mut fred_config = FredConfig::from_url(config.url())?;
         // rediss:// gets fred's TLS with the system's roots; a CA file replaces them.
         if let Some(path) = &config.redis_tls_ca_file {
             fred_config.tls = Some(TlsConnector::from(trusting(path)?).into());

@@ -52,6 +52,10 @@ pub enum StoreError {
     /// The operation does not apply to the job as it is; nothing was changed.
     #[error(transparent)]
     Refused(#[from] Refusal),
+    /// An idempotency key made a job from another request (kind, payload or options
+    /// differ); nothing was written.
+    #[error("idempotency key {key:?} was used by a different request")]
+    IdempotencyConflict { key: String },
     /// Redis could not be reached within the command timeout.
     #[error("Redis is unavailable")]
     Unavailable(#[source] RedisError),

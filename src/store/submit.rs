@@ -112,12 +112,14 @@ impl JobStore {
     }
 
     /// Writes one job with an idempotency key on `connection`, unless a live key names another
-    /// job, making `hand_off` if the queue has no ready job.
+    /// job, making `hand_off` if the queue has no ready job. The key keeps the request's
+    /// `fingerprint`: a key used again by a request with another one is refused
+    /// (`IdempotencyConflict`).
     pub async fn submit_keyed(
         &self,
         connection: &Connection,
         job: PreparedJobs,
-        idempotency: &Idempotency,
+        (idempotency, fingerprint): (&Idempotency, String),
         hand_off: Option<&HandOff>,
     ) -> Result<KeyedSubmission> {
         let queue = &job.queue;
@@ -137,6 +139,7 @@ impl JobStore {
             keys.queue_channel().into(),
             queue.as_str().into(),
             millis(idempotency.ttl).into(),
+            fingerprint.into(),
         ];
         args.extend(job.args);
         args.push(keys.job_channel().into());
@@ -157,6 +160,9 @@ impl JobStore {
                     .map_err(|_| StoreError::corrupt("idempotency key names no job id"))?;
                 Ok(KeyedSubmission::Existing(id))
             }
+            "conflict" => Err(StoreError::IdempotencyConflict {
+                key: idempotency.key.clone(),
+            }),
             other => Err(StoreError::corrupt(format!("submit replied {other:?}"))),
         }
     }

@@ -186,8 +186,17 @@ pub const RESYNCS: Instrument = Instrument::new(
                   dispatcher lag",
 );
 
+pub const AUTH_DENIALS: Instrument = Instrument::new(
+    "jobd.auth.denials",
+    Counter,
+    "{call}",
+    &[semconv::RPC_METHOD, REASON],
+    "calls refused at the perimeter: `unauthenticated` (no known credential) or \
+                  `permission_denied` (a role or queue the caller lacks)",
+);
+
 /// Every instrument, in the order the documentation lists them.
-pub const INSTRUMENTS: [Instrument; 16] = [
+pub const INSTRUMENTS: [Instrument; 17] = [
     RPC_DURATION,
     SUBMITTED,
     FINISHED,
@@ -204,4 +213,5 @@ pub const INSTRUMENTS: [Instrument; 16] = [
     REDIS_RECONNECTS,
     REDIS_CONNECTED,
     RESYNCS,
+    AUTH_DENIALS,
 ];

@@ -74,6 +74,7 @@ struct Instruments {
     redis_duration: Histogram<f64>,
     redis_reconnects: Counter<u64>,
     resyncs: Counter<u64>,
+    auth_denials: Counter<u64>,
     gauges: Mutex<Vec<ObservableGauge<u64>>>,
 }
 
@@ -125,6 +126,7 @@ impl Metrics {
             redis_duration: seconds(described::REDIS_DURATION),
             redis_reconnects: counter(described::REDIS_RECONNECTS),
             resyncs: counter(described::RESYNCS),
+            auth_denials: counter(described::AUTH_DENIALS),
             gauges: Mutex::new(Vec::new()),
             meter: meter.clone(),
         }))
@@ -143,6 +145,17 @@ impl Metrics {
         self.0
             .rpc_duration
             .record(duration.as_secs_f64(), &attributes);
+    }
+
+    /// A call refused at the perimeter; `reason` is "unauthenticated" or "permission_denied".
+    pub fn auth_denied(&self, method: &str, reason: &'static str) {
+        self.0.auth_denials.add(
+            1,
+            &[
+                KeyValue::new(semconv::RPC_METHOD, method.to_owned()),
+                KeyValue::new(REASON, reason),
+            ],
+        );
     }
 
     pub fn submitted(&self, queue: &QueueName, kind: &str) {

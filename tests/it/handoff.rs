@@ -513,6 +513,7 @@ async fn the_keyed_submission_script_run_twice_reports_the_first_runs_handoff() 
             "jobd:wake:queues",
             "q",
             "60000",
+            "fingerprint",
         ];
         args.extend(JOB);
         args.push("jobd:wake:jobs");

@@ -13,6 +13,8 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("sync", &[]),
     ("shutdown", &[]),
     ("config", &["domain"]),
+    ("auth", &["domain"]),
+    ("reload", &[]),
     ("telemetry", &["config", "domain"]),
     ("redis", &["config", "telemetry"]),
     ("store", &["domain", "telemetry"]),
@@ -42,6 +44,7 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     (
         "api",
         &[
+            "auth",
             "background",
             "claims",
             "completions",
@@ -49,6 +52,7 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
             "events",
             "store",
             "submissions",
+            "sync",
             "telemetry",
         ],
     ),

@@ -344,13 +344,16 @@ async fn higher_priority_first_fifo_within_a_priority() {
 async fn concurrent_submits_with_one_idempotency_key_create_one_job() {
     let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
+    let keyed = |payload: &[u8]| {
+        let mut request = submit_request("idem");
+        request.idempotency_key = "order-42".into();
+        request.payload = payload.to_vec().into();
+        request
+    };
     let mut tasks = Vec::new();
-    for i in 0..100 {
-        let mut jobs = server.jobs().await;
+    for _ in 0..100 {
+        let (mut jobs, request) = (server.jobs().await, keyed(b"order"));
         tasks.push(tokio::spawn(async move {
-            let mut request = submit_request("idem");
-            request.idempotency_key = "order-42".into();
-            request.payload = vec![i].into();
             submit_with(&mut jobs, request).await
         }));
     }
@@ -368,12 +371,38 @@ async fn concurrent_submits_with_one_idempotency_key_create_one_job() {
     let mut jobs = server.jobs().await;
     assert_eq!(stats(&mut jobs, "idem").await.queued, 1);
 
-    // Another key is another job.
+    // The key with another request is refused, naming the key, and writes nothing: not the
+    // payload, nor the kind, nor an option may differ. Trace context may.
+    let mut other_kind = keyed(b"order");
+    other_kind.kind = "other".into();
+    let mut other_priority = keyed(b"order");
+    other_priority.priority = 5;
+    for request in [keyed(b"another order"), other_kind, other_priority] {
+        let refused = jobs.submit_job(request).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused:?}");
+        assert!(refused.message().contains("\"order-42\""), "{refused:?}");
+    }
+    assert_eq!(redis.keys(JOB_KEYS), job_keys);
+    let mut traced = tonic::Request::new(keyed(b"order"));
+    traced.metadata_mut().insert(
+        "traceparent",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+            .parse()
+            .unwrap(),
+    );
+    let again = jobs.submit_job(traced).await.unwrap().into_inner();
+    assert!(!again.created);
+    assert!(ids.contains(&again.job.unwrap().id));
+
+    // Another key is another job; so is the same key in another queue.
     let mut request = submit_request("idem");
     request.idempotency_key = "order-43".into();
     let other = submit_with(&mut jobs, request).await;
     assert!(other.created);
     assert!(!ids.contains(&other.job.unwrap().id));
+    let mut elsewhere = keyed(b"another order");
+    elsewhere.queue = "idem-2".into();
+    assert!(submit_with(&mut jobs, elsewhere).await.created);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

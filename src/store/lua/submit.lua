@@ -13,57 +13,67 @@
 -- ARGV[1]  queue wake-up channel
 -- ARGV[2]  queue name (the wake-up message)
 -- ARGV[3]  idempotency key TTL ms
--- ARGV[4..12]  the job, as in submit_many.lua: id, payload, spec (MessagePack), kind,
+-- ARGV[4]  the request's fingerprint (see NewJob::fingerprint), kept with the key
+-- ARGV[5..13]  the job, as in submit_many.lua: id, payload, spec (MessagePack), kind,
 --          retention ms, default lease ms ("" for the server's), start (see `start_time`),
 --          priority, size
--- ARGV[13] job wake-up channel
--- ARGV[14..18]  optional, a hand-off as in submit_many.lua: "1" (the job's place), worker id,
+-- ARGV[14] job wake-up channel
+-- ARGV[15..19]  optional, a hand-off as in submit_many.lua: "1" (the job's place), worker id,
 --          lease token, lease ms, acknowledgement timeout ms
 -- returns  {"created", state, handed, now}, {"exists", id} for a live idempotency key naming
---          job `id`, {"again", state, handed, created} when this very job was written by an
---          earlier run; handed is 1 when the job was handed off, else 0
+--          job `id` made by the same request, {"conflict", id} for one made by another request,
+--          {"again", state, handed, created} when this very job was written by an earlier
+--          run; handed is 1 when the job was handed off, else 0
 
+-- The key holds "<job id> <fingerprint>" (only the id if an older jobd wrote it).
 local existing = redis.call('GET', KEYS[4])
-if existing and existing ~= ARGV[4] then return {'exists', existing} end
+if existing then
+  local id, fingerprint = string.match(existing, '^(%S+) (%S+)$')
+  id = id or existing
+  if id ~= ARGV[5] then
+    if fingerprint and fingerprint ~= ARGV[4] then return {'conflict', id} end
+    return {'exists', id}
+  end
+end
 
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local job = redis.call('HMGET', KEYS[1], 'state', 'token', 'created')
   -- The job holds the hand-off's lease token if that run made the hand-off.
   local handed = 0
-  if #ARGV >= 14 and job[2] == ARGV[16] then handed = 1 end
+  if #ARGV >= 15 and job[2] == ARGV[17] then handed = 1 end
   return {'again', job[1], handed, tonumber(job[3])}
 end
 
 local now = clock()
 local at = packed_at(now)
-local run_at = start_time(ARGV[10], now)
+local run_at = start_time(ARGV[11], now)
 local state, event = 'queued', pack_event('queued', at, 0)
 if run_at > now then
   state, event = 'scheduled', pack_event('scheduled', at, 0, {'due', run_at})
 end
 redis.call('HSET', KEYS[1],
-  'state', state, 'seq', '1', 'e:1', event, 'attempt', '0', 'payload', ARGV[5],
-  'spec', ARGV[6], 'kind', ARGV[7], 'retention', ARGV[8], 'created', int(now),
-  'size', ARGV[12], 'idem', KEYS[4])
-if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'lease_default', ARGV[9]) end
-redis.call('SET', KEYS[4], ARGV[4], 'PX', ARGV[3])
-if state == 'queued' and #ARGV >= 14 and redis.call('EXISTS', KEYS[2]) == 0 then
-  local started = pack_event('started', at, 1, {'w', ARGV[15]})
-  local expires = now + tonumber(ARGV[17])
-  local ack = math.min(now + tonumber(ARGV[18]), expires)
+  'state', state, 'seq', '1', 'e:1', event, 'attempt', '0', 'payload', ARGV[6],
+  'spec', ARGV[7], 'kind', ARGV[8], 'retention', ARGV[9], 'created', int(now),
+  'size', ARGV[13], 'idem', KEYS[4])
+if ARGV[10] ~= '' then redis.call('HSET', KEYS[1], 'lease_default', ARGV[10]) end
+redis.call('SET', KEYS[4], ARGV[5] .. ' ' .. ARGV[4], 'PX', ARGV[3])
+if state == 'queued' and #ARGV >= 15 and redis.call('EXISTS', KEYS[2]) == 0 then
+  local started = pack_event('started', at, 1, {'w', ARGV[16]})
+  local expires = now + tonumber(ARGV[18])
+  local ack = math.min(now + tonumber(ARGV[19]), expires)
   redis.call('HSET', KEYS[1],
-    'state', 'running', 'seq', '2', 'e:2', started, 'attempt', '1', 'token', ARGV[16],
-    'worker', ARGV[15], 'started', int(now), 'lease_ms', ARGV[17],
+    'state', 'running', 'seq', '2', 'e:2', started, 'attempt', '1', 'token', ARGV[17],
+    'worker', ARGV[16], 'started', int(now), 'lease_ms', ARGV[18],
     'lease_until', int(expires), 'ack_until', int(ack))
-  redis.call('ZADD', KEYS[5], ack, ARGV[4])
-  redis.call('PUBLISH', ARGV[13], announcement('2', ARGV[4], started))
+  redis.call('ZADD', KEYS[5], ack, ARGV[5])
+  redis.call('PUBLISH', ARGV[14], announcement('2', ARGV[5], started))
   return {'created', 'running', 1, now}
 end
 if state == 'scheduled' then
   redis.call('HSET', KEYS[1], 'run_at', int(run_at))
-  redis.call('ZADD', KEYS[3], run_at, ARGV[4])
+  redis.call('ZADD', KEYS[3], run_at, ARGV[5])
 else
-  redis.call('ZADD', KEYS[2], ready_score(tonumber(ARGV[11]), now), ARGV[4])
+  redis.call('ZADD', KEYS[2], ready_score(tonumber(ARGV[12]), now), ARGV[5])
   redis.call('PUBLISH', ARGV[1], ARGV[2])
 end
 return {'created', state, 0, now}

@@ -1,12 +1,15 @@
 //! The composition root: builds every part of jobd from a `Config`, runs them until a signal,
 //! then shuts them down in order.
 
+mod perimeter;
+
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+use self::perimeter::Perimeter;
 use crate::{
     api::{self, Limits, ServerOptions, Services},
     background::{self, Sweeper, SweeperHandle},
@@ -34,13 +37,16 @@ pub struct App {
     clients: RedisClients,
     services: Services,
     registry: QueueRegistry,
+    perimeter: Perimeter,
     tracker: TaskTracker,
 }
 
 impl App {
     /// Connects to Redis (without waiting longer than the command timeout for it to answer)
     /// and binds the listener, so `local_addr` is known before `run`.
+    /// A bad auth file or TLS file fails with `InvalidSetting`, before anything starts.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let perimeter = Perimeter::load(&config)?;
         let instance = config.instance_id();
         let clients =
             RedisClients::build(&config.redis, &instance).context("invalid Redis configuration")?;
@@ -79,6 +85,7 @@ impl App {
             clients,
             services,
             registry,
+            perimeter,
             tracker,
         })
     }
@@ -95,13 +102,16 @@ impl App {
     }
 
     /// Serves until `signal` resolves, then shuts down in order (see `shut_down`).
-    pub async fn run(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+    pub async fn run(mut self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
         let draining = CancellationToken::new();
         let ready = self.spawn_background(&draining);
         let shutdown = self.services.shutdown.clone();
         let tracker = self.tracker.clone();
+        self.perimeter.follow(&tracker, &shutdown);
         let options = ServerOptions {
             reflection: self.config.server.reflection,
+            gate: self.perimeter.gate.clone(),
+            tls: self.perimeter.tls.clone(),
         };
         let server = api::serve(
             std::sync::Arc::new(self.services),
