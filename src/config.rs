@@ -120,6 +120,11 @@ pub struct ServerConfig {
     )]
     pub listen: SocketAddr,
 
+    /// Also serve gRPC health alone, in plaintext and without credentials, at this address: for
+    /// Kubernetes' gRPC probes, which speak no TLS, when jobd serves TLS.
+    #[arg(long, env = "JOBD_HEALTH_LISTEN", hide_env_values = true)]
+    pub health_listen: Option<SocketAddr>,
+
     /// Name of this process in Redis' CLIENT LIST and in logs [default: <hostname>-<pid>].
     #[arg(long, env = "JOBD_INSTANCE_ID", hide_env_values = true, value_parser = parse_instance_id)]
     pub instance_id: Option<String>,

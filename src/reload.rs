@@ -69,9 +69,14 @@ impl WatchedFiles {
             if contents == self.seen {
                 continue;
             }
+            let files = self.paths.iter().map(|path| path.display().to_string());
+            let files = files.collect::<Vec<_>>().join(", ");
             match apply(&contents) {
-                Ok(()) => tracing::info!("{} changed; the new version is in force", self.what),
+                Ok(()) => {
+                    tracing::info!(files, "{} changed; the new version is in force", self.what)
+                }
                 Err(error) => tracing::error!(
+                    files,
                     error,
                     "the {} changed but cannot be used; keeping the version in force",
                     self.what

@@ -26,7 +26,6 @@ const REQUEST_OVERHEAD: usize = 64 * 1024;
 const BATCH_REQUEST_LIMIT: usize = 16 * 1024 * 1024;
 
 /// What the server offers beside the services, and how it keeps its perimeter.
-#[derive(Clone)]
 pub struct ServerOptions {
     /// Serve gRPC reflection (v1 and v1alpha).
     pub reflection: bool,
@@ -34,6 +33,8 @@ pub struct ServerOptions {
     pub gate: Arc<Gate>,
     /// Serve over TLS with these settings; plaintext without.
     pub tls: Option<Arc<TlsSettings>>,
+    /// Serve health alone, in plaintext, here too: kubelet's gRPC probes speak no TLS.
+    pub health_listener: Option<TcpListener>,
 }
 
 /// Serves `services` on `listener` until `stop` resolves, then finishes the calls under way
@@ -52,6 +53,17 @@ pub async fn serve(
     let mut readiness = Readiness::new(reporter);
     readiness.set(false).await;
     tasks.spawn(readiness.follow(ready));
+    if let Some(listener) = options.health_listener {
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let health = Server::builder()
+            .add_service(health_service.clone())
+            .serve_with_incoming_shutdown(incoming, services.shutdown.clone().cancelled_owned());
+        tasks.spawn(async move {
+            if let Err(error) = health.await {
+                tracing::error!(%error, "the health server failed");
+            }
+        });
+    }
 
     let decode_limit = services.limits.max_payload + REQUEST_OVERHEAD;
     let metrics = services.metrics.clone();

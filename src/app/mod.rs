@@ -34,6 +34,7 @@ const MIN_QUIT_TIME: Duration = Duration::from_millis(500);
 pub struct App {
     config: Config,
     listener: TcpListener,
+    health_listener: Option<TcpListener>,
     clients: RedisClients,
     services: Services,
     registry: QueueRegistry,
@@ -64,6 +65,14 @@ impl App {
         let listener = TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        let health_listener = match config.server.health_listen {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("cannot listen on {address} (health)"))?,
+            ),
+            None => None,
+        };
         let settings = StoreSettings {
             default_lease: config.jobs.default_lease,
         };
@@ -75,6 +84,11 @@ impl App {
         tracing::info!(
             instance = %instance,
             listen = %listener.local_addr()?,
+            tls = perimeter.tls.is_some(),
+            health_listen = health_listener
+                .as_ref()
+                .and_then(|listener| listener.local_addr().ok())
+                .map(tracing::field::display),
             redis = %config.redis.redacted_url(),
             pool_size = config.redis.redis_pool_size,
             "jobd started"
@@ -82,6 +96,7 @@ impl App {
         Ok(Self {
             config,
             listener,
+            health_listener,
             clients,
             services,
             registry,
@@ -93,6 +108,12 @@ impl App {
     /// The instruments this process records, e.g. to read how many claims wait now.
     pub fn metrics(&self) -> Metrics {
         self.services.metrics.clone()
+    }
+
+    /// Where health alone is served, with --health-listen.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        let listener = self.health_listener.as_ref()?;
+        listener.local_addr().ok()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -112,6 +133,7 @@ impl App {
             reflection: self.config.server.reflection,
             gate: self.perimeter.gate.clone(),
             tls: self.perimeter.tls.clone(),
+            health_listener: self.health_listener.take(),
         };
         let server = api::serve(
             std::sync::Arc::new(self.services),

@@ -2,79 +2,26 @@
 //! to end over TLS, on one server or on every primary of a cluster (rediss-cluster://); a
 //! certificate jobd does not trust gets no connection, and calls fail with UNAVAILABLE.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::time::Duration;
 
 use jobd::{App, Config};
 
 use crate::harness::*;
 
-/// A CA and a certificate it signed for 127.0.0.1, made with the openssl command; a client
-/// certificate too, as cluster nodes present it to each other over their TLS bus.
-struct Certificates {
-    dir: TempDir,
-}
+/// A CA and a certificate it signed for 127.0.0.1, good for clients too, as cluster nodes
+/// present theirs to each other over their TLS bus.
+struct Certificates(Pki);
 
 impl Certificates {
     fn make() -> Self {
-        let temp = TempDir::new("jobd-tls");
-        let dir = temp.path();
-        std::fs::write(
-            dir.join("ext"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
-        )
-        .unwrap();
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        openssl(
-            dir,
-            &[
-                &["req", "-x509"][..],
-                &ec,
-                &["-keyout", "ca.key", "-out", "ca.crt"],
-                &["-days", "1", "-subj", "/CN=jobd test CA"],
-            ]
-            .concat(),
-        );
-        openssl(
-            dir,
-            &[
-                &["req"][..],
-                &ec,
-                &["-keyout", "redis.key", "-out", "redis.csr"],
-                &["-subj", "/CN=localhost"],
-            ]
-            .concat(),
-        );
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "redis.csr",
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                "redis.crt",
-                "-days",
-                "1",
-                "-extfile",
-                "ext",
-            ],
-        );
-        Self { dir: temp }
+        let pki = Pki::new();
+        pki.authority("ca");
+        pki.issue("ca", "redis", "IP:127.0.0.1,DNS:localhost");
+        Self(pki)
     }
 
     fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
+        self.0.path(name)
     }
 
     /// A redis-server with its usual plain port (for the test's own redis-cli) and a TLS port.
@@ -98,19 +45,6 @@ impl Certificates {
         args.extend(["--tls-auth-clients".to_owned(), "no".to_owned()]);
         args
     }
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let output = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("the openssl command runs");
-    assert!(
-        output.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,7 +158,7 @@ async fn a_redis_certificate_jobd_does_not_trust_gets_no_connection() {
 #[tokio::test]
 async fn a_ca_file_that_holds_no_certificate_stops_jobd_at_start() {
     let certificates = Certificates::make();
-    let empty = certificates.dir.path().join("empty.pem");
+    let empty = std::path::PathBuf::from(certificates.path("empty.pem"));
     std::fs::write(&empty, "not a certificate\n").unwrap();
     let config = |url: &str| {
         <Config as clap::Parser>::try_parse_from([

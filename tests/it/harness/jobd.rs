@@ -51,6 +51,7 @@ pub trait Jobd {
 /// A jobd server running in this test's runtime.
 pub struct TestServer {
     pub addr: SocketAddr,
+    health_addr: Option<SocketAddr>,
     pub instance: String,
     metrics: jobd::telemetry::Metrics,
     stop: Option<oneshot::Sender<()>>,
@@ -114,6 +115,7 @@ impl TestServer {
         config.validate().expect("valid test config");
         let app = App::build(config).await.expect("jobd builds");
         let addr = app.local_addr();
+        let health_addr = app.health_addr();
         let metrics = app.metrics();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(app.run(async {
@@ -121,6 +123,7 @@ impl TestServer {
         }));
         Self {
             addr,
+            health_addr,
             instance,
             metrics,
             stop: Some(stop),
@@ -132,6 +135,11 @@ impl TestServer {
     /// waiting claim found its queues empty and parked.
     pub fn claims_waiting(&self) -> i64 {
         self.metrics.claims_waiting()
+    }
+
+    /// Where it serves health alone, with --health-listen.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_addr
     }
 
     /// The CLIENT SETNAME prefix of this server's connections.
@@ -180,8 +188,10 @@ impl Running {
                 command.env_remove(key);
             }
         }
+        if !extra.iter().any(|arg| arg.starts_with("--listen")) {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         command
-            .args(["--listen", "127.0.0.1:0"])
             .args(extra)
             .env("REDIS_URL", redis_url)
             .env("RUST_LOG", "debug")
@@ -226,8 +236,10 @@ impl Running {
             readers,
         };
         // The startup line comes before jobd serves, and listens for signals; a liveness check
-        // is answered only once it does both.
-        let mut health = HealthClient::new(running.channel().await);
+        // is answered only once it does both (in plaintext at --health-listen, if given).
+        let health = startup_field(&running.log(), "health_listen");
+        let url = health.map_or_else(|| running.url(), |address| format!("http://{address}"));
+        let mut health = HealthClient::new(connect(&url).await);
         assert_eq!(status(&mut health, "").await, ServingStatus::Serving);
         running
     }
@@ -283,11 +295,30 @@ impl Jobd for Running {
 
 /// The address in jobd's startup line, once it is in `log`.
 fn startup_address(log: &str) -> Option<String> {
+    startup_field(log, "listen")
+}
+
+/// A field of jobd's startup line (`listen=127.0.0.1:50051` in text, colours aside, or
+/// `"listen":"127.0.0.1:50051"` in JSON); an address on every interface as the loopback one to
+/// connect to.
+fn startup_field(log: &str, name: &str) -> Option<String> {
     let line = log.lines().find(|line| line.contains("jobd started"))?;
-    let at = line.find("127.0.0.1:")?;
-    let port: String = line[at + "127.0.0.1:".len()..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    Some(format!("127.0.0.1:{port}"))
+    let mut plain = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // An ANSI colour: ESC [ ... m.
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    let json = format!("\"{name}\":\"");
+    let value = match plain.find(&json) {
+        Some(at) => plain[at + json.len()..].split('"').next()?,
+        None => plain
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix(name)?.strip_prefix('='))?,
+    };
+    Some(value.replace("0.0.0.0:", "127.0.0.1:"))
 }

@@ -12,9 +12,13 @@
 //! - `otlp`: an OTLP receiver jobd exports its metrics and spans to.
 //! - `wait`: the one way to wait, `eventually`, on an observable condition with a deadline,
 //!   and the conditions tests wait on by name (`claims_waiting`, `readiness_becomes`, ...).
+//! - `auth`: an auth file with a token per principal, and requests that carry a token.
+//! - `certs`: CAs and certificates for TLS tests, made with openssl.
 //! - `os`: child processes, temporary directories and ports a test owns.
 
+mod auth;
 mod bare;
+mod certs;
 mod clients;
 mod cluster;
 mod events;
@@ -26,6 +30,6 @@ mod redis;
 mod wait;
 
 pub use self::{
-    bare::*, clients::*, cluster::*, events::*, jobd::*, os::*, otlp::*, proxy::*, redis::*,
-    wait::*,
+    auth::*, bare::*, certs::*, clients::*, cluster::*, events::*, jobd::*, os::*, otlp::*,
+    proxy::*, redis::*, wait::*,
 };

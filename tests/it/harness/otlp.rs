@@ -101,6 +101,14 @@ impl OtlpReceiver {
             .collect()
     }
 
+    /// Everything exported so far, metrics and spans, as text: to search for what must not
+    /// be there.
+    pub fn dump(&self) -> String {
+        let metrics = self.metrics.lock().unwrap();
+        let traces = self.traces.lock().unwrap();
+        format!("{:?}\n{:?}", *metrics, *traces)
+    }
+
     /// The latest value of every metric point, by name and attributes.
     fn points(&self) -> BTreeMap<Point, f64> {
         let mut points = BTreeMap::new();
