@@ -2,13 +2,14 @@
 
 use std::time::Duration;
 
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use prost_types::Timestamp;
 
 use super::proto;
 use crate::{
     domain::{
-        Backoff, BackoffRequest, EventKind, Job, JobEvent, JobState, RequestError, Start,
-        SubmitRequest, UnixMillis,
+        Backoff, BackoffRequest, EventKind, Job, JobEvent, JobState, QueueName, RequestError,
+        Start, SubmitRequest, UnixMillis,
     },
     store::ListCursor,
 };
@@ -91,12 +92,44 @@ pub fn page_size(field: &str, value: u32) -> Result<usize, RequestError> {
     }
 }
 
-/// Where a ListJobs page starts: its token, from the page before; empty for the first page.
-pub fn list_cursor(field: &str, token: &str) -> Result<ListCursor, RequestError> {
-    match token {
-        "" => Ok(ListCursor::default()),
-        token => ListCursor::decode(token)
-            .ok_or_else(|| RequestError::invalid(field, "is not a token from ListJobs")),
+/// What a ListJobs page token is bound to: the listing it continues.
+pub struct Listing<'a> {
+    pub queue: &'a QueueName,
+    pub state: Option<JobState>,
+    pub page_size: usize,
+}
+
+impl Listing<'_> {
+    /// The token of the page after `cursor`: opaque (base64url), and holding the listing, so
+    /// that it continues this listing only.
+    pub fn page_token(&self, cursor: ListCursor) -> String {
+        URL_SAFE_NO_PAD.encode(format!("{}\n{}", self.bound(), cursor.encode()))
+    }
+
+    /// Where a page starts: its token, from the page before; empty for the first page. A
+    /// token of another listing (another queue, state or page size) is refused.
+    pub fn cursor(&self, field: &str, token: &str) -> Result<ListCursor, RequestError> {
+        if token.is_empty() {
+            return Ok(ListCursor::default());
+        }
+        let foreign = || RequestError::invalid(field, "is not a token from ListJobs");
+        let text = URL_SAFE_NO_PAD.decode(token).map_err(|_| foreign())?;
+        let text = String::from_utf8(text).map_err(|_| foreign())?;
+        let (bound, cursor) = text.rsplit_once('\n').ok_or_else(foreign)?;
+        let cursor = ListCursor::decode(cursor).ok_or_else(foreign)?;
+        if bound != self.bound() {
+            return Err(RequestError::invalid(
+                field,
+                "continues another listing (its queue, state or page_size differ); list \
+                 again from the first page",
+            ));
+        }
+        Ok(cursor)
+    }
+
+    fn bound(&self) -> String {
+        let state = self.state.map_or("", JobState::as_str);
+        format!("{}\n{state}\n{}", self.queue, self.page_size)
     }
 }
 

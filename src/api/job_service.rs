@@ -4,7 +4,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     auth::Access,
-    convert::{job_state, list_cursor, page_size},
+    convert::{Listing, job_state, page_size},
     observe::current_trace_context,
     proto::{self, job_service_server::JobService},
     services::Shared,
@@ -15,7 +15,6 @@ use crate::{
         JobId, JobState, NewJob, QueueName, RequestError, SubmitRequest, UnixMillis, check_text,
     },
     events::Follower,
-    store::ListCursor,
     submissions::Submitted,
 };
 
@@ -211,11 +210,18 @@ impl JobService for JobApi {
         access.check("queue", &queue)?;
         let state = job_state("state", request.state)?;
         let page_size = page_size("page_size", request.page_size)?;
-        let cursor = list_cursor("page_token", &request.page_token)?;
+        let listing = Listing {
+            queue: &queue,
+            state,
+            page_size,
+        };
+        let cursor = listing.cursor("page_token", &request.page_token)?;
         let (jobs, next) = self.0.store.list(&queue, state, cursor, page_size).await?;
         Ok(Response::new(proto::ListJobsResponse {
             jobs: jobs.into_iter().map(Into::into).collect(),
-            next_page_token: next.map(ListCursor::encode).unwrap_or_default(),
+            next_page_token: next
+                .map(|next| listing.page_token(next))
+                .unwrap_or_default(),
         }))
     }
 

@@ -2,10 +2,7 @@
 //! before.
 
 use bytes::Bytes;
-use fred::{
-    interfaces::{HashesInterface, SortedSetsInterface},
-    types::sorted_sets::ZSort,
-};
+use fred::{interfaces::HashesInterface, types::Value};
 
 use super::{
     JobStore, Result, StoreError,
@@ -58,8 +55,19 @@ impl ListCursor {
     }
 }
 
+/// Index entries a page may read per job it can hold: past that (entries of jobs whose
+/// retention passed, not trimmed yet), the page ends short, with a token to go on.
+const SCANNED_PER_LISTED: usize = 4;
+
 /// What ListJobs leaves out of the jobs it lists.
 const NOT_LISTED: [&str; 2] = ["payload", "result"];
+
+/// What a page may still read: jobs, the fields of each, and index entries.
+struct Page<'a> {
+    wanted: usize,
+    fields: &'a [&'a str],
+    budget: &'a mut usize,
+}
 
 impl JobStore {
     /// A page of a queue's jobs, in `state` or in every state, from `cursor`; and where the
@@ -69,7 +77,8 @@ impl JobStore {
     /// given: a page that happens to end with the queue's last job then says it is the last,
     /// rather than sending the caller for an empty one. The job ahead is read like the others,
     /// so one whose retention passed (an index entry the sweeper has not trimmed yet) does not
-    /// count.
+    /// count. A page reads at most `SCANNED_PER_LISTED` entries per job it may hold, so that no
+    /// cursor makes it cost more: a page cut so ends short, with a token.
     pub async fn list(
         &self,
         queue: &QueueName,
@@ -86,6 +95,8 @@ impl JobStore {
         // next page starts.
         let mut listed: Vec<(Job, ListCursor)> = Vec::new();
         let mut cursor = cursor;
+        let mut budget = wanted.saturating_mul(SCANNED_PER_LISTED);
+        let mut cut = false;
         while cursor.index < LIST_ORDER.len() && listed.len() < wanted {
             let index_state = LIST_ORDER[cursor.index];
             if state.is_none_or(|wanted| wanted == index_state) {
@@ -95,8 +106,17 @@ impl JobStore {
                     JobState::Running => self.keys().running(queue),
                     outcome => self.keys().retained(queue, outcome),
                 };
-                self.list_index(&key, &mut cursor, wanted, &fields, &mut listed)
+                let page = Page {
+                    wanted,
+                    fields: &fields,
+                    budget: &mut budget,
+                };
+                cut = self
+                    .list_index(&key, &mut cursor, page, &mut listed)
                     .await?;
+                if cut {
+                    break;
+                }
             }
             cursor = ListCursor {
                 index: cursor.index + 1,
@@ -107,33 +127,37 @@ impl JobStore {
             listed.truncate(page_size);
             listed.last().map(|(_, after)| after.clone())
         } else {
-            None
+            cut.then_some(cursor)
         };
         Ok((listed.into_iter().map(|(job, _)| job).collect(), next))
     }
 
-    /// Adds to `listed` the jobs of the index `key` after `cursor`, until it holds `wanted`
-    /// or the index ends; `cursor` moves past every entry read.
+    /// Adds to `listed` the jobs of the index `key` after `cursor`, until it holds
+    /// `page.wanted` or the index ends; `cursor` moves past every entry read. Whether the
+    /// page's budget of entries ran out first.
     async fn list_index(
         &self,
         key: &str,
         cursor: &mut ListCursor,
-        wanted: usize,
-        fields: &[&str],
+        page: Page<'_>,
         listed: &mut Vec<(Job, ListCursor)>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         loop {
-            let missing = wanted - listed.len();
+            let missing = (page.wanted - listed.len()).min(*page.budget);
+            if missing == 0 {
+                return Ok(true);
+            }
             let entries = self
                 .entries_after(key, cursor.after.as_ref(), missing)
                 .await?;
+            *page.budget -= entries.len();
             let exhausted = entries.len() < missing;
             let parsed: Vec<Option<JobId>> = entries
                 .iter()
                 .map(|(member, _)| JobId::parse("id", member).ok())
                 .collect();
             let ids: Vec<JobId> = parsed.iter().flatten().cloned().collect();
-            let mut read = self.list_read(&ids, fields).await?.into_iter();
+            let mut read = self.list_read(&ids, page.fields).await?.into_iter();
             for ((member, score), id) in entries.into_iter().zip(parsed) {
                 // The cursor passes every entry, listed or not, so that the next read starts
                 // after it.
@@ -142,50 +166,42 @@ impl JobStore {
                     listed.push((job, cursor.clone()));
                 }
             }
-            if exhausted || listed.len() >= wanted {
-                return Ok(());
+            if exhausted || listed.len() >= page.wanted {
+                return Ok(false);
             }
             // Some entries' jobs had expired: more of this index fills the page.
         }
     }
 
-    /// Up to `wanted` entries of the sorted set `key` that come after `after` in its order
-    /// (by score, then by member): job ids with their scores.
+    /// Up to `wanted` entries of the index `key` that come after `after` in its order (by
+    /// score, then by member): job ids with their scores. `list_after.lua` finds where to start
+    /// at a cost that no cursor, forged or not, makes larger than the page.
     async fn entries_after(
         &self,
         key: &str,
         after: Option<&(f64, String)>,
         wanted: usize,
     ) -> Result<Vec<(String, f64)>> {
-        let from = after.map_or(f64::NEG_INFINITY, |(score, _)| *score);
-        let mut entries = Vec::with_capacity(wanted);
-        let mut offset = 0;
-        loop {
-            let page: Vec<(String, f64)> = self
-                .timed(
-                    "list_jobs",
-                    self.client().zrange(
-                        key,
-                        from,
-                        f64::INFINITY,
-                        Some(ZSort::ByScore),
-                        false,
-                        Some((offset as i64, wanted as i64)),
-                        true,
-                    ),
-                )
-                .await?;
-            let read = page.len();
-            offset += read;
-            // Entries of the cursor's own score up to its id were listed already.
-            entries.extend(page.into_iter().filter(|(id, score)| {
-                after.is_none_or(|(after_score, after_id)| score > after_score || id > after_id)
-            }));
-            if entries.len() >= wanted || read < wanted {
-                entries.truncate(wanted);
-                return Ok(entries);
-            }
-        }
+        let (score, member) = match after {
+            Some((score, member)) => (score.to_string(), member.clone()),
+            None => (String::new(), String::new()),
+        };
+        let args = vec![score.into(), member.into(), (wanted as i64).into()];
+        let reply: Vec<Value> = self
+            .call(&self.scripts().list_after, vec![key.to_owned()], args)
+            .await?;
+        let shape = || StoreError::corrupt("list_after reply shape");
+        reply
+            .chunks(2)
+            .map(|pair| match pair {
+                [member, score] => {
+                    let member = member.as_string().ok_or_else(shape)?;
+                    let score = score.as_f64().ok_or_else(shape)?;
+                    Ok((member, score))
+                }
+                _ => Err(shape()),
+            })
+            .collect()
     }
 
     /// The listed jobs of `ids`, in their order, without what ListJobs leaves out; `None` for

@@ -127,6 +127,7 @@ pub struct Scripts {
     pub cancel: LuaScript,
     pub sweep: LuaScript,
     pub stats: LuaScript,
+    pub list_after: LuaScript,
 }
 
 impl Scripts {
@@ -144,6 +145,7 @@ impl Scripts {
             cancel: LuaScript::new("cancel", script!(drain "cancel")),
             sweep: LuaScript::new("sweep", script!(drain "sweep")),
             stats: LuaScript::new("stats", script!(read "stats")),
+            list_after: LuaScript::new("list_after", script!(read "list_after")),
         }
     }
 }

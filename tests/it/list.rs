@@ -275,3 +275,65 @@ async fn the_last_page_has_an_empty_token_even_when_it_is_full() {
     assert_eq!(page_lengths(&pages), [3]);
     assert_eq!(pages.concat(), queued(&expiring[1..]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_token_continues_its_own_listing_only_at_a_bounded_cost() {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+
+    let redis = RedisServer::start().await;
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    // One batch: the jobs share their ready score (same priority, same creation time).
+    let ids = submit_batch(&mut jobs, "tied", 1000).await;
+    let list = |queue: &str, state: JobState, page_size: u32, page_token: String| {
+        let mut jobs = jobs.clone();
+        let request = proto::ListJobsRequest {
+            queue: queue.into(),
+            state: state.into(),
+            page_size,
+            page_token,
+        };
+        async move { jobs.list_jobs(request).await.map(|page| page.into_inner()) }
+    };
+    let first = list("tied", JobState::Unspecified, 10, String::new())
+        .await
+        .unwrap();
+    let token = first.next_page_token;
+    assert!(!token.is_empty());
+
+    // The token continues this listing: not another queue's, state's or page size's.
+    for (queue, state, size) in [
+        ("other", JobState::Unspecified, 10),
+        ("tied", JobState::Queued, 10),
+        ("tied", JobState::Unspecified, 11),
+    ] {
+        let refused = list(queue, state, size, token.clone()).await;
+        assert_status(refused, tonic::Code::InvalidArgument, "another listing");
+    }
+    let second = list("tied", JobState::Unspecified, 10, token)
+        .await
+        .unwrap();
+    let listed: Vec<String> = second.jobs.into_iter().map(|job| job.id).collect();
+    assert_eq!(listed, ids[10..20]);
+
+    // Forged cursors among 1,000 tied entries: one just past an id no longer listed, and one
+    // past every id. Each page costs a bounded number of reads (a binary search among the
+    // ties), not one per tied entry before the cursor.
+    let score = redis.cli(&["ZRANGE", "jobd:{tied}:ready", "0", "0", "WITHSCORES"]);
+    let score = score.lines().nth(1).unwrap().to_owned();
+    let forged = |after: &str| URL_SAFE_NO_PAD.encode(format!("tied\n\n10\n0.{score}.{after}"));
+    let cases = [
+        (format!("{}0", ids[499]), ids[500..510].to_vec()),
+        ("tied.ZZZZZZZZZZZZZZZZZZZZZZZZZZ".to_owned(), Vec::new()),
+    ];
+    for (after, expected) in cases {
+        let reads = redis.command_calls("zrange");
+        let page = list("tied", JobState::Unspecified, 10, forged(&after))
+            .await
+            .unwrap();
+        let reads = redis.command_calls("zrange") - reads;
+        assert!(reads <= 20, "{reads} ZRANGEs for one page");
+        let listed: Vec<String> = page.jobs.into_iter().map(|job| job.id).collect();
+        assert_eq!(listed, expected);
+    }
+}
