@@ -86,6 +86,20 @@ async fn the_documented_acl_grants_what_the_scripts_run_and_nothing_dangerous() 
     }
 }
 
+#[test]
+fn the_trial_redis_creates_the_documented_user() {
+    let acl = DocumentedAcl::read();
+    let generator = read("deploy/overlays/trial-redis/generate-secrets");
+    let line = format!(
+        "user jobd {}",
+        acl.rules_with_password("#${jobd_hash}").join(" ")
+    );
+    assert!(
+        generator.contains(&line),
+        "deploy/overlays/trial-redis/generate-secrets must write\n{line}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_lifecycle_runs_under_the_documented_acl_with_only_the_expected_refusals() {
     // The aclfile form, with the password's SHA-256. `default` is off; `inspector` may read
