@@ -27,7 +27,7 @@ pub async fn keep_ready(
     loop {
         let healthy = !draining.is_cancelled()
             && clients.healthy(probe_timeout).await
-            && runs_scripts(&clients, &mut too_old)
+            && runs_scripts(&clients, probe_timeout, &mut too_old).await
             && keeps_jobs(&clients, probe_timeout, &mut eviction).await;
         ready.send_if_modified(|ready| {
             let now = healthy && !draining.is_cancelled();
@@ -43,10 +43,11 @@ pub async fn keep_ready(
 
 /// Whether Redis is recent enough for jobd's scripts (see `MIN_REDIS_VERSION`); an older one
 /// is logged once (`logged`), and jobd does not serve on it.
-fn runs_scripts(clients: &RedisClients, logged: &mut bool) -> bool {
-    // An unknown version (INFO refused) is given the benefit of the doubt.
+async fn runs_scripts(clients: &RedisClients, timeout: Duration, logged: &mut bool) -> bool {
+    // A version Redis would not tell is given the benefit of the doubt.
     let Some(version) = clients
-        .server_version()
+        .server_version(timeout)
+        .await
         .filter(|version| !redis::supported(version))
     else {
         *logged = false;
@@ -90,10 +91,13 @@ async fn keeps_jobs(
                 "Redis may evict any key when it reaches maxmemory, queued and running jobs \
                  included: not ready until maxmemory-policy is noeviction (or volatile-*)"
             ),
+            // CONFIG renamed, or refused to a least-privilege user: jobd serves, and says
+            // once what it could not check.
             Eviction::Unknown(reason) => tracing::warn!(
                 reason,
-                "cannot read Redis's maxmemory-policy; make sure it is noeviction, or jobs \
-                 may be evicted"
+                "cannot check Redis's eviction policy (CONFIG GET maxmemory-policy was \
+                 refused): make sure Redis has maxmemory-policy noeviction (or no maxmemory), \
+                 or jobs may be evicted when it is full"
             ),
         }
         *last = Some(eviction.clone());

@@ -1,13 +1,14 @@
 //! What readiness asks of Redis: whether it answers, how recent it is, and what it may evict
-//! when full.
+//! when full. Each question works for jobd's least-privilege ACL user (docs/security.md),
+//! which may send neither INFO nor CONFIG.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use fred::{
     clients::{Client, WithOptions},
     error::ErrorKind,
     interfaces::{ClientLike, ConfigInterface},
-    types::{Version, config::Options},
+    types::{ClusterHash, CustomCommand, Value, Version, config::Options},
 };
 
 use super::{RedisClients, clients::per_connection};
@@ -22,7 +23,8 @@ pub enum Eviction {
     KeysWithExpiry(String),
     /// Any key (an `allkeys-*` policy): queued and running jobs may vanish without a trace.
     AnyKey(String),
-    /// Redis would not say (CONFIG renamed or not permitted, as on some managed services).
+    /// Redis would not say: CONFIG renamed (as on some managed services), or not permitted to
+    /// jobd's user (NOPERM, the least-privilege ACL); the reason is Redis's answer.
     Unknown(String),
 }
 
@@ -89,10 +91,30 @@ impl RedisClients {
             .max_by_key(Eviction::risk)
     }
 
-    /// The Redis server's version, as fred read it (INFO server) when the pool connected.
-    pub fn server_version(&self) -> Option<Version> {
-        self.pool.next().server_version()
+    /// The Redis server's version: as fred read it (INFO server) when the pool connected or,
+    /// where INFO is refused (the least-privilege ACL), as HELLO tells it within `timeout`;
+    /// `None` when neither says.
+    pub async fn server_version(&self, timeout: Duration) -> Option<Version> {
+        let client = self.pool.next();
+        if let Some(version) = client.server_version() {
+            return Some(version);
+        }
+        version_from_hello(&client.with_options(&probe_options(timeout))).await
     }
+}
+
+/// The version HELLO reports. Every user may send HELLO (like AUTH, it needs no permission),
+/// and without arguments it changes nothing on the connection.
+async fn version_from_hello(connection: &WithOptions<Client>) -> Option<Version> {
+    let hello = CustomCommand::new_static("HELLO", ClusterHash::Random, false);
+    let reply: Value = connection.custom(hello, Vec::<Value>::new()).await.ok()?;
+    version_in_hello(reply)
+}
+
+/// The `version` field of a HELLO reply: a map, or in RESP2 a flat array of names and values.
+fn version_in_hello(reply: Value) -> Option<Version> {
+    let fields: HashMap<String, Value> = reply.convert().ok()?;
+    Version::parse(&fields.get("version")?.as_string()?).ok()
 }
 
 /// What the Redis behind `connection` may evict (see `RedisClients::eviction`).
@@ -102,7 +124,8 @@ async fn eviction_of(connection: &WithOptions<Client>) -> Option<Eviction> {
         Err(error) => {
             return match error.kind() {
                 ErrorKind::Timeout | ErrorKind::IO | ErrorKind::Canceled => None,
-                // An answer, but no settings: CONFIG renamed away or not permitted.
+                // An answer, but no settings: CONFIG renamed away ("unknown command"), or not
+                // permitted to jobd's user ("NOPERM", the least-privilege ACL).
                 _ => Some(Eviction::Unknown(error.details().to_owned())),
             };
         }
@@ -143,5 +166,23 @@ mod tests {
         // Valkey 8 reports the Redis version it is compatible with.
         assert!(supported(&version("7.2.4")));
         assert!(!supported(&version("6.2.14")));
+    }
+
+    #[test]
+    fn hello_tells_the_version() {
+        // HELLO's reply over RESP2, as Redis 7.0 sends it.
+        let field = |text: &str| Value::from(text);
+        let reply = Value::Array(vec![
+            field("server"),
+            field("redis"),
+            field("version"),
+            field("7.0.15"),
+            field("proto"),
+            Value::Integer(2),
+            field("modules"),
+            Value::Array(Vec::new()),
+        ]);
+        assert_eq!(version_in_hello(reply), Some(Version::new(7, 0, 15)));
+        assert_eq!(version_in_hello(Value::Array(vec![field("proto")])), None);
     }
 }
