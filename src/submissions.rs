@@ -2,7 +2,11 @@
 //! call, submissions of one queue that arrive together sharing a call (group commit), and
 //! jobs ready at once handed straight to claims waiting on this process (`claims::Handing`).
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap, hash_map::Entry},
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio_util::task::TaskTracker;
 
@@ -24,6 +28,16 @@ pub enum Submitted {
     Created(Box<Job>),
     /// An earlier submission with the same idempotency key made this job; nothing was created.
     Existing(JobId),
+}
+
+impl Submitted {
+    /// The id of the job submitted, or of the one its key named.
+    pub fn id(&self) -> JobId {
+        match self {
+            Self::Created(job) => job.id.clone(),
+            Self::Existing(id) => id.clone(),
+        }
+    }
 }
 
 /// The submissions of this process. Cheap to clone.
@@ -87,22 +101,30 @@ impl Submissions {
 
     /// Creates several jobs with the ids given (see `new_job_id`), answering in their order.
     /// The jobs of one queue without an idempotency key are written by one script call,
-    /// atomically; jobs with a key go one by one. Jobs of different queues live in different
-    /// slots, so a failure (Redis unavailable) can leave some queues' jobs written and others
-    /// not: callers retry with idempotency keys where that matters.
+    /// atomically; jobs with a key go one by one, first. Jobs of different queues live in
+    /// different slots, so a failure (Redis unavailable) can leave some queues' jobs written
+    /// and others not: callers retry with idempotency keys where that matters. A key named
+    /// twice in the batch is submitted once, the second job answered with the first's id; with
+    /// a different request the second time, the batch is refused before anything is written.
     pub async fn submit_many(
         &self,
         jobs: Vec<(JobId, NewJob)>,
     ) -> Result<Vec<Submitted>, StoreError> {
+        let keyed = keyed_once(&jobs)?;
         let mut results: Vec<Option<Submitted>> = (0..jobs.len()).map(|_| None).collect();
         // Per queue: each job with its place in the answer.
         let mut by_queue: BTreeMap<QueueName, Vec<(usize, NewJobWithId)>> = BTreeMap::new();
         for (index, (id, job)) in jobs.into_iter().enumerate() {
-            match job.idempotency.clone() {
-                Some(idempotency) => {
+            match (job.idempotency.clone(), keyed.get(&index)) {
+                (Some(_), Some(&first)) => {
+                    let first = results[first].as_ref().map(Submitted::id);
+                    let first = first.ok_or(StoreError::Interrupted)?;
+                    results[index] = Some(Submitted::Existing(first));
+                }
+                (Some(idempotency), None) => {
                     results[index] = Some(self.submit_keyed(id, job, &idempotency).await?);
                 }
-                None => by_queue
+                (None, _) => by_queue
                     .entry(job.queue.clone())
                     .or_default()
                     .push((index, (id, job))),
@@ -238,4 +260,30 @@ impl Submissions {
             .await
             .map_err(|_| StoreError::Interrupted)?
     }
+}
+
+/// The jobs of a batch whose idempotency key an earlier job of the batch names: each with the
+/// place of that first job. A key named with two different requests refuses the batch.
+fn keyed_once(jobs: &[(JobId, NewJob)]) -> Result<HashMap<usize, usize>, StoreError> {
+    let mut first: HashMap<(&QueueName, &str), (usize, String)> = HashMap::new();
+    let mut repeats = HashMap::new();
+    for (index, (_, job)) in jobs.iter().enumerate() {
+        let Some(idempotency) = &job.idempotency else {
+            continue;
+        };
+        match first.entry((&job.queue, idempotency.key.as_str())) {
+            Entry::Vacant(entry) => {
+                entry.insert((index, job.fingerprint()));
+            }
+            Entry::Occupied(entry) => {
+                let (place, fingerprint) = entry.get();
+                if *fingerprint != job.fingerprint() {
+                    let key = idempotency.key.clone();
+                    return Err(StoreError::IdempotencyConflict { key });
+                }
+                repeats.insert(index, *place);
+            }
+        }
+    }
+    Ok(repeats)
 }

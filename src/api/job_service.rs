@@ -1,5 +1,7 @@
 //! `jobd.v1.JobService`: submit, inspect, cancel and watch jobs.
 
+use std::collections::HashMap;
+
 use tonic::{Request, Response, Status};
 
 use super::{
@@ -12,7 +14,8 @@ use super::{
 };
 use crate::{
     domain::{
-        JobId, JobState, NewJob, QueueName, RequestError, SubmitRequest, UnixMillis, check_text,
+        Job, JobId, JobState, NewJob, QueueName, RequestError, SubmitRequest, UnixMillis,
+        check_text,
     },
     events::Follower,
     submissions::Submitted,
@@ -59,7 +62,13 @@ impl JobApi {
     /// sweeper. The job comes without what the caller sent (payload, labels) and without a
     /// result: a reply that echoed them could exceed what a client accepts (4 MiB for every
     /// stock gRPC client) after the jobs were created, and its retry would create them again.
-    async fn submitted(&self, submitted: Submitted) -> Result<proto::SubmitJobResponse, Status> {
+    /// An existing job an idempotency key named is read once per call (`read`), without its
+    /// payload and result, however many of the call's jobs name it.
+    async fn submitted(
+        &self,
+        submitted: Submitted,
+        read: &mut HashMap<JobId, Job>,
+    ) -> Result<proto::SubmitJobResponse, Status> {
         let (mut job, created) = match submitted {
             Submitted::Created(job) => {
                 tracing::debug!(job = %job.id, "job submitted");
@@ -69,7 +78,14 @@ impl JobApi {
                 }
                 (*job, true)
             }
-            Submitted::Existing(id) => (self.0.store.get(&id).await?, false),
+            Submitted::Existing(id) => match read.get(&id) {
+                Some(job) => (job.clone(), false),
+                None => {
+                    let job = self.0.store.summary(&id).await?;
+                    read.insert(id, job.clone());
+                    (job, false)
+                }
+            },
         };
         job.payload = Default::default();
         job.labels = Default::default();
@@ -103,7 +119,8 @@ impl JobService for JobApi {
         let new = NewJob::new(submission, &self.0.limits.submit, now)?;
         access.check("queue", &new.queue)?;
         let submitted = self.0.submissions.submit(new).await?;
-        Ok(Response::new(self.submitted(submitted).await?))
+        let response = self.submitted(submitted, &mut HashMap::new()).await?;
+        Ok(Response::new(response))
     }
 
     async fn submit_jobs(
@@ -111,9 +128,9 @@ impl JobService for JobApi {
         request: Request<proto::SubmitJobsRequest>,
     ) -> Result<Response<proto::SubmitJobsResponse>, Status> {
         let jobs = self.new_jobs(request)?;
-        let mut results = Vec::with_capacity(jobs.len());
+        let (mut results, mut read) = (Vec::with_capacity(jobs.len()), HashMap::new());
         for submitted in self.0.submissions.submit_many(jobs).await? {
-            results.push(self.submitted(submitted).await?);
+            results.push(self.submitted(submitted, &mut read).await?);
         }
         Ok(Response::new(proto::SubmitJobsResponse { results }))
     }
@@ -131,7 +148,7 @@ impl JobService for JobApi {
             .map(|(id, _)| self.0.hub.watch_job(id))
             .collect();
         let mut follower = self.follower();
-        let mut results = Vec::with_capacity(jobs.len());
+        let (mut results, mut read) = (Vec::with_capacity(jobs.len()), HashMap::new());
         let submitted = self.0.submissions.submit_many(jobs).await?;
         for (submitted, watch) in submitted.into_iter().zip(watches) {
             match &submitted {
@@ -143,7 +160,7 @@ impl JobService for JobApi {
                 }
                 Submitted::Existing(_) => {}
             }
-            results.push(self.submitted(submitted).await?);
+            results.push(self.submitted(submitted, &mut read).await?);
         }
         let first = proto::SubmitJobsResponse { results };
         let gauge = self.0.metrics.watch_stream();

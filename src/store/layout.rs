@@ -43,6 +43,24 @@ pub const JOB_FIELDS: [&str; 15] = [
     "worker",
 ];
 
+/// `JOB_FIELDS` but the payload and the result: what ListJobs lists, and what a submission's
+/// reply says of an existing job.
+pub const SUMMARY_FIELDS: [&str; 13] = [
+    "state",
+    "spec",
+    "attempt",
+    "seq",
+    "created",
+    "started",
+    "finished",
+    "error",
+    "reason",
+    "run_at",
+    "lease_until",
+    "ack_until",
+    "worker",
+];
+
 /// A job's `spec` field: what never changes after submission. Named fields (a MessagePack
 /// map), so that fail.lua and promote.lua can read `m`, `b*` and `p` with cmsgpack.
 #[derive(Debug, Serialize, Deserialize)]

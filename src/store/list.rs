@@ -6,7 +6,7 @@ use fred::{interfaces::HashesInterface, types::Value};
 
 use super::{
     JobStore, Result, StoreError,
-    layout::{Fields, JOB_FIELDS},
+    layout::{Fields, SUMMARY_FIELDS},
 };
 use crate::domain::{Job, JobId, JobState, QueueName};
 
@@ -59,9 +59,6 @@ impl ListCursor {
 /// retention passed, not trimmed yet), the page ends short, with a token to go on.
 const SCANNED_PER_LISTED: usize = 4;
 
-/// What ListJobs leaves out of the jobs it lists.
-const NOT_LISTED: [&str; 2] = ["payload", "result"];
-
 /// What a page may still read: jobs, the fields of each, and index entries.
 struct Page<'a> {
     wanted: usize,
@@ -86,10 +83,7 @@ impl JobStore {
         cursor: ListCursor,
         page_size: usize,
     ) -> Result<(Vec<Job>, Option<ListCursor>)> {
-        let fields: Vec<&str> = JOB_FIELDS
-            .into_iter()
-            .filter(|field| !NOT_LISTED.contains(field))
-            .collect();
+        let fields = SUMMARY_FIELDS;
         let wanted = page_size.saturating_add(1);
         // Each job listed, with the cursor just after it: the last on the page is where the
         // next page starts.

@@ -7,7 +7,7 @@ use fred::interfaces::{HashesInterface, SetsInterface};
 use super::{
     JobStore, Result, StoreError,
     event_codec::decode_event,
-    layout::{Fields, JOB_FIELDS, event_field, number},
+    layout::{Fields, JOB_FIELDS, SUMMARY_FIELDS, event_field, number},
 };
 use crate::domain::{Job, JobEvent, JobId, JobState, QueueName};
 
@@ -37,6 +37,20 @@ impl JobStore {
     pub async fn get(&self, id: &JobId) -> Result<Job> {
         self.read_fields(id, "get_job")
             .await?
+            .into_job(id)?
+            .ok_or(StoreError::NotFound)
+    }
+
+    /// A job without its payload and result (`SUMMARY_FIELDS`).
+    pub async fn summary(&self, id: &JobId) -> Result<Job> {
+        let values: Vec<Option<Bytes>> = self
+            .timed(
+                "get_summary",
+                self.client()
+                    .hmget(self.keys().job(id), SUMMARY_FIELDS.to_vec()),
+            )
+            .await?;
+        Fields::from_values(&SUMMARY_FIELDS, values)
             .into_job(id)?
             .ok_or(StoreError::NotFound)
     }

@@ -655,3 +655,59 @@ async fn an_idle_queue_is_swept_again_once_another_server_claims_in_it() {
     let done = get(&mut jobs, &id).await;
     assert_eq!(done.state(), JobState::Completed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_naming_one_key_many_times_submits_and_reads_it_once() {
+    let redis = RedisServer::start().await;
+    let server = TestServer::start(&redis).await;
+    let mut jobs = server.jobs().await;
+    let keyed = |payload: &[u8]| proto::SubmitJobRequest {
+        idempotency_key: "dup".into(),
+        payload: payload.to_vec().into(),
+        ..submit_request("dups")
+    };
+    let batch = || proto::SubmitJobsRequest {
+        jobs: vec![keyed(&[7; 1024]); 1000],
+    };
+    for round in 0..2 {
+        let (scripts, reads) = (redis.command_calls("evalsha"), redis.command_calls("hmget"));
+        let results = jobs
+            .submit_jobs(batch())
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        let ids: std::collections::HashSet<String> = results
+            .iter()
+            .map(|result| result.job.as_ref().unwrap().id.clone())
+            .collect();
+        assert_eq!(ids.len(), 1, "one job for one key");
+        let created = results.iter().filter(|result| result.created).count();
+        assert_eq!(created, usize::from(round == 0));
+        let scripts = redis.command_calls("evalsha") - scripts;
+        let reads = redis.command_calls("hmget") - reads;
+        assert!(
+            scripts <= 2 && reads <= 2,
+            "{scripts} scripts, {reads} reads"
+        );
+    }
+    assert_eq!(redis.keys(JOB_KEYS).len(), 1);
+
+    // The key named twice in one batch with two different requests: refused whole.
+    let request = proto::SubmitJobsRequest {
+        jobs: vec![
+            submit_request("dups"),
+            proto::SubmitJobRequest {
+                idempotency_key: "other".into(),
+                ..keyed(b"a")
+            },
+            proto::SubmitJobRequest {
+                idempotency_key: "other".into(),
+                ..keyed(b"b")
+            },
+        ],
+    };
+    let refused = jobs.submit_jobs(request).await;
+    assert_status(refused, tonic::Code::AlreadyExists, "\"other\"");
+    assert_eq!(redis.keys(JOB_KEYS).len(), 1, "nothing written");
+}
