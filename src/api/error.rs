@@ -6,7 +6,7 @@
 use tonic::Status;
 
 use crate::{
-    domain::{ClaimDeadline, JobState, Refusal, RequestError},
+    domain::{ClaimDeadline, JobState, Refusal, RequestError, shown},
     store::StoreError,
 };
 
@@ -32,8 +32,9 @@ impl From<ApiError> for Status {
             ApiError::Store(StoreError::NotFound) => Status::not_found("job not found"),
             ApiError::Store(StoreError::IdempotencyConflict { key }) => {
                 Status::already_exists(format!(
-                    "idempotency_key {key:?} was used for a different job (its kind, payload or \
-                     options differ); send the same request to get that job, or use a new key"
+                    "idempotency_key {} was used for a different job (its kind, payload or \
+                     options differ); send the same request to get that job, or use a new key",
+                    shown(&key)
                 ))
             }
             ApiError::Refused(refusal) | ApiError::Store(StoreError::Refused(refusal)) => {
