@@ -204,6 +204,11 @@ impl Access {
         Err(Status::permission_denied(message))
     }
 
+    /// Who made the call.
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
     /// Checks every queue of `queues`, before anything is done with any.
     pub fn check_all<'a>(
         &self,

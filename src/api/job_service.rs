@@ -15,6 +15,7 @@ use crate::{
         JobId, JobState, NewJob, QueueName, RequestError, SubmitRequest, UnixMillis, check_text,
     },
     events::Follower,
+    queues::AdmissionError,
     submissions::Submitted,
 };
 
@@ -33,7 +34,7 @@ impl JobApi {
     fn new_jobs(
         &self,
         request: Request<proto::SubmitJobsRequest>,
-    ) -> Result<Vec<(JobId, NewJob)>, Status> {
+    ) -> Result<(Access, Vec<(JobId, NewJob)>), Status> {
         let access = Access::of(&request)?;
         let now = UnixMillis::now();
         let trace_context = current_trace_context(request.metadata().as_ref());
@@ -52,7 +53,33 @@ impl JobApi {
         }
         let queues = jobs.iter().enumerate();
         access.check_all(queues.map(|(i, (_, job))| (format!("jobs[{i}].queue"), &job.queue)))?;
-        Ok(jobs)
+        Ok((access, jobs))
+    }
+
+    /// Counts the queues of a submission among its caller's, refused with
+    /// RESOURCE_EXHAUSTED, before anything is written, when they would take it past its cap.
+    async fn admit(&self, access: &Access, queues: &[&QueueName]) -> Result<(), Status> {
+        let Some((principal, cap)) = access
+            .caller()
+            .queue_cap(self.0.limits.max_queues_per_principal)
+        else {
+            return Ok(());
+        };
+        let mut distinct: Vec<&QueueName> = queues.to_vec();
+        distinct.sort();
+        distinct.dedup();
+        self.0
+            .admission
+            .admit(principal, cap, &distinct)
+            .await
+            .map_err(|error| match error {
+                AdmissionError::OverCap { cap } => Status::resource_exhausted(format!(
+                    "{principal} has {cap} queues with jobs already, its cap (max_queues in the \
+                     auth file, else --max-queues-per-principal): submit to one of them, or \
+                     wait until a queue without jobs is forgotten"
+                )),
+                AdmissionError::Store(error) => error.into(),
+            })
     }
 
     /// The answer for one submitted job; a new one is counted, and a scheduled one wakes the
@@ -102,6 +129,7 @@ impl JobService for JobApi {
         submission.trace_context = trace_context;
         let new = NewJob::new(submission, &self.0.limits.submit, now)?;
         access.check("queue", &new.queue)?;
+        self.admit(&access, &[&new.queue]).await?;
         let submitted = self.0.submissions.submit(new).await?;
         Ok(Response::new(self.submitted(submitted).await?))
     }
@@ -110,7 +138,9 @@ impl JobService for JobApi {
         &self,
         request: Request<proto::SubmitJobsRequest>,
     ) -> Result<Response<proto::SubmitJobsResponse>, Status> {
-        let jobs = self.new_jobs(request)?;
+        let (access, jobs) = self.new_jobs(request)?;
+        let queues: Vec<&QueueName> = jobs.iter().map(|(_, job)| &job.queue).collect();
+        self.admit(&access, &queues).await?;
         let mut results = Vec::with_capacity(jobs.len());
         for submitted in self.0.submissions.submit_many(jobs).await? {
             results.push(self.submitted(submitted).await?);
@@ -124,7 +154,9 @@ impl JobService for JobApi {
         &self,
         request: Request<proto::SubmitJobsRequest>,
     ) -> Result<Response<Self::SubmitAndWatchJobsStream>, Status> {
-        let jobs = self.new_jobs(request)?;
+        let (access, jobs) = self.new_jobs(request)?;
+        let queues: Vec<&QueueName> = jobs.iter().map(|(_, job)| &job.queue).collect();
+        self.admit(&access, &queues).await?;
         // Registered before the jobs are written, so that no event can go unannounced.
         let watches: Vec<_> = jobs
             .iter()

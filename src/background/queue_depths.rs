@@ -1,15 +1,18 @@
 //! Refreshes the queue depths the `jobd.queue.depth` gauge reports: one read of each queue's
-//! counts per metric export interval, however many exports or replicas ask.
+//! counts per metric export interval, however many exports or replicas ask. The queues are
+//! those of the due index, read in pages; a forgotten queue leaves the gauge.
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{domain::JobState, queues::QueueRegistry, store::JobStore, telemetry::QueueDepths};
+use crate::{domain::JobState, store::JobStore, telemetry::QueueDepths};
+
+/// Queues read from the due index per round trip.
+const PAGE: i64 = 1000;
 
 pub async fn refresh_queue_depths(
     store: JobStore,
-    registry: QueueRegistry,
     depths: QueueDepths,
     interval: Duration,
     shutdown: CancellationToken,
@@ -21,27 +24,40 @@ pub async fn refresh_queue_depths(
             _ = ticks.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        let queues = match registry.all().await {
-            Ok(queues) => queues,
-            Err(error) => {
-                tracing::debug!(%error, "cannot read the queue registry for depths");
-                continue;
+        let mut seen = HashSet::new();
+        let mut start = 0;
+        loop {
+            let page = match store.indexed_page(start, PAGE).await {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::debug!(%error, "cannot read the due index for depths");
+                    break;
+                }
+            };
+            let last = (page.len() as i64) < PAGE;
+            start += PAGE;
+            for queue in page {
+                match store.stats(&queue).await {
+                    Ok(stats) => depths.set(
+                        queue.clone(),
+                        vec![
+                            (JobState::Queued, stats.queued),
+                            (JobState::Scheduled, stats.scheduled),
+                            (JobState::Running, stats.running),
+                            (JobState::Completed, stats.completed),
+                            (JobState::Failed, stats.failed),
+                            (JobState::Cancelled, stats.cancelled),
+                        ],
+                    ),
+                    Err(error) => {
+                        tracing::debug!(%error, queue = %queue, "cannot read queue depths");
+                    }
+                }
+                seen.insert(queue);
             }
-        };
-        for queue in queues {
-            match store.stats(&queue).await {
-                Ok(stats) => depths.set(
-                    queue,
-                    vec![
-                        (JobState::Queued, stats.queued),
-                        (JobState::Scheduled, stats.scheduled),
-                        (JobState::Running, stats.running),
-                        (JobState::Completed, stats.completed),
-                        (JobState::Failed, stats.failed),
-                        (JobState::Cancelled, stats.cancelled),
-                    ],
-                ),
-                Err(error) => tracing::debug!(%error, queue = %queue, "cannot read queue depths"),
+            if last {
+                depths.keep_only(&seen);
+                break;
             }
         }
     }

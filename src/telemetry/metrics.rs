@@ -43,6 +43,14 @@ impl QueueDepths {
             .insert(queue, depths);
     }
 
+    /// Drops the queues not in `queues`: forgotten queues leave the gauge.
+    pub fn keep_only(&self, queues: &std::collections::HashSet<QueueName>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .retain(|queue, _| queues.contains(queue));
+    }
+
     fn snapshot(&self) -> Vec<(QueueName, Depths)> {
         let depths = self
             .0
