@@ -22,6 +22,8 @@ pub struct Config {
     pub security: SecurityConfig,
     #[command(flatten)]
     pub transport: TransportConfig,
+    #[command(flatten)]
+    pub queues: QueueLimitsConfig,
     /// Without a command, jobd serves.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -527,6 +529,18 @@ pub struct TransportConfig {
     #[arg(long, env = "JOBD_METRICS_MAX_KINDS", hide_env_values = true, default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub metrics_max_kinds: u32,
+}
+
+/// Bounds on the queues a caller may create.
+#[derive(Debug, Clone, Args)]
+pub struct QueueLimitsConfig {
+    /// The most queues with jobs a principal of the auth file may have submitted to, unless
+    /// its own `max_queues` says otherwise; a submission that would take it past them is
+    /// refused with RESOURCE_EXHAUSTED. 10000: far above what one team's workers poll, and
+    /// low enough that a runaway client cannot fill Redis with queues. Callers without an
+    /// auth file have no cap.
+    #[arg(long, env = "JOBD_MAX_QUEUES_PER_PRINCIPAL", hide_env_values = true, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_queues_per_principal: u32,
 }
 
 #[cfg(test)]

@@ -1,10 +1,13 @@
-//! The queue registry: every queue jobd has written jobs to, kept in Redis so that every
-//! replica's sweeper finds every queue, and the queues this process registered, known without
-//! asking Redis.
+//! The queues each principal may create: `--max-queues-per-principal` (or the principal's
+//! own `max_queues`). A principal's queues are those it submitted to that still have jobs
+//! (are in the due index); a submission to a queue it has not used yet is admitted only
+//! while it holds fewer than its cap. Each replica remembers what it admitted for
+//! `REMEMBERED` so that a busy queue costs no extra round trip per submission.
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use crate::{
@@ -13,47 +16,88 @@ use crate::{
     sync::lock,
 };
 
+/// How long a replica trusts an admission it made: a queue forgotten meanwhile and used again
+/// within it is not counted again until then.
+pub const REMEMBERED: Duration = Duration::from_secs(10);
+
+/// The most admissions a replica remembers; past it, it forgets them all.
+const REMEMBERED_MAX: usize = 100_000;
+
+/// How long a replica refuses a principal's new queues after the cap refused one, without
+/// asking Redis: a principal at its cap that keeps trying costs Redis one count (which looks
+/// at each of its queues) per replica per `REFUSED_FOR`, not one per call.
+pub const REFUSED_FOR: Duration = Duration::from_secs(1);
+
 /// Cheap to clone.
 #[derive(Clone)]
-pub struct QueueRegistry {
+pub struct QueueAdmission {
     store: JobStore,
-    /// Queues this process has put in the registry.
-    registered: Arc<Mutex<HashSet<QueueName>>>,
+    /// (principal, queue) admitted, and when.
+    admitted: Arc<Mutex<HashMap<(String, QueueName), Instant>>>,
+    /// Principals refused, and until when they are refused without asking Redis.
+    refused: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
-impl QueueRegistry {
+/// Why a principal may not use one more queue.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AdmissionError {
+    #[error("the principal already has {cap} queues with jobs (max_queues)")]
+    OverCap { cap: u32 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl QueueAdmission {
     pub fn new(store: JobStore) -> Self {
         Self {
             store,
-            registered: Arc::default(),
+            admitted: Arc::default(),
+            refused: Arc::default(),
         }
     }
 
-    /// Puts `queue` in the registry, once per process.
-    pub async fn register(&self, queue: &QueueName) -> Result<(), StoreError> {
-        if lock(&self.registered).contains(queue) {
+    /// Admits `principal`'s submissions to `queues`, each counted among its queues; refused
+    /// whole when the queues it has not used yet would take it past `cap`.
+    pub async fn admit(
+        &self,
+        principal: &str,
+        cap: u32,
+        queues: &[&QueueName],
+    ) -> Result<(), AdmissionError> {
+        let now = Instant::now();
+        let fresh: Vec<&QueueName> = {
+            let admitted = lock(&self.admitted);
+            queues
+                .iter()
+                .copied()
+                .filter(|queue| {
+                    admitted
+                        .get(&(principal.to_owned(), (*queue).clone()))
+                        .is_none_or(|at| now.duration_since(*at) >= REMEMBERED)
+                })
+                .collect()
+        };
+        if fresh.is_empty() {
             return Ok(());
         }
-        self.store.register_queues(&[queue]).await?;
-        lock(&self.registered).insert(queue.clone());
-        Ok(())
-    }
-
-    /// The queues this process registered.
-    pub fn local(&self) -> Vec<QueueName> {
-        lock(&self.registered).iter().cloned().collect()
-    }
-
-    /// Every queue in the registry or registered by this process. Those the registry lost (a
-    /// flushed or replaced Redis) are put back.
-    pub async fn all(&self) -> Result<Vec<QueueName>, StoreError> {
-        let mut queues = self.store.registered_queues().await?;
-        let local = self.local();
-        let missing: Vec<&QueueName> = local.iter().filter(|q| !queues.contains(q)).collect();
-        if !missing.is_empty() {
-            self.store.register_queues(&missing).await?;
-            queues.extend(missing.into_iter().cloned());
+        {
+            let mut refused = lock(&self.refused);
+            refused.retain(|_, until| *until > now);
+            if refused.contains_key(principal) {
+                return Err(AdmissionError::OverCap { cap });
+            }
         }
-        Ok(queues)
+        if !self.store.admit_queues(principal, cap, &fresh).await? {
+            lock(&self.refused).insert(principal.to_owned(), now + REFUSED_FOR);
+            return Err(AdmissionError::OverCap { cap });
+        }
+        let mut admitted = lock(&self.admitted);
+        if admitted.len() + fresh.len() > REMEMBERED_MAX {
+            admitted.clear();
+        }
+        for queue in fresh {
+            admitted.insert((principal.to_owned(), queue.clone()), now);
+        }
+        Ok(())
     }
 }

@@ -8,15 +8,18 @@ use std::{
     time::Duration,
 };
 
+use futures::{StreamExt, stream};
 use tokio_util::task::TaskTracker;
 
 use crate::{
     claims::Claims,
     domain::{Idempotency, Job, JobId, JobIdGenerator, NewJob, QueueName},
     group_commit::{Batcher, Pending},
-    queues::QueueRegistry,
     store::{JobStore, KeyedSubmission, StoreError},
 };
+
+/// How many queues' writes of one SubmitJobs are in flight at once.
+const QUEUES_AT_ONCE: usize = 16;
 
 /// A new job with its id.
 type NewJobWithId = (JobId, NewJob);
@@ -47,7 +50,6 @@ pub struct Submissions(Arc<Inner>);
 struct Inner {
     store: JobStore,
     claims: Claims,
-    registry: QueueRegistry,
     ids: JobIdGenerator,
     /// Submissions without an idempotency key waiting to share a script call, per queue.
     batcher: Batcher<(JobId, NewJob), Submitted>,
@@ -60,14 +62,12 @@ impl Submissions {
     pub fn new(
         store: JobStore,
         claims: Claims,
-        registry: QueueRegistry,
         tasks: TaskTracker,
         command_timeout: Duration,
     ) -> Self {
         Self(Arc::new(Inner {
             store,
             claims,
-            registry,
             ids: JobIdGenerator::default(),
             batcher: Batcher::new(tasks.clone(), command_timeout),
             tasks,
@@ -130,10 +130,16 @@ impl Submissions {
                     .push((index, (id, job))),
             }
         }
-        for (queue, group) in by_queue {
+        // The queues' calls overlap, a few at a time: a batch spread over many queues costs
+        // a round trip per `QUEUES_AT_ONCE` queues rather than one per queue.
+        let writes = by_queue.into_iter().map(|(queue, group)| async move {
             let (indexes, jobs): (Vec<usize>, Vec<(JobId, NewJob)>) = group.into_iter().unzip();
             let created = self.write(&queue, jobs).await?;
-            for (index, job) in indexes.into_iter().zip(created) {
+            Ok::<_, StoreError>(indexes.into_iter().zip(created).collect::<Vec<_>>())
+        });
+        let mut writes = stream::iter(writes).buffer_unordered(QUEUES_AT_ONCE);
+        while let Some(written) = writes.next().await {
+            for (index, job) in written? {
                 results[index] = Some(Submitted::Created(Box::new(job)));
             }
         }
@@ -171,7 +177,6 @@ impl Submissions {
         queue: &QueueName,
         jobs: Vec<(JobId, NewJob)>,
     ) -> Result<Vec<Job>, StoreError> {
-        self.0.registry.register(queue).await?;
         let prepared = self.0.store.prepare(queue, &jobs)?;
         let handing = self.0.claims.hand_off(queue, &jobs, prepared.sizes());
         let detached = !handing.is_empty();
@@ -206,7 +211,6 @@ impl Submissions {
         idempotency: &Idempotency,
     ) -> Result<Submitted, StoreError> {
         let queue = new.queue.clone();
-        self.0.registry.register(&queue).await?;
         let jobs = vec![(id, new)];
         let prepared = self.0.store.prepare(&queue, &jobs)?;
         let handing = self.0.claims.hand_off(&queue, &jobs, prepared.sizes());

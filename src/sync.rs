@@ -1,5 +1,5 @@
 //! Locking the in-process maps: the event hub's, group commit's lanes, the parked claims and
-//! the queue registry cache.
+//! the admissions of principals' queues.
 //!
 //! Each update to those maps is a single step, so a panic while one is locked cannot leave it
 //! half-changed: a poisoned lock is safe to keep using, which beats failing every later call.

@@ -238,6 +238,11 @@ impl Access {
         ))
     }
 
+    /// Who made the call.
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
     /// Checks every queue of `queues`, before anything is done with any.
     pub fn check_all<'a>(
         &self,

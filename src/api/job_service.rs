@@ -2,13 +2,14 @@
 
 use std::collections::HashMap;
 
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use super::{
     auth::Access,
     convert::{Listing, job_state, page_size},
     observe::current_trace_context,
     proto::{self, job_service_server::JobService},
+    reason::{self, Reason},
     services::Shared,
     streams::{self, EventStream, FollowStream},
 };
@@ -18,6 +19,7 @@ use crate::{
         check_text,
     },
     events::Follower,
+    queues::AdmissionError,
     submissions::Submitted,
 };
 
@@ -36,7 +38,7 @@ impl JobApi {
     fn new_jobs(
         &self,
         request: Request<proto::SubmitJobsRequest>,
-    ) -> Result<Vec<(JobId, NewJob)>, Status> {
+    ) -> Result<(Access, Vec<(JobId, NewJob)>), Status> {
         let access = Access::of(&request)?;
         let now = UnixMillis::now();
         let trace_context = current_trace_context(request.metadata().as_ref());
@@ -55,7 +57,45 @@ impl JobApi {
         }
         let queues = jobs.iter().enumerate();
         access.check_all(queues.map(|(i, (_, job))| (format!("jobs[{i}].queue"), &job.queue)))?;
-        Ok(jobs)
+        Ok((access, jobs))
+    }
+
+    /// Counts the queues of a submission among its caller's, refused with
+    /// RESOURCE_EXHAUSTED, before anything is written, when they would take it past its cap.
+    async fn admit(&self, access: &Access, queues: &[&QueueName]) -> Result<(), Status> {
+        let Some((principal, cap)) = access
+            .caller()
+            .queue_cap(self.0.limits.max_queues_per_principal)
+        else {
+            return Ok(());
+        };
+        let mut distinct: Vec<&QueueName> = queues.to_vec();
+        distinct.sort();
+        distinct.dedup();
+        self.0
+            .admission
+            .admit(principal, cap, &distinct)
+            .await
+            .map_err(|error| match error {
+                AdmissionError::OverCap { cap } => {
+                    let message = format!(
+                        "{principal} has {cap} queues with jobs already, its cap (max_queues in \
+                         the auth file, else --max-queues-per-principal): submit to one of them, \
+                         or wait until a queue without jobs is forgotten"
+                    );
+                    let metadata = [
+                        ("budget", "max_queues_per_principal".to_owned()),
+                        ("limit", cap.to_string()),
+                    ];
+                    reason::status(
+                        Code::ResourceExhausted,
+                        Reason::BudgetExhausted,
+                        message,
+                        &metadata,
+                    )
+                }
+                AdmissionError::Store(error) => error.into(),
+            })
     }
 
     /// The answer for one submitted job; a new one is counted, and a scheduled one wakes the
@@ -118,6 +158,7 @@ impl JobService for JobApi {
         submission.trace_context = trace_context;
         let new = NewJob::new(submission, &self.0.limits.submit, now)?;
         access.check("queue", &new.queue)?;
+        self.admit(&access, &[&new.queue]).await?;
         let submitted = self.0.submissions.submit(new).await?;
         let response = self.submitted(submitted, &mut HashMap::new()).await?;
         Ok(Response::new(response))
@@ -127,7 +168,9 @@ impl JobService for JobApi {
         &self,
         request: Request<proto::SubmitJobsRequest>,
     ) -> Result<Response<proto::SubmitJobsResponse>, Status> {
-        let jobs = self.new_jobs(request)?;
+        let (access, jobs) = self.new_jobs(request)?;
+        let queues: Vec<&QueueName> = jobs.iter().map(|(_, job)| &job.queue).collect();
+        self.admit(&access, &queues).await?;
         let (mut results, mut read) = (Vec::with_capacity(jobs.len()), HashMap::new());
         for submitted in self.0.submissions.submit_many(jobs).await? {
             results.push(self.submitted(submitted, &mut read).await?);
@@ -141,7 +184,9 @@ impl JobService for JobApi {
         &self,
         request: Request<proto::SubmitJobsRequest>,
     ) -> Result<Response<Self::SubmitAndWatchJobsStream>, Status> {
-        let jobs = self.new_jobs(request)?;
+        let (access, jobs) = self.new_jobs(request)?;
+        let queues: Vec<&QueueName> = jobs.iter().map(|(_, job)| &job.queue).collect();
+        self.admit(&access, &queues).await?;
         // Registered before the jobs are written, so that no event can go unannounced.
         let watches: Vec<_> = jobs
             .iter()

@@ -10,6 +10,7 @@ use crate::{
     completions::Completions,
     domain::{LeaseLimits, SubmitLimits},
     events::EventHub,
+    queues::QueueAdmission,
     store::JobStore,
     submissions::Submissions,
     telemetry::Metrics,
@@ -24,6 +25,8 @@ pub struct Services {
     pub hub: EventHub,
     /// Woken for a queue where something may be due before its next visit.
     pub sweeper: SweeperHandle,
+    /// Each principal's cap on queues with jobs.
+    pub admission: QueueAdmission,
     pub metrics: Metrics,
     pub limits: Limits,
     /// Cancelled when jobd shuts down: streams end, waiting claims return.
@@ -37,6 +40,8 @@ pub struct Limits {
     pub leases: LeaseLimits,
     /// The largest payload or result, bytes.
     pub max_payload: usize,
+    /// A principal's cap on queues with jobs, unless it names its own.
+    pub max_queues_per_principal: u32,
 }
 
 pub type Shared = Arc<Services>;

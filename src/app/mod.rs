@@ -18,7 +18,7 @@ use crate::{
     config::Config,
     domain::SubmitLimits,
     events::{Channels, EventHub},
-    queues::QueueRegistry,
+    queues::QueueAdmission,
     redis::RedisClients,
     store::{JobStore, Keys, StoreSettings},
     submissions::Submissions,
@@ -37,7 +37,6 @@ pub struct App {
     health_listener: Option<TcpListener>,
     clients: RedisClients,
     services: Services,
-    registry: QueueRegistry,
     perimeter: Perimeter,
     tracker: TaskTracker,
 }
@@ -59,10 +58,7 @@ impl App {
             kinds: config.transport.metrics_max_kinds as usize,
         });
         let sweeper = SweeperHandle::default();
-        let hub = connect(
-            &config, &clients, &keys, &sweeper, &metrics, &tracker, &shutdown,
-        )
-        .await;
+        let hub = connect(&config, &clients, &keys, &metrics, &tracker, &shutdown).await;
 
         tracing::info!(?config, "effective configuration");
         let listener = TcpListener::bind(config.server.listen)
@@ -80,10 +76,7 @@ impl App {
             default_lease: config.jobs.default_lease,
         };
         let store = JobStore::new(clients.pool.clone(), keys, settings, metrics.clone());
-        let registry = QueueRegistry::new(store.clone());
-        let services = services(
-            &config, store, hub, sweeper, &registry, metrics, &tracker, shutdown,
-        );
+        let services = services(&config, store, hub, sweeper, metrics, &tracker, shutdown);
         tracing::info!(
             instance = %instance,
             listen = %listener.local_addr()?,
@@ -102,7 +95,6 @@ impl App {
             health_listener,
             clients,
             services,
-            registry,
             perimeter,
             tracker,
         })
@@ -169,18 +161,15 @@ impl App {
         let shutdown = &services.shutdown;
         let sweeper = Sweeper::new(
             services.store.clone(),
-            self.registry.clone(),
             services.metrics.clone(),
             services.sweeper.clone(),
         );
-        self.tracker
-            .spawn(sweeper.run(services.hub.resyncs(), shutdown.clone()));
+        self.tracker.spawn(sweeper.run(shutdown.clone()));
         if let Some(interval) = telemetry::metrics_export_interval() {
             let depths = QueueDepths::default();
             services.metrics.observe_queue_depths(depths.clone());
             let refresh = background::refresh_queue_depths(
                 services.store.clone(),
-                self.registry.clone(),
                 depths,
                 interval,
                 shutdown.clone(),
@@ -255,20 +244,18 @@ impl Running {
     }
 }
 
-/// Connects the pool, starts the event hub on the subscriber (telling the sweeper of every
-/// job event), and waits for Redis at most the command timeout.
+/// Connects the pool, starts the event hub on the subscriber, and waits for Redis at most the
+/// command timeout.
 async fn connect(
     config: &Config,
     clients: &RedisClients,
     keys: &Keys,
-    sweeper: &SweeperHandle,
     metrics: &Metrics,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> EventHub {
     clients.connect_pool(tracker, shutdown, metrics);
-    let touched = sweeper.clone();
-    let hub = EventHub::new(move |job_id| touched.touch(job_id));
+    let hub = EventHub::new();
     let channels = Channels {
         jobs: keys.job_channel(),
         queues: keys.queue_channel(),
@@ -320,12 +307,12 @@ fn services(
     store: JobStore,
     hub: EventHub,
     sweeper: SweeperHandle,
-    registry: &QueueRegistry,
     metrics: Metrics,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) -> Services {
     let command_timeout = config.redis.redis_command_timeout;
+    let store_for_admission = store.clone();
     let claim_settings = ClaimSettings {
         default_lease: config.jobs.default_lease,
         command_timeout,
@@ -341,7 +328,6 @@ fn services(
     let submissions = Submissions::new(
         store.clone(),
         claims.clone(),
-        registry.clone(),
         tracker.clone(),
         command_timeout,
     );
@@ -355,6 +341,7 @@ fn services(
         },
         leases: config.lease_limits(),
         max_payload,
+        max_queues_per_principal: config.queues.max_queues_per_principal,
     };
     Services {
         store,
@@ -363,6 +350,7 @@ fn services(
         completions,
         hub,
         sweeper,
+        admission: QueueAdmission::new(store_for_admission),
         metrics,
         limits,
         shutdown,

@@ -26,6 +26,8 @@ struct Entry {
     token_sha256: Vec<String>,
     #[serde(default)]
     identities: Vec<String>,
+    #[serde(default)]
+    max_queues: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -97,10 +99,14 @@ fn principal(entry: &Entry) -> Result<Principal, String> {
         .iter()
         .map(|pattern| QueuePattern::parse(pattern))
         .collect::<Result<_, _>>()?;
+    if entry.max_queues == Some(0) {
+        return Err("max_queues must be 1 or more".into());
+    }
     Ok(Principal {
         name: entry.name.clone(),
         roles,
         queues,
+        max_queues: entry.max_queues,
     })
 }
 

@@ -133,6 +133,8 @@ pub struct Principal {
     pub name: String,
     pub roles: Roles,
     pub queues: Vec<QueuePattern>,
+    /// Its own cap on queues with jobs (`max_queues`), else the server's.
+    pub max_queues: Option<u32>,
 }
 
 impl Principal {
@@ -194,6 +196,18 @@ impl Caller {
         match self {
             Self::Anyone => true,
             Self::Principal(principal) => principal.may_use(queue),
+        }
+    }
+
+    /// Its name and its cap on queues with jobs, `default` unless it has its own; `None` for
+    /// `Anyone`, who has no cap.
+    pub fn queue_cap(&self, default: u32) -> Option<(&str, u32)> {
+        match self {
+            Self::Anyone => None,
+            Self::Principal(principal) => Some((
+                principal.name.as_str(),
+                principal.max_queues.unwrap_or(default),
+            )),
         }
     }
 

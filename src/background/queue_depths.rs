@@ -1,15 +1,18 @@
 //! Refreshes the queue depths the `jobd.queue.depth` gauge reports: one read of each queue's
-//! counts per metric export interval, however many exports or replicas ask.
+//! counts per metric export interval, however many exports or replicas ask. The queues are
+//! those of the due index, read in pages; a forgotten queue leaves the gauge.
 
 use std::{collections::BTreeMap, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{domain::JobState, queues::QueueRegistry, store::JobStore, telemetry::QueueDepths};
+use crate::{domain::JobState, store::JobStore, telemetry::QueueDepths};
+
+/// Queues read from the due index per round trip.
+const PAGE: i64 = 1000;
 
 pub async fn refresh_queue_depths(
     store: JobStore,
-    registry: QueueRegistry,
     depths: QueueDepths,
     interval: Duration,
     shutdown: CancellationToken,
@@ -21,30 +24,42 @@ pub async fn refresh_queue_depths(
             _ = ticks.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        let queues = match registry.all().await {
-            Ok(queues) => queues,
+        if let Some(known) = read_depths(&store, &depths).await {
+            depths.replace(known);
+        }
+    }
+}
+
+/// The depths of the queues known now, and only they: a forgotten queue's series ends. A queue
+/// whose read failed keeps its last depths; if the index cannot be read, nothing changes.
+async fn read_depths(
+    store: &JobStore,
+    depths: &QueueDepths,
+) -> Option<BTreeMap<crate::domain::QueueName, Vec<(JobState, u64)>>> {
+    let mut known = BTreeMap::new();
+    let mut start = 0;
+    loop {
+        let page = match store.indexed_page(start, PAGE).await {
+            Ok(page) => page,
             Err(error) => {
-                tracing::debug!(%error, "cannot read the queue registry for depths");
-                continue;
+                tracing::debug!(%error, "cannot read the due index for depths");
+                return None;
             }
         };
-        // The queues known now, and only they: a forgotten queue's series ends. A queue whose
-        // read failed keeps its last depths.
-        let mut known = BTreeMap::new();
-        for queue in queues {
+        let last = (page.len() as i64) < PAGE;
+        start += PAGE;
+        for queue in page {
             match store.stats(&queue).await {
                 Ok(stats) => {
-                    known.insert(
-                        queue,
-                        vec![
-                            (JobState::Queued, stats.queued),
-                            (JobState::Scheduled, stats.scheduled),
-                            (JobState::Running, stats.running),
-                            (JobState::Completed, stats.completed),
-                            (JobState::Failed, stats.failed),
-                            (JobState::Cancelled, stats.cancelled),
-                        ],
-                    );
+                    let counts = vec![
+                        (JobState::Queued, stats.queued),
+                        (JobState::Scheduled, stats.scheduled),
+                        (JobState::Running, stats.running),
+                        (JobState::Completed, stats.completed),
+                        (JobState::Failed, stats.failed),
+                        (JobState::Cancelled, stats.cancelled),
+                    ];
+                    known.insert(queue, counts);
                 }
                 Err(error) => {
                     tracing::debug!(%error, queue = %queue, "cannot read queue depths");
@@ -54,6 +69,8 @@ pub async fn refresh_queue_depths(
                 }
             }
         }
-        depths.replace(known);
+        if last {
+            return Some(known);
+        }
     }
 }

@@ -62,8 +62,6 @@ pub struct Channels {
 }
 
 struct Inner {
-    /// Called with the job id of every event announced, watched here or not.
-    on_event: Box<dyn Fn(&str) + Send + Sync>,
     /// Latest announcement per locally watched job.
     jobs: Mutex<HashMap<String, watch::Sender<Announcement>>>,
     /// Wake-ups per queue with local waiting claims, and how many claims wait on each.
@@ -77,13 +75,16 @@ struct QueueSlot {
     waiters: usize,
 }
 
+impl Default for EventHub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl EventHub {
-    /// A hub that calls `on_event` with the job id of every event announced, whether a job
-    /// watched here or not (the sweeper learns from it which queues are busy).
-    pub fn new(on_event: impl Fn(&str) + Send + Sync + 'static) -> Self {
+    pub fn new() -> Self {
         Self {
             inner: Arc::new(Inner {
-                on_event: Box::new(on_event),
                 jobs: Mutex::default(),
                 queues: Mutex::default(),
                 resync: watch::Sender::default(),
@@ -150,12 +151,6 @@ impl EventHub {
             metrics,
         };
         tracker.spawn(dispatcher.run(messages, reconnects, shutdown));
-    }
-
-    /// Changes whenever messages may have been lost: whoever follows Redis through the hub
-    /// should look again.
-    pub fn resyncs(&self) -> watch::Receiver<u64> {
-        self.inner.resync.subscribe()
     }
 }
 
@@ -242,7 +237,6 @@ impl Dispatcher {
             };
             let jobs = lock(&self.inner.jobs);
             for announced in announced {
-                (self.inner.on_event)(announced.job_id);
                 let Some(sender) = jobs.get(announced.job_id) else {
                     continue;
                 };

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use fred::{interfaces::SortedSetsInterface, types::Value};
 
 use super::{
-    Connection, JobStore, Result, StoreError,
+    Connection, DueMark, JobStore, Result, StoreError,
     layout::{Fields, JOB_FIELDS},
     millis,
 };
@@ -171,6 +171,7 @@ impl JobStore {
             .take(round.wanted())
             .cloned()
             .collect();
+        script_keys.push(keys.promise(queue));
         let (reply, jobs) = self
             .timed(
                 self.scripts().claim.name(),
@@ -184,7 +185,8 @@ impl JobStore {
             )
             .await?;
         let mut jobs: HashMap<String, Value> = reads.into_iter().zip(jobs).collect();
-        let (full, entries) = split_reply(reply, round.claimants.len())?;
+        let (full, entries, due) = split_reply(reply, round.claimants.len())?;
+        self.publish_or_warn(queue, due).await;
         let mut claimed = Vec::with_capacity(entries.len());
         for entry in entries {
             let entry = ClaimedEntry::decode(entry, round.claimants.len())?;
@@ -306,9 +308,13 @@ struct RoundOutcome {
     claimed: Vec<(usize, Claimed, usize)>,
 }
 
-/// claim.lua's reply: {now, full claimants, entries...}.
-fn split_reply(reply: Value, claimants: usize) -> Result<(Vec<usize>, Vec<Value>)> {
+/// claim.lua's reply: {now, full claimants, entries..., and maybe a `due:` mark}.
+fn split_reply(
+    reply: Value,
+    claimants: usize,
+) -> Result<(Vec<usize>, Vec<Value>, Option<DueMark>)> {
     let mut reply: Vec<Value> = reply.convert().map_err(|_| shape())?;
+    let due = DueMark::take(&mut reply);
     if reply.len() < 2 {
         return Err(shape());
     }
@@ -322,7 +328,7 @@ fn split_reply(reply: Value, claimants: usize) -> Result<(Vec<usize>, Vec<Value>
         .into_iter()
         .map(|claimant| claimant_index(claimant, claimants))
         .collect::<Result<_>>()?;
-    Ok((full, entries))
+    Ok((full, entries, due))
 }
 
 /// A job the claim script claimed, as its reply gives it.

@@ -49,9 +49,32 @@ impl Keys {
         format!("{}:{{{queue}}}:idem:{key}", self.prefix)
     }
 
-    /// Set of every queue name, so that each replica's sweeper finds every queue. A single key
-    /// outside any queue's slot, written with plain commands only.
-    pub fn queues(&self) -> String {
+    /// The due index: a sorted set of every queue that has jobs, scored by when a sweeper must
+    /// next visit it (Redis ms; `+inf` for a queue whose jobs are all ready). The sweepers
+    /// read only the entries that are due. Its hash tag `{:queues}` cannot be a queue's
+    /// (queue names hold no `:`), and it shares its slot with the principals' queue sets
+    /// only. Written after each queue script, in a step of its own (see `promise`).
+    pub fn due_index(&self) -> String {
+        format!("{}:{{:queues}}:due", self.prefix)
+    }
+
+    /// The queue's promise: a string, the score the queue was last given in the due index
+    /// (`inf`, or Redis ms), written by the same script that writes what falls due, so that a
+    /// script knows whether the index must be told of an earlier time. Absent once the queue
+    /// is forgotten.
+    pub fn promise(&self, queue: &QueueName) -> String {
+        format!("{}:{{{queue}}}:due", self.prefix)
+    }
+
+    /// Set of the queues a principal has submitted to (`--max-queues-per-principal`), in the
+    /// due index's slot so that one script counts those still alive.
+    pub fn principal_queues(&self, principal: &str) -> String {
+        format!("{}:{{:queues}}:of:{principal}", self.prefix)
+    }
+
+    /// The registry of jobd versions before the due index: a set of every queue name, read
+    /// once by the sweeper to move its queues into the due index, then deleted.
+    pub fn legacy_queues(&self) -> String {
         format!("{}:queues", self.prefix)
     }
 
@@ -94,9 +117,18 @@ mod tests {
             keys.scheduled(&queue),
             keys.retained(&queue, JobState::Failed),
             keys.idempotency(&queue, "a}{b"),
+            keys.promise(&queue),
         ] {
             assert_eq!(hash_tag(&key), "mail.out", "{key}");
             assert!(key.starts_with("jobd:"), "{key}");
         }
+    }
+
+    #[test]
+    fn the_due_index_and_the_principals_sets_share_a_tag_no_queue_has() {
+        let keys = Keys::new("jobd");
+        assert_eq!(hash_tag(&keys.due_index()), ":queues");
+        assert_eq!(hash_tag(&keys.principal_queues("team/a")), ":queues");
+        assert!(QueueName::parse("queue", ":queues").is_err());
     }
 }

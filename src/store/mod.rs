@@ -33,7 +33,8 @@ pub use list::ListCursor;
 pub use outcome::{CompletionOutcome, Completions, Holder, Released};
 pub use read::{EventPage, QueueStats};
 pub use submit::{HandOff, KeyedSubmission, PreparedJobs, SubmittedBatch};
-pub use sweep::{Expired, SWEEP_BATCH, SweepReport};
+use sweep::DueMark;
+pub use sweep::{DueQueues, Expired, NextVisit, SWEEP_BATCH, SweepReport, TRIM_BATCH};
 
 use crate::{
     domain::{JobState, QueueName, Refusal, UnixMillis},
@@ -199,6 +200,14 @@ impl JobStore {
         }
     }
 
+    /// `publish_due`, for a script whose work is done whatever the index hears: a failure is
+    /// logged, not returned.
+    async fn publish_or_warn(&self, queue: &QueueName, mark: Option<DueMark>) {
+        if let Err(error) = self.publish_due(queue, mark).await {
+            unpublished(queue, &error);
+        }
+    }
+
     /// The keys of a queue's retained-job sets, completed, failed and cancelled, in that order.
     fn retained_keys(&self, queue: &QueueName) -> [String; 3] {
         [JobState::Completed, JobState::Failed, JobState::Cancelled]
@@ -230,6 +239,13 @@ impl<F: Future<Output = Result<R, RedisError>>, R> Future for Timed<'_, F> {
         this.metrics.redis(this.operation, started.elapsed());
         Poll::Ready(result.map_err(StoreError::redis(this.operation)))
     }
+}
+
+/// A script's `due:` mark that could not be written to the due index (Redis went away right
+/// after the script): the script's work stands, and the queue's new time reaches the index
+/// with the next write to the queue that promises an earlier one (docs/architecture.md).
+fn unpublished(queue: &QueueName, error: &StoreError) {
+    tracing::warn!(%error, queue = %queue, "the due index was not told of a queue's next time");
 }
 
 fn millis(duration: Duration) -> String {

@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use fred::types::Value;
 
-use super::{Connection, JobStore, Result, StoreError, millis, state_in, status, time_in};
+use super::{Connection, DueMark, JobStore, Result, StoreError, millis, state_in, status, time_in};
 use crate::domain::{
     AttemptEnd, ClaimDeadline, FailOutcome, HeartbeatOutcome, Job, JobId, JobKind, JobState,
     LeaseToken, Progress, QueueName, Refusal, UnixMillis,
@@ -103,9 +103,12 @@ impl JobStore {
             args.push(token.as_str().into());
             args.push(result.clone().into());
         }
+        script_keys.push(keys.promise(queue));
         let mut replies: Vec<Value> = self
             .call(&self.scripts().complete, script_keys, args)
             .await?;
+        self.publish_or_warn(queue, DueMark::take(&mut replies))
+            .await;
         // One reply per completion, then whether the queue has ready jobs, then the time.
         if replies.len() != completions.len() + 2 {
             return Err(StoreError::corrupt(
@@ -139,6 +142,7 @@ impl JobStore {
             keys.running(queue),
             keys.scheduled(queue),
             keys.retained(queue, JobState::Failed),
+            keys.promise(queue),
         ];
         let args: Vec<Value> = vec![
             id.to_string().into(),
@@ -148,7 +152,8 @@ impl JobStore {
             rand::random::<f64>().to_string().into(),
             keys.job_channel().into(),
         ];
-        let reply: Vec<Value> = self.call(&self.scripts().fail, script_keys, args).await?;
+        let mut reply: Vec<Value> = self.call(&self.scripts().fail, script_keys, args).await?;
+        self.publish_or_warn(queue, DueMark::take(&mut reply)).await;
         match status(&reply)?.as_str() {
             "again_failed" => Ok((FailOutcome::Failed, None)),
             "again_scheduled" => Ok((FailOutcome::RetryAt(time_in(&reply, 1)?), None)),
@@ -163,7 +168,7 @@ impl JobStore {
     /// cancelled it. A cancelled job is returned unchanged.
     pub async fn cancel(&self, id: &JobId, reason: &str) -> Result<(Job, bool)> {
         let queue = id.queue();
-        let reply: Vec<Value> = self
+        let mut reply: Vec<Value> = self
             .call(
                 &self.scripts().cancel,
                 vec![
@@ -172,6 +177,7 @@ impl JobStore {
                     self.keys().running(queue),
                     self.keys().scheduled(queue),
                     self.keys().retained(queue, JobState::Cancelled),
+                    self.keys().promise(queue),
                 ],
                 vec![
                     id.to_string().into(),
@@ -180,6 +186,7 @@ impl JobStore {
                 ],
             )
             .await?;
+        self.publish_or_warn(queue, DueMark::take(&mut reply)).await;
         match status(&reply)?.as_str() {
             outcome @ ("ok" | "unchanged") => Ok((self.get(id).await?, outcome == "ok")),
             "not_found" => Err(StoreError::NotFound),

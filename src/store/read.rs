@@ -1,8 +1,8 @@
-//! Reading jobs: one job, its event log after a sequence, a queue's counts, and the queue
-//! registry every replica's sweeper walks.
+//! Reading jobs: one job, its event log after a sequence, a queue's counts; and the admission
+//! of a principal's queues under its cap.
 
 use bytes::Bytes;
-use fred::interfaces::{HashesInterface, SetsInterface};
+use fred::{interfaces::HashesInterface, types::Value};
 
 use super::{
     JobStore, Result, StoreError,
@@ -10,6 +10,10 @@ use super::{
     layout::{Fields, JOB_FIELDS, SUMMARY_FIELDS, event_field, number},
 };
 use crate::domain::{Job, JobEvent, JobId, JobState, QueueName};
+
+/// How long a queue admitted for a principal may wait for its first jobs before the sweeper
+/// may forget it (it counts towards the principal's cap meanwhile).
+const ADMITTED_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Events read per round trip when replaying a log; most jobs have fewer in all.
 const EVENT_PAGE: u64 = 16;
@@ -153,26 +157,27 @@ impl JobStore {
         })
     }
 
-    /// Adds queues to the registry the sweepers read.
-    pub async fn register_queues(&self, queues: &[&QueueName]) -> Result<()> {
-        let names: Vec<&str> = queues.iter().map(|queue| queue.as_str()).collect();
-        let _: i64 = self
-            .timed(
-                "register_queue",
-                self.client().sadd(self.keys().queues(), names),
+    /// Admits `principal`'s submissions to `queues` under its `cap` on queues with jobs
+    /// (admit.lua); false when the cap refused them, and nothing was written.
+    pub async fn admit_queues(
+        &self,
+        principal: &str,
+        cap: u32,
+        queues: &[&QueueName],
+    ) -> Result<bool> {
+        let mut args: Vec<Value> =
+            vec![cap.to_string().into(), super::millis(ADMITTED_GRACE).into()];
+        args.extend(queues.iter().map(|queue| Value::from(queue.as_str())));
+        let admitted: i64 = self
+            .call(
+                &self.scripts().admit,
+                vec![
+                    self.keys().due_index(),
+                    self.keys().principal_queues(principal),
+                ],
+                args,
             )
             .await?;
-        Ok(())
-    }
-
-    /// Every queue in the registry.
-    pub async fn registered_queues(&self) -> Result<Vec<QueueName>> {
-        let names: Vec<String> = self
-            .timed("read_queues", self.client().smembers(self.keys().queues()))
-            .await?;
-        Ok(names
-            .iter()
-            .filter_map(|name| QueueName::parse("queue", name).ok())
-            .collect())
+        Ok(admitted == 1)
     }
 }

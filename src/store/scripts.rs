@@ -126,6 +126,8 @@ pub struct Scripts {
     pub expire: LuaScript,
     pub cancel: LuaScript,
     pub sweep: LuaScript,
+    pub due: LuaScript,
+    pub admit: LuaScript,
     pub stats: LuaScript,
     pub list_after: LuaScript,
 }
@@ -144,6 +146,8 @@ impl Scripts {
             expire: LuaScript::new("expire", script!(drain "expire")),
             cancel: LuaScript::new("cancel", script!(drain "cancel")),
             sweep: LuaScript::new("sweep", script!(drain "sweep")),
+            due: LuaScript::new("due", script!(drain "due")),
+            admit: LuaScript::new("admit", script!(intake "admit")),
             stats: LuaScript::new("stats", script!(read "stats")),
             list_after: LuaScript::new("list_after", script!(read "list_after")),
         }

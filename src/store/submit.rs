@@ -8,7 +8,8 @@ use bytes::Bytes;
 use fred::types::Value;
 
 use super::{
-    Connection, JobStore, Result, StoreError, claim::job_size, layout::Spec, millis, status,
+    Connection, DueMark, JobStore, Result, StoreError, claim::job_size, layout::Spec, millis,
+    status,
 };
 use crate::domain::{
     Idempotency, JobId, LeaseToken, NewJob, QueueName, Start, UnixMillis, WorkerId,
@@ -92,6 +93,7 @@ impl JobStore {
             keys.running(queue),
         ];
         script_keys.extend(jobs.ids.iter().map(|id| keys.job(id)));
+        script_keys.push(keys.promise(queue));
         let mut args: Vec<Value> = vec![
             keys.queue_channel().into(),
             queue.as_str().into(),
@@ -99,7 +101,7 @@ impl JobStore {
         ];
         args.extend(jobs.args);
         push_hand_offs(&mut args, hand_offs);
-        let reply: Vec<Value> = self
+        let mut reply: Vec<Value> = self
             .call_on(
                 &connection.0,
                 &self.scripts().submit_many,
@@ -107,6 +109,8 @@ impl JobStore {
                 args,
             )
             .await?;
+        // A queue created, or a job delayed, is in the due index before the call answers.
+        self.publish_due(queue, DueMark::take(&mut reply)).await?;
         // {jobs made ready, 1 if the hand-offs were made, created}.
         submitted(reply.get(2), reply.get(1))
     }
@@ -134,6 +138,7 @@ impl JobStore {
             keys.scheduled(queue),
             keys.idempotency(queue, &idempotency.key),
             keys.running(queue),
+            keys.promise(queue),
         ];
         let mut args: Vec<Value> = vec![
             keys.queue_channel().into(),
@@ -144,9 +149,12 @@ impl JobStore {
         args.extend(job.args);
         args.push(keys.job_channel().into());
         push_hand_offs(&mut args, hand_off);
-        let reply: Vec<Value> = self
+        let mut reply: Vec<Value> = self
             .call_on(&connection.0, &self.scripts().submit, script_keys, args)
             .await?;
+        // As for submit_many; "again" repeats the first run's mark, in case its caller never
+        // wrote it.
+        self.publish_due(queue, DueMark::take(&mut reply)).await?;
         match status(&reply)?.as_str() {
             // "again": an earlier try of this very call was written; same id, same job.
             // {"created" or "again", state, 1 if handed off, created}

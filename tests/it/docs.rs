@@ -265,6 +265,15 @@ fn configuration_table() -> Vec<Row> {
     let mut at = section;
     while let Some(found) = lines[at..end].iter().position(|line| line.starts_with('|')) {
         let header = at + found;
+        if !lines[header].starts_with("| flag ") {
+            // Not a table of settings (the sweeper's fixed bounds): skip it.
+            at = header
+                + lines[header..end]
+                    .iter()
+                    .position(|line| !line.starts_with('|'))
+                    .unwrap_or(end - header);
+            continue;
+        }
         assert_eq!(
             lines[header],
             TABLE_HEADER,

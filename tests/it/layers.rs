@@ -34,12 +34,12 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ),
     (
         "submissions",
-        &["claims", "domain", "group_commit", "queues", "store"],
+        &["claims", "domain", "group_commit", "store"],
     ),
     ("completions", &["domain", "group_commit", "store"]),
     (
         "background",
-        &["domain", "queues", "redis", "store", "sync", "telemetry"],
+        &["domain", "redis", "store", "sync", "telemetry"],
     ),
     (
         "api",
@@ -50,6 +50,7 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
             "completions",
             "domain",
             "events",
+            "queues",
             "store",
             "submissions",
             "sync",

@@ -7,10 +7,12 @@
 -- KEYS[3]  queue's running set
 -- KEYS[4]  queue's scheduled set
 -- KEYS[5]  queue's retained-cancelled set (score: when the job's retention ends, Unix ms)
+-- KEYS[6]  queue's promise (see `promise`)
 -- ARGV[1]  job id
 -- ARGV[2]  reason (may be empty)
 -- ARGV[3]  job wake-up channel
--- returns  {"ok"} cancelled now, {"unchanged"} was cancelled already,
+-- returns  {"ok"} cancelled now (then "due:<ms>" when the due index must hear of the queue,
+--          see `promise`), {"unchanged"} was cancelled already,
 --          {"finished", state} completed or failed, {"not_found"}
 
 local job = redis.call('HMGET', KEYS[1], 'state', 'seq', 'attempt', 'retention')
@@ -31,4 +33,4 @@ redis.call('HSET', KEYS[1],
 redis.call('ZADD', KEYS[5], now + retention, ARGV[1])
 redis.call('PEXPIRE', KEYS[1], retention)
 redis.call('PUBLISH', ARGV[3], announcement(seq, ARGV[1], event))
-return {'ok'}
+return {'ok', promise(KEYS[6], now + retention)}

@@ -13,7 +13,8 @@
 --
 -- KEYS[1]     queue's ready set
 -- KEYS[2]     queue's running set (score: the claim's deadline, see `deadline`, Unix ms)
--- KEYS[3..n]  candidate job hashes
+-- KEYS[3..n-1]  candidate job hashes
+-- KEYS[n]     queue's promise (see `promise`)
 -- ARGV[1]     job wake-up channel
 -- ARGV[2]     the server's default lease ms
 -- ARGV[3]     reply budget: the most bytes of jobs (their `size`) one claimer takes, beyond
@@ -24,7 +25,8 @@
 --             bytes of jobs it took in earlier calls
 -- then        per candidate, in KEYS order, 2 values: job id, new lease token
 -- returns     {now, the claimers (1-based) whose reply is full, then one entry per claimed
---             job: {claimer, job id, token, lease expiry, acknowledgement deadline, size}}; the
+--             job: {claimer, job id, token, lease expiry, acknowledgement deadline, size}},
+--             then "due:<ms>" when the due index must hear of the queue (see `promise`); the
 --             caller reads the claimed jobs in the same round trip, right after the script
 
 local now = clock()
@@ -35,7 +37,7 @@ local first_candidate = 5 + claimers * 5
 local function claimer_arg(c) return 5 + (c - 1) * 5 end
 
 local ids = {}
-for i = 3, #KEYS do ids[#ids + 1] = ARGV[first_candidate + (i - 3) * 2] end
+for i = 3, #KEYS - 1 do ids[#ids + 1] = ARGV[first_candidate + (i - 3) * 2] end
 if #ids == 0 then return {now, {}} end
 local scores = redis.call('ZMSCORE', KEYS[1], unpack(ids))
 
@@ -49,6 +51,7 @@ local claimer = 1
 local room, bytes = serve(1)
 local full = {}
 local claimed, taken, running, announced = {now, full}, {}, {}, {}
+local due = math.huge
 -- Each claimer's STARTED event but its time and attempt, packed once.
 local started = {}
 for k = 1, #ids do
@@ -107,6 +110,7 @@ for k = 1, #ids do
         'lease_until', int(expires), 'ack_until', int(ack), 'e:' .. seq, event)
       taken[#taken + 1] = id
       running[#running + 1] = int(ack)
+      due = math.min(due, ack)
       running[#running + 1] = id
       announced[#announced + 1] = announcement(seq, id, event)
       claimed[#claimed + 1] = {claimer, id, token, int(expires), int(ack), size}
@@ -119,5 +123,6 @@ if #taken > 0 then redis.call('ZREM', KEYS[1], unpack(taken)) end
 if #running > 0 then
   redis.call('ZADD', KEYS[2], unpack(running))
   redis.call('PUBLISH', ARGV[1], table.concat(announced, '\n'))
+  claimed[#claimed + 1] = promise(KEYS[#KEYS], due)
 end
 return claimed

@@ -6,7 +6,8 @@
 -- KEYS[1]     queue's running set
 -- KEYS[2]     queue's retained-completed set (score: when the job's retention ends, Unix ms)
 -- KEYS[3]     queue's ready set, only looked at
--- KEYS[4..n]  job hashes, one per completion
+-- KEYS[4..n-1]  job hashes, one per completion
+-- KEYS[n]     queue's promise (see `promise`)
 -- ARGV[1]     job wake-up channel
 -- ARGV[2..]   per completion, in KEYS order: job id, lease token, result
 -- returns     per completion, in KEYS order:
@@ -16,12 +17,14 @@
 --             passed (see `deadline`);
 --             then 1 if the queue has ready jobs, else 0: a worker claiming its next jobs
 --             from this queue need not read it when it has none (see claims/mod.rs);
---             then now, Unix ms
+--             then now, Unix ms; then "due:<ms>" when the due index must hear of the queue
+--             (see `promise`)
 
 local now = clock()
 local at, completed = packed_at(now), event_start('completed')
 local replies, done, retained, announced = {}, {}, {}, {}
-for i = 4, #KEYS do
+local due = math.huge
+for i = 4, #KEYS - 1 do
   local key, a = KEYS[i], 2 + (i - 4) * 3
   local id, token, result = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   local job = redis.call('HMGET', key, 'state', 'token', 'seq', 'attempt', 'retention', 'kind',
@@ -40,6 +43,7 @@ for i = 4, #KEYS do
     redis.call('PEXPIRE', key, job[5])
     done[#done + 1] = id
     retained[#retained + 1] = int(now + tonumber(job[5]))
+    due = math.min(due, now + tonumber(job[5]))
     retained[#retained + 1] = id
     -- Watchers get the result with the event when it is small, and read it otherwise.
     local carried
@@ -55,4 +59,5 @@ if #done > 0 then
 end
 replies[#replies + 1] = redis.call('EXISTS', KEYS[3])
 replies[#replies + 1] = now
+if #done > 0 then replies[#replies + 1] = promise(KEYS[#KEYS], due) end
 return replies

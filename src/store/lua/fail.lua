@@ -7,6 +7,7 @@
 -- KEYS[2]  queue's running set
 -- KEYS[3]  queue's scheduled set
 -- KEYS[4]  queue's retained-failed set (score: when the job's retention ends, Unix ms)
+-- KEYS[5]  queue's promise (see `promise`)
 -- ARGV[1]  job id
 -- ARGV[2]  lease token
 -- ARGV[3]  error message
@@ -16,7 +17,9 @@
 -- returns  {"failed", kind, started, now} or {"scheduled", kind, started, now, retry at}:
 --          recorded now; {"again_failed"} or {"again_scheduled", retry at}: recorded by an
 --          earlier run; {"not_found"}; {"stale", state}: wrong token, or the job is not
---          running; {"expired", "ack" or "lease", when}: the claim's deadline passed
+--          running; {"expired", "ack" or "lease", when}: the claim's deadline passed;
+--          "failed" and "scheduled" replies end with "due:<ms>" when the due index must hear
+--          of the queue (see `promise`)
 
 local job = redis.call('HMGET', KEYS[1], 'state', 'token', 'seq', 'attempt', 'spec',
   'retention', 'run_at', 'kind', 'started', 'lease_until', 'ack_until')
@@ -31,5 +34,5 @@ if refusal then return refusal end
 local sets = {running = KEYS[2], scheduled = KEYS[3], failed = KEYS[4]}
 local run_at = end_attempt(KEYS[1], ARGV[1], {job[3], job[4], job[5], job[6]}, sets, ARGV[3],
   ARGV[4] == 'retryable', tonumber(ARGV[5]), ARGV[6], now)
-if run_at then return {'scheduled', job[8], job[9], now, run_at} end
-return {'failed', job[8], job[9], now}
+if run_at then return {'scheduled', job[8], job[9], now, run_at, promise(KEYS[5], run_at)} end
+return {'failed', job[8], job[9], now, promise(KEYS[5], now + tonumber(job[6]))}

@@ -153,3 +153,29 @@ local function start_time(start, now)
   if string.sub(start, 1, 1) == '+' then return now + tonumber(string.sub(start, 2)) end
   return math.max(now, tonumber(start))
 end
+
+-- The due index (store/keys.rs `due_index`) lives in a slot of its own, so a script cannot
+-- write it: the caller does, after the script. A script that makes something fall due in a
+-- queue (a delayed job, a claim's deadline, a retention end), or creates the queue, calls
+-- `promise` with the queue's promise key and the earliest such time (math.huge for none): if
+-- the queue was promised no later visit, it records the time and returns "due:<ms>" (or
+-- "due:inf") for the caller to write to the index (ZADD LT), which the script appends to its
+-- reply; otherwise nil. `promised` returns the same for the promise as it stands, for a
+-- repeated run whose first run's caller may not have written the index.
+local function promise(key, at)
+  local promised = redis.call('GET', key)
+  if promised then
+    local held = math.huge
+    if promised ~= 'inf' then held = tonumber(promised) end
+    if held <= at then return nil end
+  end
+  local text = 'inf'
+  if at ~= math.huge then text = int(at) end
+  redis.call('SET', key, text)
+  return 'due:' .. text
+end
+local function promised(key)
+  local held = redis.call('GET', key)
+  if held then return 'due:' .. held end
+  return nil
+end

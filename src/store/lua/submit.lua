@@ -10,6 +10,7 @@
 -- KEYS[3]  queue's scheduled set (score: when the job becomes claimable, Unix ms)
 -- KEYS[4]  idempotency key
 -- KEYS[5]  queue's running set (score: the claim's deadline, see `deadline`)
+-- KEYS[6]  queue's promise (see `promise`)
 -- ARGV[1]  queue wake-up channel
 -- ARGV[2]  queue name (the wake-up message)
 -- ARGV[3]  idempotency key TTL ms
@@ -23,7 +24,9 @@
 -- returns  {"created", state, handed, now}, {"exists", id} for a live idempotency key naming
 --          job `id` made by the same request, {"conflict", id} for one made by another request,
 --          {"again", state, handed, created} when this very job was written by an earlier
---          run; handed is 1 when the job was handed off, else 0
+--          run; handed is 1 when the job was handed off, else 0; "created" and "again"
+--          replies end with "due:<ms>" or "due:inf" when the due index must hear of the queue
+--          (see `promise`)
 
 -- The key holds "<job id> <fingerprint>" (only the id if an older jobd wrote it).
 local existing = redis.call('GET', KEYS[4])
@@ -41,7 +44,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   -- The job holds the hand-off's lease token if that run made the hand-off.
   local handed = 0
   if #ARGV >= 15 and job[2] == ARGV[17] then handed = 1 end
-  return {'again', job[1], handed, tonumber(job[3])}
+  return {'again', job[1], handed, tonumber(job[3]), promised(KEYS[6])}
 end
 
 local now = clock()
@@ -67,13 +70,15 @@ if state == 'queued' and #ARGV >= 15 and redis.call('EXISTS', KEYS[2]) == 0 then
     'lease_until', int(expires), 'ack_until', int(ack))
   redis.call('ZADD', KEYS[5], ack, ARGV[5])
   redis.call('PUBLISH', ARGV[14], announcement('2', ARGV[5], started))
-  return {'created', 'running', 1, now}
+  return {'created', 'running', 1, now, promise(KEYS[6], ack)}
 end
+local due = math.huge
 if state == 'scheduled' then
   redis.call('HSET', KEYS[1], 'run_at', int(run_at))
   redis.call('ZADD', KEYS[3], run_at, ARGV[5])
+  due = run_at
 else
   redis.call('ZADD', KEYS[2], ready_score(tonumber(ARGV[12]), now), ARGV[5])
   redis.call('PUBLISH', ARGV[1], ARGV[2])
 end
-return {'created', state, 0, now}
+return {'created', state, 0, now, promise(KEYS[6], due)}

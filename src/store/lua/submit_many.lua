@@ -9,7 +9,8 @@
 -- KEYS[1]     queue's ready set
 -- KEYS[2]     queue's scheduled set
 -- KEYS[3]     queue's running set (score: the claim's deadline, see `deadline`)
--- KEYS[4..n]  job hashes, one per job
+-- KEYS[4..n-1]  job hashes, one per job
+-- KEYS[n]     queue's promise (see `promise`)
 -- ARGV[1]     queue wake-up channel
 -- ARGV[2]     queue name
 -- ARGV[3]     job wake-up channel
@@ -19,9 +20,11 @@
 -- then        per hand-off, 5 values: the job's place among the jobs (1-based), worker id,
 --             lease token, lease ms, acknowledgement timeout ms; none are for jobs run later
 -- returns     {the number of jobs made ready now, 1 if the hand-offs were made else 0, the
---             jobs' creation time (now, or the first run's), Unix ms}
+--             jobs' creation time (now, or the first run's), Unix ms}, then "due:<ms>" or
+--             "due:inf" when the due index must hear of the queue (see `promise`)
 
-local jobs = #KEYS - 3
+local jobs = #KEYS - 4
+local promise_key = KEYS[#KEYS]
 local first_handoff = 4 + jobs * 9
 if redis.call('EXISTS', KEYS[4]) == 1 then
   local created = tonumber(redis.call('HGET', KEYS[4], 'created'))
@@ -29,9 +32,9 @@ if redis.call('EXISTS', KEYS[4]) == 1 then
   if #ARGV >= first_handoff
     and redis.call('HGET', KEYS[3 + tonumber(ARGV[first_handoff])], 'token')
       == ARGV[first_handoff + 2] then
-    return {0, 1, created}
+    return {0, 1, created, promised(promise_key)}
   end
-  return {0, 0, created}
+  return {0, 0, created, promised(promise_key)}
 end
 -- Hand-offs by job place; made only when they pass over no ready job.
 local handoffs = {}
@@ -43,6 +46,7 @@ local now = clock()
 local at = packed_at(now)
 local queued = pack_event('queued', at, 0)
 local ready, running, announced = {}, {}, {}
+local due = math.huge
 for place = 1, jobs do
   local key, a = KEYS[3 + place], 4 + (place - 1) * 9
   local run_at = start_time(ARGV[a + 6], now)
@@ -58,6 +62,7 @@ for place = 1, jobs do
       'started', int(now), 'lease_ms', ARGV[h + 3], 'lease_until', int(expires),
       'ack_until', int(ack))
     running[#running + 1] = int(ack)
+    due = math.min(due, ack)
     running[#running + 1] = ARGV[a]
     announced[#announced + 1] = announcement('2', ARGV[a], started)
   else
@@ -72,6 +77,7 @@ for place = 1, jobs do
     if run_at > now then
       redis.call('HSET', key, 'run_at', int(run_at))
       redis.call('ZADD', KEYS[2], run_at, ARGV[a])
+      due = math.min(due, run_at)
     else
       ready[#ready + 1] = int(ready_score(tonumber(ARGV[a + 7]), now))
       ready[#ready + 1] = ARGV[a]
@@ -87,4 +93,4 @@ if #ready > 0 then
   redis.call('ZADD', KEYS[1], unpack(ready))
   redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. int(#ready / 2))
 end
-return {#ready / 2, handing and 1 or 0, now}
+return {#ready / 2, handing and 1 or 0, now, promise(promise_key, due)}

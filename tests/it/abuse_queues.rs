@@ -1,0 +1,319 @@
+//! Queues under abuse: the sweeper's cost follows the queues with something due, queues left
+//! without jobs are forgotten (never a job submitted meanwhile), a principal's queues are
+//! capped, and a backlog of retained entries is trimmed in short steps.
+
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+use jobd::api::proto;
+
+use crate::harness::*;
+
+const INDEX: &str = "jobd:{:queues}:due";
+
+/// How many queues the abuse makes: the issue's 100,000.
+const QUEUES: usize = 100_000;
+
+fn zcard(redis: &RedisServer, key: &str) -> u64 {
+    redis.cli(&["ZCARD", key]).parse().unwrap_or(0)
+}
+
+/// A job of `queue` of `kind`, kept 1 s once finished.
+fn short_lived(queue: &str, kind: &str) -> proto::SubmitJobRequest {
+    proto::SubmitJobRequest {
+        kind: kind.to_owned(),
+        retention: Some(pb_duration(Duration::from_secs(1))),
+        ..submit_request(queue)
+    }
+}
+
+fn queue_name(n: usize) -> String {
+    format!("abuse.{}.{}", n / 1000, n % 1000)
+}
+
+/// A worker that claims a job from each of `queues`, 16 queues a call, and completes what it
+/// claimed; returns the ids of the jobs of kind "again" it got.
+async fn drain(mut workers: Workers, queues: Vec<String>) -> Vec<String> {
+    let mut again = Vec::new();
+    for chunk in queues.chunks(16) {
+        let request = proto::ClaimJobsRequest {
+            claim: Some(proto::ClaimJobRequest {
+                queues: chunk.to_vec(),
+                ..claim_request("unused", Duration::ZERO)
+            }),
+            // A queue may hold two jobs: all are taken.
+            max_jobs: 100,
+        };
+        let claimed = workers.claim_jobs(request).await.unwrap().into_inner().jobs;
+        if claimed.is_empty() {
+            continue;
+        }
+        let mut completions = Vec::new();
+        for claimed in claimed {
+            let job = claimed.job.unwrap();
+            if job.kind == "again" {
+                again.push(job.id.clone());
+            }
+            completions.push(proto::Completion {
+                job_id: job.id,
+                lease_token: claimed.lease_token,
+                result: Vec::new().into(),
+            });
+        }
+        let request = proto::CompleteJobsRequest {
+            completions,
+            next: None,
+        };
+        workers.complete_jobs(request).await.unwrap();
+    }
+    again
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queues_emptied_are_forgotten_and_the_sweeper_goes_back_to_idle() {
+    let redis = RedisServer::start().await;
+    // Calls queue up behind the abuse on a busy machine: they may wait, not fail.
+    let settings = Settings {
+        command_timeout: "10s",
+        pool_size: 4,
+        ..Settings::default()
+    };
+    let server = TestServer::start_with(&redis.url(), settings).await;
+    let jobs = server.jobs().await;
+
+    // 100,000 queues with a job each: SubmitJobs of 1,000 queues each.
+    let started = Instant::now();
+    let batches = (0..QUEUES / 1000).map(|batch| {
+        let mut jobs = jobs.clone();
+        async move {
+            let requests = (0..1000)
+                .map(|i| short_lived(&queue_name(batch * 1000 + i), "first"))
+                .collect();
+            submit_jobs(&mut jobs, requests).await;
+        }
+    });
+    stream::iter(batches)
+        .buffer_unordered(4)
+        .collect::<Vec<()>>()
+        .await;
+    let created_in = started.elapsed();
+    eprintln!("created in {created_in:?}");
+    assert_eq!(
+        zcard(&redis, INDEX),
+        QUEUES as u64,
+        "every queue is in the due index"
+    );
+
+    // Among them, a well-behaved queue's delayed job becomes claimable on time: the sweeper
+    // does nothing for queues that have nothing due.
+    let mut mine = jobs.clone();
+    let request = proto::SubmitJobRequest {
+        start: Some(proto::submit_job_request::Start::Delay(pb_duration(
+            Duration::from_secs(1),
+        ))),
+        ..short_lived("well.behaved", "first")
+    };
+    let job = mine
+        .submit_job(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let due_at = millis_of(&job.run_at);
+    job_becomes(
+        &mine,
+        &job.id,
+        Duration::from_secs(5),
+        "the job to be due",
+        |job| job.state() == proto::JobState::Queued,
+    )
+    .await;
+    let late = now_millis() - due_at;
+    assert!(
+        late <= 1000 + 250,
+        "due at {due_at}, QUEUED {late} ms later (bound: the sweeper's poll, 1 s)"
+    );
+
+    // Every queue drained by workers: each is then due when its job's 1 s retention ends, and
+    // forgotten. Meanwhile jobs are submitted again to queues drained already, being
+    // forgotten: every one accepted must be claimable.
+    let started = Instant::now();
+    let mut all: Vec<String> = (0..QUEUES).map(queue_name).collect();
+    all.push("well.behaved".to_owned());
+    let mut drains = Vec::new();
+    for part in all.chunks(all.len().div_ceil(8)) {
+        drains.push(tokio::spawn(drain(server.workers().await, part.to_vec())));
+    }
+    let mut resubmitting = jobs.clone();
+    let mut accepted = Vec::new();
+    // 50 rounds of 100 queues, each round in queues drained at least a second before.
+    for round in 0..50 {
+        let requests = (0..100)
+            .map(|i| short_lived(&queue_name(round * 10 + i * 1000), "again"))
+            .collect();
+        accepted.extend(submit_jobs(&mut resubmitting, requests).await);
+        tokio::time::sleep(Duration::from_millis(50)).await; // pacing the rounds
+    }
+    let mut claimed_again = std::collections::BTreeSet::new();
+    for drain in drains {
+        claimed_again.extend(drain.await.unwrap());
+    }
+    let drained_in = started.elapsed();
+    eprintln!("drained in {drained_in:?}, index {}", zcard(&redis, INDEX));
+
+    // What the workers did not get of them is still in its queue: claimed and completed now.
+    let mut workers = server.workers().await;
+    let mut leftovers: Vec<String> = accepted.iter().map(|job| job.queue.clone()).collect();
+    leftovers.sort();
+    leftovers.dedup();
+    claimed_again.extend(drain(workers.clone(), leftovers.clone()).await);
+    claimed_again.extend(drain(workers.clone(), leftovers).await);
+    let accepted: std::collections::BTreeSet<String> =
+        accepted.into_iter().map(|job| job.id).collect();
+    assert_eq!(
+        claimed_again, accepted,
+        "every job submitted during the forgetting is claimed"
+    );
+
+    // Every queue forgotten: the due index empty, each promise gone.
+    until(
+        Duration::from_secs(90),
+        "every queue to be forgotten",
+        || zcard(&redis, INDEX) == 0,
+    )
+    .await;
+    let forgotten_in = started.elapsed();
+    assert!(redis.keys("jobd:*:due").is_empty(), "every promise deleted");
+    let request = claim_request("abuse.0.0", Duration::ZERO);
+    assert!(
+        workers
+            .claim_job(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .is_none()
+    );
+
+    // Back to idle: the sweeper reads the due index once a second, and nothing else.
+    let before = redis.command_calls("evalsha");
+    tokio::time::sleep(Duration::from_secs(2)).await; // an idle period, measured
+    let idle_calls = redis.command_calls("evalsha") - before;
+    assert!(
+        idle_calls <= 8,
+        "{idle_calls} script calls in 2 s of idleness"
+    );
+    eprintln!(
+        "{QUEUES} queues: created in {created_in:?}, drained in {drained_in:?}, all forgotten \
+         within {forgotten_in:?}; {idle_calls} script calls in 2 s idle; a delayed job QUEUED \
+         {late} ms after its time"
+    );
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[tokio::test]
+async fn a_principal_past_its_cap_on_queues_is_refused_and_nothing_is_written() {
+    let redis = RedisServer::start().await;
+    let auth = AuthFile::new();
+    let (capped, other) = ("jobd_capped_token_0001", "jobd_other_token_00001");
+    let hash = |token: &str| jobd::auth::TokenHash::of(token.as_bytes()).to_string();
+    auth.write(&format!(
+        "[[principal]]\nname = \"capped\"\nroles = [\"submitter\"]\nqueues = [\"*\"]\n\
+         token_sha256 = [\"{}\"]\nmax_queues = 3\n\n\
+         [[principal]]\nname = \"other\"\nroles = [\"submitter\"]\nqueues = [\"*\"]\n\
+         token_sha256 = [\"{}\"]\n",
+        hash(capped),
+        hash(other)
+    ));
+    let settings = Settings {
+        extra: vec![auth.flag()],
+        ..Settings::default()
+    };
+    let server = TestServer::start_with(&redis.url(), settings).await;
+    let mut jobs = server.jobs().await;
+    for queue in ["cap.a", "cap.b", "cap.c", "cap.a"] {
+        let request = with_token(submit_request(queue), capped);
+        jobs.submit_job(request).await.expect("within the cap");
+    }
+    let request = with_token(submit_request("cap.d"), capped);
+    let reason = assert_status(
+        jobs.submit_job(request).await,
+        tonic::Code::ResourceExhausted,
+        "3 queues",
+    );
+    assert_eq!(reason, "BUDGET_EXHAUSTED");
+    let batch = proto::SubmitJobsRequest {
+        jobs: vec![submit_request("cap.a"), submit_request("cap.e")],
+    };
+    assert_status(
+        jobs.submit_jobs(with_token(batch, capped)).await,
+        tonic::Code::ResourceExhausted,
+        "max_queues",
+    );
+    assert!(redis.keys("jobd:{cap.d}:*").is_empty());
+    assert!(redis.keys("jobd:{cap.e}:*").is_empty());
+    assert_eq!(redis.cli(&["ZSCORE", INDEX, "cap.e"]), "");
+    // Another principal is not held back by it.
+    let request = with_token(submit_request("cap.d"), other);
+    jobs.submit_job(request)
+        .await
+        .expect("another principal's own cap");
+}
+
+#[tokio::test]
+async fn a_million_expired_retained_entries_are_trimmed_without_a_slow_redis_call() {
+    const ENTRIES: u64 = 1_000_000;
+    let redis = RedisServer::start().await;
+    // The layout jobd leaves behind: index entries of finished jobs whose hashes expired with
+    // their retention, the queue due in the due index, and its promise. 10,000 per EVAL.
+    let fill = "local base = tonumber(ARGV[1]) \
+        for chunk = 0, 9 do \
+          local args = {} \
+          for i = 1, 1000 do \
+            local n = base + chunk * 1000 + i \
+            args[#args + 1] = 1000 + n \
+            args[#args + 1] = 'bulk.01J0000000000000000' .. string.format('%08d', n) \
+          end \
+          redis.call('ZADD', KEYS[1], unpack(args)) \
+        end \
+        return 1";
+    for batch in 0..ENTRIES / 10_000 {
+        let base = (batch * 10_000).to_string();
+        redis.cli(&["EVAL", fill, "1", "jobd:{bulk}:done:completed", &base]);
+    }
+    assert_eq!(zcard(&redis, "jobd:{bulk}:done:completed"), ENTRIES);
+    redis.cli(&["ZADD", INDEX, "0", "bulk"]);
+    redis.cli(&["SET", "jobd:{bulk}:due", "1001"]);
+    redis.cli(&["CONFIG", "SET", "slowlog-log-slower-than", "50000"]);
+    redis.cli(&["SLOWLOG", "RESET"]);
+
+    let started = Instant::now();
+    let _server = TestServer::start(&redis).await;
+    until(
+        Duration::from_secs(60),
+        "every expired entry to be trimmed",
+        || zcard(&redis, "jobd:{bulk}:done:completed") == 0,
+    )
+    .await;
+    let trimmed_in = started.elapsed();
+    until(
+        Duration::from_secs(5),
+        "the empty queue to be forgotten",
+        || redis.cli(&["ZSCORE", INDEX, "bulk"]).is_empty(),
+    )
+    .await;
+    let slow = redis.cli(&["SLOWLOG", "GET", "5"]);
+    assert_eq!(
+        redis.cli(&["SLOWLOG", "LEN"]),
+        "0",
+        "Redis calls over 50 ms: {slow}"
+    );
+    eprintln!("{ENTRIES} expired entries trimmed in {trimmed_in:?}, none over 50 ms");
+}
