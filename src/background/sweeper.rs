@@ -117,30 +117,39 @@ impl Sweeper {
             let sweeper = self.clone();
             async move {
                 match sweeper.visit(&queue).await {
-                    Ok(more) => more,
+                    Ok(next) => next,
                     Err(error) => {
                         // The queue stays taken until VISIT_LEASE passes; then it is due again.
                         tracing::warn!(%error, queue = %queue, "sweeping a queue failed");
-                        false
+                        None
                     }
                 }
             }
         });
-        let more = stream::iter(visits)
+        // The soonest next visit the visits wrote; every visit runs to its end.
+        let soonest = stream::iter(visits)
             .buffer_unordered(VISITS_AT_ONCE)
-            // Every visit runs to its end (`any` would drop those after the first `true`).
-            .fold(false, |any, more| async move { any || more });
-        if more.await || full {
+            .fold(None, |soonest: Option<Duration>, next| async move {
+                match (soonest, next) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            })
+            .await;
+        if full || soonest == Some(Duration::ZERO) {
             return Ok(None);
         }
         let until = |at: UnixMillis| at.since(taken.now);
-        Ok(Some(taken.next.map_or(POLL, until).min(POLL)))
+        let next = taken.next.map_or(POLL, until);
+        Ok(Some(
+            soonest.map_or(next, |soonest| soonest.min(next)).min(POLL),
+        ))
     }
 
     /// One visit of a due queue: its sweep, the jobs due, the claims expired, and the
-    /// queue's next time written to the due index (or the queue forgotten). Whether the queue
-    /// has more to do at once.
-    async fn visit(&self, queue: &QueueName) -> Result<bool, StoreError> {
+    /// queue's next time written to the due index (or the queue forgotten). How long until
+    /// the queue's next visit (zero: more to do at once), if it has one.
+    async fn visit(&self, queue: &QueueName) -> Result<Option<Duration>, StoreError> {
         let report = self.store.sweep(queue).await?;
         tracing::trace!(queue = %queue, ?report, "swept");
         let promoted = self.store.promote(queue, &report.due).await?;
@@ -179,7 +188,10 @@ impl Sweeper {
         // VISIT_LEASE passed. A sweep that found work due settled a time no later than now, so
         // the queue is visited again at once, and that sweep sees what this one changed.
         self.store.index(queue, report.next).await?;
-        Ok(matches!(report.next, NextVisit::At(at) if at <= report.now))
+        Ok(match report.next {
+            NextVisit::At(at) => Some(at.since(report.now)),
+            NextVisit::Idle | NextVisit::Forget => None,
+        })
     }
 }
 

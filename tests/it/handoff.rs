@@ -256,9 +256,13 @@ fn handoff(token: &str) -> [&str; 5] {
     ["1", "w", token, "30000", "5000"]
 }
 
-/// A script's reply as redis-cli prints it, but for its last line (the time it ran).
+/// A script's reply as redis-cli prints it, but for its last lines: the time it ran, and the
+/// due index's mark after it (`due:...`).
 fn but_time(reply: String) -> String {
-    let lines: Vec<&str> = reply.lines().collect();
+    let lines: Vec<&str> = reply
+        .lines()
+        .filter(|line| !line.starts_with("due:"))
+        .collect();
     lines[..lines.len() - 1].join("\n")
 }
 
@@ -270,11 +274,12 @@ async fn the_submission_script_run_twice_reports_the_first_runs_handoff() {
         let mut args = vec![
             "EVAL",
             script,
-            "4",
+            "5",
             "jobd:{q}:ready",
             "jobd:{q}:scheduled",
             "jobd:{q}:running",
             "jobd:{q}:job:1",
+            "jobd:{q}:due",
             "jobd:wake:queues",
             "q",
             "jobd:wake:jobs",
@@ -504,12 +509,13 @@ async fn the_keyed_submission_script_run_twice_reports_the_first_runs_handoff() 
         let mut args = vec![
             "EVAL",
             script,
-            "5",
+            "6",
             "jobd:{q}:job:1",
             "jobd:{q}:ready",
             "jobd:{q}:scheduled",
             "jobd:{q}:idem:k",
             "jobd:{q}:running",
+            "jobd:{q}:due",
             "jobd:wake:queues",
             "q",
             "60000",
@@ -522,8 +528,11 @@ async fn the_keyed_submission_script_run_twice_reports_the_first_runs_handoff() 
     };
     let first = run();
     assert_eq!(but_time(first.clone()), "created\nrunning\n1");
-    let created = first.lines().last().unwrap().to_owned();
-    assert_eq!(run(), format!("again\nrunning\n1\n{created}"));
+    // The time it ran, then the due index's mark: the claim's acknowledgement deadline.
+    let lines: Vec<&str> = first.lines().collect();
+    let (created, mark) = (lines[lines.len() - 2], lines[lines.len() - 1]);
+    assert!(mark.starts_with("due:"), "{first}");
+    assert_eq!(run(), format!("again\nrunning\n1\n{created}\n{mark}"));
     assert_eq!(redis.cli(&["HGET", "jobd:{q}:job:1", "seq"]), "2");
     assert_eq!(redis.cli(&["ZRANGE", "jobd:{q}:running", "0", "-1"]), "q.1");
     assert_eq!(redis.cli(&["EXISTS", "jobd:{q}:ready"]), "0");

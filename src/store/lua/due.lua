@@ -9,7 +9,7 @@
 -- returns  {now, queues taken, the index's earliest time after now or ""}
 
 local now = clock()
-local due = redis.call('ZRANGE', KEYS[1], '-inf', now, 'BYSCORE', 'LIMIT', 0, ARGV[1])
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1])
 if #due > 0 then
   local until_ms = int(now + tonumber(ARGV[2]))
   local entries = {}
@@ -19,6 +19,6 @@ if #due > 0 then
   end
   redis.call('ZADD', KEYS[1], 'XX', unpack(entries))
 end
-local after = redis.call('ZRANGE', KEYS[1], '(' .. int(now), '+inf', 'BYSCORE', 'LIMIT', 0, 1,
-  'WITHSCORES')[2] or ''
+local after = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. int(now), '+inf', 'WITHSCORES',
+  'LIMIT', 0, 1)[2] or ''
 return {now, due, after}

@@ -30,7 +30,7 @@ for i = 3, 5 do
   end
 end
 for i = 1, 5 do
-  local first = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')[2]
+  local first = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', '+inf', 'WITHSCORES', 'LIMIT', 0, 1)[2]
   if first then next_time = math.min(next_time, tonumber(first)) end
 end
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[1])
