@@ -66,6 +66,16 @@ enum Command {
         #[arg(long, requires = "tls_cert_file")]
         tls_key_file: Option<PathBuf>,
     },
+    /// Writes the files `--perimeter` gives the jobd the benchmark starts into a directory:
+    /// auth.toml and token, ca.crt, jobd.crt and jobd.key (for bench/instructions.sh, which
+    /// starts jobd itself, under callgrind).
+    #[command(hide = true)]
+    PerimeterFiles {
+        #[arg(long, value_enum)]
+        perimeter: Perimeter,
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 /// Where to find jobd and Redis; by default the benchmark starts both.
@@ -207,6 +217,9 @@ fn main() -> anyhow::Result<()> {
                     tls_key_file,
                 };
                 env::serve(&redis_url, &listen, pool_size, files).await
+            }
+            Command::PerimeterFiles { perimeter, dir } => {
+                perimeter::ServerFiles::write(perimeter, &dir).map(drop)
             }
             Command::Lifecycle(args) => scenarios::lifecycle(args).await,
             Command::OpenLoop(args) => scenarios::open_loop(args).await,

@@ -4,7 +4,6 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
     sync::atomic::{AtomicUsize, Ordering},
     task::{Context as TaskContext, Poll},
 };
@@ -12,6 +11,10 @@ use std::{
 use anyhow::{Context, bail};
 use http::{HeaderValue, header::AUTHORIZATION};
 use jobd::auth::{NewToken, QueuePattern, Roles};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
 use crate::Target;
@@ -95,7 +98,9 @@ impl ClientSide {
             Some(token) => {
                 let mut value = HeaderValue::try_from(format!("Bearer {token}"))
                     .context("the token is not a valid header value")?;
-                // Kept out of any debug output of the request.
+                // Out of any debug output. On the wire it changes nothing: h2, as nghttp2,
+                // never puts an authorization value in the HPACK table, so the token travels
+                // whole (Huffman-coded) on every call either way.
                 value.set_sensitive(true);
                 Some(value)
             }
@@ -139,8 +144,8 @@ pub struct ServerFiles {
 }
 
 impl ServerFiles {
-    /// Makes what `perimeter` needs: an auth file and its token (every role, every queue); a
-    /// CA and a certificate it signed for 127.0.0.1. Plain needs no files.
+    /// Makes what `perimeter` needs (see `write`) in a directory of its own. Plain needs no
+    /// files.
     pub fn make(perimeter: Perimeter) -> anyhow::Result<Option<Self>> {
         if perimeter == Perimeter::Plain {
             return Ok(None);
@@ -152,24 +157,33 @@ impl ServerFiles {
             MADE.fetch_add(1, Ordering::Relaxed)
         );
         let dir = std::env::temp_dir().join(name);
-        // The key and the auth file are for this user's eyes only.
-        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-            .create(&dir)
-            .with_context(|| format!("cannot make {}", dir.display()))?;
-        let mut files = Self {
+        let token = Self::write(perimeter, &dir)?;
+        Ok(Some(Self {
             dir,
             perimeter,
-            token: None,
-        };
+            token,
+        }))
+    }
+
+    /// Writes into `dir` (made if missing, for this user's eyes only) what `perimeter` needs:
+    /// an auth file (auth.toml) and its token (token; every role, every queue), and a CA
+    /// (ca.crt) and a certificate it signed for 127.0.0.1 (jobd.crt, jobd.key). Returns the
+    /// token.
+    pub fn write(perimeter: Perimeter, dir: &Path) -> anyhow::Result<Option<String>> {
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)
+            .with_context(|| format!("cannot make {}", dir.display()))?;
+        let mut token = None;
         if perimeter.auth() {
             let new = NewToken::generate("bench".into(), Roles::ALL, vec![QueuePattern::Any]);
-            std::fs::write(files.path("auth.toml"), new.entry())?;
-            files.token = Some(new.token);
+            std::fs::write(dir.join("auth.toml"), new.entry())?;
+            std::fs::write(dir.join("token"), &new.token)?;
+            token = Some(new.token);
         }
         if perimeter.tls() {
-            make_certificates(&files.dir)?;
+            make_certificates(dir)?;
         }
-        Ok(Some(files))
+        Ok(token)
     }
 
     /// `jobd-bench serve`'s flags for these files.
@@ -220,75 +234,27 @@ impl Drop for ServerFiles {
     }
 }
 
-/// A CA, and a certificate it signed for 127.0.0.1 and localhost (jobd.crt, jobd.key), with
-/// the openssl command as tests/it/tls.rs makes them.
+/// A CA (ca.crt) and a certificate it signed for 127.0.0.1 and localhost (jobd.crt, jobd.key),
+/// ECDSA P-256 as tests/it/tls.rs makes them with openssl, made here so that no openssl is
+/// needed. The CA's key is never written.
 fn make_certificates(dir: &Path) -> anyhow::Result<()> {
-    std::fs::write(
-        dir.join("ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
-    )?;
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    openssl(
-        dir,
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &["-keyout", "ca.key", "-out", "ca.crt"],
-            &["-days", "1", "-subj", "/CN=jobd-bench CA"],
-        ]
-        .concat(),
-    )?;
-    openssl(
-        dir,
-        &[
-            &["req"][..],
-            &ec,
-            &["-keyout", "jobd.key", "-out", "jobd.csr"],
-            &["-subj", "/CN=localhost"],
-        ]
-        .concat(),
-    )?;
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "jobd.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "jobd.crt",
-            "-days",
-            "1",
-            "-extfile",
-            "ext",
-        ],
-    )
-}
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name
+        .push(DnType::CommonName, "jobd-bench CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
 
-fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
-    let output = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .context("the openssl command must be installed, for --perimeter tls")?;
-    if !output.status.success() {
-        bail!(
-            "openssl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    let mut jobd = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+    jobd.distinguished_name
+        .push(DnType::CommonName, "localhost");
+    jobd.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate()?;
+    let certificate = jobd.signed_by(&key, &ca)?;
+
+    std::fs::write(dir.join("ca.crt"), ca.pem())?;
+    std::fs::write(dir.join("jobd.crt"), certificate.pem())?;
+    std::fs::write(dir.join("jobd.key"), key.serialize_pem())?;
     Ok(())
 }
 
