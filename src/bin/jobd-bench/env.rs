@@ -4,22 +4,27 @@
 use std::{
     collections::BTreeMap,
     net::{TcpListener, TcpStream},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
 use jobd::{App, Config};
-use tonic::transport::Channel;
 
-use crate::Target;
+use crate::{
+    Target,
+    perimeter::{ClientSide, ServerFiles, Transport},
+};
 
 /// A Redis and a jobd, started here or given; what was started stops on drop.
 pub struct Systems {
-    pub jobd_url: String,
+    client: ClientSide,
     redis_url: String,
     jobd: Option<Child>,
     redis: Option<Child>,
+    /// The auth file and certificates of the jobd started here, removed after it stops.
+    _files: Option<ServerFiles>,
 }
 
 impl Systems {
@@ -30,10 +35,11 @@ impl Systems {
                 .clone()
                 .context("--jobd needs --redis-url, for the Redis figures")?;
             return Ok(Self {
-                jobd_url: jobd_url.clone(),
+                client: ClientSide::for_running(target, jobd_url)?,
                 redis_url,
                 jobd: None,
                 redis: None,
+                _files: None,
             });
         }
         let (redis, redis_port) = match &target.redis_url {
@@ -54,11 +60,13 @@ impl Systems {
             .redis_url
             .clone()
             .unwrap_or_else(|| format!("redis://127.0.0.1:{}", redis_port.unwrap_or(6379)));
+        let files = ServerFiles::make(target.perimeter)?;
         let port = free_port()?;
         let jobd = Command::new(std::env::current_exe()?)
             .args(["serve", "--redis-url", &redis_url])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--pool-size", &target.pool_size.to_string()])
+            .args(files.iter().flat_map(ServerFiles::serve_args))
             .env("RUST_LOG", "warn")
             // As jobd's Dockerfile, manifests and deploy/local/run set it.
             .env(
@@ -68,19 +76,17 @@ impl Systems {
             .spawn()?;
         wait_for_port(port).await?;
         Ok(Self {
-            jobd_url: format!("http://127.0.0.1:{port}"),
+            client: ServerFiles::client_side(files.as_ref(), port)?,
             redis_url,
             jobd: Some(jobd),
             redis,
+            _files: files,
         })
     }
 
     /// A new client connection to jobd.
-    pub async fn channel(&self) -> anyhow::Result<Channel> {
-        Ok(Channel::from_shared(self.jobd_url.clone())?
-            .tcp_nodelay(true)
-            .connect()
-            .await?)
+    pub async fn channel(&self) -> anyhow::Result<Transport> {
+        self.client.connect().await
     }
 
     /// Runs a Redis command through redis-cli.
@@ -172,19 +178,41 @@ impl Drop for Systems {
     }
 }
 
+/// The perimeter files `jobd-bench serve` gives jobd, as jobd's flags of the same names.
+pub struct ServeFiles {
+    pub auth_file: Option<PathBuf>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+}
+
 /// `jobd-bench serve`: jobd itself, with quiet logs and room for many streams.
-pub async fn serve(redis_url: &str, listen: &str, pool_size: u16) -> anyhow::Result<()> {
+pub async fn serve(
+    redis_url: &str,
+    listen: &str,
+    pool_size: u16,
+    files: ServeFiles,
+) -> anyhow::Result<()> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .try_init();
-    let config = <Config as clap::Parser>::try_parse_from([
-        "jobd",
-        &format!("--redis-url={redis_url}"),
-        &format!("--listen={listen}"),
-        &format!("--redis-pool-size={pool_size}"),
-        "--instance-id=bench",
-    ])?;
+    let mut args = vec![
+        "jobd".to_owned(),
+        format!("--redis-url={redis_url}"),
+        format!("--listen={listen}"),
+        format!("--redis-pool-size={pool_size}"),
+        "--instance-id=bench".to_owned(),
+    ];
+    for (flag, path) in [
+        ("auth-file", &files.auth_file),
+        ("tls-cert-file", &files.tls_cert_file),
+        ("tls-key-file", &files.tls_key_file),
+    ] {
+        if let Some(path) = path {
+            args.push(format!("--{flag}={}", path.display()));
+        }
+    }
+    let config = <Config as clap::Parser>::try_parse_from(args)?;
     let app = App::build(config).await?;
     app.run(jobd::shutdown::signal()).await
 }

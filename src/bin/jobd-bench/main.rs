@@ -6,12 +6,14 @@
 //! name running ones.
 
 mod env;
+mod perimeter;
 mod report;
 mod scenarios;
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
+use perimeter::Perimeter;
 
 /// The allocator jobd's own binary uses, so that `serve` measures the same jobd.
 #[global_allocator]
@@ -43,6 +45,9 @@ enum Command {
         /// --small.
         #[arg(long)]
         runs: Option<usize>,
+        /// The perimeter of every jobd started (see `lifecycle --perimeter`).
+        #[arg(long, value_enum, default_value_t = Perimeter::Plain)]
+        perimeter: Perimeter,
     },
     /// Runs jobd itself (used by the other commands; not for direct use).
     #[command(hide = true)]
@@ -53,13 +58,31 @@ enum Command {
         listen: String,
         #[arg(long)]
         pool_size: u16,
+        /// As jobd's flags of the same names.
+        #[arg(long)]
+        auth_file: Option<PathBuf>,
+        #[arg(long, requires = "tls_key_file")]
+        tls_cert_file: Option<PathBuf>,
+        #[arg(long, requires = "tls_cert_file")]
+        tls_key_file: Option<PathBuf>,
+    },
+    /// Writes the files `--perimeter` gives the jobd the benchmark starts into a directory:
+    /// auth.toml and token, ca.crt, jobd.crt and jobd.key (for bench/instructions.sh, which
+    /// starts jobd itself, under callgrind).
+    #[command(hide = true)]
+    PerimeterFiles {
+        #[arg(long, value_enum)]
+        perimeter: Perimeter,
+        #[arg(long)]
+        dir: PathBuf,
     },
 }
 
 /// Where to find jobd and Redis; by default the benchmark starts both.
 #[derive(Args, Clone, Debug, Default)]
 pub struct Target {
-    /// A running jobd to drive, e.g. http://127.0.0.1:50051 (needs --redis-url too).
+    /// A running jobd to drive, e.g. http://127.0.0.1:50051, or https:// with --tls-ca-file
+    /// (needs --redis-url too).
     #[arg(long)]
     jobd: Option<String>,
     /// The Redis that jobd uses, for the Redis figures.
@@ -68,6 +91,42 @@ pub struct Target {
     /// Pool size of the jobd the benchmark starts.
     #[arg(long, default_value_t = 4)]
     pool_size: u16,
+    /// What the clients of the jobd the benchmark starts go through: plain (no auth file,
+    /// plaintext), auth (an auth file, a bearer token on every call), tls (gRPC over TLS, a
+    /// certificate for 127.0.0.1 from a CA made for the run), or auth-tls (both). Reports
+    /// name it; a plain run's report is as it was before there was a choice.
+    #[arg(long, value_enum, default_value_t = Perimeter::Plain, conflicts_with = "jobd")]
+    perimeter: Perimeter,
+    /// The bearer token to send to a running jobd (--jobd) on every call. It shows in the
+    /// process list: --token-file does not.
+    #[arg(long, requires = "jobd", conflicts_with = "token_file")]
+    token: Option<String>,
+    /// A file holding the bearer token to send to a running jobd (--jobd).
+    #[arg(long, requires = "jobd")]
+    token_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the certificate of a running jobd with an https:// URL.
+    #[arg(long, requires = "jobd")]
+    tls_ca_file: Option<PathBuf>,
+    /// The name to check the running jobd's certificate against, if not the URL's host.
+    #[arg(long, requires = "tls_ca_file")]
+    tls_domain: Option<String>,
+}
+
+impl Target {
+    /// The perimeter its clients go through: the one asked for, or what the options for a
+    /// running jobd say.
+    pub fn perimeter(&self) -> Perimeter {
+        let Some(url) = &self.jobd else {
+            return self.perimeter;
+        };
+        let auth = self.token.is_some() || self.token_file.is_some();
+        match (auth, url.starts_with("https:")) {
+            (false, false) => Perimeter::Plain,
+            (true, false) => Perimeter::Auth,
+            (false, true) => Perimeter::Tls,
+            (true, true) => Perimeter::AuthTls,
+        }
+    }
 }
 
 #[derive(Args, Clone, Debug)]
@@ -148,13 +207,31 @@ fn main() -> anyhow::Result<()> {
                 redis_url,
                 listen,
                 pool_size,
-            } => env::serve(&redis_url, &listen, pool_size).await,
+                auth_file,
+                tls_cert_file,
+                tls_key_file,
+            } => {
+                let files = env::ServeFiles {
+                    auth_file,
+                    tls_cert_file,
+                    tls_key_file,
+                };
+                env::serve(&redis_url, &listen, pool_size, files).await
+            }
+            Command::PerimeterFiles { perimeter, dir } => {
+                perimeter::ServerFiles::write(perimeter, &dir).map(drop)
+            }
             Command::Lifecycle(args) => scenarios::lifecycle(args).await,
             Command::OpenLoop(args) => scenarios::open_loop(args).await,
             Command::FanOut(args) => scenarios::fan_out(args).await,
             Command::RedisCost(args) => scenarios::redis_cost(args).await,
-            Command::All { small, runs } => {
-                scenarios::all(small, runs.unwrap_or(if small { 1 } else { 3 })).await
+            Command::All {
+                small,
+                runs,
+                perimeter,
+            } => {
+                let runs = runs.unwrap_or(if small { 1 } else { 3 });
+                scenarios::all(small, runs, perimeter).await
             }
         }
     })

@@ -35,7 +35,7 @@ pub(super) async fn start_workers(
 }
 
 pub(super) async fn single_worker(
-    mut client: WorkerServiceClient<Channel>,
+    mut client: WorkerServiceClient<Transport>,
     claim: proto::ClaimJobRequest,
     done: CancellationToken,
 ) {
@@ -60,7 +60,7 @@ pub(super) async fn single_worker(
 }
 
 pub(super) async fn batch_worker(
-    mut client: WorkerServiceClient<Channel>,
+    mut client: WorkerServiceClient<Transport>,
     claim: proto::ClaimJobRequest,
     batch: u32,
     done: CancellationToken,
@@ -116,7 +116,7 @@ pub(super) fn bench_job(queue: &str) -> proto::SubmitJobRequest {
 }
 
 pub(super) async fn submit(
-    jobs: &mut JobServiceClient<Channel>,
+    jobs: &mut JobServiceClient<Transport>,
     queue: &str,
 ) -> anyhow::Result<String> {
     let response = jobs.submit_job(bench_job(queue)).await?.into_inner();
@@ -125,7 +125,7 @@ pub(super) async fn submit(
 
 /// Submits `count` jobs in one SubmitJobs call; returns their ids.
 pub(super) async fn submit_batch(
-    jobs: &mut JobServiceClient<Channel>,
+    jobs: &mut JobServiceClient<Transport>,
     queue: &str,
     count: usize,
 ) -> anyhow::Result<Vec<String>> {
@@ -158,7 +158,7 @@ pub(super) struct Phases {
 /// Submits `count` jobs with one SubmitAndWatchJobs call and reads the stream to its end;
 /// returns each job's milestones.
 pub(super) async fn submit_and_watch_batch(
-    jobs: &mut JobServiceClient<Channel>,
+    jobs: &mut JobServiceClient<Transport>,
     queue: &str,
     count: usize,
 ) -> anyhow::Result<Vec<Phases>> {
@@ -214,7 +214,7 @@ pub(super) fn is_terminal(kind: proto::EventType) -> bool {
 
 /// Submits a job, then watches it until its terminal event; returns its milestones.
 pub(super) async fn submit_and_watch_one(
-    jobs: &mut JobServiceClient<Channel>,
+    jobs: &mut JobServiceClient<Transport>,
     queue: &str,
 ) -> anyhow::Result<Phases> {
     let id = submit(jobs, queue).await?;
@@ -229,7 +229,7 @@ pub(super) async fn submit_and_watch_one(
 
 /// Watches a job until its terminal event: when its STARTED event and its end arrived.
 pub(super) async fn watch(
-    jobs: &mut JobServiceClient<Channel>,
+    jobs: &mut JobServiceClient<Transport>,
     id: String,
 ) -> anyhow::Result<(Option<Instant>, Instant)> {
     let mut stream = jobs

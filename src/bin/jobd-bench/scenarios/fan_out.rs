@@ -41,9 +41,10 @@ pub async fn fan_out(args: FanOutArgs) -> anyhow::Result<()> {
     let last = lock(&finished_at).iter().max().copied().unwrap_or(started);
     done.cancel();
     workers.join_all().await;
-    report::print(
+    print_labelled(
         "fan-out",
-        &[
+        &args.target,
+        vec![
             ("watchers", json!(args.watchers)),
             ("jobd_rss_mib_before_watchers", json!(rss_before)),
             ("jobd_rss_mib_with_watchers", json!(rss)),
@@ -60,7 +61,7 @@ pub async fn fan_out(args: FanOutArgs) -> anyhow::Result<()> {
 /// Watches job `id`: adds a permit to `established` once the stream is up (its QUEUED event
 /// arrived), then records when the COMPLETED event arrives.
 async fn watch_to_completion(
-    mut client: JobServiceClient<Channel>,
+    mut client: JobServiceClient<Transport>,
     id: String,
     established: Arc<tokio::sync::Semaphore>,
     finished_at: Arc<Mutex<Vec<Instant>>>,

@@ -4,7 +4,10 @@
 use super::*;
 
 pub async fn lifecycle(args: LifecycleArgs) -> anyhow::Result<()> {
-    report_runs("lifecycle", args.runs, || lifecycle_once(&args)).await
+    report_runs("lifecycle", &args.target, args.runs, || {
+        lifecycle_once(&args)
+    })
+    .await
 }
 
 /// One lifecycle run, on a fresh jobd and Redis (unless given ones).
@@ -33,7 +36,10 @@ pub(super) async fn lifecycle_once(args: &LifecycleArgs) -> anyhow::Result<Figur
 }
 
 pub async fn redis_cost(args: LifecycleArgs) -> anyhow::Result<()> {
-    report_runs("redis-cost", args.runs, || redis_cost_once(&args)).await
+    report_runs("redis-cost", &args.target, args.runs, || {
+        redis_cost_once(&args)
+    })
+    .await
 }
 
 /// One redis-cost run, on a fresh jobd and Redis (unless given ones).
@@ -121,7 +127,7 @@ pub(super) async fn run_lifecycle(
 /// One of the submitters in flight: takes the next `submit_batch` of the `jobs` in all from
 /// `next`, submits them and watches each to its end, until none is left; the latency of each.
 async fn submitter(
-    mut jobs: JobServiceClient<Channel>,
+    mut jobs: JobServiceClient<Transport>,
     queue: String,
     next: Arc<AtomicUsize>,
     args: LifecycleArgs,

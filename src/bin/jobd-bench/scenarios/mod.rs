@@ -15,6 +15,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::{
+    FanOutArgs, LifecycleArgs, OpenLoopArgs, Target,
+    env::Systems,
+    perimeter::{Perimeter, Transport},
+    report::{self, Figures, Latencies},
+};
 use anyhow::Context;
 use jobd::{
     api::proto::{
@@ -25,19 +31,18 @@ use jobd::{
 use serde_json::json;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
-
-use crate::{
-    FanOutArgs, LifecycleArgs, OpenLoopArgs, Target,
-    env::Systems,
-    report::{self, Figures, Latencies},
-};
 
 /// Connections the submitters share (HTTP/2 multiplexes their calls).
 const SUBMIT_CONNECTIONS: usize = 4;
 
-/// Runs a scenario `runs` times (at least once) and prints the runs' medians as `scenario`.
-async fn report_runs<Run, Fut>(scenario: &str, runs: usize, run: Run) -> anyhow::Result<()>
+/// Runs a scenario `runs` times (at least once) and prints the runs' medians as `scenario`,
+/// labelled with the perimeter of `target`.
+async fn report_runs<Run, Fut>(
+    scenario: &str,
+    target: &Target,
+    runs: usize,
+    run: Run,
+) -> anyhow::Result<()>
 where
     Run: Fn() -> Fut,
     Fut: Future<Output = anyhow::Result<Figures>>,
@@ -46,15 +51,25 @@ where
     for _ in 0..runs.max(1) {
         figures.push(run().await?);
     }
-    report::print(scenario, &report::median(&figures));
+    print_labelled(scenario, target, report::median(&figures));
     Ok(())
+}
+
+/// Prints a scenario's figures, led by the perimeter its clients went through (none for
+/// plain, whose reports stay as they were before there was a choice).
+fn print_labelled(scenario: &str, target: &Target, mut figures: Figures) {
+    if let Some(label) = target.perimeter().label() {
+        figures.insert(0, ("perimeter", json!(label)));
+    }
+    report::print(scenario, &figures);
 }
 
 /// Every scenario, each on a fresh jobd and Redis: the documented sizes, or `small` ones; each
 /// but fan-out `runs` times, reporting the medians.
-pub async fn all(small: bool, runs: usize) -> anyhow::Result<()> {
+pub async fn all(small: bool, runs: usize, perimeter: Perimeter) -> anyhow::Result<()> {
     let target = Target {
         pool_size: 4,
+        perimeter,
         ..Target::default()
     };
     let (jobs, rates, duration, watchers) = if small {

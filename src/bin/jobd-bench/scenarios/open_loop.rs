@@ -3,7 +3,10 @@
 use super::*;
 
 pub async fn open_loop(args: OpenLoopArgs) -> anyhow::Result<()> {
-    report_runs("open-loop", args.runs, || open_loop_once(&args)).await
+    report_runs("open-loop", &args.target, args.runs, || {
+        open_loop_once(&args)
+    })
+    .await
 }
 
 /// One open-loop run, on a fresh jobd and Redis (unless given ones).
@@ -127,7 +130,7 @@ fn pace(
 /// Submits one job and watches it to its end, with SubmitAndWatchJobs or SubmitJob and
 /// WatchJob.
 async fn send(
-    mut jobs: JobServiceClient<Channel>,
+    mut jobs: JobServiceClient<Transport>,
     queue: &str,
     submit_and_watch: bool,
 ) -> anyhow::Result<Phases> {
