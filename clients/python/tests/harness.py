@@ -114,6 +114,7 @@ class Jobd:
     def __init__(self, redis: Redis, *args: str) -> None:
         self.redis = redis
         self.port = free_port()
+        self.health_port = free_port()  # plaintext health, whatever the main port serves
         self.args = list(args)
         self.log = tempfile.NamedTemporaryFile(prefix="jobd-py-log-", delete=False)  # noqa: SIM115
         self.proc: subprocess.Popen[bytes] | None = None
@@ -131,6 +132,8 @@ class Jobd:
                 self.target,
                 "--redis-url",
                 self.redis.url,
+                "--health-listen",
+                f"127.0.0.1:{self.health_port}",
                 "--shutdown-timeout",
                 "5s",
                 *self.args,
@@ -144,7 +147,7 @@ class Jobd:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise RuntimeError(f"jobd exited with {self.proc.returncode}; log: {self.log.name}")
-        with grpc.insecure_channel(self.target) as channel:
+        with grpc.insecure_channel(f"127.0.0.1:{self.health_port}") as channel:
             check = channel.unary_unary("/grpc.health.v1.Health/Check")
             try:
                 # HealthCheckRequest{} -> HealthCheckResponse{status: SERVING (1)}

@@ -18,7 +18,8 @@ from jobd.client import claim_request
 def status_bytes(reason: str, domain: str = "jobd", **metadata: str) -> bytes:
     detail = any_pb2.Any()
     detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=domain, metadata=metadata))
-    return status_pb2.Status(code=9, message="m", details=[detail]).SerializeToString()
+    status = status_pb2.Status(code=9, message="m", details=[detail])
+    return bytes(status.SerializeToString())
 
 
 @pytest.mark.parametrize("reason", sorted(errors.ERROR_TYPES))

@@ -17,10 +17,10 @@ import jobd
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "worker.py"
 
 
-async def events_of(client: jobd.Client, job_id: str) -> list[int]:
+async def events_of(client: jobd.Client, job_id: str) -> list[jobd.EventType]:
     """The job's event types so far (a finished or running job: the stream is cut at once)."""
     job = await client.get(job_id)
-    types = []
+    types: list[jobd.EventType] = []
     async for event in client.watch(job_id):
         types.append(event.type)
         if event.sequence >= job.last_sequence:
@@ -129,8 +129,8 @@ async def test_shutdown_finishes_running_jobs_and_gives_back_claimed_ones_at_no_
     again.register("quick", lambda job: asyncio.sleep(0, "done later"))
     run_again = asyncio.create_task(again.run())
     for job in quick_jobs:
-        events = [e async for e in client.watch(job.id)]
-        result = events[-1]
+        history = [e async for e in client.watch(job.id)]
+        result = history[-1]
         assert result.type == jobd.EventType.EVENT_TYPE_COMPLETED
         assert result.attempt == 1
     again.stop()

@@ -220,10 +220,10 @@ def from_status(code: grpc.StatusCode, message: str, details: bytes | None = Non
 
 def from_rpc_error(error: grpc.RpcError) -> JobdError:
     """The typed error for a failed call (grpc.aio.AioRpcError or grpc.Call)."""
-    code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
-    message: str = error.details() or ""  # type: ignore[attr-defined]
+    code: grpc.StatusCode = error.code()
+    message: str = error.details() or ""
     details: bytes | None = None
-    trailers = error.trailing_metadata() or ()  # type: ignore[attr-defined]
+    trailers = error.trailing_metadata() or ()
     for key, value in trailers:
         if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
             details = value
