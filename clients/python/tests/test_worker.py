@@ -189,3 +189,32 @@ async def test_the_example_worker_serves_jobs_and_exits_cleanly_on_sigterm(
         client.jobs.GetQueueStats, job_service_pb2.GetQueueStatsRequest(queue=queue)
     )
     assert (stats.queued, stats.running, stats.completed) == (0, 0, 5)
+
+
+async def test_progress_raises_cancellation_once_the_job_is_cancelled(
+    client: jobd.Client, queue: str
+) -> None:
+    worker = jobd.Worker(client, queue, concurrency=1, claim_wait=1, handle_signals=False)
+    reported = asyncio.Event()
+    outcome: list[str] = []
+
+    @worker.handler("reporting")
+    async def reporting(job: jobd.JobContext) -> None:
+        try:
+            for step in range(10_000):
+                await job.progress(step, "working")
+                reported.set()
+                await asyncio.sleep(0.02)
+        except asyncio.CancelledError:
+            outcome.append(f"cancelled: {job.cancelled}")
+            raise
+
+    run = asyncio.create_task(worker.run())
+    job = await client.submit(queue, "reporting")
+    await asyncio.wait_for(reported.wait(), 10)
+    await client.cancel(job.id)
+    await eventually(lambda: asyncio.sleep(0, outcome), bool, 5, "progress to raise")
+    assert outcome == ["cancelled: True"]
+    worker.stop()
+    await asyncio.wait_for(run, 10)
+    assert (await client.get(job.id)).state == jobd.JobState.JOB_STATE_CANCELLED

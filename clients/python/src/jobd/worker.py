@@ -90,13 +90,20 @@ class JobContext:
         return json.loads(self.payload)
 
     async def progress(self, value: float | None = None, message: str = "") -> None:
-        """Reports progress (a PROGRESS event); it also extends the lease. If jobd answers that
-        the job was cancelled, the handler's task is cancelled."""
+        """Reports progress (a PROGRESS event); it also extends the lease. Best effort: jobd
+        being unavailable is logged, not raised. Raises asyncio.CancelledError when jobd answers
+        that the job was cancelled or its lease is gone."""
         request = wpb.HeartbeatRequest(job_id=self.id, lease_token=self.lease_token)
         request.progress.message = message
         if value is not None:
             request.progress.value = value
-        await self._worker._heartbeat_once(self, request)
+        try:
+            stopped = await self._worker._heartbeat_once(self, request)
+        except Unavailable as e:
+            log.warning("progress of job %s not recorded: %s", self.id, e)
+            return
+        if stopped:
+            raise asyncio.CancelledError(f"job {self.id} was cancelled or its lease is gone")
 
 
 @dataclass
@@ -384,31 +391,36 @@ class Worker:
             request = wpb.HeartbeatRequest(job_id=context.id, lease_token=context.lease_token)
             request.lease.CopyFrom(duration(self.lease))
             try:
-                await self._heartbeat_once(context, request)
-            except JobdError as e:
-                if not isinstance(e, Unavailable):
-                    return  # _heartbeat_once stopped the handler
+                if await self._heartbeat_once(context, request):
+                    return
+            except Unavailable as e:
                 log.warning("heartbeat for job %s failed: %s", context.id, e)
 
-    async def _heartbeat_once(self, context: JobContext, request: wpb.HeartbeatRequest) -> None:
+    async def _heartbeat_once(self, context: JobContext, request: wpb.HeartbeatRequest) -> bool:
+        """One heartbeat; True when it stopped the handler (cancelled job, lease gone).
+        Raises Unavailable when jobd could not be reached."""
         try:
             response: wpb.HeartbeatResponse = await self.client.call(
                 self.client.workers.Heartbeat, request, timeout=max(self.heartbeat_interval, 1.0)
             )
-        except JobdError as e:
-            if not isinstance(e, Unavailable):
-                log.warning("job %s: lease lost (%s); stopping its handler", context.id, e)
-                self._stop_handler(context.id, "lost")
+        except Unavailable:
             raise
+        except JobdError as e:
+            log.warning("job %s: lease lost (%s); stopping its handler", context.id, e)
+            self._stop_handler(context.id, "lost")
+            return True
         if response.cancelled:
             context.cancelled = True
             self._stop_handler(context.id, "cancelled")
+            return True
+        return False
 
     def _stop_handler(self, job_id: str, reason: str) -> None:
         running = self._running.get(job_id)
         if running is not None and running.stop_reason is None:
             running.stop_reason = reason
-            running.task.cancel()
+            if running.task is not asyncio.current_task():  # progress() raises by itself
+                running.task.cancel()
 
     def _expire(self) -> None:
         """The shutdown deadline passed: cancel the handlers still running; their jobs go back."""
