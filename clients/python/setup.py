@@ -2,7 +2,8 @@
 
 The protos are the repository's own `proto/` (two levels up from this file); an sdist carries
 a copy of them in `proto/`, so a wheel built from the sdist generates the same modules.
-`JOBD_PROTO_DIR` overrides both.
+`JOBD_PROTO_DIR` overrides both. The published gRPC service config (docs/service-config.json)
+goes into the package the same way, as jobd/service_config.json.
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ def proto_dir() -> Path:
     )
 
 
+def service_config() -> Path:
+    candidates = [HERE / "service-config.json", HERE.parent.parent / "docs" / "service-config.json"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise SystemExit("jobd: cannot find docs/service-config.json: install from the checkout")
+
+
 def generate(out: Path) -> None:
     import grpc_tools
     from grpc_tools import protoc
@@ -49,6 +58,7 @@ def generate(out: Path) -> None:
     if protoc.main(args) != 0:
         raise SystemExit(f"jobd: protoc failed on {files}")
     (out / "jobd" / "v1" / "__init__.py").write_text('"""Generated from proto/jobd/v1."""\n')
+    shutil.copyfile(service_config(), out / "jobd" / "service_config.json")
 
 
 class BuildPyWithProtos(build_py):
@@ -63,6 +73,7 @@ class SdistWithProtos(sdist):
         target = Path(base_dir) / "proto" / "jobd"
         if not target.exists():
             shutil.copytree(proto_dir() / "jobd", target)
+        shutil.copyfile(service_config(), Path(base_dir) / "service-config.json")
 
 
 def dependencies() -> list[str]:

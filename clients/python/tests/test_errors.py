@@ -8,6 +8,8 @@ import grpc
 import pytest
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
+from harness import eventually
+from jobd.v1 import errors_pb2
 from jobd.v1 import worker_service_pb2 as wpb
 
 import jobd
@@ -45,6 +47,17 @@ def test_the_types_are_distinct_and_cover_the_documented_reasons() -> None:
     }  # fmt: skip
     assert documented <= set(errors.ERROR_TYPES)
     assert len(set(errors.ERROR_TYPES.values())) == len(errors.ERROR_TYPES)
+
+
+def test_every_reason_of_the_proto_has_its_type() -> None:
+    reasons = {
+        name
+        for name in errors_pb2.ErrorReason.keys()  # noqa: SIM118
+        if name != "ERROR_REASON_UNSPECIFIED"
+    }
+    assert reasons
+    missing = reasons - set(errors.ERROR_TYPES)
+    assert not missing
 
 
 def test_an_unknown_reason_is_the_base_type_with_the_reason_kept() -> None:
@@ -90,17 +103,7 @@ async def test_a_refusal_is_a_jobd_error_with_its_code(client: jobd.Client) -> N
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def _needs_error_info(client: jobd.Client) -> None:
-    try:
-        await client.submit("bad queue name!", "k")
-    except jobd.JobdError as e:
-        if not e.detailed:
-            pytest.skip("this jobd does not attach ErrorInfo yet")
-
-
 async def test_each_reason_jobd_gives_maps_to_its_type(client: jobd.Client, queue: str) -> None:
-    await _needs_error_info(client)
-
     async def raises(cls: type[jobd.JobdError], call: object) -> jobd.JobdError:
         with pytest.raises(cls) as caught:
             await call  # type: ignore[misc]
@@ -123,22 +126,37 @@ async def test_each_reason_jobd_gives_maps_to_its_type(client: jobd.Client, queu
     assert e.metadata.get("last_sequence") == "1"
 
     claimed = await client.call(
-        client.workers.ClaimJobs, claim_request([queue], "w", 1, wait=1, lease=60, ack_timeout=60)
+        "ClaimJobs", claim_request([queue], "w", 1, wait=1, lease=60, ack_timeout=60)
     )
     token = claimed.jobs[0].lease_token
     bogus = wpb.HeartbeatRequest(job_id=job.id, lease_token="not-a-token-" + uuid.uuid4().hex)
-    await raises(jobd.JobdError, client.call(client.workers.Heartbeat, bogus))
+    await raises(jobd.LeaseTokenUnknown, client.call("Heartbeat", bogus))
     await client.cancel(job.id)
-    cancelled = wpb.HeartbeatRequest(job_id=job.id, lease_token=token)
-    e = await raises(jobd.JobdError, client.call(client.workers.Heartbeat, cancelled, retry=False))
-    assert isinstance(e, jobd.JobCancelled | jobd.LeaseStale)
+    late = wpb.CompleteJobRequest(job_id=job.id, lease_token=token)
+    await raises(jobd.JobCancelled, client.call("CompleteJob", late))
+
+    other = queue + "-ack"
+    expiring = await client.submit(other, "k", b"e")
+    claimed = await client.call(
+        "ClaimJobs", claim_request([other], "w", 1, wait=1, lease=60, ack_timeout=1)
+    )
+    assert claimed.jobs[0].job.id == expiring.id
+    await eventually(
+        lambda: client.get(expiring.id),
+        lambda j: j.state == jobd.JobState.JOB_STATE_QUEUED,
+        10,
+        "the unacknowledged job to go back to its queue",
+    )
+    unacked = wpb.HeartbeatRequest(job_id=expiring.id, lease_token=claimed.jobs[0].lease_token)
+    e = await raises(jobd.LeaseStale, client.call("Heartbeat", unacked))
+    assert e.metadata == {"state": "QUEUED"}
 
     done = await client.submit(queue, "k", b"c")
     claimed = await client.call(
-        client.workers.ClaimJobs, claim_request([queue], "w", 1, wait=1, lease=60, ack_timeout=60)
+        "ClaimJobs", claim_request([queue], "w", 1, wait=1, lease=60, ack_timeout=60)
     )
     await client.call(
-        client.workers.CompleteJob,
+        "CompleteJob",
         wpb.CompleteJobRequest(job_id=done.id, lease_token=claimed.jobs[0].lease_token),
     )
     e = await raises(jobd.JobFinished, client.cancel(done.id))

@@ -51,11 +51,14 @@ async def test_a_token_over_tls_is_accepted_and_its_queues_enforced(
     async with jobd.Client(stack.target, token=token, ca_file=pki.path("ca.crt")) as client:
         job = await client.submit("sec.a", "k", b"p")
         assert (await client.get(job.id)).payload == b"p"
-        with pytest.raises(jobd.PermissionDenied):
+        with pytest.raises(jobd.PermissionDenied) as denied:
             await client.submit("other", "k")
+        assert denied.value.detailed
+        assert denied.value.metadata == {"method": "jobd.v1.JobService/SubmitJob", "queue": "other"}
     async with jobd.Client(stack.target, ca_file=pki.path("ca.crt")) as anonymous:
-        with pytest.raises(jobd.Unauthenticated):
+        with pytest.raises(jobd.Unauthenticated) as refused:
             await anonymous.submit("sec.a", "k")
+        assert refused.value.detailed
     async with jobd.Client(stack.target, token="jobd_" + "0" * 64, ca_file=pki.path("ca.crt")) as c:
         with pytest.raises(jobd.Unauthenticated):
             await c.get(job.id)

@@ -55,7 +55,7 @@ async def test_a_cancelled_jobs_handler_is_cancelled_within_one_heartbeat_interv
         lambda: asyncio.sleep(0, cancelled_at), bool, 5, "the handler to see cancellation"
     )
     # One heartbeat interval, plus the heartbeat's own round trip.
-    assert cancelled_at[0] - cancel_sent <= worker.heartbeat_interval + 0.5
+    assert cancelled_at[0] - cancel_sent <= worker.heartbeat_interval + 0.75
     await eventually(lambda: asyncio.sleep(0, worker.running), lambda n: n == 0, 5, "no handler")
     worker.stop()
     await asyncio.wait_for(run, 15)
@@ -185,9 +185,7 @@ async def test_the_example_worker_serves_jobs_and_exits_cleanly_on_sigterm(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    stats = await client.call(
-        client.jobs.GetQueueStats, job_service_pb2.GetQueueStatsRequest(queue=queue)
-    )
+    stats = await client.call("GetQueueStats", job_service_pb2.GetQueueStatsRequest(queue=queue))
     assert (stats.queued, stats.running, stats.completed) == (0, 0, 5)
 
 

@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import grpc.aio
 
-from . import tracing
+from . import service_config, tracing
 from .codec import Seconds, duration, encode, seconds, timestamp
 from .errors import (
     Cancelled,
@@ -31,6 +31,11 @@ from .v1 import worker_service_pb2 as wpb
 
 log = logging.getLogger("jobd.client")
 
+
+def _seconds(text: str) -> float:
+    return float(str(text).rstrip("s"))
+
+
 Job = job_pb2.Job
 JobEvent = job_pb2.JobEvent
 
@@ -43,22 +48,20 @@ TERMINAL_EVENTS = frozenset(
     }
 )
 
-T = TypeVar("T")
-
 
 @dataclass(frozen=True)
 class RetryPolicy:
     """Exponential backoff with jitter for UNAVAILABLE, on calls that are safe to repeat.
 
     Delay before retry n (from 0): min(initial * multiplier**n, max), times a random factor in
-    [1 - jitter, 1]. `max_attempts` counts the first try. The defaults ride out about 15 s of
-    unavailability (a jobd restart, Redis paused or failing over).
+    [1 - jitter, 1]. `max_attempts` counts the first try. The defaults are the published
+    service config's (docs/service-config.json): 5 attempts, 0.1 s doubling to 2 s.
     """
 
-    max_attempts: int = 8
-    initial: float = 0.1
-    multiplier: float = 2.0
-    max: float = 4.0
+    max_attempts: int = int(service_config.RETRY_POLICY.get("maxAttempts", 5))
+    initial: float = _seconds(service_config.RETRY_POLICY.get("initialBackoff", "0.1s"))
+    multiplier: float = float(service_config.RETRY_POLICY.get("backoffMultiplier", 2))
+    max: float = _seconds(service_config.RETRY_POLICY.get("maxBackoff", "2s"))
     jitter: float = 0.2
 
     def delay(self, retry: int) -> float:
@@ -67,6 +70,9 @@ class RetryPolicy:
 
 
 NO_RETRY = RetryPolicy(max_attempts=1)
+
+#: How a broken stream is resumed: about 11 s of tries, enough for a jobd restart.
+RESUME_POLICY = RetryPolicy(max_attempts=10)
 
 
 @dataclass(frozen=True)
@@ -157,7 +163,8 @@ class Client:
         cert_file: str | Path | None = None,
         key_file: str | Path | None = None,
         server_name: str | None = None,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy | None = None,
+        resume: RetryPolicy = RESUME_POLICY,
         retry_submissions: bool = True,
         call_timeout: float = 30.0,
         channel_options: Sequence[tuple[str, Any]] = (),
@@ -180,11 +187,22 @@ class Client:
         else:
             self._channel = grpc.aio.insecure_channel(target, options=options)
         self._auth: list[tuple[str, str]] = [("authorization", f"Bearer {token}")] if token else []
-        self.retry = retry
+        self.retry = retry or RetryPolicy()
+        self.resume = resume
         self.retry_submissions = retry_submissions
         self.call_timeout = call_timeout
         self.jobs = job_service_pb2_grpc.JobServiceStub(self._channel)
         self.workers = worker_service_pb2_grpc.WorkerServiceStub(self._channel)
+        self._unary: dict[str, Callable[..., Awaitable[Any]]] = {
+            name: getattr(stub, name)
+            for stub, names in (
+                (self.jobs, ["SubmitJob", "SubmitJobs", "GetJob", "CancelJob"]),
+                (self.jobs, ["GetQueueStats", "ListJobs"]),
+                (self.workers, ["ClaimJob", "ClaimJobs", "Heartbeat", "CompleteJob"]),
+                (self.workers, ["CompleteJobs", "FailJob", "ReleaseJob"]),
+            )
+            for name in names
+        }
 
     async def __aenter__(self) -> Client:
         return self
@@ -202,30 +220,36 @@ class Client:
 
     async def call(
         self,
-        method: Callable[..., Awaitable[T]],
+        method: str,
         request: Any,
         *,
-        retry: bool = True,
+        retry: bool | None = None,
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] = (),
-    ) -> T:
-        """One unary call, typed errors, retried on UNAVAILABLE when `retry` says it is safe."""
+    ) -> Any:
+        """One unary call by method name ("GetJob"), with typed errors.
+
+        Deadline: `timeout`, else the service config's for the method, else `call_timeout`.
+        UNAVAILABLE is retried per `self.retry` when the service config says the method is
+        safe to repeat (`retry=None`), or as `retry` says (a keyed submission, say)."""
+        config = service_config.METHODS.get(method)
+        if retry is None:
+            retry = config is not None and config.retry is not None
+        if timeout is None:
+            timeout = config.timeout if config and config.timeout else self.call_timeout
         policy = self.retry if retry else NO_RETRY
+        stub = self._unary[method]
         attempt = 0
         while True:
             try:
-                return await method(
-                    request,
-                    timeout=timeout if timeout is not None else self.call_timeout,
-                    metadata=self.metadata(metadata),
-                )
+                return await stub(request, timeout=timeout, metadata=self.metadata(metadata))
             except grpc.aio.AioRpcError as e:
                 error = from_rpc_error(e)
                 attempt += 1
                 if not isinstance(error, Unavailable) or attempt >= policy.max_attempts:
                     raise error from e
                 delay = policy.delay(attempt - 1)
-                log.info("retrying in %.2fs after %s", delay, error)
+                log.info("retrying %s in %.2fs after %s", method, delay, error)
                 await asyncio.sleep(delay)
 
     # -- submitter API -----------------------------------------------------------------------
@@ -236,7 +260,7 @@ class Client:
         request = spec.to_proto(generated_key=self.retry_submissions)
         with tracing.submit_span("jobd.SubmitJob", queue) as headers:
             response: job_service_pb2.SubmitJobResponse = await self.call(
-                self.jobs.SubmitJob,
+                "SubmitJob",
                 request,
                 retry=bool(request.idempotency_key),
                 metadata=headers,
@@ -249,7 +273,7 @@ class Client:
         queue = requests[0].queue if requests else ""
         with tracing.submit_span("jobd.SubmitJobs", queue) as headers:
             response: job_service_pb2.SubmitJobsResponse = await self.call(
-                self.jobs.SubmitJobs,
+                "SubmitJobs",
                 job_service_pb2.SubmitJobsRequest(jobs=requests),
                 retry=all(r.idempotency_key for r in requests),
                 metadata=headers,
@@ -259,14 +283,14 @@ class Client:
     async def get(self, job_id: str) -> Job:
         """The job, with its payload and result. JobNotFound when unknown or past retention."""
         response: job_service_pb2.GetJobResponse = await self.call(
-            self.jobs.GetJob, job_service_pb2.GetJobRequest(job_id=job_id)
+            "GetJob", job_service_pb2.GetJobRequest(job_id=job_id)
         )
         return response.job
 
     async def cancel(self, job_id: str, reason: str = "") -> Job:
         """Cancels a queued or running job; its worker hears of it at its next heartbeat."""
         response: job_service_pb2.CancelJobResponse = await self.call(
-            self.jobs.CancelJob, job_service_pb2.CancelJobRequest(job_id=job_id, reason=reason)
+            "CancelJob", job_service_pb2.CancelJobRequest(job_id=job_id, reason=reason)
         )
         return response.job
 
@@ -294,13 +318,13 @@ class Client:
                 cause = "the stream ended before the terminal event"
             except grpc.aio.AioRpcError as e:
                 error = from_rpc_error(e)
-                if not _resumable(error) or failures + 1 >= self.retry.max_attempts:
+                if not _resumable(error) or failures + 1 >= self.resume.max_attempts:
                     raise error from e
                 cause = str(error)
             finally:
                 call.cancel()
             log.info("resuming the watch of %s after sequence %d: %s", job_id, last, cause)
-            await asyncio.sleep(self.retry.delay(failures))
+            await asyncio.sleep(self.resume.delay(failures))
             failures += 1
 
     async def submit_and_wait(
@@ -347,9 +371,9 @@ class Client:
                     if job_id:
                         break  # submitted: follow it with WatchJob from `last`
                     failures += 1
-                    if not (retry and _resumable(error)) or failures >= self.retry.max_attempts:
+                    if not (retry and _resumable(error)) or failures >= self.resume.max_attempts:
                         raise error from e
-                    await asyncio.sleep(self.retry.delay(failures - 1))
+                    await asyncio.sleep(self.resume.delay(failures - 1))
                 finally:
                     call.cancel()
         async for event in self.watch(job_id, after_sequence=last):

@@ -276,7 +276,7 @@ class Worker:
             # Never cancelled: a claim in flight is let run to its end (its `wait`), so no job
             # is claimed for a caller that went away (docs/api.md, "Shut down").
             response: wpb.ClaimJobsResponse = await self.client.call(
-                self.client.workers.ClaimJobs,
+                "ClaimJobs",
                 self._claim_request(n, self.claim_wait),
                 retry=False,
                 timeout=self.claim_wait + 30.0,
@@ -299,12 +299,15 @@ class Worker:
             request.next.CopyFrom(self._claim_request(n_next, 0.0))
         jobs: Sequence[wpb.ClaimedJob] = ()
         try:
-            response: wpb.CompleteJobsResponse = await self.client.call(
-                self.client.workers.CompleteJobs, request
-            )
+            response: wpb.CompleteJobsResponse = await self.client.call("CompleteJobs", request)
             for completion, result in zip(batch, response.results, strict=False):
                 if result.code != 0:
-                    log.warning("job %s refused its result: %s", completion.job_id, result.message)
+                    log.warning(
+                        "job %s refused its result: %s (%s)",
+                        completion.job_id,
+                        result.message,
+                        result.reason,
+                    )
             jobs = response.next
         except JobdError as e:
             if isinstance(e, Unavailable):
@@ -320,7 +323,7 @@ class Worker:
     async def _complete_alone(self, completion: wpb.Completion) -> None:
         try:
             await self.client.call(
-                self.client.workers.CompleteJob,
+                "CompleteJob",
                 wpb.CompleteJobRequest(
                     job_id=completion.job_id,
                     lease_token=completion.lease_token,
@@ -401,7 +404,7 @@ class Worker:
         Raises Unavailable when jobd could not be reached."""
         try:
             response: wpb.HeartbeatResponse = await self.client.call(
-                self.client.workers.Heartbeat, request, timeout=max(self.heartbeat_interval, 1.0)
+                "Heartbeat", request, timeout=max(self.heartbeat_interval, 1.0)
             )
         except Unavailable:
             raise
@@ -433,7 +436,7 @@ class Worker:
     async def _fail(self, job_id: str, token: str, error: str, *, retryable: bool) -> None:
         try:
             await self.client.call(
-                self.client.workers.FailJob,
+                "FailJob",
                 wpb.FailJobRequest(
                     job_id=job_id, lease_token=token, error=error, retryable=retryable
                 ),
@@ -444,7 +447,7 @@ class Worker:
     async def _release(self, job_id: str, token: str) -> None:
         try:
             await self.client.call(
-                self.client.workers.ReleaseJob,
+                "ReleaseJob",
                 wpb.ReleaseJobRequest(
                     job_id=job_id, lease_token=token, reason=f"worker {self.worker_id} stopped"
                 ),
