@@ -10,7 +10,8 @@ async def welcome(job: jobd.JobContext) -> str:
 await worker.run()
 """
 
-from .client import Backoff, Client, Job, JobEvent, JobSpec, RetryPolicy
+from .client import Client, Job, JobEvent
+from .context import JobContext
 from .errors import (
     ERROR_TYPES,
     BudgetExhausted,
@@ -41,8 +42,10 @@ from .errors import (
     Unavailable,
     Unimplemented,
 )
+from .retry import RetryPolicy
+from .spec import Backoff, JobSpec
 from .v1.job_pb2 import EventType, JobState
-from .worker import JobContext, Worker
+from .worker import Worker
 
 __all__ = [
     "ERROR_TYPES",

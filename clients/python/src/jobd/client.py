@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +12,7 @@ import grpc
 import grpc.aio
 
 from . import service_config, tracing
-from .codec import Seconds, duration, encode, seconds, timestamp
+from .codec import duration
 from .errors import (
     Cancelled,
     Internal,
@@ -26,14 +22,12 @@ from .errors import (
     Unavailable,
     from_rpc_error,
 )
+from .retry import NO_RETRY, RESUME_POLICY, RetryPolicy
+from .spec import Backoff, JobSpec
 from .v1 import job_pb2, job_service_pb2, job_service_pb2_grpc, worker_service_pb2_grpc
 from .v1 import worker_service_pb2 as wpb
 
 log = logging.getLogger("jobd.client")
-
-
-def _seconds(text: str) -> float:
-    return float(str(text).rstrip("s"))
 
 
 Job = job_pb2.Job
@@ -47,100 +41,6 @@ TERMINAL_EVENTS = frozenset(
         job_pb2.EVENT_TYPE_CANCELLED,
     }
 )
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with jitter for UNAVAILABLE, on calls that are safe to repeat.
-
-    Delay before retry n (from 0): min(initial * multiplier**n, max), times a random factor in
-    [1 - jitter, 1]. `max_attempts` counts the first try. The defaults are the published
-    service config's (docs/service-config.json): 5 attempts, 0.1 s doubling to 2 s.
-    """
-
-    max_attempts: int = int(service_config.RETRY_POLICY.get("maxAttempts", 5))
-    initial: float = _seconds(service_config.RETRY_POLICY.get("initialBackoff", "0.1s"))
-    multiplier: float = float(service_config.RETRY_POLICY.get("backoffMultiplier", 2))
-    max: float = _seconds(service_config.RETRY_POLICY.get("maxBackoff", "2s"))
-    jitter: float = 0.2
-
-    def delay(self, retry: int) -> float:
-        base = min(self.initial * self.multiplier**retry, self.max)
-        return base * (1.0 - self.jitter * random.random())
-
-
-NO_RETRY = RetryPolicy(max_attempts=1)
-
-#: How a broken stream is resumed: about 11 s of tries, enough for a jobd restart.
-RESUME_POLICY = RetryPolicy(max_attempts=10)
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """The job's retry delays (jobd's BackoffPolicy); unset fields take jobd's defaults."""
-
-    initial: Seconds | None = None
-    multiplier: float | None = None
-    max: Seconds | None = None
-    jitter: float | None = None
-
-    def to_proto(self) -> job_pb2.BackoffPolicy:
-        policy = job_pb2.BackoffPolicy()
-        if self.initial is not None:
-            policy.initial.CopyFrom(duration(self.initial))
-        if self.multiplier is not None:
-            policy.multiplier = self.multiplier
-        if self.max is not None:
-            policy.max.CopyFrom(duration(self.max))
-        if self.jitter is not None:
-            policy.jitter = self.jitter
-        return policy
-
-
-@dataclass
-class JobSpec:
-    """A job to submit. `payload` is encoded as `codec.encode` says (bytes as they are, str as
-    UTF-8, anything else as JSON); every option left None takes jobd's default."""
-
-    queue: str
-    kind: str
-    payload: Any = b""
-    labels: Mapping[str, str] = field(default_factory=dict)
-    max_attempts: int | None = None
-    priority: int | None = None
-    delay: Seconds | None = None
-    run_at: datetime | None = None
-    lease: Seconds | None = None
-    idempotency_key: str | None = None
-    idempotency_ttl: Seconds | None = None
-    retention: Seconds | None = None
-    backoff: Backoff | None = None
-
-    def to_proto(self, generated_key: bool) -> job_service_pb2.SubmitJobRequest:
-        request = job_service_pb2.SubmitJobRequest(
-            queue=self.queue, kind=self.kind, payload=encode(self.payload), labels=self.labels
-        )
-        if self.max_attempts is not None:
-            request.max_attempts = self.max_attempts
-        if self.priority is not None:
-            request.priority = self.priority
-        if self.delay is not None:
-            request.delay.CopyFrom(duration(self.delay))
-        if self.run_at is not None:
-            request.run_at.CopyFrom(timestamp(self.run_at))
-        if self.lease is not None:
-            request.lease.CopyFrom(duration(self.lease))
-        if self.idempotency_key is not None:
-            request.idempotency_key = self.idempotency_key
-        elif generated_key:
-            request.idempotency_key = f"jobd-py:{uuid.uuid4()}"
-        if self.idempotency_ttl is not None:
-            request.idempotency_ttl.CopyFrom(duration(self.idempotency_ttl))
-        if self.retention is not None:
-            request.retention.CopyFrom(duration(self.retention))
-        if self.backoff is not None:
-            request.backoff.CopyFrom(self.backoff.to_proto())
-        return request
 
 
 class Client:
@@ -415,13 +315,4 @@ def claim_request(
     return wpb.ClaimJobsRequest(claim=claim, max_jobs=max_jobs)
 
 
-__all__ = [
-    "Backoff",
-    "Client",
-    "Job",
-    "JobEvent",
-    "JobSpec",
-    "RetryPolicy",
-    "claim_request",
-    "seconds",
-]
+__all__ = ["Backoff", "Client", "Job", "JobEvent", "JobSpec", "RetryPolicy", "claim_request"]
