@@ -16,6 +16,7 @@ use tonic::{Code, Status, transport::server::TcpConnectInfo};
 use tower::{Layer, Service};
 
 use super::{
+    methods::rpc_method,
     reason::{Reason, status},
     tls::Peer,
 };
@@ -123,7 +124,8 @@ impl AuthLayer {
             .find(|(known, _)| *known == path)
             .map(|(method, roles)| (*method, *roles))
             .unwrap_or(("", Roles::ALL));
-        let shown = path.trim_start_matches('/');
+        // Named as metrics name it: a made-up path is `_OTHER`, in the log and the metric.
+        let shown = rpc_method(path);
         let peer = request.extensions().get::<Peer>();
         let identities = peer
             .map(|peer| peer.identities.as_ref())

@@ -7,7 +7,7 @@ use tonic::{Code, Status};
 
 use super::reason::{Reason, status};
 use crate::{
-    domain::{ClaimDeadline, JobState, Refusal, RequestError},
+    domain::{ClaimDeadline, JobState, Refusal, RequestError, shown},
     store::StoreError,
 };
 
@@ -46,8 +46,9 @@ impl From<ApiError> for Status {
                 Code::AlreadyExists,
                 Reason::IdempotencyConflict,
                 format!(
-                    "idempotency_key {key:?} was used for a different job (its kind, payload or \
-                     options differ); send the same request to get that job, or use a new key"
+                    "idempotency_key {} was used for a different job (its kind, payload or \
+                     options differ); send the same request to get that job, or use a new key",
+                    shown(&key)
                 ),
                 &[("key", key)],
             ),

@@ -8,24 +8,29 @@ mod deadline;
 mod error;
 mod health;
 mod job_service;
+mod methods;
 mod observe;
 mod reason;
 mod server;
 mod services;
+mod size;
 mod streams;
 mod tls;
+mod transport;
 mod worker_service;
 
 pub use error::ApiError;
 pub use server::{ServerOptions, serve};
 pub use services::{Limits, Services};
 pub use tls::TlsSettings;
+pub use transport::Transport;
 
 use auth::AuthLayer;
 use deadline::DeadlineLayer;
 use health::Readiness;
 use job_service::JobApi;
 use observe::ObserveLayer;
+use size::{RequestLimits, SizeLayer};
 use worker_service::WorkerApi;
 
 /// Types and clients generated from `proto/jobd/v1`.

@@ -18,6 +18,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::methods::rpc_method;
 use crate::telemetry::Metrics;
 
 /// The tower layer that observes every call of the server it wraps.
@@ -64,8 +65,9 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let started = Instant::now();
-        // "/jobd.v1.JobService/SubmitJob" -> "jobd.v1.JobService/SubmitJob", as rpc.method wants.
-        let method = request.uri().path().trim_start_matches('/').to_owned();
+        // "/jobd.v1.JobService/SubmitJob" -> "jobd.v1.JobService/SubmitJob", as rpc.method
+        // wants; a path jobd does not serve is `_OTHER`, in the span's name too.
+        let method = rpc_method(request.uri().path());
         let span = tracing::info_span!(
             "rpc",
             otel.name = %method,
@@ -161,7 +163,7 @@ impl<B: Body> Body for ObservedBody<B> {
 
 struct CallObserver {
     metrics: Metrics,
-    method: String,
+    method: &'static str,
     span: tracing::Span,
     started: Instant,
     recorded: bool,
@@ -178,7 +180,7 @@ impl CallObserver {
         if status != 0 {
             self.span.record("otel.status_code", "ERROR");
         }
-        self.metrics.rpc(&self.method, name, self.started.elapsed());
+        self.metrics.rpc(self.method, name, self.started.elapsed());
     }
 }
 

@@ -5,26 +5,21 @@ use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::StreamExt;
 use tokio_util::task::TaskTracker;
-use tonic::transport::{Server, server::TcpIncoming};
 
 use super::{
-    AuthLayer, DeadlineLayer, JobApi, ObserveLayer, Readiness, TlsSettings, WorkerApi,
+    AuthLayer, DeadlineLayer, JobApi, ObserveLayer, Readiness, RequestLimits, SizeLayer,
+    TlsSettings, WorkerApi,
     proto::{
         self, job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer,
     },
     reason::ReasonLayer,
     services::Shared,
     tls,
+    transport::Transport,
 };
 use crate::auth::Gate;
-
-/// Room for the rest of a request beside a payload of the maximum size, so that an oversized
-/// payload reaches validation and gets a status that names it.
-const REQUEST_OVERHEAD: usize = 64 * 1024;
-
-/// The largest SubmitJobs request, whatever the payload limit of each job.
-const BATCH_REQUEST_LIMIT: usize = 16 * 1024 * 1024;
 
 /// What the server offers beside the services, and how it keeps its perimeter.
 pub struct ServerOptions {
@@ -36,6 +31,8 @@ pub struct ServerOptions {
     pub tls: Option<Arc<TlsSettings>>,
     /// Serve health alone, in plaintext, here too: kubelet's gRPC probes speak no TLS.
     pub health_listener: Option<TcpListener>,
+    /// The HTTP/2 and TCP settings of every connection, health's included.
+    pub transport: Transport,
 }
 
 /// Serves `services` on `listener` until `stop` resolves, then finishes the calls under way
@@ -54,10 +51,17 @@ pub async fn serve(
     let mut readiness = Readiness::new(reporter);
     readiness.set(false).await;
     tasks.spawn(readiness.follow(ready));
+    let transport = options.transport;
+    let sizes = RequestLimits::new(services.limits.max_payload);
     if let Some(listener) = options.health_listener {
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let health = Server::builder()
+        let aged = transport.clone();
+        let incoming = transport
+            .incoming(listener)
+            .map(move |tcp| tcp.map(|tcp| aged.aged(tcp)));
+        let health = transport
+            .server()
             .layer(ReasonLayer)
+            .layer(SizeLayer::new(sizes))
             .add_service(health_service.clone())
             .serve_with_incoming_shutdown(incoming, services.shutdown.clone().cancelled_owned());
         tasks.spawn(async move {
@@ -67,26 +71,29 @@ pub async fn serve(
         });
     }
 
-    let decode_limit = services.limits.max_payload + REQUEST_OVERHEAD;
     let metrics = services.metrics.clone();
     let shutdown = services.shutdown.clone();
     // Observe outside Deadline, so that a call ended at its deadline is recorded as such;
     // tonic's own timeout wraps both, and Deadline leaves it nothing to end (see deadline.rs).
-    // Auth innermost: a refusal is observed, and answered at once.
+    // Auth innermost: a refusal is observed, and answered at once. Size bounds each request
+    // message as its body arrives, before tonic buffers and decodes it; tonic's own limit,
+    // above every method's, is never reached.
     // Reasons outermost, so that every status the others or tonic make gets one.
-    let mut routes = Server::builder()
+    let mut routes = transport
+        .server()
         .layer(ReasonLayer)
         .layer(ObserveLayer::new(metrics.clone()))
         .layer(DeadlineLayer)
+        .layer(SizeLayer::new(sizes))
         .layer(AuthLayer::new(options.gate, metrics))
         .add_service(health_service)
         .add_service(
             JobServiceServer::new(JobApi::new(services.clone()))
-                .max_decoding_message_size(decode_limit.max(BATCH_REQUEST_LIMIT)),
+                .max_decoding_message_size(sizes.largest()),
         )
         .add_service(
             WorkerServiceServer::new(WorkerApi::new(services))
-                .max_decoding_message_size(decode_limit),
+                .max_decoding_message_size(sizes.largest()),
         );
     if options.reflection {
         // Both reflection versions, so that every grpcurl release works.
@@ -99,15 +106,15 @@ pub async fn serve(
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?);
     }
+    let tcp = transport.incoming(listener);
     let served = match options.tls {
         Some(settings) => {
-            let incoming = tls::incoming(listener, settings, tasks, shutdown);
+            let incoming = tls::incoming(tcp, settings, tasks, shutdown)
+                .map(move |tls| tls.map(|tls| transport.aged(tls)));
             routes.serve_with_incoming_shutdown(incoming, stop).await
         }
         None => {
-            // Small gRPC frames must not wait for Nagle's algorithm (and the peer's delayed
-            // ACK).
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let incoming = tcp.map(move |tcp| tcp.map(|tcp| transport.aged(tcp)));
             routes.serve_with_incoming_shutdown(incoming, stop).await
         }
     };

@@ -18,13 +18,13 @@ use rustls::{
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     sync::{Semaphore, mpsc},
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::server::Connected;
+use tonic::transport::server::{Connected, TcpIncoming};
 
 /// The longest a client may take over its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,10 +72,11 @@ pub struct TlsConnection {
     peer: Peer,
 }
 
-/// The connections of `listener`, each handshaken with the settings in force when it came,
-/// until `stop`. A handshake that fails or takes too long closes its connection, and only it.
+/// The connections of `listener` (with its socket options, see `Transport::incoming`), each
+/// handshaken with the settings in force when it came, until `stop`. A handshake that fails or
+/// takes too long closes its connection, and only it.
 pub fn incoming(
-    listener: TcpListener,
+    mut listener: TcpIncoming,
     settings: Arc<TlsSettings>,
     tasks: &TaskTracker,
     stop: CancellationToken,
@@ -85,24 +86,27 @@ pub fn incoming(
     let spawner = tasks.clone();
     tasks.spawn(async move {
         loop {
-            let (tcp, remote) = tokio::select! {
+            let tcp = tokio::select! {
                 () = stop.cancelled() => return,
                 () = sender.closed() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
+                accepted = listener.next() => match accepted {
+                    Some(Ok(tcp)) => tcp,
+                    Some(Err(error)) => {
                         // Out of file descriptors, say: pause rather than spin.
                         tracing::warn!(%error, "cannot accept a connection");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
+                    None => return,
                 },
+            };
+            // Gone already: nothing to serve.
+            let Ok(remote) = tcp.peer_addr() else {
+                continue;
             };
             let Ok(permit) = handshakes.clone().acquire_owned().await else {
                 return;
             };
-            // Small gRPC frames must not wait for Nagle's algorithm (and the peer's delayed ACK).
-            let _ = tcp.set_nodelay(true);
             let (acceptor, sender, stop) = (settings.acceptor(), sender.clone(), stop.clone());
             spawner.spawn(async move {
                 let _permit = permit;

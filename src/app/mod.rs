@@ -22,7 +22,7 @@ use crate::{
     redis::RedisClients,
     store::{JobStore, Keys, StoreSettings},
     submissions::Submissions,
-    telemetry::{self, Metrics, QueueDepths},
+    telemetry::{self, AttributeCaps, Metrics, QueueDepths},
 };
 
 /// The longest a readiness PING may take before Redis counts as unreachable.
@@ -54,7 +54,10 @@ impl App {
         let keys = Keys::new(&config.redis.redis_key_prefix);
         let tracker = TaskTracker::new();
         let shutdown = CancellationToken::new();
-        let metrics = Metrics::global();
+        let metrics = Metrics::global(AttributeCaps {
+            queues: config.transport.metrics_max_queues as usize,
+            kinds: config.transport.metrics_max_kinds as usize,
+        });
         let sweeper = SweeperHandle::default();
         let hub = connect(
             &config, &clients, &keys, &sweeper, &metrics, &tracker, &shutdown,
@@ -134,6 +137,7 @@ impl App {
             gate: self.perimeter.gate.clone(),
             tls: self.perimeter.tls.clone(),
             health_listener: self.health_listener.take(),
+            transport: transport(&self.config),
         };
         let server = api::serve(
             std::sync::Arc::new(self.services),
@@ -291,6 +295,22 @@ async fn connect(
         );
     }
     hub
+}
+
+/// The HTTP/2 and TCP settings of every connection.
+fn transport(config: &Config) -> api::Transport {
+    let transport = &config.transport;
+    api::Transport {
+        max_concurrent_streams: transport.max_concurrent_streams,
+        http2_keepalive_interval: transport.http2_keepalive_interval,
+        http2_keepalive_timeout: transport.http2_keepalive_timeout,
+        tcp_keepalive: transport.tcp_keepalive,
+        tcp_keepalive_interval: transport.tcp_keepalive_interval,
+        tcp_keepalive_retries: transport.tcp_keepalive_retries,
+        max_connection_age: transport.max_connection_age,
+        max_connection_age_grace: transport.max_connection_age_grace,
+        max_local_error_resets: transport.http2_max_local_error_resets as usize,
+    }
 }
 
 /// The use cases and what the API needs of them.

@@ -1,7 +1,7 @@
 //! Refreshes the queue depths the `jobd.queue.depth` gauge reports: one read of each queue's
 //! counts per metric export interval, however many exports or replicas ask.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
@@ -28,21 +28,32 @@ pub async fn refresh_queue_depths(
                 continue;
             }
         };
+        // The queues known now, and only they: a forgotten queue's series ends. A queue whose
+        // read failed keeps its last depths.
+        let mut known = BTreeMap::new();
         for queue in queues {
             match store.stats(&queue).await {
-                Ok(stats) => depths.set(
-                    queue,
-                    vec![
-                        (JobState::Queued, stats.queued),
-                        (JobState::Scheduled, stats.scheduled),
-                        (JobState::Running, stats.running),
-                        (JobState::Completed, stats.completed),
-                        (JobState::Failed, stats.failed),
-                        (JobState::Cancelled, stats.cancelled),
-                    ],
-                ),
-                Err(error) => tracing::debug!(%error, queue = %queue, "cannot read queue depths"),
+                Ok(stats) => {
+                    known.insert(
+                        queue,
+                        vec![
+                            (JobState::Queued, stats.queued),
+                            (JobState::Scheduled, stats.scheduled),
+                            (JobState::Running, stats.running),
+                            (JobState::Completed, stats.completed),
+                            (JobState::Failed, stats.failed),
+                            (JobState::Cancelled, stats.cancelled),
+                        ],
+                    );
+                }
+                Err(error) => {
+                    tracing::debug!(%error, queue = %queue, "cannot read queue depths");
+                    if let Some(last) = depths.of(&queue) {
+                        known.insert(queue, last);
+                    }
+                }
             }
         }
+        depths.replace(known);
     }
 }

@@ -24,4 +24,4 @@ pub use schedule::{
     Backoff, BackoffRequest, Idempotency, MAX_ATTEMPTS, MAX_RETENTION, MIN_RETENTION, Start,
 };
 pub use submission::{NewJob, SubmitLimits, SubmitRequest};
-pub use text::{MAX_STORED_ERROR, check_size, check_text, stored_error};
+pub use text::{MAX_STORED_ERROR, check_size, check_text, shown, stored_error};

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use super::{
     Job, JobId, JobKind, JobState, LeaseLimits, QueueName, RequestError, UnixMillis, check_size,
     schedule::{self, Backoff, BackoffRequest, Idempotency, Start},
+    shown,
 };
 
 /// A SubmitJob request as asked, before validation.
@@ -183,9 +184,46 @@ impl NewJob {
                 retention,
             )?,
             retention,
-            trace_context: request.trace_context,
+            trace_context: bounded_trace_context(request.trace_context),
         })
     }
+}
+
+/// The longest `traceparent` a job keeps (W3C's version 00 is 55 bytes).
+pub const MAX_TRACEPARENT: usize = 128;
+/// The longest `tracestate` a job keeps: W3C's bound on what a vendor must propagate.
+pub const MAX_TRACESTATE: usize = 512;
+
+/// The trace context a job keeps, bounded whatever the caller sent: `traceparent` if at most
+/// `MAX_TRACEPARENT` bytes (without it, nothing is kept), and `tracestate` cut to at most
+/// `MAX_TRACESTATE` bytes as W3C says to cut it: members over 128 bytes go first, then members
+/// from the right. Any other key is dropped. Never refused: a job must not fail for its trace.
+fn bounded_trace_context(mut context: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let Some(parent) = context.remove("traceparent") else {
+        return BTreeMap::new();
+    };
+    if parent.len() > MAX_TRACEPARENT {
+        return BTreeMap::new();
+    }
+    let mut bounded = BTreeMap::from([("traceparent".to_owned(), parent)]);
+    if let Some(state) = context.remove("tracestate") {
+        let mut members: Vec<&str> = state
+            .split(',')
+            .map(str::trim)
+            .filter(|member| !member.is_empty())
+            .collect();
+        let joined = |members: &[&str]| members.join(",");
+        if joined(&members).len() > MAX_TRACESTATE {
+            members.retain(|member| member.len() <= 128);
+        }
+        while joined(&members).len() > MAX_TRACESTATE {
+            members.pop();
+        }
+        if !members.is_empty() {
+            bounded.insert("tracestate".to_owned(), joined(&members));
+        }
+    }
+    bounded
 }
 
 fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), RequestError> {
@@ -198,14 +236,17 @@ fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), RequestError> {
     for (key, value) in labels {
         if key.is_empty() || key.len() > MAX_LABEL_KEY {
             return Err(RequestError::invalid(
-                format!("labels[{key:?}]"),
-                format!("keys must be 1 to {MAX_LABEL_KEY} bytes"),
+                format!("labels[{}]", shown(key)),
+                format!("keys must be 1 to {MAX_LABEL_KEY} bytes, got {}", key.len()),
             ));
         }
         if value.len() > MAX_LABEL_VALUE {
             return Err(RequestError::invalid(
-                format!("labels[{key:?}]"),
-                format!("values must be at most {MAX_LABEL_VALUE} bytes"),
+                format!("labels[{}]", shown(key)),
+                format!(
+                    "values must be at most {MAX_LABEL_VALUE} bytes, got {}",
+                    value.len()
+                ),
             ));
         }
     }
@@ -309,6 +350,42 @@ mod tests {
             }
         );
         assert!(NewJob::new(request(10, BTreeMap::new()), &limits(10), now).is_ok());
+    }
+
+    #[test]
+    fn trace_context_is_bounded() {
+        let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let context = |pairs: &[(&str, String)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let kept = bounded_trace_context(context(&[
+            ("traceparent", parent.into()),
+            ("tracestate", "a=1,b=2".into()),
+            ("baggage", "x".repeat(10_000)),
+        ]));
+        assert_eq!(
+            kept,
+            context(&[
+                ("traceparent", parent.into()),
+                ("tracestate", "a=1,b=2".into())
+            ])
+        );
+        let huge = bounded_trace_context(context(&[("traceparent", "0".repeat(16 * 1024))]));
+        assert!(huge.is_empty());
+        // Long members go first, then members from the right, until it fits.
+        let members: Vec<String> = (0..100).map(|i| format!("v{i:02}=value")).collect();
+        let state = format!("big={},{}", "x".repeat(200), members.join(","));
+        let kept = bounded_trace_context(context(&[
+            ("traceparent", parent.into()),
+            ("tracestate", state),
+        ]));
+        let kept = &kept["tracestate"];
+        assert!(kept.len() <= MAX_TRACESTATE, "{}", kept.len());
+        assert!(kept.starts_with("v00=value,v01=value"), "{kept}");
+        assert!(!kept.contains("big="));
     }
 
     #[test]

@@ -31,6 +31,18 @@ pub fn stored_error(error: &str) -> std::borrow::Cow<'_, str> {
     format!("{}{note}", &error[..end]).into()
 }
 
+/// Characters of a caller's value that a message echoes at most.
+pub const MAX_SHOWN: usize = 64;
+
+/// `value` as a message echoes it: quoted, and cut after `MAX_SHOWN` characters with "…", so
+/// that no message grows with what a caller sent.
+pub fn shown(value: &str) -> String {
+    match value.char_indices().nth(MAX_SHOWN) {
+        None => format!("{value:?}"),
+        Some((end, _)) => format!("{:?}…", &value[..end]),
+    }
+}
+
 /// Checks a short free-text field such as a cancel reason or an error message.
 pub fn check_text(field: &str, value: &str, max: usize) -> Result<(), RequestError> {
     if value.len() > max {
@@ -45,6 +57,14 @@ pub fn check_text(field: &str, value: &str, max: usize) -> Result<(), RequestErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn echoed_values_are_cut() {
+        assert_eq!(shown("key"), "\"key\"");
+        let long = "é".repeat(1024 * 1024);
+        let echoed = shown(&long);
+        assert_eq!(echoed, format!("{:?}…", "é".repeat(MAX_SHOWN)));
+    }
 
     #[test]
     fn long_errors_are_kept_cut_and_say_so() {

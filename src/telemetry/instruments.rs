@@ -12,6 +12,10 @@ pub const OPERATION: &str = "jobd.redis.operation";
 pub const CONNECTION: &str = "jobd.redis.connection";
 pub const REASON: &str = "jobd.reason";
 
+/// The value of a capped attribute (`jobd.queue`, `jobd.job.kind`) past its cap, as
+/// OpenTelemetry's conventions name a value folded away.
+pub const OTHER: &str = "_OTHER";
+
 /// What an instrument is, as OpenTelemetry names the kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InstrumentKind {

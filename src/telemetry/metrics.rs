@@ -2,7 +2,7 @@
 //! passed down. Each has one method that records it, so attributes are given in one place.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicI64, Ordering},
@@ -17,7 +17,8 @@ use opentelemetry::{
 use opentelemetry_semantic_conventions::attribute as semconv;
 
 use super::instruments::{
-    self as described, CONNECTION, Instrument, KIND, OPERATION, OUTCOME, QUEUE, REASON, STATE,
+    self as described, CONNECTION, Instrument, KIND, OPERATION, OTHER, OUTCOME, QUEUE, REASON,
+    STATE,
 };
 use crate::domain::{JobState, QueueName};
 
@@ -36,11 +37,22 @@ pub struct QueueDepths(Arc<Mutex<BTreeMap<QueueName, Depths>>>);
 type Depths = Vec<(JobState, u64)>;
 
 impl QueueDepths {
-    pub fn set(&self, queue: QueueName, depths: Depths) {
-        self.0
+    /// Puts the depths of every queue known now in force: a queue left out (forgotten by the
+    /// registry) is no longer reported.
+    pub fn replace(&self, depths: BTreeMap<QueueName, Depths>) {
+        *self
+            .0
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(queue, depths);
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = depths;
+    }
+
+    /// The depths of `queue` in force, if any.
+    pub fn of(&self, queue: &QueueName) -> Option<Depths> {
+        let depths = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        depths.get(queue).cloned()
     }
 
     fn snapshot(&self) -> Vec<(QueueName, Depths)> {
@@ -49,6 +61,46 @@ impl QueueDepths {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         depths.iter().map(|(q, d)| (q.clone(), d.clone())).collect()
+    }
+}
+
+/// How many distinct values metrics carry for each free-form attribute, per process.
+#[derive(Debug, Clone, Copy)]
+pub struct AttributeCaps {
+    /// Of `jobd.queue`.
+    pub queues: usize,
+    /// Of `jobd.job.kind`.
+    pub kinds: usize,
+}
+
+/// The values a free-form attribute takes in metrics: the first `max` distinct ones seen, and
+/// `_OTHER` for any other, so that the number of series stays bounded whatever clients send.
+struct Capped {
+    max: usize,
+    seen: Mutex<HashSet<String>>,
+}
+
+impl Capped {
+    fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            seen: Mutex::default(),
+        })
+    }
+
+    fn value(&self, value: &str) -> String {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if seen.contains(value) {
+            return value.to_owned();
+        }
+        if seen.len() < self.max {
+            seen.insert(value.to_owned());
+            return value.to_owned();
+        }
+        OTHER.to_owned()
     }
 }
 
@@ -76,15 +128,17 @@ struct Instruments {
     resyncs: Counter<u64>,
     auth_denials: Counter<u64>,
     gauges: Mutex<Vec<ObservableGauge<u64>>>,
+    queues: Arc<Capped>,
+    kinds: Arc<Capped>,
 }
 
 impl Metrics {
     /// Instruments on the global meter provider: no-ops until one is installed.
-    pub fn global() -> Self {
-        Self::new(global::meter(super::SCOPE))
+    pub fn global(caps: AttributeCaps) -> Self {
+        Self::new(global::meter(super::SCOPE), caps)
     }
 
-    pub fn new(meter: Meter) -> Self {
+    pub fn new(meter: Meter, caps: AttributeCaps) -> Self {
         let seconds = |described: Instrument| {
             meter
                 .f64_histogram(described.name)
@@ -128,6 +182,8 @@ impl Metrics {
             resyncs: counter(described::RESYNCS),
             auth_denials: counter(described::AUTH_DENIALS),
             gauges: Mutex::new(Vec::new()),
+            queues: Capped::new(caps.queues),
+            kinds: Capped::new(caps.kinds),
             meter: meter.clone(),
         }))
     }
@@ -159,58 +215,48 @@ impl Metrics {
     }
 
     pub fn submitted(&self, queue: &QueueName, kind: &str) {
-        self.0.submitted.add(1, &job(queue, kind));
+        self.0.submitted.add(1, &self.job(queue, kind));
     }
 
     /// A job reached `outcome`, a terminal state.
     pub fn finished(&self, queue: &QueueName, kind: &str, outcome: JobState) {
-        let mut attributes = job(queue, kind);
+        let mut attributes = self.job(queue, kind);
         attributes.push(KeyValue::new(OUTCOME, outcome.as_str()));
         self.0.finished.add(1, &attributes);
     }
 
     /// A failed attempt was scheduled for a retry; `reason` is "failed" or "lease_expired".
     pub fn retried(&self, queue: &QueueName, kind: &str, reason: &'static str) {
-        let mut attributes = job(queue, kind);
+        let mut attributes = self.job(queue, kind);
         attributes.push(KeyValue::new(REASON, reason));
         self.0.retries.add(1, &attributes);
     }
 
     pub fn lease_expired(&self, queue: &QueueName) {
-        self.0
-            .lease_expiries
-            .add(1, &[KeyValue::new(QUEUE, queue.to_string())]);
+        self.0.lease_expiries.add(1, &[self.queue(queue)]);
     }
 
     /// A submission gave `jobs` jobs straight to waiting claims (see `claims::handoff`).
     pub fn handed_off(&self, queue: &QueueName, jobs: usize) {
-        self.0
-            .handoffs
-            .add(jobs as u64, &[KeyValue::new(QUEUE, queue.to_string())]);
+        self.0.handoffs.add(jobs as u64, &[self.queue(queue)]);
     }
 
     /// `jobs` jobs went back to their queue at no cost (see `claims::delivery`, ReleaseJob,
     /// and the acknowledgement deadline).
     pub fn released(&self, queue: &QueueName, jobs: usize) {
-        self.0
-            .releases
-            .add(jobs as u64, &[KeyValue::new(QUEUE, queue.to_string())]);
+        self.0.releases.add(jobs as u64, &[self.queue(queue)]);
     }
 
     pub fn queue_wait(&self, queue: &QueueName, wait: Duration) {
-        self.0.queue_wait.record(
-            wait.as_secs_f64(),
-            &[KeyValue::new(QUEUE, queue.to_string())],
-        );
+        self.0
+            .queue_wait
+            .record(wait.as_secs_f64(), &[self.queue(queue)]);
     }
 
     pub fn run_time(&self, queue: &QueueName, outcome: JobState, run: Duration) {
         self.0.run_time.record(
             run.as_secs_f64(),
-            &[
-                KeyValue::new(QUEUE, queue.to_string()),
-                KeyValue::new(OUTCOME, outcome.as_str()),
-            ],
+            &[self.queue(queue), KeyValue::new(OUTCOME, outcome.as_str())],
         );
     }
 
@@ -270,8 +316,10 @@ impl Metrics {
         self.keep(gauge);
     }
 
-    /// Reports queue depths per queue and state from `depths`.
+    /// Reports queue depths per queue and state from `depths`: the queues known now, those
+    /// past the cap summed as `_OTHER`.
     pub fn observe_queue_depths(&self, depths: QueueDepths) {
+        let queues = self.0.queues.clone();
         let gauge = self
             .0
             .meter
@@ -279,20 +327,35 @@ impl Metrics {
             .with_unit(described::QUEUE_DEPTH.unit)
             .with_description(described::QUEUE_DEPTH.description)
             .with_callback(move |observer| {
+                let mut series: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
                 for (queue, states) in depths.snapshot() {
+                    let queue = queues.value(queue.as_str());
                     for (state, count) in states {
-                        observer.observe(
-                            count,
-                            &[
-                                KeyValue::new(QUEUE, queue.to_string()),
-                                KeyValue::new(STATE, state.as_str()),
-                            ],
-                        );
+                        *series.entry((queue.clone(), state.as_str())).or_default() += count;
                     }
+                }
+                for ((queue, state), count) in series {
+                    observer.observe(
+                        count,
+                        &[KeyValue::new(QUEUE, queue), KeyValue::new(STATE, state)],
+                    );
                 }
             })
             .build();
         self.keep(gauge);
+    }
+
+    /// The `jobd.queue` attribute of `queue`, capped.
+    fn queue(&self, queue: &QueueName) -> KeyValue {
+        KeyValue::new(QUEUE, self.0.queues.value(queue.as_str()))
+    }
+
+    /// The `jobd.queue` and `jobd.job.kind` attributes of a job, capped.
+    fn job(&self, queue: &QueueName, kind: &str) -> Vec<KeyValue> {
+        vec![
+            self.queue(queue),
+            KeyValue::new(KIND, self.0.kinds.value(kind)),
+        ]
     }
 
     fn keep(&self, gauge: ObservableGauge<u64>) {
@@ -302,13 +365,6 @@ impl Metrics {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .push(gauge);
     }
-}
-
-fn job(queue: &QueueName, kind: &str) -> Vec<KeyValue> {
-    vec![
-        KeyValue::new(QUEUE, queue.to_string()),
-        KeyValue::new(KIND, kind.to_owned()),
-    ]
 }
 
 /// Adds one to an up-down counter for as long as it lives.
@@ -340,5 +396,40 @@ impl Drop for Gauged {
         if let Some(mirror) = &self.mirror {
             mirror.fetch_sub(1, Ordering::SeqCst);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_values_are_kept_and_the_rest_are_other() {
+        let kinds = Capped::new(2);
+        assert_eq!(kinds.value("a"), "a");
+        assert_eq!(kinds.value("b"), "b");
+        assert_eq!(kinds.value("c"), OTHER);
+        assert_eq!(kinds.value("a"), "a");
+        assert_eq!(kinds.seen.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn forgotten_queues_have_no_depths() {
+        let depths = QueueDepths::default();
+        let queue = |name: &str| QueueName::parse("queue", name).unwrap();
+        let known = |names: &[&str]| {
+            names
+                .iter()
+                .map(|name| (queue(name), vec![(JobState::Queued, 1)]))
+                .collect::<BTreeMap<_, _>>()
+        };
+        depths.replace(known(&["a", "b"]));
+        depths.replace(known(&["b"]));
+        let reported: Vec<String> = depths
+            .snapshot()
+            .iter()
+            .map(|(q, _)| q.to_string())
+            .collect();
+        assert_eq!(reported, ["b"]);
     }
 }

@@ -22,7 +22,7 @@ use opentelemetry_sdk::{
 use tracing_subscriber::{EnvFilter, Layer, filter::Targets, fmt, prelude::*};
 
 pub use instruments::{INSTRUMENTS, Instrument, InstrumentKind};
-pub use metrics::{Gauged, Metrics, QueueDepths};
+pub use metrics::{AttributeCaps, Gauged, Metrics, QueueDepths};
 
 use crate::config::LogFormat;
 

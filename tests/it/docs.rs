@@ -246,7 +246,8 @@ impl std::fmt::Display for Row {
 
 const TABLE_HEADER: &str = "| flag | environment | default | meaning |";
 
-/// The rows of the first table under "## Configuration" in docs/operations.md.
+/// The rows of the tables under "## Configuration" in docs/operations.md: the first, and the
+/// sub-tables after it (each under its own heading, with the same header).
 fn configuration_table() -> Vec<Row> {
     let text = read(&repo().join("docs/operations.md"));
     let lines: Vec<&str> = text.lines().collect();
@@ -254,49 +255,58 @@ fn configuration_table() -> Vec<Row> {
         .iter()
         .position(|line| *line == "## Configuration")
         .expect("docs/operations.md has a \"## Configuration\" section");
-    let header = section
-        + lines[section..]
+    let end = section
+        + 1
+        + lines[section + 1..]
             .iter()
-            .position(|line| line.starts_with('|'))
-            .expect("the configuration section has a table");
-    assert_eq!(
-        lines[header],
-        TABLE_HEADER,
-        "docs/operations.md:{}: the configuration table's header",
-        header + 1
-    );
-    let rows: Vec<Row> = lines
-        .iter()
-        .enumerate()
-        .skip(header + 2)
-        .take_while(|(_, line)| line.starts_with('|'))
-        .map(|(index, line)| {
-            // The meaning comes last, so a `|` inside it cannot shift the other cells.
-            let cells: Vec<&str> = line
-                .trim_start_matches('|')
-                .splitn(4, '|')
-                .map(str::trim)
-                .collect();
-            assert_eq!(
-                cells.len(),
-                4,
-                "docs/operations.md:{}: a row has 4 cells",
-                index + 1
-            );
-            let flag = cells[0]
-                .strip_prefix("`--")
-                .and_then(|rest| rest.strip_suffix('`'))
-                .filter(|name| !name.contains('`'))
-                .map(|name| format!("--{name}"));
-            Row {
-                line: index + 1,
-                flag,
-                cell: cells[0].to_owned(),
-                env: cells[1].to_owned(),
-                default: cells[2].to_owned(),
-            }
-        })
-        .collect();
+            .position(|line| line.starts_with("## "))
+            .unwrap_or(lines.len() - section - 1);
+    let mut rows = Vec::new();
+    let mut at = section;
+    while let Some(found) = lines[at..end].iter().position(|line| line.starts_with('|')) {
+        let header = at + found;
+        assert_eq!(
+            lines[header],
+            TABLE_HEADER,
+            "docs/operations.md:{}: the configuration table's header",
+            header + 1
+        );
+        let table: Vec<Row> = lines
+            .iter()
+            .enumerate()
+            .take(end)
+            .skip(header + 2)
+            .take_while(|(_, line)| line.starts_with('|'))
+            .map(|(index, line)| {
+                // The meaning comes last, so a `|` inside it cannot shift the other cells.
+                let cells: Vec<&str> = line
+                    .trim_start_matches('|')
+                    .splitn(4, '|')
+                    .map(str::trim)
+                    .collect();
+                assert_eq!(
+                    cells.len(),
+                    4,
+                    "docs/operations.md:{}: a row has 4 cells",
+                    index + 1
+                );
+                let flag = cells[0]
+                    .strip_prefix("`--")
+                    .and_then(|rest| rest.strip_suffix('`'))
+                    .filter(|name| !name.contains('`'))
+                    .map(|name| format!("--{name}"));
+                Row {
+                    line: index + 1,
+                    flag,
+                    cell: cells[0].to_owned(),
+                    env: cells[1].to_owned(),
+                    default: cells[2].to_owned(),
+                }
+            })
+            .collect();
+        at = header + 2 + table.len();
+        rows.extend(table);
+    }
     assert!(!rows.is_empty(), "the configuration table has rows");
     rows
 }

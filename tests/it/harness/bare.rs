@@ -12,6 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use jobd::api::proto::{
     job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient,
 };
+use tokio::task::JoinHandle;
 
 /// One HTTP/2 connection with no deadline of its own.
 #[derive(Clone)]
@@ -43,6 +44,12 @@ pub fn with_deadline<T>(message: T, timeout: &str) -> tonic::Request<T> {
 
 impl BareConnection {
     pub async fn open(address: &str) -> Self {
+        Self::open_watched(address).await.0
+    }
+
+    /// A connection, and the task that serves it, which ends when the connection does (after
+    /// the server's GOAWAY, once its streams are done; or when it is cut).
+    pub async fn open_watched(address: &str) -> (Self, JoinHandle<Result<(), hyper::Error>>) {
         let tcp = tokio::net::TcpStream::connect(address)
             .await
             .expect("jobd accepts connections");
@@ -50,8 +57,22 @@ impl BareConnection {
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
                 .await
                 .expect("an HTTP/2 connection");
-        tokio::spawn(connection);
-        Self(send)
+        (Self(send), tokio::spawn(connection))
+    }
+
+    /// A client of each service over this connection to jobd at `address`.
+    pub fn clients(
+        &self,
+        address: &str,
+    ) -> (
+        JobServiceClient<BareConnection>,
+        WorkerServiceClient<BareConnection>,
+    ) {
+        let origin: http::Uri = format!("http://{address}").parse().unwrap();
+        (
+            JobServiceClient::with_origin(self.clone(), origin.clone()),
+            WorkerServiceClient::with_origin(self.clone(), origin),
+        )
     }
 }
 

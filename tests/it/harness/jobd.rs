@@ -259,6 +259,23 @@ impl Running {
         &self.address
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
+    /// Its resident memory now, bytes (VmRSS in /proc/<pid>/status).
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("jobd's /proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in kB");
+        kib * 1024
+    }
+
     /// Sends it `signal`, e.g. "TERM".
     pub fn signal(&self, signal: &str) {
         self.process.signal(signal);

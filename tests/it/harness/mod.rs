@@ -9,6 +9,8 @@
 //!   `complete`, ...) make calls and expect them to succeed. `events`: WatchJob streams and
 //!   the events they carry. `bare`: calls whose deadline only the server keeps.
 //! - `proxy`: a TCP proxy between jobd and Redis that loses replies or holds commands back.
+//!   `idle_proxy`: a TCP proxy before jobd that cuts idle connections, as load balancers do.
+//! - `raw`: calls of any path with any bytes as their message.
 //! - `otlp`: an OTLP receiver jobd exports its metrics and spans to.
 //! - `wait`: the one way to wait, `eventually`, on an observable condition with a deadline,
 //!   and the conditions tests wait on by name (`claims_waiting`, `readiness_becomes`, ...).
@@ -22,14 +24,16 @@ mod certs;
 mod clients;
 mod cluster;
 mod events;
+mod idle_proxy;
 mod jobd;
 mod os;
 mod otlp;
 mod proxy;
+mod raw;
 mod redis;
 mod wait;
 
 pub use self::{
-    auth::*, bare::*, certs::*, clients::*, cluster::*, events::*, jobd::*, os::*, otlp::*,
-    proxy::*, redis::*, wait::*,
+    auth::*, bare::*, certs::*, clients::*, cluster::*, events::*, idle_proxy::*, jobd::*, os::*,
+    otlp::*, proxy::*, raw::*, redis::*, wait::*,
 };

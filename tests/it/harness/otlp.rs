@@ -78,6 +78,15 @@ impl OtlpReceiver {
             })
     }
 
+    /// The attributes of every series (point) of the metric `name` exported so far.
+    pub fn series(&self, name: &str) -> Vec<BTreeMap<String, String>> {
+        self.points()
+            .into_keys()
+            .filter(|(metric, _)| metric == name)
+            .map(|(_, attributes)| attributes)
+            .collect()
+    }
+
     pub fn resource_attributes(&self) -> BTreeMap<String, String> {
         let metrics = self.metrics.lock().unwrap();
         let resource = metrics

@@ -1,0 +1,147 @@
+//! The HTTP/2 and TCP settings of every connection jobd serves (gRPC, over TLS or not, and
+//! health alone): concurrent streams, keepalive, h2's local error reset limit, and the
+//! connection's age, with the grace after which a connection past its age is closed.
+
+use std::{
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpListener,
+    time::Sleep,
+};
+use tonic::transport::{
+    Server,
+    server::{Connected, TcpIncoming},
+};
+
+/// How jobd treats each connection; see `TransportConfig` for each setting's reason.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    pub max_concurrent_streams: u32,
+    pub http2_keepalive_interval: Duration,
+    pub http2_keepalive_timeout: Duration,
+    pub tcp_keepalive: Duration,
+    pub tcp_keepalive_interval: Duration,
+    pub tcp_keepalive_retries: u32,
+    pub max_connection_age: Duration,
+    pub max_connection_age_grace: Duration,
+    pub max_local_error_resets: usize,
+}
+
+impl Transport {
+    /// A server builder with these HTTP/2 settings.
+    ///
+    /// tonic's own `max_connection_age_grace` is not used: with it set, tonic 0.14 sends no
+    /// GOAWAY at the connection's age, and closes the connection at age + grace instead (its
+    /// `connection_timeout_future`). So tonic sends the GOAWAY at the age, and `Aged` closes
+    /// the connection at the end of the grace.
+    pub(super) fn server(&self) -> Server {
+        Server::builder()
+            .max_concurrent_streams(self.max_concurrent_streams)
+            .http2_keepalive_interval(Some(self.http2_keepalive_interval))
+            .http2_keepalive_timeout(Some(self.http2_keepalive_timeout))
+            .http2_max_local_error_reset_streams(Some(self.max_local_error_resets))
+            .max_connection_age(self.max_connection_age)
+    }
+
+    /// The connections of `listener`, with TCP keepalive, and without Nagle's algorithm: small
+    /// gRPC frames must not wait for it (and the peer's delayed ACK).
+    pub(super) fn incoming(&self, listener: TcpListener) -> TcpIncoming {
+        TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(self.tcp_keepalive))
+            .with_keepalive_interval(Some(self.tcp_keepalive_interval))
+            .with_keepalive_retries(Some(self.tcp_keepalive_retries))
+    }
+
+    /// `io`, served from now on, closed at the end of its age's grace.
+    pub(super) fn aged<IO>(&self, io: IO) -> Aged<IO> {
+        let lifetime = self.max_connection_age + self.max_connection_age_grace;
+        Aged {
+            io,
+            end: Box::pin(tokio::time::sleep(lifetime)),
+        }
+    }
+}
+
+/// A connection that fails every read and write once its lifetime is over, which makes hyper
+/// close it, calls under way and all: the grace after GOAWAY is spent.
+pub struct Aged<IO> {
+    io: IO,
+    end: Pin<Box<Sleep>>,
+}
+
+impl<IO> Aged<IO> {
+    /// Ready, with the error that ends the connection, once its lifetime is over. Polled on
+    /// every read, so the connection's task wakes when it is.
+    fn poll_over(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        self.end.as_mut().poll(cx).map(|()| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the connection outlived its max age and grace",
+            )
+        })
+    }
+}
+
+impl<IO: Connected> Connected for Aged<IO> {
+    type ConnectInfo = IO::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Aged<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let Poll::Ready(error) = self.poll_over(cx) {
+            return Poll::Ready(Err(error));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Aged<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(error) = self.poll_over(cx) {
+            return Poll::Ready(Err(error));
+        }
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(error) = self.poll_over(cx) {
+            return Poll::Ready(Err(error));
+        }
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}

@@ -1,0 +1,109 @@
+//! Metric cardinality under abuse: made-up method paths record as `_OTHER`, and queue names
+//! and job kinds past their caps fold into `_OTHER`, so the number of series stays bounded
+//! however many distinct values clients send.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use jobd::api::proto;
+use tonic::Code;
+
+use crate::harness::*;
+
+/// The queue cap the test sets (`--metrics-max-queues`); kinds keep jobd's default of 100.
+const MAX_QUEUES: usize = 20;
+const MAX_KINDS: usize = 100;
+
+#[tokio::test]
+async fn distinct_kinds_queues_and_paths_do_not_grow_the_series() {
+    let redis = RedisServer::start().await;
+    let receiver = OtlpReceiver::start().await;
+    let cap = format!("--metrics-max-queues={MAX_QUEUES}");
+    let jobd = Running::start_with_env(&redis.url(), &[&cap], &receiver.exporter_env("200")).await;
+    let (mut jobs, _) = jobd.clients().await;
+
+    // 100 queues, each with a job of the kind "test.kind".
+    let queues: Vec<_> = (0..100)
+        .map(|i| submit_request(&format!("card.q{i}")))
+        .collect();
+    submit_jobs(&mut jobs, queues).await;
+    // 10,000 distinct kinds, in one queue.
+    for batch in 0..10 {
+        let requests = (0..1000)
+            .map(|i| proto::SubmitJobRequest {
+                kind: format!("kind.{batch}.{i}"),
+                ..submit_request("card.kinds")
+            })
+            .collect();
+        submit_jobs(&mut jobs, requests).await;
+    }
+    // 1,000 made-up methods.
+    let channel = jobd.channel().await;
+    for i in 0..1000 {
+        let path = format!("/jobd.v1.JobService/Made{i}Up");
+        let answer = raw_call(channel.clone(), &path, Vec::new()).await;
+        assert_eq!(answer.unwrap_err().code(), Code::Unimplemented);
+    }
+
+    // Every submission counted: "test.kind" and 99 kinds more under the cap, the other 9,901
+    // as `_OTHER` (in the queue `_OTHER` too: "card.kinds" came past the queue cap).
+    until(
+        Duration::from_secs(20),
+        "every call and job to be exported",
+        || {
+            let folded = [("jobd.job.kind", "_OTHER")];
+            receiver.value("jobd.jobs.submitted", &folded) == Some(9901.0)
+                && receiver
+                    .value("rpc.server.call.duration", &[("rpc.method", "_OTHER")])
+                    .is_some_and(|calls| calls >= 1000.0)
+        },
+    )
+    .await;
+    let submitted = receiver.series("jobd.jobs.submitted");
+    let values = |attribute: &str| -> BTreeSet<String> {
+        submitted
+            .iter()
+            .filter_map(|a| a.get(attribute).cloned())
+            .collect()
+    };
+    assert!(
+        values("jobd.queue").len() <= MAX_QUEUES + 1,
+        "{:?}",
+        values("jobd.queue")
+    );
+    assert!(
+        values("jobd.job.kind").len() <= MAX_KINDS + 1,
+        "{} kinds",
+        values("jobd.job.kind").len()
+    );
+    assert!(
+        submitted.len() <= (MAX_QUEUES + 1) + (MAX_KINDS + 1),
+        "{} series",
+        submitted.len()
+    );
+
+    let methods: BTreeSet<String> = receiver
+        .series("rpc.server.call.duration")
+        .iter()
+        .filter_map(|a| a.get("rpc.method").cloned())
+        .collect();
+    assert!(methods.contains("_OTHER"), "{methods:?}");
+    assert!(
+        methods.iter().all(|m| m == "_OTHER" || !m.contains("Made")),
+        "{methods:?}"
+    );
+    assert!(methods.len() <= 20, "{methods:?}");
+
+    // Queue depths: the capped queues, and the rest summed as `_OTHER`.
+    until(
+        Duration::from_secs(20),
+        "queue depths to be exported",
+        || !receiver.series("jobd.queue.depth").is_empty(),
+    )
+    .await;
+    let depths: BTreeSet<String> = receiver
+        .series("jobd.queue.depth")
+        .iter()
+        .filter_map(|a| a.get("jobd.queue").cloned())
+        .collect();
+    assert!(depths.len() <= MAX_QUEUES + 1, "{depths:?}");
+}
