@@ -77,7 +77,7 @@ async def run_jobd(args: argparse.Namespace) -> dict[str, float]:
             await asyncio.gather(*running)
             return result
     finally:
-        server.stop()
+        server.close()
         redis.stop()
 
 

@@ -160,6 +160,11 @@ class Jobd:
             self.proc.terminate()
             self.proc.wait(20)
 
+    def close(self) -> None:
+        self.stop()
+        self.log.close()
+        Path(self.log.name).unlink(missing_ok=True)
+
     def restart(self) -> None:
         self.stop()
         self.start()
@@ -182,6 +187,6 @@ class Stack:
 
     def close(self) -> None:
         try:
-            self.jobd.stop()
+            self.jobd.close()
         finally:
             self.redis.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -12,6 +13,9 @@ EC_KEY = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
 class Pki:
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="jobd-py-pki-"))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def path(self, name: str) -> str:
         return str(self.dir / name)

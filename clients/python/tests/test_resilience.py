@@ -72,50 +72,44 @@ async def test_calls_are_retried_while_redis_is_paused(
 ) -> None:
     caplog.set_level(logging.INFO, logger="jobd.client")
     stack = paused_stack
-    try:
-        async with jobd.Client(stack.target) as client:
-            existing = await client.submit("paused", "k", b"before")
-            stack.redis.pause()
-            try:
-                get = asyncio.create_task(client.get(existing.id))
-                submit = asyncio.create_task(client.submit("paused", "k", b"during"))
-                await eventually(
-                    lambda: asyncio.sleep(0, caplog.records),
-                    lambda records: sum("UNAVAILABLE" in r.getMessage() for r in records) >= 2,
-                    10,
-                    "both calls to be refused with UNAVAILABLE and retried",
-                )
-                assert not get.done()
-                assert not submit.done()
-            finally:
-                stack.redis.resume()
-            got = await asyncio.wait_for(get, 20)
-            made = await asyncio.wait_for(submit, 20)
-            assert got.payload == b"before"
-            assert (await client.get(made.id)).payload == b"during"
-            # The retried submission carried a generated idempotency key: one job, not two.
-            stats = await client.call(
-                "GetQueueStats", job_service_pb2.GetQueueStatsRequest(queue="paused")
+    async with jobd.Client(stack.target) as client:
+        existing = await client.submit("paused", "k", b"before")
+        stack.redis.pause()
+        try:
+            get = asyncio.create_task(client.get(existing.id))
+            submit = asyncio.create_task(client.submit("paused", "k", b"during"))
+            await eventually(
+                lambda: asyncio.sleep(0, caplog.records),
+                lambda records: sum("UNAVAILABLE" in r.getMessage() for r in records) >= 2,
+                10,
+                "both calls to be refused with UNAVAILABLE and retried",
             )
-            assert stats.queued == 2
-    finally:
-        stack.close()
+            assert not get.done()
+            assert not submit.done()
+        finally:
+            stack.redis.resume()
+        got = await asyncio.wait_for(get, 20)
+        made = await asyncio.wait_for(submit, 20)
+        assert got.payload == b"before"
+        assert (await client.get(made.id)).payload == b"during"
+        # The retried submission carried a generated idempotency key: one job, not two.
+        stats = await client.call(
+            "GetQueueStats", job_service_pb2.GetQueueStatsRequest(queue="paused")
+        )
+        assert stats.queued == 2
 
 
 async def test_without_retries_a_paused_redis_is_a_typed_unavailable(
     paused_stack: Stack,
 ) -> None:
     stack = paused_stack
-    try:
-        async with jobd.Client(stack.target, retry=jobd.RetryPolicy(max_attempts=1)) as client:
-            job = await client.submit("paused", "k")
-            stack.redis.pause()
-            try:
-                with pytest.raises(jobd.Unavailable) as refused:
-                    await client.get(job.id)
-            finally:
-                stack.redis.resume()
-            assert refused.value.code.name == "UNAVAILABLE"
-            assert isinstance(refused.value, jobd.RedisUnavailable)
-    finally:
-        stack.close()
+    async with jobd.Client(stack.target, retry=jobd.RetryPolicy(max_attempts=1)) as client:
+        job = await client.submit("paused", "k")
+        stack.redis.pause()
+        try:
+            with pytest.raises(jobd.Unavailable) as refused:
+                await client.get(job.id)
+        finally:
+            stack.redis.resume()
+        assert refused.value.code.name == "UNAVAILABLE"
+        assert isinstance(refused.value, jobd.RedisUnavailable)

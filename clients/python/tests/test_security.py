@@ -14,12 +14,13 @@ import jobd
 
 
 @pytest.fixture(scope="module")
-def pki() -> Pki:
+def pki() -> Iterator[Pki]:
     p = Pki()
     p.authority("ca")
     p.issue("ca", "server", "IP:127.0.0.1,DNS:localhost")
     p.issue("ca", "client", "URI:spiffe://test/client")
-    return p
+    yield p
+    p.remove()
 
 
 def new_token(name: str, roles: list[str], queues: list[str]) -> tuple[str, str]:
