@@ -113,3 +113,28 @@ async def test_without_retries_a_paused_redis_is_a_typed_unavailable(
             stack.redis.resume()
         assert refused.value.code.name == "UNAVAILABLE"
         assert isinstance(refused.value, jobd.RedisUnavailable)
+
+
+async def test_submit_and_wait_follows_its_job_across_a_jobd_restart(
+    own_stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jobd.client")
+    async with jobd.Client(own_stack.target) as client:
+        waiting = asyncio.create_task(client.submit_and_wait("restart", "later", b"x", timeout=60))
+        await eventually(
+            lambda: client.call(
+                "GetQueueStats", job_service_pb2.GetQueueStatsRequest(queue="restart")
+            ),
+            lambda stats: stats.queued == 1,
+            10,
+            "the job to be submitted",
+        )
+        await asyncio.to_thread(own_stack.jobd.restart)
+        assert not waiting.done()
+        worker = jobd.Worker(client, "restart", concurrency=1, claim_wait=1, handle_signals=False)
+        worker.register("later", lambda job: asyncio.sleep(0, b"after the restart"))
+        run = asyncio.create_task(worker.run())
+        assert await waiting == b"after the restart"
+        worker.stop()
+        await asyncio.wait_for(run, 10)
+    assert any("following job" in r.getMessage() for r in caplog.records)

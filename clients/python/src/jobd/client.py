@@ -276,6 +276,7 @@ class Client:
                     await asyncio.sleep(self.resume.delay(failures - 1))
                 finally:
                     call.cancel()
+        log.info("following job %s with WatchJob after sequence %d: its stream broke", job_id, last)
         async for event in self.watch(job_id, after_sequence=last):
             if event.type in TERMINAL_EVENTS:
                 return _outcome(event)
