@@ -1,0 +1,192 @@
+"""A real redis-server and a real jobd on free ports, and one way to wait on a condition."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+
+REPO = Path(__file__).resolve().parents[3]
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def jobd_binary() -> str:
+    if os.environ.get("JOBD_BIN"):
+        return os.environ["JOBD_BIN"]
+    built = REPO / "target" / "debug" / "jobd"
+    if not built.exists():
+        subprocess.run(["cargo", "build", "--locked", "--bin", "jobd"], cwd=REPO, check=True)
+    return str(built)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    accept: Callable[[T], bool],
+    timeout: float,
+    what: str,
+) -> T:
+    """Polls `probe` until `accept` holds for its value; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if accept(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {value}")
+        await asyncio.sleep(0.02)
+
+
+class Redis:
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="jobd-py-redis-")
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "/usr/bin/redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._answers, 10, "redis-server to accept connections")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def pause(self) -> None:
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self) -> None:
+        self.resume()
+        self.proc.terminate()
+        self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Jobd:
+    """A jobd process; `restart()` brings it back on the same port."""
+
+    def __init__(self, redis: Redis, *args: str) -> None:
+        self.redis = redis
+        self.port = free_port()
+        self.health_port = free_port()  # plaintext health, whatever the main port serves
+        self.args = list(args)
+        self.log = tempfile.NamedTemporaryFile(prefix="jobd-py-log-", delete=False)  # noqa: SIM115
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                jobd_binary(),
+                "--listen",
+                self.target,
+                "--redis-url",
+                self.redis.url,
+                "--health-listen",
+                f"127.0.0.1:{self.health_port}",
+                "--shutdown-timeout",
+                "5s",
+                *self.args,
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(self._serving, 30, f"jobd on {self.target} to report SERVING")
+
+    def _serving(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"jobd exited with {self.proc.returncode}; log: {self.log.name}")
+        with grpc.insecure_channel(f"127.0.0.1:{self.health_port}") as channel:
+            check = channel.unary_unary("/grpc.health.v1.Health/Check")
+            try:
+                # HealthCheckRequest{} -> HealthCheckResponse{status: SERVING (1)}
+                return bool(check(b"", timeout=1) == b"\x08\x01")
+            except grpc.RpcError:
+                return False
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(20)
+
+    def close(self) -> None:
+        self.stop()
+        self.log.close()
+        Path(self.log.name).unlink(missing_ok=True)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+class Stack:
+    """Redis and a jobd in front of it."""
+
+    def __init__(self, *jobd_args: str) -> None:
+        self.redis = Redis()
+        try:
+            self.jobd = Jobd(self.redis, *jobd_args)
+        except BaseException:
+            self.redis.stop()
+            raise
+
+    @property
+    def target(self) -> str:
+        return self.jobd.target
+
+    def close(self) -> None:
+        try:
+            self.jobd.close()
+        finally:
+            self.redis.stop()

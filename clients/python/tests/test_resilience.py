@@ -1,0 +1,140 @@
+"""Streams that resume across a jobd restart; calls retried while Redis is paused."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+
+import pytest
+from harness import Stack, eventually
+from jobd.v1 import job_service_pb2
+from jobd.v1 import worker_service_pb2 as wpb
+
+import jobd
+from jobd.client import claim_request
+
+
+async def test_watch_survives_a_jobd_restart_without_gap_or_duplicate(
+    own_stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jobd.client")
+    async with jobd.Client(own_stack.target) as client:
+        job = await client.submit("restart", "k")
+        claimed = await client.call(
+            "ClaimJobs",
+            claim_request(["restart"], "w-1", 1, wait=5, lease=120, ack_timeout=60),
+        )
+        token = claimed.jobs[0].lease_token
+
+        async def progress(n: int) -> None:
+            request = wpb.HeartbeatRequest(job_id=job.id, lease_token=token)
+            request.progress.value = n
+            await client.call("Heartbeat", request)
+
+        seen: list[jobd.JobEvent] = []
+
+        async def follow() -> None:
+            async for event in client.watch(job.id):
+                seen.append(event)
+
+        watcher = asyncio.create_task(follow())
+        for n in range(3):
+            await progress(n)
+        await eventually(lambda: asyncio.sleep(0, len(seen)), lambda n: n == 5, 10, "5 events")
+
+        await asyncio.to_thread(own_stack.jobd.restart)
+        assert not watcher.done()
+        for n in range(3, 6):
+            await progress(n)
+        await client.call(
+            "CompleteJob",
+            wpb.CompleteJobRequest(job_id=job.id, lease_token=token, result=b"ok"),
+        )
+        await asyncio.wait_for(watcher, 20)
+
+    assert any("resuming the watch" in r.getMessage() for r in caplog.records)
+    assert [e.sequence for e in seen] == list(range(1, 10))
+    assert [e.progress.value for e in seen[2:8]] == [0, 1, 2, 3, 4, 5]
+    assert seen[-1].type == jobd.EventType.EVENT_TYPE_COMPLETED
+    assert seen[-1].result == b"ok"
+
+
+@pytest.fixture
+def paused_stack() -> Iterator[Stack]:
+    s = Stack("--redis-command-timeout", "300ms")
+    yield s
+    s.close()
+
+
+async def test_calls_are_retried_while_redis_is_paused(
+    paused_stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jobd.client")
+    stack = paused_stack
+    async with jobd.Client(stack.target) as client:
+        existing = await client.submit("paused", "k", b"before")
+        stack.redis.pause()
+        try:
+            get = asyncio.create_task(client.get(existing.id))
+            submit = asyncio.create_task(client.submit("paused", "k", b"during"))
+            await eventually(
+                lambda: asyncio.sleep(0, caplog.records),
+                lambda records: sum("UNAVAILABLE" in r.getMessage() for r in records) >= 2,
+                10,
+                "both calls to be refused with UNAVAILABLE and retried",
+            )
+            assert not get.done()
+            assert not submit.done()
+        finally:
+            stack.redis.resume()
+        got = await asyncio.wait_for(get, 20)
+        made = await asyncio.wait_for(submit, 20)
+        assert got.payload == b"before"
+        assert (await client.get(made.id)).payload == b"during"
+        # The retried submission carried a generated idempotency key: one job, not two.
+        stats = await client.call(
+            "GetQueueStats", job_service_pb2.GetQueueStatsRequest(queue="paused")
+        )
+        assert stats.queued == 2
+
+
+async def test_without_retries_a_paused_redis_is_a_typed_unavailable(
+    paused_stack: Stack,
+) -> None:
+    stack = paused_stack
+    async with jobd.Client(stack.target, retry=jobd.RetryPolicy(max_attempts=1)) as client:
+        job = await client.submit("paused", "k")
+        stack.redis.pause()
+        try:
+            with pytest.raises(jobd.Unavailable) as refused:
+                await client.get(job.id)
+        finally:
+            stack.redis.resume()
+        assert refused.value.code.name == "UNAVAILABLE"
+        assert isinstance(refused.value, jobd.RedisUnavailable)
+
+
+async def test_submit_and_wait_follows_its_job_across_a_jobd_restart(
+    own_stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jobd.client")
+    async with jobd.Client(own_stack.target) as client:
+        waiting = asyncio.create_task(client.submit_and_wait("restart", "later", b"x", timeout=60))
+        await eventually(
+            lambda: client.call(
+                "GetQueueStats", job_service_pb2.GetQueueStatsRequest(queue="restart")
+            ),
+            lambda stats: stats.queued == 1,
+            10,
+            "the job to be submitted",
+        )
+        await asyncio.to_thread(own_stack.jobd.restart)
+        assert not waiting.done()
+        worker = jobd.Worker(client, "restart", concurrency=1, claim_wait=1, handle_signals=False)
+        worker.register("later", lambda job: asyncio.sleep(0, b"after the restart"))
+        run = asyncio.create_task(worker.run())
+        assert await waiting == b"after the restart"
+        worker.stop()
+        await asyncio.wait_for(run, 10)
+    assert any("following job" in r.getMessage() for r in caplog.records)
