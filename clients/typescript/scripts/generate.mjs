@@ -1,0 +1,31 @@
+// Generates the gRPC types from the repository's proto/ at build time, so they cannot drift
+// from the API: copies proto/jobd into this package (proto-loader reads it at run time, and a
+// packed tarball carries it), then writes TypeScript types with proto-loader-gen-types into
+// src/generated. Both are build output, ignored by git.
+import { execFileSync } from 'node:child_process';
+import { cpSync, existsSync, readdirSync, rmSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const pkg = join(dirname(fileURLToPath(import.meta.url)), '..');
+const repoProto = join(pkg, '..', '..', 'proto');
+const ownProto = join(pkg, 'proto');
+
+if (existsSync(join(repoProto, 'jobd'))) {
+  rmSync(ownProto, { recursive: true, force: true });
+  cpSync(join(repoProto, 'jobd'), join(ownProto, 'jobd'), { recursive: true });
+} else if (!existsSync(join(ownProto, 'jobd'))) {
+  throw new Error(`no protos: neither ${repoProto} nor ${ownProto} holds jobd/`);
+}
+
+const files = readdirSync(join(ownProto, 'jobd', 'v1'))
+  .filter((name) => name.endsWith('.proto'))
+  .map((name) => join('jobd', 'v1', name));
+const out = join(pkg, 'src', 'generated');
+rmSync(out, { recursive: true, force: true });
+const bin = join(dirname(fileURLToPath(import.meta.resolve('@grpc/proto-loader/package.json'))), 'build', 'bin', 'proto-loader-gen-types.js');
+// The options must match the loader's (src/proto.ts).
+execFileSync(process.execPath, [
+  bin, '--grpcLib=@grpc/grpc-js', '--longs=Number', '--enums=String', '--defaults', '--oneofs',
+  '--includeDirs', ownProto, '--outDir', out, ...files,
+], { stdio: 'inherit' });

@@ -1,0 +1,399 @@
+//! JobdClient: one channel to jobd, the submitter API (submit, get, cancel, watch,
+//! submitAndWait), and the unary-call plumbing (credentials, deadlines, retries, typed errors)
+//! that the Worker uses too.
+import * as grpc from '@grpc/grpc-js';
+import { status as Status } from '@grpc/grpc-js';
+import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+import type { Job__Output as Job } from './generated/jobd/v1/Job';
+import type { JobEvent__Output as JobEvent } from './generated/jobd/v1/JobEvent';
+import type { QueueStats__Output as QueueStats } from './generated/jobd/v1/QueueStats';
+import type { SubmitJobRequest } from './generated/jobd/v1/SubmitJobRequest';
+import type { SubmitJobResponse__Output } from './generated/jobd/v1/SubmitJobResponse';
+import type { BackoffPolicy } from './generated/jobd/v1/BackoffPolicy';
+import type { Duration } from './generated/google/protobuf/Duration';
+import { JobFailedError, JobWasCancelledError, JobdError, toJobdError } from './errors';
+import { Bytes, encode, type Value } from './payload';
+import { DEFAULT_RETRY, backoffDelay, isRetryable, withRetry, type RetryPolicy } from './retry';
+import { stubs, type JobServiceClient, type WorkerServiceClient } from './proto';
+import { injectTraceContext } from './tracing';
+
+export type { Job, JobEvent, QueueStats };
+
+/** How to reach jobd. */
+export interface ClientOptions {
+  /** host:port; default `$JOBD_ADDRESS`, else `127.0.0.1:50051`. */
+  address?: string;
+  /** Bearer token sent as `authorization: Bearer <token>` on every call (docs/security.md). */
+  token?: string;
+  /**
+   * TLS: `true` for the system's CAs, or PEM files: `caFile` (the CAs to trust for jobd's
+   * certificate), `certFile` + `keyFile` (a client certificate, for mTLS). Plaintext when unset.
+   */
+  tls?: boolean | TlsOptions;
+  /** Retries on UNAVAILABLE for calls safe to repeat; `{ maxAttempts: 1 }` turns them off. */
+  retry?: Partial<RetryPolicy>;
+  /** Deadline of each unary call attempt, in ms (claims add their wait). Default 30 000. */
+  callTimeoutMs?: number;
+  /** Extra channel options for @grpc/grpc-js. */
+  channelOptions?: grpc.ChannelOptions;
+}
+
+export interface TlsOptions {
+  caFile?: string;
+  certFile?: string;
+  keyFile?: string;
+  /** The name to verify jobd's certificate against, when not the address's host. */
+  serverName?: string;
+}
+
+/** A job to submit; every option but queue and kind has jobd's default (docs/api.md). */
+export interface SubmitOptions {
+  queue: string;
+  kind: string;
+  /** Buffer/Uint8Array as is, a string as UTF-8, anything else as JSON. */
+  payload?: Value;
+  labels?: Record<string, string>;
+  maxAttempts?: number;
+  backoff?: { initialMs?: number; multiplier?: number; maxMs?: number; jitter?: number };
+  /** Not claimable before this time. */
+  runAt?: Date;
+  /** Not claimable before this many ms from now. */
+  delayMs?: number;
+  priority?: number;
+  leaseMs?: number;
+  /**
+   * Makes the submission idempotent (per queue). When unset and retries are on, the client
+   * generates one (kept `generatedKeyTtlMs`), so that a retried submission cannot create its
+   * job twice.
+   */
+  idempotencyKey?: string;
+  idempotencyTtlMs?: number;
+  retentionMs?: number;
+}
+
+/** A submission's outcome. */
+export interface Submitted {
+  id: string;
+  /** False when an earlier submission with the same idempotency key made the job. */
+  created: boolean;
+  /** The job as created, without payload, labels and result (`get` has them). */
+  job: Job;
+}
+
+export interface WatchOptions {
+  /** Only events after this sequence (0, the default: the whole history). */
+  afterSequence?: number;
+  signal?: AbortSignal;
+}
+
+const TERMINAL_EVENTS = new Set(['EVENT_TYPE_COMPLETED', 'EVENT_TYPE_FAILED', 'EVENT_TYPE_CANCELLED']);
+const TERMINAL_STATES = new Set(['JOB_STATE_COMPLETED', 'JOB_STATE_FAILED', 'JOB_STATE_CANCELLED']);
+
+/** Whether an event is a job's last (COMPLETED, FAILED or CANCELLED). */
+export function isTerminal(event: JobEvent): boolean {
+  return TERMINAL_EVENTS.has(event.type);
+}
+
+/** How long a key the client generated lives: well past its retries. */
+const GENERATED_KEY_TTL_MS = 10 * 60_000;
+
+type Callback<T> = (error: grpc.ServiceError | null, value?: T) => void;
+
+export class JobdClient {
+  /** @internal */ readonly jobs: JobServiceClient;
+  /** @internal */ readonly workers: WorkerServiceClient;
+  /** @internal */ readonly retry: RetryPolicy;
+  /** @internal */ readonly callTimeoutMs: number;
+  readonly address: string;
+  private readonly token: string | undefined;
+
+  constructor(options: ClientOptions = {}) {
+    this.address = options.address ?? process.env.JOBD_ADDRESS ?? '127.0.0.1:50051';
+    this.token = options.token;
+    this.retry = { ...DEFAULT_RETRY, ...options.retry };
+    this.callTimeoutMs = options.callTimeoutMs ?? 30_000;
+    const channelOptions: grpc.ChannelOptions = {
+      // Watch streams may stay quiet for long: keepalive finds a dead connection (and keeps a
+      // proxy's idle timer from cutting it) without waiting for the next call.
+      'grpc.keepalive_time_ms': 60_000,
+      'grpc.keepalive_timeout_ms': 20_000,
+      ...options.channelOptions,
+    };
+    const tls = options.tls === true ? {} : options.tls || undefined;
+    if (tls?.serverName) channelOptions['grpc.ssl_target_name_override'] = tls.serverName;
+    const credentials = tls
+      ? grpc.credentials.createSsl(
+          tls.caFile ? readFileSync(tls.caFile) : null,
+          tls.keyFile ? readFileSync(tls.keyFile) : null,
+          tls.certFile ? readFileSync(tls.certFile) : null,
+        )
+      : grpc.credentials.createInsecure();
+    const { JobService, WorkerService } = stubs();
+    this.jobs = new JobService(this.address, credentials, channelOptions);
+    this.workers = new WorkerService(this.address, credentials, {
+      ...channelOptions,
+      channelOverride: this.jobs.getChannel(),
+    });
+  }
+
+  /** Submits a job. Retried on UNAVAILABLE, with an idempotency key (the caller's or generated). */
+  async submit(job: SubmitOptions): Promise<Submitted> {
+    const request = this.submitRequest(job);
+    const response = await this.unary<SubmitJobResponse__Output>(
+      (metadata, options, callback) => this.jobs.SubmitJob(request, metadata, options, callback),
+      { retry: Boolean(request.idempotencyKey), trace: true },
+    );
+    return submitted(response);
+  }
+
+  /** Submits up to 1000 jobs in one call, answered in their order (SubmitJobs). */
+  async submitMany(jobs: SubmitOptions[]): Promise<Submitted[]> {
+    const requests = jobs.map((job) => this.submitRequest(job));
+    const response = await this.unary<{ results: SubmitJobResponse__Output[] }>(
+      (metadata, options, callback) => this.jobs.SubmitJobs({ jobs: requests }, metadata, options, callback),
+      { retry: requests.every((request) => request.idempotencyKey), trace: true },
+    );
+    return response.results.map(submitted);
+  }
+
+  /** The job, with its payload and result. JobNotFoundError once its retention passed. */
+  async get(jobId: string): Promise<Job> {
+    const response = await this.unary<{ job: Job | null }>(
+      (metadata, options, callback) => this.jobs.GetJob({ jobId }, metadata, options, callback),
+      { retry: true },
+    );
+    return present(response.job);
+  }
+
+  /** Cancels a queued or running job; its worker hears of it at its next heartbeat. */
+  async cancel(jobId: string, reason = ''): Promise<Job> {
+    const response = await this.unary<{ job: Job | null }>(
+      (metadata, options, callback) => this.jobs.CancelJob({ jobId, reason }, metadata, options, callback),
+      { retry: true },
+    );
+    return present(response.job);
+  }
+
+  /** A queue's jobs counted by state. */
+  async stats(queue: string): Promise<QueueStats> {
+    return this.unary<QueueStats>(
+      (metadata, options, callback) => this.jobs.GetQueueStats({ queue }, metadata, options, callback),
+      { retry: true },
+    );
+  }
+
+  /**
+   * A job's events, each once and in order, until its terminal event. A stream that breaks
+   * (jobd restarting or shutting down, a connection lost or cut) is resumed with
+   * `after_sequence` = the last sequence received, with backoff, so no event is missed or
+   * repeated. Stopping the iteration (break) ends the call.
+   */
+  async *watch(jobId: string, options: WatchOptions = {}): AsyncGenerator<JobEvent, void, undefined> {
+    let after = options.afterSequence ?? 0;
+    let failures = 0;
+    for (;;) {
+      const call = this.jobs.WatchJob({ jobId, afterSequence: after }, this.metadata(), {});
+      const abort = () => call.cancel();
+      options.signal?.addEventListener('abort', abort, { once: true });
+      try {
+        for await (const event of call as AsyncIterable<JobEvent>) {
+          failures = 0;
+          after = event.sequence;
+          yield event;
+          if (isTerminal(event)) return;
+        }
+        // Ended with OK before a terminal event: a server that closes streams that way when
+        // going away. The job may have finished meanwhile; the next stream says so (it ends at
+        // once for a finished job whose last event we have).
+        const job = await this.get(jobId);
+        if (TERMINAL_STATES.has(job.state) && job.lastSequence <= after) return;
+        if (++failures >= this.retry.maxAttempts) {
+          throw new JobdError(Status.UNAVAILABLE, 'UNAVAILABLE', `the watch of job ${jobId} kept ending early`);
+        }
+        await sleep(backoffDelay(this.retry, failures - 1));
+      } catch (thrown) {
+        const error = toJobdError(thrown);
+        if (options.signal?.aborted) throw options.signal.reason;
+        if (!isResumable(error) || ++failures >= this.retry.maxAttempts) throw error;
+        await sleep(backoffDelay(this.retry, failures - 1));
+      } finally {
+        options.signal?.removeEventListener('abort', abort);
+        call.cancel();
+      }
+    }
+  }
+
+  /**
+   * Submits a job and waits for its outcome: its result (a JobResult), or a JobFailedError
+   * when it FAILED, a JobWasCancelledError when it was CANCELLED. The submission and the watch
+   * share one SubmitAndWatchJobs stream; a broken stream is resumed with `watch`.
+   */
+  async submitAndWait(job: SubmitOptions, options: { signal?: AbortSignal } = {}): Promise<Bytes> {
+    const request = this.submitRequest(job);
+    let failures = 0;
+    for (;;) {
+      let jobId: string | undefined;
+      let after = 0;
+      const metadata = this.metadata();
+      injectTraceContext(metadata);
+      const call = this.jobs.SubmitAndWatchJobs({ jobs: [request] }, metadata, {});
+      const abort = () => call.cancel();
+      options.signal?.addEventListener('abort', abort, { once: true });
+      try {
+        for await (const message of call as AsyncIterable<{ submitted?: { results: SubmitJobResponse__Output[] } | null; event?: JobEvent | null }>) {
+          if (message.submitted) {
+            jobId = present(message.submitted.results[0]?.job).id;
+          } else if (message.event) {
+            after = message.event.sequence;
+            if (isTerminal(message.event)) return outcome(message.event);
+          }
+        }
+      } catch (thrown) {
+        const error = toJobdError(thrown);
+        if (options.signal?.aborted) throw options.signal.reason;
+        // Before the submission's reply, only a keyed request may be sent again.
+        const retry = jobId !== undefined || Boolean(request.idempotencyKey);
+        if (!retry || !isResumable(error) || ++failures >= this.retry.maxAttempts) throw error;
+        if (jobId === undefined) {
+          await sleep(backoffDelay(this.retry, failures - 1));
+          continue;
+        }
+      } finally {
+        options.signal?.removeEventListener('abort', abort);
+        call.cancel();
+      }
+      if (jobId === undefined) throw new JobdError(Status.INTERNAL, 'INTERNAL', 'SubmitAndWatchJobs ended without its submission');
+      const watchOptions: WatchOptions = { afterSequence: after };
+      if (options.signal) watchOptions.signal = options.signal;
+      for await (const event of this.watch(jobId, watchOptions)) {
+        if (isTerminal(event)) return outcome(event);
+      }
+      // The watch ended without a terminal event after ours: the job finished with it.
+      return outcome(await this.lastEvent(jobId));
+    }
+  }
+
+  /** Closes the channel; calls in flight fail with CANCELLED. */
+  close(): void {
+    this.jobs.close();
+  }
+
+  /** @internal Metadata for one call: the bearer token, when set. */
+  metadata(): grpc.Metadata {
+    const metadata = new grpc.Metadata();
+    if (this.token) metadata.set('authorization', `Bearer ${this.token}`);
+    return metadata;
+  }
+
+  /**
+   * @internal One unary call with a deadline and typed errors; retried on UNAVAILABLE when
+   * `retry`. `extraMs` lengthens the deadline (a claim's wait).
+   */
+  unary<T>(
+    invoke: (metadata: grpc.Metadata, options: grpc.CallOptions, callback: Callback<T>) => grpc.ClientUnaryCall,
+    how: { retry: boolean; trace?: boolean; extraMs?: number; signal?: AbortSignal },
+  ): Promise<T> {
+    const attempt = () =>
+      new Promise<T>((resolve, reject) => {
+        const metadata = this.metadata();
+        if (how.trace) injectTraceContext(metadata);
+        const deadline = new Date(Date.now() + this.callTimeoutMs + (how.extraMs ?? 0));
+        invoke(metadata, { deadline }, (error, value) => (error ? reject(toJobdError(error)) : resolve(value as T)));
+      });
+    return how.retry ? withRetry(this.retry, attempt, how.signal) : attempt().catch((error) => Promise.reject(toJobdError(error)));
+  }
+
+  private submitRequest(job: SubmitOptions): SubmitJobRequest {
+    const request: SubmitJobRequest = {
+      queue: job.queue,
+      kind: job.kind,
+      payload: encode(job.payload),
+      labels: job.labels ?? {},
+      maxAttempts: job.maxAttempts ?? 0,
+      priority: job.priority ?? 0,
+      idempotencyKey: job.idempotencyKey ?? '',
+    };
+    if (!job.idempotencyKey && this.retry.maxAttempts > 1) {
+      request.idempotencyKey = `jobd-client:${randomUUID()}`;
+      request.idempotencyTtl = duration(job.idempotencyTtlMs ?? Math.min(GENERATED_KEY_TTL_MS, job.retentionMs ?? Infinity));
+    } else if (job.idempotencyTtlMs !== undefined) {
+      request.idempotencyTtl = duration(job.idempotencyTtlMs);
+    }
+    if (job.backoff) {
+      const backoff: BackoffPolicy = {};
+      if (job.backoff.initialMs !== undefined) backoff.initial = duration(job.backoff.initialMs);
+      if (job.backoff.maxMs !== undefined) backoff.max = duration(job.backoff.maxMs);
+      if (job.backoff.multiplier !== undefined) backoff.multiplier = job.backoff.multiplier;
+      if (job.backoff.jitter !== undefined) backoff.jitter = job.backoff.jitter;
+      request.backoff = backoff;
+    }
+    if (job.runAt) {
+      const ms = job.runAt.getTime();
+      request.runAt = { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 };
+    } else if (job.delayMs !== undefined) {
+      request.delay = duration(job.delayMs);
+    }
+    if (job.leaseMs !== undefined) request.lease = duration(job.leaseMs);
+    if (job.retentionMs !== undefined) request.retention = duration(job.retentionMs);
+    return request;
+  }
+
+  private async lastEvent(jobId: string): Promise<JobEvent> {
+    const job = await this.get(jobId);
+    let last: JobEvent | undefined;
+    for await (const event of this.watch(jobId, { afterSequence: Math.max(0, job.lastSequence - 1) })) last = event;
+    if (!last) throw new JobdError(Status.INTERNAL, 'INTERNAL', `job ${jobId} has no terminal event`);
+    return last;
+  }
+}
+
+/** Whether a broken stream is worth resuming: UNAVAILABLE, or a status the transport made. */
+function isResumable(error: JobdError): boolean {
+  if (isRetryable(error)) return true;
+  // RST_STREAM from a proxy or a dying server surfaces as INTERNAL or UNKNOWN without jobd's
+  // ErrorInfo (its reason is then the code's name); jobd's own INTERNAL is not resumed.
+  return (error.code === Status.INTERNAL && error.reason === 'INTERNAL' && !hasJobdDetails(error)) ||
+    (error.code === Status.UNKNOWN && error.reason === 'UNKNOWN');
+}
+
+function hasJobdDetails(error: JobdError): boolean {
+  const cause = error.cause as grpc.ServiceError | undefined;
+  return Boolean(cause?.metadata?.get('grpc-status-details-bin').length);
+}
+
+function outcome(event: JobEvent): Bytes {
+  switch (event.type) {
+    case 'EVENT_TYPE_COMPLETED':
+      return new Bytes(event.result);
+    case 'EVENT_TYPE_FAILED':
+      throw new JobFailedError(event.jobId, event.attempt, event.error);
+    default:
+      throw new JobWasCancelledError(event.jobId, event.attempt, event.reason);
+  }
+}
+
+function submitted(response: SubmitJobResponse__Output): Submitted {
+  const job = present(response.job);
+  return { id: job.id, created: response.created, job };
+}
+
+function present<T>(value: T | null | undefined): T {
+  if (value === null || value === undefined) {
+    throw new JobdError(Status.INTERNAL, 'INTERNAL', 'jobd answered without the expected message');
+  }
+  return value;
+}
+
+/** Milliseconds as a google.protobuf.Duration. */
+export function duration(ms: number): Duration {
+  const whole = Math.floor(ms / 1000);
+  return { seconds: whole, nanos: Math.round((ms - whole * 1000) * 1e6) };
+}
+
+/** A google.protobuf.Timestamp as a Date (undefined when unset). */
+export function toDate(timestamp: { seconds: number; nanos: number } | null | undefined): Date | undefined {
+  return timestamp ? new Date(timestamp.seconds * 1000 + Math.floor(timestamp.nanos / 1e6)) : undefined;
+}
