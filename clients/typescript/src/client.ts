@@ -218,6 +218,7 @@ export class JobdClient {
         const error = toJobdError(thrown);
         if (options.signal?.aborted) throw options.signal.reason;
         if (!isResumable(error) || ++failures >= this.retry.maxAttempts) throw error;
+        this.retry.onRetry?.(error, failures);
         await sleep(backoffDelay(this.retry, failures - 1));
       } finally {
         options.signal?.removeEventListener('abort', abort);
@@ -257,6 +258,7 @@ export class JobdClient {
         // Before the submission's reply, only a keyed request may be sent again.
         const retry = jobId !== undefined || Boolean(request.idempotencyKey);
         if (!retry || !isResumable(error) || ++failures >= this.retry.maxAttempts) throw error;
+        this.retry.onRetry?.(error, failures);
         if (jobId === undefined) {
           await sleep(backoffDelay(this.retry, failures - 1));
           continue;

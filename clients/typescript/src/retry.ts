@@ -16,6 +16,8 @@ export interface RetryPolicy {
   maxBackoffMs: number;
   /** Growth per retry. Default 2. */
   multiplier: number;
+  /** Called before each retry (for logs or metrics), with the error that caused it. */
+  onRetry?: (error: JobdError, retry: number) => void;
 }
 
 export const DEFAULT_RETRY: RetryPolicy = { maxAttempts: 10, initialBackoffMs: 100, maxBackoffMs: 5000, multiplier: 2 };
@@ -39,6 +41,7 @@ export async function withRetry<T>(policy: RetryPolicy, call: () => Promise<T>, 
     } catch (thrown) {
       const error = toJobdError(thrown);
       if (!isRetryable(error) || attempt >= policy.maxAttempts || signal?.aborted) throw error;
+      policy.onRetry?.(error, attempt);
       await sleep(backoffDelay(policy, attempt - 1), undefined, signal ? { signal } : undefined).catch(() => {
         throw error;
       });

@@ -2,7 +2,7 @@
 //! end; and `waitFor`, the one way to wait on an observable condition.
 import * as grpc from '@grpc/grpc-js';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -104,6 +104,7 @@ export class Redis {
 export class Jobd {
   private child: ChildProcess | undefined;
   private exited: Promise<void> = Promise.resolve();
+  private credentials = grpc.credentials.createInsecure();
   private constructor(
     readonly port: number,
     readonly redis: Redis,
@@ -115,25 +116,23 @@ export class Jobd {
   }
 
   /** Starts Redis and jobd (with `args` added to its command line) and waits until SERVING. */
-  static async start(args: string[] = [], options: { tlsCa?: string } = {}): Promise<Jobd> {
+  static async start(args: string[] = [], options: { credentials?: grpc.ChannelCredentials } = {}): Promise<Jobd> {
     const redis = await Redis.start();
     const jobd = new Jobd(await freePort(), redis, args);
-    await jobd.launch(options.tlsCa);
+    jobd.credentials = options.credentials ?? grpc.credentials.createInsecure();
+    await jobd.launch();
     return jobd;
   }
 
   /** Starts the jobd process and waits until its health check says SERVING. */
-  async launch(tlsCa?: string): Promise<void> {
+  async launch(): Promise<void> {
     const child = spawn(jobdBinary(), ['--listen', this.address, '--redis-url', this.redis.url, ...this.args], {
       stdio: ['ignore', 'ignore', process.env.JOBD_LOG ? 'inherit' : 'ignore'],
       env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' },
     });
     this.child = child;
     this.exited = new Promise((resolveExit) => child.once('exit', () => resolveExit()));
-    const health = new grpc.Client(
-      this.address,
-      tlsCa ? grpc.credentials.createSsl(readFileSync(tlsCa)) : grpc.credentials.createInsecure(),
-    );
+    const health = new grpc.Client(this.address, this.credentials);
     try {
       await waitFor('jobd to be SERVING', async () => {
         if (child.exitCode !== null) throw new Error(`jobd exited with ${child.exitCode}`);
