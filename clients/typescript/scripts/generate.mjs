@@ -23,7 +23,7 @@ const files = readdirSync(join(ownProto, 'jobd', 'v1'))
   .map((name) => join('jobd', 'v1', name));
 const out = join(pkg, 'src', 'generated');
 rmSync(out, { recursive: true, force: true });
-const bin = join(dirname(fileURLToPath(import.meta.resolve('@grpc/proto-loader/package.json'))), 'build', 'bin', 'proto-loader-gen-types.js');
+const bin = join(pkg, 'node_modules', '@grpc', 'proto-loader', 'build', 'bin', 'proto-loader-gen-types.js');
 // The options must match the loader's (src/proto.ts).
 execFileSync(process.execPath, [
   bin, '--grpcLib=@grpc/grpc-js', '--longs=Number', '--enums=String', '--defaults', '--oneofs',

@@ -25,9 +25,9 @@ export type { Job, JobEvent, QueueStats };
 /** How to reach jobd. */
 export interface ClientOptions {
   /** host:port; default `$JOBD_ADDRESS`, else `127.0.0.1:50051`. */
-  address?: string;
+  address?: string | undefined;
   /** Bearer token sent as `authorization: Bearer <token>` on every call (docs/security.md). */
-  token?: string;
+  token?: string | undefined;
   /**
    * TLS: `true` for the system's CAs, or PEM files: `caFile` (the CAs to trust for jobd's
    * certificate), `certFile` + `keyFile` (a client certificate, for mTLS). Plaintext when unset.

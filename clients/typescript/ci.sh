@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# CI for clients/typescript: install from the lockfile (which builds: protos copied and types
+# generated from proto/, then tsc), the strict type check of sources, tests and examples, then
+# the test suite, which runs against a real jobd and redis-server (JOBD_BIN, else
+# target/debug/jobd, built when missing) and runs the example worker and submitter.
+# Everything it writes is ignored by git (node_modules, dist, build, proto, src/generated);
+# it fails if it left the checkout dirty.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+npm ci --no-audit --no-fund
+npm run check
+npm test
+
+if [ -n "$(git status --porcelain -- .)" ]; then
+  echo "clients/typescript/ci.sh left the checkout dirty:" >&2
+  git status --porcelain -- . >&2
+  exit 1
+fi
