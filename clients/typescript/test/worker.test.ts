@@ -116,13 +116,17 @@ test('graceful shutdown: running jobs finish, claimed ones go back at no cost, n
     assert.equal(job.result.toString(), `done ${job.id}`);
   }
   assert.deepEqual(startedIds.sort(), running.map((submitted) => submitted.id).sort(), 'no late job was started');
+  // The waiting claim gets the first late job (jobd deals them one at a time); the worker,
+  // closing, gives it back. The second stays queued: the closing worker claims no more.
+  let givenBack = 0;
   for (const submitted of claimedLate) {
     const job = await client.get(submitted.id);
     assert.equal(job.state, 'JOB_STATE_QUEUED');
     assert.equal(job.attempt, 0, 'giving a job back costs no attempt');
     const types = (await events(job.id)).map((event) => event.type);
-    assert.ok(types.includes('EVENT_TYPE_RELEASED'), `claimed by the waiting claim and given back: ${types.join(' ')}`);
+    if (types.includes('EVENT_TYPE_RELEASED')) givenBack++;
   }
+  assert.ok(givenBack >= 1, 'a job the waiting claim got was given back');
   // A new worker takes them: nothing was lost.
   const successor = new Worker(client, { queue, claimWaitMs: 1000, handleSignals: false });
   successor.handle('work', (job) => `done ${job.id}`);
