@@ -14,11 +14,13 @@ import type { SubmitJobRequest } from './generated/jobd/v1/SubmitJobRequest';
 import type { SubmitJobResponse__Output } from './generated/jobd/v1/SubmitJobResponse';
 import type { BackoffPolicy } from './generated/jobd/v1/BackoffPolicy';
 import type { Duration } from './generated/google/protobuf/Duration';
-import { JobFailedError, JobWasCancelledError, JobdError, toJobdError } from './errors';
-import { Bytes, encode, type Value } from './payload';
+import { JobdError, toJobdError } from './errors';
+import { isTerminal } from './events';
+import { encode, type Bytes, type Value } from './payload';
 import { DEFAULT_RETRY, backoffDelay, isRetryable, withRetry, type RetryPolicy } from './retry';
 import { stubs, type JobServiceClient, type WorkerServiceClient } from './proto';
 import { injectTraceContext } from './tracing';
+import { Waits } from './waits';
 
 export type { Job, JobEvent, QueueStats };
 
@@ -89,13 +91,7 @@ export interface WatchOptions {
   signal?: AbortSignal;
 }
 
-const TERMINAL_EVENTS = new Set(['EVENT_TYPE_COMPLETED', 'EVENT_TYPE_FAILED', 'EVENT_TYPE_CANCELLED']);
 const TERMINAL_STATES = new Set(['JOB_STATE_COMPLETED', 'JOB_STATE_FAILED', 'JOB_STATE_CANCELLED']);
-
-/** Whether an event is a job's last (COMPLETED, FAILED or CANCELLED). */
-export function isTerminal(event: JobEvent): boolean {
-  return TERMINAL_EVENTS.has(event.type);
-}
 
 /** How long a key the client generated lives: well past its retries. */
 const GENERATED_KEY_TTL_MS = 10 * 60_000;
@@ -109,6 +105,7 @@ export class JobdClient {
   /** @internal */ readonly callTimeoutMs: number;
   readonly address: string;
   private readonly token: string | undefined;
+  private readonly waits = new Waits(this);
 
   constructor(options: ClientOptions = {}) {
     this.address = options.address ?? process.env.JOBD_ADDRESS ?? '127.0.0.1:50051';
@@ -228,54 +225,13 @@ export class JobdClient {
   }
 
   /**
-   * Submits a job and waits for its outcome: its result (a JobResult), or a JobFailedError
-   * when it FAILED, a JobWasCancelledError when it was CANCELLED. The submission and the watch
-   * share one SubmitAndWatchJobs stream; a broken stream is resumed with `watch`.
+   * Submits a job and waits for its outcome: its result (`Bytes`), or a JobFailedError when it
+   * FAILED, a JobWasCancelledError when it was CANCELLED. The submissions of one turn of the
+   * event loop share one SubmitAndWatchJobs stream; a broken stream is resumed per job with
+   * `watch`. Aborting `signal` stops waiting (the job goes on).
    */
-  async submitAndWait(job: SubmitOptions, options: { signal?: AbortSignal } = {}): Promise<Bytes> {
-    const request = this.submitRequest(job);
-    let failures = 0;
-    for (;;) {
-      let jobId: string | undefined;
-      let after = 0;
-      const metadata = this.metadata();
-      injectTraceContext(metadata);
-      const call = this.jobs.SubmitAndWatchJobs({ jobs: [request] }, metadata, {});
-      const abort = () => call.cancel();
-      options.signal?.addEventListener('abort', abort, { once: true });
-      try {
-        for await (const message of call as AsyncIterable<{ submitted?: { results: SubmitJobResponse__Output[] } | null; event?: JobEvent | null }>) {
-          if (message.submitted) {
-            jobId = present(message.submitted.results[0]?.job).id;
-          } else if (message.event) {
-            after = message.event.sequence;
-            if (isTerminal(message.event)) return outcome(message.event);
-          }
-        }
-      } catch (thrown) {
-        const error = toJobdError(thrown);
-        if (options.signal?.aborted) throw options.signal.reason;
-        // Before the submission's reply, only a keyed request may be sent again.
-        const retry = jobId !== undefined || Boolean(request.idempotencyKey);
-        if (!retry || !isResumable(error) || ++failures >= this.retry.maxAttempts) throw error;
-        this.retry.onRetry?.(error, failures);
-        if (jobId === undefined) {
-          await sleep(backoffDelay(this.retry, failures - 1));
-          continue;
-        }
-      } finally {
-        options.signal?.removeEventListener('abort', abort);
-        call.cancel();
-      }
-      if (jobId === undefined) throw new JobdError(Status.INTERNAL, 'INTERNAL', 'SubmitAndWatchJobs ended without its submission');
-      const watchOptions: WatchOptions = { afterSequence: after };
-      if (options.signal) watchOptions.signal = options.signal;
-      for await (const event of this.watch(jobId, watchOptions)) {
-        if (isTerminal(event)) return outcome(event);
-      }
-      // The watch ended without a terminal event after ours: the job finished with it.
-      return outcome(await this.lastEvent(jobId));
-    }
+  submitAndWait(job: SubmitOptions, options: { signal?: AbortSignal } = {}): Promise<Bytes> {
+    return this.waits.wait(this.submitRequest(job), options.signal);
   }
 
   /** Closes the channel; calls in flight fail with CANCELLED. */
@@ -343,13 +299,6 @@ export class JobdClient {
     return request;
   }
 
-  private async lastEvent(jobId: string): Promise<JobEvent> {
-    const job = await this.get(jobId);
-    let last: JobEvent | undefined;
-    for await (const event of this.watch(jobId, { afterSequence: Math.max(0, job.lastSequence - 1) })) last = event;
-    if (!last) throw new JobdError(Status.INTERNAL, 'INTERNAL', `job ${jobId} has no terminal event`);
-    return last;
-  }
 }
 
 /** Whether a broken stream is worth resuming: UNAVAILABLE, or a status the transport made. */
@@ -364,17 +313,6 @@ function isResumable(error: JobdError): boolean {
 function hasJobdDetails(error: JobdError): boolean {
   const cause = error.cause as grpc.ServiceError | undefined;
   return Boolean(cause?.metadata?.get('grpc-status-details-bin').length);
-}
-
-function outcome(event: JobEvent): Bytes {
-  switch (event.type) {
-    case 'EVENT_TYPE_COMPLETED':
-      return new Bytes(event.result);
-    case 'EVENT_TYPE_FAILED':
-      throw new JobFailedError(event.jobId, event.attempt, event.error);
-    default:
-      throw new JobWasCancelledError(event.jobId, event.attempt, event.reason);
-  }
 }
 
 function submitted(response: SubmitJobResponse__Output): Submitted {

@@ -1,5 +1,6 @@
 //! @jobd/client: a worker runtime and a submitter API for jobd, on @grpc/grpc-js.
-export { JobdClient, isTerminal, toDate, duration } from './client';
+export { JobdClient, toDate, duration } from './client';
+export { isTerminal } from './events';
 export type { ClientOptions, TlsOptions, SubmitOptions, Submitted, WatchOptions, Job, JobEvent, QueueStats } from './client';
 export { Worker, ShutdownAbort } from './worker';
 export type { WorkerOptions, WorkerJob, JobContext, Handler } from './worker';

@@ -12,7 +12,6 @@
 //!   at no cost (ReleaseJob) every job a claim still brings. A pending claim is never cancelled:
 //!   it ends by its wait (jobs handed to a cancelled claim could go back only at their
 //!   acknowledgement deadline).
-import * as grpc from '@grpc/grpc-js';
 import { status as Status } from '@grpc/grpc-js';
 import { SpanKind, SpanStatusCode, context, trace } from '@opentelemetry/api';
 import { hostname } from 'node:os';
@@ -28,7 +27,7 @@ import type { HeartbeatRequest } from './generated/jobd/v1/HeartbeatRequest';
 import type { HeartbeatResponse__Output } from './generated/jobd/v1/HeartbeatResponse';
 import { JobCancelledError, JobdError, NonRetryableError, toJobdError } from './errors';
 import { encode, type Value } from './payload';
-import { backoffDelay, withRetry } from './retry';
+import { backoffDelay } from './retry';
 import { extractTraceContext, tracer } from './tracing';
 
 export interface WorkerOptions {
@@ -450,4 +449,3 @@ function workerJob(job: Job): WorkerJob {
   };
 }
 
-export type { grpc };

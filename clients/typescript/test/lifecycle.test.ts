@@ -110,9 +110,12 @@ test('cancel, get and submitAndWait of a cancelled job', async () => {
   const queue = queueName('cancel');
   const submitted = await client.submit({ queue, kind: 'never', delayMs: 60_000 });
   assert.equal(submitted.job.state, 'JOB_STATE_SCHEDULED');
-  const waiting = client.submitAndWait({ queue, kind: 'never', idempotencyKey: 'k1', delayMs: 60_000 });
+  const first = await client.submit({ queue, kind: 'never', idempotencyKey: 'k1', delayMs: 60_000 });
   const again = await client.submit({ queue, kind: 'never', idempotencyKey: 'k1', delayMs: 60_000 });
   assert.equal(again.created, false, 'the same key and request finds the job');
+  assert.equal(again.id, first.id);
+  // Waiting on the same key follows the existing job (before or after its cancellation).
+  const waiting = client.submitAndWait({ queue, kind: 'never', idempotencyKey: 'k1', delayMs: 60_000 });
   const cancelled = await client.cancel(again.id, 'no longer wanted');
   assert.equal(cancelled.state, 'JOB_STATE_CANCELLED');
   const error = await waiting.then(() => assert.fail('should throw'), (thrown: unknown) => thrown);
