@@ -6,6 +6,7 @@ use std::{env, path::PathBuf};
 use prost::Message;
 
 const PROTOS: &[&str] = &[
+    "proto/jobd/v1/errors.proto",
     "proto/jobd/v1/job.proto",
     "proto/jobd/v1/job_service.proto",
     "proto/jobd/v1/worker_service.proto",

@@ -12,10 +12,13 @@ use std::{
 
 use futures::future::{Either, Ready, ready};
 use http::{Request, Response, header::AUTHORIZATION};
-use tonic::{Status, transport::server::TcpConnectInfo};
+use tonic::{Code, Status, transport::server::TcpConnectInfo};
 use tower::{Layer, Service};
 
-use super::tls::Peer;
+use super::{
+    reason::{Reason, status},
+    tls::Peer,
+};
 use crate::{
     auth::{Caller, Gate, Roles},
     domain::QueueName,
@@ -138,7 +141,13 @@ impl AuthLayer {
             Err(why) => {
                 let denial = Denial::new(shown, "unauthenticated", None, remote);
                 self.denials.record(denial, || why.to_string());
-                return Err(Status::unauthenticated(why.to_string()));
+                let message = why.to_string();
+                return Err(status(
+                    Code::Unauthenticated,
+                    Reason::Unauthenticated,
+                    message,
+                    &[],
+                ));
             }
         };
         if !caller.roles().intersects(roles) {
@@ -150,7 +159,13 @@ impl AuthLayer {
             );
             let denial = Denial::new(shown, "permission_denied", Some(&caller), remote);
             self.denials.record(denial, || message.clone());
-            return Err(Status::permission_denied(message));
+            let method = [("method", shown.to_owned())];
+            return Err(status(
+                Code::PermissionDenied,
+                Reason::PermissionDenied,
+                message,
+                &method,
+            ));
         }
         Ok(Access {
             caller,
@@ -179,7 +194,15 @@ impl Access {
             .extensions()
             .get::<Access>()
             .cloned()
-            .ok_or_else(|| Status::permission_denied("the call was not authorized"))
+            .ok_or_else(|| {
+                let message = "the call was not authorized";
+                status(
+                    Code::PermissionDenied,
+                    Reason::PermissionDenied,
+                    message,
+                    &[],
+                )
+            })
     }
 
     /// Whether the caller may use `queue`: PERMISSION_DENIED naming the method and the queue
@@ -201,7 +224,16 @@ impl Access {
             self.remote,
         );
         self.denials.record(denial, || message.clone());
-        Err(Status::permission_denied(message))
+        let metadata = [
+            ("method", self.method.to_owned()),
+            ("queue", queue.to_string()),
+        ];
+        Err(status(
+            Code::PermissionDenied,
+            Reason::PermissionDenied,
+            message,
+            &metadata,
+        ))
     }
 
     /// Checks every queue of `queues`, before anything is done with any.

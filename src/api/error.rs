@@ -3,8 +3,9 @@
 //! Callers see a status that names the problem; INTERNAL says no more than that, and its cause,
 //! like any Redis error text, goes to the log only.
 
-use tonic::Status;
+use tonic::{Code, Status};
 
+use super::reason::{Reason, status};
 use crate::{
     domain::{ClaimDeadline, JobState, Refusal, RequestError},
     store::StoreError,
@@ -23,34 +24,65 @@ pub enum ApiError {
 impl From<ApiError> for Status {
     fn from(error: ApiError) -> Self {
         match error {
-            ApiError::Request(error @ RequestError::Invalid { .. }) => {
-                Status::invalid_argument(error.to_string())
+            ApiError::Request(error) => {
+                let (code, reason, metadata) = match &error {
+                    RequestError::Invalid { field, .. } => (
+                        Code::InvalidArgument,
+                        Reason::InvalidRequest,
+                        vec![("field", field.clone())],
+                    ),
+                    RequestError::TooLarge { field, limit, .. } => (
+                        Code::ResourceExhausted,
+                        Reason::PayloadTooLarge,
+                        vec![("field", field.clone()), ("limit", limit.to_string())],
+                    ),
+                };
+                status(code, reason, error.to_string(), &metadata)
             }
-            ApiError::Request(error @ RequestError::TooLarge { .. }) => {
-                Status::resource_exhausted(error.to_string())
+            ApiError::Store(StoreError::NotFound) => {
+                status(Code::NotFound, Reason::JobNotFound, "job not found", &[])
             }
-            ApiError::Store(StoreError::NotFound) => Status::not_found("job not found"),
-            ApiError::Store(StoreError::IdempotencyConflict { key }) => {
-                Status::already_exists(format!(
+            ApiError::Store(StoreError::IdempotencyConflict { key }) => status(
+                Code::AlreadyExists,
+                Reason::IdempotencyConflict,
+                format!(
                     "idempotency_key {key:?} was used for a different job (its kind, payload or \
                      options differ); send the same request to get that job, or use a new key"
-                ))
-            }
+                ),
+                &[("key", key)],
+            ),
             ApiError::Refused(refusal) | ApiError::Store(StoreError::Refused(refusal)) => {
-                Status::failed_precondition(explain(&refusal))
+                let (reason, metadata) = refusal_reason(&refusal);
+                status(
+                    Code::FailedPrecondition,
+                    reason,
+                    explain(&refusal),
+                    &metadata,
+                )
             }
             // Only WatchJob reads after a sequence the client chose, and names it so.
-            ApiError::Store(StoreError::PastLastEvent { after, last }) => Status::out_of_range(
+            ApiError::Store(StoreError::PastLastEvent { after, last }) => status(
+                Code::OutOfRange,
+                Reason::PastLastEvent,
                 format!("after_sequence {after} is past the job's last event (sequence {last})"),
+                &[("last_sequence", last.to_string())],
             ),
             ApiError::Store(error @ StoreError::Unavailable(_)) => {
                 tracing::warn!(error = %chain(&error), "Redis unavailable");
-                Status::unavailable("storage is unavailable; retry later")
+                status(
+                    Code::Unavailable,
+                    Reason::RedisUnavailable,
+                    "storage is unavailable; retry later",
+                    &[],
+                )
             }
             ApiError::Store(error @ StoreError::OutOfMemory(_)) => {
                 tracing::warn!(error = %chain(&error), "Redis refuses writes: out of memory");
-                Status::unavailable(
+                status(
+                    Code::Unavailable,
+                    Reason::RedisOutOfMemory,
                     "storage is out of memory (Redis reached its maxmemory); retry later",
+                    &[],
                 )
             }
             ApiError::Store(
@@ -59,7 +91,7 @@ impl From<ApiError> for Status {
                 | StoreError::Interrupted),
             ) => {
                 tracing::error!(error = %chain(&error), "internal error");
-                Status::internal("internal error")
+                status(Code::Internal, Reason::Internal, "internal error", &[])
             }
         }
     }
@@ -80,6 +112,32 @@ impl From<StoreError> for Status {
 impl From<Refusal> for Status {
     fn from(refusal: Refusal) -> Self {
         ApiError::from(refusal).into()
+    }
+}
+
+/// What a refusal tells programs: its reason, and the job's state or the deadline that passed.
+fn refusal_reason(refusal: &Refusal) -> (Reason, Vec<(&'static str, String)>) {
+    let state = |state: &JobState| vec![("state", state.as_str().to_ascii_uppercase())];
+    match refusal {
+        Refusal::NotCurrentToken {
+            state: JobState::Cancelled,
+        } => (Reason::JobCancelled, vec![]),
+        Refusal::NotCurrentToken {
+            state: finished @ (JobState::Completed | JobState::Failed),
+        }
+        | Refusal::Finished(finished) => (Reason::JobFinished, state(finished)),
+        Refusal::NotCurrentToken { state: now } => (Reason::LeaseStale, state(now)),
+        Refusal::UnknownToken => (Reason::LeaseTokenUnknown, vec![]),
+        Refusal::DeadlinePassed { deadline, .. } => {
+            let deadline = match deadline {
+                ClaimDeadline::Ack => "ack",
+                ClaimDeadline::Lease => "lease",
+            };
+            (
+                Reason::LeaseExpired,
+                vec![("deadline", deadline.to_owned())],
+            )
+        }
     }
 }
 

@@ -9,6 +9,7 @@ mod error;
 mod health;
 mod job_service;
 mod observe;
+mod reason;
 mod server;
 mod services;
 mod streams;

@@ -13,6 +13,7 @@ use super::{
     proto::{
         self, job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer,
     },
+    reason::ReasonLayer,
     services::Shared,
     tls,
 };
@@ -56,6 +57,7 @@ pub async fn serve(
     if let Some(listener) = options.health_listener {
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let health = Server::builder()
+            .layer(ReasonLayer)
             .add_service(health_service.clone())
             .serve_with_incoming_shutdown(incoming, services.shutdown.clone().cancelled_owned());
         tasks.spawn(async move {
@@ -71,7 +73,9 @@ pub async fn serve(
     // Observe outside Deadline, so that a call ended at its deadline is recorded as such;
     // tonic's own timeout wraps both, and Deadline leaves it nothing to end (see deadline.rs).
     // Auth innermost: a refusal is observed, and answered at once.
+    // Reasons outermost, so that every status the others or tonic make gets one.
     let mut routes = Server::builder()
+        .layer(ReasonLayer)
         .layer(ObserveLayer::new(metrics.clone()))
         .layer(DeadlineLayer)
         .layer(AuthLayer::new(options.gate, metrics))

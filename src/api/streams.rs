@@ -4,9 +4,12 @@
 //! away drops its stream (and its registrations) at once.
 
 use futures::StreamExt;
-use tonic::Status;
+use tonic::{Code, Status};
 
-use super::proto::{self, submit_and_watch_jobs_response::Message};
+use super::{
+    proto::{self, submit_and_watch_jobs_response::Message},
+    reason::{Reason, reworded, status},
+};
 use crate::{
     events::{Follower, Interrupted},
     telemetry::Gauged,
@@ -84,10 +87,15 @@ pub fn follow(follower: Follower, first: proto::SubmitJobsResponse, gauge: Gauge
 /// The status that ends a stream early: what happened, and `how` to go on.
 fn ended_early(interrupted: Interrupted, how: &str) -> Status {
     match interrupted {
-        Interrupted::ShuttingDown => Status::unavailable(format!("jobd is shutting down; {how}")),
+        Interrupted::ShuttingDown => status(
+            Code::Unavailable,
+            Reason::ShuttingDown,
+            format!("jobd is shutting down; {how}"),
+            &[],
+        ),
         Interrupted::Failed(error) => {
-            let status = Status::from(error);
-            Status::new(status.code(), format!("{}; {how}", status.message()))
+            let failed = Status::from(error);
+            reworded(&failed, format!("{}; {how}", failed.message()))
         }
     }
 }

@@ -7,6 +7,7 @@ use super::{
     auth::Access,
     convert::{duration, state, timestamp},
     proto::{self, worker_service_server::WorkerService},
+    reason,
     services::Shared,
 };
 use crate::{
@@ -175,6 +176,7 @@ impl WorkerApi {
                     proto::CompletionResult {
                         code: status.code() as i32,
                         message: status.message().to_owned(),
+                        reason: reason::of(&status).unwrap_or_default(),
                     }
                 }
                 Err(error) => return Err(error.into()),

@@ -99,6 +99,7 @@ async fn a_watch_open_past_its_deadline_ends_with_deadline_exceeded() {
         .expect("the stream ends at its deadline");
     let status = end.expect_err("the stream ends with a status");
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(reason(&status), "DEADLINE_EXCEEDED");
     assert!(started.elapsed() >= Duration::from_millis(500));
 
     // A refusal keeps its status and message, before any message of the stream.

@@ -414,3 +414,41 @@ fn anchors(text: &str) -> BTreeSet<String> {
     }
     anchors
 }
+
+#[test]
+fn the_service_config_names_every_method_once_and_retries_no_submission() {
+    let text = read(&repo().join("docs/service-config.json"));
+    let config: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    let mut named = BTreeSet::new();
+    for method_config in config["methodConfig"].as_array().unwrap() {
+        let retried = method_config.get("retryPolicy").is_some();
+        for name in method_config["name"].as_array().unwrap() {
+            let method = format!(
+                "{}/{}",
+                name["service"].as_str().unwrap(),
+                name["method"].as_str().unwrap()
+            );
+            assert!(
+                !(retried && method.contains("/Submit")),
+                "{method} is not safe to repeat without an idempotency key"
+            );
+            assert!(named.insert(method.clone()), "{method} named twice");
+        }
+    }
+    let descriptors = <prost_types::FileDescriptorSet as prost::Message>::decode(
+        jobd::api::proto::FILE_DESCRIPTOR_SET,
+    )
+    .unwrap();
+    let methods: BTreeSet<String> = descriptors
+        .file
+        .iter()
+        .flat_map(|file| file.service.iter())
+        .flat_map(|service| {
+            service
+                .method
+                .iter()
+                .map(move |method| format!("jobd.v1.{}/{}", service.name(), method.name()))
+        })
+        .collect();
+    assert_eq!(named, methods, "the config covers exactly jobd's methods");
+}

@@ -95,7 +95,8 @@ async fn malformed_and_unknown_ids() {
         let get = jobs
             .get_job(proto::GetJobRequest { job_id: bad.into() })
             .await;
-        assert_status(get, Code::InvalidArgument, "job_id");
+        let reason = assert_status(get, Code::InvalidArgument, "job_id");
+        assert_eq!(reason, "INVALID_REQUEST");
         let cancel = jobs
             .cancel_job(proto::CancelJobRequest {
                 job_id: bad.into(),
@@ -131,7 +132,10 @@ async fn malformed_and_unknown_ids() {
     );
     let (events, end) = watch_to_end(&mut jobs, &unknown, 0).await;
     assert!(events.is_empty());
-    assert_status(end, Code::NotFound, "not found");
+    assert_eq!(
+        assert_status(end, Code::NotFound, "not found"),
+        "JOB_NOT_FOUND"
+    );
     let token = "0".repeat(32);
     let heartbeat = workers
         .heartbeat(proto::HeartbeatRequest {
@@ -219,7 +223,8 @@ async fn bad_reports_on_a_claimed_job_are_refused_by_field_and_record_nothing() 
         })
         .await;
     // A token jobd never issued is not the job's current one, as the README and proto say.
-    assert_status(bad_token, Code::FailedPrecondition, "lease_token");
+    let reason = assert_status(bad_token, Code::FailedPrecondition, "lease_token");
+    assert_eq!(reason, "LEASE_TOKEN_UNKNOWN");
     let no_token = workers
         .heartbeat(proto::HeartbeatRequest {
             job_id: job.id.clone(),
@@ -235,7 +240,11 @@ async fn bad_reports_on_a_claimed_job_are_refused_by_field_and_record_nothing() 
             next: None,
         })
         .await;
-    assert_status(big_result, Code::ResourceExhausted, "result");
+    let limit = assert_reason(big_result, Code::ResourceExhausted, "PAYLOAD_TOO_LARGE");
+    assert_eq!(
+        (&limit["field"], &limit["limit"]),
+        (&"result".into(), &"16".into())
+    );
     let no_error = workers
         .fail_job(proto::FailJobRequest {
             job_id: job.id.clone(),
@@ -290,7 +299,8 @@ async fn a_stale_lease_token_is_refused_and_changes_nothing() {
             }),
         })
         .await;
-    assert_status(heartbeat, Code::FailedPrecondition, "lease token");
+    let moved_on = assert_reason(heartbeat, Code::FailedPrecondition, "LEASE_STALE");
+    assert_eq!(moved_on["state"], "RUNNING");
     let fail = workers
         .fail_job(proto::FailJobRequest {
             job_id: job.id.clone(),
@@ -313,7 +323,8 @@ async fn a_stale_lease_token_is_refused_and_changes_nothing() {
             retryable: Some(false),
         })
         .await;
-    assert_status(fail, Code::FailedPrecondition, "already completed");
+    let reason = assert_status(fail, Code::FailedPrecondition, "already completed");
+    assert_eq!(reason, "JOB_FINISHED");
     assert_eq!(get(&mut jobs, &job.id).await, done);
 }
 
@@ -343,7 +354,8 @@ async fn cancelling_a_finished_job_is_a_failed_precondition() {
                 reason: "late".into(),
             })
             .await;
-        assert_status(cancel, Code::FailedPrecondition, state);
+        let finished = assert_reason(cancel, Code::FailedPrecondition, "JOB_FINISHED");
+        assert_eq!(finished["state"], state.to_uppercase());
     }
     assert_eq!(
         get(&mut jobs, &completed.id).await.state(),
@@ -415,7 +427,8 @@ async fn a_full_redis_refuses_submissions_with_unavailable_and_writes_nothing() 
                 .await
                 .map(|_| ()),
         };
-        assert_status(refused, Code::Unavailable, "out of memory");
+        let reason = assert_status(refused, Code::Unavailable, "out of memory");
+        assert_eq!(reason, "REDIS_OUT_OF_MEMORY");
     }
     let mut idempotent = submit_request("other");
     idempotent.idempotency_key = "once".into();
@@ -546,4 +559,19 @@ async fn a_long_error_is_recorded_cut_rather_than_refused() {
     let (events, end) = watch_to_end(&mut jobs, &job.id, 0).await;
     end.unwrap();
     assert_eq!(events.last().unwrap().error, stored);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_the_framework_makes_carry_their_codes_name_as_reason() {
+    let redis = RedisServer::start().await;
+    let server = TestServer::start(&redis).await;
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/jobd.v1.JobService/NoSuchMethod");
+    let codec = tonic_prost::ProstCodec::<proto::GetJobRequest, proto::GetJobResponse>::default();
+    let request = tonic::Request::new(proto::GetJobRequest {
+        job_id: "q.x".into(),
+    });
+    let unknown = grpc.unary(request, path, codec).await;
+    assert_reason(unknown, Code::Unimplemented, "UNIMPLEMENTED");
 }

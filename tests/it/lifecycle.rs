@@ -647,6 +647,8 @@ async fn complete_jobs_answers_each_completion_and_claims_the_next() {
     );
     assert!(response.results[1].message.contains("lease token"));
     assert!(response.results[0].message.is_empty());
+    let reasons: Vec<&str> = response.results.iter().map(|r| r.reason.as_str()).collect();
+    assert_eq!(reasons, ["", "LEASE_STALE", "", "JOB_NOT_FOUND"]);
     for (i, expected) in [
         (0, JobState::Completed),
         (1, JobState::Running),

@@ -407,7 +407,9 @@ async fn a_batch_with_one_forbidden_queue_writes_nothing() {
     let mut both = claim("billing.eu");
     both.queues.push("emails".into());
     let refused = guarded.workers.claim_job(with_token(both, &worker)).await;
-    assert_status(refused, Code::PermissionDenied, "on queue emails");
+    let denied = assert_reason(refused, Code::PermissionDenied, "PERMISSION_DENIED");
+    assert_eq!(denied["method"], "jobd.v1.WorkerService/ClaimJob");
+    assert_eq!(denied["queue"], "emails");
     assert_eq!(guarded.digest(), before);
 
     // Completions, one of a forbidden queue, or a next claim on one: none is recorded.
@@ -480,7 +482,8 @@ async fn callers_without_a_known_token_are_unauthenticated_and_health_is_open() 
         assert_status(refused, Code::Unauthenticated, why);
         let claim = with_header(claim("billing.eu"), header);
         let refused = guarded.workers.claim_job(claim).await;
-        assert_status(refused, Code::Unauthenticated, why);
+        let reason = assert_status(refused, Code::Unauthenticated, why);
+        assert_eq!(reason, "UNAUTHENTICATED");
     }
     assert_eq!(guarded.digest(), before, "nothing was written");
 

@@ -708,6 +708,7 @@ async fn a_batch_naming_one_key_many_times_submits_and_reads_it_once() {
         ],
     };
     let refused = jobs.submit_jobs(request).await;
-    assert_status(refused, tonic::Code::AlreadyExists, "\"other\"");
+    let conflict = assert_reason(refused, tonic::Code::AlreadyExists, "IDEMPOTENCY_CONFLICT");
+    assert_eq!(conflict["key"], "other");
     assert_eq!(redis.keys(JOB_KEYS).len(), 1, "nothing written");
 }

@@ -30,8 +30,10 @@ use std::{
 
 use http::{HeaderMap, HeaderValue, Request, Response, header::CONTENT_TYPE};
 use tokio::time::{Instant, Sleep};
-use tonic::Status;
+use tonic::{Code, Status};
 use tower::{Layer, Service};
+
+use super::reason::{Reason, reworded, status};
 
 pub use body::DeadlineBody;
 
@@ -133,18 +135,24 @@ where
 }
 
 pub(super) fn deadline_exceeded(timeout: Duration) -> Status {
-    Status::deadline_exceeded(format!(
+    let message = format!(
         "the call's deadline (grpc-timeout {}) has passed",
         humantime::format_duration(timeout)
-    ))
+    );
+    status(
+        Code::DeadlineExceeded,
+        Reason::DeadlineExceeded,
+        message,
+        &[],
+    )
 }
 
 /// `status` as the trailers that end a call.
 pub(super) fn trailers(status: Status) -> HeaderMap {
     let mut trailers = HeaderMap::new();
     if status.add_header(&mut trailers).is_err() {
-        // Only a message that is not a valid header value fails; the code alone still goes.
-        let _ = Status::new(status.code(), "").add_header(&mut trailers);
+        // Only a message that is not a valid header value fails; the code and details still go.
+        let _ = reworded(&status, String::new()).add_header(&mut trailers);
     }
     trailers
 }

@@ -287,7 +287,7 @@ pub fn assert_status(
     result: Result<impl std::fmt::Debug, tonic::Status>,
     code: tonic::Code,
     mentions: &str,
-) {
+) -> String {
     let status = result.expect_err("the call must fail");
     assert_eq!(status.code(), code, "{status:?}");
     assert!(
@@ -295,4 +295,28 @@ pub fn assert_status(
         "message {:?} should mention {mentions:?}",
         status.message()
     );
+    reason(&status)
+}
+
+/// The reason of the `google.rpc.ErrorInfo` every status jobd sends carries (domain `jobd`).
+pub fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("{status:?} carries no ErrorInfo"));
+    assert_eq!(info.domain, "jobd", "{info:?}");
+    info.reason
+}
+
+/// Asserts a refusal's code and reason, and returns its ErrorInfo metadata.
+pub fn assert_reason(
+    result: Result<impl std::fmt::Debug, tonic::Status>,
+    code: tonic::Code,
+    expected: &str,
+) -> std::collections::HashMap<String, String> {
+    use tonic_types::StatusExt;
+    let status = result.expect_err("the call must fail");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(reason(&status), expected, "{status:?}");
+    status.get_details_error_info().unwrap().metadata
 }
