@@ -1,5 +1,5 @@
 // Generates the gRPC types from the repository's proto/ at build time, so they cannot drift
-// from the API: copies proto/jobd into this package (proto-loader reads it at run time, and a
+// from the API: copies proto/jobd (and docs/service-config.json) into this package (proto-loader reads it at run time, and a
 // packed tarball carries it), then writes TypeScript types with proto-loader-gen-types into
 // src/generated. Both are build output, ignored by git.
 import { execFileSync } from 'node:child_process';
@@ -10,12 +10,16 @@ import { fileURLToPath } from 'node:url';
 const pkg = join(dirname(fileURLToPath(import.meta.url)), '..');
 const repoProto = join(pkg, '..', '..', 'proto');
 const ownProto = join(pkg, 'proto');
+// The published gRPC service config (docs/api.md), whose retry policy and timeouts the client uses.
+const repoServiceConfig = join(pkg, '..', '..', 'docs', 'service-config.json');
+const ownServiceConfig = join(ownProto, 'service-config.json');
 
 if (existsSync(join(repoProto, 'jobd'))) {
   rmSync(ownProto, { recursive: true, force: true });
   cpSync(join(repoProto, 'jobd'), join(ownProto, 'jobd'), { recursive: true });
-} else if (!existsSync(join(ownProto, 'jobd'))) {
-  throw new Error(`no protos: neither ${repoProto} nor ${ownProto} holds jobd/`);
+  cpSync(repoServiceConfig, ownServiceConfig);
+} else if (!existsSync(join(ownProto, 'jobd')) || !existsSync(ownServiceConfig)) {
+  throw new Error(`no protos: neither ${repoProto} nor ${ownProto} holds jobd/ and the service config`);
 }
 
 const files = readdirSync(join(ownProto, 'jobd', 'v1'))

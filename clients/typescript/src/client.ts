@@ -17,8 +17,8 @@ import type { Duration } from './generated/google/protobuf/Duration';
 import { JobdError, toJobdError } from './errors';
 import { isTerminal } from './events';
 import { encode, type Bytes, type Value } from './payload';
-import { DEFAULT_RETRY, backoffDelay, isRetryable, withRetry, type RetryPolicy } from './retry';
-import { stubs, type JobServiceClient, type WorkerServiceClient } from './proto';
+import { backoffDelay, defaultRetry, isRetryable, withRetry, type RetryPolicy } from './retry';
+import { durationMs, serviceConfig, stubs, type JobServiceClient, type WorkerServiceClient } from './proto';
 import { injectTraceContext } from './tracing';
 import { Waits } from './waits';
 
@@ -37,8 +37,16 @@ export interface ClientOptions {
   tls?: boolean | TlsOptions;
   /** Retries on UNAVAILABLE for calls safe to repeat; `{ maxAttempts: 1 }` turns them off. */
   retry?: Partial<RetryPolicy>;
-  /** Deadline of each unary call attempt, in ms (claims add their wait). Default 30 000. */
+  /**
+   * Deadline of each unary call attempt, in ms (claims add their wait). Default: the service
+   * config's timeout for the method (10 s; 75 s for claims and completions).
+   */
   callTimeoutMs?: number;
+  /**
+   * How long `watch` (and `submitAndWait`) keeps resuming a broken stream while every attempt
+   * fails (jobd restarting, say), in ms. Default 60 000.
+   */
+  watchResumeMs?: number;
   /** Extra channel options for @grpc/grpc-js. */
   channelOptions?: grpc.ChannelOptions;
 }
@@ -102,7 +110,8 @@ export class JobdClient {
   /** @internal */ readonly jobs: JobServiceClient;
   /** @internal */ readonly workers: WorkerServiceClient;
   /** @internal */ readonly retry: RetryPolicy;
-  /** @internal */ readonly callTimeoutMs: number;
+  /** @internal */ readonly callTimeoutMs: number | undefined;
+  /** @internal */ readonly watchResumeMs: number;
   readonly address: string;
   private readonly token: string | undefined;
   private readonly waits = new Waits(this);
@@ -110,8 +119,9 @@ export class JobdClient {
   constructor(options: ClientOptions = {}) {
     this.address = options.address ?? process.env.JOBD_ADDRESS ?? '127.0.0.1:50051';
     this.token = options.token;
-    this.retry = { ...DEFAULT_RETRY, ...options.retry };
-    this.callTimeoutMs = options.callTimeoutMs ?? 30_000;
+    this.retry = { ...defaultRetry(), ...options.retry };
+    this.callTimeoutMs = options.callTimeoutMs;
+    this.watchResumeMs = options.watchResumeMs ?? 60_000;
     const channelOptions: grpc.ChannelOptions = {
       // Watch streams may stay quiet for long: keepalive finds a dead connection (and keeps a
       // proxy's idle timer from cutting it) without waiting for the next call.
@@ -141,7 +151,7 @@ export class JobdClient {
     const request = this.submitRequest(job);
     const response = await this.unary<SubmitJobResponse__Output>(
       (metadata, options, callback) => this.jobs.SubmitJob(request, metadata, options, callback),
-      { retry: Boolean(request.idempotencyKey), trace: true },
+      { method: 'jobd.v1.JobService/SubmitJob', retry: Boolean(request.idempotencyKey), trace: true },
     );
     return submitted(response);
   }
@@ -151,7 +161,7 @@ export class JobdClient {
     const requests = jobs.map((job) => this.submitRequest(job));
     const response = await this.unary<{ results: SubmitJobResponse__Output[] }>(
       (metadata, options, callback) => this.jobs.SubmitJobs({ jobs: requests }, metadata, options, callback),
-      { retry: requests.every((request) => request.idempotencyKey), trace: true },
+      { method: 'jobd.v1.JobService/SubmitJobs', retry: requests.every((request) => request.idempotencyKey), trace: true },
     );
     return response.results.map(submitted);
   }
@@ -160,7 +170,7 @@ export class JobdClient {
   async get(jobId: string): Promise<Job> {
     const response = await this.unary<{ job: Job | null }>(
       (metadata, options, callback) => this.jobs.GetJob({ jobId }, metadata, options, callback),
-      { retry: true },
+      { method: 'jobd.v1.JobService/GetJob', retry: true },
     );
     return present(response.job);
   }
@@ -169,7 +179,7 @@ export class JobdClient {
   async cancel(jobId: string, reason = ''): Promise<Job> {
     const response = await this.unary<{ job: Job | null }>(
       (metadata, options, callback) => this.jobs.CancelJob({ jobId, reason }, metadata, options, callback),
-      { retry: true },
+      { method: 'jobd.v1.JobService/CancelJob', retry: true },
     );
     return present(response.job);
   }
@@ -178,7 +188,7 @@ export class JobdClient {
   async stats(queue: string): Promise<QueueStats> {
     return this.unary<QueueStats>(
       (metadata, options, callback) => this.jobs.GetQueueStats({ queue }, metadata, options, callback),
-      { retry: true },
+      { method: 'jobd.v1.JobService/GetQueueStats', retry: true },
     );
   }
 
@@ -190,7 +200,15 @@ export class JobdClient {
    */
   async *watch(jobId: string, options: WatchOptions = {}): AsyncGenerator<JobEvent, void, undefined> {
     let after = options.afterSequence ?? 0;
+    // Consecutive failures, and since when: resumed with backoff for watchResumeMs.
     let failures = 0;
+    let brokenSince = 0;
+    const broken = async (error: JobdError) => {
+      brokenSince ||= Date.now();
+      if (Date.now() - brokenSince > this.watchResumeMs) throw error;
+      this.retry.onRetry?.(error, ++failures);
+      await sleep(backoffDelay(this.retry, failures - 1));
+    };
     for (;;) {
       const call = this.jobs.WatchJob({ jobId, afterSequence: after }, this.metadata(), {});
       const abort = () => call.cancel();
@@ -198,25 +216,21 @@ export class JobdClient {
       try {
         for await (const event of call as AsyncIterable<JobEvent>) {
           failures = 0;
+          brokenSince = 0;
           after = event.sequence;
           yield event;
           if (isTerminal(event)) return;
         }
-        // Ended with OK before a terminal event: a server that closes streams that way when
-        // going away. The job may have finished meanwhile; the next stream says so (it ends at
-        // once for a finished job whose last event we have).
+        // Ended with OK before a terminal event: the job may have finished meanwhile (a stream
+        // after its last event ends at once), else the server let the stream go.
         const job = await this.get(jobId);
         if (TERMINAL_STATES.has(job.state) && job.lastSequence <= after) return;
-        if (++failures >= this.retry.maxAttempts) {
-          throw new JobdError(Status.UNAVAILABLE, 'UNAVAILABLE', `the watch of job ${jobId} kept ending early`);
-        }
-        await sleep(backoffDelay(this.retry, failures - 1));
+        await broken(new JobdError(Status.UNAVAILABLE, 'UNAVAILABLE', `the watch of job ${jobId} ended early`));
       } catch (thrown) {
         const error = toJobdError(thrown);
         if (options.signal?.aborted) throw options.signal.reason;
-        if (!isResumable(error) || ++failures >= this.retry.maxAttempts) throw error;
-        this.retry.onRetry?.(error, failures);
-        await sleep(backoffDelay(this.retry, failures - 1));
+        if (!isResumable(error)) throw error;
+        await broken(error);
       } finally {
         options.signal?.removeEventListener('abort', abort);
         call.cancel();
@@ -252,13 +266,14 @@ export class JobdClient {
    */
   unary<T>(
     invoke: (metadata: grpc.Metadata, options: grpc.CallOptions, callback: Callback<T>) => grpc.ClientUnaryCall,
-    how: { retry: boolean; trace?: boolean; extraMs?: number; signal?: AbortSignal },
+    how: { method: string; retry: boolean; trace?: boolean; extraMs?: number; signal?: AbortSignal },
   ): Promise<T> {
+    const timeoutMs = this.callTimeoutMs !== undefined ? this.callTimeoutMs + (how.extraMs ?? 0) : methodTimeoutMs(how.method);
     const attempt = () =>
       new Promise<T>((resolve, reject) => {
         const metadata = this.metadata();
         if (how.trace) injectTraceContext(metadata);
-        const deadline = new Date(Date.now() + this.callTimeoutMs + (how.extraMs ?? 0));
+        const deadline = new Date(Date.now() + timeoutMs);
         invoke(metadata, { deadline }, (error, value) => (error ? reject(toJobdError(error)) : resolve(value as T)));
       });
     return how.retry ? withRetry(this.retry, attempt, how.signal) : attempt().catch((error) => Promise.reject(toJobdError(error)));
@@ -325,6 +340,14 @@ function present<T>(value: T | null | undefined): T {
     throw new JobdError(Status.INTERNAL, 'INTERNAL', 'jobd answered without the expected message');
   }
   return value;
+}
+
+/** The service config's timeout for `method` ("jobd.v1.JobService/GetJob"); 10 s when it has none. */
+function methodTimeoutMs(method: string): number {
+  const [service, name] = method.split('/');
+  const config = serviceConfig().methodConfig.find((entry) =>
+    entry.name.some((n) => n.service === service && (n.method === undefined || n.method === name)));
+  return config?.timeout ? durationMs(config.timeout) : 10_000;
 }
 
 /** Milliseconds as a google.protobuf.Duration. */

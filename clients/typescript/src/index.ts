@@ -7,7 +7,7 @@ export type { WorkerOptions, WorkerJob, JobContext, Handler } from './worker';
 export * from './errors';
 export { Bytes, encode } from './payload';
 export type { Value } from './payload';
-export { DEFAULT_RETRY } from './retry';
+export { defaultRetry } from './retry';
 export type { RetryPolicy } from './retry';
 export type { JobState } from './generated/jobd/v1/JobState';
 export type { EventType } from './generated/jobd/v1/EventType';

@@ -2,7 +2,7 @@
 //! gRPC stubs. The loader options must match scripts/generate.mjs, which writes the types.
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import type { ProtoGrpcType as JobServiceProto } from './generated/job_service';
@@ -33,6 +33,28 @@ interface Stubs {
 }
 
 let loaded: Stubs | undefined;
+
+/** docs/service-config.json as gRPC defines it: per-method timeouts and retry policies. */
+export interface ServiceConfig {
+  methodConfig: {
+    name: { service: string; method?: string }[];
+    timeout?: string;
+    retryPolicy?: { maxAttempts: number; initialBackoff: string; maxBackoff: string; backoffMultiplier: number };
+  }[];
+}
+
+let serviceConfigLoaded: ServiceConfig | undefined;
+
+/** The published service config, copied into the package by the build. */
+export function serviceConfig(): ServiceConfig {
+  serviceConfigLoaded ??= JSON.parse(readFileSync(join(PROTO_DIR, 'service-config.json'), 'utf8')) as ServiceConfig;
+  return serviceConfigLoaded;
+}
+
+/** A service config duration ("0.1s") in ms. */
+export function durationMs(text: string): number {
+  return Math.round(parseFloat(text) * 1000);
+}
 
 /** The service constructors, loaded once per process (they are immutable descriptors). */
 export function stubs(): Stubs {

@@ -5,14 +5,18 @@ import { status as Status } from '@grpc/grpc-js';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import { JobdError, toJobdError } from './errors';
+import { durationMs, serviceConfig } from './proto';
 
-/** How calls that fail with UNAVAILABLE are retried. */
+/**
+ * How calls that fail with UNAVAILABLE are retried. The defaults are the retry policy of the
+ * published service config (docs/service-config.json).
+ */
 export interface RetryPolicy {
-  /** Attempts in all, the first included; 1 turns retries off. Default 10. */
+  /** Attempts in all, the first included; 1 turns retries off. Default 5. */
   maxAttempts: number;
   /** Delay before the first retry, in ms. Default 100. */
   initialBackoffMs: number;
-  /** Longest delay, in ms. Default 5000. */
+  /** Longest delay, in ms. Default 2000. */
   maxBackoffMs: number;
   /** Growth per retry. Default 2. */
   multiplier: number;
@@ -20,7 +24,17 @@ export interface RetryPolicy {
   onRetry?: (error: JobdError, retry: number) => void;
 }
 
-export const DEFAULT_RETRY: RetryPolicy = { maxAttempts: 10, initialBackoffMs: 100, maxBackoffMs: 5000, multiplier: 2 };
+/** The service config's retry policy (the first one it has), as a RetryPolicy. */
+export function defaultRetry(): RetryPolicy {
+  const policy = serviceConfig().methodConfig.find((config) => config.retryPolicy)?.retryPolicy;
+  if (!policy) return { maxAttempts: 5, initialBackoffMs: 100, maxBackoffMs: 2000, multiplier: 2 };
+  return {
+    maxAttempts: policy.maxAttempts,
+    initialBackoffMs: durationMs(policy.initialBackoff),
+    maxBackoffMs: durationMs(policy.maxBackoff),
+    multiplier: policy.backoffMultiplier,
+  };
+}
 
 /** Whether a failed call may be repeated: jobd, Redis or the connection was unavailable. */
 export function isRetryable(error: JobdError): boolean {

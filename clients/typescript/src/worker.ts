@@ -226,7 +226,7 @@ export class Worker {
     const call = this.client
       .unary<{ jobs: ClaimedJob[] }>(
         (metadata, options, callback) => this.client.workers.ClaimJobs(request, metadata, options, callback),
-        { retry: false, extraMs: this.claimWaitMs },
+        { method: 'jobd.v1.WorkerService/ClaimJobs', retry: false, extraMs: this.claimWaitMs },
       )
       .then(
         (response) => {
@@ -342,7 +342,7 @@ export class Worker {
       const call = this.client
         .unary<{ results: { code: number; message: string }[]; next: ClaimedJob[] }>(
           (metadata, options, callback) => this.client.workers.CompleteJobs(request, metadata, options, callback),
-          { retry: true, extraMs: free > 0 ? this.claimWaitMs : 0 },
+          { method: 'jobd.v1.WorkerService/CompleteJobs', retry: true, extraMs: free > 0 ? this.claimWaitMs : 0 },
         )
         .then(
           (response) => {
@@ -370,7 +370,7 @@ export class Worker {
     const request = { jobId, leaseToken: claimed.leaseToken, error: text || 'failed', retryable: !(error instanceof NonRetryableError) };
     this.track(
       this.client
-        .unary((metadata, options, callback) => this.client.workers.FailJob(request, metadata, options, callback), { retry: true })
+        .unary((metadata, options, callback) => this.client.workers.FailJob(request, metadata, options, callback), { method: 'jobd.v1.WorkerService/FailJob', retry: true })
         .catch((failure: JobdError) => this.logger.warn(`reporting the failure of ${jobId} failed (${failure.reason})`, failure)),
     );
   }
@@ -380,7 +380,7 @@ export class Worker {
     const request = { jobId, leaseToken: claimed.leaseToken, reason };
     this.track(
       this.client
-        .unary((metadata, options, callback) => this.client.workers.ReleaseJob(request, metadata, options, callback), { retry: true })
+        .unary((metadata, options, callback) => this.client.workers.ReleaseJob(request, metadata, options, callback), { method: 'jobd.v1.WorkerService/ReleaseJob', retry: true })
         .catch((failure: JobdError) => this.logger.warn(`giving back ${jobId} failed (${failure.reason})`, failure)),
     );
   }
@@ -408,7 +408,7 @@ export class Worker {
     try {
       const response = await this.client.unary<HeartbeatResponse__Output>(
         (metadata, options, callback) => this.client.workers.Heartbeat(request, metadata, options, callback),
-        { retry: true, signal: run.done.signal },
+        { method: 'jobd.v1.WorkerService/Heartbeat', retry: true, signal: run.done.signal },
       );
       if (response.cancelled) {
         run.abort.abort(new JobCancelledError(Status.CANCELLED, 'JOB_CANCELLED', `job ${run.job.id} was cancelled`));

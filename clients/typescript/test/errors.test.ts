@@ -10,14 +10,23 @@ import * as protobuf from 'protobufjs';
 
 import {
   ERROR_CLASSES,
+  IdempotencyConflictError,
   InvalidRequestError,
+  JobCancelledError,
+  JobFinishedError,
+  JobNotFoundError,
   JobdError,
   LeaseExpiredError,
+  LeaseStaleError,
+  LeaseTokenUnknownError,
+  PastLastEventError,
+  PayloadTooLargeError,
+  PermissionDeniedError,
   UnauthenticatedError,
   UnavailableError,
   errorFromStatus,
 } from '../src';
-import { Jobd, jobdBinary } from './harness';
+import { Jobd, jobdBinary, waitFor } from './harness';
 
 // google.rpc.Status with details, encoded as jobd encodes it, to check the decoding.
 const root = protobuf.parse(`
@@ -73,18 +82,80 @@ test('an unknown reason keeps it on the base class; other domains and no details
   assert.equal(errorFromStatus(Status.INTERNAL, 'm', garbage).reason, 'INTERNAL');
 });
 
-test('jobd\'s refusals arrive as typed errors', async () => {
-  const jobd = await Jobd.start();
+/** The error a promise rejects with; fails when it resolves. */
+async function refusal(promise: Promise<unknown>): Promise<JobdError> {
+  const error = await promise.then(() => assert.fail('the call should fail'), (thrown: unknown) => thrown);
+  assert.ok(error instanceof JobdError, String(error));
+  return error;
+}
+
+test('jobd\'s refusals arrive as their reasons\' types, with their metadata', async () => {
+  const jobd = await Jobd.start(['--max-payload-bytes', '1024']);
   const client = jobd.client();
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- the stubs' callbacks differ by response type
+  const worker = (method: string, invoke: (metadata: Metadata, options: object, callback: any) => unknown) =>
+    client.unary((metadata, options, callback) => invoke(metadata, options, callback) as never, { method: `jobd.v1.WorkerService/${method}`, retry: false });
+  const claim = async (queue: string, ackTimeout = 5) => {
+    const response = await worker('ClaimJobs', (m, o, cb) => client.workers.ClaimJobs(
+      { claim: { queues: [queue], workerId: 'test', ackTimeout: { seconds: ackTimeout } }, maxJobs: 1 }, m, o, cb)) as { jobs: { job: { id: string }; leaseToken: string }[] };
+    const claimed = response.jobs[0];
+    assert.ok(claimed, 'a job was claimed');
+    return { jobId: claimed.job.id, leaseToken: claimed.leaseToken };
+  };
+  const heartbeat = (lease: { jobId: string; leaseToken: string }) =>
+    worker('Heartbeat', (m, o, cb) => client.workers.Heartbeat(lease, m, o, cb));
   try {
-    const invalid = await client.submit({ queue: 'bad queue!', kind: 'k' }).then(() => assert.fail('should fail'), (error: unknown) => error);
-    assert.ok(invalid instanceof JobdError, String(invalid));
-    assert.equal(invalid.code, Status.INVALID_ARGUMENT);
-    if (invalid.reason !== 'INVALID_ARGUMENT') {
-      // A jobd that ships ErrorInfo names the reason and the field.
-      assert.ok(invalid instanceof InvalidRequestError);
-      assert.match(invalid.metadata.field ?? '', /queue/);
-    }
+    const invalid = await refusal(client.submit({ queue: 'bad queue!', kind: 'k' }));
+    assert.ok(invalid instanceof InvalidRequestError, invalid.reason);
+    assert.match(invalid.metadata.field ?? '', /queue/);
+
+    const large = await refusal(client.submit({ queue: 'q', kind: 'k', payload: Buffer.alloc(2048) }));
+    assert.ok(large instanceof PayloadTooLargeError, large.reason);
+    assert.equal(large.metadata.limit, '1024');
+
+    await client.submit({ queue: 'q', kind: 'k', idempotencyKey: 'key-1', payload: 'a' });
+    const conflict = await refusal(client.submit({ queue: 'q', kind: 'k', idempotencyKey: 'key-1', payload: 'b' }));
+    assert.ok(conflict instanceof IdempotencyConflictError, conflict.reason);
+    assert.equal(conflict.metadata.key, 'key-1');
+
+    const existing = await client.submit({ queue: 'q2', kind: 'k', delayMs: 60_000 });
+    const past = await refusal((async () => {
+      for await (const _event of client.watch(existing.id, { afterSequence: 99 })) void _event;
+    })());
+    assert.ok(past instanceof PastLastEventError, past.reason);
+    assert.equal(past.metadata.last_sequence, '1');
+
+    const unknown = await refusal(heartbeat({ jobId: existing.id, leaseToken: 'no-such-token' }));
+    assert.ok(unknown instanceof LeaseTokenUnknownError || unknown instanceof LeaseStaleError, unknown.reason);
+
+    // A lease given back is stale; an unacknowledged one expires; a cancelled job says so.
+    await client.submit({ queue: 'q3', kind: 'k' });
+    const released = await claim('q3');
+    await worker('ReleaseJob', (m, o, cb) => client.workers.ReleaseJob(released, m, o, cb));
+    const stale = await refusal(heartbeat(released));
+    assert.ok(stale instanceof LeaseStaleError, stale.reason);
+    assert.equal(stale.metadata.state, 'QUEUED');
+
+    const unacknowledged = await claim('q3', 1);
+    await waitFor('the acknowledgement deadline to pass', async () =>
+      (await client.get(unacknowledged.jobId)).state === 'JOB_STATE_QUEUED');
+    const expired = await refusal(heartbeat(unacknowledged));
+    assert.ok(expired instanceof LeaseExpiredError || expired instanceof LeaseStaleError, expired.reason);
+
+    const running = await claim('q3');
+    await client.cancel(running.jobId);
+    const cancelled = await refusal(worker('CompleteJob', (m, o, cb) => client.workers.CompleteJob({ ...running, result: Buffer.from('x') }, m, o, cb)));
+    assert.ok(cancelled instanceof JobCancelledError, cancelled.reason);
+
+    await client.submit({ queue: 'q4', kind: 'k' });
+    const done = await claim('q4');
+    await worker('CompleteJob', (m, o, cb) => client.workers.CompleteJob({ ...done, result: Buffer.from('x') }, m, o, cb));
+    const finished = await refusal(client.cancel(done.jobId));
+    assert.ok(finished instanceof JobFinishedError, finished.reason);
+    assert.equal(finished.metadata.state, 'COMPLETED');
+
+    const missing = await refusal(client.get(existing.id.replace(/\.[^.]+$/, '.01ARZ3NDEKTSV4RRFFQ69G5FAV')));
+    assert.ok(missing instanceof JobNotFoundError, missing.reason);
   } finally {
     client.close();
     await jobd.stop();
@@ -103,8 +174,11 @@ test('a bearer token opens the door; none gets UnauthenticatedError', async () =
   try {
     const denied = await anonymous.stats('q').then(() => assert.fail('should fail'), (error: unknown) => error);
     assert.ok(denied instanceof UnauthenticatedError, String(denied));
+    assert.equal((denied as JobdError).reason, 'UNAUTHENTICATED');
     assert.equal((await known.submit({ queue: 'q', kind: 'k' })).created, true);
     assert.equal((await known.stats('q')).queued, 1);
+    const denied2 = await refusal(known.unary((m, o, cb) => known.workers.ClaimJobs({ claim: { queues: ['q'], workerId: 'w' } }, m, o, cb), { method: 'jobd.v1.WorkerService/ClaimJobs', retry: false }));
+    assert.ok(denied2 instanceof PermissionDeniedError, denied2.reason);
   } finally {
     anonymous.close();
     known.close();

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
-import { JobdError, Worker, type JobEvent, type JobdClient } from '../src';
+import { JobdError, RedisUnavailableError, Worker, type JobEvent, type JobdClient } from '../src';
 import { Jobd, queueName, waitFor } from './harness';
 
 let jobd: Jobd;
@@ -46,6 +46,7 @@ test('watch survives a jobd restart mid-stream, with no gap and no duplicate', a
     stop = true;
     await watching;
     assert.ok(retries.length > 0, 'the stream broke and was resumed');
+    assert.ok(retries.includes('SHUTTING_DOWN'), `jobd ended the stream as it shut down: ${retries.join(' ')}`);
     assert.deepEqual(events.map((event) => event.sequence), events.map((_event, i) => i + 1), 'every sequence once, in order');
     assert.equal(events.at(-1)?.type, 'EVENT_TYPE_COMPLETED');
     assert.equal(events.at(-1)?.result.toString(), 'ticked');
@@ -66,6 +67,7 @@ test('calls retry on UNAVAILABLE while Redis is stopped, and a retried submissio
       const refused = await noRetry.stats(queue).then(() => assert.fail('should fail'), (error: unknown) => error);
       assert.ok(refused instanceof JobdError, String(refused));
       assert.equal(refused.code, 14, 'UNAVAILABLE');
+      assert.ok(refused instanceof RedisUnavailableError, refused.reason);
 
       retries.length = 0;
       submitting = client.submit({ queue, kind: 'k', payload: 'p' });
