@@ -2,7 +2,8 @@
 # CI for clients/typescript: install from the lockfile (which builds: protos copied and types
 # generated from proto/, then tsc), the strict type check of sources, tests and examples, then
 # the test suite, which runs against a real jobd and redis-server (JOBD_BIN, else
-# target/debug/jobd, built when missing) and runs the example worker and submitter.
+# target/debug/jobd, built when missing) and runs the example worker and submitter; then the
+# benchmark at a small size (figures printed, not asserted).
 # Everything it writes is ignored by git (node_modules, dist, build, proto, src/generated);
 # it fails if it left the checkout dirty.
 set -euo pipefail
@@ -11,6 +12,8 @@ cd "$(dirname "$0")"
 npm ci --no-audit --no-fund
 npm run check
 npm test
+# The benchmark at a small size, so it cannot rot; its figures are printed, not asserted.
+node build/bench/lifecycle.js --small
 
 if [ -n "$(git status --porcelain -- .)" ]; then
   echo "clients/typescript/ci.sh left the checkout dirty:" >&2
