@@ -5,9 +5,10 @@
 # target/debug/jobd, built when missing) and runs the example worker and submitter; then the
 # benchmark at a small size (figures printed, not asserted).
 # Everything it writes is ignored by git (node_modules, dist, build, proto, src/generated);
-# it fails if it left the checkout dirty.
+# it fails if it changed what git sees.
 set -euo pipefail
 cd "$(dirname "$0")"
+before=$(git status --porcelain --untracked-files=all -- . 2>/dev/null || true)
 
 npm ci --no-audit --no-fund
 npm run check
@@ -15,8 +16,9 @@ npm test
 # The benchmark at a small size, so it cannot rot; its figures are printed, not asserted.
 node build/bench/lifecycle.js --small
 
-if [ -n "$(git status --porcelain -- .)" ]; then
-  echo "clients/typescript/ci.sh left the checkout dirty:" >&2
-  git status --porcelain -- . >&2
+after=$(git status --porcelain --untracked-files=all -- . 2>/dev/null || true)
+if [ "$before" != "$after" ]; then
+  echo "clients/typescript/ci.sh changed the checkout:" >&2
+  diff <(echo "$before") <(echo "$after") >&2 || true
   exit 1
 fi

@@ -1,5 +1,6 @@
 // The lifecycle of bench/bullmq/lifecycle.mjs with @jobd/client, each side in its natural form:
-// N jobs; P submitters, each awaiting `submitAndWait` of one job after another; W workers
+// N jobs; P submitters, each awaiting `submitAndWait` of a batch of B jobs at once (as BullMQ's
+// add a batch and wait for each of its jobs), batch after batch; W workers
 // (a JobdClient each, as separate processes would have) with a no-op handler and `concurrency`
 // C. A fresh redis-server and jobd per run (--jobd, else $JOBD_BIN, else target/release/jobd),
 // after a warm-up. Reports jobs/s, submit-to-result latency, and Redis commands and CPU per job
@@ -17,6 +18,7 @@ const { values: opt } = parseArgs({
     jobd: { type: 'string' },
     jobs: { type: 'string', default: '20000' },
     'in-flight': { type: 'string', default: '64' },
+    'submit-batch': { type: 'string', default: '8' },
     workers: { type: 'string', default: '16' },
     concurrency: { type: 'string', default: '8' },
     runs: { type: 'string', default: '3' },
@@ -26,6 +28,7 @@ const { values: opt } = parseArgs({
 const sizes = {
   jobs: opt.small ? 1000 : Number(opt.jobs),
   inFlight: Number(opt['in-flight']),
+  submitBatch: Number(opt['submit-batch']),
   workers: Number(opt.workers),
   concurrency: Number(opt.concurrency),
   runs: opt.small ? 1 : Number(opt.runs),
@@ -48,10 +51,13 @@ async function lifecycle(client: JobdClient, queue: string, jobs: number) {
   const latencies: number[] = [];
   async function submitter(): Promise<void> {
     while (next < jobs) {
-      next++;
+      const count = Math.min(sizes.submitBatch, jobs - next);
+      next += count;
       const sent = process.hrtime.bigint();
-      await client.submitAndWait({ queue, kind: 'bench' });
-      latencies.push(Number(process.hrtime.bigint() - sent) / 1e6);
+      await Promise.all(Array.from({ length: count }, async () => {
+        await client.submitAndWait({ queue, kind: 'bench' });
+        latencies.push(Number(process.hrtime.bigint() - sent) / 1e6);
+      }));
     }
   }
   const started = process.hrtime.bigint();
@@ -65,7 +71,7 @@ async function lifecycle(client: JobdClient, queue: string, jobs: number) {
 async function run() {
   const jobd = await Jobd.start();
   const queue = 'bench';
-  const submitters = jobd.client();
+  const submitters = jobd.client(process.env.BENCH_NO_KEYS ? { retry: { maxAttempts: 1 } } : {});
   const clients = Array.from({ length: sizes.workers }, () => jobd.client());
   const workers = clients.map((client) => {
     const worker = new Worker(client, { queue, concurrency: sizes.concurrency, handleSignals: false, logger: { warn: () => {} } });
@@ -97,6 +103,7 @@ async function main(): Promise<void> {
     scenario: 'jobd-client-ts-lifecycle',
     jobs: sizes.jobs,
     in_flight: sizes.inFlight,
+    submit_batch: sizes.submitBatch,
     workers: sizes.workers,
     concurrency: sizes.concurrency,
     runs: runs.length,

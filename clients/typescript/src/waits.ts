@@ -71,6 +71,7 @@ export class Waits {
     if (live.length === 0) return;
     const byJob = new Map<string, Waiter>();
     let submitted = false;
+    let ended = false;
     const call = this.client.jobs.SubmitAndWatchJobs({ jobs: live.map((waiter) => waiter.request) }, metadata.clone(), {});
     try {
       for await (const message of call as AsyncIterable<StreamMessage>) {
@@ -88,13 +89,16 @@ export class Waits {
           waiter.after = message.event.sequence;
           if (isTerminal(message.event)) deliver(waiter, message.event);
         }
-        if (submitted && live.every((waiter) => waiter.settled)) return;
       }
+      // jobd ends the stream with OK after the last job's terminal event.
+      ended = true;
     } catch (thrown) {
+      ended = true;
       const error = toJobdError(thrown);
       if (!submitted) return this.unsubmitted(metadata, live, error, failures);
     } finally {
-      call.cancel();
+      // Cancelling a call that ended costs a RST_STREAM for nothing.
+      if (!ended) call.cancel();
     }
     // The stream ended (or broke) after the submission: follow each unfinished job alone.
     for (const waiter of live) if (!waiter.settled && waiter.jobId) void this.resume(waiter);

@@ -101,8 +101,9 @@ interface Running {
   claimed: ClaimedJob;
   job: Job;
   abort: AbortController;
-  /** Aborts the heartbeats once the handler ended. */
-  done: AbortController;
+  /** The handler ended: no more heartbeats. (A flag, not an AbortController: aborting one
+   * per job costs a DOMException.) */
+  done: boolean;
   timer?: NodeJS.Timeout;
   finished: Promise<void>;
 }
@@ -275,11 +276,11 @@ export class Worker {
   private begin(claimed: ClaimedJob): void {
     const job = claimed.job;
     if (!job) return;
-    const run: Running = { claimed, job, abort: new AbortController(), done: new AbortController(), finished: Promise.resolve() };
+    const run: Running = { claimed, job, abort: new AbortController(), done: false, finished: Promise.resolve() };
     this.running.set(job.id, run);
     this.scheduleHeartbeat(run, Math.min(this.heartbeatMs, this.ackTimeoutMs / 2));
     run.finished = this.execute(run).finally(() => {
-      run.done.abort();
+      run.done = true;
       clearTimeout(run.timer);
       this.running.delete(job.id);
       this.fill();
@@ -386,7 +387,7 @@ export class Worker {
   }
 
   private scheduleHeartbeat(run: Running, afterMs: number): void {
-    if (run.done.signal.aborted) return;
+    if (run.done) return;
     run.timer = setTimeout(() => {
       void this.heartbeat(run).then((ok) => {
         if (ok) this.scheduleHeartbeat(run, this.heartbeatMs * (0.8 + 0.2 * Math.random()));
@@ -402,13 +403,13 @@ export class Worker {
 
   /** One heartbeat; false once the job is over for this worker (cancelled, lease lost). */
   private async heartbeat(run: Running, progress?: { value?: number; message: string }): Promise<boolean> {
-    if (run.done.signal.aborted || run.abort.signal.aborted) return false;
+    if (run.done || run.abort.signal.aborted) return false;
     const request: HeartbeatRequest = { jobId: run.job.id, leaseToken: run.claimed.leaseToken };
     if (progress) request.progress = progress;
     try {
       const response = await this.client.unary<HeartbeatResponse__Output>(
         (metadata, options, callback) => this.client.workers.Heartbeat(request, metadata, options, callback),
-        { method: 'jobd.v1.WorkerService/Heartbeat', retry: true, signal: run.done.signal },
+        { method: 'jobd.v1.WorkerService/Heartbeat', retry: true },
       );
       if (response.cancelled) {
         run.abort.abort(new JobCancelledError(Status.CANCELLED, 'JOB_CANCELLED', `job ${run.job.id} was cancelled`));
@@ -417,7 +418,7 @@ export class Worker {
       return true;
     } catch (thrown) {
       const error = toJobdError(thrown);
-      if (run.done.signal.aborted) return false;
+      if (run.done) return false;
       if (error.code === Status.FAILED_PRECONDITION || error.code === Status.NOT_FOUND) {
         // The lease is gone (expired, or the job finished or was cancelled): stop the handler.
         run.abort.abort(error);
