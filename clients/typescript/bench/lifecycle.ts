@@ -23,6 +23,9 @@ const { values: opt } = parseArgs({
     concurrency: { type: 'string', default: '8' },
     runs: { type: 'string', default: '3' },
     small: { type: 'boolean', default: false },
+    // Submit without the idempotency keys the client generates to retry submissions safely
+    // (retries off): what keyed submissions cost jobd and Redis.
+    'no-generated-keys': { type: 'boolean', default: false },
   },
 });
 const sizes = {
@@ -71,7 +74,7 @@ async function lifecycle(client: JobdClient, queue: string, jobs: number) {
 async function run() {
   const jobd = await Jobd.start();
   const queue = 'bench';
-  const submitters = jobd.client(process.env.BENCH_NO_KEYS ? { retry: { maxAttempts: 1 } } : {});
+  const submitters = jobd.client(opt['no-generated-keys'] ? { retry: { maxAttempts: 1 } } : {});
   const clients = Array.from({ length: sizes.workers }, () => jobd.client());
   const workers = clients.map((client) => {
     const worker = new Worker(client, { queue, concurrency: sizes.concurrency, handleSignals: false, logger: { warn: () => {} } });
@@ -100,7 +103,7 @@ async function main(): Promise<void> {
   for (let i = 0; i < sizes.runs; i++) runs.push(await run());
   const median = (values: number[]) => values.sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
   const report: Record<string, unknown> = {
-    scenario: 'jobd-client-ts-lifecycle',
+    scenario: opt['no-generated-keys'] ? 'jobd-client-ts-lifecycle-no-keys' : 'jobd-client-ts-lifecycle',
     jobs: sizes.jobs,
     in_flight: sizes.inFlight,
     submit_batch: sizes.submitBatch,
