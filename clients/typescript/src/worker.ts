@@ -412,7 +412,7 @@ export class Worker {
         { method: 'jobd.v1.WorkerService/Heartbeat', retry: true },
       );
       if (response.cancelled) {
-        run.abort.abort(new JobCancelledError(Status.CANCELLED, 'JOB_CANCELLED', `job ${run.job.id} was cancelled`));
+        run.abort.abort(new JobCancelledError(Status.FAILED_PRECONDITION, 'JOB_CANCELLED', `job ${run.job.id} was cancelled`));
         return false;
       }
       return true;
