@@ -1,0 +1,190 @@
+//! The test harness: a redis-server and a jobd of the test's own, on free ports, stopped at the
+//! end; and `waitFor`, the one way to wait on an observable condition.
+import * as grpc from '@grpc/grpc-js';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { createServer, connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+import { JobdClient, type ClientOptions } from '../src';
+
+/** The repository's root: this file is built to clients/typescript/build/test/. */
+const REPO_ROOT = resolve(__dirname, '..', '..', '..', '..');
+
+/** The jobd binary: $JOBD_BIN, else target/debug/jobd, built when missing. */
+export function jobdBinary(): string {
+  if (process.env.JOBD_BIN) return process.env.JOBD_BIN;
+  const binary = join(REPO_ROOT, 'target', 'debug', 'jobd');
+  if (!existsSync(binary)) {
+    execFileSync('cargo', ['build', '--locked', '--bin', 'jobd'], { cwd: REPO_ROOT, stdio: 'inherit' });
+  }
+  return binary;
+}
+
+/** Polls `condition` every 20 ms until it holds (returns a truthy value) or `timeoutMs` passes. */
+export async function waitFor<T>(what: string, condition: () => T | Promise<T>, timeoutMs = 10_000): Promise<NonNullable<T>> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await condition();
+    if (value) return value as NonNullable<T>;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    const probe = createServer().listen(0, '127.0.0.1', () => {
+      const address = probe.address();
+      if (address && typeof address === 'object') probe.close(() => resolvePort(address.port));
+      else reject(new Error('no port'));
+    });
+  });
+}
+
+/** A redis-server of the test's own, without persistence. */
+export class Redis {
+  private constructor(
+    readonly port: number,
+    readonly process: ChildProcess,
+    private readonly dir: string,
+  ) {}
+
+  get url(): string {
+    return `redis://127.0.0.1:${this.port}`;
+  }
+
+  static async start(): Promise<Redis> {
+    const port = await freePort();
+    const dir = mkdtempSync(join(tmpdir(), 'jobd-ts-redis-'));
+    const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], {
+      stdio: 'ignore',
+    });
+    const redis = new Redis(port, child, dir);
+    await waitFor('redis-server to answer PING', () => redis.ping());
+    return redis;
+  }
+
+  /** Whether Redis answers PING now. */
+  ping(): Promise<boolean> {
+    return new Promise((resolvePing) => {
+      const socket = connect(this.port, '127.0.0.1');
+      socket.setTimeout(500);
+      socket.on('connect', () => socket.write('PING\r\n'));
+      socket.on('data', (data) => {
+        resolvePing(data.toString().startsWith('+PONG'));
+        socket.destroy();
+      });
+      socket.on('error', () => resolvePing(false));
+      socket.on('timeout', () => {
+        resolvePing(false);
+        socket.destroy();
+      });
+    });
+  }
+
+  pause(): void {
+    this.process.kill('SIGSTOP');
+  }
+
+  resume(): void {
+    this.process.kill('SIGCONT');
+  }
+
+  stop(): void {
+    this.process.kill('SIGCONT');
+    this.process.kill('SIGKILL');
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** A jobd on a free port against `redis`; restartable on the same port. */
+export class Jobd {
+  private child: ChildProcess | undefined;
+  private exited: Promise<void> = Promise.resolve();
+  private credentials = grpc.credentials.createInsecure();
+  private constructor(
+    readonly port: number,
+    readonly redis: Redis,
+    readonly args: string[],
+  ) {}
+
+  get address(): string {
+    return `127.0.0.1:${this.port}`;
+  }
+
+  /** Starts Redis and jobd (with `args` added to its command line) and waits until SERVING. */
+  static async start(args: string[] = [], options: { credentials?: grpc.ChannelCredentials } = {}): Promise<Jobd> {
+    const redis = await Redis.start();
+    const jobd = new Jobd(await freePort(), redis, args);
+    jobd.credentials = options.credentials ?? grpc.credentials.createInsecure();
+    await jobd.launch();
+    return jobd;
+  }
+
+  /** Starts the jobd process and waits until its health check says SERVING. */
+  async launch(): Promise<void> {
+    const child = spawn(jobdBinary(), ['--listen', this.address, '--redis-url', this.redis.url, ...this.args], {
+      stdio: ['ignore', 'ignore', process.env.JOBD_LOG ? 'inherit' : 'ignore'],
+      env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' },
+    });
+    this.child = child;
+    this.exited = new Promise((resolveExit) => child.once('exit', () => resolveExit()));
+    const health = new grpc.Client(this.address, this.credentials);
+    try {
+      await waitFor('jobd to be SERVING', async () => {
+        if (child.exitCode !== null) throw new Error(`jobd exited with ${child.exitCode}`);
+        return (await healthStatus(health)) === 1;
+      }, 30_000);
+    } finally {
+      health.close();
+    }
+  }
+
+  /** Stops jobd with SIGTERM (its graceful shutdown) and waits until it exited. */
+  async terminate(): Promise<void> {
+    this.child?.kill('SIGTERM');
+    await this.exited;
+  }
+
+  /** jobd stopped and started again on the same port and Redis. */
+  async restart(): Promise<void> {
+    await this.terminate();
+    await this.launch();
+  }
+
+  client(options: ClientOptions = {}): JobdClient {
+    return new JobdClient({ address: this.address, ...options });
+  }
+
+  async stop(): Promise<void> {
+    this.child?.kill('SIGKILL');
+    await this.exited;
+    this.redis.stop();
+  }
+}
+
+/** grpc.health.v1.Health/Check for "" : the status number (1 SERVING), or 0 on any failure. */
+function healthStatus(client: grpc.Client): Promise<number> {
+  return new Promise((resolveStatus) => {
+    client.makeUnaryRequest(
+      '/grpc.health.v1.Health/Check',
+      () => Buffer.alloc(0),
+      (bytes: Buffer) => bytes,
+      {},
+      { deadline: new Date(Date.now() + 1000) },
+      (error, response) => {
+        // HealthCheckResponse { status = 1 }: field 1, varint.
+        if (error || !response) resolveStatus(0);
+        else resolveStatus(response.length >= 2 && response[0] === 0x08 ? response[1]! : 0);
+      },
+    );
+  });
+}
+
+/** A queue name unique to the test. */
+export function queueName(prefix: string): string {
+  return `${prefix}-${Math.random().toString(36).slice(2, 8)}`;
+}

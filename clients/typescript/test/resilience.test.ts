@@ -1,0 +1,87 @@
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+
+import { JobdError, RedisUnavailableError, Worker, type JobEvent, type JobdClient } from '../src';
+import { Jobd, queueName, waitFor } from './harness';
+
+let jobd: Jobd;
+let client: JobdClient;
+const retries: string[] = [];
+
+before(async () => {
+  // A short Redis command timeout, so that a stopped Redis gives UNAVAILABLE quickly.
+  jobd = await Jobd.start(['--redis-command-timeout', '300ms', '--shutdown-timeout', '2s']);
+  client = jobd.client({ retry: { onRetry: (error) => retries.push(error.reason) } });
+});
+
+after(async () => {
+  client.close();
+  await jobd.stop();
+});
+
+test('watch survives a jobd restart mid-stream, with no gap and no duplicate', async () => {
+  const queue = queueName('restart');
+  // Its heartbeats fail while jobd restarts, as they should; not worth a log line here.
+  const worker = new Worker(client, { queue, leaseMs: 10_000, claimWaitMs: 1000, handleSignals: false, logger: { warn: () => {} } });
+  let step = 0;
+  let stop = false;
+  worker.handle('ticker', async (_job, ctx) => {
+    while (!stop) {
+      await ctx.progress(++step, `step ${step}`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    return 'ticked';
+  });
+  const submitted = await client.submit({ queue, kind: 'ticker' });
+  worker.start();
+  const events: JobEvent[] = [];
+  const watching = (async () => {
+    for await (const event of client.watch(submitted.id)) events.push(event);
+  })();
+  try {
+    await waitFor('progress before the restart', () => events.length >= 5);
+    const before = events.length;
+    retries.length = 0;
+    await jobd.restart();
+    await waitFor('progress after the restart', () => events.length >= before + 5, 20_000);
+    stop = true;
+    await watching;
+    assert.ok(retries.length > 0, 'the stream broke and was resumed');
+    assert.ok(retries.includes('SHUTTING_DOWN'), `jobd ended the stream as it shut down: ${retries.join(' ')}`);
+    assert.deepEqual(events.map((event) => event.sequence), events.map((_event, i) => i + 1), 'every sequence once, in order');
+    assert.equal(events.at(-1)?.type, 'EVENT_TYPE_COMPLETED');
+    assert.equal(events.at(-1)?.result.toString(), 'ticked');
+  } finally {
+    stop = true;
+    await worker.close();
+  }
+});
+
+test('calls retry on UNAVAILABLE while Redis is stopped, and a retried submission is made once', async () => {
+  const queue = queueName('outage');
+  const noRetry = jobd.client({ retry: { maxAttempts: 1 } });
+  let submitting: Promise<{ created: boolean }> | undefined;
+  let reading: Promise<unknown> = Promise.resolve();
+  try {
+    jobd.redis.pause();
+    try {
+      const refused = await noRetry.stats(queue).then(() => assert.fail('should fail'), (error: unknown) => error);
+      assert.ok(refused instanceof JobdError, String(refused));
+      assert.equal(refused.code, 14, 'UNAVAILABLE');
+      assert.ok(refused instanceof RedisUnavailableError, refused.reason);
+
+      retries.length = 0;
+      submitting = client.submit({ queue, kind: 'k', payload: 'p' });
+      reading = client.stats(queue);
+      await waitFor('a retry of each call', () => retries.length >= 2, 10_000);
+    } finally {
+      jobd.redis.resume();
+    }
+  } finally {
+    noRetry.close();
+  }
+  const [submitted] = await Promise.all([submitting, reading]);
+  assert.equal(submitted?.created, true);
+  const stats = await client.stats(queue);
+  assert.equal(stats.queued, 1, 'the retried submission made one job');
+});
