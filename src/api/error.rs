@@ -6,6 +6,7 @@
 use tonic::Status;
 
 use crate::{
+    budgets::Exhausted,
     domain::{ClaimDeadline, JobState, Refusal, RequestError},
     store::StoreError,
 };
@@ -74,6 +75,12 @@ impl From<RequestError> for Status {
 impl From<StoreError> for Status {
     fn from(error: StoreError) -> Self {
         ApiError::from(error).into()
+    }
+}
+
+impl From<Exhausted> for Status {
+    fn from(exhausted: Exhausted) -> Self {
+        Status::resource_exhausted(format!("{exhausted}; retry later"))
     }
 }
 

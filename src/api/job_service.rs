@@ -8,9 +8,10 @@ use super::{
     observe::current_trace_context,
     proto::{self, job_service_server::JobService},
     services::Shared,
-    streams::{self, EventStream, FollowStream},
+    streams::{self, EventStream, FollowStream, Holding},
 };
 use crate::{
+    budgets::Permit,
     domain::{
         JobId, JobState, NewJob, QueueName, RequestError, SubmitRequest, UnixMillis, check_text,
     },
@@ -30,10 +31,11 @@ impl JobApi {
 
     /// Checks a SubmitJobs request and gives each job its id: every job is valid, and in a
     /// queue the caller may use, or the status names the first that is not (`jobs[i]`).
+    /// Their payloads are counted in the payload-bytes budget while the permit is held.
     fn new_jobs(
         &self,
         request: Request<proto::SubmitJobsRequest>,
-    ) -> Result<Vec<(JobId, NewJob)>, Status> {
+    ) -> Result<(Vec<(JobId, NewJob)>, Access, Permit), Status> {
         let access = Access::of(&request)?;
         let now = UnixMillis::now();
         let trace_context = current_trace_context(request.metadata().as_ref());
@@ -52,7 +54,29 @@ impl JobApi {
         }
         let queues = jobs.iter().enumerate();
         access.check_all(queues.map(|(i, (_, job))| (format!("jobs[{i}].queue"), &job.queue)))?;
-        Ok(jobs)
+        let bytes = jobs.iter().map(|(_, job)| job.payload.len() as u64).sum();
+        let held = self.payload_bytes(&access, bytes)?;
+        Ok((jobs, access, held))
+    }
+
+    /// Counts `bytes` of payload in the budget while the permit is held.
+    fn payload_bytes(&self, access: &Access, bytes: u64) -> Result<Permit, Status> {
+        Ok(self
+            .0
+            .budgets
+            .payload_bytes
+            .take(access.principal(), bytes)?)
+    }
+
+    /// What a stream of `access`'s caller holds while it is open: RESOURCE_EXHAUSTED when
+    /// the watch-stream budget is used up.
+    fn stream_holding(&self, access: &Access) -> Result<Holding, Status> {
+        let stream = self.0.budgets.watch_streams.take(access.principal(), 1)?;
+        Ok(Holding::new(
+            self.0.metrics.watch_stream(),
+            stream,
+            self.0.budgets.payload_bytes.clone(),
+        ))
     }
 
     /// The answer for one submitted job; a new one is counted, and a scheduled one wakes the
@@ -83,6 +107,7 @@ impl JobApi {
     fn follower(&self) -> Follower {
         Follower::new(
             self.0.store.clone(),
+            self.0.hub.clone(),
             self.0.metrics.clone(),
             self.0.shutdown.clone(),
         )
@@ -102,6 +127,7 @@ impl JobService for JobApi {
         submission.trace_context = trace_context;
         let new = NewJob::new(submission, &self.0.limits.submit, now)?;
         access.check("queue", &new.queue)?;
+        let _held = self.payload_bytes(&access, new.payload.len() as u64)?;
         let submitted = self.0.submissions.submit(new).await?;
         Ok(Response::new(self.submitted(submitted).await?))
     }
@@ -110,7 +136,7 @@ impl JobService for JobApi {
         &self,
         request: Request<proto::SubmitJobsRequest>,
     ) -> Result<Response<proto::SubmitJobsResponse>, Status> {
-        let jobs = self.new_jobs(request)?;
+        let (jobs, _, _held) = self.new_jobs(request)?;
         let mut results = Vec::with_capacity(jobs.len());
         for submitted in self.0.submissions.submit_many(jobs).await? {
             results.push(self.submitted(submitted).await?);
@@ -124,12 +150,13 @@ impl JobService for JobApi {
         &self,
         request: Request<proto::SubmitJobsRequest>,
     ) -> Result<Response<Self::SubmitAndWatchJobsStream>, Status> {
-        let jobs = self.new_jobs(request)?;
+        let (jobs, access, held) = self.new_jobs(request)?;
+        let holding = self.stream_holding(&access)?;
         // Registered before the jobs are written, so that no event can go unannounced.
-        let watches: Vec<_> = jobs
+        let watches = jobs
             .iter()
             .map(|(id, _)| self.0.hub.watch_job(id))
-            .collect();
+            .collect::<Result<Vec<_>, _>>()?;
         let mut follower = self.follower();
         let mut results = Vec::with_capacity(jobs.len());
         let submitted = self.0.submissions.submit_many(jobs).await?;
@@ -138,16 +165,16 @@ impl JobService for JobApi {
                 Submitted::Created(job) => follower.created(watch, job.first_event()),
                 // An idempotency key named an earlier job: follow that one, once.
                 Submitted::Existing(id) if !follower.contains(id) => {
-                    let watch = self.0.hub.watch_job(id);
+                    let watch = self.0.hub.watch_job(id)?;
                     follower.existing(watch, id.clone(), 0).await?;
                 }
                 Submitted::Existing(_) => {}
             }
             results.push(self.submitted(submitted).await?);
         }
+        drop(held);
         let first = proto::SubmitJobsResponse { results };
-        let gauge = self.0.metrics.watch_stream();
-        Ok(Response::new(streams::follow(follower, first, gauge)))
+        Ok(Response::new(streams::follow(follower, first, holding)))
     }
 
     async fn get_job(
@@ -236,13 +263,13 @@ impl JobService for JobApi {
         let id = JobId::parse("job_id", &request.job_id)?;
         access.check("job_id", id.queue())?;
         let after = request.after_sequence;
+        let holding = self.stream_holding(&access)?;
         // Registered, then read, here: an unknown job is NOT_FOUND, a sequence past its last
         // OUT_OF_RANGE, before any stream starts.
         let mut follower = self.follower();
         follower
-            .existing(self.0.hub.watch_job(&id), id, after)
+            .existing(self.0.hub.watch_job(&id)?, id, after)
             .await?;
-        let gauge = self.0.metrics.watch_stream();
-        Ok(Response::new(streams::watch(follower, after, gauge)))
+        Ok(Response::new(streams::watch(follower, after, holding)))
     }
 }

@@ -13,9 +13,10 @@ use self::perimeter::Perimeter;
 use crate::{
     api::{self, Limits, ServerOptions, Services},
     background::{self, Sweeper, SweeperHandle},
+    budgets::{BudgetLimits, Budgets},
     claims::{ClaimSettings, Claims},
     completions::Completions,
-    config::Config,
+    config::{BudgetsConfig, Config},
     domain::SubmitLimits,
     events::{Channels, EventHub},
     queues::QueueRegistry,
@@ -75,6 +76,7 @@ impl App {
         };
         let settings = StoreSettings {
             default_lease: config.jobs.default_lease,
+            max_events_per_job: config.budgets.max_events_per_job,
         };
         let store = JobStore::new(clients.pool.clone(), keys, settings, metrics.clone());
         let registry = QueueRegistry::new(store.clone());
@@ -264,7 +266,10 @@ async fn connect(
 ) -> EventHub {
     clients.connect_pool(tracker, shutdown, metrics);
     let touched = sweeper.clone();
-    let hub = EventHub::new(move |job_id| touched.touch(job_id));
+    let hub = EventHub::new(
+        move |job_id| touched.touch(job_id),
+        config.budgets.max_watchers_per_job,
+    );
     let channels = Channels {
         jobs: keys.job_channel(),
         queues: keys.queue_channel(),
@@ -306,7 +311,9 @@ fn services(
     shutdown: CancellationToken,
 ) -> Services {
     let command_timeout = config.redis.redis_command_timeout;
+    let budgets = Budgets::new(budget_limits(&config.budgets));
     let claim_settings = ClaimSettings {
+        waiting: budgets.waiting_claims.clone(),
         default_lease: config.jobs.default_lease,
         command_timeout,
     };
@@ -345,6 +352,19 @@ fn services(
         sweeper,
         metrics,
         limits,
+        budgets,
         shutdown,
+    }
+}
+
+fn budget_limits(config: &BudgetsConfig) -> BudgetLimits {
+    BudgetLimits {
+        watch_streams: config.max_watch_streams,
+        watch_streams_per_principal: config.max_watch_streams_per_principal,
+        waiting_claims: config.max_waiting_claims,
+        waiting_claims_per_principal: config.max_waiting_claims_per_principal,
+        watchers_per_job: config.max_watchers_per_job,
+        payload_bytes: config.max_payload_bytes_in_flight,
+        payload_bytes_per_principal: config.max_payload_bytes_in_flight_per_principal,
     }
 }

@@ -254,6 +254,11 @@ impl Running {
         until(Duration::from_secs(20), text, || self.log().contains(text)).await;
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
     /// Its gRPC address, host:port.
     pub fn address(&self) -> &str {
         &self.address
