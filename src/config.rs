@@ -437,28 +437,28 @@ fn default_instance_id() -> String {
 /// Deployment's memory limit is derived from these defaults (docs/operations.md).
 #[derive(Debug, Clone, Args)]
 pub struct BudgetsConfig {
-    /// Most WatchJob and SubmitAndWatchJobs streams open at once. 10,000: what a 512 MiB pod
+    /// Most WatchJob and SubmitAndWatchJobs streams open at once. 5,000: what a 512 MiB pod
     /// holds with the other budgets full (docs/operations.md, "Memory").
-    #[arg(long, env = "JOBD_MAX_WATCH_STREAMS", hide_env_values = true, default_value_t = 10_000,
+    #[arg(long, env = "JOBD_MAX_WATCH_STREAMS", hide_env_values = true, default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_watch_streams: u64,
 
-    /// Most streams open at once for one principal (with an auth file). 2,500: a quarter of
+    /// Most streams open at once for one principal (with an auth file). 1,250: a quarter of
     /// the process's, so that one principal cannot take every stream from the others.
     #[arg(long, env = "JOBD_MAX_WATCH_STREAMS_PER_PRINCIPAL", hide_env_values = true,
-          default_value_t = 2_500, value_parser = clap::value_parser!(u64).range(1..))]
+          default_value_t = 1_250, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_watch_streams_per_principal: u64,
 
     /// Most claims waiting for a job at once (ClaimJob, ClaimJobs and completions' `next`
-    /// with a wait). 10,000: as streams, what a 512 MiB pod holds with the other budgets full.
-    #[arg(long, env = "JOBD_MAX_WAITING_CLAIMS", hide_env_values = true, default_value_t = 10_000,
+    /// with a wait). 5,000: as streams, what a 512 MiB pod holds with the other budgets full.
+    #[arg(long, env = "JOBD_MAX_WAITING_CLAIMS", hide_env_values = true, default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_waiting_claims: u64,
 
-    /// Most claims waiting at once for one principal (with an auth file). 2,500: a quarter of
+    /// Most claims waiting at once for one principal (with an auth file). 1,250: a quarter of
     /// the process's.
     #[arg(long, env = "JOBD_MAX_WAITING_CLAIMS_PER_PRINCIPAL", hide_env_values = true,
-          default_value_t = 2_500, value_parser = clap::value_parser!(u64).range(1..))]
+          default_value_t = 1_250, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_waiting_claims_per_principal: u64,
 
     /// Most watchers one job may have on one process (streams following it). 1,000: a
@@ -470,7 +470,7 @@ pub struct BudgetsConfig {
     /// Most payload and result bytes held at once by calls in flight: submissions' payloads
     /// and completions' results while they are written, large results while a stream sends
     /// them (those wait for room instead of failing). 16 MiB: the largest request fits, and
-    /// what they cost (some 3.5 times their bytes) fits a 512 MiB pod with the other budgets.
+    /// what they cost (some 5.5 times their bytes) fits a 512 MiB pod with the other budgets.
     #[arg(long, env = "JOBD_MAX_PAYLOAD_BYTES_IN_FLIGHT", hide_env_values = true,
           default_value_t = 16 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_payload_bytes_in_flight: u64,

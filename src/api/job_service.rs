@@ -24,6 +24,9 @@ const MAX_BATCH: usize = 1000;
 
 pub struct JobApi(Shared);
 
+/// A SubmitJobs request's jobs with their ids, its caller, and their payloads' permit.
+type NewJobs = (Vec<(JobId, NewJob)>, Access, Permit);
+
 impl JobApi {
     pub fn new(services: Shared) -> Self {
         Self(services)
@@ -32,10 +35,7 @@ impl JobApi {
     /// Checks a SubmitJobs request and gives each job its id: every job is valid, and in a
     /// queue the caller may use, or the status names the first that is not (`jobs[i]`).
     /// Their payloads are counted in the payload-bytes budget while the permit is held.
-    fn new_jobs(
-        &self,
-        request: Request<proto::SubmitJobsRequest>,
-    ) -> Result<(Vec<(JobId, NewJob)>, Access, Permit), Status> {
+    fn new_jobs(&self, request: Request<proto::SubmitJobsRequest>) -> Result<NewJobs, Status> {
         let access = Access::of(&request)?;
         let now = UnixMillis::now();
         let trace_context = current_trace_context(request.metadata().as_ref());
