@@ -73,13 +73,19 @@ impl JobStore {
         // Sequences are ranges from `after` with `after` itself skipped, and the page's end
         // saturates: `after` comes from the caller and may be any u64, up to u64::MAX.
         let page_end = after.saturating_add(EVENT_PAGE);
-        let mut fields = vec!["state".to_owned(), "seq".to_owned()];
+        let mut fields = vec![
+            "state".to_owned(),
+            "seq".to_owned(),
+            "lr".to_owned(),
+            "lp".to_owned(),
+        ];
         fields.extend((after..=page_end).skip(1).map(event_field));
         let mut values: Vec<Option<Bytes>> = self
             .timed("read_events", self.client().hmget(&key, fields))
             .await?;
-        let mut head = values.drain(..2);
+        let mut head = values.drain(..4);
         let (state, seq) = (head.next().flatten(), head.next().flatten());
+        let (run_start, run_end) = (head.next().flatten(), head.next().flatten());
         drop(head);
         let Some(last_sequence) = number::<u64>(seq.as_deref())? else {
             return Err(StoreError::NotFound);
@@ -89,6 +95,16 @@ impl JobStore {
                 after,
                 last: last_sequence,
             });
+        }
+        // Inside the latest run of replaced progress (lua/progress.lua), whose events up to
+        // its kept one are gone: go on from there, in one more read.
+        if let (Some(start), Some(kept)) = (
+            number::<u64>(run_start.as_deref())?,
+            number::<u64>(run_end.as_deref())?,
+        ) && start <= after.saturating_add(1)
+            && after.saturating_add(1) < kept
+        {
+            return Box::pin(self.events_after(id, kept - 1)).await;
         }
         let more = last_sequence > page_end;
         let finished = !more

@@ -387,6 +387,7 @@ async fn progress_heartbeats_keep_a_log_at_its_cap_and_its_replay_does_not_block
         .expect("the job completes");
     redis.cli(&["CONFIG", "SET", "slowlog-log-slower-than", "50000"]);
     redis.cli(&["SLOWLOG", "RESET"]);
+    let reads = redis.command_calls("hmget");
     let (events, ended) = watch_to_end(&mut jobs, &job.id, 0).await;
     ended.expect("the replay ends OK");
     assert_eq!(
@@ -394,6 +395,9 @@ async fn progress_heartbeats_keep_a_log_at_its_cap_and_its_replay_does_not_block
         "0",
         "a Redis call over 50 ms"
     );
+    // A page, then a jump past the replaced progress: a few reads, not one per 256 sequences.
+    let reads = redis.command_calls("hmget") - reads;
+    assert!(reads <= 4, "{reads} HMGETs for the replay");
 
     // QUEUED, STARTED, the progress events up to the cap, the latest progress, COMPLETED.
     let kinds = types(&events);

@@ -3,7 +3,7 @@
 -- heartbeat.lua alone: the lease is renewed, the progress not recorded.
 -- A job's log is capped: while its last sequence is below ARGV[4], progress is appended;
 -- from then on a progress event whose previous event is a progress event recorded past the
--- cap (field `lp` holds that one's sequence) replaces it: the previous one's field is deleted
+-- cap (field `lp` holds that one's sequence; `lr` where their run began) replaces it: the previous one's field is deleted
 -- and the new one takes the next sequence. So a loop of heartbeats keeps one progress event
 -- past the cap, every other event is kept, and sequences still only grow: a replay skips the
 -- sequence of a replaced progress event (see event_codec.rs and WatchJob's documentation).
@@ -27,9 +27,13 @@ local seq = tonumber(last[1]) + 1
 local fields = {'m', ARGV[6]}
 if ARGV[7] ~= '' then fields[3], fields[4] = 'v', tonumber(ARGV[7]) end
 local event = pack_event('progress', packed_at(renewed.now), tonumber(last[2]), fields)
-if last[3] and last[3] == last[1] then redis.call('HDEL', KEYS[1], 'e:' .. last[1]) end
+local replaces = last[3] and last[3] == last[1]
+if replaces then redis.call('HDEL', KEYS[1], 'e:' .. last[1]) end
 if seq >= tonumber(ARGV[5]) then
   redis.call('HSET', KEYS[1], 'seq', int(seq), 'e:' .. int(seq), event, 'lp', int(seq))
+  -- `lr` starts the latest run of replaced progress: lr .. lp - 1 are gone, lp is kept, so
+  -- a replay after any of them goes on after lp - 1 at once.
+  if not replaces then redis.call('HSET', KEYS[1], 'lr', int(seq)) end
 else
   redis.call('HSET', KEYS[1], 'seq', int(seq), 'e:' .. int(seq), event)
 end
