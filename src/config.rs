@@ -24,6 +24,8 @@ pub struct Config {
     pub transport: TransportConfig,
     #[command(flatten)]
     pub queues: QueueLimitsConfig,
+    #[command(flatten)]
+    pub budgets: BudgetsConfig,
     /// Without a command, jobd serves.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -541,6 +543,64 @@ pub struct QueueLimitsConfig {
     /// auth file have no cap.
     #[arg(long, env = "JOBD_MAX_QUEUES_PER_PRINCIPAL", hide_env_values = true, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_queues_per_principal: u32,
+}
+
+/// What callers may hold of one jobd process, so that none can exhaust its memory (or Redis's),
+/// however many calls it makes: past a budget, RESOURCE_EXHAUSTED naming it. The base
+/// Deployment's memory limit is derived from these defaults (docs/operations.md).
+#[derive(Debug, Clone, Args)]
+pub struct BudgetsConfig {
+    /// Most WatchJob and SubmitAndWatchJobs streams open at once. 5,000: what a 512 MiB pod
+    /// holds with the other budgets full (docs/operations.md, "Memory").
+    #[arg(long, env = "JOBD_MAX_WATCH_STREAMS", hide_env_values = true, default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_watch_streams: u64,
+
+    /// Most streams open at once for one principal (with an auth file). 1,250: a quarter of
+    /// the process's, so that one principal cannot take every stream from the others.
+    #[arg(long, env = "JOBD_MAX_WATCH_STREAMS_PER_PRINCIPAL", hide_env_values = true,
+          default_value_t = 1_250, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_watch_streams_per_principal: u64,
+
+    /// Most claims waiting for a job at once (ClaimJob, ClaimJobs and completions' `next`
+    /// with a wait). 5,000: as streams, what a 512 MiB pod holds with the other budgets full.
+    #[arg(long, env = "JOBD_MAX_WAITING_CLAIMS", hide_env_values = true, default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_waiting_claims: u64,
+
+    /// Most claims waiting at once for one principal (with an auth file). 1,250: a quarter of
+    /// the process's.
+    #[arg(long, env = "JOBD_MAX_WAITING_CLAIMS_PER_PRINCIPAL", hide_env_values = true,
+          default_value_t = 1_250, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_waiting_claims_per_principal: u64,
+
+    /// Most watchers one job may have on one process (streams following it). 1,000: a
+    /// dashboard's fan-out, while one job's completion wakes a bounded number of streams.
+    #[arg(long, env = "JOBD_MAX_WATCHERS_PER_JOB", hide_env_values = true, default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_watchers_per_job: u64,
+
+    /// Most payload and result bytes held at once by calls in flight: submissions' payloads
+    /// and completions' results while they are written, large results while a stream sends
+    /// them (those wait for room instead of failing). 16 MiB: the largest request fits, and
+    /// what they cost (some 5.5 times their bytes) fits a 512 MiB pod with the other budgets.
+    #[arg(long, env = "JOBD_MAX_PAYLOAD_BYTES_IN_FLIGHT", hide_env_values = true,
+          default_value_t = 16 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_payload_bytes_in_flight: u64,
+
+    /// Most payload and result bytes in flight for one principal (with an auth file). 16 MiB:
+    /// the largest request (16 MiB) must fit.
+    #[arg(long, env = "JOBD_MAX_PAYLOAD_BYTES_IN_FLIGHT_PER_PRINCIPAL", hide_env_values = true,
+          default_value_t = 16 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_payload_bytes_in_flight_per_principal: u64,
+
+    /// Most events a job's log holds, near enough: from this sequence on, a progress event
+    /// replaces the progress event before it instead of adding one, so that a loop of
+    /// heartbeats cannot grow a job without bound. Every other event is always kept. 256:
+    /// one page of a replay (one bounded HMGET), under 100 KiB of progress messages.
+    #[arg(long, env = "JOBD_MAX_EVENTS_PER_JOB", hide_env_values = true, default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(8..=1_000_000))]
+    pub max_events_per_job: u64,
 }
 
 #[cfg(test)]

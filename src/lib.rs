@@ -9,6 +9,7 @@
 //! - [`telemetry`]: logs, OpenTelemetry traces and metrics, and every instrument.
 //! - [`redis`]: the process's Redis connections, and what readiness probes of them.
 //! - [`store`]: typed Redis calls for jobs: keys, Lua scripts, the job hash's layout.
+//! - [`budgets`]: what callers may hold of the process, in all and per principal.
 //! - [`group_commit`]: operations of one queue sharing one script call.
 //! - [`events`]: one subscriber fanned out to local watchers and waiting claims, and the
 //!   `Follower` of jobs' logs.
@@ -28,6 +29,7 @@ pub mod telemetry;
 pub mod redis;
 pub mod store;
 
+pub mod budgets;
 pub mod events;
 pub mod group_commit;
 

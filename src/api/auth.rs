@@ -207,6 +207,14 @@ impl Access {
             })
     }
 
+    /// The caller's principal, whose budgets it spends; `None` without an auth file.
+    pub fn principal(&self) -> Option<&str> {
+        match &self.caller {
+            Caller::Anyone => None,
+            Caller::Principal(principal) => Some(&principal.name),
+        }
+    }
+
     /// Whether the caller may use `queue`: PERMISSION_DENIED naming the method and the queue
     /// if not. `field` names where the request named it (`jobs[2].queue`, `job_id`).
     pub fn check(&self, field: &str, queue: &QueueName) -> Result<(), Status> {

@@ -7,6 +7,7 @@ use tonic::{Code, Status};
 
 use super::reason::{Reason, status};
 use crate::{
+    budgets::Exhausted,
     domain::{ClaimDeadline, JobState, Refusal, RequestError, shown},
     store::StoreError,
 };
@@ -107,6 +108,21 @@ impl From<RequestError> for Status {
 impl From<StoreError> for Status {
     fn from(error: StoreError) -> Self {
         ApiError::from(error).into()
+    }
+}
+
+impl From<Exhausted> for Status {
+    fn from(exhausted: Exhausted) -> Self {
+        let metadata = [
+            ("budget", exhausted.setting.to_owned()),
+            ("limit", exhausted.limit.to_string()),
+        ];
+        status(
+            Code::ResourceExhausted,
+            Reason::BudgetExhausted,
+            format!("{exhausted}; retry later"),
+            &metadata,
+        )
     }
 }
 

@@ -11,9 +11,10 @@ use super::{
     proto::{self, job_service_server::JobService},
     reason::{self, Reason},
     services::Shared,
-    streams::{self, EventStream, FollowStream},
+    streams::{self, EventStream, FollowStream, Holding},
 };
 use crate::{
+    budgets::Permit,
     domain::{
         Job, JobId, JobState, NewJob, QueueName, RequestError, SubmitRequest, UnixMillis,
         check_text,
@@ -28,6 +29,9 @@ const MAX_BATCH: usize = 1000;
 
 pub struct JobApi(Shared);
 
+/// A SubmitJobs request's jobs with their ids, its caller, and their payloads' permit.
+type NewJobs = (Vec<(JobId, NewJob)>, Access, Permit);
+
 impl JobApi {
     pub fn new(services: Shared) -> Self {
         Self(services)
@@ -35,10 +39,8 @@ impl JobApi {
 
     /// Checks a SubmitJobs request and gives each job its id: every job is valid, and in a
     /// queue the caller may use, or the status names the first that is not (`jobs[i]`).
-    fn new_jobs(
-        &self,
-        request: Request<proto::SubmitJobsRequest>,
-    ) -> Result<(Access, Vec<(JobId, NewJob)>), Status> {
+    /// Their payloads are counted in the payload-bytes budget while the permit is held.
+    fn new_jobs(&self, request: Request<proto::SubmitJobsRequest>) -> Result<NewJobs, Status> {
         let access = Access::of(&request)?;
         let now = UnixMillis::now();
         let trace_context = current_trace_context(request.metadata().as_ref());
@@ -57,7 +59,29 @@ impl JobApi {
         }
         let queues = jobs.iter().enumerate();
         access.check_all(queues.map(|(i, (_, job))| (format!("jobs[{i}].queue"), &job.queue)))?;
-        Ok((access, jobs))
+        let bytes = jobs.iter().map(|(_, job)| job.payload.len() as u64).sum();
+        let held = self.payload_bytes(&access, bytes)?;
+        Ok((jobs, access, held))
+    }
+
+    /// Counts `bytes` of payload in the budget while the permit is held.
+    fn payload_bytes(&self, access: &Access, bytes: u64) -> Result<Permit, Status> {
+        Ok(self
+            .0
+            .budgets
+            .payload_bytes
+            .take(access.principal(), bytes)?)
+    }
+
+    /// What a stream of `access`'s caller holds while it is open: RESOURCE_EXHAUSTED when
+    /// the watch-stream budget is used up.
+    fn stream_holding(&self, access: &Access) -> Result<Holding, Status> {
+        let stream = self.0.budgets.watch_streams.take(access.principal(), 1)?;
+        Ok(Holding::new(
+            self.0.metrics.watch_stream(),
+            stream,
+            self.0.budgets.payload_bytes.clone(),
+        ))
     }
 
     /// Counts the queues of a submission among its caller's, refused with
@@ -84,7 +108,7 @@ impl JobApi {
                          or wait until a queue without jobs is forgotten"
                     );
                     let metadata = [
-                        ("budget", "max_queues_per_principal".to_owned()),
+                        ("budget", "max-queues-per-principal".to_owned()),
                         ("limit", cap.to_string()),
                     ];
                     reason::status(
@@ -139,6 +163,7 @@ impl JobApi {
     fn follower(&self) -> Follower {
         Follower::new(
             self.0.store.clone(),
+            self.0.hub.clone(),
             self.0.metrics.clone(),
             self.0.shutdown.clone(),
         )
@@ -159,6 +184,7 @@ impl JobService for JobApi {
         let new = NewJob::new(submission, &self.0.limits.submit, now)?;
         access.check("queue", &new.queue)?;
         self.admit(&access, &[&new.queue]).await?;
+        let _held = self.payload_bytes(&access, new.payload.len() as u64)?;
         let submitted = self.0.submissions.submit(new).await?;
         let response = self.submitted(submitted, &mut HashMap::new()).await?;
         Ok(Response::new(response))
@@ -168,7 +194,7 @@ impl JobService for JobApi {
         &self,
         request: Request<proto::SubmitJobsRequest>,
     ) -> Result<Response<proto::SubmitJobsResponse>, Status> {
-        let (access, jobs) = self.new_jobs(request)?;
+        let (jobs, access, _held) = self.new_jobs(request)?;
         let queues: Vec<&QueueName> = jobs.iter().map(|(_, job)| &job.queue).collect();
         self.admit(&access, &queues).await?;
         let (mut results, mut read) = (Vec::with_capacity(jobs.len()), HashMap::new());
@@ -184,14 +210,15 @@ impl JobService for JobApi {
         &self,
         request: Request<proto::SubmitJobsRequest>,
     ) -> Result<Response<Self::SubmitAndWatchJobsStream>, Status> {
-        let (access, jobs) = self.new_jobs(request)?;
+        let (jobs, access, held) = self.new_jobs(request)?;
         let queues: Vec<&QueueName> = jobs.iter().map(|(_, job)| &job.queue).collect();
         self.admit(&access, &queues).await?;
+        let holding = self.stream_holding(&access)?;
         // Registered before the jobs are written, so that no event can go unannounced.
-        let watches: Vec<_> = jobs
+        let watches = jobs
             .iter()
             .map(|(id, _)| self.0.hub.watch_job(id))
-            .collect();
+            .collect::<Result<Vec<_>, _>>()?;
         let mut follower = self.follower();
         let (mut results, mut read) = (Vec::with_capacity(jobs.len()), HashMap::new());
         let submitted = self.0.submissions.submit_many(jobs).await?;
@@ -200,16 +227,16 @@ impl JobService for JobApi {
                 Submitted::Created(job) => follower.created(watch, job.first_event()),
                 // An idempotency key named an earlier job: follow that one, once.
                 Submitted::Existing(id) if !follower.contains(id) => {
-                    let watch = self.0.hub.watch_job(id);
+                    let watch = self.0.hub.watch_job(id)?;
                     follower.existing(watch, id.clone(), 0).await?;
                 }
                 Submitted::Existing(_) => {}
             }
             results.push(self.submitted(submitted, &mut read).await?);
         }
+        drop(held);
         let first = proto::SubmitJobsResponse { results };
-        let gauge = self.0.metrics.watch_stream();
-        Ok(Response::new(streams::follow(follower, first, gauge)))
+        Ok(Response::new(streams::follow(follower, first, holding)))
     }
 
     async fn get_job(
@@ -298,13 +325,13 @@ impl JobService for JobApi {
         let id = JobId::parse("job_id", &request.job_id)?;
         access.check("job_id", id.queue())?;
         let after = request.after_sequence;
+        let holding = self.stream_holding(&access)?;
         // Registered, then read, here: an unknown job is NOT_FOUND, a sequence past its last
         // OUT_OF_RANGE, before any stream starts.
         let mut follower = self.follower();
         follower
-            .existing(self.0.hub.watch_job(&id), id, after)
+            .existing(self.0.hub.watch_job(&id)?, id, after)
             .await?;
-        let gauge = self.0.metrics.watch_stream();
-        Ok(Response::new(streams::watch(follower, after, gauge)))
+        Ok(Response::new(streams::watch(follower, after, holding)))
     }
 }

@@ -6,6 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     background::SweeperHandle,
+    budgets::Budgets,
     claims::Claims,
     completions::Completions,
     domain::{LeaseLimits, SubmitLimits},
@@ -29,6 +30,8 @@ pub struct Services {
     pub admission: QueueAdmission,
     pub metrics: Metrics,
     pub limits: Limits,
+    /// What callers' streams, waiting claims and payloads may hold of this process.
+    pub budgets: Budgets,
     /// Cancelled when jobd shuts down: streams end, waiting claims return.
     pub shutdown: CancellationToken,
 }

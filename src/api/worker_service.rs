@@ -11,6 +11,7 @@ use super::{
     services::Shared,
 };
 use crate::{
+    budgets::Permit,
     claims::Registration,
     completions::Completed,
     domain::{
@@ -37,6 +38,15 @@ struct Next {
 impl WorkerApi {
     pub fn new(services: Shared) -> Self {
         Self(services)
+    }
+
+    /// Counts `bytes` of results in the payload-bytes budget while the permit is held.
+    fn payload_bytes(&self, access: &Access, bytes: u64) -> Result<Permit, Status> {
+        Ok(self
+            .0
+            .budgets
+            .payload_bytes
+            .take(access.principal(), bytes)?)
     }
 
     /// Records a job that a worker finished for good.
@@ -111,7 +121,7 @@ impl WorkerApi {
             return Ok(None);
         };
         let (claim, max) = self.claim_jobs_request(access, "next.", request)?;
-        let registration = self.0.claims.register(&claim);
+        let registration = self.0.claims.register(&claim, access.principal())?;
         Ok(Some(Next {
             claim,
             max,
@@ -195,7 +205,13 @@ impl WorkerService for WorkerApi {
     ) -> Result<Response<proto::ClaimJobResponse>, Status> {
         let access = Access::of(&request)?;
         let claim = self.claim_request(&access, "", request.into_inner())?;
-        let claimed = self.0.claims.claim(&claim, 1).await?.deliver();
+        let registration = self.0.claims.register(&claim, access.principal())?;
+        let claimed = self
+            .0
+            .claims
+            .claim(&claim, 1, registration)
+            .await?
+            .deliver();
         let response = claimed.into_iter().next().map(claimed_response);
         Ok(Response::new(response.unwrap_or_default()))
     }
@@ -206,7 +222,13 @@ impl WorkerService for WorkerApi {
     ) -> Result<Response<proto::ClaimJobsResponse>, Status> {
         let access = Access::of(&request)?;
         let (claim, max) = self.claim_jobs_request(&access, "", request.into_inner())?;
-        let claimed = self.0.claims.claim(&claim, max).await?.deliver();
+        let registration = self.0.claims.register(&claim, access.principal())?;
+        let claimed = self
+            .0
+            .claims
+            .claim(&claim, max, registration)
+            .await?
+            .deliver();
         Ok(Response::new(proto::ClaimJobsResponse {
             jobs: claimed.into_iter().map(claimed_job).collect(),
         }))
@@ -256,6 +278,7 @@ impl WorkerService for WorkerApi {
         access.check("job_id", id.queue())?;
         let token = lease_token("lease_token", &request.lease_token)?;
         check_size("result", &request.result, self.0.limits.max_payload)?;
+        let _held = self.payload_bytes(&access, request.result.len() as u64)?;
         let next = self.next(&access, request.next)?;
         let completed = self
             .0
@@ -295,6 +318,8 @@ impl WorkerService for WorkerApi {
             check_size("result", &completion.result, max_payload).map_err(within)?;
             completions.push((id, token, completion.result));
         }
+        let bytes = completions.iter().map(|(_, _, result)| result.len() as u64);
+        let _held = self.payload_bytes(&access, bytes.sum())?;
         let next = self.next(&access, request.next)?;
         let (results, recorded) = self.complete_all(&completions).await?;
         let recorded: Vec<(&JobId, bool)> = recorded

@@ -13,9 +13,10 @@ use self::perimeter::Perimeter;
 use crate::{
     api::{self, Limits, ServerOptions, Services},
     background::{self, Sweeper, SweeperHandle},
+    budgets::{BudgetLimits, Budgets},
     claims::{ClaimSettings, Claims},
     completions::Completions,
-    config::Config,
+    config::{BudgetsConfig, Config},
     domain::SubmitLimits,
     events::{Channels, EventHub},
     queues::QueueAdmission,
@@ -74,6 +75,7 @@ impl App {
         };
         let settings = StoreSettings {
             default_lease: config.jobs.default_lease,
+            max_events_per_job: config.budgets.max_events_per_job,
         };
         let store = JobStore::new(clients.pool.clone(), keys, settings, metrics.clone());
         let services = services(&config, store, hub, sweeper, metrics, &tracker, shutdown);
@@ -255,7 +257,7 @@ async fn connect(
     shutdown: &CancellationToken,
 ) -> EventHub {
     clients.connect_pool(tracker, shutdown, metrics);
-    let hub = EventHub::new();
+    let hub = EventHub::new(config.budgets.max_watchers_per_job);
     let channels = Channels {
         jobs: keys.job_channel(),
         queues: keys.queue_channel(),
@@ -313,7 +315,9 @@ fn services(
 ) -> Services {
     let command_timeout = config.redis.redis_command_timeout;
     let store_for_admission = store.clone();
+    let budgets = Budgets::new(budget_limits(&config.budgets));
     let claim_settings = ClaimSettings {
+        waiting: budgets.waiting_claims.clone(),
         default_lease: config.jobs.default_lease,
         command_timeout,
     };
@@ -353,6 +357,19 @@ fn services(
         admission: QueueAdmission::new(store_for_admission),
         metrics,
         limits,
+        budgets,
         shutdown,
+    }
+}
+
+fn budget_limits(config: &BudgetsConfig) -> BudgetLimits {
+    BudgetLimits {
+        watch_streams: config.max_watch_streams,
+        watch_streams_per_principal: config.max_watch_streams_per_principal,
+        waiting_claims: config.max_waiting_claims,
+        waiting_claims_per_principal: config.max_waiting_claims_per_principal,
+        watchers_per_job: config.max_watchers_per_job,
+        payload_bytes: config.max_payload_bytes_in_flight,
+        payload_bytes_per_principal: config.max_payload_bytes_in_flight_per_principal,
     }
 }

@@ -18,6 +18,7 @@ pub use delivery::{ClaimedJobs, Delivery};
 pub use handoff::{Handing, deal};
 
 use crate::{
+    budgets::{Budget, Exhausted, Permit},
     domain::{ClaimRequest, JobId, NewJob, QueueName},
     events::{EventHub, QueueWaiter, Wakeup},
     group_commit::{Batcher, Pending},
@@ -34,6 +35,8 @@ struct Inner {
     store: JobStore,
     hub: EventHub,
     parked: ParkedClaims,
+    /// Claims that may wait: at most so many, in all and per principal.
+    waiting: Budget,
     /// Claims of one queue waiting to share a script call.
     batcher: Batcher<Claimant, ClaimedJobs>,
     delivery: Delivery,
@@ -44,10 +47,12 @@ struct Inner {
     shutdown: CancellationToken,
 }
 
-/// A claim registered with the hub to wait for jobs, armed for its first look.
+/// A claim registered with the hub to wait for jobs, armed for its first look, and counted in
+/// the waiting-claims budget until it is dropped.
 pub struct Registration {
     waiter: QueueWaiter,
     armed: Option<Wakeup>,
+    _permit: Permit,
 }
 
 impl Registration {
@@ -76,6 +81,7 @@ impl Claims {
             store,
             hub,
             parked: ParkedClaims::default(),
+            waiting: settings.waiting,
             batcher: Batcher::new(tasks, settings.command_timeout),
             delivery,
             metrics,
@@ -84,28 +90,36 @@ impl Claims {
         }))
     }
 
-    /// Claims up to `max` jobs, waiting up to the claim's wait for the first; none once the
-    /// wait is over or jobd shuts down.
+    /// Claims up to `max` jobs, waiting up to the claim's wait for the first (`registration`,
+    /// from `register`); none once the wait is over or jobd shuts down.
     pub async fn claim(
         &self,
         request: &ClaimRequest,
         max: usize,
+        registration: Option<Registration>,
     ) -> Result<ClaimedJobs, StoreError> {
-        self.claim_with(request, max, self.register(request), false)
-            .await
+        self.claim_with(request, max, registration, false).await
     }
 
     /// Registers a claim that waits on the hub, armed from now on: a job announced after this
     /// wakes it. None for a claim that does not wait. A waiting claim holds no Redis
-    /// connection; the hub wakes one waiter per announced job.
-    pub fn register(&self, request: &ClaimRequest) -> Option<Registration> {
-        (!request.wait.is_zero()).then(|| {
-            let mut waiter = self.0.hub.wait_for_queues(&request.queues);
-            Registration {
-                armed: Some(waiter.arm()),
-                waiter,
-            }
-        })
+    /// connection; the hub wakes one waiter per announced job. Refused, before anything is
+    /// done, when the waiting-claims budget of the process or of `principal` is used up.
+    pub fn register(
+        &self,
+        request: &ClaimRequest,
+        principal: Option<&str>,
+    ) -> Result<Option<Registration>, Exhausted> {
+        if request.wait.is_zero() {
+            return Ok(None);
+        }
+        let permit = self.0.waiting.take(principal, 1)?;
+        let mut waiter = self.0.hub.wait_for_queues(&request.queues);
+        Ok(Some(Registration {
+            armed: Some(waiter.arm()),
+            waiter,
+            _permit: permit,
+        }))
     }
 
     /// The jobs a completion's `next` claims, registered before the completions were written:
@@ -305,8 +319,10 @@ impl Claims {
 }
 
 /// The settings claims follow.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct ClaimSettings {
+    /// The waiting-claims budget.
+    pub waiting: Budget,
     /// Lease for a handed-off job when neither the claim nor the job names one.
     pub default_lease: Duration,
     /// The longest a claim waits for Redis, from its arrival.

@@ -7,6 +7,10 @@
 //! already is skipped; a gap, a result too large to carry, or a resync (messages may have been
 //! lost) leads to a re-read of the log after the last event taken. Each job's events come out
 //! exactly once and in order, its terminal event last, whatever pub/sub did.
+//!
+//! A log is read a page at a time (`EVENT_PAGE` events), the next page when the events taken
+//! are given out, so that a follower holds one page at most. A COMPLETED event's result is
+//! read once for all the job's local followers (`EventHub::result`), not with the log.
 
 use std::collections::VecDeque;
 
@@ -16,16 +20,17 @@ use futures::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{JobWatch, Wake};
+use super::{EventHub, JobWatch, Wake, results};
 use crate::{
-    domain::{JobEvent, JobId},
-    store::{JobStore, StoreError},
+    domain::{EventKind, JobEvent, JobId},
+    store::{EventPage, JobStore, StoreError},
     telemetry::Metrics,
 };
 
 /// Followed jobs, and their events taken but not yet given out.
 pub struct Follower {
     store: JobStore,
+    hub: EventHub,
     metrics: Metrics,
     shutdown: CancellationToken,
     jobs: Vec<Followed>,
@@ -51,6 +56,8 @@ struct Followed {
     taken: u64,
     /// Its terminal event was taken: nothing more will come.
     finished: bool,
+    /// Its log goes on past `taken`: read the next page before waiting for wake-ups.
+    behind: bool,
 }
 
 /// The jobs' wake-ups: a single job's registration is polled as it is, several are merged.
@@ -61,9 +68,15 @@ enum Wakes {
 }
 
 impl Follower {
-    pub fn new(store: JobStore, metrics: Metrics, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        store: JobStore,
+        hub: EventHub,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             store,
+            hub,
             metrics,
             shutdown,
             jobs: Vec::new(),
@@ -86,8 +99,9 @@ impl Follower {
         self.pending.push_back(first);
     }
 
-    /// Follows a job from its events after `after`: registers (`watch`), then reads its log.
-    /// NOT_FOUND for an unknown job, PAST_LAST_EVENT for an `after` it has not reached.
+    /// Follows a job from its events after `after`: registers (`watch`), then reads the first
+    /// page of its log. NOT_FOUND for an unknown job, PAST_LAST_EVENT for an `after` it has
+    /// not reached.
     pub async fn existing(
         &mut self,
         mut watch: JobWatch,
@@ -97,14 +111,8 @@ impl Follower {
         watch.mark_seen();
         let page = self.store.events_after(&id, after).await?;
         let index = self.add(watch, id);
-        let job = &mut self.jobs[index];
-        job.taken = page.events.last().map_or(after, |event| event.sequence);
-        if page.finished {
-            job.finished = true;
-            self.unfinished -= 1;
-        }
-        self.pending.extend(page.events);
-        Ok(())
+        self.jobs[index].taken = after;
+        self.take_page(index, page).await
     }
 
     /// The next event of a followed job, each job's in order, each exactly once; `None` once
@@ -116,6 +124,12 @@ impl Follower {
             }
             if self.unfinished == 0 {
                 return None;
+            }
+            if let Some(index) = self.jobs.iter().position(|job| job.behind && !job.finished) {
+                if let Err(error) = self.read(index).await {
+                    return Some(Err(Interrupted::Failed(error)));
+                }
+                continue;
             }
             let (index, wake) = tokio::select! {
                 wake = self.wakes.next() => wake?,
@@ -133,6 +147,7 @@ impl Follower {
             id,
             taken: 0,
             finished: false,
+            behind: false,
         });
         self.unfinished += 1;
         self.wakes.push(index, watch);
@@ -141,45 +156,81 @@ impl Follower {
 
     /// Takes what a wake-up of job `index` brings: the event it carried, or the log re-read.
     async fn step(&mut self, index: usize, wake: Wake) -> Result<(), StoreError> {
-        let job = &mut self.jobs[index];
+        let job = &self.jobs[index];
         if job.finished {
             return Ok(());
         }
-        let events = match wake {
+        let event = match wake {
             Wake::Event(announced) if announced.sequence <= job.taken => return Ok(()),
+            // Behind, the pages read next come to it.
+            Wake::Event(_) if job.behind => return Ok(()),
             Wake::Event(announced) if job.taken.checked_add(1) == Some(announced.sequence) => {
-                match announced.event {
-                    Some(event) => vec![event],
-                    None => self.read(index).await?,
+                match (announced.event, announced.result) {
+                    (Some(mut event), Some(shared)) => {
+                        let result = results::read(&shared, &self.store, &self.jobs[index].id);
+                        if let EventKind::Completed { result: slot } = &mut event.kind {
+                            *slot = result.await?;
+                        }
+                        event
+                    }
+                    (Some(event), None) => event,
+                    (None, _) => return self.read(index).await,
                 }
             }
             // A gap: events were announced that this follower did not see.
-            Wake::Event(_) => self.read(index).await?,
+            Wake::Event(_) => return self.read(index).await,
             Wake::Resync => {
                 self.metrics.resync();
-                self.read(index).await?
+                return self.read(index).await;
             }
         };
         let job = &mut self.jobs[index];
-        for event in events {
-            job.taken = event.sequence;
-            if event.kind.is_terminal() && !job.finished {
-                job.finished = true;
-                self.unfinished -= 1;
-            }
-            self.pending.push_back(event);
-        }
+        job.taken = event.sequence;
+        self.take(index, event);
         Ok(())
     }
 
-    /// Re-reads job `index`'s log after its last event taken.
-    async fn read(&mut self, index: usize) -> Result<Vec<JobEvent>, StoreError> {
+    /// Reads the next page of job `index`'s log, after its last event taken.
+    async fn read(&mut self, index: usize) -> Result<(), StoreError> {
         self.wakes.mark_seen();
         let job = &self.jobs[index];
         // Boxed: the read's future is large and short-lived, and a stream spends its life
         // waiting, so the stream's own state stays small (see the fan-out benchmark).
         let page = Box::pin(self.store.events_after(&job.id, job.taken)).await?;
-        Ok(page.events)
+        self.take_page(index, page).await
+    }
+
+    /// Takes a page of job `index`'s log, with the result of a COMPLETED event in it.
+    async fn take_page(&mut self, index: usize, page: EventPage) -> Result<(), StoreError> {
+        let id = self.jobs[index].id.clone();
+        for mut event in page.events {
+            if let EventKind::Completed { result } = &mut event.kind {
+                *result = Box::pin(self.hub.result(&self.store, &id)).await?;
+            }
+            self.take(index, event);
+        }
+        let job = &mut self.jobs[index];
+        job.taken = job.taken.max(page.end);
+        job.behind = page.more;
+        if page.finished && !job.finished {
+            job.finished = true;
+            self.unfinished -= 1;
+        }
+        Ok(())
+    }
+
+    /// Takes one event of job `index` to give out.
+    fn take(&mut self, index: usize, event: JobEvent) {
+        let job = &mut self.jobs[index];
+        if job.finished {
+            return;
+        }
+        job.taken = event.sequence;
+        if event.kind.is_terminal() {
+            job.finished = true;
+            self.unfinished -= 1;
+        }
+        self.pending.push_back(event);
     }
 }
 

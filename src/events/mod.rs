@@ -7,6 +7,7 @@
 //! process, whatever the number of watchers: nothing is subscribed or left behind per watcher.
 
 mod follow;
+mod results;
 mod waiters;
 
 use std::{
@@ -24,12 +25,17 @@ use tokio::sync::{Notify, broadcast::error::RecvError, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use follow::{Follower, Interrupted};
+use results::Results;
+pub use results::SharedResult;
 pub use waiters::{JobWatch, QueueWaiter, Wake, Wakeup};
 
+use bytes::Bytes;
+
 use crate::{
+    budgets::Exhausted,
     domain::{JobEvent, JobId, QueueName},
     redis::{Reconnections, name_connections},
-    store::{AnnouncedEvent, parse_announced},
+    store::{AnnouncedEvent, JobStore, StoreError, parse_announced},
     sync::lock,
     telemetry::Metrics,
 };
@@ -38,9 +44,11 @@ use crate::{
 #[derive(Debug, Clone, Default)]
 pub struct Announcement {
     pub sequence: u64,
-    /// The event, when the message carried all of it; `None` when it cannot stand for the
-    /// stored event (a COMPLETED event whose result was too large to carry): read the log.
+    /// The event; `None` when it did not decode: read the log.
     pub event: Option<JobEvent>,
+    /// For a COMPLETED event whose result was too large to carry (its result is empty here):
+    /// the result's read, shared by all the job's local watchers.
+    pub result: Option<SharedResult>,
 }
 
 /// Delay before subscribing again after a failed SUBSCRIBE on a live connection.
@@ -68,6 +76,10 @@ struct Inner {
     queues: Mutex<HashMap<QueueName, QueueSlot>>,
     /// Bumped whenever messages may have been lost; everyone re-reads.
     resync: watch::Sender<u64>,
+    /// Results too large to be announced, read once for all local watchers of their job.
+    results: Results,
+    /// The most watchers one job may have on this process.
+    watchers_per_job: u64,
 }
 
 struct QueueSlot {
@@ -75,37 +87,52 @@ struct QueueSlot {
     waiters: usize,
 }
 
-impl Default for EventHub {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl EventHub {
-    pub fn new() -> Self {
+    /// A hub that lets each job have at most `watchers_per_job` watchers here.
+    pub fn new(watchers_per_job: u64) -> Self {
         Self {
             inner: Arc::new(Inner {
                 jobs: Mutex::default(),
                 queues: Mutex::default(),
                 resync: watch::Sender::default(),
+                results: Results::default(),
+                watchers_per_job,
             }),
         }
     }
 
     /// Registers interest in a job's events. Register before reading the log, so that an
-    /// event written after the read cannot go unnoticed.
-    pub fn watch_job(&self, id: &JobId) -> JobWatch {
+    /// event written after the read cannot go unnoticed. Refused when the job has as many
+    /// watchers here as its budget allows.
+    pub fn watch_job(&self, id: &JobId) -> Result<JobWatch, Exhausted> {
         let key = id.to_string();
-        let receiver = lock(&self.inner.jobs)
-            .entry(key.clone())
-            .or_insert_with(|| watch::channel(Announcement::default()).0)
-            .subscribe();
-        JobWatch::new(
+        let receiver = {
+            let mut jobs = lock(&self.inner.jobs);
+            let sender = jobs
+                .entry(key.clone())
+                .or_insert_with(|| watch::channel(Announcement::default()).0);
+            if sender.receiver_count() as u64 >= self.inner.watchers_per_job {
+                return Err(Exhausted {
+                    setting: "max-watchers-per-job",
+                    what: "watchers of one job",
+                    limit: self.inner.watchers_per_job,
+                    principal: None,
+                });
+            }
+            sender.subscribe()
+        };
+        Ok(JobWatch::new(
             self.inner.clone(),
             key,
             receiver,
             self.inner.resync.subscribe(),
-        )
+        ))
+    }
+
+    /// Job `id`'s result, read once for all who ask while a read of it is shared (see
+    /// `results`).
+    pub async fn result(&self, store: &JobStore, id: &JobId) -> Result<Bytes, StoreError> {
+        self.inner.results.read(store, id).await
     }
 
     /// Registers a claim waiting on `queues`.
@@ -243,7 +270,7 @@ impl Dispatcher {
                 sender.send_if_modified(|latest| {
                     let newer = announced.sequence > latest.sequence;
                     if newer {
-                        *latest = decode(&announced);
+                        *latest = decode(&announced, &self.inner.results);
                     }
                     newer
                 });
@@ -273,16 +300,24 @@ impl Dispatcher {
 
 /// An announced event as its watchers get it; one that does not decode is left for them to
 /// read from the log.
-fn decode(announced: &AnnouncedEvent) -> Announcement {
+fn decode(announced: &AnnouncedEvent, results: &Results) -> Announcement {
     let event = JobId::parse("id", announced.job_id)
         .map_err(|_| "not a job id".to_owned())
         .and_then(|id| announced.decode(&id).map_err(|error| error.to_string()));
-    Announcement {
-        sequence: announced.sequence,
-        event: event.unwrap_or_else(|error| {
+    match event {
+        Ok((event, result_to_read)) => Announcement {
+            sequence: announced.sequence,
+            event: Some(event),
+            result: result_to_read.then(|| results.shared(announced.job_id)),
+        },
+        Err(error) => {
             tracing::warn!(job = announced.job_id, %error, "an announced event does not decode; its watchers read the log");
-            None
-        }),
+            Announcement {
+                sequence: announced.sequence,
+                event: None,
+                result: None,
+            }
+        }
     }
 }
 

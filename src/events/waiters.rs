@@ -69,6 +69,8 @@ impl Drop for JobWatch {
             .is_some_and(|sender| sender.receiver_count() <= 1)
         {
             jobs.remove(&self.key);
+            drop(jobs);
+            self.inner.results.forget(&self.key);
         }
     }
 }

@@ -171,14 +171,14 @@ impl<'a> Cursor<'a> {
 }
 
 impl AnnouncedEvent<'_> {
-    /// The announced event of job `id`. `None` when the announcement cannot stand for the
-    /// stored event (a COMPLETED event whose result was too large to carry): read the log
-    /// instead.
-    pub fn decode(&self, id: &JobId) -> Result<Option<JobEvent>, StoreError> {
+    /// The announced event of job `id`, and whether its result is still to be read: a
+    /// COMPLETED event whose result was too large to carry comes with an empty result, which
+    /// `JobStore::result` reads.
+    pub fn decode(&self, id: &JobId) -> Result<(JobEvent, bool), StoreError> {
         let result = self.result.map(Bytes::copy_from_slice);
         let event = decode_event(id, self.sequence, self.event, &result)?;
         let needs_result = matches!(event.kind, EventKind::Completed { .. }) && result.is_none();
-        Ok((!needs_result).then_some(event))
+        Ok((event, needs_result))
     }
 }
 
@@ -342,7 +342,8 @@ mod tests {
             ("a", 1.into()),
             ("w", "w1".into()),
         ]);
-        let event = announced(2, &started, None).decode(&id).unwrap().unwrap();
+        let (event, to_read) = announced(2, &started, None).decode(&id).unwrap();
+        assert!(!to_read);
         assert_eq!(
             (event.sequence, event.attempt, event.at),
             (2, 1, UnixMillis(5))
@@ -356,13 +357,18 @@ mod tests {
 
         let done = packed(&[("t", "completed".into()), ("at", 6.into()), ("a", 1.into())]);
         let result = Bytes::from_static(b"ok \xff");
-        let inline = announced(3, &done, Some(&result))
-            .decode(&id)
-            .unwrap()
-            .unwrap();
+        let (inline, to_read) = announced(3, &done, Some(&result)).decode(&id).unwrap();
         assert_eq!(inline.kind, EventKind::Completed { result });
-        // A result too large to carry: the watcher must read the log.
-        assert_eq!(announced(3, &done, None).decode(&id).unwrap(), None);
+        assert!(!to_read);
+        // A result too large to carry: the event comes without it, to be read.
+        let (event, to_read) = announced(3, &done, None).decode(&id).unwrap();
+        assert_eq!(
+            event.kind,
+            EventKind::Completed {
+                result: Bytes::new()
+            }
+        );
+        assert!(to_read);
 
         assert!(announced(3, b"garbage", None).decode(&id).is_err());
     }

@@ -115,6 +115,9 @@ type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct StoreSettings {
     /// Lease for a claim when neither the worker nor the job names one.
     pub default_lease: Duration,
+    /// A job's log holds at most about this many events: from this sequence on, a progress
+    /// event replaces the progress event before it (see lua/progress.lua).
+    pub max_events_per_job: u64,
 }
 
 /// Typed job operations on Redis. A handle: cheap to clone and one pointer wide (every

@@ -47,7 +47,9 @@ pub enum Released {
 
 impl JobStore {
     /// Extends the lease of a running job (never shortening it) and acknowledges the job;
-    /// records `progress` if given.
+    /// records `progress` if given, in the job's capped log (progress.lua). A full Redis
+    /// refuses progress, which takes memory, but not a renewal: the lease is then renewed
+    /// without the progress (heartbeat.lua).
     pub async fn heartbeat(
         &self,
         id: &JobId,
@@ -56,26 +58,37 @@ impl JobStore {
         progress: Option<Progress>,
     ) -> Result<HeartbeatOutcome> {
         let keys = self.keys();
-        let mut args: Vec<Value> = vec![
+        let script_keys = vec![keys.job(id), keys.running(id.queue())];
+        let renewal: Vec<Value> = vec![
             id.to_string().into(),
             token.as_str().into(),
             lease.map(millis).unwrap_or_default().into(),
-            keys.job_channel().into(),
         ];
-        if let Some(progress) = progress {
-            args.push(progress.message.into());
-            args.push(
-                progress
-                    .value
-                    .map(|v| v.to_string())
-                    .unwrap_or_default()
-                    .into(),
-            );
-        }
-        let script_keys = vec![keys.job(id), keys.running(id.queue())];
-        let reply: Vec<Value> = self
-            .call(&self.scripts().heartbeat, script_keys, args)
-            .await?;
+        let reply: Vec<Value> = match progress {
+            Some(progress) => {
+                let mut args = renewal.clone();
+                args.push(keys.job_channel().into());
+                args.push(self.0.settings.max_events_per_job.to_string().into());
+                args.push(progress.message.into());
+                let value = progress.value.map(|v| v.to_string()).unwrap_or_default();
+                args.push(value.into());
+                match self
+                    .call(&self.scripts().progress, script_keys.clone(), args)
+                    .await
+                {
+                    Err(StoreError::OutOfMemory(_)) => {
+                        tracing::debug!(job = %id, "Redis is full: lease renewed, progress not recorded");
+                        self.call(&self.scripts().heartbeat, script_keys, renewal)
+                            .await?
+                    }
+                    reply => reply?,
+                }
+            }
+            None => {
+                self.call(&self.scripts().heartbeat, script_keys, renewal)
+                    .await?
+            }
+        };
         match status(&reply)?.as_str() {
             "ok" => Ok(HeartbeatOutcome::Extended(time_in(&reply, 1)?)),
             "cancelled" => Ok(HeartbeatOutcome::Cancelled),

@@ -15,15 +15,24 @@ use crate::domain::{Job, JobEvent, JobId, JobState, QueueName};
 /// may forget it (it counts towards the principal's cap meanwhile).
 const ADMITTED_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Events read per round trip when replaying a log; most jobs have fewer in all.
-const EVENT_PAGE: u64 = 16;
+/// Events read per round trip when replaying a log: a page of a capped log is one bounded
+/// HMGET, however long the log (see `StoreSettings::max_events_per_job`).
+pub const EVENT_PAGE: u64 = 256;
 
-/// A page of a job's event log.
+/// A page of a job's event log: at most `EVENT_PAGE` events.
 #[derive(Debug)]
 pub struct EventPage {
+    /// Oldest first. A COMPLETED event comes without its result (`JobStore::result` reads
+    /// it), so that a page costs little whatever the result's size.
     pub events: Vec<JobEvent>,
-    /// Whether the job had reached a terminal state when the page was read.
+    /// Whether the job had reached a terminal state when the page was read, and the page
+    /// holds its last event.
     pub finished: bool,
+    /// Whether the log goes on past this page: read again after its last sequence.
+    pub more: bool,
+    /// The sequence the page ends at: read again after it when `more`. Past the last event
+    /// of `events` when the page ends with replaced progress events (see lua/progress.lua).
+    pub end: u64,
 }
 
 /// A queue's jobs by state; finished ones only while retained.
@@ -71,26 +80,30 @@ impl JobStore {
         Ok(Fields::from_values(&JOB_FIELDS, values))
     }
 
-    /// Reads the events after `after`, oldest first: all of them, in as many round trips as
-    /// it takes. `NotFound` when the job does not exist (or its retention passed);
-    /// `PastLastEvent` when `after` is past the job's last sequence, since nothing after it
-    /// will ever be recorded and a caller waiting for it would wait forever.
+    /// Reads a page of the events after `after`, oldest first: those up to `after` +
+    /// `EVENT_PAGE`, in one HMGET. `NotFound` when the job does not exist (or its retention
+    /// passed); `PastLastEvent` when `after` is past the job's last sequence, since nothing
+    /// after it will ever be recorded and a caller waiting for it would wait forever. A
+    /// sequence without its event is a progress event that a later one replaced (see
+    /// lua/progress.lua): it is skipped.
     pub async fn events_after(&self, id: &JobId, after: u64) -> Result<EventPage> {
         let key = self.keys().job(id);
         // Sequences are ranges from `after` with `after` itself skipped, and the page's end
         // saturates: `after` comes from the caller and may be any u64, up to u64::MAX.
         let page_end = after.saturating_add(EVENT_PAGE);
-        let mut fields = vec!["state".to_owned(), "seq".to_owned(), "result".to_owned()];
+        let mut fields = vec![
+            "state".to_owned(),
+            "seq".to_owned(),
+            "lr".to_owned(),
+            "lp".to_owned(),
+        ];
         fields.extend((after..=page_end).skip(1).map(event_field));
         let mut values: Vec<Option<Bytes>> = self
             .timed("read_events", self.client().hmget(&key, fields))
             .await?;
-        let mut head = values.drain(..3);
-        let (state, seq, result) = (
-            head.next().flatten(),
-            head.next().flatten(),
-            head.next().flatten(),
-        );
+        let mut head = values.drain(..4);
+        let (state, seq) = (head.next().flatten(), head.next().flatten());
+        let (run_start, run_end) = (head.next().flatten(), head.next().flatten());
         drop(head);
         let Some(last_sequence) = number::<u64>(seq.as_deref())? else {
             return Err(StoreError::NotFound);
@@ -101,34 +114,45 @@ impl JobStore {
                 last: last_sequence,
             });
         }
-        let finished = state
-            .as_deref()
-            .and_then(|state| std::str::from_utf8(state).ok())
-            .and_then(JobState::from_name)
-            .is_some_and(JobState::is_terminal);
-        if last_sequence > page_end {
-            let rest: Vec<Option<Bytes>> = self
-                .timed(
-                    "read_events",
-                    self.client().hmget(
-                        &key,
-                        (page_end..=last_sequence)
-                            .skip(1)
-                            .map(event_field)
-                            .collect::<Vec<_>>(),
-                    ),
-                )
-                .await?;
-            values.extend(rest);
+        // Inside the latest run of replaced progress (lua/progress.lua), whose events up to
+        // its kept one are gone: go on from there, in one more read.
+        if let (Some(start), Some(kept)) = (
+            number::<u64>(run_start.as_deref())?,
+            number::<u64>(run_end.as_deref())?,
+        ) && start <= after.saturating_add(1)
+            && after.saturating_add(1) < kept
+        {
+            return Box::pin(self.events_after(id, kept - 1)).await;
         }
+        let more = last_sequence > page_end;
+        let finished = !more
+            && state
+                .as_deref()
+                .and_then(|state| std::str::from_utf8(state).ok())
+                .and_then(JobState::from_name)
+                .is_some_and(JobState::is_terminal);
+        let end = page_end.min(last_sequence);
         let mut events = Vec::new();
-        for (sequence, raw) in (after..=last_sequence).skip(1).zip(values) {
-            let raw = raw.ok_or_else(|| {
-                StoreError::corrupt(format!("event {sequence} of {id} is missing"))
-            })?;
-            events.push(decode_event(id, sequence, &raw, &result)?);
+        for (sequence, raw) in (after..=end).skip(1).zip(values) {
+            if let Some(raw) = raw {
+                events.push(decode_event(id, sequence, &raw, &None)?);
+            }
         }
-        Ok(EventPage { events, finished })
+        Ok(EventPage {
+            events,
+            finished,
+            more,
+            end,
+        })
+    }
+
+    /// A job's result: `None` while it has none (or the job is gone).
+    pub async fn result(&self, id: &JobId) -> Result<Option<Bytes>> {
+        self.timed(
+            "read_result",
+            self.client().hget(self.keys().job(id), "result"),
+        )
+        .await
     }
 
     /// Counts a queue's jobs by state, in one round trip; finished ones while their retention

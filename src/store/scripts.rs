@@ -16,7 +16,7 @@ use fred::{
 /// - `intake`: scripts that take work in (submissions, claims) are refused whole, before they
 ///   run, with Redis's OOM error (Redis's default for a script with a shebang): no job is
 ///   accepted, and no job started, whose outcome could not be recorded.
-/// - `drain`: scripts that carry work already started to its end (heartbeats, completions,
+/// - `drain`: scripts that carry work already started to its end (lease renewals, completions,
 ///   failures, cancellations, releases, promotions, the sweeper) run anyway (`allow-oom`): a
 ///   full Redis does not cost running jobs their leases or their results, and finished jobs
 ///   expire and free memory on their retention.
@@ -121,6 +121,7 @@ pub struct Scripts {
     pub claim: LuaScript,
     pub release: LuaScript,
     pub heartbeat: LuaScript,
+    pub progress: LuaScript,
     pub complete: LuaScript,
     pub fail: LuaScript,
     pub expire: LuaScript,
@@ -141,6 +142,7 @@ impl Scripts {
             claim: LuaScript::new("claim", script!(intake "claim")),
             release: LuaScript::new("release", script!(drain "release")),
             heartbeat: LuaScript::new("heartbeat", script!(drain "heartbeat")),
+            progress: LuaScript::new("progress", script!(intake "progress")),
             complete: LuaScript::new("complete", script!(drain "complete")),
             fail: LuaScript::new("fail", script!(drain "fail")),
             expire: LuaScript::new("expire", script!(drain "expire")),

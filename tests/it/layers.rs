@@ -19,11 +19,16 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
     ("redis", &["config", "telemetry"]),
     ("store", &["domain", "telemetry"]),
     ("group_commit", &["domain", "store", "sync"]),
-    ("events", &["domain", "redis", "store", "sync", "telemetry"]),
+    ("budgets", &["sync"]),
+    (
+        "events",
+        &["budgets", "domain", "redis", "store", "sync", "telemetry"],
+    ),
     ("queues", &["domain", "store", "sync"]),
     (
         "claims",
         &[
+            "budgets",
             "domain",
             "events",
             "group_commit",
@@ -46,6 +51,7 @@ const MAY_IMPORT: &[(&str, &[&str])] = &[
         &[
             "auth",
             "background",
+            "budgets",
             "claims",
             "completions",
             "domain",

@@ -1,6 +1,7 @@
 //! Integration tests: a real redis-server per test, a real jobd on a socket, real gRPC clients.
 //! What they share is in `harness`; each other module tests one part of jobd.
 
+mod abuse_budgets;
 mod abuse_metrics;
 mod abuse_queues;
 mod abuse_sizes;

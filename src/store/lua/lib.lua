@@ -97,6 +97,27 @@ local function claim_refusal(state, lease_until, ack_until, now)
   return nil
 end
 
+-- Renews the lease of running job `id` (hash `key`, in `running`) for `token`: heartbeat.lua
+-- and progress.lua. `lease` is the new lease, ms from now, or "" for the one the job was claimed
+-- with; a lease is never shortened. The first renewal acknowledges the job. Returns
+-- {refusal = reply} when the token or the claim refuses it, else {expires = when, now = now}.
+local function renew_lease(key, running, id, token, lease)
+  local job = redis.call('HMGET', key, 'state', 'token', 'lease_ms', 'lease_until', 'ack_until')
+  local refusal = token_refusal(job[1], job[2], token)
+  if refusal then return {refusal = refusal} end
+  if job[1] == 'cancelled' then return {refusal = {'cancelled'}} end
+  local now = clock()
+  refusal = claim_refusal(job[1], job[4], job[5], now)
+  if refusal then return {refusal = refusal} end
+  local ms = tonumber(job[3])
+  if lease ~= '' then ms = tonumber(lease) end
+  local expires = math.max(now + ms, tonumber(job[4]))
+  redis.call('HSET', key, 'lease_until', int(expires))
+  if job[5] then redis.call('HDEL', key, 'ack_until') end
+  redis.call('ZADD', running, 'XX', expires, id)
+  return {expires = expires, now = now}
+end
+
 -- Puts running job `id` (hash `key`) back in its queue at no cost, with a RELEASED event
 -- saying `reason`: QUEUED at its place by priority and submission time, the claim not counted
 -- as an attempt. `job` holds the job's seq, attempt, spec and created fields, in that order;

@@ -264,16 +264,9 @@ impl Running {
         self.process.id()
     }
 
-    /// Its resident memory now, bytes (VmRSS in /proc/<pid>/status).
+    /// Its resident memory now, bytes.
     pub fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("jobd's /proc status");
-        let kib: u64 = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in kB");
-        kib * 1024
+        rss_of(self.pid())
     }
 
     /// Sends it `signal`, e.g. "TERM".
@@ -338,4 +331,16 @@ fn startup_field(log: &str, name: &str) -> Option<String> {
             .find_map(|word| word.strip_prefix(name)?.strip_prefix('='))?,
     };
     Some(value.replace("0.0.0.0:", "127.0.0.1:"))
+}
+
+/// The resident memory of process `pid` now, bytes (VmRSS in /proc/<pid>/status).
+pub fn rss_of(pid: u32) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process's status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in kB");
+    kib * 1024
 }

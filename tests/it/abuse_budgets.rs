@@ -1,0 +1,491 @@
+//! The abuse suite's budgets (issue 20, items 2 to 4): waiting claims, watch streams, watchers
+//! of one job and principals each have a budget, past which callers get RESOURCE_EXHAUSTED
+//! naming it while jobd's memory stays bounded and other callers are served; a loop of
+//! progress heartbeats keeps a job's log at its cap, and its replay does not block Redis;
+//! 1,000 watchers of a job completing with 1 MiB share one read of the result.
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use jobd::api::proto;
+use tonic::Code;
+
+use crate::harness::*;
+
+/// jobd's resident memory now (KiB).
+fn rss_kib(pid: u32) -> u64 {
+    rss_of(pid) / 1024
+}
+
+/// Bytes Redis has sent its clients so far.
+fn redis_output_bytes(redis: &RedisServer) -> u64 {
+    redis
+        .cli(&["INFO", "stats"])
+        .lines()
+        .find_map(|line| line.strip_prefix("total_net_output_bytes:"))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("total_net_output_bytes in INFO stats")
+}
+
+/// The documented memory model (docs/operations.md, "Memory"): what jobd may hold with
+/// `streams` watch streams, `claims` waiting claims and `payload` bytes in flight, KiB.
+fn memory_bound_kib(streams: u64, claims: u64, payload: u64) -> u64 {
+    const BASELINE_KIB: u64 = 64 * 1024;
+    const STREAM_KIB: u64 = 32;
+    const CLAIM_KIB: u64 = 36;
+    BASELINE_KIB + streams * STREAM_KIB + claims * CLAIM_KIB + payload * 11 / 2 / 1024
+}
+
+/// `count` ClaimJob calls on `queue` that may wait `wait`, spread over connections of at most
+/// 1,000 calls each, all in flight at once; each one's outcome when it ends.
+async fn claims_in_flight(
+    jobd: &Running,
+    queue: &str,
+    count: usize,
+    wait: Duration,
+) -> Vec<tokio::task::JoinHandle<Result<(), tonic::Status>>> {
+    let mut calls = Vec::with_capacity(count);
+    for _ in 0..count.div_ceil(1000) {
+        let workers = jobd.workers().await;
+        for _ in 0..1000.min(count - calls.len()) {
+            let mut workers = workers.clone();
+            let request = claim_request(queue, wait);
+            calls.push(tokio::spawn(async move {
+                workers.claim_job(request).await.map(drop)
+            }));
+        }
+    }
+    calls
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiting_claims_past_their_budget_are_refused_and_memory_stays_bounded() {
+    // 50,000 in the issue; a fifth of that keeps this test's time small in a debug build, and
+    // shows the same: the calls past the budget cost no memory.
+    const CLAIMS: usize = 10_000;
+    const BUDGET: usize = 2_000;
+    let redis = RedisServer::start().await;
+    // Redis answers 50,000 first looks at once: more time than the harness's 500 ms.
+    let jobd = Running::start_with_env(
+        &redis.url(),
+        &[&format!("--max-waiting-claims={BUDGET}")],
+        &[("JOBD_REDIS_COMMAND_TIMEOUT", "10s")],
+    )
+    .await;
+    let before = rss_kib(jobd.pid());
+    let calls = claims_in_flight(&jobd, "idle", CLAIMS, Duration::from_secs(60)).await;
+
+    // Every claim past the budget is refused at once, naming the budget; the rest wait. (A
+    // claim let in may meet a Redis too slow for this burst, UNAVAILABLE: its place is given
+    // back, and taken by a later one.)
+    let mut calls = calls;
+    let (mut refused, mut unavailable) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while refused + unavailable < CLAIMS - BUDGET && Instant::now() < deadline {
+        let (finished, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut calls)
+            .into_iter()
+            .partition(|call| call.is_finished());
+        calls = waiting;
+        for call in finished {
+            let status = call
+                .await
+                .unwrap()
+                .expect_err("a claim past the budget is refused");
+            if status.code() == Code::Unavailable {
+                unavailable += 1;
+                continue;
+            }
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+            let named = format!("max-waiting-claims ({BUDGET} waiting claims)");
+            assert!(status.message().contains(&named), "{status:?}");
+            refused += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "{refused} claims refused, {unavailable} unavailable, {} waiting",
+        calls.len()
+    );
+    assert!(
+        refused >= CLAIMS - BUDGET - unavailable,
+        "claims refused: {refused}"
+    );
+    assert!(calls.len() <= BUDGET, "{} claims waiting", calls.len());
+    assert!(
+        unavailable < BUDGET / 10,
+        "{unavailable} claims unavailable"
+    );
+    let rss = rss_kib(jobd.pid());
+    eprintln!(
+        "RSS: {before} KiB idle, {rss} KiB with {} claims waiting (+{} KiB, {} B per claim)",
+        calls.len(),
+        rss - before,
+        (rss - before) * 1024 / calls.len() as u64
+    );
+    assert!(
+        rss < memory_bound_kib(0, BUDGET as u64, 0),
+        "RSS {rss} KiB past the documented bound"
+    );
+
+    // A well-behaved worker of another queue is served at once.
+    let (mut jobs, mut workers) = jobd.clients().await;
+    let job = submit(&mut jobs, "busy", b"work").await;
+    let started = Instant::now();
+    // (Its claim does not wait: the budget of waiting claims is used up.)
+    let claimed = workers
+        .claim_job(claim_request("busy", Duration::ZERO))
+        .await
+        .expect("a worker of another queue is served")
+        .into_inner();
+    assert_eq!(claimed.job.expect("a job").id, job.id);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Claims whose clients went away give their budget back.
+    for call in &calls {
+        call.abort();
+    }
+    drop(calls);
+    eventually(
+        Duration::from_secs(20),
+        "the budget to be given back",
+        || {
+            let mut workers = workers.clone();
+            async move {
+                let call = workers.claim_job(claim_request("idle", Duration::from_millis(100)));
+                call.await.ok()
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_and_watchers_of_a_job_have_budgets() {
+    let redis = RedisServer::start().await;
+    let settings = Settings {
+        extra: vec![
+            "--max-watch-streams=6".into(),
+            "--max-watchers-per-job=3".into(),
+        ],
+        ..Settings::default()
+    };
+    let server = TestServer::start_with(&redis.url(), settings).await;
+    let mut jobs = server.jobs().await;
+    let popular = submit(&mut jobs, "q", b"").await;
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        streams.push(open_watch(&mut jobs, &popular.id).await);
+    }
+    let status = jobs
+        .watch_job(proto::WatchJobRequest {
+            job_id: popular.id.clone(),
+            after_sequence: 0,
+        })
+        .await
+        .expect_err("a fourth watcher of the job is refused");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status
+            .message()
+            .contains("max-watchers-per-job (3 watchers of one job)"),
+        "{status:?}"
+    );
+    for _ in 0..3 {
+        let other = submit(&mut jobs, "q", b"").await;
+        streams.push(open_watch(&mut jobs, &other.id).await);
+    }
+    let other = submit(&mut jobs, "q", b"").await;
+    for attempt in [
+        jobs.watch_job(proto::WatchJobRequest {
+            job_id: other.id.clone(),
+            after_sequence: 0,
+        })
+        .await
+        .map(drop),
+        jobs.submit_and_watch_jobs(proto::SubmitJobsRequest {
+            jobs: vec![submit_request("q")],
+        })
+        .await
+        .map(drop),
+    ] {
+        let status = attempt.expect_err("a seventh stream is refused");
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(
+            status
+                .message()
+                .contains("max-watch-streams (6 open watch streams)"),
+            "{status:?}"
+        );
+    }
+    // A stream whose client went away gives its place back.
+    streams.pop();
+    eventually(
+        Duration::from_secs(10),
+        "a stream's place given back",
+        || {
+            let mut jobs = jobs.clone();
+            let id = other.id.clone();
+            async move {
+                let request = proto::WatchJobRequest {
+                    job_id: id,
+                    after_sequence: 0,
+                };
+                jobs.watch_job(request).await.ok()
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_principal_has_its_own_budgets() {
+    let redis = RedisServer::start().await;
+    let mut auth = AuthFile::new();
+    let greedy = auth.add("greedy", &["submitter", "worker"], &["*"]);
+    let modest = auth.add("modest", &["submitter", "worker"], &["*"]);
+    let settings = Settings {
+        extra: vec![
+            auth.flag(),
+            "--max-watch-streams-per-principal=2".into(),
+            "--max-waiting-claims-per-principal=2".into(),
+            "--max-payload-bytes-in-flight-per-principal=1000".into(),
+        ],
+        ..Settings::default()
+    };
+    let server = TestServer::start_with(&redis.url(), settings).await;
+    let (mut jobs, workers) = server.clients().await;
+    let job = jobs
+        .submit_job(with_token(submit_request("q"), &modest))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let watch = |token: &str| {
+        let mut jobs = jobs.clone();
+        let request = with_token(
+            proto::WatchJobRequest {
+                job_id: job.id.clone(),
+                after_sequence: 0,
+            },
+            token,
+        );
+        async move {
+            jobs.watch_job(request)
+                .await
+                .map(|stream| stream.into_inner())
+        }
+    };
+    let _streams = [watch(&greedy).await.unwrap(), watch(&greedy).await.unwrap()];
+    let status = watch(&greedy).await.expect_err("a third stream is refused");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().contains(
+            "max-watch-streams-per-principal (2 open watch streams) is used up for principal greedy"
+        ),
+        "{status:?}"
+    );
+    let _theirs = watch(&modest)
+        .await
+        .expect("another principal has its own budget");
+
+    let claim = |token: &str| {
+        let mut workers = workers.clone();
+        let request = with_token(claim_request("empty", Duration::from_secs(30)), token);
+        tokio::spawn(async move { workers.claim_job(request).await.map(drop) })
+    };
+    let waiting = [claim(&greedy), claim(&greedy)];
+    claims_waiting(&server, 2).await;
+    let status = claim(&greedy)
+        .await
+        .unwrap()
+        .expect_err("a third claim is refused");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status
+            .message()
+            .contains("max-waiting-claims-per-principal (2 waiting claims)"),
+        "{status:?}"
+    );
+    let theirs = claim(&modest);
+    claims_waiting(&server, 3).await;
+    assert!(!theirs.is_finished(), "another principal's claim waits");
+    theirs.abort();
+    waiting.iter().for_each(|call| call.abort());
+
+    let mut request = submit_request("q");
+    request.payload = vec![b'x'; 1001].into();
+    let status = jobs
+        .submit_job(with_token(request, &greedy))
+        .await
+        .expect_err("a payload past the principal's budget is refused");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status
+            .message()
+            .contains("max-payload-bytes-in-flight-per-principal (1000 payload bytes in flight)"),
+        "{status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_heartbeats_keep_a_log_at_its_cap_and_its_replay_does_not_block_redis() {
+    const HEARTBEATS: usize = 10_000;
+    const CAP: usize = 64;
+    let redis = RedisServer::start().await;
+    let settings = Settings {
+        extra: vec![format!("--max-events-per-job={CAP}")],
+        ..Settings::default()
+    };
+    let server = TestServer::start_with(&redis.url(), settings).await;
+    let (mut jobs, mut workers) = server.clients().await;
+    let job = submit(&mut jobs, "q", b"").await;
+    let claimed = claim(&mut workers, "q").await;
+    let message = "m".repeat(256);
+    // Heartbeats from several connections at once, as a loop of them would come.
+    let per_connection = HEARTBEATS / 10;
+    let mut loops = Vec::new();
+    for _ in 0..10 {
+        let mut workers = server.workers().await;
+        let (claimed, message) = (claimed.clone(), message.clone());
+        loops.push(tokio::spawn(async move {
+            for i in 0..per_connection {
+                report_progress(&mut workers, &claimed, i as f64, &message).await;
+            }
+        }));
+    }
+    for each in join_all(loops).await {
+        each.unwrap();
+    }
+
+    // The log holds the events before the cap and one progress event past it.
+    let key = redis
+        .keys("jobd:{q}:job:*")
+        .into_iter()
+        .next()
+        .expect("the job's hash");
+    let fields = redis.cli(&["HKEYS", &key]);
+    let events = fields
+        .lines()
+        .filter(|field| field.starts_with("e:"))
+        .count();
+    assert_eq!(events, CAP, "events stored: {fields}");
+    let last: u64 = redis.cli(&["HGET", &key, "seq"]).trim().parse().unwrap();
+    assert_eq!(last, 2 + HEARTBEATS as u64);
+
+    complete(&mut workers, &claimed, b"done")
+        .await
+        .expect("the job completes");
+    redis.cli(&["CONFIG", "SET", "slowlog-log-slower-than", "50000"]);
+    redis.cli(&["SLOWLOG", "RESET"]);
+    let reads = redis.command_calls("hmget");
+    let (events, ended) = watch_to_end(&mut jobs, &job.id, 0).await;
+    ended.expect("the replay ends OK");
+    assert_eq!(
+        redis.cli(&["SLOWLOG", "LEN"]).trim(),
+        "0",
+        "a Redis call over 50 ms"
+    );
+    // A page, then a jump past the replaced progress: a few reads, not one per 256 sequences.
+    let reads = redis.command_calls("hmget") - reads;
+    assert!(reads <= 4, "{reads} HMGETs for the replay");
+
+    // QUEUED, STARTED, the progress events up to the cap, the latest progress, COMPLETED.
+    let kinds = types(&events);
+    assert_eq!(kinds.len(), CAP + 1, "{:?}", sequences(&events));
+    assert_eq!(
+        kinds[..2],
+        [proto::EventType::Queued, proto::EventType::Started]
+    );
+    assert!(
+        kinds[2..CAP]
+            .iter()
+            .all(|kind| *kind == proto::EventType::Progress)
+    );
+    assert_eq!(kinds[CAP], proto::EventType::Completed);
+    let sequences = sequences(&events);
+    assert_eq!(
+        sequences[..CAP - 1],
+        (1..CAP as u64).collect::<Vec<_>>()[..]
+    );
+    assert_eq!(
+        sequences[CAP - 1],
+        last,
+        "the latest progress, at its own sequence"
+    );
+    assert_eq!(sequences[CAP], last + 1);
+    assert_eq!(&events[CAP].result[..], b"done");
+    // A watcher resuming inside the replaced sequences gets the latest progress, then the end.
+    let (resumed, ended) = watch_to_end(&mut jobs, &job.id, CAP as u64 + 5).await;
+    ended.expect("the resumed replay ends OK");
+    assert_eq!(self::sequences(&resumed), [last, last + 1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_watchers_of_a_large_result_share_one_read_of_it() {
+    const WATCHERS: usize = 1_000;
+    const RESULT: usize = 1024 * 1024;
+    let redis = RedisServer::start().await;
+    // 1,000 streams opened at once read their logs at once: more time than the harness's.
+    let jobd =
+        Running::start_with_env(&redis.url(), &[], &[("JOBD_REDIS_COMMAND_TIMEOUT", "10s")]).await;
+    let (mut jobs, mut workers) = jobd.clients().await;
+    let job = submit(&mut jobs, "q", b"").await;
+    let claimed = claim(&mut workers, "q").await;
+    let idle = rss_kib(jobd.pid());
+    // 1,000 streams over 10 connections, each past its first event.
+    let mut streams = Vec::with_capacity(WATCHERS);
+    for _ in 0..10 {
+        let jobs = jobd.jobs().await;
+        let opened = (0..WATCHERS / 10).map(|_| {
+            let mut jobs = jobs.clone();
+            let id = job.id.clone();
+            async move { open_watch(&mut jobs, &id).await }
+        });
+        streams.extend(join_all(opened).await);
+    }
+    let before = rss_kib(jobd.pid());
+    let sent = redis_output_bytes(&redis);
+
+    let result = vec![7u8; RESULT];
+    complete(&mut workers, &claimed, &result)
+        .await
+        .expect("the job completes");
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let sampler = tokio::spawn({
+        let (peak, pid) = (peak.clone(), jobd.pid());
+        async move {
+            loop {
+                peak.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    let ends = streams.into_iter().map(|mut stream| async move {
+        let mut last = None;
+        while let Some(event) = stream.message().await.expect("the stream is healthy") {
+            last = Some(event);
+        }
+        last.expect("events")
+    });
+    for last in join_all(ends).await {
+        assert_eq!(last.r#type(), proto::EventType::Completed);
+        assert_eq!(last.result.len(), RESULT);
+    }
+    sampler.abort();
+
+    let read = redis_output_bytes(&redis) - sent;
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "Redis sent {read} bytes for {WATCHERS} watchers; RSS {idle} KiB idle, {before} KiB \
+         with the streams open ({} B per stream), peak {peak} KiB",
+        (before - idle) * 1024 / WATCHERS as u64
+    );
+    assert!(read < 4 * RESULT as u64, "Redis sent {read} bytes");
+    let bound = memory_bound_kib(WATCHERS as u64, 0, 16 * 1024 * 1024);
+    assert!(peak < bound, "RSS peaked at {peak} KiB, past {bound} KiB");
+}
