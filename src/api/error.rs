@@ -25,34 +25,7 @@ pub enum ApiError {
 impl From<ApiError> for Status {
     fn from(error: ApiError) -> Self {
         match error {
-            ApiError::Request(error) => {
-                let (code, reason, metadata) = match &error {
-                    RequestError::Invalid { field, .. } => (
-                        Code::InvalidArgument,
-                        Reason::InvalidRequest,
-                        vec![("field", field.clone())],
-                    ),
-                    RequestError::TooLarge { field, limit, .. } => (
-                        Code::ResourceExhausted,
-                        Reason::PayloadTooLarge,
-                        vec![("field", field.clone()), ("limit", limit.to_string())],
-                    ),
-                };
-                status(code, reason, error.to_string(), &metadata)
-            }
-            ApiError::Store(StoreError::NotFound) => {
-                status(Code::NotFound, Reason::JobNotFound, "job not found", &[])
-            }
-            ApiError::Store(StoreError::IdempotencyConflict { key }) => status(
-                Code::AlreadyExists,
-                Reason::IdempotencyConflict,
-                format!(
-                    "idempotency_key {} was used for a different job (its kind, payload or \
-                     options differ); send the same request to get that job, or use a new key",
-                    shown(&key)
-                ),
-                &[("key", key)],
-            ),
+            ApiError::Request(error) => request_status(&error),
             ApiError::Refused(refusal) | ApiError::Store(StoreError::Refused(refusal)) => {
                 let (reason, metadata) = refusal_reason(&refusal);
                 status(
@@ -62,39 +35,63 @@ impl From<ApiError> for Status {
                     &metadata,
                 )
             }
-            // Only WatchJob reads after a sequence the client chose, and names it so.
-            ApiError::Store(StoreError::PastLastEvent { after, last }) => status(
-                Code::OutOfRange,
-                Reason::PastLastEvent,
-                format!("after_sequence {after} is past the job's last event (sequence {last})"),
-                &[("last_sequence", last.to_string())],
+            ApiError::Store(error) => store_status(error),
+        }
+    }
+}
+
+/// A request refused as given: the field it names, and the limit it broke.
+fn request_status(error: &RequestError) -> Status {
+    let (code, reason, metadata) = match error {
+        RequestError::Invalid { field, .. } => (
+            Code::InvalidArgument,
+            Reason::InvalidRequest,
+            vec![("field", field.clone())],
+        ),
+        RequestError::TooLarge { field, limit, .. } => (
+            Code::ResourceExhausted,
+            Reason::PayloadTooLarge,
+            vec![("field", field.clone()), ("limit", limit.to_string())],
+        ),
+    };
+    status(code, reason, error.to_string(), &metadata)
+}
+
+/// What the store's errors tell the caller; Redis's own words go to the log only.
+fn store_status(error: StoreError) -> Status {
+    match error {
+        StoreError::NotFound => status(Code::NotFound, Reason::JobNotFound, "job not found", &[]),
+        StoreError::IdempotencyConflict { key } => status(
+            Code::AlreadyExists,
+            Reason::IdempotencyConflict,
+            format!(
+                "idempotency_key {} was used for a different job (its kind, payload or options \
+                 differ); send the same request to get that job, or use a new key",
+                shown(&key)
             ),
-            ApiError::Store(error @ StoreError::Unavailable(_)) => {
-                tracing::warn!(error = %chain(&error), "Redis unavailable");
-                status(
-                    Code::Unavailable,
-                    Reason::RedisUnavailable,
-                    "storage is unavailable; retry later",
-                    &[],
-                )
-            }
-            ApiError::Store(error @ StoreError::OutOfMemory(_)) => {
-                tracing::warn!(error = %chain(&error), "Redis refuses writes: out of memory");
-                status(
-                    Code::Unavailable,
-                    Reason::RedisOutOfMemory,
-                    "storage is out of memory (Redis reached its maxmemory); retry later",
-                    &[],
-                )
-            }
-            ApiError::Store(
-                error @ (StoreError::Redis { .. }
-                | StoreError::Corrupt(_)
-                | StoreError::Interrupted),
-            ) => {
-                tracing::error!(error = %chain(&error), "internal error");
-                status(Code::Internal, Reason::Internal, "internal error", &[])
-            }
+            &[("key", key)],
+        ),
+        StoreError::Refused(refusal) => ApiError::Refused(refusal).into(),
+        // Only WatchJob reads after a sequence the client chose, and names it so.
+        StoreError::PastLastEvent { after, last } => status(
+            Code::OutOfRange,
+            Reason::PastLastEvent,
+            format!("after_sequence {after} is past the job's last event (sequence {last})"),
+            &[("last_sequence", last.to_string())],
+        ),
+        error @ StoreError::Unavailable(_) => {
+            tracing::warn!(error = %chain(&error), "Redis unavailable");
+            let message = "storage is unavailable; retry later";
+            status(Code::Unavailable, Reason::RedisUnavailable, message, &[])
+        }
+        error @ StoreError::OutOfMemory(_) => {
+            tracing::warn!(error = %chain(&error), "Redis refuses writes: out of memory");
+            let message = "storage is out of memory (Redis reached its maxmemory); retry later";
+            status(Code::Unavailable, Reason::RedisOutOfMemory, message, &[])
+        }
+        error @ (StoreError::Redis { .. } | StoreError::Corrupt(_) | StoreError::Interrupted) => {
+            tracing::error!(error = %chain(&error), "internal error");
+            status(Code::Internal, Reason::Internal, "internal error", &[])
         }
     }
 }

@@ -6,7 +6,8 @@ use std::{future::Future, sync::Arc};
 use anyhow::Context;
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::StreamExt;
-use tokio_util::task::TaskTracker;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic_health::pb::health_server::{Health, HealthServer};
 
 use super::{
     AuthLayer, DeadlineLayer, JobApi, ObserveLayer, Readiness, RequestLimits, SizeLayer,
@@ -54,21 +55,9 @@ pub async fn serve(
     let transport = options.transport;
     let sizes = RequestLimits::new(services.limits.max_payload);
     if let Some(listener) = options.health_listener {
-        let aged = transport.clone();
-        let incoming = transport
-            .incoming(listener)
-            .map(move |tcp| tcp.map(|tcp| aged.aged(tcp)));
-        let health = transport
-            .server()
-            .layer(ReasonLayer)
-            .layer(SizeLayer::new(sizes))
-            .add_service(health_service.clone())
-            .serve_with_incoming_shutdown(incoming, services.shutdown.clone().cancelled_owned());
-        tasks.spawn(async move {
-            if let Err(error) = health.await {
-                tracing::error!(%error, "the health server failed");
-            }
-        });
+        let health = health_service.clone();
+        let shutdown = services.shutdown.clone();
+        serve_health(health, listener, &transport, sizes, shutdown, tasks);
     }
 
     let metrics = services.metrics.clone();
@@ -119,4 +108,31 @@ pub async fn serve(
         }
     };
     served.context("gRPC server failed")
+}
+
+/// Serves health alone, in plaintext, on `listener` (kubelet's gRPC probes speak no TLS),
+/// until `shutdown`.
+fn serve_health<H: Health>(
+    health: HealthServer<H>,
+    listener: TcpListener,
+    transport: &Transport,
+    sizes: RequestLimits,
+    shutdown: CancellationToken,
+    tasks: &TaskTracker,
+) {
+    let aged = transport.clone();
+    let incoming = transport
+        .incoming(listener)
+        .map(move |tcp| tcp.map(|tcp| aged.aged(tcp)));
+    let server = transport
+        .server()
+        .layer(ReasonLayer)
+        .layer(SizeLayer::new(sizes))
+        .add_service(health)
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned());
+    tasks.spawn(async move {
+        if let Err(error) = server.await {
+            tracing::error!(%error, "the health server failed");
+        }
+    });
 }

@@ -10,6 +10,7 @@ mod names;
 mod schedule;
 mod submission;
 mod text;
+mod trace;
 
 pub use error::RequestError;
 pub use event::{EventKind, JobEvent, Progress};
