@@ -44,10 +44,13 @@ async fn claims_in_flight(
     count: usize,
     wait: Duration,
 ) -> Vec<tokio::task::JoinHandle<Result<(), tonic::Status>>> {
+    // Each connection carries fewer calls than its stream limit (256), so that every call
+    // reaches jobd at once rather than waiting in the client's HTTP/2 stack.
+    const PER_CONNECTION: usize = 200;
     let mut calls = Vec::with_capacity(count);
-    for _ in 0..count.div_ceil(1000) {
+    for _ in 0..count.div_ceil(PER_CONNECTION) {
         let workers = jobd.workers().await;
-        for _ in 0..1000.min(count - calls.len()) {
+        for _ in 0..PER_CONNECTION.min(count - calls.len()) {
             let mut workers = workers.clone();
             let request = claim_request(queue, wait);
             calls.push(tokio::spawn(async move {
