@@ -81,7 +81,9 @@ test('calls retry on UNAVAILABLE while Redis is stopped, and a retried submissio
     noRetry.close();
   }
   const [submitted] = await Promise.all([submitting, reading]);
-  assert.equal(submitted?.created, true);
+  // The first attempt may have reached Redis and run once Redis resumed: the retry, with the
+  // same generated key, then finds that job (created false). Either way there is one job.
+  assert.ok(submitted, 'the submission succeeded');
   const stats = await client.stats(queue);
   assert.equal(stats.queued, 1, 'the retried submission made one job');
 });
