@@ -4,12 +4,13 @@ use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use prost_types::Timestamp;
+use tonic::Status;
 
 use super::proto;
 use crate::{
     domain::{
-        Backoff, BackoffRequest, EventKind, Job, JobEvent, JobState, QueueName, RequestError,
-        Start, SubmitRequest, UnixMillis,
+        Backoff, BackoffRequest, Claimed, EventKind, Job, JobEvent, JobState, LeaseToken,
+        QueueName, RequestError, Start, SubmitRequest, UnixMillis,
     },
     store::ListCursor,
 };
@@ -88,6 +89,21 @@ pub fn page_size(field: &str, value: u32) -> Result<usize, RequestError> {
         _ => Err(RequestError::invalid(
             field,
             format!("must be from 1 to {MAX_PAGE_SIZE}"),
+        )),
+    }
+}
+
+/// The most jobs one ClaimJobs takes, and the most completions one CompleteJobs carries.
+pub const MAX_CLAIM_JOBS: u32 = 100;
+
+/// How many jobs a ClaimJobs may take: 1 when unset (0), refused by field name beyond 100.
+pub fn max_jobs(field: &str, value: u32) -> Result<usize, RequestError> {
+    match value {
+        0 => Ok(1),
+        max @ 1..=MAX_CLAIM_JOBS => Ok(max as usize),
+        _ => Err(RequestError::invalid(
+            field,
+            format!("must be from 1 to {MAX_CLAIM_JOBS}"),
         )),
     }
 }
@@ -294,5 +310,31 @@ mod tests {
         let err = duration("wait", Some(negative)).unwrap_err();
         assert!(matches!(err, RequestError::Invalid { field, .. } if field == "wait"));
         assert_eq!(duration("wait", None).unwrap(), None);
+    }
+}
+
+/// A lease token as a caller presents it: INVALID_ARGUMENT when missing; one jobd never issued
+/// is refused as any token that is not the job's current one (FAILED_PRECONDITION).
+pub fn lease_token(field: &str, value: &str) -> Result<LeaseToken, Status> {
+    Ok(LeaseToken::parse(field, value)??)
+}
+
+/// A claimed job as ClaimJobs and completions' `next` answer it.
+pub fn claimed_job(claimed: Claimed) -> proto::ClaimedJob {
+    proto::ClaimedJob {
+        job: Some(claimed.job.into()),
+        lease_token: claimed.token.to_string(),
+        lease_expires_at: Some(timestamp(claimed.lease_expires_at)),
+        ack_deadline: Some(timestamp(claimed.ack_deadline)),
+    }
+}
+
+/// A claimed job as ClaimJob answers it.
+pub fn claimed_response(claimed: Claimed) -> proto::ClaimJobResponse {
+    proto::ClaimJobResponse {
+        job: Some(claimed.job.into()),
+        lease_token: claimed.token.to_string(),
+        lease_expires_at: Some(timestamp(claimed.lease_expires_at)),
+        ack_deadline: Some(timestamp(claimed.ack_deadline)),
     }
 }

@@ -5,7 +5,10 @@ use tonic::{Request, Response, Status};
 
 use super::{
     auth::Access,
-    convert::{duration, state, timestamp},
+    convert::{
+        MAX_CLAIM_JOBS, claimed_job, claimed_response, duration, lease_token, max_jobs, state,
+        timestamp,
+    },
     proto::{self, worker_service_server::WorkerService},
     reason,
     services::Shared,
@@ -21,7 +24,6 @@ use crate::{
     store::StoreError,
 };
 
-const MAX_CLAIM_JOBS: u32 = 100;
 const MAX_RELEASE_REASON: usize = 256;
 const DEFAULT_RELEASE_REASON: &str = "given back by its worker";
 
@@ -99,14 +101,7 @@ impl WorkerApi {
         let claim = request
             .claim
             .ok_or_else(|| RequestError::invalid("claim", "is required"))?;
-        let max = match request.max_jobs {
-            0 => 1,
-            max @ 1..=MAX_CLAIM_JOBS => max as usize,
-            _ => {
-                let reason = format!("must be from 1 to {MAX_CLAIM_JOBS}");
-                return Err(RequestError::invalid("max_jobs", reason).into());
-            }
-        };
+        let max = max_jobs("max_jobs", request.max_jobs)?;
         let claim = self.claim_request(access, &format!("{at}claim."), claim)?;
         Ok((claim, max))
     }
@@ -401,29 +396,5 @@ impl WorkerService for WorkerApi {
             self.0.metrics.released(id.queue(), 1);
         }
         Ok(Response::new(proto::ReleaseJobResponse {}))
-    }
-}
-
-/// A lease token as a caller presents it: INVALID_ARGUMENT when missing; one jobd never issued
-/// is refused as any token that is not the job's current one (FAILED_PRECONDITION).
-fn lease_token(field: &str, value: &str) -> Result<LeaseToken, Status> {
-    Ok(LeaseToken::parse(field, value)??)
-}
-
-fn claimed_job(claimed: Claimed) -> proto::ClaimedJob {
-    proto::ClaimedJob {
-        job: Some(claimed.job.into()),
-        lease_token: claimed.token.to_string(),
-        lease_expires_at: Some(timestamp(claimed.lease_expires_at)),
-        ack_deadline: Some(timestamp(claimed.ack_deadline)),
-    }
-}
-
-fn claimed_response(claimed: Claimed) -> proto::ClaimJobResponse {
-    proto::ClaimJobResponse {
-        job: Some(claimed.job.into()),
-        lease_token: claimed.token.to_string(),
-        lease_expires_at: Some(timestamp(claimed.lease_expires_at)),
-        ack_deadline: Some(timestamp(claimed.ack_deadline)),
     }
 }

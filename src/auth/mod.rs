@@ -3,15 +3,17 @@
 //! certificate). Knows neither gRPC nor TLS: the API hands it what a call carried and asks.
 
 mod file;
+mod gate;
 mod token;
 
 use std::{
     collections::HashMap,
     fmt,
-    sync::{Arc, RwLock},
+    sync::Arc,
 };
 
 pub use file::parse_principals;
+pub use gate::Gate;
 pub use token::{NewToken, TokenHash};
 
 use crate::domain::QueueName;
@@ -236,73 +238,9 @@ pub enum Unrecognised {
     UnknownIdentity(String),
 }
 
-/// What every call is checked against: the principals of the auth file, replaced whenever
-/// the file changes, or no auth file at all.
-#[derive(Debug)]
-pub struct Gate {
-    principals: Option<RwLock<Arc<Principals>>>,
-}
-
-impl Gate {
-    /// Without an auth file: every caller is `Anyone`.
-    pub fn open() -> Self {
-        Self { principals: None }
-    }
-
-    pub fn with(principals: Principals) -> Self {
-        Self {
-            principals: Some(RwLock::new(Arc::new(principals))),
-        }
-    }
-
-    /// Puts a new version of the auth file in force: later calls are checked against it.
-    pub fn replace(&self, principals: Principals) {
-        if let Some(current) = &self.principals {
-            *current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(principals);
-        }
-    }
-
-    /// Who made a call that carried the `authorization` header `authorization` (if any) on
-    /// a connection whose client certificate names `identities`. A bearer token, when sent,
-    /// decides alone.
-    pub fn recognise(
-        &self,
-        authorization: Option<&[u8]>,
-        identities: &[String],
-    ) -> Result<Caller, Unrecognised> {
-        let Some(principals) = &self.principals else {
-            return Ok(Caller::Anyone);
-        };
-        let principals = principals.read().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(header) = authorization {
-            let token = bearer_token(header).ok_or(Unrecognised::Malformed)?;
-            let hash = TokenHash::of(token);
-            return match principals.by_token.get(&hash) {
-                Some(principal) => Ok(Caller::Principal(principal.clone())),
-                None => Err(Unrecognised::UnknownToken),
-            };
-        }
-        if identities.is_empty() {
-            return Err(Unrecognised::NoCredentials);
-        }
-        identities
-            .iter()
-            .find_map(|identity| principals.by_identity.get(identity))
-            .map(|principal| Caller::Principal(principal.clone()))
-            .ok_or_else(|| Unrecognised::UnknownIdentity(identities.join(", ")))
-    }
-}
-
-/// The token of an `authorization: Bearer <token>` header (the scheme in any case).
-fn bearer_token(header: &[u8]) -> Option<&[u8]> {
-    let (scheme, token) = header.split_at_checked(7)?;
-    let token = token.trim_ascii();
-    (scheme.eq_ignore_ascii_case(b"bearer ") && !token.is_empty()).then_some(token)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{gate::bearer_token, *};
 
     fn queue(name: &str) -> QueueName {
         QueueName::parse("queue", name).unwrap()

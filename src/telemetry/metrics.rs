@@ -16,9 +16,12 @@ use opentelemetry::{
 };
 use opentelemetry_semantic_conventions::attribute as semconv;
 
-use super::instruments::{
-    self as described, CONNECTION, Instrument, KIND, OPERATION, OTHER, OUTCOME, QUEUE, REASON,
-    STATE,
+use super::{
+    instruments::{
+        self as described, CONNECTION, Instrument, KIND, OPERATION, OTHER, OUTCOME, QUEUE, REASON,
+        STATE,
+    },
+    series::{AttributeCaps, Capped, QueueDepths},
 };
 use crate::domain::{JobState, QueueName};
 
@@ -27,82 +30,6 @@ const SECONDS_BUCKETS: [f64; 17] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0, 60.0,
 ];
-
-/// Queue depths per queue and state, refreshed from Redis once per metric export and read by
-/// the `jobd.queue.depth` gauge.
-#[derive(Clone, Default)]
-pub struct QueueDepths(Arc<Mutex<BTreeMap<QueueName, Depths>>>);
-
-/// Jobs per state, for one queue.
-type Depths = Vec<(JobState, u64)>;
-
-impl QueueDepths {
-    /// Puts the depths of every queue known now in force: a queue left out (forgotten by the
-    /// registry) is no longer reported.
-    pub fn replace(&self, depths: BTreeMap<QueueName, Depths>) {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = depths;
-    }
-
-    /// The depths of `queue` in force, if any.
-    pub fn of(&self, queue: &QueueName) -> Option<Depths> {
-        let depths = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        depths.get(queue).cloned()
-    }
-
-    fn snapshot(&self) -> Vec<(QueueName, Depths)> {
-        let depths = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        depths.iter().map(|(q, d)| (q.clone(), d.clone())).collect()
-    }
-}
-
-/// How many distinct values metrics carry for each free-form attribute, per process.
-#[derive(Debug, Clone, Copy)]
-pub struct AttributeCaps {
-    /// Of `jobd.queue`.
-    pub queues: usize,
-    /// Of `jobd.job.kind`.
-    pub kinds: usize,
-}
-
-/// The values a free-form attribute takes in metrics: the first `max` distinct ones seen, and
-/// `_OTHER` for any other, so that the number of series stays bounded whatever clients send.
-struct Capped {
-    max: usize,
-    seen: Mutex<HashSet<String>>,
-}
-
-impl Capped {
-    fn new(max: usize) -> Arc<Self> {
-        Arc::new(Self {
-            max,
-            seen: Mutex::default(),
-        })
-    }
-
-    fn value(&self, value: &str) -> String {
-        let mut seen = self
-            .seen
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if seen.contains(value) {
-            return value.to_owned();
-        }
-        if seen.len() < self.max {
-            seen.insert(value.to_owned());
-            return value.to_owned();
-        }
-        OTHER.to_owned()
-    }
-}
 
 /// Every instrument jobd records. Cheap to clone.
 #[derive(Clone)]

@@ -11,6 +11,7 @@
 
 mod instruments;
 mod metrics;
+mod series;
 
 use std::{env, io::IsTerminal, time::Duration};
 
@@ -22,7 +23,8 @@ use opentelemetry_sdk::{
 use tracing_subscriber::{EnvFilter, Layer, filter::Targets, fmt, prelude::*};
 
 pub use instruments::{INSTRUMENTS, Instrument, InstrumentKind};
-pub use metrics::{AttributeCaps, Gauged, Metrics, QueueDepths};
+pub use metrics::{Gauged, Metrics};
+pub use series::{AttributeCaps, QueueDepths};
 
 use crate::config::LogFormat;
 
