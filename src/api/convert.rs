@@ -284,6 +284,32 @@ impl From<JobEvent> for proto::JobEvent {
     }
 }
 
+/// A lease token as a caller presents it: INVALID_ARGUMENT when missing; one jobd never issued
+/// is refused as any token that is not the job's current one (FAILED_PRECONDITION).
+pub fn lease_token(field: &str, value: &str) -> Result<LeaseToken, Status> {
+    Ok(LeaseToken::parse(field, value)??)
+}
+
+/// A claimed job as ClaimJobs and completions' `next` answer it.
+pub fn claimed_job(claimed: Claimed) -> proto::ClaimedJob {
+    proto::ClaimedJob {
+        job: Some(claimed.job.into()),
+        lease_token: claimed.token.to_string(),
+        lease_expires_at: Some(timestamp(claimed.lease_expires_at)),
+        ack_deadline: Some(timestamp(claimed.ack_deadline)),
+    }
+}
+
+/// A claimed job as ClaimJob answers it.
+pub fn claimed_response(claimed: Claimed) -> proto::ClaimJobResponse {
+    proto::ClaimJobResponse {
+        job: Some(claimed.job.into()),
+        lease_token: claimed.token.to_string(),
+        lease_expires_at: Some(timestamp(claimed.lease_expires_at)),
+        ack_deadline: Some(timestamp(claimed.ack_deadline)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,31 +336,5 @@ mod tests {
         let err = duration("wait", Some(negative)).unwrap_err();
         assert!(matches!(err, RequestError::Invalid { field, .. } if field == "wait"));
         assert_eq!(duration("wait", None).unwrap(), None);
-    }
-}
-
-/// A lease token as a caller presents it: INVALID_ARGUMENT when missing; one jobd never issued
-/// is refused as any token that is not the job's current one (FAILED_PRECONDITION).
-pub fn lease_token(field: &str, value: &str) -> Result<LeaseToken, Status> {
-    Ok(LeaseToken::parse(field, value)??)
-}
-
-/// A claimed job as ClaimJobs and completions' `next` answer it.
-pub fn claimed_job(claimed: Claimed) -> proto::ClaimedJob {
-    proto::ClaimedJob {
-        job: Some(claimed.job.into()),
-        lease_token: claimed.token.to_string(),
-        lease_expires_at: Some(timestamp(claimed.lease_expires_at)),
-        ack_deadline: Some(timestamp(claimed.ack_deadline)),
-    }
-}
-
-/// A claimed job as ClaimJob answers it.
-pub fn claimed_response(claimed: Claimed) -> proto::ClaimJobResponse {
-    proto::ClaimJobResponse {
-        job: Some(claimed.job.into()),
-        lease_token: claimed.token.to_string(),
-        lease_expires_at: Some(timestamp(claimed.lease_expires_at)),
-        ack_deadline: Some(timestamp(claimed.ack_deadline)),
     }
 }

@@ -47,11 +47,7 @@ pub async fn serve(
     tasks: &TaskTracker,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (reporter, health_service) = tonic_health::server::health_reporter();
-    // Set before serving starts: NOT_SERVING until the first probe says otherwise.
-    let mut readiness = Readiness::new(reporter);
-    readiness.set(false).await;
-    tasks.spawn(readiness.follow(ready));
+    let health_service = health(ready, tasks).await;
     let transport = options.transport;
     let sizes = RequestLimits::new(services.limits.max_payload);
     if let Some(listener) = options.health_listener {
@@ -62,12 +58,11 @@ pub async fn serve(
 
     let metrics = services.metrics.clone();
     let shutdown = services.shutdown.clone();
-    // Observe outside Deadline, so that a call ended at its deadline is recorded as such;
-    // tonic's own timeout wraps both, and Deadline leaves it nothing to end (see deadline.rs).
-    // Auth innermost: a refusal is observed, and answered at once. Size bounds each request
-    // message as its body arrives, before tonic buffers and decodes it; tonic's own limit,
-    // above every method's, is never reached.
-    // Reasons outermost, so that every status the others or tonic make gets one.
+    // Reasons outermost: every status the others or tonic make gets one. Observe outside
+    // Deadline: a call ended at its deadline is recorded as such (tonic's own timeout is left
+    // nothing to end, see deadline.rs). Size bounds each request message as it arrives, before
+    // tonic decodes it (tonic's own limit, above every method's, is never reached). Auth
+    // innermost: a refusal is observed, and answered at once.
     let mut routes = transport
         .server()
         .layer(ReasonLayer)
@@ -86,11 +81,6 @@ pub async fn serve(
         );
     if options.reflection {
         // Both reflection versions, so that every grpcurl release works.
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        };
         routes = routes
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?);
@@ -135,4 +125,21 @@ fn serve_health<H: Health>(
             tracing::error!(%error, "the health server failed");
         }
     });
+}
+
+/// The health service: NOT_SERVING until the first readiness probe says otherwise (set
+/// before serving starts), then following `ready`.
+async fn health(ready: watch::Receiver<bool>, tasks: &TaskTracker) -> HealthServer<impl Health> {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    let mut readiness = Readiness::new(reporter);
+    readiness.set(false).await;
+    tasks.spawn(readiness.follow(ready));
+    service
+}
+
+/// Reflection over jobd's protos and health's.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }

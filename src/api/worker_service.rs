@@ -18,8 +18,8 @@ use crate::{
     claims::Registration,
     completions::Completed,
     domain::{
-        AttemptEnd, ClaimRequest, Claimed, FailOutcome, HeartbeatOutcome, JobId, JobState,
-        LeaseToken, Progress, Refusal, RequestError, check_size, check_text, stored_error,
+        AttemptEnd, ClaimRequest, FailOutcome, HeartbeatOutcome, JobId, JobState, LeaseToken,
+        Progress, Refusal, RequestError, check_size, check_text, stored_error,
     },
     store::StoreError,
 };

@@ -6,11 +6,7 @@ mod file;
 mod gate;
 mod token;
 
-use std::{
-    collections::HashMap,
-    fmt,
-    sync::Arc,
-};
+use std::{collections::HashMap, fmt, sync::Arc};
 
 pub use file::parse_principals;
 pub use gate::Gate;

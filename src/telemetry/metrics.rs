@@ -2,7 +2,7 @@
 //! passed down. Each has one method that records it, so attributes are given in one place.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::BTreeMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicI64, Ordering},
@@ -18,8 +18,7 @@ use opentelemetry_semantic_conventions::attribute as semconv;
 
 use super::{
     instruments::{
-        self as described, CONNECTION, Instrument, KIND, OPERATION, OTHER, OUTCOME, QUEUE, REASON,
-        STATE,
+        self as described, CONNECTION, Instrument, KIND, OPERATION, OUTCOME, QUEUE, REASON, STATE,
     },
     series::{AttributeCaps, Capped, QueueDepths},
 };
@@ -323,40 +322,5 @@ impl Drop for Gauged {
         if let Some(mirror) = &self.mirror {
             mirror.fetch_sub(1, Ordering::SeqCst);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_first_values_are_kept_and_the_rest_are_other() {
-        let kinds = Capped::new(2);
-        assert_eq!(kinds.value("a"), "a");
-        assert_eq!(kinds.value("b"), "b");
-        assert_eq!(kinds.value("c"), OTHER);
-        assert_eq!(kinds.value("a"), "a");
-        assert_eq!(kinds.seen.lock().unwrap().len(), 2);
-    }
-
-    #[test]
-    fn forgotten_queues_have_no_depths() {
-        let depths = QueueDepths::default();
-        let queue = |name: &str| QueueName::parse("queue", name).unwrap();
-        let known = |names: &[&str]| {
-            names
-                .iter()
-                .map(|name| (queue(name), vec![(JobState::Queued, 1)]))
-                .collect::<BTreeMap<_, _>>()
-        };
-        depths.replace(known(&["a", "b"]));
-        depths.replace(known(&["b"]));
-        let reported: Vec<String> = depths
-            .snapshot()
-            .iter()
-            .map(|(q, _)| q.to_string())
-            .collect();
-        assert_eq!(reported, ["b"]);
     }
 }

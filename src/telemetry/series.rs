@@ -84,3 +84,38 @@ impl Capped {
         OTHER.to_owned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_values_are_kept_and_the_rest_are_other() {
+        let kinds = Capped::new(2);
+        assert_eq!(kinds.value("a"), "a");
+        assert_eq!(kinds.value("b"), "b");
+        assert_eq!(kinds.value("c"), OTHER);
+        assert_eq!(kinds.value("a"), "a");
+        assert_eq!(kinds.seen.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn forgotten_queues_have_no_depths() {
+        let depths = QueueDepths::default();
+        let queue = |name: &str| QueueName::parse("queue", name).unwrap();
+        let known = |names: &[&str]| {
+            names
+                .iter()
+                .map(|name| (queue(name), vec![(JobState::Queued, 1)]))
+                .collect::<BTreeMap<_, _>>()
+        };
+        depths.replace(known(&["a", "b"]));
+        depths.replace(known(&["b"]));
+        let reported: Vec<String> = depths
+            .snapshot()
+            .iter()
+            .map(|(q, _)| q.to_string())
+            .collect();
+        assert_eq!(reported, ["b"]);
+    }
+}
