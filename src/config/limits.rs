@@ -94,7 +94,7 @@ pub struct QueueLimitsConfig {
 /// Deployment's memory limit is derived from these defaults (docs/operations.md).
 #[derive(Debug, Clone, Args)]
 pub struct BudgetsConfig {
-    /// Most WatchJob and SubmitAndWatchJobs streams open at once. 5,000: what a 512 MiB pod
+    /// Most WatchJob and SubmitAndWatchJobs streams open at once. 5,000: what a 640 MiB pod
     /// holds with the other budgets full (docs/operations.md, "Memory").
     #[arg(long, env = "JOBD_MAX_WATCH_STREAMS", hide_env_values = true, default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -107,7 +107,7 @@ pub struct BudgetsConfig {
     pub max_watch_streams_per_principal: u64,
 
     /// Most claims waiting for a job at once (ClaimJob, ClaimJobs and completions' `next`
-    /// with a wait). 5,000: as streams, what a 512 MiB pod holds with the other budgets full.
+    /// with a wait). 5,000: as streams, what a 640 MiB pod holds with the other budgets full.
     #[arg(long, env = "JOBD_MAX_WAITING_CLAIMS", hide_env_values = true, default_value_t = 5_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_waiting_claims: u64,
@@ -127,7 +127,7 @@ pub struct BudgetsConfig {
     /// Most payload and result bytes held at once by calls in flight: submissions' payloads
     /// and completions' results while they are written, large results while a stream sends
     /// them (those wait for room instead of failing). 16 MiB: the largest request fits, and
-    /// what they cost (some 5.5 times their bytes) fits a 512 MiB pod with the other budgets.
+    /// what they cost (up to 8 times their bytes) fits a 640 MiB pod with the other budgets.
     #[arg(long, env = "JOBD_MAX_PAYLOAD_BYTES_IN_FLIGHT", hide_env_values = true,
           default_value_t = 16 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_payload_bytes_in_flight: u64,

@@ -31,9 +31,9 @@ fn redis_output_bytes(redis: &RedisServer) -> u64 {
 /// `streams` watch streams, `claims` waiting claims and `payload` bytes in flight, KiB.
 fn memory_bound_kib(streams: u64, claims: u64, payload: u64) -> u64 {
     const BASELINE_KIB: u64 = 64 * 1024;
-    const STREAM_KIB: u64 = 32;
-    const CLAIM_KIB: u64 = 36;
-    BASELINE_KIB + streams * STREAM_KIB + claims * CLAIM_KIB + payload * 11 / 2 / 1024
+    const STREAM_KIB: u64 = 40;
+    const CLAIM_KIB: u64 = 40;
+    BASELINE_KIB + streams * STREAM_KIB + claims * CLAIM_KIB + payload * 8 / 1024
 }
 
 /// `count` ClaimJob calls on `queue` that may wait `wait`, spread over connections of at most
