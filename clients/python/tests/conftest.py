@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
-from harness import Stack
+from harness import NewWorker, Stack
 
 import jobd
 
@@ -35,3 +36,14 @@ def queue() -> str:
 async def client(stack: Stack) -> AsyncIterator[jobd.Client]:
     async with jobd.Client(stack.target) as c:
         yield c
+
+
+@pytest.fixture
+def new_worker(client: jobd.Client, queue: str) -> NewWorker:
+    """Makes workers of the test's queue on the shared client: no signal handlers (pytest owns
+    them) and a 1 s claim wait, unless the options say otherwise (see `harness.running`)."""
+
+    def make(**options: Any) -> jobd.Worker:
+        return jobd.Worker(client, queue, **{"claim_wait": 1, "handle_signals": False, **options})
+
+    return make

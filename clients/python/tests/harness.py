@@ -1,4 +1,5 @@
-"""A real redis-server and a real jobd on free ports, and one way to wait on a condition."""
+"""A real redis-server and a real jobd on free ports, one way to wait on a condition, and the
+pieces of a worker test: a worker run for a block, and a handler that runs until cancelled."""
 
 from __future__ import annotations
 
@@ -10,14 +11,20 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
 
 import grpc
 
+import jobd
+
 REPO = Path(__file__).resolve().parents[3]
 T = TypeVar("T")
+
+#: The `new_worker` fixture (conftest.py): makes a worker of the test's queue.
+NewWorker = Callable[..., jobd.Worker]
 
 
 def free_port() -> int:
@@ -94,6 +101,14 @@ class Redis:
                 return s.recv(16).startswith(b"+PONG")
         except OSError:
             return False
+
+    def command(self, *args: str) -> str:
+        """One command through redis-cli; its reply as text."""
+        cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+        done = subprocess.run(
+            [cli, "-p", str(self.port), *args], check=True, capture_output=True, text=True
+        )
+        return done.stdout.strip()
 
     def pause(self) -> None:
         self.proc.send_signal(signal.SIGSTOP)
@@ -190,3 +205,43 @@ class Stack:
             self.jobd.close()
         finally:
             self.redis.stop()
+
+
+# jobd's Redis keys as src/store/keys.rs builds them (default prefix), for the tests that reach
+# past jobd into its Redis.
+DUE_INDEX = "jobd:{:queues}:due"
+
+
+def job_key(job_id: str) -> str:
+    """The hash holding a job: `jobd:{<queue>}:job:<ulid>` for job id `<queue>.<ulid>`."""
+    queue, ulid = job_id.rsplit(".", 1)
+    return f"jobd:{{{queue}}}:job:{ulid}"
+
+
+@asynccontextmanager
+async def running(worker: jobd.Worker) -> AsyncIterator[asyncio.Task[None]]:
+    """Runs `worker` for the block; then stops it, unless it ended, and waits for its end."""
+    task = asyncio.create_task(worker.run())
+    try:
+        yield task
+    finally:
+        if not task.done():
+            worker.stop()
+        await asyncio.wait_for(task, 30)
+
+
+class Endless:
+    """A handler that runs until its task is cancelled: `started` is set when it begins,
+    `cancelled_at` (time.monotonic()) when the cancellation reaches it."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cancelled_at: float | None = None
+
+    async def __call__(self, job: jobd.JobContext) -> None:
+        self.started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled_at = time.monotonic()
+            raise

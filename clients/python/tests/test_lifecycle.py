@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
-from harness import eventually
+from harness import eventually, running
 
 import jobd
-
-
-@asynccontextmanager
-async def running(worker: jobd.Worker) -> AsyncIterator[jobd.Worker]:
-    task = asyncio.create_task(worker.run())
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 30)
 
 
 async def test_submit_and_wait_returns_the_handlers_result(client: jobd.Client, queue: str) -> None:

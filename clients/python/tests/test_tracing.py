@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 
 import pytest
+from harness import NewWorker, running
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -25,9 +25,9 @@ def spans() -> Iterator[InMemorySpanExporter]:
 
 
 async def test_the_handler_span_has_the_jobs_trace_context_as_parent(
-    spans: InMemorySpanExporter, client: jobd.Client, queue: str
+    spans: InMemorySpanExporter, client: jobd.Client, queue: str, new_worker: NewWorker
 ) -> None:
-    worker = jobd.Worker(client, queue, concurrency=1, claim_wait=1, handle_signals=False)
+    worker = new_worker(concurrency=1)
     seen_in_handler: list[int] = []
 
     @worker.handler("traced")
@@ -35,12 +35,10 @@ async def test_the_handler_span_has_the_jobs_trace_context_as_parent(
         seen_in_handler.append(trace.get_current_span().get_span_context().trace_id)
         return job.id
 
-    run = asyncio.create_task(worker.run())
     tracer = trace.get_tracer("test")
-    with tracer.start_as_current_span("caller") as caller:
-        job_id = (await client.submit_and_wait(queue, "traced", timeout=20)).decode()
-    worker.stop()
-    await asyncio.wait_for(run, 10)
+    async with running(worker):
+        with tracer.start_as_current_span("caller") as caller:
+            job_id = (await client.submit_and_wait(queue, "traced", timeout=20)).decode()
 
     trace_id = caller.get_span_context().trace_id
     job = await client.get(job_id)

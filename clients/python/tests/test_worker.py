@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import Stack, eventually
+from harness import Endless, NewWorker, Stack, eventually, running
 from jobd.v1 import job_service_pb2
 
 import jobd
@@ -29,47 +29,35 @@ async def events_of(client: jobd.Client, job_id: str) -> list[jobd.EventType]:
 
 
 async def test_a_cancelled_jobs_handler_is_cancelled_within_one_heartbeat_interval(
-    client: jobd.Client, queue: str
+    client: jobd.Client, queue: str, new_worker: NewWorker
 ) -> None:
-    worker = jobd.Worker(client, queue, concurrency=2, lease=3, claim_wait=1, handle_signals=False)
+    worker = new_worker(concurrency=2, lease=3)
     assert worker.heartbeat_interval == 1.0
-    started = asyncio.Event()
-    cancelled_at: list[float] = []
-
-    @worker.handler("long")
-    async def long(job: jobd.JobContext) -> str:
-        started.set()
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            cancelled_at.append(time.monotonic())
-            raise
-        return "not reached"
-
-    run = asyncio.create_task(worker.run())
-    job = await client.submit(queue, "long")
-    await asyncio.wait_for(started.wait(), 10)
-    cancel_sent = time.monotonic()
-    await client.cancel(job.id, "stop it")
-    await eventually(
-        lambda: asyncio.sleep(0, cancelled_at), bool, 5, "the handler to see cancellation"
-    )
-    # One heartbeat interval, plus the heartbeat's own round trip.
-    assert cancelled_at[0] - cancel_sent <= worker.heartbeat_interval + 0.75
-    await eventually(lambda: asyncio.sleep(0, worker.running), lambda n: n == 0, 5, "no handler")
-    worker.stop()
-    await asyncio.wait_for(run, 15)
+    long = Endless()
+    worker.register("long", long)
+    async with running(worker):
+        job = await client.submit(queue, "long")
+        await asyncio.wait_for(long.started.wait(), 10)
+        cancel_sent = time.monotonic()
+        await client.cancel(job.id, "stop it")
+        cancelled_at = await eventually(
+            lambda: asyncio.sleep(0, long.cancelled_at), bool, 5, "the handler to see cancellation"
+        )
+        assert cancelled_at is not None
+        # One heartbeat interval, plus the heartbeat's own round trip.
+        assert cancelled_at - cancel_sent <= worker.heartbeat_interval + 0.75
+        await eventually(
+            lambda: asyncio.sleep(0, worker.running), lambda n: n == 0, 5, "no handler"
+        )
     done = await client.get(job.id)
     assert done.state == jobd.JobState.JOB_STATE_CANCELLED
     assert done.cancel_reason == "stop it"
 
 
 async def test_shutdown_finishes_running_jobs_and_gives_back_claimed_ones_at_no_cost(
-    client: jobd.Client, queue: str
+    client: jobd.Client, queue: str, new_worker: NewWorker
 ) -> None:
-    worker = jobd.Worker(
-        client, queue, concurrency=4, claim_wait=5, shutdown_timeout=20, handle_signals=False
-    )
+    worker = new_worker(concurrency=4, claim_wait=5, shutdown_timeout=20)
     finish = asyncio.Event()
     handled: list[str] = []
 
@@ -84,24 +72,26 @@ async def test_shutdown_finishes_running_jobs_and_gives_back_claimed_ones_at_no_
         handled.append(job.id)
         return "must not run"
 
-    run = asyncio.create_task(worker.run())
-    slow_jobs = [await client.submit(queue, "slow") for _ in range(2)]
-    await eventually(lambda: asyncio.sleep(0, len(handled)), lambda n: n == 2, 10, "2 running")
-    # The other two slots have a claim waiting in jobd (long poll): stop, then feed it.
-    await eventually(lambda: asyncio.sleep(0, worker._claiming), bool, 5, "a claim in flight")
-    worker.stop()
-    quick_jobs = await client.submit_many(jobd.JobSpec(queue, "quick") for _ in range(2))
-    # The claim in flight is let run to its end, and what it brings is given back.
-    await eventually(lambda: asyncio.sleep(0, worker._claiming), lambda c: c is None, 10, "claim")
-    await eventually(
-        lambda: asyncio.gather(*(client.get(j.id) for j in quick_jobs)),
-        lambda jobs: all(j.state == jobd.JobState.JOB_STATE_QUEUED for j in jobs),
-        10,
-        "the claimed jobs to be back in their queue",
-    )
-    assert not run.done(), "the worker waits for its running handlers"
-    finish.set()
-    await asyncio.wait_for(run, 15)
+    async with running(worker) as run:
+        slow_jobs = [await client.submit(queue, "slow") for _ in range(2)]
+        await eventually(lambda: asyncio.sleep(0, len(handled)), lambda n: n == 2, 10, "2 running")
+        # The other two slots have a claim waiting in jobd (long poll): stop, then feed it.
+        await eventually(lambda: asyncio.sleep(0, worker._claiming), bool, 5, "a claim in flight")
+        worker.stop()
+        quick_jobs = await client.submit_many(jobd.JobSpec(queue, "quick") for _ in range(2))
+        # The claim in flight is let run to its end, and what it brings is given back.
+        await eventually(
+            lambda: asyncio.sleep(0, worker._claiming), lambda c: c is None, 10, "claim"
+        )
+        await eventually(
+            lambda: asyncio.gather(*(client.get(j.id) for j in quick_jobs)),
+            lambda jobs: all(j.state == jobd.JobState.JOB_STATE_QUEUED for j in jobs),
+            10,
+            "the claimed jobs to be back in their queue",
+        )
+        assert not run.done(), "the worker waits for its running handlers"
+        finish.set()
+        await asyncio.wait_for(run, 15)
 
     for job in slow_jobs:
         done = await client.get(job.id)
@@ -125,42 +115,28 @@ async def test_shutdown_finishes_running_jobs_and_gives_back_claimed_ones_at_no_
     assert set(handled) == {j.id for j in slow_jobs}
 
     # Nothing is lost: another worker does them, on their first attempt.
-    again = jobd.Worker(client, queue, concurrency=2, claim_wait=1, handle_signals=False)
+    again = new_worker(concurrency=2)
     again.register("quick", lambda job: asyncio.sleep(0, "done later"))
-    run_again = asyncio.create_task(again.run())
-    for job in quick_jobs:
-        history = [e async for e in client.watch(job.id)]
-        result = history[-1]
-        assert result.type == jobd.EventType.EVENT_TYPE_COMPLETED
-        assert result.attempt == 1
-    again.stop()
-    await asyncio.wait_for(run_again, 15)
+    async with running(again):
+        for job in quick_jobs:
+            history = [e async for e in client.watch(job.id)]
+            result = history[-1]
+            assert result.type == jobd.EventType.EVENT_TYPE_COMPLETED
+            assert result.attempt == 1
 
 
 async def test_handlers_past_the_shutdown_deadline_are_cancelled_and_their_jobs_given_back(
-    client: jobd.Client, queue: str
+    client: jobd.Client, queue: str, new_worker: NewWorker
 ) -> None:
-    worker = jobd.Worker(
-        client, queue, concurrency=1, claim_wait=1, shutdown_timeout=0.5, handle_signals=False
-    )
-    started = asyncio.Event()
-    saw_cancel = asyncio.Event()
-
-    @worker.handler("stuck")
-    async def stuck(job: jobd.JobContext) -> None:
-        started.set()
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            saw_cancel.set()
-            raise
-
-    run = asyncio.create_task(worker.run())
-    job = await client.submit(queue, "stuck")
-    await asyncio.wait_for(started.wait(), 10)
-    worker.stop()
-    await asyncio.wait_for(run, 10)
-    assert saw_cancel.is_set()
+    worker = new_worker(concurrency=1, shutdown_timeout=0.5)
+    stuck = Endless()
+    worker.register("stuck", stuck)
+    async with running(worker) as run:
+        job = await client.submit(queue, "stuck")
+        await asyncio.wait_for(stuck.started.wait(), 10)
+        worker.stop()
+        await asyncio.wait_for(run, 10)
+    assert stuck.cancelled_at is not None
     back = await client.get(job.id)
     assert back.state == jobd.JobState.JOB_STATE_QUEUED
     assert back.attempt == 0
@@ -190,9 +166,9 @@ async def test_the_example_worker_serves_jobs_and_exits_cleanly_on_sigterm(
 
 
 async def test_progress_raises_cancellation_once_the_job_is_cancelled(
-    client: jobd.Client, queue: str
+    client: jobd.Client, queue: str, new_worker: NewWorker
 ) -> None:
-    worker = jobd.Worker(client, queue, concurrency=1, claim_wait=1, handle_signals=False)
+    worker = new_worker(concurrency=1)
     reported = asyncio.Event()
     outcome: list[str] = []
 
@@ -207,12 +183,10 @@ async def test_progress_raises_cancellation_once_the_job_is_cancelled(
             outcome.append(f"cancelled: {job.cancelled}")
             raise
 
-    run = asyncio.create_task(worker.run())
-    job = await client.submit(queue, "reporting")
-    await asyncio.wait_for(reported.wait(), 10)
-    await client.cancel(job.id)
-    await eventually(lambda: asyncio.sleep(0, outcome), bool, 5, "progress to raise")
+    async with running(worker):
+        job = await client.submit(queue, "reporting")
+        await asyncio.wait_for(reported.wait(), 10)
+        await client.cancel(job.id)
+        await eventually(lambda: asyncio.sleep(0, outcome), bool, 5, "progress to raise")
     assert outcome == ["cancelled: True"]
-    worker.stop()
-    await asyncio.wait_for(run, 10)
     assert (await client.get(job.id)).state == jobd.JobState.JOB_STATE_CANCELLED

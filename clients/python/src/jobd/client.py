@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +194,7 @@ class Client:
         )
         return response.job
 
-    async def watch(self, job_id: str, after_sequence: int = 0) -> AsyncIterator[JobEvent]:
+    async def watch(self, job_id: str, after_sequence: int = 0) -> AsyncGenerator[JobEvent, None]:
         """The job's events after `after_sequence`, then live ones, ending after the terminal
         event. A broken stream (UNAVAILABLE, a jobd shutting down, a proxy's idle cut) is
         resumed from the last event received, with backoff: no event is missed or repeated."""

@@ -56,13 +56,15 @@ class PayloadTooLarge(JobdError):
 
 
 class MessageTooLarge(JobdError):
-    """A request over the server's message limit; `metadata["limit"]`."""
+    """A request message over its method's size limit, not read; `metadata["method"]`,
+    `metadata["limit"]` (bytes)."""
 
     reason_name = "MESSAGE_TOO_LARGE"
 
 
 class BudgetExhausted(JobdError):
-    """A per-call budget ran out; `metadata["budget"]`, `metadata["limit"]`."""
+    """A budget of jobd or of the caller's principal is spent (open streams, waiting claims,
+    bytes in flight, …); retry later. `metadata["budget"]` (the setting), `metadata["limit"]`."""
 
     reason_name = "BUDGET_EXHAUSTED"
 
