@@ -2,21 +2,14 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { join } from 'node:path';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 
-import { Jobd } from './harness';
+import { sharedJobd } from './harness';
 
-let jobd: Jobd;
-
-before(async () => {
-  jobd = await Jobd.start();
-});
-
-after(async () => {
-  await jobd.stop();
-});
+const shared = sharedJobd();
 
 test('the example worker serves the example submitter, and stops cleanly on SIGTERM', async () => {
+  const { jobd, client } = shared;
   const env = { ...process.env, JOBD_ADDRESS: jobd.address };
   const examples = join(__dirname, '..', 'examples');
   const worker = spawn(process.execPath, [join(examples, 'worker.js')], { env, stdio: ['ignore', 'inherit', 'inherit'] });
@@ -30,13 +23,8 @@ test('the example worker serves the example submitter, and stops cleanly on SIGT
     assert.equal(results.length, 5);
     assert.deepEqual(results[0], { url: 'https://example.com/0.png', width: 100, resized: true });
 
-    const client = jobd.client();
-    try {
-      const stats = await client.stats('images');
-      assert.equal(stats.completed, 5);
-    } finally {
-      client.close();
-    }
+    const stats = await client.stats('images');
+    assert.equal(stats.completed, 5);
   } finally {
     worker.kill('SIGTERM');
   }

@@ -1,14 +1,16 @@
 //! The test harness: a redis-server and a jobd of the test's own, on free ports, stopped at the
-//! end; and `waitFor`, the one way to wait on an observable condition.
+//! end (`sharedJobd` for one shared by a file's tests); and `waitFor`, the one way to wait on
+//! an observable condition.
 import * as grpc from '@grpc/grpc-js';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { after, before, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { JobdClient, type ClientOptions } from '../src';
+import { JobdClient, Worker, type ClientOptions, type WorkerOptions } from '../src';
 
 /** The repository's root: this file is built to clients/typescript/build/test/. */
 const REPO_ROOT = resolve(__dirname, '..', '..', '..', '..');
@@ -83,6 +85,11 @@ export class Redis {
         socket.destroy();
       });
     });
+  }
+
+  /** One command through redis-cli; its reply as text. */
+  command(...args: string[]): string {
+    return execFileSync('redis-cli', ['-p', String(this.port), ...args]).toString().trim();
   }
 
   pause(): void {
@@ -166,6 +173,50 @@ export class Jobd {
   }
 }
 
+/** What `sharedJobd` gives the tests of a file. */
+export interface SharedJobd {
+  readonly jobd: Jobd;
+  readonly client: JobdClient;
+  /**
+   * A worker on the shared client, closed when test `t` ends (closing is idempotent): signals
+   * left to the test runner and 1 s claim waits, unless `options` say otherwise.
+   */
+  worker(t: TestContext, options: WorkerOptions): Worker;
+}
+
+/**
+ * A jobd (and its Redis) and a client, shared by the tests of one file: started before its
+ * first test, stopped after its last. Read them inside tests, once `before` has run.
+ */
+export function sharedJobd(args: string[] = [], clientOptions: ClientOptions = {}): SharedJobd {
+  let started: { jobd: Jobd; client: JobdClient } | undefined;
+  before(async () => {
+    const jobd = await Jobd.start(args);
+    started = { jobd, client: jobd.client(clientOptions) };
+  });
+  after(async () => {
+    started?.client.close();
+    await started?.jobd.stop();
+  });
+  const running = () => {
+    if (!started) throw new Error('the shared jobd is read before the file\'s `before` hook ran');
+    return started;
+  };
+  return {
+    get jobd() {
+      return running().jobd;
+    },
+    get client() {
+      return running().client;
+    },
+    worker(t, options) {
+      const worker = new Worker(running().client, { claimWaitMs: 1000, handleSignals: false, ...options });
+      t.after(() => worker.close());
+      return worker;
+    },
+  };
+}
+
 /** grpc.health.v1.Health/Check for "" : the status number (1 SERVING), or 0 on any failure. */
 function healthStatus(client: grpc.Client): Promise<number> {
   return new Promise((resolveStatus) => {
@@ -187,4 +238,14 @@ function healthStatus(client: grpc.Client): Promise<number> {
 /** A queue name unique to the test. */
 export function queueName(prefix: string): string {
   return `${prefix}-${Math.random().toString(36).slice(2, 8)}`;
+}
+
+// jobd's Redis keys as src/store/keys.rs builds them (default prefix), for the tests that reach
+// past jobd into its Redis.
+export const DUE_INDEX = 'jobd:{:queues}:due';
+
+/** The hash holding a job: `jobd:{<queue>}:job:<ulid>` for job id `<queue>.<ulid>`. */
+export function jobKey(jobId: string): string {
+  const dot = jobId.lastIndexOf('.');
+  return `jobd:{${jobId.slice(0, dot)}}:job:${jobId.slice(dot + 1)}`;
 }

@@ -1,25 +1,15 @@
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 
-import { JobFailedError, JobNotFoundError, JobWasCancelledError, JobdError, NonRetryableError, Worker, type JobEvent, type JobdClient } from '../src';
-import { Jobd, queueName, waitFor } from './harness';
+import { JobFailedError, JobNotFoundError, JobWasCancelledError, JobdError, NonRetryableError, type JobEvent } from '../src';
+import { queueName, sharedJobd, waitFor } from './harness';
 
-let jobd: Jobd;
-let client: JobdClient;
+const shared = sharedJobd();
 
-before(async () => {
-  jobd = await Jobd.start();
-  client = jobd.client();
-});
-
-after(async () => {
-  client.close();
-  await jobd.stop();
-});
-
-test('a job goes from submission to its result through a worker', async () => {
+test('a job goes from submission to its result through a worker', async (t) => {
+  const { client } = shared;
   const queue = queueName('life');
-  const worker = new Worker(client, { queue, concurrency: 4, claimWaitMs: 1000, handleSignals: false });
+  const worker = shared.worker(t, { queue, concurrency: 4 });
   const seen: { kind: string; payload: unknown; attempt: number }[] = [];
   worker.handle('add', async (job) => {
     const { a, b } = job.json<{ a: number; b: number }>();
@@ -29,30 +19,27 @@ test('a job goes from submission to its result through a worker', async () => {
   worker.handle('echo', (job) => job.text().toUpperCase());
   worker.handle('bytes', () => Buffer.from([1, 2, 3]));
   worker.start();
-  try {
-    const result = await client.submitAndWait({ queue, kind: 'add', payload: { a: 2, b: 3 } });
-    assert.deepEqual(result.json(), { sum: 5 });
-    assert.deepEqual(seen, [{ kind: 'add', payload: { a: 2, b: 3 }, attempt: 1 }]);
-    assert.equal((await client.submitAndWait({ queue, kind: 'echo', payload: 'hi' })).text(), 'HI');
-    assert.deepEqual([...(await client.submitAndWait({ queue, kind: 'bytes' })).bytes], [1, 2, 3]);
+  const result = await client.submitAndWait({ queue, kind: 'add', payload: { a: 2, b: 3 } });
+  assert.deepEqual(result.json(), { sum: 5 });
+  assert.deepEqual(seen, [{ kind: 'add', payload: { a: 2, b: 3 }, attempt: 1 }]);
+  assert.equal((await client.submitAndWait({ queue, kind: 'echo', payload: 'hi' })).text(), 'HI');
+  assert.deepEqual([...(await client.submitAndWait({ queue, kind: 'bytes' })).bytes], [1, 2, 3]);
 
-    const many = await client.submitMany([1, 2, 3].map((n) => ({ queue, kind: 'add', payload: { a: n, b: n } })));
-    assert.equal(many.length, 3);
-    assert.ok(many.every((submitted) => submitted.created));
-    const finished = await Promise.all(many.map((submitted) => waitFor('the job to complete', async () => {
-      const job = await client.get(submitted.id);
-      return job.state === 'JOB_STATE_COMPLETED' ? job : undefined;
-    })));
-    assert.deepEqual(finished.map((job) => JSON.parse(job.result.toString())), [{ sum: 2 }, { sum: 4 }, { sum: 6 }]);
-    assert.deepEqual(finished.map((job) => job.attempt), [1, 1, 1]);
-  } finally {
-    await worker.close();
-  }
+  const many = await client.submitMany([1, 2, 3].map((n) => ({ queue, kind: 'add', payload: { a: n, b: n } })));
+  assert.equal(many.length, 3);
+  assert.ok(many.every((submitted) => submitted.created));
+  const finished = await Promise.all(many.map((submitted) => waitFor('the job to complete', async () => {
+    const job = await client.get(submitted.id);
+    return job.state === 'JOB_STATE_COMPLETED' ? job : undefined;
+  })));
+  assert.deepEqual(finished.map((job) => JSON.parse(job.result.toString())), [{ sum: 2 }, { sum: 4 }, { sum: 6 }]);
+  assert.deepEqual(finished.map((job) => job.attempt), [1, 1, 1]);
 });
 
-test('a thrown error fails the attempt; a NonRetryableError fails the job for good', async () => {
+test('a thrown error fails the attempt; a NonRetryableError fails the job for good', async (t) => {
+  const { client } = shared;
   const queue = queueName('fail');
-  const worker = new Worker(client, { queue, claimWaitMs: 1000, handleSignals: false });
+  const worker = shared.worker(t, { queue });
   worker.handle('flaky', (job) => {
     if (job.attempt < 2) throw new Error('first attempt fails');
     return 'second attempt works';
@@ -61,52 +48,46 @@ test('a thrown error fails the attempt; a NonRetryableError fails the job for go
     throw new NonRetryableError('cannot ever work');
   });
   worker.start();
-  try {
-    const flaky = await client.submitAndWait({ queue, kind: 'flaky', maxAttempts: 2, backoff: { initialMs: 10 } });
-    assert.equal(flaky.text(), 'second attempt works');
+  const flaky = await client.submitAndWait({ queue, kind: 'flaky', maxAttempts: 2, backoff: { initialMs: 10 } });
+  assert.equal(flaky.text(), 'second attempt works');
 
-    const failure = await client.submitAndWait({ queue, kind: 'broken', maxAttempts: 5 }).then(
-      () => assert.fail('the job should fail'),
-      (error: unknown) => error,
-    );
-    assert.ok(failure instanceof JobFailedError, String(failure));
-    assert.equal(failure.attempt, 1, 'retryable: false spends no further attempt');
-    assert.match(failure.error, /cannot ever work/);
-    assert.equal((await client.get(failure.jobId)).state, 'JOB_STATE_FAILED');
-  } finally {
-    await worker.close();
-  }
+  const failure = await client.submitAndWait({ queue, kind: 'broken', maxAttempts: 5 }).then(
+    () => assert.fail('the job should fail'),
+    (error: unknown) => error,
+  );
+  assert.ok(failure instanceof JobFailedError, String(failure));
+  assert.equal(failure.attempt, 1, 'retryable: false spends no further attempt');
+  assert.match(failure.error, /cannot ever work/);
+  assert.equal((await client.get(failure.jobId)).state, 'JOB_STATE_FAILED');
 });
 
-test('watch follows a job to its terminal event, progress included', async () => {
+test('watch follows a job to its terminal event, progress included', async (t) => {
+  const { client } = shared;
   const queue = queueName('watch');
-  const worker = new Worker(client, { queue, claimWaitMs: 1000, handleSignals: false });
+  const worker = shared.worker(t, { queue });
   worker.handle('steps', async (_job, ctx) => {
     await ctx.progress(50, 'half way');
     return 'done';
   });
   const submitted = await client.submit({ queue, kind: 'steps' });
   worker.start();
-  try {
-    const events: JobEvent[] = [];
-    for await (const event of client.watch(submitted.id)) events.push(event);
-    assert.deepEqual(events.map((event) => event.type), [
-      'EVENT_TYPE_QUEUED', 'EVENT_TYPE_STARTED', 'EVENT_TYPE_PROGRESS', 'EVENT_TYPE_COMPLETED',
-    ]);
-    assert.deepEqual(events.map((event) => event.sequence), [1, 2, 3, 4]);
-    assert.equal(events[2]?.progress?.value, 50);
-    assert.equal(events[2]?.progress?.message, 'half way');
-    assert.equal(events[3]?.result.toString(), 'done');
-    // From a sequence on: the rest only.
-    const rest: number[] = [];
-    for await (const event of client.watch(submitted.id, { afterSequence: 2 })) rest.push(event.sequence);
-    assert.deepEqual(rest, [3, 4]);
-  } finally {
-    await worker.close();
-  }
+  const events: JobEvent[] = [];
+  for await (const event of client.watch(submitted.id)) events.push(event);
+  assert.deepEqual(events.map((event) => event.type), [
+    'EVENT_TYPE_QUEUED', 'EVENT_TYPE_STARTED', 'EVENT_TYPE_PROGRESS', 'EVENT_TYPE_COMPLETED',
+  ]);
+  assert.deepEqual(events.map((event) => event.sequence), [1, 2, 3, 4]);
+  assert.equal(events[2]?.progress?.value, 50);
+  assert.equal(events[2]?.progress?.message, 'half way');
+  assert.equal(events[3]?.result.toString(), 'done');
+  // From a sequence on: the rest only.
+  const rest: number[] = [];
+  for await (const event of client.watch(submitted.id, { afterSequence: 2 })) rest.push(event.sequence);
+  assert.deepEqual(rest, [3, 4]);
 });
 
 test('cancel, get and submitAndWait of a cancelled job', async () => {
+  const { client } = shared;
   const queue = queueName('cancel');
   const submitted = await client.submit({ queue, kind: 'never', delayMs: 60_000 });
   assert.equal(submitted.job.state, 'JOB_STATE_SCHEDULED');
@@ -115,10 +96,12 @@ test('cancel, get and submitAndWait of a cancelled job', async () => {
   assert.equal(again.created, false, 'the same key and request finds the job');
   assert.equal(again.id, first.id);
   // Waiting on the same key follows the existing job (before or after its cancellation).
-  const waiting = client.submitAndWait({ queue, kind: 'never', idempotencyKey: 'k1', delayMs: 60_000 });
+  // Its outcome is taken at once: it may come before the cancellation's reply.
+  const waiting = client.submitAndWait({ queue, kind: 'never', idempotencyKey: 'k1', delayMs: 60_000 })
+    .then(() => assert.fail('should throw'), (thrown: unknown) => thrown);
   const cancelled = await client.cancel(again.id, 'no longer wanted');
   assert.equal(cancelled.state, 'JOB_STATE_CANCELLED');
-  const error = await waiting.then(() => assert.fail('should throw'), (thrown: unknown) => thrown);
+  const error = await waiting;
   assert.ok(error instanceof JobWasCancelledError, String(error));
   assert.equal(error.reason, 'no longer wanted');
 

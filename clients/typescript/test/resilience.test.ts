@@ -1,25 +1,18 @@
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 
-import { JobdError, RedisUnavailableError, Worker, type JobEvent, type JobdClient } from '../src';
-import { Jobd, queueName, waitFor } from './harness';
+import { JobdError, RedisUnavailableError, ShuttingDownError, Worker, type JobEvent } from '../src';
+import { queueName, sharedJobd, waitFor } from './harness';
 
-let jobd: Jobd;
-let client: JobdClient;
-const retries: string[] = [];
-
-before(async () => {
-  // A short Redis command timeout, so that a stopped Redis gives UNAVAILABLE quickly.
-  jobd = await Jobd.start(['--redis-command-timeout', '300ms', '--shutdown-timeout', '2s']);
-  client = jobd.client({ retry: { onRetry: (error) => retries.push(error.reason) } });
-});
-
-after(async () => {
-  client.close();
-  await jobd.stop();
+/** The errors the shared client retried (or resumed a stream after), in order. */
+const retries: JobdError[] = [];
+// A short Redis command timeout, so that a stopped Redis gives UNAVAILABLE quickly.
+const shared = sharedJobd(['--redis-command-timeout', '300ms', '--shutdown-timeout', '2s'], {
+  retry: { onRetry: (error) => retries.push(error) },
 });
 
 test('watch survives a jobd restart mid-stream, with no gap and no duplicate', async () => {
+  const { jobd, client } = shared;
   const queue = queueName('restart');
   // Its heartbeats fail while jobd restarts, as they should; not worth a log line here.
   const worker = new Worker(client, { queue, leaseMs: 10_000, claimWaitMs: 1000, handleSignals: false, logger: { warn: () => {} } });
@@ -47,7 +40,12 @@ test('watch survives a jobd restart mid-stream, with no gap and no duplicate', a
     stop = true;
     await watching;
     assert.ok(retries.length > 0, 'the stream broke and was resumed');
-    assert.ok(retries.includes('SHUTTING_DOWN'), `jobd ended the stream as it shut down: ${retries.join(' ')}`);
+    const reasons = retries.map((error) => error.reason).join(' ');
+    const shutdown = retries.find((error) => error.reason === 'SHUTTING_DOWN');
+    assert.ok(shutdown, `jobd ended the stream as it shut down: ${reasons}`);
+    assert.ok(shutdown instanceof ShuttingDownError, shutdown.name);
+    assert.equal(shutdown.code, 14, 'UNAVAILABLE');
+    assert.deepEqual(shutdown.metadata, {});
     assert.deepEqual(events.map((event) => event.sequence), events.map((_event, i) => i + 1), 'every sequence once, in order');
     assert.equal(events.at(-1)?.type, 'EVENT_TYPE_COMPLETED');
     assert.equal(events.at(-1)?.result.toString(), 'ticked');
@@ -58,6 +56,7 @@ test('watch survives a jobd restart mid-stream, with no gap and no duplicate', a
 });
 
 test('calls retry on UNAVAILABLE while Redis is stopped, and a retried submission is made once', async () => {
+  const { jobd, client } = shared;
   const queue = queueName('outage');
   const noRetry = jobd.client({ retry: { maxAttempts: 1 } });
   let submitting: Promise<{ created: boolean }> | undefined;

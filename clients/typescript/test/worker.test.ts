@@ -1,23 +1,13 @@
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 
-import { JobCancelledError, Worker, type JobEvent, type JobdClient } from '../src';
-import { Jobd, queueName, waitFor } from './harness';
+import { JobCancelledError, type JobEvent } from '../src';
+import { queueName, sharedJobd, waitFor } from './harness';
 
-let jobd: Jobd;
-let client: JobdClient;
-
-before(async () => {
-  jobd = await Jobd.start();
-  client = jobd.client();
-});
-
-after(async () => {
-  client.close();
-  await jobd.stop();
-});
+const shared = sharedJobd();
 
 async function events(jobId: string): Promise<JobEvent[]> {
+  const { client } = shared;
   const all: JobEvent[] = [];
   const job = await client.get(jobId);
   // A job still running has no terminal event: read its history up to its last sequence.
@@ -28,10 +18,11 @@ async function events(jobId: string): Promise<JobEvent[]> {
   return all;
 }
 
-test('a cancelled job\'s handler sees the abort within one heartbeat interval', async () => {
+test('a cancelled job\'s handler sees the abort within one heartbeat interval', async (t) => {
+  const { client } = shared;
   const queue = queueName('cancel');
   const heartbeatIntervalMs = 1000;
-  const worker = new Worker(client, { queue, leaseMs: 3000, heartbeatIntervalMs, claimWaitMs: 1000, handleSignals: false });
+  const worker = shared.worker(t, { queue, leaseMs: 3000, heartbeatIntervalMs });
   let started = false;
   let abortedAt = 0;
   let reason: unknown;
@@ -46,44 +37,38 @@ test('a cancelled job\'s handler sees the abort within one heartbeat interval', 
     });
   });
   worker.start();
-  try {
-    const submitted = await client.submit({ queue, kind: 'long' });
-    await waitFor('the handler to start', () => started);
-    const cancelledAt = Date.now();
-    await client.cancel(submitted.id, 'stop it');
-    await waitFor('the handler to see the abort', () => abortedAt, 5000);
-    const latency = abortedAt - cancelledAt;
-    assert.ok(latency <= heartbeatIntervalMs + 250, `abort after ${latency} ms, interval ${heartbeatIntervalMs} ms`);
-    assert.ok(reason instanceof JobCancelledError, String(reason));
-    const job = await client.get(submitted.id);
-    assert.equal(job.state, 'JOB_STATE_CANCELLED');
-    assert.equal(job.cancelReason, 'stop it');
-  } finally {
-    await worker.close();
-  }
+  const submitted = await client.submit({ queue, kind: 'long' });
+  await waitFor('the handler to start', () => started);
+  const cancelledAt = Date.now();
+  await client.cancel(submitted.id, 'stop it');
+  await waitFor('the handler to see the abort', () => abortedAt, 5000);
+  const latency = abortedAt - cancelledAt;
+  assert.ok(latency <= heartbeatIntervalMs + 250, `abort after ${latency} ms, interval ${heartbeatIntervalMs} ms`);
+  assert.ok(reason instanceof JobCancelledError, String(reason));
+  const job = await client.get(submitted.id);
+  assert.equal(job.state, 'JOB_STATE_CANCELLED');
+  assert.equal(job.cancelReason, 'stop it');
 });
 
-test('a long handler keeps its lease by heartbeats, past the ack deadline and the lease', async () => {
+test('a long handler keeps its lease by heartbeats, past the ack deadline and the lease', async (t) => {
+  const { client } = shared;
   const queue = queueName('lease');
-  const worker = new Worker(client, { queue, leaseMs: 1500, ackTimeoutMs: 1000, claimWaitMs: 1000, handleSignals: false });
+  const worker = shared.worker(t, { queue, leaseMs: 1500, ackTimeoutMs: 1000 });
   worker.handle('slow', async () => {
     await new Promise((resolve) => setTimeout(resolve, 3500));
     return 'kept';
   });
   worker.start();
-  try {
-    const result = await client.submitAndWait({ queue, kind: 'slow' });
-    assert.equal(result.text(), 'kept');
-    const history = await client.get((await client.submit({ queue, kind: 'slow', idempotencyKey: 'probe', delayMs: 60_000 })).id);
-    assert.equal(history.attempt, 0);
-  } finally {
-    await worker.close();
-  }
+  const result = await client.submitAndWait({ queue, kind: 'slow' });
+  assert.equal(result.text(), 'kept');
+  const history = await client.get((await client.submit({ queue, kind: 'slow', idempotencyKey: 'probe', delayMs: 60_000 })).id);
+  assert.equal(history.attempt, 0);
 });
 
-test('graceful shutdown: running jobs finish, claimed ones go back at no cost, nothing is lost', async () => {
+test('graceful shutdown: running jobs finish, claimed ones go back at no cost, nothing is lost', async (t) => {
+  const { client } = shared;
   const queue = queueName('shutdown');
-  const worker = new Worker(client, { queue, concurrency: 4, claimWaitMs: 3000, handleSignals: false });
+  const worker = shared.worker(t, { queue, concurrency: 4, claimWaitMs: 3000 });
   const startedIds: string[] = [];
   let finish!: () => void;
   const finishing = new Promise<void>((resolve) => (finish = resolve));
@@ -128,25 +113,22 @@ test('graceful shutdown: running jobs finish, claimed ones go back at no cost, n
   }
   assert.ok(givenBack >= 1, 'a job the waiting claim got was given back');
   // A new worker takes them: nothing was lost.
-  const successor = new Worker(client, { queue, claimWaitMs: 1000, handleSignals: false });
+  const successor = shared.worker(t, { queue });
   successor.handle('work', (job) => `done ${job.id}`);
   successor.start();
-  try {
-    for (const submitted of claimedLate) {
-      const job = await waitFor('the successor to complete the job', async () => {
-        const job = await client.get(submitted.id);
-        return job.state === 'JOB_STATE_COMPLETED' ? job : undefined;
-      });
-      assert.equal(job.attempt, 1);
-    }
-  } finally {
-    await successor.close();
+  for (const submitted of claimedLate) {
+    const job = await waitFor('the successor to complete the job', async () => {
+      const job = await client.get(submitted.id);
+      return job.state === 'JOB_STATE_COMPLETED' ? job : undefined;
+    });
+    assert.equal(job.attempt, 1);
   }
 });
 
-test('at the shutdown deadline a handler is aborted and its job given back', async () => {
+test('at the shutdown deadline a handler is aborted and its job given back', async (t) => {
+  const { client } = shared;
   const queue = queueName('deadline');
-  const worker = new Worker(client, { queue, claimWaitMs: 1000, shutdownTimeoutMs: 300, handleSignals: false });
+  const worker = shared.worker(t, { queue, shutdownTimeoutMs: 300 });
   let started = false;
   let aborted = false;
   worker.handle('stuck', (_job, ctx) => new Promise((_resolve, reject) => (started = true) && ctx.signal.addEventListener('abort', () => {
