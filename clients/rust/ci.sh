@@ -5,5 +5,8 @@
 # them until SIGTERM. Formatting is checked with the workspace (`cargo fmt --all`).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+if ! command -v redis-server >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
+fi
 cargo clippy --locked -p jobd-client --all-targets -- -D warnings
 cargo test --locked -p jobd-client
