@@ -1,0 +1,230 @@
+//! Following jobs: `watch`, a stream of a job's events that resumes by itself after the last
+//! sequence it delivered, and `submit_and_wait`, on SubmitAndWatchJobs.
+
+use bytes::Bytes;
+use futures::Stream;
+use tonic::{Request, Status, Streaming};
+
+use crate::{
+    Client, Error, EventType, JobEvent, JobSpec, Result,
+    proto::{self, submit_and_watch_jobs_response::Message},
+    trace,
+};
+
+/// Whether an event is a job's last: COMPLETED, FAILED or CANCELLED.
+pub(crate) fn is_terminal(event: &JobEvent) -> bool {
+    matches!(
+        event.r#type(),
+        EventType::Completed | EventType::Failed | EventType::Cancelled
+    )
+}
+
+impl Client {
+    /// The job's events after `after_sequence` (0: from the first), then live ones, ending
+    /// after the terminal event. A broken stream (UNAVAILABLE, a jobd shutting down or
+    /// restarting, a proxy's cut) is resumed with `after_sequence` = the last sequence
+    /// delivered, with the resume policy's backoff: no event is missed or repeated. Ends with
+    /// an error when jobd refuses the watch (`JOB_NOT_FOUND`, `PAST_LAST_EVENT`) or the
+    /// resumes run out.
+    pub fn watch(
+        &self,
+        job_id: impl Into<String>,
+        after_sequence: u64,
+    ) -> impl Stream<Item = Result<JobEvent>> + Send + 'static {
+        let follower = Follower {
+            client: self.clone(),
+            job_id: job_id.into(),
+            last: after_sequence,
+            failures: 0,
+            stream: None,
+            done: false,
+        };
+        futures::stream::unfold(follower, |mut follower| async move {
+            if follower.done {
+                return None;
+            }
+            let item = follower.next_event().await;
+            follower.done = item.as_ref().map_or(true, is_terminal);
+            Some((item, follower))
+        })
+    }
+
+    /// Submits a job and waits for its outcome: its result, or [`Error::JobFailed`] /
+    /// [`Error::JobCancelled`]. A stream that breaks after the submission is followed on with
+    /// `watch`; one that breaks before is retried when the submission has an idempotency key
+    /// (generated unless `retry_submissions(false)`). Bound the wait with
+    /// `tokio::time::timeout`.
+    pub async fn submit_and_wait(&self, spec: JobSpec) -> Result<Bytes> {
+        let span = trace::SubmitSpan::start("jobd.SubmitAndWatchJobs", spec.queue());
+        let request = spec.into_request(self.retries_submissions());
+        let outcome = self.submit_and_follow(request, span.headers()).await;
+        span.end(outcome.as_ref().err().filter(|e| e.rejection().is_some()));
+        outcome
+    }
+
+    async fn submit_and_follow(
+        &self,
+        request: proto::SubmitJobRequest,
+        headers: Vec<(&'static str, String)>,
+    ) -> Result<Bytes> {
+        let retry = !request.idempotency_key.is_empty();
+        let policy = self.resume_policy();
+        let mut failures = 0;
+        loop {
+            let mut call = Request::new(proto::SubmitJobsRequest {
+                jobs: vec![request.clone()],
+            });
+            for (key, value) in &headers {
+                if let Ok(value) = value.parse() {
+                    call.metadata_mut().insert(*key, value);
+                }
+            }
+            let mut progress = Progress::default();
+            let error = match self.jobs().submit_and_watch_jobs(call).await {
+                Ok(stream) => match progress.follow(stream.into_inner()).await {
+                    Ok(outcome) => return outcome,
+                    Err(error) => error,
+                },
+                Err(status) => Error::from(status),
+            };
+            if let Some(job_id) = progress.job_id {
+                tracing::info!(%job_id, after = progress.last, %error, "following with WatchJob");
+                return self.outcome_of(&job_id, progress.last).await;
+            }
+            failures += 1;
+            if !(retry && error.is_resumable()) || failures >= policy.max_attempts {
+                return Err(error);
+            }
+            tokio::time::sleep(policy.delay(failures - 1)).await;
+        }
+    }
+
+    /// The outcome of a submitted job, from its events after `after`.
+    async fn outcome_of(&self, job_id: &str, after: u64) -> Result<Bytes> {
+        use futures::StreamExt;
+        let events = self.watch(job_id, after);
+        futures::pin_mut!(events);
+        while let Some(event) = events.next().await {
+            let event = event?;
+            if is_terminal(&event) {
+                return outcome(event);
+            }
+        }
+        Err(Status::internal(format!(
+            "the watch of job {job_id} ended without its outcome"
+        ))
+        .into())
+    }
+}
+
+/// How far a SubmitAndWatchJobs stream got: the job's id once submitted, its last sequence.
+#[derive(Default)]
+struct Progress {
+    job_id: Option<String>,
+    last: u64,
+}
+
+impl Progress {
+    /// Reads the stream to the job's outcome (`Ok`), or to its break (`Err`).
+    async fn follow(
+        &mut self,
+        mut stream: Streaming<proto::SubmitAndWatchJobsResponse>,
+    ) -> std::result::Result<Result<Bytes>, Error> {
+        loop {
+            let message = match stream.message().await {
+                Ok(Some(message)) => message.message,
+                Ok(None) => return Err(ended_early()),
+                Err(status) => return Err(status.into()),
+            };
+            match message {
+                Some(Message::Submitted(submitted)) => {
+                    let first = submitted.results.into_iter().next();
+                    self.job_id = first.and_then(|r| r.job).map(|j| j.id);
+                }
+                Some(Message::Event(event)) if event.sequence > self.last => {
+                    self.last = event.sequence;
+                    if is_terminal(&event) {
+                        return Ok(outcome(event));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A terminal event as the caller's outcome.
+fn outcome(event: JobEvent) -> Result<Bytes> {
+    match event.r#type() {
+        EventType::Completed => Ok(event.result),
+        EventType::Failed => Err(Error::JobFailed {
+            job_id: event.job_id,
+            error: event.error,
+            attempt: event.attempt,
+        }),
+        _ => Err(Error::JobCancelled {
+            job_id: event.job_id,
+            reason: event.reason,
+        }),
+    }
+}
+
+/// A stream that ended with OK before its job's terminal event: the replica stopped following
+/// it; resumable.
+fn ended_early() -> Error {
+    Status::unavailable("the stream ended before the job's terminal event").into()
+}
+
+/// One `watch`: where it is in the job's log, and its current stream.
+struct Follower {
+    client: Client,
+    job_id: String,
+    last: u64,
+    failures: u32,
+    stream: Option<Streaming<JobEvent>>,
+    done: bool,
+}
+
+impl Follower {
+    /// The next new event, resuming the stream as often as the policy allows.
+    async fn next_event(&mut self) -> Result<JobEvent> {
+        loop {
+            let error = match self.stream.as_mut() {
+                None => match self.open().await {
+                    Ok(stream) => {
+                        self.stream = Some(stream);
+                        continue;
+                    }
+                    Err(error) => error,
+                },
+                Some(stream) => match stream.message().await {
+                    Ok(Some(event)) if event.sequence <= self.last => continue,
+                    Ok(Some(event)) => {
+                        self.last = event.sequence;
+                        self.failures = 0;
+                        return Ok(event);
+                    }
+                    Ok(None) => ended_early(),
+                    Err(status) => status.into(),
+                },
+            };
+            self.stream = None;
+            let policy = self.client.resume_policy();
+            if !error.is_resumable() || self.failures + 1 >= policy.max_attempts {
+                return Err(error);
+            }
+            tracing::info!(job_id = %self.job_id, after = self.last, %error, "resuming the watch");
+            tokio::time::sleep(policy.delay(self.failures)).await;
+            self.failures += 1;
+        }
+    }
+
+    async fn open(&self) -> Result<Streaming<JobEvent>> {
+        let request = proto::WatchJobRequest {
+            job_id: self.job_id.clone(),
+            after_sequence: self.last,
+        };
+        let response = self.client.jobs().watch_job(request).await?;
+        Ok(response.into_inner())
+    }
+}

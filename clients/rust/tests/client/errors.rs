@@ -1,0 +1,222 @@
+//! Every reason a real jobd can be made to give maps to its `ErrorReason`, with its metadata.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use jobd_client::{Client, Error, ErrorReason, JobSpec, JobState, RetryPolicy, proto};
+
+use crate::harness::{Stack, eventually, queue};
+
+fn reason_of<T: std::fmt::Debug>(outcome: Result<T, Error>) -> (ErrorReason, Error) {
+    let error = outcome.expect_err("a refusal");
+    let reason = error
+        .reason()
+        .unwrap_or_else(|| panic!("a jobd reason in {error:?}"));
+    (reason, error)
+}
+
+/// A claim of one job with these lease and acknowledgement timeouts (seconds).
+async fn claim(client: &Client, q: &str, lease: i64, ack: i64) -> proto::ClaimedJob {
+    let duration = |seconds| Some(prost_types::Duration { seconds, nanos: 0 });
+    let request = proto::ClaimJobsRequest {
+        claim: Some(proto::ClaimJobRequest {
+            queues: vec![q.to_owned()],
+            worker_id: "w".into(),
+            lease: duration(lease),
+            wait: duration(1),
+            ack_timeout: duration(ack),
+        }),
+        max_jobs: 1,
+    };
+    let response = client.workers().claim_jobs(request).await.expect("a claim");
+    response
+        .into_inner()
+        .jobs
+        .into_iter()
+        .next()
+        .expect("a job")
+}
+
+async fn heartbeat(client: &Client, job_id: &str, token: &str) -> Result<(), Error> {
+    let request = proto::HeartbeatRequest {
+        job_id: job_id.to_owned(),
+        lease_token: token.to_owned(),
+        ..Default::default()
+    };
+    client
+        .workers()
+        .heartbeat(request)
+        .await
+        .map(|_| ())
+        .map_err(Error::from)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reasons_of_requests_and_jobs() {
+    let stack = Stack::start().await;
+    let client = stack.client().await;
+    let q = queue("errors");
+
+    let (reason, e) = reason_of(client.submit(JobSpec::new("bad queue!", "k")).await);
+    assert_eq!(reason, ErrorReason::InvalidRequest);
+    assert_eq!(e.metadata("field"), Some("queue"));
+    let big = vec![b'x'; 1024 * 1024 + 1];
+    let (reason, e) = reason_of(client.submit(JobSpec::new(&q, "k").payload(big)).await);
+    assert_eq!(reason, ErrorReason::PayloadTooLarge);
+    assert_eq!(e.metadata("limit"), Some("1048576"));
+    // 17 jobs of 1 MiB: over SubmitJobs's 16 MiB request limit, refused before it is read.
+    let specs = (0..17).map(|_| JobSpec::new(&q, "k").payload(vec![b'x'; 1024 * 1024]));
+    let (reason, e) = reason_of(client.submit_many(specs).await);
+    assert_eq!(reason, ErrorReason::MessageTooLarge);
+    assert!(e.metadata("limit").is_some());
+
+    let job = client
+        .submit(JobSpec::new(&q, "k").payload("a").idempotency_key("same"))
+        .await
+        .unwrap();
+    let other = JobSpec::new(&q, "k").payload("b").idempotency_key("same");
+    let (reason, e) = reason_of(client.submit(other).await);
+    assert_eq!(reason, ErrorReason::IdempotencyConflict);
+    assert_eq!(e.metadata("key"), Some("same"));
+
+    let unknown = format!(
+        "{}{}",
+        &job.id[..job.id.len() - 26],
+        "01".to_owned() + &"0".repeat(24)
+    );
+    let (reason, _) = reason_of(client.get(&unknown).await);
+    assert_eq!(reason, ErrorReason::JobNotFound);
+    let past: Vec<_> = client.watch(&job.id, 99).collect().await;
+    let (reason, e) = reason_of(past.into_iter().next().expect("one item"));
+    assert_eq!(reason, ErrorReason::PastLastEvent);
+    assert_eq!(e.metadata("last_sequence"), Some("1"));
+
+    let claimed = claim(&client, &q, 60, 60).await;
+    let (reason, _) = reason_of(heartbeat(&client, &job.id, "not-a-token").await);
+    assert_eq!(reason, ErrorReason::LeaseTokenUnknown);
+    client.cancel(&job.id, "").await.expect("cancelled");
+    // A heartbeat says `cancelled` in its reply; an outcome reported after is refused.
+    let late = proto::CompleteJobRequest {
+        job_id: job.id.clone(),
+        lease_token: claimed.lease_token.clone(),
+        ..Default::default()
+    };
+    let (reason, _) = reason_of(
+        client
+            .workers()
+            .complete_job(late)
+            .await
+            .map_err(Error::from),
+    );
+    assert_eq!(reason, ErrorReason::JobCancelled);
+
+    let done = client.submit(JobSpec::new(&q, "k")).await.unwrap();
+    let claimed = claim(&client, &q, 60, 60).await;
+    let complete = proto::CompleteJobRequest {
+        job_id: done.id.clone(),
+        lease_token: claimed.lease_token.clone(),
+        ..Default::default()
+    };
+    client
+        .workers()
+        .complete_job(complete)
+        .await
+        .expect("completed");
+    let (reason, e) = reason_of(client.cancel(&done.id, "").await);
+    assert_eq!(reason, ErrorReason::JobFinished);
+    assert_eq!(e.metadata("state"), Some("COMPLETED"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reasons_of_leases() {
+    let stack = Stack::start().await;
+    let client = stack.client().await;
+    let q = queue("leases");
+    let job = client.submit(JobSpec::new(&q, "k")).await.unwrap();
+    let claimed = claim(&client, &q, 60, 1).await;
+    // Not acknowledged within 1 s: past its deadline the token is dead (LEASE_EXPIRED), or,
+    // once jobd has put the job back in its queue, stale. This sleep lets the deadline pass.
+    let deadline = claimed.ack_deadline.expect("an ack deadline");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let until = Duration::new(deadline.seconds as u64, deadline.nanos as u32);
+    tokio::time::sleep(until.saturating_sub(now) + Duration::from_millis(50)).await;
+    let (reason, e) = reason_of(heartbeat(&client, &job.id, &claimed.lease_token).await);
+    match reason {
+        ErrorReason::LeaseExpired => assert_eq!(e.metadata("deadline"), Some("ack")),
+        ErrorReason::LeaseStale => assert_eq!(e.metadata("state"), Some("QUEUED")),
+        other => panic!("a lease refusal, not {other:?}"),
+    }
+    eventually(
+        Duration::from_secs(10),
+        "the job back in its queue",
+        || async {
+            let job = client.get(&job.id).await.ok()?;
+            (job.state() == JobState::Queued).then_some(())
+        },
+    )
+    .await;
+    let (reason, e) = reason_of(heartbeat(&client, &job.id, &claimed.lease_token).await);
+    assert_eq!(reason, ErrorReason::LeaseStale);
+    assert_eq!(e.metadata("state"), Some("QUEUED"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_exhausted_with_one_watch_stream() {
+    let stack = Stack::start_with(&["--max-watch-streams=1"]).await;
+    let client = stack.client().await;
+    let job = client
+        .submit(JobSpec::new(queue("budget"), "k"))
+        .await
+        .unwrap();
+    let first = client.watch(&job.id, 0);
+    futures::pin_mut!(first);
+    first
+        .next()
+        .await
+        .expect("the first event")
+        .expect("an event");
+    let second: Vec<_> = client.watch(&job.id, 0).take(1).collect().await;
+    let (reason, e) = reason_of(second.into_iter().next().expect("one item"));
+    assert_eq!(reason, ErrorReason::BudgetExhausted);
+    assert_eq!(e.metadata("limit"), Some("1"));
+    assert!(e.metadata("budget").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_out_of_memory_and_unavailable() {
+    let stack = Stack::start().await;
+    let client = Client::builder(stack.jobd.endpoint())
+        .retry(RetryPolicy::NONE)
+        .retry_submissions(false)
+        .connect()
+        .await
+        .unwrap();
+    let job = client
+        .submit(JobSpec::new(queue("oom"), "k"))
+        .await
+        .unwrap();
+    assert!(
+        stack
+            .redis
+            .command("CONFIG SET maxmemory 1")
+            .starts_with("+OK")
+    );
+    let (reason, e) = reason_of(client.submit(JobSpec::new(queue("oom"), "k")).await);
+    assert_eq!(reason, ErrorReason::RedisOutOfMemory);
+    assert!(e.is_unavailable(), "retried as UNAVAILABLE by callers");
+    assert!(
+        stack
+            .redis
+            .command("CONFIG SET maxmemory 0")
+            .starts_with("+OK")
+    );
+
+    stack.redis.pause();
+    let outcome = client.get(&job.id).await;
+    stack.redis.resume();
+    let (reason, e) = reason_of(outcome);
+    assert_eq!(reason, ErrorReason::RedisUnavailable);
+    assert!(e.is_unavailable());
+}

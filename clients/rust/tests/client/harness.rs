@@ -1,0 +1,285 @@
+//! A real redis-server and a real jobd on free ports for one test, killed when dropped, and the
+//! one way to wait on a condition (`eventually`).
+//!
+//! jobd is `$JOBD_BIN`, else the workspace's `target/debug/jobd`, built with cargo when missing.
+
+use std::{
+    future::Future,
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use jobd_client::{Client, RetryPolicy};
+
+/// Polls `check` until it returns `Some`, failing the test after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A queue name no other test uses.
+pub fn queue(prefix: &str) -> String {
+    format!("{prefix}-{}", ulid::Ulid::new().to_string().to_lowercase())
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("an address").port()
+}
+
+/// A temporary directory, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", ulid::Ulid::new()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{name}"), child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{name}");
+}
+
+/// A redis-server of one test's own.
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl Redis {
+    pub async fn start() -> Self {
+        let dir = TempDir::new("jobd-rs-redis");
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir.0)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (apt-get install redis-server)");
+        let redis = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        eventually(
+            Duration::from_secs(10),
+            "redis-server to answer",
+            || async { redis.try_command("PING").filter(|r| r.starts_with("+PONG")) },
+        )
+        .await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// One inline command (`CONFIG SET maxmemory 1`); its raw reply.
+    pub fn command(&self, command: &str) -> String {
+        self.try_command(command).expect("redis answers")
+    }
+
+    fn try_command(&self, command: &str) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        stream.write_all(format!("{command}\r\n").as_bytes()).ok()?;
+        let mut reply = [0u8; 512];
+        let n = stream.read(&mut reply).ok()?;
+        Some(String::from_utf8_lossy(&reply[..n]).into_owned())
+    }
+
+    /// SIGSTOP: Redis stalls, connections stay open.
+    pub fn pause(&self) {
+        signal(&self.child, "STOP");
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        signal(&self.child, "CONT");
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = signal_quietly(&self.child, "CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal_quietly(child: &Child, name: &str) -> std::io::Result<std::process::ExitStatus> {
+    Command::new("kill")
+        .args([format!("-{name}"), child.id().to_string()])
+        .stderr(Stdio::null())
+        .status()
+}
+
+/// The jobd binary: `$JOBD_BIN`, else the workspace's, built once when missing.
+pub fn jobd_binary() -> PathBuf {
+    static BUILT: Mutex<()> = Mutex::new(());
+    if let Some(path) = std::env::var_os("JOBD_BIN") {
+        return PathBuf::from(path);
+    }
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo.join("target"), PathBuf::from);
+    let binary = target.join("debug/jobd");
+    let _once = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !binary.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--locked", "--bin", "jobd"])
+            .current_dir(&repo)
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "cargo build --bin jobd");
+    }
+    binary
+}
+
+/// A jobd process in front of one Redis; `restart` brings it back on the same port.
+pub struct Jobd {
+    child: Option<Child>,
+    pub port: u16,
+    args: Vec<String>,
+    log: TempDir,
+}
+
+impl Jobd {
+    pub async fn start(redis: &Redis, extra: &[&str]) -> Self {
+        let mut args = vec![
+            format!("--redis-url={}", redis.url()),
+            "--shutdown-timeout=5s".to_owned(),
+            "--redis-command-timeout=300ms".to_owned(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut jobd = Self {
+            child: None,
+            port: free_port(),
+            args,
+            log: TempDir::new("jobd-rs-log"),
+        };
+        jobd.spawn().await;
+        jobd
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::File::create(self.log.0.join("jobd.log")).expect("a log file");
+        let child = Command::new(jobd_binary())
+            .arg(format!("--listen=127.0.0.1:{}", self.port))
+            .args(&self.args)
+            .stdout(log.try_clone().expect("a log file"))
+            .stderr(log)
+            .spawn()
+            .expect("jobd runs");
+        let child = Mutex::new(child);
+        let endpoint = self.endpoint();
+        let this = &*self;
+        eventually(Duration::from_secs(30), "jobd to answer", || async {
+            let exited = child.lock().unwrap().try_wait().ok().flatten();
+            if let Some(status) = exited {
+                panic!("jobd exited with {status}: {}", this.log_text());
+            }
+            let client = Client::builder(&endpoint)
+                .retry(RetryPolicy::NONE)
+                .connect()
+                .await
+                .ok()?;
+            // Any answer but UNAVAILABLE: it serves (an invalid id is INVALID_ARGUMENT).
+            match client.get("not-a-job").await {
+                Err(e) if e.is_unavailable() => None,
+                _ => Some(()),
+            }
+        })
+        .await;
+        self.child = Some(child.into_inner().unwrap());
+    }
+
+    /// What jobd logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log.0.join("jobd.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM, and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, "TERM");
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops it and starts it again on the same port.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+}
+
+impl Drop for Jobd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Redis and a jobd in front of it.
+pub struct Stack {
+    pub jobd: Jobd,
+    pub redis: Redis,
+}
+
+impl Stack {
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    pub async fn start_with(jobd_args: &[&str]) -> Self {
+        let redis = Redis::start().await;
+        let jobd = Jobd::start(&redis, jobd_args).await;
+        Self { jobd, redis }
+    }
+
+    /// A client without credentials.
+    pub async fn client(&self) -> Client {
+        Client::connect(self.jobd.endpoint())
+            .await
+            .expect("the client connects")
+    }
+}

@@ -1,0 +1,157 @@
+//! Submit → worker → outcome: results, failures, non-retryable errors, batches, `watch`.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use jobd_client::{
+    BoxError, Error, EventType, JobContext, JobSpec, JobState, NonRetryable, Worker, proto,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::{Stack, queue};
+
+fn no_backoff() -> proto::BackoffPolicy {
+    proto::BackoffPolicy {
+        initial: Some(prost_types::Duration::default()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_completes_fails_and_batches_jobs() {
+    let stack = Stack::start().await;
+    let client = stack.client().await;
+    let q = queue("life");
+    let worker = Worker::new(client.clone(), [q.clone()])
+        .concurrency(8)
+        .claim_wait(Duration::from_secs(1))
+        .handle_signals(false)
+        .handle("upper", |job: JobContext| async move {
+            Ok(job.text().to_uppercase())
+        })
+        .handle("flaky", |job: JobContext| async move {
+            Err::<String, BoxError>(format!("attempt {} failed", job.job().attempt).into())
+        })
+        .handle("fatal", |_job: JobContext| async move {
+            Err::<String, BoxError>(NonRetryable::new("bad input").into())
+        });
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run_until(stop.clone()));
+
+    let result = client
+        .submit_and_wait(JobSpec::new(&q, "upper").payload("hello"))
+        .await
+        .expect("a result");
+    assert_eq!(&result[..], b"HELLO");
+
+    let spec = JobSpec::new(&q, "flaky")
+        .max_attempts(2)
+        .backoff(no_backoff());
+    match client.submit_and_wait(spec).await {
+        Err(Error::JobFailed { error, attempt, .. }) => {
+            assert_eq!(attempt, 2, "retried once, then failed for good");
+            assert_eq!(error, "attempt 2 failed");
+        }
+        other => panic!("expected JobFailed, got {other:?}"),
+    }
+    match client
+        .submit_and_wait(JobSpec::new(&q, "fatal").max_attempts(3))
+        .await
+    {
+        Err(Error::JobFailed { error, attempt, .. }) => {
+            assert_eq!(attempt, 1, "a non-retryable error uses no further attempt");
+            assert_eq!(error, "bad input");
+        }
+        other => panic!("expected JobFailed, got {other:?}"),
+    }
+    match client
+        .submit_and_wait(JobSpec::new(&q, "unknown-kind"))
+        .await
+    {
+        Err(Error::JobFailed {
+            attempt: 1, error, ..
+        }) => assert!(error.contains("no handler")),
+        other => panic!("expected JobFailed, got {other:?}"),
+    }
+
+    // 200 jobs at once: every one completed, each on its first attempt.
+    let specs = (0..200).map(|i| JobSpec::new(&q, "upper").payload(format!("job {i}")));
+    let jobs = client.submit_many(specs).await.expect("submitted");
+    assert_eq!(jobs.len(), 200);
+    for (i, job) in jobs.iter().enumerate() {
+        let events: Vec<_> = client.watch(&job.id, 0).collect().await;
+        let events: Vec<_> = events.into_iter().map(|e| e.expect("an event")).collect();
+        let types: Vec<_> = events.iter().map(|e| e.r#type()).collect();
+        assert_eq!(
+            types,
+            [EventType::Queued, EventType::Started, EventType::Completed]
+        );
+        assert_eq!(events[2].result, format!("JOB {i}").as_bytes());
+        assert_eq!(events[2].attempt, 1);
+    }
+    let done = client.get(&jobs[0].id).await.expect("the job");
+    assert_eq!(done.state(), JobState::Completed);
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(15), running)
+        .await
+        .expect("the worker stops")
+        .expect("its task")
+        .expect("it ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_get_cancel_and_watch_from_a_sequence() {
+    let stack = Stack::start().await;
+    let client = stack.client().await;
+    let q = queue("calls");
+    let job = client
+        .submit(JobSpec::new(&q, "k").payload("p").priority(5))
+        .await
+        .expect("submitted");
+    assert_eq!(job.state(), JobState::Queued);
+    let read = client.get(&job.id).await.expect("read");
+    assert_eq!(&read.payload[..], b"p");
+    assert_eq!(read.priority, 5);
+    let cancelled = client
+        .cancel(&job.id, "not needed")
+        .await
+        .expect("cancelled");
+    assert_eq!(cancelled.state(), JobState::Cancelled);
+    let events: Vec<_> = client.watch(&job.id, 1).collect().await;
+    assert_eq!(events.len(), 1, "only the events after sequence 1");
+    let last = events[0].as_ref().expect("an event");
+    assert_eq!(last.r#type(), EventType::Cancelled);
+    assert_eq!(last.reason, "not needed");
+    // submit_and_wait of a job cancelled while it waits: JobCancelled with the reason.
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        let spec = JobSpec::new(&q, "never-claimed");
+        async move { client.submit_and_wait(spec).await }
+    });
+    let queued = crate::harness::eventually(Duration::from_secs(10), "the job", || {
+        let client = client.clone();
+        let q = q.clone();
+        async move {
+            let mut stub = client.jobs();
+            let request = proto::ListJobsRequest {
+                queue: q,
+                ..Default::default()
+            };
+            let page = stub.list_jobs(request).await.ok()?.into_inner();
+            page.jobs.into_iter().find(|j| j.kind == "never-claimed")
+        }
+    })
+    .await;
+    client
+        .cancel(&queued.id, "changed my mind")
+        .await
+        .expect("cancelled");
+    match tokio::time::timeout(Duration::from_secs(10), waiting).await {
+        Ok(Ok(Err(Error::JobCancelled { job_id, reason }))) => {
+            assert_eq!(job_id, queued.id);
+            assert_eq!(reason, "changed my mind");
+        }
+        other => panic!("expected JobCancelled, got {other:?}"),
+    }
+}
