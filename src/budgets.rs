@@ -4,7 +4,8 @@
 //! principal; a holding past either is refused (`Exhausted`, RESOURCE_EXHAUSTED to the caller)
 //! before anything is done. A holding is a `Permit`, released when dropped: when the stream
 //! or claim ends, however it ends, the client's going away included. Watchers of one job are
-//! bounded by the event hub (`EventHub::watch_job`).
+//! bounded by the event hub (`EventHub::watch_job`), in all and per principal
+//! (`WatcherLimits`).
 
 use std::{
     collections::HashMap,
@@ -25,6 +26,14 @@ pub struct BudgetLimits {
     pub watchers_per_job: u64,
     pub payload_bytes: u64,
     pub payload_bytes_per_principal: u64,
+}
+
+/// The most watchers one job may have on one process: in all, and for one principal (a
+/// caller of the auth file), so that one principal cannot take every watcher of a job.
+#[derive(Debug, Clone, Copy)]
+pub struct WatcherLimits {
+    pub per_job: u64,
+    pub per_job_per_principal: u64,
 }
 
 /// The process's budgets. Cheap to clone.
@@ -191,6 +200,17 @@ impl Budget {
             principal,
             amount,
         })
+    }
+
+    /// Takes `amount` as `take` does, for a reply that carries payloads: an amount over the
+    /// whole budget (the process's, or the principal's) counts as all of it, so that a reply
+    /// larger than the budget still goes out, alone.
+    pub fn take_reply(&self, principal: Option<&str>, amount: u64) -> Result<Permit, Exhausted> {
+        let mut most = self.0.process.limit;
+        if principal.is_some() {
+            most = most.min(self.0.per_principal.limit);
+        }
+        self.take(principal, amount.min(most))
     }
 
     /// Takes `amount` of the process's budget, waiting for room: for what cannot be refused

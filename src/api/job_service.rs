@@ -10,6 +10,7 @@ use super::{
     observe::current_trace_context,
     proto::{self, job_service_server::JobService},
     reason::{self, Reason},
+    replies,
     services::Shared,
     streams::{self, EventStream, FollowStream, Holding},
 };
@@ -217,7 +218,7 @@ impl JobService for JobApi {
         // Registered before the jobs are written, so that no event can go unannounced.
         let watches = jobs
             .iter()
-            .map(|(id, _)| self.0.hub.watch_job(id))
+            .map(|(id, _)| self.0.hub.watch_job(id, access.principal()))
             .collect::<Result<Vec<_>, _>>()?;
         let mut follower = self.follower();
         let (mut results, mut read) = (Vec::with_capacity(jobs.len()), HashMap::new());
@@ -227,7 +228,7 @@ impl JobService for JobApi {
                 Submitted::Created(job) => follower.created(watch, job.first_event()),
                 // An idempotency key named an earlier job: follow that one, once.
                 Submitted::Existing(id) if !follower.contains(id) => {
-                    let watch = self.0.hub.watch_job(id)?;
+                    let watch = self.0.hub.watch_job(id, access.principal())?;
                     follower.existing(watch, id.clone(), 0).await?;
                 }
                 Submitted::Existing(_) => {}
@@ -244,11 +245,23 @@ impl JobService for JobApi {
         request: Request<proto::GetJobRequest>,
     ) -> Result<Response<proto::GetJobResponse>, Status> {
         let id = JobId::parse("job_id", &request.get_ref().job_id)?;
-        Access::of(&request)?.check("job_id", id.queue())?;
+        let access = Access::of(&request)?;
+        access.check("job_id", id.queue())?;
+        // Counted before the payload and result are read; a result written meanwhile is
+        // counted after, and refused in the same way past the budget.
+        let budget = &self.0.budgets.payload_bytes;
+        let sizes = self.0.store.payload_sizes(&id).await?;
+        let mut held = replies::take(budget, &access, sizes)?;
         let job = self.0.store.get(&id).await?;
-        Ok(Response::new(proto::GetJobResponse {
+        let read = (job.payload.len() + job.result.as_ref().map_or(0, |r| r.len())) as u64;
+        if read > sizes {
+            drop(held);
+            held = replies::take(budget, &access, read)?;
+        }
+        let response = Response::new(proto::GetJobResponse {
             job: Some(job.into()),
-        }))
+        });
+        Ok(held.attach(response))
     }
 
     async fn cancel_job(
@@ -330,7 +343,7 @@ impl JobService for JobApi {
         // OUT_OF_RANGE, before any stream starts.
         let mut follower = self.follower();
         follower
-            .existing(self.0.hub.watch_job(&id)?, id, after)
+            .existing(self.0.hub.watch_job(&id, access.principal())?, id, after)
             .await?;
         Ok(Response::new(streams::watch(follower, after, holding)))
     }

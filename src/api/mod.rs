@@ -11,6 +11,7 @@ mod job_service;
 mod methods;
 mod observe;
 mod reason;
+mod replies;
 mod server;
 mod services;
 mod size;

@@ -16,6 +16,7 @@ use super::{
         self, job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer,
     },
     reason::ReasonLayer,
+    replies::HoldLayer,
     services::Shared,
     tls,
     transport::Transport,
@@ -62,7 +63,8 @@ pub async fn serve(
     // Deadline: a call ended at its deadline is recorded as such (tonic's own timeout is left
     // nothing to end, see deadline.rs). Size bounds each request message as it arrives, before
     // tonic decodes it (tonic's own limit, above every method's, is never reached). Auth
-    // innermost: a refusal is observed, and answered at once.
+    // innermost: a refusal is observed, and answered at once. Hold within all: a reply's
+    // payload permit goes with its body whatever the others do with it.
     let mut routes = transport
         .server()
         .layer(ReasonLayer)
@@ -70,6 +72,7 @@ pub async fn serve(
         .layer(DeadlineLayer)
         .layer(SizeLayer::new(sizes))
         .layer(AuthLayer::new(options.gate, metrics))
+        .layer(HoldLayer)
         .add_service(health_service)
         .add_service(
             JobServiceServer::new(JobApi::new(services.clone()))

@@ -11,6 +11,7 @@ use super::{
     },
     proto::{self, worker_service_server::WorkerService},
     reason,
+    replies::{self, Held},
     services::Shared,
 };
 use crate::{
@@ -125,28 +126,31 @@ impl WorkerApi {
     }
 
     /// The jobs a completion's `next` claims, after the completions `recorded`, each with
-    /// whether its queue then had ready jobs.
+    /// whether its queue then had ready jobs, and their payloads' permit; none past the
+    /// payload-bytes budget, the jobs put back (see `replies`).
     async fn next_jobs(
         &self,
+        access: &Access,
         next: Option<Next>,
         recorded: Vec<(&JobId, bool)>,
-    ) -> Vec<proto::ClaimedJob> {
+    ) -> (Vec<proto::ClaimedJob>, Held) {
         let Some(Next {
             claim,
             max,
             registration,
         }) = next
         else {
-            return Vec::new();
+            return (Vec::new(), Held::default());
         };
-        self.0
-            .claims
-            .after_completion(&claim, max, registration, recorded)
-            .await
-            .deliver()
-            .into_iter()
-            .map(claimed_job)
-            .collect()
+        let claims = &self.0.claims;
+        let claimed = claims.after_completion(&claim, max, registration, recorded);
+        match replies::claimed(&self.0.budgets.payload_bytes, access, claimed.await) {
+            Ok((jobs, held)) => (jobs.into_iter().map(claimed_job).collect(), held),
+            Err(exhausted) => {
+                tracing::debug!(%exhausted, "completions recorded; their next claim put back");
+                (Vec::new(), Held::default())
+            }
+        }
     }
 
     /// Completes `completions`, all at once (those of one queue share a script call): each
@@ -201,14 +205,10 @@ impl WorkerService for WorkerApi {
         let access = Access::of(&request)?;
         let claim = self.claim_request(&access, "", request.into_inner())?;
         let registration = self.0.claims.register(&claim, access.principal())?;
-        let claimed = self
-            .0
-            .claims
-            .claim(&claim, 1, registration)
-            .await?
-            .deliver();
+        let claimed = self.0.claims.claim(&claim, 1, registration).await?;
+        let (claimed, held) = replies::claimed(&self.0.budgets.payload_bytes, &access, claimed)?;
         let response = claimed.into_iter().next().map(claimed_response);
-        Ok(Response::new(response.unwrap_or_default()))
+        Ok(held.attach(Response::new(response.unwrap_or_default())))
     }
 
     async fn claim_jobs(
@@ -218,15 +218,11 @@ impl WorkerService for WorkerApi {
         let access = Access::of(&request)?;
         let (claim, max) = self.claim_jobs_request(&access, "", request.into_inner())?;
         let registration = self.0.claims.register(&claim, access.principal())?;
-        let claimed = self
-            .0
-            .claims
-            .claim(&claim, max, registration)
-            .await?
-            .deliver();
-        Ok(Response::new(proto::ClaimJobsResponse {
+        let claimed = self.0.claims.claim(&claim, max, registration).await?;
+        let (claimed, held) = replies::claimed(&self.0.budgets.payload_bytes, &access, claimed)?;
+        Ok(held.attach(Response::new(proto::ClaimJobsResponse {
             jobs: claimed.into_iter().map(claimed_job).collect(),
-        }))
+        })))
     }
 
     async fn heartbeat(
@@ -284,10 +280,9 @@ impl WorkerService for WorkerApi {
         if let Some(ended) = &completed.ended {
             self.record_end(&id, ended, JobState::Completed);
         }
-        let next = self
-            .next_jobs(next, vec![(&id, completed.queue_has_ready)])
-            .await;
-        Ok(Response::new(proto::CompleteJobResponse { next }))
+        let recorded = vec![(&id, completed.queue_has_ready)];
+        let (next, held) = self.next_jobs(&access, next, recorded).await;
+        Ok(held.attach(Response::new(proto::CompleteJobResponse { next })))
     }
 
     async fn complete_jobs(
@@ -321,8 +316,9 @@ impl WorkerService for WorkerApi {
             .iter()
             .map(|(id, completed)| (id, completed.queue_has_ready))
             .collect();
-        let next = self.next_jobs(next, recorded).await;
-        Ok(Response::new(proto::CompleteJobsResponse { results, next }))
+        let (next, held) = self.next_jobs(&access, next, recorded).await;
+        let response = Response::new(proto::CompleteJobsResponse { results, next });
+        Ok(held.attach(response))
     }
 
     async fn fail_job(

@@ -13,7 +13,7 @@ use self::perimeter::Perimeter;
 use crate::{
     api::{self, Limits, ServerOptions, Services},
     background::{self, Sweeper, SweeperHandle},
-    budgets::{BudgetLimits, Budgets},
+    budgets::{BudgetLimits, Budgets, WatcherLimits},
     claims::{ClaimSettings, Claims},
     completions::Completions,
     config::{BudgetsConfig, Config},
@@ -257,7 +257,10 @@ async fn connect(
     shutdown: &CancellationToken,
 ) -> EventHub {
     clients.connect_pool(tracker, shutdown, metrics);
-    let hub = EventHub::new(config.budgets.max_watchers_per_job);
+    let hub = EventHub::new(WatcherLimits {
+        per_job: config.budgets.max_watchers_per_job,
+        per_job_per_principal: config.budgets.max_watchers_per_job_per_principal,
+    });
     let channels = Channels {
         jobs: keys.job_channel(),
         queues: keys.queue_channel(),

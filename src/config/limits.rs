@@ -124,10 +124,18 @@ pub struct BudgetsConfig {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_watchers_per_job: u64,
 
+    /// Most watchers one job may have on one process for one principal (with an auth file).
+    /// 250: a quarter of the process's, so that one principal cannot take every watcher of a
+    /// job from the others.
+    #[arg(long, env = "JOBD_MAX_WATCHERS_PER_JOB_PER_PRINCIPAL", hide_env_values = true,
+          default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_watchers_per_job_per_principal: u64,
+
     /// Most payload and result bytes held at once by calls in flight: submissions' payloads
-    /// and completions' results while they are written, large results while a stream sends
-    /// them (those wait for room instead of failing). 16 MiB: the largest request fits, and
-    /// what they cost (up to 8 times their bytes) fits a 640 MiB pod with the other budgets.
+    /// and completions' results while they are written, GetJob's and claims' replies until
+    /// they are sent (past it, refused), large results while a stream sends them (those wait
+    /// for room instead of failing). 16 MiB: the largest request fits, and what they cost (up
+    /// to 8 times their bytes) fits a 640 MiB pod with the other budgets.
     #[arg(long, env = "JOBD_MAX_PAYLOAD_BYTES_IN_FLIGHT", hide_env_values = true,
           default_value_t = 16 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_payload_bytes_in_flight: u64,
@@ -138,10 +146,11 @@ pub struct BudgetsConfig {
           default_value_t = 16 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_payload_bytes_in_flight_per_principal: u64,
 
-    /// Most events a job's log holds, near enough: from this sequence on, a progress event
-    /// replaces the progress event before it instead of adding one, so that a loop of
-    /// heartbeats cannot grow a job without bound. Every other event is always kept. 256:
-    /// one page of a replay (one bounded HMGET), under 100 KiB of progress messages.
+    /// Most events a job's log holds before its terminal event: from this sequence on, an event
+    /// of any type but the terminal one replaces the one before it in the log's last slot, so
+    /// that no loop (heartbeats, claims and releases) grows a job without bound; the terminal
+    /// event is always added, last. 256: one page of a replay (one bounded HMGET), under 128
+    /// KiB of Redis memory.
     #[arg(long, env = "JOBD_MAX_EVENTS_PER_JOB", hide_env_values = true, default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(8..=1_000_000))]
     pub max_events_per_job: u64,

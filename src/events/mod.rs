@@ -32,7 +32,7 @@ pub use waiters::{JobWatch, QueueWaiter, Wake, Wakeup};
 use bytes::Bytes;
 
 use crate::{
-    budgets::Exhausted,
+    budgets::{Exhausted, WatcherLimits},
     domain::{JobEvent, JobId, QueueName},
     redis::{Reconnections, name_connections},
     store::{AnnouncedEvent, JobStore, StoreError, parse_announced},
@@ -78,8 +78,10 @@ struct Inner {
     resync: watch::Sender<u64>,
     /// Results too large to be announced, read once for all local watchers of their job.
     results: Results,
-    /// The most watchers one job may have on this process.
-    watchers_per_job: u64,
+    /// The most watchers one job may have on this process, in all and per principal.
+    watchers: WatcherLimits,
+    /// Watchers per job and principal, for the principals that have some.
+    by_principal: Mutex<HashMap<(String, Arc<str>), u64>>,
 }
 
 struct QueueSlot {
@@ -88,42 +90,64 @@ struct QueueSlot {
 }
 
 impl EventHub {
-    /// A hub that lets each job have at most `watchers_per_job` watchers here.
-    pub fn new(watchers_per_job: u64) -> Self {
+    /// A hub that lets each job have at most so many watchers here (`watchers`).
+    pub fn new(watchers: WatcherLimits) -> Self {
         Self {
             inner: Arc::new(Inner {
                 jobs: Mutex::default(),
                 queues: Mutex::default(),
                 resync: watch::Sender::default(),
                 results: Results::default(),
-                watchers_per_job,
+                watchers,
+                by_principal: Mutex::default(),
             }),
         }
     }
 
-    /// Registers interest in a job's events. Register before reading the log, so that an
-    /// event written after the read cannot go unnoticed. Refused when the job has as many
-    /// watchers here as its budget allows.
-    pub fn watch_job(&self, id: &JobId) -> Result<JobWatch, Exhausted> {
+    /// Registers interest in a job's events, for `principal` (`None`: a caller without one).
+    /// Register before reading the log, so that an event written after the read cannot go
+    /// unnoticed. Refused when the job has as many watchers here as its budget allows, in all
+    /// or for the principal.
+    pub fn watch_job(&self, id: &JobId, principal: Option<&str>) -> Result<JobWatch, Exhausted> {
         let key = id.to_string();
-        let receiver = {
+        let limits = self.inner.watchers;
+        let (receiver, principal) = {
             let mut jobs = lock(&self.inner.jobs);
             let sender = jobs
                 .entry(key.clone())
                 .or_insert_with(|| watch::channel(Announcement::default()).0);
-            if sender.receiver_count() as u64 >= self.inner.watchers_per_job {
+            if sender.receiver_count() as u64 >= limits.per_job {
                 return Err(Exhausted {
                     setting: "max-watchers-per-job",
                     what: "watchers of one job",
-                    limit: self.inner.watchers_per_job,
+                    limit: limits.per_job,
                     principal: None,
                 });
             }
-            sender.subscribe()
+            let principal = match principal {
+                Some(name) => {
+                    let name: Arc<str> = Arc::from(name);
+                    let mut by_principal = lock(&self.inner.by_principal);
+                    let held = by_principal.entry((key.clone(), name.clone())).or_default();
+                    if *held >= limits.per_job_per_principal {
+                        return Err(Exhausted {
+                            setting: "max-watchers-per-job-per-principal",
+                            what: "watchers of one job",
+                            limit: limits.per_job_per_principal,
+                            principal: Some(name.to_string()),
+                        });
+                    }
+                    *held += 1;
+                    Some(name)
+                }
+                None => None,
+            };
+            (sender.subscribe(), principal)
         };
         Ok(JobWatch::new(
             self.inner.clone(),
             key,
+            principal,
             receiver,
             self.inner.resync.subscribe(),
         ))

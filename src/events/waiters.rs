@@ -26,6 +26,8 @@ pub enum Wake {
 pub struct JobWatch {
     inner: Arc<Inner>,
     key: String,
+    /// The principal it is counted for, if any.
+    principal: Option<Arc<str>>,
     receiver: watch::Receiver<Announcement>,
     resync: watch::Receiver<u64>,
 }
@@ -34,12 +36,14 @@ impl JobWatch {
     pub(super) fn new(
         inner: Arc<Inner>,
         key: String,
+        principal: Option<Arc<str>>,
         receiver: watch::Receiver<Announcement>,
         resync: watch::Receiver<u64>,
     ) -> Self {
         Self {
             inner,
             key,
+            principal,
             receiver,
             resync,
         }
@@ -62,6 +66,17 @@ impl JobWatch {
 
 impl Drop for JobWatch {
     fn drop(&mut self) {
+        if let Some(principal) = self.principal.take() {
+            let mut by_principal = lock(&self.inner.by_principal);
+            let entry = (std::mem::take(&mut self.key), principal);
+            if let Some(held) = by_principal.get_mut(&entry) {
+                *held -= 1;
+                if *held == 0 {
+                    by_principal.remove(&entry);
+                }
+            }
+            self.key = entry.0;
+        }
         let mut jobs = lock(&self.inner.jobs);
         // Our receiver is still alive here: one left means it is the last.
         if jobs

@@ -286,6 +286,7 @@ impl<'a> Round<'a> {
             millis(store.0.settings.default_lease).into(),
             CLAIM_REPLY_BUDGET.to_string().into(),
             self.claimants.len().to_string().into(),
+            store.event_cap(),
         ];
         for ((claimant, want), taken) in self.claimants.iter().zip(self.wants).zip(self.bytes) {
             args.extend([

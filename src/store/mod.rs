@@ -115,8 +115,9 @@ type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct StoreSettings {
     /// Lease for a claim when neither the worker nor the job names one.
     pub default_lease: Duration,
-    /// A job's log holds at most about this many events: from this sequence on, a progress
-    /// event replaces the progress event before it (see lua/progress.lua).
+    /// A job's log holds at most this many events before its terminal event: from this
+    /// sequence on, a non-terminal event replaces the one in the log's last slot (see
+    /// `logged` in lua/lib.lua).
     pub max_events_per_job: u64,
 }
 
@@ -162,6 +163,11 @@ impl JobStore {
 
     fn scripts(&self) -> &Scripts {
         &self.0.scripts
+    }
+
+    /// The log's cap, as the scripts that record non-terminal events take it.
+    fn event_cap(&self) -> Value {
+        self.0.settings.max_events_per_job.to_string().into()
     }
 
     fn client(&self) -> &Client {

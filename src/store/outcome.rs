@@ -68,7 +68,7 @@ impl JobStore {
             Some(progress) => {
                 let mut args = renewal.clone();
                 args.push(keys.job_channel().into());
-                args.push(self.0.settings.max_events_per_job.to_string().into());
+                args.push(self.event_cap());
                 args.push(progress.message.into());
                 let value = progress.value.map(|v| v.to_string()).unwrap_or_default();
                 args.push(value.into());
@@ -164,6 +164,7 @@ impl JobStore {
             if retryable { "retryable" } else { "final" }.into(),
             rand::random::<f64>().to_string().into(),
             keys.job_channel().into(),
+            self.event_cap(),
         ];
         let mut reply: Vec<Value> = self.call(&self.scripts().fail, script_keys, args).await?;
         self.publish_or_warn(queue, DueMark::take(&mut reply)).await;
@@ -271,6 +272,7 @@ impl JobStore {
                 Holder::Undelivered => "undelivered",
             }
             .into(),
+            self.event_cap(),
         ];
         for (id, token) in leases {
             script_keys.push(keys.job(id));

@@ -31,7 +31,7 @@ pub struct EventPage {
     /// Whether the log goes on past this page: read again after its last sequence.
     pub more: bool,
     /// The sequence the page ends at: read again after it when `more`. Past the last event
-    /// of `events` when the page ends with replaced progress events (see lua/progress.lua).
+    /// of `events` when the page ends with replaced events (see `logged` in lua/lib.lua).
     pub end: u64,
 }
 
@@ -52,6 +52,20 @@ impl JobStore {
             .await?
             .into_job(id)?
             .ok_or(StoreError::NotFound)
+    }
+
+    /// The bytes of a job's payload and result together (none for a job that is gone), read
+    /// before the job itself so that a reply carrying them can be counted first.
+    pub async fn payload_sizes(&self, id: &JobId) -> Result<u64> {
+        let key = self.keys().job(id);
+        let round_trip = async {
+            let pipeline = self.client().pipeline();
+            let _: () = pipeline.hstrlen(&key, "payload").await?;
+            let _: () = pipeline.hstrlen(&key, "result").await?;
+            pipeline.all::<(u64, u64)>().await
+        };
+        let (payload, result) = self.timed("read_sizes", round_trip).await?;
+        Ok(payload + result)
     }
 
     /// A job without its payload and result (`SUMMARY_FIELDS`).
@@ -84,8 +98,8 @@ impl JobStore {
     /// `EVENT_PAGE`, in one HMGET. `NotFound` when the job does not exist (or its retention
     /// passed); `PastLastEvent` when `after` is past the job's last sequence, since nothing
     /// after it will ever be recorded and a caller waiting for it would wait forever. A
-    /// sequence without its event is a progress event that a later one replaced (see
-    /// lua/progress.lua): it is skipped.
+    /// sequence without its event is an event that a later one replaced (see
+    /// `logged` in lua/lib.lua): it is skipped.
     pub async fn events_after(&self, id: &JobId, after: u64) -> Result<EventPage> {
         let key = self.keys().job(id);
         // Sequences are ranges from `after` with `after` itself skipped, and the page's end
@@ -114,7 +128,7 @@ impl JobStore {
                 last: last_sequence,
             });
         }
-        // Inside the latest run of replaced progress (lua/progress.lua), whose events up to
+        // Inside the run of replaced events (`logged` in lua/lib.lua), whose events up to
         // its kept one are gone: go on from there, in one more read.
         if let (Some(start), Some(kept)) = (
             number::<u64>(run_start.as_deref())?,

@@ -303,6 +303,7 @@ impl JobStore {
             self.keys().job_channel().into(),
             self.keys().queue_channel().into(),
             queue.as_str().into(),
+            self.event_cap(),
         ];
         args.extend(due.iter().map(|id| Value::from(id.to_string())));
         self.call(&self.scripts().promote, keys, args).await
@@ -332,6 +333,7 @@ impl JobStore {
                     self.keys().queue_channel().into(),
                     queue.as_str().into(),
                     FREE_DELIVERIES.to_string().into(),
+                    self.event_cap(),
                 ],
             )
             .await?;

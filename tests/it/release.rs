@@ -140,6 +140,7 @@ async fn a_released_lease_is_dead_and_a_second_release_changes_nothing() {
             "fence",
             "the claim's reply never reached a worker",
             "undelivered",
+            "256",
             &job.id,
             token,
         ])
@@ -211,6 +212,7 @@ async fn the_claim_script_run_twice_answers_its_first_runs_claims_again_and_no_m
             "30000",
             "4000000",
             "1",
+            "256",
             "w",
             "",
             "2",

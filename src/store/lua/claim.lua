@@ -20,7 +20,8 @@
 -- ARGV[3]     reply budget: the most bytes of jobs (their `size`) one claimer takes, beyond
 --             its first job, which it takes whatever its size
 -- ARGV[4]     number of claimers, C
--- ARGV[5..]   per claimer, 5 values: worker id, lease ms it asked for ("" for the job's own,
+-- ARGV[5]     the log's cap (see `logged`)
+-- ARGV[6..]   per claimer, 5 values: worker id, lease ms it asked for ("" for the job's own,
 --             else ARGV[2]), how many more jobs it takes at most, acknowledgement timeout ms,
 --             bytes of jobs it took in earlier calls
 -- then        per candidate, in KEYS order, 2 values: job id, new lease token
@@ -32,9 +33,9 @@
 local now = clock()
 local claimers = tonumber(ARGV[4])
 local budget = tonumber(ARGV[3])
-local first_candidate = 5 + claimers * 5
+local first_candidate = 6 + claimers * 5
 -- The claimer's values: ARGV[claimer_arg(c) + 0 .. 4].
-local function claimer_arg(c) return 5 + (c - 1) * 5 end
+local function claimer_arg(c) return 6 + (c - 1) * 5 end
 
 local ids = {}
 for i = 3, #KEYS - 1 do ids[#ids + 1] = ARGV[first_candidate + (i - 3) * 2] end
@@ -64,7 +65,7 @@ for k = 1, #ids do
   local token = ARGV[first_candidate + (k - 1) * 2 + 1]
   local job, earlier
   if scores[k] then
-    job = redis.call('HMGET', key, 'state', 'attempt', 'seq', 'lease_default', 'size')
+    job = redis.call('HMGET', key, 'state', 'attempt', 'seq', 'lease_default', 'size', 'lp')
     -- A ready entry whose job is gone (or not queued) is an orphan: removing it is all there
     -- is to do.
     if job[1] ~= 'queued' then
@@ -101,13 +102,13 @@ for k = 1, #ids do
       local expires = now + tonumber(lease)
       local ack = math.min(now + tonumber(ARGV[base + 3]), expires)
       local attempt = tonumber(job[2]) + 1
-      local seq = int(tonumber(job[3]) + 1)
       started[claimer] = started[claimer] or event_start('started', {'w', ARGV[base]})
       local event = finish_event(started[claimer], at, attempt)
+      local seq, log = logged(key, job[3], job[6], ARGV[5], event)
       redis.call('HSET', key,
-        'state', 'running', 'attempt', int(attempt), 'seq', seq, 'token', token,
+        'state', 'running', 'attempt', int(attempt), 'token', token,
         'worker', ARGV[base], 'started', int(now), 'lease_ms', lease,
-        'lease_until', int(expires), 'ack_until', int(ack), 'e:' .. seq, event)
+        'lease_until', int(expires), 'ack_until', int(ack), unpack(log))
       taken[#taken + 1] = id
       running[#running + 1] = int(ack)
       due = math.min(due, ack)

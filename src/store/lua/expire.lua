@@ -20,12 +20,13 @@
 -- ARGV[4]  queue wake-up channel
 -- ARGV[5]  queue name
 -- ARGV[6]  free deliveries: how many unacknowledged claims of a job go back at no cost
+-- ARGV[7]  the log's cap (see `logged`)
 -- returns  {"released"}; {"failed", kind, started, now}; {"scheduled", kind, started, now,
 --          retry at}; {"alive"}: the deadline has not passed; {"stale", state}: the job is not
 --          running; {"not_found"}
 
 local job = redis.call('HMGET', KEYS[1], 'state', 'seq', 'attempt', 'spec', 'retention',
-  'kind', 'started', 'lease_until', 'ack_until', 'unacked', 'created')
+  'kind', 'started', 'lease_until', 'ack_until', 'unacked', 'created', 'lp')
 local state = job[1]
 if not state then return {'not_found'} end
 if state ~= 'running' then return {'stale', state} end
@@ -38,15 +39,15 @@ if job[9] then
   local unacked = (tonumber(job[10]) or 0) + 1
   redis.call('HSET', KEYS[1], 'unacked', unacked)
   if unacked <= tonumber(ARGV[6]) then
-    local line = requeue(KEYS[1], ARGV[1], {job[2], job[3], job[4], job[11]}, KEYS[5], KEYS[2],
-      error, '', now)
+    local line = requeue(KEYS[1], ARGV[1], {job[2], job[3], job[4], job[11], job[12]},
+      KEYS[5], KEYS[2], error, '', now, ARGV[7])
     announce_ready(ARGV[3], {line}, ARGV[4], ARGV[5])
     return {'released'}
   end
 end
 redis.call('HSET', KEYS[1], 'token', '')
 local sets = {running = KEYS[2], scheduled = KEYS[3], failed = KEYS[4]}
-local run_at = end_attempt(KEYS[1], ARGV[1], {job[2], job[3], job[4], job[5]}, sets, error,
-  true, tonumber(ARGV[2]), ARGV[3], now)
+local run_at = end_attempt(KEYS[1], ARGV[1], {job[2], job[3], job[4], job[5], job[12]}, sets,
+  error, true, tonumber(ARGV[2]), ARGV[3], now, ARGV[7])
 if run_at then return {'scheduled', job[6], job[7], now, run_at} end
 return {'failed', job[6], job[7], now}

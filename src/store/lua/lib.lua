@@ -66,6 +66,32 @@ local function announce_ready(job_channel, announced, queue_channel, queue)
   redis.call('PUBLISH', queue_channel, queue .. ' ' .. int(#announced))
 end
 
+-- A job's log is capped at `cap` events before its terminal event (--max-events-per-job,
+-- passed to every script that records a non-terminal event): the events up to sequence
+-- cap - 1 are appended as they come; from sequence cap on, a non-terminal event, of any type,
+-- replaces the one in the log's last slot and takes the next sequence; the terminal event is
+-- always appended after it. The job's field `lp` holds the last slot's sequence, `lr` the
+-- first sequence past the cap: lr .. lp - 1 are the replaced ones, which a replay skips in one
+-- step (store/read.rs). So a log holds at most cap + 1 events, sequences only grow by one per
+-- event, and nothing but non-terminal events past the cap is ever removed.
+-- `logged` records non-terminal `event` after sequence `last` of job hash `key`, whose `lp`
+-- is `tail` (nil for none): it removes the event it replaces, if any, and returns the new
+-- sequence as text and the fields for the caller to set with the job's other changes.
+local function logged(key, last, tail, cap, event)
+  local seq = tonumber(last) + 1
+  local text = int(seq)
+  local fields = {'seq', text, 'e:' .. text, event}
+  if tail and tonumber(tail) == seq - 1 then
+    redis.call('HDEL', key, 'e:' .. tail)
+    fields[5], fields[6] = 'lp', text
+  elseif seq >= tonumber(cap) then
+    -- The first event past the cap (or, for a log a different cap left with an earlier slot,
+    -- a new one): nothing replaced yet.
+    fields[5], fields[6], fields[7], fields[8] = 'lp', text, 'lr', text
+  end
+  return text, fields
+end
+
 -- A job's score in its queue's ready set: higher priority first, then earlier first:
 -- (1000 - priority) * 2^41 + ms since 2024-01-01. Exact in a double until 2093.
 local function ready_score(priority, at)
@@ -120,14 +146,14 @@ end
 
 -- Puts running job `id` (hash `key`) back in its queue at no cost, with a RELEASED event
 -- saying `reason`: QUEUED at its place by priority and submission time, the claim not counted
--- as an attempt. `job` holds the job's seq, attempt, spec and created fields, in that order;
--- `token` is what the job's lease token becomes. Returns the event's wake-up line.
-local function requeue(key, id, job, ready, running, reason, token, now)
-  local seq = tonumber(job[1]) + 1
+-- as an attempt. `job` holds the job's seq, attempt, spec, created and lp fields, in that
+-- order; `token` is what the job's lease token becomes; `cap` the log's (see `logged`).
+-- Returns the event's wake-up line.
+local function requeue(key, id, job, ready, running, reason, token, now, cap)
   local attempt = tonumber(job[2]) - 1
   local event = pack_event('released', packed_at(now), attempt, {'r', reason})
-  redis.call('HSET', key, 'state', 'queued', 'token', token, 'attempt', attempt, 'seq', seq,
-    'e:' .. seq, event)
+  local seq, log = logged(key, job[1], job[5], cap, event)
+  redis.call('HSET', key, 'state', 'queued', 'token', token, 'attempt', attempt, unpack(log))
   redis.call('ZREM', running, id)
   redis.call('ZADD', ready, ready_score(cmsgpack.unpack(job[3]).p, tonumber(job[4])), id)
   return announcement(seq, id, event)
@@ -136,10 +162,10 @@ end
 -- Ends the current attempt of running job `id` (hash `key`) with `error`: with attempts left
 -- and a retryable error, SCHEDULED for its next attempt after the backoff delay (a
 -- RETRY_SCHEDULED event), otherwise FAILED. `job` holds the job's seq, attempt, spec and
--- retention fields, in that order; `sample` is a random number in [0, 1) for the jitter
--- (Redis seeds math.random the same every time). Returns the time of the next attempt, or
--- nil when the job failed for good.
-local function end_attempt(key, id, job, sets, error, retryable, sample, channel, now)
+-- retention, lp fields, in that order; `sample` is a random number in [0, 1) for the
+-- jitter (Redis seeds math.random the same every time); `cap` the log's (see `logged`).
+-- Returns the time of the next attempt, or nil when the job failed for good.
+local function end_attempt(key, id, job, sets, error, retryable, sample, channel, now, cap)
   local seq = tonumber(job[1]) + 1
   local attempt = tonumber(job[2])
   local spec = cmsgpack.unpack(job[3])
@@ -151,10 +177,10 @@ local function end_attempt(key, id, job, sets, error, retryable, sample, channel
     delay = delay * (1 + spec.bj * (2 * sample - 1))
     local run_at = now + math.floor(delay)
     local event = pack_event('retry_scheduled', packed_at(now), attempt, {'e', error, 'due', run_at})
-    redis.call('HSET', key, 'state', 'scheduled', 'error', error, 'run_at', run_at,
-      'seq', seq, 'e:' .. seq, event)
+    local retry_seq, log = logged(key, job[1], job[5], cap, event)
+    redis.call('HSET', key, 'state', 'scheduled', 'error', error, 'run_at', run_at, unpack(log))
     redis.call('ZADD', sets.scheduled, run_at, id)
-    redis.call('PUBLISH', channel, announcement(seq, id, event))
+    redis.call('PUBLISH', channel, announcement(retry_seq, id, event))
     return run_at
   end
   local retention = tonumber(job[4])

@@ -17,7 +17,8 @@
 -- ARGV[3]     queue name
 -- ARGV[4]     why the jobs go back, for their RELEASED events
 -- ARGV[5]     "worker" or "undelivered", as above
--- ARGV[6..]   per job, in KEYS order, 2 values: job id, lease token
+-- ARGV[6]     the log's cap (see `logged`)
+-- ARGV[7..]   per job, in KEYS order, 2 values: job id, lease token
 -- returns     per job, in KEYS order: {"ok"} put back now; {"again"} put back by an earlier run;
 --             {"not_found"}; {"stale", state}: the token is not the job's current one, or the
 --             job is not running; {"expired", "ack" or "lease", when}: the claim's deadline
@@ -26,9 +27,9 @@
 local now = clock()
 local replies, announced = {}, {}
 for i = 3, #KEYS do
-  local id, token = ARGV[6 + (i - 3) * 2], ARGV[7 + (i - 3) * 2]
+  local id, token = ARGV[7 + (i - 3) * 2], ARGV[8 + (i - 3) * 2]
   local job = redis.call('HMGET', KEYS[i], 'state', 'token', 'seq', 'attempt', 'spec',
-    'created', 'lease_until', 'ack_until')
+    'created', 'lease_until', 'ack_until', 'lp')
   local refusal = token_refusal(job[1], job[2], token)
   if not refusal and job[1] == 'queued' then refusal = {'again'} end
   if not refusal and ARGV[5] == 'worker' then
@@ -39,8 +40,8 @@ for i = 3, #KEYS do
   if refusal then
     replies[#replies + 1] = refusal
   else
-    announced[#announced + 1] = requeue(KEYS[i], id, {job[3], job[4], job[5], job[6]}, KEYS[1],
-      KEYS[2], ARGV[4], token, now)
+    announced[#announced + 1] = requeue(KEYS[i], id, {job[3], job[4], job[5], job[6], job[9]},
+      KEYS[1], KEYS[2], ARGV[4], token, now, ARGV[6])
     replies[#replies + 1] = {'ok'}
   end
 end
