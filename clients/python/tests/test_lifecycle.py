@@ -114,6 +114,12 @@ async def test_watch_replays_and_follows_to_the_terminal_event(
     assert events[2].progress.message == "half way"
     assert events[3].result == b"done"
 
+    # From its last sequence, a finished job's watch ends at once with nothing, and no error.
+    async def after_last() -> list[jobd.JobEvent]:
+        return [e async for e in client.watch(job.id, after_sequence=4)]
+
+    assert await asyncio.wait_for(after_last(), 2) == []
+
 
 async def test_cancelled_job_raises_from_submit_and_wait(client: jobd.Client, queue: str) -> None:
     job = await client.submit(queue, "never", delay=60)

@@ -6,7 +6,7 @@ use futures::Stream;
 use tonic::{Request, Status, Streaming};
 
 use crate::{
-    Client, Error, EventType, JobEvent, JobSpec, Result,
+    Client, Error, EventType, JobEvent, JobSpec, JobState, Result,
     proto::{self, submit_and_watch_jobs_response::Message},
     trace,
 };
@@ -19,9 +19,18 @@ pub(crate) fn is_terminal(event: &JobEvent) -> bool {
     )
 }
 
+/// Whether a job's state is final: COMPLETED, FAILED or CANCELLED.
+fn is_finished(state: JobState) -> bool {
+    matches!(
+        state,
+        JobState::Completed | JobState::Failed | JobState::Cancelled
+    )
+}
+
 impl Client {
     /// The job's events after `after_sequence` (0: from the first), then live ones, ending
-    /// after the terminal event. A broken stream (UNAVAILABLE, a jobd shutting down or
+    /// after the terminal event, or with no event when the job had finished by
+    /// `after_sequence` (its terminal event is then the caller's already). A broken stream (UNAVAILABLE, a jobd shutting down or
     /// restarting, a proxy's cut) is resumed with `after_sequence` = the last sequence
     /// delivered, with the resume policy's backoff: no event is missed or repeated. Ends with
     /// an error when jobd refuses the watch (`JOB_NOT_FOUND`, `PAST_LAST_EVENT`) or the
@@ -43,7 +52,7 @@ impl Client {
             if follower.done {
                 return None;
             }
-            let item = follower.next_event().await;
+            let item = follower.next_event().await?;
             follower.done = item.as_ref().map_or(true, is_terminal);
             Some((item, follower))
         })
@@ -186,8 +195,9 @@ struct Follower {
 }
 
 impl Follower {
-    /// The next new event, resuming the stream as often as the policy allows.
-    async fn next_event(&mut self) -> Result<JobEvent> {
+    /// The next new event, resuming the stream as often as the policy allows; `None` when the
+    /// job has no event after `last` and never will.
+    async fn next_event(&mut self) -> Option<Result<JobEvent>> {
         loop {
             let error = match self.stream.as_mut() {
                 None => match self.open().await {
@@ -202,16 +212,24 @@ impl Follower {
                     Ok(Some(event)) => {
                         self.last = event.sequence;
                         self.failures = 0;
-                        return Ok(event);
+                        return Some(Ok(event));
                     }
-                    Ok(None) => ended_early(),
+                    // jobd ends a watch with OK when nothing can follow `last`: the job had
+                    // finished by then. Otherwise the replica stopped following the job, and
+                    // the watch resumes.
+                    Ok(None) => match self.client.get(&self.job_id).await {
+                        Ok(job) if is_finished(job.state()) && job.last_sequence <= self.last => {
+                            return None;
+                        }
+                        _ => ended_early(),
+                    },
                     Err(status) => status.into(),
                 },
             };
             self.stream = None;
             let policy = self.client.resume_policy();
             if !error.is_resumable() || self.failures + 1 >= policy.max_attempts {
-                return Err(error);
+                return Some(Err(error));
             }
             tracing::info!(job_id = %self.job_id, after = self.last, %error, "resuming the watch");
             tokio::time::sleep(policy.delay(self.failures)).await;

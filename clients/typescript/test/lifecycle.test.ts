@@ -84,6 +84,12 @@ test('watch follows a job to its terminal event, progress included', async (t) =
   const rest: number[] = [];
   for await (const event of client.watch(submitted.id, { afterSequence: 2 })) rest.push(event.sequence);
   assert.deepEqual(rest, [3, 4]);
+  // From its last sequence, a finished job's watch ends at once with nothing, and no error.
+  const started = Date.now();
+  const none: number[] = [];
+  for await (const event of client.watch(submitted.id, { afterSequence: 4 })) none.push(event.sequence);
+  assert.deepEqual(none, []);
+  assert.ok(Date.now() - started < 2_000, `ended after ${Date.now() - started} ms`);
 });
 
 test('cancel, get and submitAndWait of a cancelled job', async () => {

@@ -42,6 +42,15 @@ TERMINAL_EVENTS = frozenset(
     }
 )
 
+#: States a job never leaves.
+TERMINAL_STATES = frozenset(
+    {
+        job_pb2.JOB_STATE_COMPLETED,
+        job_pb2.JOB_STATE_FAILED,
+        job_pb2.JOB_STATE_CANCELLED,
+    }
+)
+
 
 class Client:
     """A connection to jobd. Use `async with Client(...)`, or call `close()`.
@@ -197,7 +206,9 @@ class Client:
     async def watch(self, job_id: str, after_sequence: int = 0) -> AsyncGenerator[JobEvent, None]:
         """The job's events after `after_sequence`, then live ones, ending after the terminal
         event. A broken stream (UNAVAILABLE, a jobd shutting down, a proxy's idle cut) is
-        resumed from the last event received, with backoff: no event is missed or repeated."""
+        resumed from the last event received, with backoff: no event is missed or repeated.
+        Ends with no event when the job had finished by `after_sequence` (jobd ends the stream
+        with OK, and GetJob says the job is over)."""
         last = after_sequence
         failures = 0
         while True:
@@ -214,7 +225,10 @@ class Client:
                     yield event
                     if event.type in TERMINAL_EVENTS:
                         return
-                # Ended without a terminal event: the replica stopped following it; resume.
+                # Ended with OK and no terminal event: when the job had finished by `last`, its
+                # terminal event came before; otherwise the replica stopped following it.
+                if await self._finished_by(job_id, last):
+                    return
                 cause = "the stream ended before the terminal event"
             except grpc.aio.AioRpcError as e:
                 error = from_rpc_error(e)
@@ -226,6 +240,14 @@ class Client:
             log.info("resuming the watch of %s after sequence %d: %s", job_id, last, cause)
             await asyncio.sleep(self.resume.delay(failures))
             failures += 1
+
+    async def _finished_by(self, job_id: str, sequence: int) -> bool:
+        """Whether the job is COMPLETED, FAILED or CANCELLED with no event after `sequence`."""
+        try:
+            job = await self.get(job_id)
+        except JobdError:
+            return False
+        return job.state in TERMINAL_STATES and job.last_sequence <= sequence
 
     async def submit_and_wait(
         self,

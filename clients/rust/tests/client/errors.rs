@@ -127,39 +127,105 @@ async fn the_reasons_of_requests_and_jobs() {
     assert_eq!(e.metadata("state"), Some("COMPLETED"));
 }
 
+/// jobd's due index: the sorted set of queues its sweeper visits, scored by when (Redis ms).
+const DUE_INDEX: &str = "jobd:{:queues}:due";
+
+/// The queue's time in the due index, once it is a time (not absent or `inf`).
+fn due_time(stack: &Stack, q: &str) -> Option<f64> {
+    let reply = stack.redis.command(&format!("ZSCORE {DUE_INDEX} {q}"));
+    reply
+        .lines()
+        .nth(1)?
+        .parse()
+        .ok()
+        .filter(|t: &f64| t.is_finite())
+}
+
+/// Waits until `q` is due at a time (its claim's deadline), then hides it from the sweeper
+/// (`+inf`), so that the claim outlives its deadline until `release_to_sweeper`.
+async fn hide_from_sweeper(stack: &Stack, q: &str) {
+    eventually(
+        Duration::from_secs(10),
+        "the claim's deadline in the due index",
+        || async { due_time(stack, q) },
+    )
+    .await;
+    let reply = stack
+        .redis
+        .command(&format!("ZADD {DUE_INDEX} XX +inf {q}"));
+    assert!(reply.starts_with(':'), "ZADD: {reply}");
+}
+
+/// Makes `q` due now: the sweeper ends the claims whose deadline passed.
+fn release_to_sweeper(stack: &Stack, q: &str) {
+    let reply = stack.redis.command(&format!("ZADD {DUE_INDEX} XX 0 {q}"));
+    assert!(reply.starts_with(':'), "ZADD: {reply}");
+}
+
+/// Sleeps until just past `at`.
+async fn sleep_past(at: prost_types::Timestamp) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let until = Duration::new(at.seconds as u64, at.nanos as u32);
+    tokio::time::sleep(until.saturating_sub(now) + Duration::from_millis(50)).await;
+}
+
+/// Waits until the sweeper has ended the job's claim.
+async fn claim_ended(client: &Client, job_id: &str) {
+    eventually(
+        Duration::from_secs(10),
+        "the sweeper to end the claim",
+        || async {
+            let job = client.get(job_id).await.ok()?;
+            (job.state() != JobState::Running).then_some(())
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reasons_of_leases() {
     let stack = Stack::start().await;
     let client = stack.client().await;
     let q = queue("leases");
     let job = client.submit(JobSpec::new(&q, "k")).await.unwrap();
+
+    // Past its deadline a claim's token is dead (LEASE_EXPIRED) until the sweeper ends the
+    // claim (LEASE_STALE after); the sweeper is kept away so that the call sees the former.
     let claimed = claim(&client, &q, 60, 1).await;
-    // Not acknowledged within 1 s: past its deadline the token is dead (LEASE_EXPIRED), or,
-    // once jobd has put the job back in its queue, stale. This sleep lets the deadline pass.
-    let deadline = claimed.ack_deadline.expect("an ack deadline");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    let until = Duration::new(deadline.seconds as u64, deadline.nanos as u32);
-    tokio::time::sleep(until.saturating_sub(now) + Duration::from_millis(50)).await;
+    hide_from_sweeper(&stack, &q).await;
+    sleep_past(claimed.ack_deadline.expect("an ack deadline")).await;
     let (reason, e) = reason_of(heartbeat(&client, &job.id, &claimed.lease_token).await);
-    match reason {
-        ErrorReason::LeaseExpired => assert_eq!(e.metadata("deadline"), Some("ack")),
-        ErrorReason::LeaseStale => assert_eq!(e.metadata("state"), Some("QUEUED")),
-        other => panic!("a lease refusal, not {other:?}"),
-    }
-    eventually(
-        Duration::from_secs(10),
-        "the job back in its queue",
-        || async {
-            let job = client.get(&job.id).await.ok()?;
-            (job.state() == JobState::Queued).then_some(())
-        },
-    )
-    .await;
+    assert_eq!(reason, ErrorReason::LeaseExpired);
+    assert_eq!(e.metadata("deadline"), Some("ack"));
+    release_to_sweeper(&stack, &q);
+    claim_ended(&client, &job.id).await;
     let (reason, e) = reason_of(heartbeat(&client, &job.id, &claimed.lease_token).await);
     assert_eq!(reason, ErrorReason::LeaseStale);
     assert_eq!(e.metadata("state"), Some("QUEUED"));
+
+    // Acknowledged (its first heartbeat), a claim's deadline is its lease's end.
+    let claimed = claim(&client, &q, 1, 1).await;
+    let renewed = client
+        .workers()
+        .heartbeat(proto::HeartbeatRequest {
+            job_id: job.id.clone(),
+            lease_token: claimed.lease_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("acknowledged")
+        .into_inner();
+    hide_from_sweeper(&stack, &q).await;
+    sleep_past(renewed.lease_expires_at.expect("a lease end")).await;
+    let (reason, e) = reason_of(heartbeat(&client, &job.id, &claimed.lease_token).await);
+    assert_eq!(reason, ErrorReason::LeaseExpired);
+    assert_eq!(e.metadata("deadline"), Some("lease"));
+    release_to_sweeper(&stack, &q);
+    claim_ended(&client, &job.id).await;
+    let (reason, _) = reason_of(heartbeat(&client, &job.id, &claimed.lease_token).await);
+    assert_eq!(reason, ErrorReason::LeaseStale);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -123,6 +123,13 @@ async fn submit_get_cancel_and_watch_from_a_sequence() {
     let last = events[0].as_ref().expect("an event");
     assert_eq!(last.r#type(), EventType::Cancelled);
     assert_eq!(last.reason, "not needed");
+    // From its last sequence, a finished job's watch ends at once with nothing: jobd ends the
+    // stream with OK, and GetJob says the job is over (no resumes, no UNAVAILABLE).
+    let after_last = client.watch(&job.id, last.sequence).collect::<Vec<_>>();
+    let events = tokio::time::timeout(Duration::from_secs(2), after_last)
+        .await
+        .expect("the watch ends promptly");
+    assert!(events.is_empty(), "no event after the last: {events:?}");
     // submit_and_wait of a job cancelled while it waits: JobCancelled with the reason.
     let waiting = tokio::spawn({
         let client = client.clone();
