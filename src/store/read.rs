@@ -63,7 +63,7 @@ impl JobStore {
                     .hmget(self.keys().job(id), SUMMARY_FIELDS.to_vec()),
             )
             .await?;
-        Fields::from_values(&SUMMARY_FIELDS, values)
+        Fields::from_values(SUMMARY_FIELDS, values)
             .into_job(id)?
             .ok_or(StoreError::NotFound)
     }
