@@ -2,6 +2,7 @@
 //! Handlers read as convert -> act -> convert.
 
 mod auth;
+mod body;
 mod codec;
 mod convert;
 mod deadline;

@@ -12,13 +12,16 @@ use std::{
 };
 
 use http::{HeaderMap, Request, Response};
-use http_body::{Body, Frame};
+use http_body::Frame;
 use opentelemetry::{global, propagation::Extractor, trace::TraceContextExt};
 use tower::{Layer, Service};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::methods::rpc_method;
+use super::{
+    body::{FrameMap, MapFrames},
+    methods::rpc_method,
+};
 use crate::telemetry::Metrics;
 
 /// The tower layer that observes every call of the server it wraps.
@@ -92,76 +95,27 @@ where
         Box::pin(async move {
             let response = response.await?;
             let status = grpc_status(response.headers());
-            let observer = CallObserver {
+            let mut observer = CallObserver {
                 metrics,
                 method,
                 span,
                 started,
                 recorded: false,
             };
-            Ok(response.map(|body| {
-                let mut body = ObservedBody {
-                    inner: body,
-                    observer,
-                };
-                if let Some(status) = status {
-                    // An answer without a body: its status is already known.
-                    body.observer.record(status);
-                }
-                body
-            }))
+            if let Some(status) = status {
+                // An answer without a body: its status is already known.
+                observer.record(status);
+            }
+            Ok(response.map(|body| MapFrames::new(body, observer)))
         })
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A response body that records the call when its trailers (or its end) go by.
-    pub struct ObservedBody<B> {
-        #[pin]
-        inner: B,
-        observer: CallObserver,
-    }
-}
+/// A response body that records the call when its trailers (or its end) go by.
+pub type ObservedBody<B> = MapFrames<B, CallObserver>;
 
-impl<B: Body> Body for ObservedBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let this = self.project();
-        // In the call's span: a stream's work happens here, and so does a call's answer when it
-        // comes after its headers (see `api::deadline`).
-        let frame = {
-            let _entered = this.observer.span.enter();
-            this.inner.poll_frame(cx)
-        };
-        match &frame {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(status) = frame.trailers_ref().and_then(grpc_status) {
-                    this.observer.record(status);
-                }
-            }
-            Poll::Ready(Some(Err(_))) => this.observer.record(UNKNOWN),
-            // Ended without a status in trailers: a status in the headers was recorded before.
-            Poll::Ready(None) => this.observer.record(UNKNOWN),
-            Poll::Pending => {}
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-struct CallObserver {
+/// Records a call once: its status from the headers, the trailers or how the body ended.
+pub struct CallObserver {
     metrics: Metrics,
     method: &'static str,
     span: tracing::Span,
@@ -181,6 +135,27 @@ impl CallObserver {
             self.span.record("otel.status_code", "ERROR");
         }
         self.metrics.rpc(self.method, name, self.started.elapsed());
+    }
+}
+
+impl FrameMap for CallObserver {
+    fn frame<D>(&mut self, frame: Frame<D>) -> Frame<D> {
+        if let Some(status) = frame.trailers_ref().and_then(grpc_status) {
+            self.record(status);
+        }
+        frame
+    }
+
+    /// Ended without a status in trailers (an error, or a status in the headers, which was
+    /// recorded before).
+    fn end(&mut self) {
+        self.record(UNKNOWN);
+    }
+
+    /// A stream's work happens while its body is polled, and so does a call's answer when it
+    /// comes after its headers (see `api::deadline`).
+    fn span(&self) -> Option<&tracing::Span> {
+        Some(&self.span)
     }
 }
 

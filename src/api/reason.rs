@@ -14,10 +14,12 @@ use std::{
 };
 
 use http::{HeaderMap, Request, Response};
-use http_body::{Body, Frame};
+use http_body::Frame;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
+
+use super::body::{FrameMap, MapFrames};
 
 /// The `domain` of every ErrorInfo jobd sends.
 pub const DOMAIN: &str = "jobd";
@@ -152,43 +154,24 @@ where
             answer.map(|mut response| {
                 // A status-only answer carries its status in the headers.
                 complete(response.headers_mut());
-                response.map(|inner| ReasonBody { inner })
+                response.map(|body| MapFrames::new(body, Completion))
             })
         })
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A response body whose trailers' status gets a reason if it has none.
-    pub struct ReasonBody<B> {
-        #[pin]
-        inner: B,
-    }
-}
+/// A response body whose trailers' status gets a reason if it has none.
+pub type ReasonBody<B> = MapFrames<B, Completion>;
 
-impl<B: Body> Body for ReasonBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
+/// Gives the status in a body's trailers a reason if it has none.
+pub struct Completion;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let mut frame = self.project().inner.poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &mut frame
-            && let Some(trailers) = frame.trailers_mut()
-        {
+impl FrameMap for Completion {
+    fn frame<D>(&mut self, mut frame: Frame<D>) -> Frame<D> {
+        if let Some(trailers) = frame.trailers_mut() {
             complete(trailers);
         }
         frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -8,8 +8,9 @@
 //! lost) leads to a re-read of the log after the last event taken. Each job's events come out
 //! exactly once and in order, its terminal event last, whatever pub/sub did.
 //!
-//! A log is read a page at a time (`EVENT_PAGE` events), the next page when the events taken
-//! are given out, so that a follower holds one page at most. A COMPLETED event's result is
+//! A log is read a page at a time (`FIRST_EVENT_PAGE` events, then `EVENT_PAGE` while it goes
+//! on), the next page when the events taken are given out, so that a follower holds one page
+//! at most. A COMPLETED event's result is
 //! read once for all the job's local followers (`EventHub::result`), not with the log.
 
 use std::collections::VecDeque;
@@ -23,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::{EventHub, JobWatch, Wake, results};
 use crate::{
     domain::{EventKind, JobEvent, JobId},
-    store::{EventPage, JobStore, StoreError},
+    store::{EVENT_PAGE, EventPage, FIRST_EVENT_PAGE, JobStore, StoreError},
     telemetry::Metrics,
 };
 
@@ -109,7 +110,10 @@ impl Follower {
         after: u64,
     ) -> Result<(), StoreError> {
         watch.mark_seen();
-        let page = self.store.events_after(&id, after).await?;
+        let page = self
+            .store
+            .events_after(&id, after, FIRST_EVENT_PAGE)
+            .await?;
         let index = self.add(watch, id);
         self.jobs[index].taken = after;
         self.take_page(index, page).await
@@ -194,9 +198,15 @@ impl Follower {
     async fn read(&mut self, index: usize) -> Result<(), StoreError> {
         self.wakes.mark_seen();
         let job = &self.jobs[index];
+        // Behind: the log goes on past the page before; else a gap, most often of one event.
+        let size = if job.behind {
+            EVENT_PAGE
+        } else {
+            FIRST_EVENT_PAGE
+        };
         // Boxed: the read's future is large and short-lived, and a stream spends its life
         // waiting, so the stream's own state stays small (see the fan-out benchmark).
-        let page = Box::pin(self.store.events_after(&job.id, job.taken)).await?;
+        let page = Box::pin(self.store.events_after(&job.id, job.taken, size)).await?;
         self.take_page(index, page).await
     }
 

@@ -24,42 +24,29 @@ use super::StoreError;
 use crate::domain::{Backoff, Job, JobId, JobKind, JobState, UnixMillis};
 
 /// The fields GetJob (and a claim, and ListJobs but for payload and result) reads: everything
-/// but the event log and what only the scripts read.
+/// but the event log and what only the scripts read. The payload and the result come last, so
+/// that the fields before them are `SUMMARY_FIELDS`.
 pub const JOB_FIELDS: [&str; 15] = [
     "state",
     "spec",
-    "payload",
     "attempt",
     "seq",
     "created",
     "started",
     "finished",
-    "result",
     "error",
     "reason",
     "run_at",
     "lease_until",
     "ack_until",
     "worker",
+    "payload",
+    "result",
 ];
 
 /// `JOB_FIELDS` but the payload and the result: what ListJobs lists, and what a submission's
 /// reply says of an existing job.
-pub const SUMMARY_FIELDS: [&str; 13] = [
-    "state",
-    "spec",
-    "attempt",
-    "seq",
-    "created",
-    "started",
-    "finished",
-    "error",
-    "reason",
-    "run_at",
-    "lease_until",
-    "ack_until",
-    "worker",
-];
+pub const SUMMARY_FIELDS: &[&str] = JOB_FIELDS.split_at(JOB_FIELDS.len() - 2).0;
 
 /// A job's `spec` field: what never changes after submission. Named fields (a MessagePack
 /// map), so that fail.lua and promote.lua can read `m`, `b*` and `p` with cmsgpack.
@@ -201,4 +188,16 @@ pub fn number<T: std::str::FromStr>(raw: Option<&[u8]>) -> Result<Option<T>, Sto
             .ok_or_else(|| StoreError::corrupt("numeric field"))
     })
     .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_summary_is_every_job_field_but_payload_and_result() {
+        let mut summary = SUMMARY_FIELDS.to_vec();
+        summary.extend(["payload", "result"]);
+        assert_eq!(summary, JOB_FIELDS);
+    }
 }

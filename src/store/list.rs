@@ -102,7 +102,7 @@ impl JobStore {
                 };
                 let page = Page {
                     wanted,
-                    fields: &fields,
+                    fields,
                     budget: &mut budget,
                 };
                 cut = self

@@ -31,7 +31,7 @@ pub use event_codec::{AnnouncedEvent, parse_announced};
 pub use keys::Keys;
 pub use list::ListCursor;
 pub use outcome::{CompletionOutcome, Completions, Holder, Released};
-pub use read::{EventPage, QueueStats};
+pub use read::{EVENT_PAGE, EventPage, FIRST_EVENT_PAGE, QueueStats};
 pub use submit::{HandOff, KeyedSubmission, PreparedJobs, SubmittedBatch};
 use sweep::DueMark;
 pub use sweep::{DueQueues, Expired, NextVisit, SWEEP_BATCH, SweepReport, TRIM_BATCH};

@@ -19,6 +19,12 @@ const ADMITTED_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 /// HMGET, however long the log (see `StoreSettings::max_events_per_job`).
 pub const EVENT_PAGE: u64 = 256;
 
+/// Events the first read of a log (and a re-read after a gap) asks for: the whole log of most
+/// jobs (a job that runs once has three events). Each field an HMGET names costs Redis a search
+/// of the job's hash and jobd its name, whether the event exists or not: a first page of
+/// `EVENT_PAGE` cost more than the rest of a job's lifecycle.
+pub const FIRST_EVENT_PAGE: u64 = 16;
+
 /// A page of a job's event log: at most `EVENT_PAGE` events.
 #[derive(Debug)]
 pub struct EventPage {
@@ -77,7 +83,7 @@ impl JobStore {
                     .hmget(self.keys().job(id), SUMMARY_FIELDS.to_vec()),
             )
             .await?;
-        Fields::from_values(&SUMMARY_FIELDS, values)
+        Fields::from_values(SUMMARY_FIELDS, values)
             .into_job(id)?
             .ok_or(StoreError::NotFound)
     }
@@ -94,17 +100,17 @@ impl JobStore {
         Ok(Fields::from_values(&JOB_FIELDS, values))
     }
 
-    /// Reads a page of the events after `after`, oldest first: those up to `after` +
-    /// `EVENT_PAGE`, in one HMGET. `NotFound` when the job does not exist (or its retention
+    /// Reads a page of the events after `after`, oldest first: those up to `after` + `page`
+    /// (`FIRST_EVENT_PAGE` or `EVENT_PAGE`), in one HMGET. `NotFound` when the job does not exist (or its retention
     /// passed); `PastLastEvent` when `after` is past the job's last sequence, since nothing
     /// after it will ever be recorded and a caller waiting for it would wait forever. A
     /// sequence without its event is an event that a later one replaced (see
     /// `logged` in lua/lib.lua): it is skipped.
-    pub async fn events_after(&self, id: &JobId, after: u64) -> Result<EventPage> {
+    pub async fn events_after(&self, id: &JobId, after: u64, page: u64) -> Result<EventPage> {
         let key = self.keys().job(id);
         // Sequences are ranges from `after` with `after` itself skipped, and the page's end
         // saturates: `after` comes from the caller and may be any u64, up to u64::MAX.
-        let page_end = after.saturating_add(EVENT_PAGE);
+        let page_end = after.saturating_add(page);
         let mut fields = vec![
             "state".to_owned(),
             "seq".to_owned(),
@@ -136,7 +142,7 @@ impl JobStore {
         ) && start <= after.saturating_add(1)
             && after.saturating_add(1) < kept
         {
-            return Box::pin(self.events_after(id, kept - 1)).await;
+            return Box::pin(self.events_after(id, kept - 1, page)).await;
         }
         let more = last_sequence > page_end;
         let finished = !more

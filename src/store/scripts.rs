@@ -10,8 +10,9 @@ use fred::{
     },
 };
 
-/// A script's source as Redis gets it: a shebang with the script's flags, the shared helpers
-/// of `lua/lib.lua`, then the script. The flags say what a Redis past its `maxmemory` does:
+/// A script's source as Redis gets it: a shebang with the script's flags, the helpers of
+/// `lua/lib.lua` the script calls (see `with_helpers`), then the script. The flags say what a
+/// Redis past its `maxmemory` does:
 ///
 /// - `intake`: scripts that take work in (submissions, claims) are refused whole, before they
 ///   run, with Redis's OOM error (Redis's default for a script with a shebang): no job is
@@ -37,13 +38,16 @@ macro_rules! script {
         script!(@ "#!lua flags=no-writes\n", $name)
     };
     (@ $shebang:literal, $name:literal) => {
-        concat!(
+        LuaScript::new(
+            $name,
             $shebang,
-            include_str!("lua/lib.lua"),
-            include_str!(concat!("lua/", $name, ".lua"))
+            include_str!(concat!("lua/", $name, ".lua")),
         )
     };
 }
+
+/// The helpers every script may call.
+const LIB: &str = include_str!("lua/lib.lua");
 
 /// One script; see the header of its `lua/*.lua` file for its KEYS, ARGV and reply.
 #[derive(Clone)]
@@ -53,10 +57,10 @@ pub struct LuaScript {
 }
 
 impl LuaScript {
-    fn new(name: &'static str, source: &'static str) -> Self {
+    fn new(name: &'static str, shebang: &str, body: &str) -> Self {
         Self {
             name,
-            script: Script::from_lua(source),
+            script: Script::from_lua(format!("{shebang}{}", with_helpers(LIB, body))),
         }
     }
 
@@ -136,22 +140,22 @@ pub struct Scripts {
 impl Scripts {
     pub fn new() -> Self {
         Self {
-            submit: LuaScript::new("submit", script!(intake "submit")),
-            submit_many: LuaScript::new("submit_many", script!(intake "submit_many")),
-            promote: LuaScript::new("promote", script!(drain "promote")),
-            claim: LuaScript::new("claim", script!(intake "claim")),
-            release: LuaScript::new("release", script!(drain "release")),
-            heartbeat: LuaScript::new("heartbeat", script!(drain "heartbeat")),
-            progress: LuaScript::new("progress", script!(intake "progress")),
-            complete: LuaScript::new("complete", script!(drain "complete")),
-            fail: LuaScript::new("fail", script!(drain "fail")),
-            expire: LuaScript::new("expire", script!(drain "expire")),
-            cancel: LuaScript::new("cancel", script!(drain "cancel")),
-            sweep: LuaScript::new("sweep", script!(drain "sweep")),
-            due: LuaScript::new("due", script!(drain "due")),
-            admit: LuaScript::new("admit", script!(intake "admit")),
-            stats: LuaScript::new("stats", script!(read "stats")),
-            list_after: LuaScript::new("list_after", script!(read "list_after")),
+            submit: script!(intake "submit"),
+            submit_many: script!(intake "submit_many"),
+            promote: script!(drain "promote"),
+            claim: script!(intake "claim"),
+            release: script!(drain "release"),
+            heartbeat: script!(drain "heartbeat"),
+            progress: script!(intake "progress"),
+            complete: script!(drain "complete"),
+            fail: script!(drain "fail"),
+            expire: script!(drain "expire"),
+            cancel: script!(drain "cancel"),
+            sweep: script!(drain "sweep"),
+            due: script!(drain "due"),
+            admit: script!(intake "admit"),
+            stats: script!(read "stats"),
+            list_after: script!(read "list_after"),
         }
     }
 }
@@ -159,5 +163,106 @@ impl Scripts {
 impl Default for Scripts {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// `lib`'s helpers that `body` calls, directly or through one another, in `lib`'s order, then
+/// `body`. Every call of a script runs its top level again, which makes a closure of each
+/// helper defined there, called or not: some 500 Redis instructions a helper, every call.
+///
+/// `lib` is read as blocks, each from a top-level `local` line to the next: a block that
+/// defines `local function <name>` is kept when its name is a word of the code kept after it
+/// (whole-line comments aside); any other, always.
+fn with_helpers(lib: &str, body: &str) -> String {
+    let blocks = blocks(lib);
+    let mut code = code_of(body);
+    let mut kept = vec![false; blocks.len()];
+    // A helper calls only helpers defined before it: from the last block to the first.
+    for (index, block) in blocks.iter().enumerate().rev() {
+        if helper_name(block).is_none_or(|name| mentions(&code, name)) {
+            kept[index] = true;
+            code.push_str(&code_of(block));
+        }
+    }
+    let mut source: String = blocks
+        .iter()
+        .zip(kept)
+        .filter_map(|(block, kept)| kept.then_some(*block))
+        .collect();
+    source.push_str(body);
+    source
+}
+
+/// `lib` cut before each top-level `local` line.
+fn blocks(lib: &str) -> Vec<&str> {
+    let mut blocks = Vec::new();
+    let (mut start, mut offset) = (0, 0);
+    for line in lib.split_inclusive('\n') {
+        if offset > start && line.starts_with("local ") {
+            blocks.push(&lib[start..offset]);
+            start = offset;
+        }
+        offset += line.len();
+    }
+    blocks.push(&lib[start..]);
+    blocks
+}
+
+/// The helper a block defines, if it is one.
+fn helper_name(block: &str) -> Option<&str> {
+    block.strip_prefix("local function ")?.split('(').next()
+}
+
+fn code_of(text: &str) -> String {
+    text.lines()
+        .filter(|line| !line.trim_start().starts_with("--"))
+        .flat_map(|line| [line, "\n"])
+        .collect()
+}
+
+/// Whether `name` stands in `code` as a whole word.
+fn mentions(code: &str, name: &str) -> bool {
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    code.match_indices(name)
+        .any(|(at, _)| !code[..at].ends_with(word) && !code[at + name.len()..].starts_with(word))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HELPERS: &str = "-- Helpers.\nlocal function a(x) return x end\n-- b calls a.\n\
+        local function b(x)\n  return a(x)\nend\nlocal function ab() return 0 end\n\
+        local function c() return 1 end\nlocal K = c()\nlocal function d() return 2 end\n";
+
+    #[test]
+    fn a_script_gets_the_helpers_it_calls_and_theirs() {
+        let source = with_helpers(HELPERS, "-- d() is not called.\nreturn b(K)\n");
+        assert!(source.contains("local function a(x)"), "{source}");
+        assert!(source.contains("  return a(x)\nend\n"), "{source}");
+        // Other top-level code stays, with what it calls.
+        assert!(source.contains("local K = c()\n"), "{source}");
+        assert!(source.contains("local function c()"), "{source}");
+        // Not called: named in a comment, or part of another word.
+        assert!(!source.contains("function d("), "{source}");
+        assert!(!source.contains("function ab("), "{source}");
+        assert!(source.ends_with("return b(K)\n"));
+    }
+
+    #[test]
+    fn jobs_scripts_leave_out_what_they_do_not_call() {
+        let claim = with_helpers(LIB, include_str!("lua/claim.lua"));
+        for called in ["clock", "event_start", "finish_event", "promise"] {
+            assert!(
+                claim.contains(&format!("local function {called}(")),
+                "{called}"
+            );
+        }
+        for other in ["renew_lease", "end_attempt", "requeue", "promised"] {
+            assert!(
+                !claim.contains(&format!("local function {other}(")),
+                "{other}"
+            );
+        }
     }
 }

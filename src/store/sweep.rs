@@ -211,6 +211,12 @@ impl JobStore {
         let Some(DueMark(at)) = mark else {
             return Ok(());
         };
+        self.lower_due(vec![(at, queue.as_str())]).await
+    }
+
+    /// Lowers each queue's entry in the due index to its time, or makes it: the one write of
+    /// a queue's time that can only bring it forward (`ZADD … LT`).
+    async fn lower_due(&self, entries: Vec<(f64, &str)>) -> Result<()> {
         let _: Value = self
             .timed(
                 "publish_due",
@@ -220,7 +226,7 @@ impl JobStore {
                     Some(Ordering::LessThan),
                     false,
                     false,
-                    (at, queue.as_str()),
+                    entries,
                 ),
             )
             .await?;
@@ -269,19 +275,7 @@ impl JobStore {
         if names.is_empty() {
             return Ok(0);
         }
-        let entries: Vec<(f64, &str)> = names.iter().map(|name| (0.0, name.as_str())).collect();
-        let _: Value = self
-            .timed(
-                "publish_due",
-                self.client().zadd(
-                    self.keys().due_index(),
-                    None,
-                    Some(Ordering::LessThan),
-                    false,
-                    false,
-                    entries,
-                ),
-            )
+        self.lower_due(names.iter().map(|name| (0.0, name.as_str())).collect())
             .await?;
         let _: Value = self
             .timed(

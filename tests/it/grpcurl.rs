@@ -14,35 +14,6 @@ use tokio::{
 
 use crate::harness::*;
 
-/// The commands of the README's grpcurl block, continuation lines joined, comments dropped.
-fn readme_commands() -> Vec<String> {
-    let readme = include_str!("../../README.md");
-    let section = readme
-        .split("## Using it with grpcurl")
-        .nth(1)
-        .expect("the README has a grpcurl section");
-    let block = section
-        .split("```sh\n")
-        .nth(1)
-        .and_then(|rest| rest.split("```").next())
-        .expect("the grpcurl section has a sh block");
-    let mut commands = Vec::new();
-    let mut current = String::new();
-    for line in block.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        match line.strip_suffix('\\') {
-            Some(start) => current.push_str(start),
-            None => {
-                current.push_str(line);
-                commands.push(std::mem::take(&mut current));
-            }
-        }
-    }
-    commands
-}
-
 fn grpcurl_installed() -> bool {
     std::process::Command::new("grpcurl")
         .arg("-version")
@@ -87,7 +58,7 @@ async fn the_readme_grpcurl_examples_work_as_written() {
     let redis = RedisServer::start().await;
     let server = TestServer::start(&redis).await;
     let address = server.addr.to_string();
-    let commands = readme_commands();
+    let commands = readme_commands(0);
     assert!(commands.len() >= 12, "{commands:#?}");
 
     let mut session = Session::default();

@@ -269,38 +269,9 @@ async fn a_renewed_certificate_is_served_to_new_connections_without_restart() {
     jobs.submit_job(submit_request("q")).await.expect("served");
 }
 
-/// The README's second grpcurl block, continuation lines joined, comments dropped.
-fn readme_secure_commands() -> Vec<String> {
-    let readme = include_str!("../../README.md");
-    let section = readme.split("## Using it with grpcurl").nth(1).unwrap();
-    let block = section
-        .split("```sh\n")
-        .nth(2)
-        .unwrap()
-        .split("```")
-        .next()
-        .unwrap();
-    let mut commands = Vec::new();
-    let mut current = String::new();
-    for line in block.lines() {
-        let line = line.split(" # ").next().unwrap().trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        match line.strip_suffix('\\') {
-            Some(start) => current.push_str(start),
-            None => {
-                current.push_str(line);
-                commands.push(std::mem::take(&mut current));
-            }
-        }
-    }
-    commands
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_secure_commands_work_as_written() {
-    let commands = readme_secure_commands();
+    let commands = readme_commands(1);
     assert_eq!(commands.len(), 3, "{commands:?}");
     let made = tokio::process::Command::new("bash")
         .args(["-c", &commands[0].replacen("jobd ", &format!("{JOBD} "), 1)])

@@ -11,6 +11,7 @@ use http_body::{Body, Frame};
 use tonic::Status;
 
 use super::{Timer, deadline_exceeded, trailers};
+use crate::api::body::{FrameMap, MapFrames};
 
 pin_project_lite::pin_project! {
     /// A response body that carries the service's answer when it comes after the headers,
@@ -19,9 +20,6 @@ pin_project_lite::pin_project! {
         #[pin]
         stage: Stage<F, B>,
         timer: Option<Timer>,
-        // Headers of a late answer besides its content type (jobd sets none): they can only
-        // go with the trailers. Boxed, as every stream holds the field.
-        trailing: Option<Box<HeaderMap>>,
     }
 }
 
@@ -30,7 +28,7 @@ pin_project_lite::pin_project! {
     enum Stage<F, B> {
         // The headers went ahead; the service has not answered yet.
         Answering { future: Pin<Box<F>> },
-        Streaming { #[pin] body: B },
+        Streaming { #[pin] body: MapFrames<B, Trailing> },
         // Ended early, with the trailers of a late status-only answer or of the deadline.
         // What the call held (a waiting claim, a stream) was dropped then.
         Ended,
@@ -43,16 +41,31 @@ impl<F, B> DeadlineBody<F, B> {
         Self {
             stage: Stage::Answering { future },
             timer: Some(timer),
-            trailing: None,
         }
     }
 
     pub(super) fn answered(body: B, timer: Option<Timer>) -> Self {
         Self {
-            stage: Stage::Streaming { body },
+            stage: Stage::Streaming {
+                body: MapFrames::new(body, Trailing(None)),
+            },
             timer,
-            trailing: None,
         }
+    }
+}
+
+/// Headers of a late answer besides its content type (jobd sets none): they can only go with
+/// the trailers. Boxed, as every stream holds the field.
+struct Trailing(Option<Box<HeaderMap>>);
+
+impl FrameMap for Trailing {
+    fn frame<D>(&mut self, mut frame: Frame<D>) -> Frame<D> {
+        if let Some(trailers) = frame.trailers_mut()
+            && let Some(trailing) = self.0.take()
+        {
+            trailers.extend(*trailing);
+        }
+        frame
     }
 }
 
@@ -82,7 +95,8 @@ where
                             this.stage.set(Stage::Ended);
                             return Poll::Ready(Some(Ok(Frame::trailers(headers))));
                         }
-                        *this.trailing = (!headers.is_empty()).then(|| Box::new(headers));
+                        let trailing = (!headers.is_empty()).then(|| Box::new(headers));
+                        let body = MapFrames::new(body, Trailing(trailing));
                         this.stage.set(Stage::Streaming { body });
                     }
                     Poll::Ready(Err(error)) => {
@@ -95,13 +109,7 @@ where
                 StageProj::Streaming { body } => {
                     // A frame that is ready goes out, at the deadline too: a unary answer,
                     // whose message and status are ready together, is never cut between them.
-                    let mut frame = body.poll_frame(cx);
-                    if let Poll::Ready(Some(Ok(frame))) = &mut frame
-                        && let Some(trailers) = frame.trailers_mut()
-                        && let Some(trailing) = this.trailing.take()
-                    {
-                        trailers.extend(*trailing);
-                    }
+                    let frame = body.poll_frame(cx);
                     if frame.is_ready() {
                         return frame;
                     }

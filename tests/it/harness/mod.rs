@@ -11,6 +11,7 @@
 //! - `proxy`: a TCP proxy between jobd and Redis that loses replies or holds commands back.
 //!   `idle_proxy`: a TCP proxy before jobd that cuts idle connections, as load balancers do.
 //! - `raw`: calls of any path with any bytes as their message.
+//! - `readme`: the README's shell examples as commands, for the tests that run them.
 //! - `otlp`: an OTLP receiver jobd exports its metrics and spans to.
 //! - `wait`: the one way to wait, `eventually`, on an observable condition with a deadline,
 //!   and the conditions tests wait on by name (`claims_waiting`, `readiness_becomes`, ...).
@@ -30,10 +31,11 @@ mod os;
 mod otlp;
 mod proxy;
 mod raw;
+mod readme;
 mod redis;
 mod wait;
 
 pub use self::{
     auth::*, bare::*, certs::*, clients::*, cluster::*, events::*, idle_proxy::*, jobd::*, os::*,
-    otlp::*, proxy::*, raw::*, redis::*, wait::*,
+    otlp::*, proxy::*, raw::*, readme::*, redis::*, wait::*,
 };

@@ -26,8 +26,8 @@ pub struct RedisServer {
 /// The keys of every job's hash, as a SCAN pattern.
 pub const JOB_KEYS: &str = "jobd:*:job:*";
 
-/// A script's source as jobd loads it: the shared helpers of `lua/lib.lua`, then the script
-/// `lua/<name>.lua`.
+/// A script's source as jobd loads it but with every shared helper of `lua/lib.lua` (jobd
+/// leaves out those the script does not call), then the script `lua/<name>.lua`.
 macro_rules! lua_script {
     ($name:literal) => {
         concat!(
