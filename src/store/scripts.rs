@@ -115,7 +115,7 @@ impl LuaScript {
 
 #[derive(Clone)]
 pub struct Scripts {
-    pub submit: LuaScript,
+    pub submit_keyed: LuaScript,
     pub submit_many: LuaScript,
     pub promote: LuaScript,
     pub claim: LuaScript,
@@ -136,7 +136,7 @@ pub struct Scripts {
 impl Scripts {
     pub fn new() -> Self {
         Self {
-            submit: LuaScript::new("submit", script!(intake "submit")),
+            submit_keyed: LuaScript::new("submit_keyed", script!(intake "submit_keyed")),
             submit_many: LuaScript::new("submit_many", script!(intake "submit_many")),
             promote: LuaScript::new("promote", script!(drain "promote")),
             claim: LuaScript::new("claim", script!(intake "claim")),
