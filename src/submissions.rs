@@ -1,6 +1,7 @@
 //! Submissions: new jobs written to Redis, one script call per queue for the jobs of one
-//! call, submissions of one queue that arrive together sharing a call (group commit), and
-//! jobs ready at once handed straight to claims waiting on this process (`claims::Handing`).
+//! call, submissions of one queue that arrive together sharing a call (group commit; those
+//! with idempotency keys apart from those without), and jobs ready at once handed straight to
+//! claims waiting on this process (`claims::Handing`).
 
 use std::{
     collections::{BTreeMap, HashMap, hash_map::Entry},
@@ -13,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::{
     claims::Claims,
-    domain::{Idempotency, Job, JobId, JobIdGenerator, NewJob, QueueName},
+    domain::{Job, JobId, JobIdGenerator, NewJob, QueueName},
     group_commit::{Batcher, Pending},
     store::{JobStore, KeyedSubmission, StoreError},
 };
@@ -23,6 +24,15 @@ const QUEUES_AT_ONCE: usize = 16;
 
 /// A new job with its id.
 type NewJobWithId = (JobId, NewJob);
+
+/// A batch's jobs per queue, each with its place in the batch.
+type ByQueue = BTreeMap<QueueName, Vec<(usize, NewJobWithId)>>;
+
+/// Each job's answer, in the order of the jobs of a script call.
+type Answered = Vec<Result<Submitted, StoreError>>;
+
+/// Jobs' answers, each with its place in the batch.
+type Answers = Vec<(usize, Result<Submitted, StoreError>)>;
 
 /// A submission's outcome.
 #[derive(Debug)]
@@ -52,7 +62,9 @@ struct Inner {
     claims: Claims,
     ids: JobIdGenerator,
     /// Submissions without an idempotency key waiting to share a script call, per queue.
-    batcher: Batcher<(JobId, NewJob), Submitted>,
+    batcher: Batcher<NewJobWithId, Submitted>,
+    /// Submissions with an idempotency key waiting to share a script call, per queue.
+    keyed: Batcher<NewJobWithId, Submitted>,
     /// Where a submission that hands jobs off makes its call, so that its caller going away
     /// cannot leave the claims unanswered.
     tasks: TaskTracker,
@@ -70,6 +82,7 @@ impl Submissions {
             claims,
             ids: JobIdGenerator::default(),
             batcher: Batcher::new(tasks.clone(), command_timeout),
+            keyed: Batcher::new(tasks.clone(), command_timeout),
             tasks,
         }))
     }
@@ -84,82 +97,124 @@ impl Submissions {
     /// creates nothing and returns that job's id.
     pub async fn submit(&self, new: NewJob) -> Result<Submitted, StoreError> {
         let id = self.new_job_id(&new.queue);
-        if let Some(idempotency) = new.idempotency.clone() {
-            return self.submit_keyed(id, new, &idempotency).await;
-        }
         // Submissions to one queue that arrive together share a script call.
+        let keyed = new.idempotency.is_some();
+        let batcher = if keyed {
+            &self.0.keyed
+        } else {
+            &self.0.batcher
+        };
         let submissions = self.clone();
         let queue = new.queue.clone();
-        self.0
-            .batcher
+        batcher
             .run(&queue.clone(), (id, new), move |batch| {
                 let (submissions, queue) = (submissions.clone(), queue.clone());
-                async move { submissions.submit_batch(&queue, batch).await }
+                async move { submissions.submit_batch(&queue, batch, keyed).await }
             })
             .await
     }
 
     /// Creates several jobs with the ids given (see `new_job_id`), answering in their order.
-    /// The jobs of one queue without an idempotency key are written by one script call,
-    /// atomically; jobs with a key go one by one, first. Jobs of different queues live in
-    /// different slots, so a failure (Redis unavailable) can leave some queues' jobs written
-    /// and others not: callers retry with idempotency keys where that matters. A key named
-    /// twice in the batch is submitted once, the second job answered with the first's id; with
-    /// a different request the second time, the batch is refused before anything is written.
-    pub async fn submit_many(
-        &self,
-        jobs: Vec<(JobId, NewJob)>,
-    ) -> Result<Vec<Submitted>, StoreError> {
-        let keyed = keyed_once(&jobs)?;
+    /// The jobs of one queue with idempotency keys are written by one script call, then those
+    /// without, by another, atomically. Jobs of different queues live in different slots, so a
+    /// failure (Redis unavailable) can leave some queues' jobs written and others not: callers
+    /// retry with idempotency keys where that matters. A key that a different request made
+    /// refuses the batch (`IdempotencyConflict`, the first such job's): its queue's keyed jobs
+    /// before it are written, those after it not, other queues' keyed jobs are, and no job
+    /// without a key is. A key named twice in the batch is submitted once, the second job
+    /// answered with the first's id; with a different request the second time, the batch is
+    /// refused before anything is written.
+    pub async fn submit_many(&self, jobs: Vec<NewJobWithId>) -> Result<Vec<Submitted>, StoreError> {
+        let repeats = keyed_once(&jobs)?;
         let mut results: Vec<Option<Submitted>> = (0..jobs.len()).map(|_| None).collect();
-        // Per queue: each job with its place in the answer.
-        let mut by_queue: BTreeMap<QueueName, Vec<(usize, NewJobWithId)>> = BTreeMap::new();
+        // Per queue: each job with its place in the answer, with keys and without.
+        let (mut keyed, mut unkeyed) = (ByQueue::new(), ByQueue::new());
         for (index, (id, job)) in jobs.into_iter().enumerate() {
-            match (job.idempotency.clone(), keyed.get(&index)) {
-                (Some(_), Some(&first)) => {
-                    let first = results[first].as_ref().map(Submitted::id);
-                    let first = first.ok_or(StoreError::Interrupted)?;
-                    results[index] = Some(Submitted::Existing(first));
-                }
-                (Some(idempotency), None) => {
-                    results[index] = Some(self.submit_keyed(id, job, &idempotency).await?);
-                }
-                (None, _) => by_queue
-                    .entry(job.queue.clone())
-                    .or_default()
-                    .push((index, (id, job))),
-            }
+            let by_queue = match (&job.idempotency, repeats.contains_key(&index)) {
+                (Some(_), true) => continue,
+                (Some(_), false) => &mut keyed,
+                (None, _) => &mut unkeyed,
+            };
+            let queue = job.queue.clone();
+            by_queue.entry(queue).or_default().push((index, (id, job)));
         }
-        // The queues' calls overlap, a few at a time: a batch spread over many queues costs
-        // a round trip per `QUEUES_AT_ONCE` queues rather than one per queue.
-        let writes = by_queue.into_iter().map(|(queue, group)| async move {
-            let (indexes, jobs): (Vec<usize>, Vec<(JobId, NewJob)>) = group.into_iter().unzip();
-            let created = self.write(&queue, jobs).await?;
-            Ok::<_, StoreError>(indexes.into_iter().zip(created).collect::<Vec<_>>())
-        });
-        let mut writes = stream::iter(writes).buffer_unordered(QUEUES_AT_ONCE);
-        while let Some(written) = writes.next().await {
-            for (index, job) in written? {
-                results[index] = Some(Submitted::Created(Box::new(job)));
-            }
+        let mut answers = self
+            .per_queue(keyed, |queue, jobs| async move {
+                let groups = vec![0; jobs.len()];
+                self.write_keyed(&queue, jobs, &groups).await
+            })
+            .await?;
+        // The first refusal in the batch's order: a conflict, since its request's later jobs
+        // are the only ones skipped.
+        answers.sort_unstable_by_key(|(index, _)| *index);
+        for (index, answer) in answers {
+            results[index] = Some(answer?);
+        }
+        for (index, first) in repeats {
+            let first = results[first].as_ref().map(Submitted::id);
+            results[index] = Some(Submitted::Existing(first.ok_or(StoreError::Interrupted)?));
+        }
+        let created = self
+            .per_queue(unkeyed, |queue, jobs| async move {
+                self.write(&queue, jobs).await
+            })
+            .await?;
+        for (index, answer) in created {
+            results[index] = Some(answer?);
         }
         Ok(results.into_iter().flatten().collect())
     }
 
-    /// Writes a batch of submissions to `queue` with one script call, and answers each.
+    /// Runs `write` for each queue's jobs, a few queues at a time: a batch spread over many
+    /// queues costs a round trip per `QUEUES_AT_ONCE` queues rather than one per queue.
+    /// Returns each job's answer with its place.
+    async fn per_queue<'a, F, Fut>(
+        &'a self,
+        by_queue: ByQueue,
+        write: F,
+    ) -> Result<Answers, StoreError>
+    where
+        F: Fn(QueueName, Vec<NewJobWithId>) -> Fut,
+        Fut: Future<Output = Result<Answered, StoreError>> + 'a,
+    {
+        let writes = by_queue.into_iter().map(|(queue, group)| {
+            let (indexes, jobs): (Vec<usize>, Vec<NewJobWithId>) = group.into_iter().unzip();
+            let written = write(queue, jobs);
+            async move {
+                Ok::<_, StoreError>(indexes.into_iter().zip(written.await?).collect::<Answers>())
+            }
+        });
+        let mut writes = stream::iter(writes).buffer_unordered(QUEUES_AT_ONCE);
+        let mut answers = Vec::new();
+        while let Some(written) = writes.next().await {
+            answers.extend(written?);
+        }
+        Ok(answers)
+    }
+
+    /// Writes a batch of submissions to `queue`, with keys or without, with one script call,
+    /// and answers each.
     async fn submit_batch(
         &self,
         queue: &QueueName,
-        batch: Vec<Pending<(JobId, NewJob), Submitted>>,
+        batch: Vec<Pending<NewJobWithId, Submitted>>,
+        keyed: bool,
     ) {
         let (jobs, replies): (Vec<_>, Vec<_>) = batch
             .into_iter()
             .map(|pending| (pending.op, pending.reply))
             .unzip();
-        match self.write(queue, jobs).await {
-            Ok(created) => {
-                for (reply, job) in replies.into_iter().zip(created) {
-                    reply.answer(Ok(Submitted::Created(Box::new(job))));
+        let answers = if keyed {
+            // Each submission is a request of its own.
+            let groups: Vec<usize> = (0..jobs.len()).collect();
+            self.write_keyed(queue, jobs, &groups).await
+        } else {
+            self.write(queue, jobs).await
+        };
+        match answers {
+            Ok(answers) => {
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    reply.answer(answer);
                 }
             }
             Err(error) => {
@@ -171,12 +226,13 @@ impl Submissions {
     }
 
     /// Creates jobs of one queue, none with an idempotency key, with one script call; jobs
-    /// ready now go to claims parked on this process if the queue has no ready job.
+    /// ready now go to claims parked on this process if the queue has no ready job. Answers
+    /// each job.
     async fn write(
         &self,
         queue: &QueueName,
-        jobs: Vec<(JobId, NewJob)>,
-    ) -> Result<Vec<Job>, StoreError> {
+        jobs: Vec<NewJobWithId>,
+    ) -> Result<Answered, StoreError> {
         let prepared = self.0.store.prepare(queue, &jobs)?;
         let handing = self.0.claims.hand_off(queue, &jobs, prepared.sizes());
         let detached = !handing.is_empty();
@@ -193,57 +249,55 @@ impl Submissions {
                     .collect(),
                 Err(_) => Vec::new(),
             };
-            let handed = match &outcome {
-                Ok(batch) => Ok(batch.handed.then_some(created.as_slice())),
-                Err(error) => Err(error),
+            let handed: Vec<Option<&Job>> = match &outcome {
+                Ok(batch) if batch.handed => created.iter().map(Some).collect(),
+                _ => Vec::new(),
             };
-            handing.settle(handed, connection);
-            outcome.map(|_| created)
+            handing.settle(outcome.as_ref().map(|_| handed.as_slice()), connection);
+            let created = created
+                .into_iter()
+                .map(|job| Ok(Submitted::Created(Box::new(job))));
+            outcome.map(|_| created.collect())
         };
         self.call(detached, call).await
     }
 
-    /// Creates a job with an idempotency key, unless the key names a live job.
-    async fn submit_keyed(
+    /// Creates jobs of one queue with idempotency keys with one script call, each unless its
+    /// key names a live job (see `JobStore::submit_keyed`; `groups`: each job's request); jobs
+    /// written and ready now go to claims parked on this process if the queue has no ready
+    /// job. Answers each job: created, the job its key names, or the key's conflict.
+    async fn write_keyed(
         &self,
-        id: JobId,
-        new: NewJob,
-        idempotency: &Idempotency,
-    ) -> Result<Submitted, StoreError> {
-        let queue = new.queue.clone();
-        let jobs = vec![(id, new)];
-        let prepared = self.0.store.prepare(&queue, &jobs)?;
-        let handing = self.0.claims.hand_off(&queue, &jobs, prepared.sizes());
+        queue: &QueueName,
+        jobs: Vec<NewJobWithId>,
+        groups: &[usize],
+    ) -> Result<Answered, StoreError> {
+        let prepared = self.0.store.prepare_keyed(queue, &jobs, groups)?;
+        let handing = self.0.claims.hand_off(queue, &jobs, prepared.sizes());
         let detached = !handing.is_empty();
-        let fingerprint = jobs[0].1.fingerprint();
-        let (store, idempotency) = (self.0.store.clone(), idempotency.clone());
+        let store = self.0.store.clone();
         let call = async move {
             let connection = store.connection();
             let outcome = store
-                .submit_keyed(
-                    &connection,
-                    prepared,
-                    (&idempotency, fingerprint),
-                    handing.hand_offs().first(),
-                )
+                .submit_keyed(&connection, prepared, handing.hand_offs())
                 .await;
-            let [(id, new)]: [(JobId, NewJob); 1] = jobs.try_into().expect("one job");
-            let (submitted, created) = match &outcome {
-                Ok(KeyedSubmission::Created(batch)) => {
-                    let job = new.into_job(id, batch.created);
-                    (Ok(batch.handed), Some(job))
-                }
-                Ok(KeyedSubmission::Existing(_)) => (Ok(false), None),
-                Err(error) => (Err(error), None),
+            let outcomes = match &outcome {
+                Ok(outcomes) => outcomes.as_slice(),
+                Err(_) => &[],
             };
-            let handed = submitted.map(|handed| handed.then_some(created.as_slice()));
-            handing.settle(handed, connection);
-            match outcome? {
-                KeyedSubmission::Created(_) => Ok(Submitted::Created(Box::new(
-                    created.ok_or(StoreError::Interrupted)?,
-                ))),
-                KeyedSubmission::Existing(id) => Ok(Submitted::Existing(id)),
-            }
+            let answers: Vec<_> = jobs.into_iter().zip(outcomes).map(keyed_answer).collect();
+            let handed: Vec<Option<&Job>> = answers
+                .iter()
+                .zip(outcomes)
+                .map(|(answer, outcome)| match (answer, outcome) {
+                    (Ok(Submitted::Created(job)), KeyedSubmission::Created(batch)) => {
+                        batch.handed.then_some(&**job)
+                    }
+                    _ => None,
+                })
+                .collect();
+            handing.settle(outcome.as_ref().map(|_| handed.as_slice()), connection);
+            outcome.map(|_| answers)
         };
         self.call(detached, call).await
     }
@@ -266,9 +320,29 @@ impl Submissions {
     }
 }
 
+/// What a keyed submission's script did with a job, as its caller hears it.
+fn keyed_answer(
+    ((id, job), outcome): (NewJobWithId, &KeyedSubmission),
+) -> Result<Submitted, StoreError> {
+    match outcome {
+        KeyedSubmission::Created(batch) => Ok(Submitted::Created(Box::new(
+            job.into_job(id, batch.created),
+        ))),
+        KeyedSubmission::Existing(id) => Ok(Submitted::Existing(id.clone())),
+        KeyedSubmission::Conflict => Err(StoreError::IdempotencyConflict {
+            key: job
+                .idempotency
+                .map(|idempotency| idempotency.key)
+                .unwrap_or_default(),
+        }),
+        // Only after a conflict of the same request, which its caller hears of instead.
+        KeyedSubmission::Skipped => Err(StoreError::Interrupted),
+    }
+}
+
 /// The jobs of a batch whose idempotency key an earlier job of the batch names: each with the
 /// place of that first job. A key named with two different requests refuses the batch.
-fn keyed_once(jobs: &[(JobId, NewJob)]) -> Result<HashMap<usize, usize>, StoreError> {
+fn keyed_once(jobs: &[NewJobWithId]) -> Result<HashMap<usize, usize>, StoreError> {
     let mut first: HashMap<(&QueueName, &str), (usize, String)> = HashMap::new();
     let mut repeats = HashMap::new();
     for (index, (_, job)) in jobs.iter().enumerate() {

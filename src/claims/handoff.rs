@@ -94,21 +94,26 @@ impl Handing {
         &self.hand_offs
     }
 
-    /// Answers the claims after the submission's call on `connection`: `Ok(Some(created))`,
-    /// the script made the hand-offs (`created`: the submission's jobs as written), and each
-    /// claim gets its jobs; `Ok(None)`, it did not, and they get none, so that they look
-    /// again; `Err`, the call failed but may have made them all the same, so their jobs go
-    /// back to the queue.
-    pub fn settle(self, outcome: Result<Option<&[Job]>, &StoreError>, connection: Connection) {
+    /// Answers the claims after the submission's call on `connection`: `Ok(handed)`, each
+    /// claim gets the jobs whose hand-offs the script made (`handed[job]`: the job as written,
+    /// `None` or absent when its hand-off was not made), and a claim given none looks again;
+    /// `Err`, the call failed but may have made them all the same, so their jobs go back to
+    /// the queue.
+    pub fn settle(self, outcome: Result<&[Option<&Job>], &StoreError>, connection: Connection) {
         let mut given: Vec<Vec<Claimed>> = self.taken.iter().map(|_| Vec::new()).collect();
         match outcome {
-            Ok(Some(created)) => {
-                self.metrics.handed_off(&self.queue, self.hand_offs.len());
+            Ok(handed) => {
+                let mut count = 0;
                 for (hand_off, &claim) in self.hand_offs.iter().zip(&self.claims) {
-                    given[claim].push(started(hand_off, &created[hand_off.job]));
+                    if let Some(Some(job)) = handed.get(hand_off.job) {
+                        given[claim].push(started(hand_off, job));
+                        count += 1;
+                    }
+                }
+                if count > 0 {
+                    self.metrics.handed_off(&self.queue, count);
                 }
             }
-            Ok(None) => {}
             Err(error) => {
                 self.delivery
                     .after_failed_call(error, connection, self.leases.clone());

@@ -119,7 +119,7 @@ impl LuaScript {
 
 #[derive(Clone)]
 pub struct Scripts {
-    pub submit: LuaScript,
+    pub submit_keyed: LuaScript,
     pub submit_many: LuaScript,
     pub promote: LuaScript,
     pub claim: LuaScript,
@@ -140,7 +140,7 @@ pub struct Scripts {
 impl Scripts {
     pub fn new() -> Self {
         Self {
-            submit: script!(intake "submit"),
+            submit_keyed: script!(intake "submit_keyed"),
             submit_many: script!(intake "submit_many"),
             promote: script!(drain "promote"),
             claim: script!(intake "claim"),

@@ -1,6 +1,6 @@
-//! Writing new jobs: submit_many.lua for jobs without an idempotency key (alone or in
-//! batches), submit.lua for one with a key; either may hand jobs to claims waiting on the
-//! calling jobd, which the caller chooses.
+//! Writing new jobs: submit_many.lua for jobs without an idempotency key, submit_keyed.lua for
+//! jobs with one, each alone or in batches of one queue; either may hand jobs to claims waiting
+//! on the calling jobd, which the caller chooses.
 
 use std::time::Duration;
 
@@ -11,21 +11,39 @@ use super::{
     Connection, DueMark, JobStore, Result, StoreError, claim::job_size, layout::Spec, millis,
     status,
 };
-use crate::domain::{
-    Idempotency, JobId, LeaseToken, NewJob, QueueName, Start, UnixMillis, WorkerId,
-};
+use crate::domain::{JobId, LeaseToken, NewJob, QueueName, Start, UnixMillis, WorkerId};
 
 /// Jobs of one queue encoded for a submission script, and what each weighs in a claim's reply
 /// (see `job_size`), which a hand-off must know before the call.
 pub struct PreparedJobs {
     queue: QueueName,
     ids: Vec<JobId>,
-    /// 9 script arguments per job, as submit.lua and submit_many.lua read them.
+    /// The jobs' idempotency keys, for submit_keyed.lua; none for submit_many.lua.
+    idempotency: Vec<String>,
+    /// The jobs' script arguments: 9 per job for submit_many.lua, 12 for submit_keyed.lua.
     args: Vec<Value>,
     sizes: Vec<usize>,
 }
 
 impl PreparedJobs {
+    fn new(queue: &QueueName, jobs: usize, args_per_job: usize) -> Self {
+        Self {
+            queue: queue.clone(),
+            ids: Vec::with_capacity(jobs),
+            idempotency: Vec::new(),
+            args: Vec::with_capacity(jobs * args_per_job),
+            sizes: Vec::with_capacity(jobs),
+        }
+    }
+
+    /// Adds a job's 9 arguments (see `push_job_args`).
+    fn push(&mut self, id: &JobId, job: &NewJob) -> Result<()> {
+        self.ids.push(id.clone());
+        let size = push_job_args(&mut self.args, id, job)?;
+        self.sizes.push(size);
+        Ok(())
+    }
+
     pub fn sizes(&self) -> &[usize] {
         &self.sizes
     }
@@ -52,27 +70,50 @@ pub struct SubmittedBatch {
     pub handed: bool,
 }
 
-/// What a submission with an idempotency key did.
+/// What a submission script did with a job that carries an idempotency key.
 #[derive(Debug, Clone)]
 pub enum KeyedSubmission {
+    /// Written by this call, or by its first run for a call run twice.
     Created(SubmittedBatch),
-    /// A live key named this earlier job: nothing was written.
+    /// A live key named this earlier job, made by the same request: nothing was written.
     Existing(JobId),
+    /// A live key named a job that another request made: nothing was written.
+    Conflict,
+    /// Not written: an earlier job of the same request met a conflict.
+    Skipped,
 }
 
 impl JobStore {
-    /// Encodes jobs of `queue` for a submission script.
+    /// Encodes jobs of `queue` without idempotency keys for `submit_many`.
     pub fn prepare(&self, queue: &QueueName, jobs: &[(JobId, NewJob)]) -> Result<PreparedJobs> {
-        let mut prepared = PreparedJobs {
-            queue: queue.clone(),
-            ids: Vec::with_capacity(jobs.len()),
-            args: Vec::with_capacity(jobs.len() * 9),
-            sizes: Vec::with_capacity(jobs.len()),
-        };
+        let mut prepared = PreparedJobs::new(queue, jobs.len(), 9);
         for (id, job) in jobs {
-            prepared.ids.push(id.clone());
-            let size = push_job_args(&mut prepared.args, id, job)?;
-            prepared.sizes.push(size);
+            prepared.push(id, job)?;
+        }
+        Ok(prepared)
+    }
+
+    /// Encodes jobs of `queue` with idempotency keys for `submit_keyed`. `groups` names each
+    /// job's request: a conflict leaves the later jobs of its request unwritten.
+    pub fn prepare_keyed(
+        &self,
+        queue: &QueueName,
+        jobs: &[(JobId, NewJob)],
+        groups: &[usize],
+    ) -> Result<PreparedJobs> {
+        let mut prepared = PreparedJobs::new(queue, jobs.len(), 12);
+        for ((id, job), group) in jobs.iter().zip(groups) {
+            let idempotency = job
+                .idempotency
+                .as_ref()
+                .ok_or_else(|| StoreError::corrupt("a keyed submission of a job without a key"))?;
+            prepared.push(id, job)?;
+            prepared.idempotency.push(idempotency.key.clone());
+            prepared.args.extend([
+                millis(idempotency.ttl).into(),
+                job.fingerprint().into(),
+                group.to_string().into(),
+            ]);
         }
         Ok(prepared)
     }
@@ -115,64 +156,73 @@ impl JobStore {
         submitted(reply.get(2), reply.get(1))
     }
 
-    /// Writes one job with an idempotency key on `connection`, unless a live key names another
-    /// job, making `hand_off` if the queue has no ready job. The key keeps the request's
-    /// `fingerprint`: a key used again by a request with another one is refused
-    /// (`IdempotencyConflict`).
+    /// Writes jobs of one queue with idempotency keys (see `prepare_keyed`) with one script
+    /// call on `connection`, each unless a live key names another job, making the hand-offs
+    /// of the jobs written if the queue has no ready job. A key keeps its request's
+    /// fingerprint: a key used again by a request with another one is a `Conflict`.
+    /// Answers each job, in order.
     pub async fn submit_keyed(
         &self,
         connection: &Connection,
-        job: PreparedJobs,
-        (idempotency, fingerprint): (&Idempotency, String),
-        hand_off: Option<&HandOff>,
-    ) -> Result<KeyedSubmission> {
-        let queue = &job.queue;
+        jobs: PreparedJobs,
+        hand_offs: &[HandOff],
+    ) -> Result<Vec<KeyedSubmission>> {
+        let queue = &jobs.queue;
         let keys = self.keys();
-        let id = job
-            .ids
-            .first()
-            .ok_or_else(|| StoreError::corrupt("a keyed submission without its job"))?;
-        let script_keys = vec![
-            keys.job(id),
+        let mut script_keys = Vec::with_capacity(4 + 2 * jobs.ids.len());
+        script_keys.extend([
             keys.ready(queue),
             keys.scheduled(queue),
-            keys.idempotency(queue, &idempotency.key),
             keys.running(queue),
             keys.promise(queue),
-        ];
+        ]);
+        for (id, key) in jobs.ids.iter().zip(&jobs.idempotency) {
+            script_keys.extend([keys.job(id), keys.idempotency(queue, key)]);
+        }
         let mut args: Vec<Value> = vec![
             keys.queue_channel().into(),
             queue.as_str().into(),
-            millis(idempotency.ttl).into(),
-            fingerprint.into(),
+            keys.job_channel().into(),
         ];
-        args.extend(job.args);
-        args.push(keys.job_channel().into());
-        push_hand_offs(&mut args, hand_off);
+        args.extend(jobs.args);
+        push_hand_offs(&mut args, hand_offs);
         let mut reply: Vec<Value> = self
-            .call_on(&connection.0, &self.scripts().submit, script_keys, args)
+            .call_on(
+                &connection.0,
+                &self.scripts().submit_keyed,
+                script_keys,
+                args,
+            )
             .await?;
-        // As for submit_many; "again" repeats the first run's mark, in case its caller never
-        // wrote it.
+        // As for submit_many; a run that found an earlier run's jobs repeats that run's mark,
+        // in case its caller never wrote it.
         self.publish_due(queue, DueMark::take(&mut reply)).await?;
-        match status(&reply)?.as_str() {
-            // "again": an earlier try of this very call was written; same id, same job.
-            // {"created" or "again", state, 1 if handed off, created}
-            "created" | "again" => Ok(KeyedSubmission::Created(submitted(
-                reply.get(3),
-                reply.get(2),
-            )?)),
-            "exists" => {
-                let existing = reply.get(1).and_then(Value::as_string).unwrap_or_default();
-                let id = JobId::parse("id", &existing)
-                    .map_err(|_| StoreError::corrupt("idempotency key names no job id"))?;
-                Ok(KeyedSubmission::Existing(id))
-            }
-            "conflict" => Err(StoreError::IdempotencyConflict {
-                key: idempotency.key.clone(),
-            }),
-            other => Err(StoreError::corrupt(format!("submit replied {other:?}"))),
+        if reply.len() != 3 * jobs.ids.len() {
+            return Err(StoreError::corrupt("submit_keyed reply shape"));
         }
+        reply.chunks(3).map(keyed_submission).collect()
+    }
+}
+
+/// One job's 3 values in submit_keyed.lua's reply.
+fn keyed_submission(reply: &[Value]) -> Result<KeyedSubmission> {
+    match status(reply)?.as_str() {
+        // "again": an earlier run of this very call wrote it; same id, same job.
+        "created" | "again" => Ok(KeyedSubmission::Created(submitted(
+            reply.get(2),
+            reply.get(1),
+        )?)),
+        "exists" => {
+            let existing = reply.get(1).and_then(Value::as_string).unwrap_or_default();
+            let id = JobId::parse("id", &existing)
+                .map_err(|_| StoreError::corrupt("idempotency key names no job id"))?;
+            Ok(KeyedSubmission::Existing(id))
+        }
+        "conflict" => Ok(KeyedSubmission::Conflict),
+        "skipped" => Ok(KeyedSubmission::Skipped),
+        other => Err(StoreError::corrupt(format!(
+            "submit_keyed replied {other:?}"
+        ))),
     }
 }
 
@@ -200,8 +250,8 @@ fn push_hand_offs<'a>(args: &mut Vec<Value>, hand_offs: impl IntoIterator<Item =
     }
 }
 
-/// The 9 script arguments that describe a new job, in the order submit.lua and
-/// submit_many.lua read them; returns the job's size (see `job_size`), the last of them.
+/// The 9 script arguments that describe a new job, in the order the submission scripts read
+/// them (`write_new_job` in lua/lib.lua); returns the job's size (see `job_size`), the last.
 fn push_job_args(args: &mut Vec<Value>, id: &JobId, job: &NewJob) -> Result<usize> {
     let backoff = job.backoff;
     let spec = Spec {

@@ -164,7 +164,7 @@ pub const REDIS_DURATION: Instrument = Instrument::new(
     Histogram,
     "s",
     &[OPERATION],
-    "Redis round trips: a script's name (`submit`, `claim`, …) or a read \
+    "Redis round trips: a script's name (`submit_many`, `claim`, …) or a read \
                   (`get_job`, `read_events`, …)",
 );
 pub const REDIS_RECONNECTS: Instrument = Instrument::new(

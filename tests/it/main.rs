@@ -20,6 +20,7 @@ mod grpcurl;
 mod handoff;
 mod harness;
 mod health;
+mod idempotency;
 mod layers;
 mod lifecycle;
 mod list;

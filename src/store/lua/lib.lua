@@ -225,3 +225,70 @@ local function promised(key)
   if held then return 'due:' .. held end
   return nil
 end
+
+-- New jobs, as the submission scripts (submit_many.lua, submit_keyed.lua) write them, and
+-- nowhere else. `new_jobs` starts a call's batch at `now`; `write_new_job` writes one job's
+-- hash; `add_new_jobs` then puts the batch's jobs in the queue's sets with one ZADD per set
+-- and one wake-up per channel, and returns how many it made ready.
+local function new_jobs(now)
+  local at = packed_at(now)
+  return {now = now, at = at, queued = pack_event('queued', at, 0), ready = {}, scheduled = {},
+    running = {}, announced = {}, due = math.huge}
+end
+
+-- Writes new job hash `key` from the job's 9 submission arguments from ARGV[a] (id,
+-- payload, spec, kind, retention ms, default lease ms or "", start (see `start_time`),
+-- priority, size): RUNNING for the hand-off whose 5 arguments start at ARGV[h] (the job's
+-- place, worker id, lease token, lease ms, acknowledgement timeout ms) if `h` is given, else
+-- SCHEDULED when it may only start later, else QUEUED. `batch.due` becomes the earliest
+-- time the batch made fall due (a claim's deadline, a delayed start).
+local function write_new_job(batch, key, a, h)
+  local now, id = batch.now, ARGV[a]
+  local fields = {'payload', ARGV[a + 1], 'spec', ARGV[a + 2], 'kind', ARGV[a + 3],
+    'retention', ARGV[a + 4], 'created', int(now), 'size', ARGV[a + 8]}
+  if ARGV[a + 5] ~= '' then
+    fields[#fields + 1], fields[#fields + 2] = 'lease_default', ARGV[a + 5]
+  end
+  local run_at = start_time(ARGV[a + 6], now)
+  if h then
+    local started = pack_event('started', batch.at, 1, {'w', ARGV[h + 1]})
+    local expires = now + tonumber(ARGV[h + 3])
+    local ack = math.min(now + tonumber(ARGV[h + 4]), expires)
+    redis.call('HSET', key, 'state', 'running', 'seq', '2', 'e:1', batch.queued, 'e:2', started,
+      'attempt', '1', 'token', ARGV[h + 2], 'worker', ARGV[h + 1], 'started', int(now),
+      'lease_ms', ARGV[h + 3], 'lease_until', int(expires), 'ack_until', int(ack),
+      unpack(fields))
+    local running, announced = batch.running, batch.announced
+    running[#running + 1], running[#running + 2] = int(ack), id
+    announced[#announced + 1] = announcement('2', id, started)
+    batch.due = math.min(batch.due, ack)
+  elseif run_at > now then
+    local event = pack_event('scheduled', batch.at, 0, {'due', run_at})
+    redis.call('HSET', key, 'state', 'scheduled', 'seq', '1', 'e:1', event, 'attempt', '0',
+      'run_at', int(run_at), unpack(fields))
+    local scheduled = batch.scheduled
+    scheduled[#scheduled + 1], scheduled[#scheduled + 2] = int(run_at), id
+    batch.due = math.min(batch.due, run_at)
+  else
+    redis.call('HSET', key, 'state', 'queued', 'seq', '1', 'e:1', batch.queued, 'attempt', '0',
+      unpack(fields))
+    local ready = batch.ready
+    ready[#ready + 1], ready[#ready + 2] = int(ready_score(tonumber(ARGV[a + 7]), now)), id
+  end
+end
+
+-- `sets`: the queue's ready, scheduled and running sets; `channels`: the queue wake-up
+-- channel, the queue's name, the job wake-up channel.
+local function add_new_jobs(batch, sets, channels)
+  if #batch.running > 0 then
+    redis.call('ZADD', sets[3], unpack(batch.running))
+    redis.call('PUBLISH', channels[3], table.concat(batch.announced, '\n'))
+  end
+  if #batch.scheduled > 0 then redis.call('ZADD', sets[2], unpack(batch.scheduled)) end
+  local ready = #batch.ready / 2
+  if ready > 0 then
+    redis.call('ZADD', sets[1], unpack(batch.ready))
+    redis.call('PUBLISH', channels[1], channels[2] .. ' ' .. int(ready))
+  end
+  return ready
+end
