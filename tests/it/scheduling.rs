@@ -676,6 +676,7 @@ async fn a_batch_naming_one_key_many_times_submits_and_reads_it_once() {
     };
     for round in 0..2 {
         let (scripts, reads) = (redis.command_calls("evalsha"), redis.command_calls("hmget"));
+        let began = std::time::Instant::now();
         let results = jobs
             .submit_jobs(batch())
             .await
@@ -691,9 +692,12 @@ async fn a_batch_naming_one_key_many_times_submits_and_reads_it_once() {
         assert_eq!(created, usize::from(round == 0));
         let scripts = redis.command_calls("evalsha") - scripts;
         let reads = redis.command_calls("hmget") - reads;
+        // Redis counts every script: the sweeper's read of the due index, once a second
+        // (`sweeper::POLL`), may fall in the window too. One per copy would be 1,000.
+        let sweeps = began.elapsed().as_secs() + 1;
         assert!(
-            scripts <= 2 && reads <= 2,
-            "{scripts} scripts, {reads} reads"
+            scripts <= 2 + sweeps && reads <= 2,
+            "{scripts} scripts ({sweeps} may be the sweeper's), {reads} reads"
         );
     }
     assert_eq!(redis.keys(JOB_KEYS).len(), 1);
