@@ -17,24 +17,16 @@ fn rss_kib(pid: u32) -> u64 {
     rss_of(pid) / 1024
 }
 
-/// Bytes Redis has sent its clients so far.
-fn redis_output_bytes(redis: &RedisServer) -> u64 {
-    redis
-        .cli(&["INFO", "stats"])
-        .lines()
-        .find_map(|line| line.strip_prefix("total_net_output_bytes:"))
-        .and_then(|value| value.trim().parse().ok())
-        .expect("total_net_output_bytes in INFO stats")
-}
-
 /// The documented memory model (docs/operations.md, "Memory"): what jobd may hold with
 /// `streams` watch streams, `claims` waiting claims and `payload` bytes in flight, KiB.
 fn memory_bound_kib(streams: u64, claims: u64, payload: u64) -> u64 {
-    const BASELINE_KIB: u64 = 64 * 1024;
-    const STREAM_KIB: u64 = 40;
-    const CLAIM_KIB: u64 = 40;
-    BASELINE_KIB + streams * STREAM_KIB + claims * CLAIM_KIB + payload * 8 / 1024
+    jobd_model(streams, claims, payload) / 1024
 }
+
+/// How many claims `claims_in_flight` makes on each connection: fewer than its stream limit
+/// (256), so that every call reaches jobd at once rather than waiting in the client's HTTP/2
+/// stack.
+const CLAIMS_PER_CONNECTION: usize = 200;
 
 /// `count` ClaimJob calls on `queue` that may wait `wait`, spread over connections of at most
 /// 1,000 calls each, all in flight at once; each one's outcome when it ends.
@@ -44,13 +36,10 @@ async fn claims_in_flight(
     count: usize,
     wait: Duration,
 ) -> Vec<tokio::task::JoinHandle<Result<(), tonic::Status>>> {
-    // Each connection carries fewer calls than its stream limit (256), so that every call
-    // reaches jobd at once rather than waiting in the client's HTTP/2 stack.
-    const PER_CONNECTION: usize = 200;
     let mut calls = Vec::with_capacity(count);
-    for _ in 0..count.div_ceil(PER_CONNECTION) {
+    for _ in 0..count.div_ceil(CLAIMS_PER_CONNECTION) {
         let workers = jobd.workers().await;
-        for _ in 0..PER_CONNECTION.min(count - calls.len()) {
+        for _ in 0..CLAIMS_PER_CONNECTION.min(count - calls.len()) {
             let mut workers = workers.clone();
             let request = claim_request(queue, wait);
             calls.push(tokio::spawn(async move {
@@ -63,8 +52,9 @@ async fn claims_in_flight(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn waiting_claims_past_their_budget_are_refused_and_memory_stays_bounded() {
-    // 50,000 in the issue; a fifth of that keeps this test's time small in a debug build, and
-    // shows the same: the calls past the budget cost no memory.
+    // 50,000 in the issue; at that size the client's calls, 250 connections of 200, took over
+    // a minute on a loaded 2-core machine and some ended with the connection broken (a
+    // transport error, not a status): 10,000 until that is understood.
     const CLAIMS: usize = 10_000;
     const BUDGET: usize = 2_000;
     let redis = RedisServer::start().await;
@@ -80,6 +70,9 @@ async fn waiting_claims_past_their_budget_are_refused_and_memory_stays_bounded()
         &[("JOBD_REDIS_COMMAND_TIMEOUT", "10s")],
     )
     .await;
+    let mut bystander = Bystander::new(&jobd).await;
+    let baseline = bystander.baseline().await;
+    let footprint = Footprint::start(jobd.pid(), &redis);
     let before = rss_kib(jobd.pid());
     let calls = claims_in_flight(&jobd, "idle", CLAIMS, Duration::from_secs(600)).await;
 
@@ -88,7 +81,9 @@ async fn waiting_claims_past_their_budget_are_refused_and_memory_stays_bounded()
     // back, and taken by a later one.)
     let mut calls = calls;
     let (mut refused, mut unavailable) = (0, 0);
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Generous: jobd refuses the claims as fast as they come; the client's calls take most of
+    // this on a loaded machine.
+    let deadline = Instant::now() + Duration::from_secs(180);
     while refused + unavailable < CLAIMS - BUDGET && Instant::now() < deadline {
         let (finished, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut calls)
             .into_iter()
@@ -118,6 +113,10 @@ async fn waiting_claims_past_their_budget_are_refused_and_memory_stays_bounded()
         refused >= CLAIMS - BUDGET - unavailable,
         "claims refused: {refused}"
     );
+    // The bystander is measured once the burst is answered, with the budget's claims waiting.
+    // During the burst itself (10,000 calls arriving, 2,000 first looks at Redis) its median
+    // round trip was 0.8-1.8 s on a loaded 2-core machine, past the bound: an open finding.
+    let busy = bystander.keep_going();
     assert!(calls.len() <= BUDGET, "{} claims waiting", calls.len());
     assert!(
         unavailable < BUDGET / 10,
@@ -135,22 +134,15 @@ async fn waiting_claims_past_their_budget_are_refused_and_memory_stays_bounded()
         "RSS {rss} KiB past the documented bound"
     );
 
-    // A well-behaved worker of another queue is served at once.
-    let (mut jobs, mut workers) = jobd.clients().await;
-    let job = submit(&mut jobs, "busy", b"work").await;
-    let started = Instant::now();
-    // (Its claim does not wait: the budget of waiting claims is used up.)
-    let claimed = workers
-        .claim_job(claim_request("busy", Duration::ZERO))
-        .await
-        .expect("a worker of another queue is served")
-        .into_inner();
-    assert_eq!(claimed.job.expect("a job").id, job.id);
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        started.elapsed()
+    // A well-behaved client of another queue kept its latency (its claims do not wait: the
+    // budget of waiting claims is used up). Redis holds nothing for a waiting claim.
+    busy.assert_kept(&baseline).await;
+    let connections = CLAIMS.div_ceil(CLAIMS_PER_CONNECTION) as u64;
+    footprint.assert_peak_within(
+        jobd_growth(0, BUDGET as u64, 0) + connections * PER_CONNECTION,
+        REDIS_SLACK,
     );
+    let workers = jobd.workers().await;
 
     // Claims whose clients went away give their budget back.
     for call in &calls {
@@ -174,14 +166,12 @@ async fn waiting_claims_past_their_budget_are_refused_and_memory_stays_bounded()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_streams_and_watchers_of_a_job_have_budgets() {
     let redis = RedisServer::start().await;
-    let settings = Settings {
-        extra: vec![
-            "--max-watch-streams=6".into(),
-            "--max-watchers-per-job=3".into(),
-        ],
-        ..Settings::default()
-    };
-    let server = TestServer::start_with(&redis.url(), settings).await;
+    let budgets = ["--max-watch-streams=6", "--max-watchers-per-job=3"];
+    let server = Running::start(&redis.url(), &budgets).await;
+    let mut bystander = Bystander::new(&server).await;
+    let baseline = bystander.baseline().await;
+    let footprint = Footprint::start(server.pid(), &redis);
+    let busy = bystander.keep_going();
     let mut jobs = server.jobs().await;
     let popular = submit(&mut jobs, "q", b"").await;
     let mut streams = Vec::new();
@@ -229,6 +219,10 @@ async fn watch_streams_and_watchers_of_a_job_have_budgets() {
             "{status:?}"
         );
     }
+    busy.assert_kept(&baseline).await;
+    // Six streams at most; Redis holds the five jobs submitted.
+    footprint.assert_peak_within(jobd_growth(6, 0, 0), REDIS_SLACK + 5 * REDIS_PER_JOB);
+
     // A stream whose client went away gives its place back.
     streams.pop();
     eventually(
@@ -255,16 +249,25 @@ async fn each_principal_has_its_own_budgets() {
     let mut auth = AuthFile::new();
     let greedy = auth.add("greedy", &["submitter", "worker"], &["*"]);
     let modest = auth.add("modest", &["submitter", "worker"], &["*"]);
-    let settings = Settings {
-        extra: vec![
-            auth.flag(),
-            "--max-watch-streams-per-principal=2".into(),
-            "--max-waiting-claims-per-principal=2".into(),
-            "--max-payload-bytes-in-flight-per-principal=1000".into(),
-        ],
-        ..Settings::default()
+    let polite = auth.add("polite", &["submitter", "worker"], &["*"]);
+    let receiver = OtlpReceiver::start().await;
+    let budgets = [
+        &auth.flag(),
+        "--max-watch-streams-per-principal=2",
+        "--max-waiting-claims-per-principal=2",
+        "--max-payload-bytes-in-flight-per-principal=1000",
+    ];
+    let server =
+        Running::start_with_env(&redis.url(), &budgets, &receiver.exporter_env("100")).await;
+    let waiting = |count: f64| {
+        let receiver = &receiver;
+        let waiting = move || receiver.value("jobd.claims.waiting", &[]) == Some(count);
+        until(Duration::from_secs(10), "claims to wait", waiting)
     };
-    let server = TestServer::start_with(&redis.url(), settings).await;
+    let mut bystander = Bystander::with_token(&server, &polite).await;
+    let baseline = bystander.baseline().await;
+    let footprint = Footprint::start(server.pid(), &redis);
+    let busy = bystander.keep_going();
     let (mut jobs, workers) = server.clients().await;
     let job = jobs
         .submit_job(with_token(submit_request("q"), &modest))
@@ -306,8 +309,8 @@ async fn each_principal_has_its_own_budgets() {
         let request = with_token(claim_request("empty", Duration::from_secs(30)), token);
         tokio::spawn(async move { workers.claim_job(request).await.map(drop) })
     };
-    let waiting = [claim(&greedy), claim(&greedy)];
-    claims_waiting(&server, 2).await;
+    let claims = [claim(&greedy), claim(&greedy)];
+    waiting(2.0).await;
     let status = claim(&greedy)
         .await
         .unwrap()
@@ -320,10 +323,10 @@ async fn each_principal_has_its_own_budgets() {
         "{status:?}"
     );
     let theirs = claim(&modest);
-    claims_waiting(&server, 3).await;
+    waiting(3.0).await;
     assert!(!theirs.is_finished(), "another principal's claim waits");
     theirs.abort();
-    waiting.iter().for_each(|call| call.abort());
+    claims.iter().for_each(|call| call.abort());
 
     let mut request = submit_request("q");
     request.payload = vec![b'x'; 1001].into();
@@ -338,6 +341,9 @@ async fn each_principal_has_its_own_budgets() {
             .contains("max-payload-bytes-in-flight-per-principal (1000 payload bytes in flight)"),
         "{status:?}"
     );
+    busy.assert_kept(&baseline).await;
+    // Three streams, three claims, a kilobyte of payload; Redis holds two small jobs.
+    footprint.assert_peak_within(jobd_growth(3, 3, 1024), REDIS_SLACK + 2 * REDIS_PER_JOB);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,11 +351,11 @@ async fn progress_heartbeats_keep_a_log_at_its_cap_and_its_replay_does_not_block
     const HEARTBEATS: usize = 10_000;
     const CAP: usize = 64;
     let redis = RedisServer::start().await;
-    let settings = Settings {
-        extra: vec![format!("--max-events-per-job={CAP}")],
-        ..Settings::default()
-    };
-    let server = TestServer::start_with(&redis.url(), settings).await;
+    let server = Running::start(&redis.url(), &[&format!("--max-events-per-job={CAP}")]).await;
+    let mut bystander = Bystander::new(&server).await;
+    let baseline = bystander.baseline().await;
+    let footprint = Footprint::start(server.pid(), &redis);
+    let busy = bystander.keep_going();
     let (mut jobs, mut workers) = server.clients().await;
     let job = submit(&mut jobs, "q", b"").await;
     let claimed = claim(&mut workers, "q").await;
@@ -385,6 +391,9 @@ async fn progress_heartbeats_keep_a_log_at_its_cap_and_its_replay_does_not_block
     let last: u64 = redis.cli(&["HGET", &key, "seq"]).trim().parse().unwrap();
     assert_eq!(last, 2 + HEARTBEATS as u64);
 
+    // A well-behaved client kept its latency through the heartbeats. (It stops here: the
+    // replay's reads below are counted.)
+    busy.assert_kept(&baseline).await;
     complete(&mut workers, &claimed, b"done")
         .await
         .expect("the job completes");
@@ -431,6 +440,12 @@ async fn progress_heartbeats_keep_a_log_at_its_cap_and_its_replay_does_not_block
     let (resumed, ended) = watch_to_end(&mut jobs, &job.id, CAP as u64 + 5).await;
     ended.expect("the resumed replay ends OK");
     assert_eq!(self::sequences(&resumed), [last, last + 1]);
+    // Ten connections of heartbeats, a stream at a time; Redis holds one job whose log stays
+    // at its cap of events, each a 256-byte message and its encoding (under 512 bytes).
+    footprint.assert_peak_within(
+        jobd_growth(1, 0, 0) + 10 * PER_CONNECTION,
+        REDIS_SLACK + REDIS_PER_JOB + CAP as u64 * 512,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -442,6 +457,10 @@ async fn a_thousand_watchers_of_a_large_result_share_one_read_of_it() {
     let jobd =
         Running::start_with_env(&redis.url(), &[], &[("JOBD_REDIS_COMMAND_TIMEOUT", "10s")]).await;
     let (mut jobs, mut workers) = jobd.clients().await;
+    let mut bystander = Bystander::new(&jobd).await;
+    let baseline = bystander.baseline().await;
+    let footprint = Footprint::start(jobd.pid(), &redis);
+    let busy = bystander.keep_going();
     let job = submit(&mut jobs, "q", b"").await;
     let claimed = claim(&mut workers, "q").await;
     let idle = rss_kib(jobd.pid());
@@ -496,4 +515,11 @@ async fn a_thousand_watchers_of_a_large_result_share_one_read_of_it() {
     assert!(read < 4 * RESULT as u64, "Redis sent {read} bytes");
     let bound = memory_bound_kib(WATCHERS as u64, 0, 16 * 1024 * 1024);
     assert!(peak < bound, "RSS peaked at {peak} KiB, past {bound} KiB");
+    busy.assert_kept(&baseline).await;
+    // The streams over 10 connections, and the default budget of payload bytes in flight;
+    // Redis holds the job with its result, and one reply of the result at a time.
+    footprint.assert_peak_within(
+        jobd_growth(WATCHERS as u64, 0, 16 * MIB) + 10 * PER_CONNECTION,
+        REDIS_SLACK + REDIS_PER_JOB + 2 * RESULT as u64,
+    );
 }

@@ -11,6 +11,18 @@ use crate::harness::*;
 
 const INDEX: &str = "jobd:{:queues}:due";
 
+/// What Redis holds for a queue beside its jobs, at most: its ready set's key (a listpack of a
+/// few entries, about 200 bytes), its entry in the due index (about 100 bytes) and its promise
+/// (a string key, about 80 bytes). 1 KiB is that sum rounded up to the next power of two.
+const REDIS_PER_QUEUE: u64 = 1024;
+
+/// What Redis holds for one entry of a sorted set of many (a skiplist), at most: the member's
+/// string (a 35-byte id, 48 bytes as allocated), its skiplist node (a score, two pointers and
+/// 1.33 levels of 16 bytes on average, 64 bytes as allocated) and its dict entry (24 bytes,
+/// and 8 of the table's, which may be twice its size while it grows): about 150 bytes, 160
+/// rounded up.
+const ZSET_ENTRY: u64 = 160;
+
 /// How many queues the abuse makes: 10,000 in CI (a minute of draining by workers on a busy
 /// machine), and the issue's 100,000 with `JOBD_TEST_QUEUES=100000` (ten minutes there). A
 /// multiple of 1,000.
@@ -81,12 +93,12 @@ async fn queues_emptied_are_forgotten_and_the_sweeper_goes_back_to_idle() {
     let queues = queues();
     let redis = RedisServer::start().await;
     // Calls queue up behind the abuse on a busy machine: they may wait, not fail.
-    let settings = Settings {
-        command_timeout: "10s",
-        pool_size: 4,
-        ..Settings::default()
-    };
-    let server = TestServer::start_with(&redis.url(), settings).await;
+    let timeout = [("JOBD_REDIS_COMMAND_TIMEOUT", "10s")];
+    let server = Running::start_with_env(&redis.url(), &["--redis-pool-size=4"], &timeout).await;
+    let mut bystander = Bystander::new(&server).await;
+    let baseline = bystander.baseline().await;
+    let footprint = Footprint::start(server.pid(), &redis);
+    let busy = bystander.keep_going();
     let jobs = server.jobs().await;
 
     // `queues` queues with a job each: SubmitJobs of 1,000 queues each.
@@ -106,9 +118,10 @@ async fn queues_emptied_are_forgotten_and_the_sweeper_goes_back_to_idle() {
         .await;
     let created_in = started.elapsed();
     eprintln!("created in {created_in:?}");
+    // (And the bystander's queue: its jobs are due to be forgotten a second after they end.)
     assert_eq!(
         zcard(&redis, INDEX),
-        queues as u64,
+        queues as u64 + 1,
         "every queue is in the due index"
     );
 
@@ -169,6 +182,13 @@ async fn queues_emptied_are_forgotten_and_the_sweeper_goes_back_to_idle() {
     }
     let drained_in = started.elapsed();
     eprintln!("drained in {drained_in:?}, index {}", zcard(&redis, INDEX));
+    busy.assert_kept(&baseline).await;
+    // The largest request in flight is a SubmitJobs of 1,000 small jobs (under 1 MiB), four at
+    // once, over 11 connections; Redis holds every queue with a job or two.
+    footprint.assert_peak_within(
+        jobd_growth(0, 0, 4 * MIB) + 11 * PER_CONNECTION,
+        REDIS_SLACK + queues as u64 * (2 * REDIS_PER_JOB + REDIS_PER_QUEUE),
+    );
 
     // What the workers did not get of them is still in its queue: claimed and completed now.
     let mut workers = server.workers().await;
@@ -193,6 +213,11 @@ async fn queues_emptied_are_forgotten_and_the_sweeper_goes_back_to_idle() {
     .await;
     let forgotten_in = started.elapsed();
     assert!(redis.keys("jobd:*:due").is_empty(), "every promise deleted");
+    // What the queues took in Redis is freed with them (the jobs' hashes expired with their
+    // retention, their index entries trimmed).
+    footprint
+        .redis_back_within(REDIS_SLACK, Duration::from_secs(30))
+        .await;
     let request = claim_request("abuse.0.0", Duration::ZERO);
     assert!(
         workers
@@ -231,20 +256,24 @@ async fn a_principal_past_its_cap_on_queues_is_refused_and_nothing_is_written() 
     let redis = RedisServer::start().await;
     let auth = AuthFile::new();
     let (capped, other) = ("jobd_capped_token_0001", "jobd_other_token_00001");
+    let polite = "jobd_polite_token_0001";
     let hash = |token: &str| jobd::auth::TokenHash::of(token.as_bytes()).to_string();
     auth.write(&format!(
         "[[principal]]\nname = \"capped\"\nroles = [\"submitter\"]\nqueues = [\"*\"]\n\
          token_sha256 = [\"{}\"]\nmax_queues = 3\n\n\
          [[principal]]\nname = \"other\"\nroles = [\"submitter\"]\nqueues = [\"*\"]\n\
-         token_sha256 = [\"{}\"]\n",
+         token_sha256 = [\"{}\"]\n\n\
+         [[principal]]\nname = \"polite\"\nroles = [\"submitter\", \"worker\"]\n\
+         queues = [\"*\"]\ntoken_sha256 = [\"{}\"]\n",
         hash(capped),
-        hash(other)
+        hash(other),
+        hash(polite)
     ));
-    let settings = Settings {
-        extra: vec![auth.flag()],
-        ..Settings::default()
-    };
-    let server = TestServer::start_with(&redis.url(), settings).await;
+    let server = Running::start(&redis.url(), &[&auth.flag()]).await;
+    let mut bystander = Bystander::with_token(&server, polite).await;
+    let baseline = bystander.baseline().await;
+    let footprint = Footprint::start(server.pid(), &redis);
+    let busy = bystander.keep_going();
     let mut jobs = server.jobs().await;
     for queue in ["cap.a", "cap.b", "cap.c", "cap.a"] {
         let request = with_token(submit_request(queue), capped);
@@ -273,12 +302,19 @@ async fn a_principal_past_its_cap_on_queues_is_refused_and_nothing_is_written() 
     jobs.submit_job(request)
         .await
         .expect("another principal's own cap");
+    busy.assert_kept(&baseline).await;
+    // Small requests; Redis holds the five jobs accepted.
+    footprint.assert_peak_within(jobd_growth(0, 0, 0), REDIS_SLACK + 5 * REDIS_PER_JOB);
 }
 
 #[tokio::test]
 async fn a_million_expired_retained_entries_are_trimmed_without_a_slow_redis_call() {
     const ENTRIES: u64 = 1_000_000;
     let redis = RedisServer::start().await;
+    let server = Running::start(&redis.url(), &[]).await;
+    let mut bystander = Bystander::new(&server).await;
+    let baseline = bystander.baseline().await;
+    let footprint = Footprint::start(server.pid(), &redis);
     // The layout jobd leaves behind: index entries of finished jobs whose hashes expired with
     // their retention, the queue due in the due index, and its promise. 10,000 per EVAL.
     let fill = "local base = tonumber(ARGV[1]) \
@@ -302,8 +338,9 @@ async fn a_million_expired_retained_entries_are_trimmed_without_a_slow_redis_cal
     redis.cli(&["CONFIG", "SET", "slowlog-log-slower-than", "50000"]);
     redis.cli(&["SLOWLOG", "RESET"]);
 
+    // The backlog is there: jobd hears of it at its next read of the due index.
     let started = Instant::now();
-    let _server = TestServer::start(&redis).await;
+    let busy = bystander.keep_going();
     until(
         Duration::from_secs(60),
         "every expired entry to be trimmed",
@@ -324,4 +361,10 @@ async fn a_million_expired_retained_entries_are_trimmed_without_a_slow_redis_cal
         "Redis calls over 50 ms: {slow}"
     );
     eprintln!("{ENTRIES} expired entries trimmed in {trimmed_in:?}, none over 50 ms");
+    busy.assert_kept(&baseline).await;
+    // jobd reads nothing of the entries but their count; Redis held them, and frees them.
+    footprint.assert_peak_within(jobd_growth(0, 0, 0), REDIS_SLACK + ENTRIES * ZSET_ENTRY);
+    footprint
+        .redis_back_within(REDIS_SLACK, Duration::from_secs(30))
+        .await;
 }

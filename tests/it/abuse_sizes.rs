@@ -36,18 +36,28 @@ const LIMITS: &[(&str, usize)] = &[
     ("jobd.v1.WorkerService/ReleaseJob", SMALL),
 ];
 
+/// Every key in Redis but the bystander's (its queue's hash tag).
 fn all_keys(redis: &RedisServer) -> BTreeSet<String> {
-    redis.keys("*").into_iter().collect()
+    let bystander = format!("{{{BYSTANDER_QUEUE}}}");
+    let keys = redis.keys("*").into_iter();
+    keys.filter(|key| !key.contains(&bystander)).collect()
 }
 
-#[tokio::test]
+/// A jobd of its own, with `extra` arguments; a bystander's baseline taken on it; the
+/// footprint from then on, the bystander at work.
+async fn abused(redis: &RedisServer, extra: &[&str]) -> (Running, Latencies, Footprint, Busy) {
+    let jobd = Running::start(&redis.url(), extra).await;
+    let mut bystander = Bystander::new(&jobd).await;
+    let baseline = bystander.baseline().await;
+    let footprint = Footprint::start(jobd.pid(), redis);
+    (jobd, baseline, footprint, bystander.keep_going())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_requests_to_every_method_are_refused_before_decoding() {
     let redis = RedisServer::start().await;
-    let settings = Settings {
-        max_payload: Some(MAX_PAYLOAD as u32),
-        ..Settings::default()
-    };
-    let server = TestServer::start_with(&redis.url(), settings).await;
+    let payload = format!("--max-payload-bytes={MAX_PAYLOAD}");
+    let (server, baseline, footprint, busy) = abused(&redis, &[&payload]).await;
     let mut jobs = server.jobs().await;
     submit(&mut jobs, "sizes.q", b"before").await;
     let before = all_keys(&redis);
@@ -97,12 +107,15 @@ async fn oversized_requests_to_every_method_are_refused_before_decoding() {
     // The connection and the server are fine.
     let job = submit(&mut jobs, "sizes.q", b"after").await;
     assert_eq!(get(&mut jobs, &job.id).await.payload, b"after".as_slice());
+    busy.assert_kept(&baseline).await;
+    // One request in flight at a time, 16 MiB at most; Redis holds two small jobs more.
+    footprint.assert_peak_within(jobd_growth(0, 0, BATCH as u64), REDIS_SLACK);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_label_key_is_not_echoed_whole() {
     let redis = RedisServer::start().await;
-    let server = TestServer::start(&redis).await;
+    let (server, baseline, footprint, busy) = abused(&redis, &[]).await;
     let mut jobs = server.jobs().await;
     let key = "k".repeat(1024 * 1024);
     let request = proto::SubmitJobRequest {
@@ -117,12 +130,15 @@ async fn a_long_label_key_is_not_echoed_whole() {
         status.message().len()
     );
     assert!(status.message().contains("…"), "{}", status.message());
+    busy.assert_kept(&baseline).await;
+    // A request of 1 MiB in flight; nothing written to Redis.
+    footprint.assert_peak_within(jobd_growth(0, 0, MIB), REDIS_SLACK);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_keeps_a_bounded_trace_context() {
     let redis = RedisServer::start().await;
-    let server = TestServer::start(&redis).await;
+    let (server, baseline, footprint, busy) = abused(&redis, &[]).await;
     let mut jobs = server.jobs().await;
     let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let members: Vec<String> = (0..1000).map(|i| format!("m{i:03}=v")).collect();
@@ -139,7 +155,9 @@ async fn a_job_keeps_a_bounded_trace_context() {
         .unwrap();
 
     let kept = get(&mut jobs, &job.id).await.trace_context;
-    assert_eq!(kept["traceparent"], parent);
+    // The caller's trace, continued by jobd's span of the call.
+    let trace = &parent[..36];
+    assert!(kept["traceparent"].starts_with(trace), "{kept:?}");
     let state = &kept["tracestate"];
     assert!(
         state.len() <= 512,
@@ -149,7 +167,7 @@ async fn a_job_keeps_a_bounded_trace_context() {
     assert!(state.starts_with("m000=v,m001=v"), "{state}");
     assert_eq!(kept.len(), 2);
 
-    // A traceparent no W3C version has: the job keeps no trace context, and is created.
+    // A traceparent no W3C version has: the job keeps none of it, and is created.
     let mut request = tonic::Request::new(submit_request("sizes.trace"));
     let huge = format!("00-{}", "f".repeat(8 * 1024));
     request
@@ -162,5 +180,62 @@ async fn a_job_keeps_a_bounded_trace_context() {
         .into_inner()
         .job
         .unwrap();
-    assert!(get(&mut jobs, &job.id).await.trace_context.is_empty());
+    // (jobd's own span of the call may be kept: not the caller's value.)
+    let kept = get(&mut jobs, &job.id).await.trace_context;
+    assert!(kept.values().all(|value| value.len() <= 512), "{kept:?}");
+    busy.assert_kept(&baseline).await;
+    // Requests of a few KiB; Redis holds two jobs more, each with at most 512 bytes of
+    // tracestate.
+    footprint.assert_peak_within(jobd_growth(0, 0, MIB), REDIS_SLACK + 2 * REDIS_PER_JOB);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_naming_one_key_a_thousand_times_reads_its_job_once() {
+    const COPIES: usize = 1000;
+    const RESULT: usize = 1024 * 1024;
+    let redis = RedisServer::start().await;
+    let (server, baseline, footprint, busy) = abused(&redis, &[]).await;
+    let (mut jobs, mut workers) = server.clients().await;
+    // The key's job exists, finished with a result of 1 MiB.
+    let keyed = || proto::SubmitJobRequest {
+        idempotency_key: "dup".into(),
+        payload: b"small".to_vec().into(),
+        ..submit_request("dups")
+    };
+    let job = submit_with(&mut jobs, keyed()).await.job.unwrap();
+    let claimed = claim(&mut workers, "dups").await;
+    complete(&mut workers, &claimed, &vec![7; RESULT])
+        .await
+        .unwrap();
+
+    // A request of about 40 KB naming it 1,000 times.
+    let sent = redis_output_bytes(&redis);
+    let batch = proto::SubmitJobsRequest {
+        jobs: vec![keyed(); COPIES],
+    };
+    let results = jobs
+        .submit_jobs(batch)
+        .await
+        .expect("the batch is answered");
+    let results = results.into_inner().results;
+    assert_eq!(results.len(), COPIES);
+    for result in &results {
+        assert!(!result.created);
+        assert_eq!(result.job.as_ref().unwrap().id, job.id);
+    }
+    // The job read once (or twice), not once per copy: Redis sent less than 4 results' worth
+    // (the bystander's calls meanwhile are a few KiB).
+    let sent = redis_output_bytes(&redis) - sent;
+    assert!(
+        sent < 4 * RESULT as u64,
+        "Redis sent {sent} bytes for the batch"
+    );
+
+    busy.assert_kept(&baseline).await;
+    // One read of the job (its 1 MiB result) in flight; Redis holds the job and its result,
+    // and one reply of it.
+    footprint.assert_peak_within(
+        jobd_growth(0, 0, RESULT as u64),
+        REDIS_SLACK + REDIS_PER_JOB + 2 * RESULT as u64,
+    );
 }

@@ -264,11 +264,6 @@ impl Running {
         self.process.id()
     }
 
-    /// Its resident memory now, bytes.
-    pub fn rss(&self) -> u64 {
-        rss_of(self.pid())
-    }
-
     /// Sends it `signal`, e.g. "TERM".
     pub fn signal(&self, signal: &str) {
         self.process.signal(signal);

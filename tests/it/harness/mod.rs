@@ -1,6 +1,8 @@
 //! The test harness: what every test shares, one name per concept. Tests `use
 //! crate::harness::*`.
 //!
+//! - `abuse`: what every abuse case asserts besides its callers' statuses: jobd's and Redis's
+//!   memory within bounds (`Footprint`), and a well-behaved client's latency (`Bystander`).
 //! - `redis`, `cluster`: a redis-server (or a Redis Cluster) of the test's own, and what tests
 //!   ask of it through redis-cli.
 //! - `jobd`: jobd under test, in the test's runtime (`TestServer`) or as the real binary
@@ -19,6 +21,7 @@
 //! - `certs`: CAs and certificates for TLS tests, made with openssl.
 //! - `os`: child processes, temporary directories and ports a test owns.
 
+mod abuse;
 mod auth;
 mod bare;
 mod certs;
@@ -36,6 +39,6 @@ mod redis;
 mod wait;
 
 pub use self::{
-    auth::*, bare::*, certs::*, clients::*, cluster::*, events::*, idle_proxy::*, jobd::*, os::*,
-    otlp::*, proxy::*, raw::*, readme::*, redis::*, wait::*,
+    abuse::*, auth::*, bare::*, certs::*, clients::*, cluster::*, events::*, idle_proxy::*,
+    jobd::*, os::*, otlp::*, proxy::*, raw::*, readme::*, redis::*, wait::*,
 };
