@@ -13,10 +13,10 @@ use futures::{StreamExt, stream};
 use tokio_util::task::TaskTracker;
 
 use crate::{
-    claims::Claims,
+    claims::{Claims, Handing},
     domain::{Job, JobId, JobIdGenerator, NewJob, QueueName},
     group_commit::{Batcher, Pending},
-    store::{JobStore, KeyedSubmission, StoreError},
+    store::{Connection, JobStore, KeyedSubmission, StoreError},
 };
 
 /// How many queues' writes of one SubmitJobs are in flight at once.
@@ -235,10 +235,7 @@ impl Submissions {
     ) -> Result<Answered, StoreError> {
         let prepared = self.0.store.prepare(queue, &jobs)?;
         let handing = self.0.claims.hand_off(queue, &jobs, prepared.sizes());
-        let detached = !handing.is_empty();
-        let store = self.0.store.clone();
-        let call = async move {
-            let connection = store.connection();
+        self.call(handing, move |store, connection, handing| async move {
             let outcome = store
                 .submit_many(&connection, prepared, handing.hand_offs())
                 .await;
@@ -258,8 +255,8 @@ impl Submissions {
                 .into_iter()
                 .map(|job| Ok(Submitted::Created(Box::new(job))));
             outcome.map(|_| created.collect())
-        };
-        self.call(detached, call).await
+        })
+        .await
     }
 
     /// Creates jobs of one queue with idempotency keys with one script call, each unless its
@@ -274,10 +271,7 @@ impl Submissions {
     ) -> Result<Answered, StoreError> {
         let prepared = self.0.store.prepare_keyed(queue, &jobs, groups)?;
         let handing = self.0.claims.hand_off(queue, &jobs, prepared.sizes());
-        let detached = !handing.is_empty();
-        let store = self.0.store.clone();
-        let call = async move {
-            let connection = store.connection();
+        self.call(handing, move |store, connection, handing| async move {
             let outcome = store
                 .submit_keyed(&connection, prepared, handing.hand_offs())
                 .await;
@@ -298,17 +292,22 @@ impl Submissions {
                 .collect();
             handing.settle(outcome.as_ref().map(|_| handed.as_slice()), connection);
             outcome.map(|_| answers)
-        };
-        self.call(detached, call).await
+        })
+        .await
     }
 
-    /// Makes a submission's call: on a task of its own when it hands jobs off (`detached`), so
-    /// that a submitter going away during it cannot leave the claims it took unanswered.
-    async fn call<T: Send + 'static>(
-        &self,
-        detached: bool,
-        call: impl Future<Output = Result<T, StoreError>> + Send + 'static,
-    ) -> Result<T, StoreError> {
+    /// Makes a submission's call, `write`, with a connection and the claims `handing` takes:
+    /// on a task of its own when it hands jobs off, so that a submitter going away during it
+    /// cannot leave the claims it took unanswered.
+    async fn call<T, W, F>(&self, handing: Handing, write: W) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        W: FnOnce(JobStore, Connection, Handing) -> F,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let detached = !handing.is_empty();
+        let connection = self.0.store.connection();
+        let call = write(self.0.store.clone(), connection, handing);
         if !detached {
             return call.await;
         }

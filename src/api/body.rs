@@ -38,6 +38,13 @@ impl<B, F> MapFrames<B, F> {
     }
 }
 
+/// The empty body tonic's server answers with where it makes a response itself.
+impl<B: Default, F: Default> Default for MapFrames<B, F> {
+    fn default() -> Self {
+        Self::new(B::default(), F::default())
+    }
+}
+
 impl<B: Body, F: FrameMap> Body for MapFrames<B, F> {
     type Data = B::Data;
     type Error = B::Error;

@@ -20,10 +20,13 @@ use std::{
 };
 
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Frame;
 use tower::{Layer, Service};
 
-use super::auth::Access;
+use super::{
+    auth::Access,
+    body::{FrameMap, MapFrames},
+};
 use crate::{
     budgets::{Budget, Exhausted, Permit},
     claims::ClaimedJobs,
@@ -117,49 +120,23 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut response = std::task::ready!(self.project().answer.poll(cx))?;
         let held = response.extensions_mut().remove::<Held>();
-        Poll::Ready(Ok(response.map(|body| HeldBody { body, held })))
+        Poll::Ready(Ok(response.map(|body| MapFrames::new(body, Holding(held)))))
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A response body with the permit of the bytes it carries, given back at its end.
-    pub struct HeldBody<B> {
-        #[pin]
-        body: B,
-        held: Option<Held>,
-    }
-}
+/// A response body with the permit of the bytes it carries, given back at its end.
+pub type HeldBody<B> = MapFrames<B, Holding>;
 
-impl<B: Default> Default for HeldBody<B> {
-    fn default() -> Self {
-        Self {
-            body: B::default(),
-            held: None,
-        }
-    }
-}
+/// The permit of a reply's bytes, held by its body until the body ends (or is dropped).
+#[derive(Default)]
+pub struct Holding(Option<Held>);
 
-impl<B: Body> Body for HeldBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let frame = this.body.poll_frame(cx);
-        if let Poll::Ready(None) = frame {
-            *this.held = None;
-        }
+impl FrameMap for Holding {
+    fn frame<D>(&mut self, frame: Frame<D>) -> Frame<D> {
         frame
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+    fn end(&mut self) {
+        self.0 = None;
     }
 }

@@ -60,11 +60,9 @@ pub async fn serve(
     let metrics = services.metrics.clone();
     let shutdown = services.shutdown.clone();
     // Reasons outermost: every status the others or tonic make gets one. Observe outside
-    // Deadline: a call ended at its deadline is recorded as such (tonic's own timeout is left
-    // nothing to end, see deadline.rs). Size bounds each request message as it arrives, before
-    // tonic decodes it (tonic's own limit, above every method's, is never reached). Auth
-    // innermost: a refusal is observed, and answered at once. Hold within all: a reply's
-    // payload permit goes with its body whatever the others do with it.
+    // Deadline: a call ended at its deadline is recorded so (see deadline.rs). Size bounds each
+    // request message before tonic decodes it. Auth: a refusal is observed and answered at
+    // once. Hold innermost: a reply's payload permit goes with its body whatever the others do.
     let mut routes = transport
         .server()
         .layer(ReasonLayer)

@@ -9,7 +9,7 @@ use fred::types::Value;
 
 use super::{
     Connection, DueMark, JobStore, Result, StoreError, claim::job_size, layout::Spec, millis,
-    status,
+    scripts::LuaScript, status,
 };
 use crate::domain::{JobId, LeaseToken, NewJob, QueueName, Start, UnixMillis, WorkerId};
 
@@ -135,23 +135,10 @@ impl JobStore {
         ];
         script_keys.extend(jobs.ids.iter().map(|id| keys.job(id)));
         script_keys.push(keys.promise(queue));
-        let mut args: Vec<Value> = vec![
-            keys.queue_channel().into(),
-            queue.as_str().into(),
-            keys.job_channel().into(),
-        ];
-        args.extend(jobs.args);
-        push_hand_offs(&mut args, hand_offs);
-        let mut reply: Vec<Value> = self
-            .call_on(
-                &connection.0,
-                &self.scripts().submit_many,
-                script_keys,
-                args,
-            )
+        let script = &self.scripts().submit_many;
+        let reply = self
+            .call_submit(connection, script, script_keys, jobs, hand_offs)
             .await?;
-        // A queue created, or a job delayed, is in the due index before the call answers.
-        self.publish_due(queue, DueMark::take(&mut reply)).await?;
         // {jobs made ready, 1 if the hand-offs were made, created}.
         submitted(reply.get(2), reply.get(1))
     }
@@ -169,7 +156,8 @@ impl JobStore {
     ) -> Result<Vec<KeyedSubmission>> {
         let queue = &jobs.queue;
         let keys = self.keys();
-        let mut script_keys = Vec::with_capacity(4 + 2 * jobs.ids.len());
+        let count = jobs.ids.len();
+        let mut script_keys = Vec::with_capacity(4 + 2 * count);
         script_keys.extend([
             keys.ready(queue),
             keys.scheduled(queue),
@@ -179,6 +167,30 @@ impl JobStore {
         for (id, key) in jobs.ids.iter().zip(&jobs.idempotency) {
             script_keys.extend([keys.job(id), keys.idempotency(queue, key)]);
         }
+        // A run that found an earlier run's jobs repeats that run's due mark, in case its
+        // caller never wrote it.
+        let script = &self.scripts().submit_keyed;
+        let reply = self
+            .call_submit(connection, script, script_keys, jobs, hand_offs)
+            .await?;
+        if reply.len() != 3 * count {
+            return Err(StoreError::corrupt("submit_keyed reply shape"));
+        }
+        reply.chunks(3).map(keyed_submission).collect()
+    }
+
+    /// Calls a submission script for `jobs` of one queue: `script_keys`, then the queue's
+    /// channels and name, the jobs' arguments and the hand-offs. A queue created, or a job delayed, is in
+    /// the due index before this answers; the rest of the reply is the script's.
+    async fn call_submit(
+        &self,
+        connection: &Connection,
+        script: &LuaScript,
+        script_keys: Vec<String>,
+        jobs: PreparedJobs,
+        hand_offs: &[HandOff],
+    ) -> Result<Vec<Value>> {
+        let (keys, queue) = (self.keys(), &jobs.queue);
         let mut args: Vec<Value> = vec![
             keys.queue_channel().into(),
             queue.as_str().into(),
@@ -187,20 +199,10 @@ impl JobStore {
         args.extend(jobs.args);
         push_hand_offs(&mut args, hand_offs);
         let mut reply: Vec<Value> = self
-            .call_on(
-                &connection.0,
-                &self.scripts().submit_keyed,
-                script_keys,
-                args,
-            )
+            .call_on(&connection.0, script, script_keys, args)
             .await?;
-        // As for submit_many; a run that found an earlier run's jobs repeats that run's mark,
-        // in case its caller never wrote it.
         self.publish_due(queue, DueMark::take(&mut reply)).await?;
-        if reply.len() != 3 * jobs.ids.len() {
-            return Err(StoreError::corrupt("submit_keyed reply shape"));
-        }
-        reply.chunks(3).map(keyed_submission).collect()
+        Ok(reply)
     }
 }
 
