@@ -142,7 +142,12 @@ async fn submit_and_wait_follows_its_job_across_a_jobd_restart() {
     )
     .await;
     stack.jobd.restart().await;
-    assert!(!waiting.is_finished());
+    if waiting.is_finished() {
+        panic!(
+            "submit_and_wait ended during the restart: {:?}",
+            waiting.await
+        );
+    }
     let worker = Worker::new(client.clone(), [q.clone()])
         .claim_wait(Duration::from_secs(1))
         .handle_signals(false)
