@@ -1,11 +1,12 @@
-//! Every reason a real jobd can be made to give maps to its `ErrorReason`, with its metadata.
+//! Every reason of errors.proto that a real jobd can be made to give maps to its `ErrorReason`,
+//! with its metadata.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use jobd_client::{Client, Error, ErrorReason, JobSpec, JobState, RetryPolicy, proto};
+use jobd_client::{Client, Code, Error, ErrorReason, JobSpec, JobState, RetryPolicy, proto};
 
-use crate::harness::{Stack, eventually, queue};
+use crate::harness::{Stack, claim, eventually, heartbeat, queue};
 
 fn reason_of<T: std::fmt::Debug>(outcome: Result<T, Error>) -> (ErrorReason, Error) {
     let error = outcome.expect_err("a refusal");
@@ -13,42 +14,6 @@ fn reason_of<T: std::fmt::Debug>(outcome: Result<T, Error>) -> (ErrorReason, Err
         .reason()
         .unwrap_or_else(|| panic!("a jobd reason in {error:?}"));
     (reason, error)
-}
-
-/// A claim of one job with these lease and acknowledgement timeouts (seconds).
-async fn claim(client: &Client, q: &str, lease: i64, ack: i64) -> proto::ClaimedJob {
-    let duration = |seconds| Some(prost_types::Duration { seconds, nanos: 0 });
-    let request = proto::ClaimJobsRequest {
-        claim: Some(proto::ClaimJobRequest {
-            queues: vec![q.to_owned()],
-            worker_id: "w".into(),
-            lease: duration(lease),
-            wait: duration(1),
-            ack_timeout: duration(ack),
-        }),
-        max_jobs: 1,
-    };
-    let response = client.workers().claim_jobs(request).await.expect("a claim");
-    response
-        .into_inner()
-        .jobs
-        .into_iter()
-        .next()
-        .expect("a job")
-}
-
-async fn heartbeat(client: &Client, job_id: &str, token: &str) -> Result<(), Error> {
-    let request = proto::HeartbeatRequest {
-        job_id: job_id.to_owned(),
-        lease_token: token.to_owned(),
-        ..Default::default()
-    };
-    client
-        .workers()
-        .heartbeat(request)
-        .await
-        .map(|_| ())
-        .map_err(Error::from)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,7 +57,7 @@ async fn the_reasons_of_requests_and_jobs() {
     assert_eq!(e.metadata("last_sequence"), Some("1"));
 
     let claimed = claim(&client, &q, 60, 60).await;
-    let (reason, _) = reason_of(heartbeat(&client, &job.id, "not-a-token").await);
+    let (reason, _) = reason_of(heartbeat(&client, &job.id, "not-a-token", None).await);
     assert_eq!(reason, ErrorReason::LeaseTokenUnknown);
     client.cancel(&job.id, "").await.expect("cancelled");
     // A heartbeat says `cancelled` in its reply; an outcome reported after is refused.
@@ -196,35 +161,28 @@ async fn the_reasons_of_leases() {
     let claimed = claim(&client, &q, 60, 1).await;
     hide_from_sweeper(&stack, &q).await;
     sleep_past(claimed.ack_deadline.expect("an ack deadline")).await;
-    let (reason, e) = reason_of(heartbeat(&client, &job.id, &claimed.lease_token).await);
+    let (reason, e) = reason_of(heartbeat(&client, &job.id, &claimed.lease_token, None).await);
     assert_eq!(reason, ErrorReason::LeaseExpired);
     assert_eq!(e.metadata("deadline"), Some("ack"));
     release_to_sweeper(&stack, &q);
     claim_ended(&client, &job.id).await;
-    let (reason, e) = reason_of(heartbeat(&client, &job.id, &claimed.lease_token).await);
+    let (reason, e) = reason_of(heartbeat(&client, &job.id, &claimed.lease_token, None).await);
     assert_eq!(reason, ErrorReason::LeaseStale);
     assert_eq!(e.metadata("state"), Some("QUEUED"));
 
     // Acknowledged (its first heartbeat), a claim's deadline is its lease's end.
     let claimed = claim(&client, &q, 1, 1).await;
-    let renewed = client
-        .workers()
-        .heartbeat(proto::HeartbeatRequest {
-            job_id: job.id.clone(),
-            lease_token: claimed.lease_token.clone(),
-            ..Default::default()
-        })
+    let renewed = heartbeat(&client, &job.id, &claimed.lease_token, None)
         .await
-        .expect("acknowledged")
-        .into_inner();
+        .expect("acknowledged");
     hide_from_sweeper(&stack, &q).await;
     sleep_past(renewed.lease_expires_at.expect("a lease end")).await;
-    let (reason, e) = reason_of(heartbeat(&client, &job.id, &claimed.lease_token).await);
+    let (reason, e) = reason_of(heartbeat(&client, &job.id, &claimed.lease_token, None).await);
     assert_eq!(reason, ErrorReason::LeaseExpired);
     assert_eq!(e.metadata("deadline"), Some("lease"));
     release_to_sweeper(&stack, &q);
     claim_ended(&client, &job.id).await;
-    let (reason, _) = reason_of(heartbeat(&client, &job.id, &claimed.lease_token).await);
+    let (reason, _) = reason_of(heartbeat(&client, &job.id, &claimed.lease_token, None).await);
     assert_eq!(reason, ErrorReason::LeaseStale);
 }
 
@@ -285,4 +243,99 @@ async fn redis_out_of_memory_and_unavailable() {
     let (reason, e) = reason_of(outcome);
     assert_eq!(reason, ErrorReason::RedisUnavailable);
     assert!(e.is_unavailable());
+}
+
+/// The Redis key of a job's hash (docs/architecture.md, "Redis layout").
+fn job_key(job_id: &str) -> String {
+    let (queue, ulid) = job_id.rsplit_once('.').expect("<queue>.<ULID>");
+    format!("jobd:{{{queue}}}:job:{ulid}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_job_is_internal() {
+    let stack = Stack::start().await;
+    let client = stack.client().await;
+    let job = client
+        .submit(JobSpec::new(queue("corrupt"), "k"))
+        .await
+        .unwrap();
+    let reply = stack
+        .redis
+        .command(&format!("HSET {} state no-such-state", job_key(&job.id)));
+    assert!(reply.starts_with(':'), "HSET: {reply}");
+    let (reason, e) = reason_of(client.get(&job.id).await);
+    assert_eq!(reason, ErrorReason::Internal);
+    assert_eq!(e.code(), Some(Code::Internal));
+    let rejection = e.rejection().expect("a rejection");
+    assert!(rejection.metadata.is_empty(), "{:?}", rejection.metadata);
+    assert_eq!(
+        rejection.message, "internal error",
+        "the cause goes to jobd's log only"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_that_passes_in_jobd_is_deadline_exceeded() {
+    let stack = Stack::start().await;
+    let client = stack.client().await;
+    // A claim that would wait 10 s on an empty queue, with a deadline of 0.3 s. tonic's client
+    // bounds only the wait for the response headers, which jobd sends at once for a call with a
+    // deadline: the status that comes is jobd's.
+    let mut request = tonic::Request::new(proto::ClaimJobsRequest {
+        claim: Some(proto::ClaimJobRequest {
+            queues: vec![queue("idle")],
+            worker_id: "w".into(),
+            wait: Some(prost_types::Duration {
+                seconds: 10,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }),
+        max_jobs: 1,
+    });
+    request.set_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let outcome = client.workers().claim_jobs(request).await;
+    let took = started.elapsed();
+    let (reason, e) = reason_of(outcome.map_err(Error::from));
+    assert_eq!(reason, ErrorReason::DeadlineExceeded);
+    assert_eq!(e.code(), Some(Code::DeadlineExceeded));
+    assert!(e.rejection().unwrap().metadata.is_empty());
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(10),
+        "ended after {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ended_by_a_shutdown_is_shutting_down() {
+    let mut stack = Stack::start().await;
+    // No resume: the status jobd ended the stream with is what the watch yields.
+    let client = Client::builder(stack.jobd.endpoint())
+        .resume(RetryPolicy::NONE)
+        .connect()
+        .await
+        .unwrap();
+    let job = client
+        .submit(JobSpec::new(queue("shutdown"), "k"))
+        .await
+        .unwrap();
+    let mut events = Box::pin(client.watch(&job.id, 0));
+    let first = events
+        .next()
+        .await
+        .expect("the first event")
+        .expect("an event");
+    assert_eq!(first.sequence, 1, "the stream is open and following");
+    let watching = tokio::spawn(async move { events.next().await });
+    tokio::task::block_in_place(|| stack.jobd.stop());
+    let next = tokio::time::timeout(Duration::from_secs(10), watching)
+        .await
+        .expect("the stream ends")
+        .unwrap()
+        .expect("an item");
+    let (reason, e) = reason_of(next);
+    assert_eq!(reason, ErrorReason::ShuttingDown);
+    assert!(e.is_unavailable(), "resumed like any UNAVAILABLE");
+    assert!(e.rejection().unwrap().metadata.is_empty());
 }

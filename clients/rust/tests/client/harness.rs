@@ -1,5 +1,6 @@
-//! A real redis-server and a real jobd on free ports for one test, killed when dropped, and the
-//! one way to wait on a condition (`eventually`).
+//! A real redis-server and a real jobd on free ports for one test, killed when dropped; a
+//! worker running on its own task (`RunningWorker`); a claim and a heartbeat made as a worker
+//! makes them; and the one way to wait on a condition (`eventually`).
 //!
 //! jobd is `$JOBD_BIN`, else the workspace's `target/debug/jobd`, built with cargo when missing.
 
@@ -13,7 +14,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use jobd_client::{Client, RetryPolicy};
+use jobd_client::{Client, Error, RetryPolicy, Worker, proto};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// Polls `check` until it returns `Some`, failing the test after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
@@ -282,4 +285,82 @@ impl Stack {
             .await
             .expect("the client connects")
     }
+}
+
+/// A worker running on its own task until `stop`.
+pub struct RunningWorker {
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), Error>>,
+}
+
+impl RunningWorker {
+    /// Runs `worker` (built with `handle_signals(false)`) until `stop`.
+    pub fn start(worker: Worker) -> Self {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(worker.run_until(stop.clone()));
+        Self { stop, task }
+    }
+
+    /// Starts its graceful shutdown, without waiting for it.
+    pub fn begin_stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Whether its `run_until` has returned.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops it, and waits (at most 15 s) for its `run_until` to return `Ok`.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("the worker stops in time")
+            .expect("its task")
+            .expect("it ran");
+    }
+}
+
+/// Whole seconds as a protobuf duration.
+fn seconds(seconds: i64) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration { seconds, nanos: 0 })
+}
+
+/// Claims one job of `q` as worker `w` would, with these lease and acknowledgement timeouts
+/// (seconds), waiting up to 5 s for it.
+pub async fn claim(client: &Client, q: &str, lease: i64, ack: i64) -> proto::ClaimedJob {
+    let request = proto::ClaimJobsRequest {
+        claim: Some(proto::ClaimJobRequest {
+            queues: vec![q.to_owned()],
+            worker_id: "w".into(),
+            lease: seconds(lease),
+            wait: seconds(5),
+            ack_timeout: seconds(ack),
+        }),
+        max_jobs: 1,
+    };
+    let response = client.workers().claim_jobs(request).await.expect("a claim");
+    let claimed = response.into_inner().jobs.into_iter().next();
+    claimed.expect("a job within the claim's wait")
+}
+
+/// One heartbeat of a claimed job, reporting `progress` when given.
+pub async fn heartbeat(
+    client: &Client,
+    job_id: &str,
+    token: &str,
+    progress: Option<f64>,
+) -> Result<proto::HeartbeatResponse, Error> {
+    let request = proto::HeartbeatRequest {
+        job_id: job_id.to_owned(),
+        lease_token: token.to_owned(),
+        progress: progress.map(|value| proto::Progress {
+            value: Some(value),
+            message: String::new(),
+        }),
+        ..Default::default()
+    };
+    let response = client.workers().heartbeat(request).await?;
+    Ok(response.into_inner())
 }

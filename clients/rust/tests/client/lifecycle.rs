@@ -6,9 +6,8 @@ use futures::StreamExt;
 use jobd_client::{
     BoxError, Error, EventType, JobContext, JobSpec, JobState, NonRetryable, Worker, proto,
 };
-use tokio_util::sync::CancellationToken;
 
-use crate::harness::{Stack, queue};
+use crate::harness::{RunningWorker, Stack, queue};
 
 fn no_backoff() -> proto::BackoffPolicy {
     proto::BackoffPolicy {
@@ -35,8 +34,7 @@ async fn a_worker_completes_fails_and_batches_jobs() {
         .handle("fatal", |_job: JobContext| async move {
             Err::<String, BoxError>(NonRetryable::new("bad input").into())
         });
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(worker.run_until(stop.clone()));
+    let running = RunningWorker::start(worker);
 
     let result = client
         .submit_and_wait(JobSpec::new(&q, "upper").payload("hello"))
@@ -92,12 +90,7 @@ async fn a_worker_completes_fails_and_batches_jobs() {
     let done = client.get(&jobs[0].id).await.expect("the job");
     assert_eq!(done.state(), JobState::Completed);
 
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(15), running)
-        .await
-        .expect("the worker stops")
-        .expect("its task")
-        .expect("it ran");
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,26 +4,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use jobd_client::{BoxError, Client, EventType, JobContext, JobSpec, Worker, proto};
-use tokio_util::sync::CancellationToken;
 
-use crate::harness::{Stack, eventually, queue};
-
-async fn progress(client: &Client, job_id: &str, token: &str, value: f64) {
-    let request = proto::HeartbeatRequest {
-        job_id: job_id.to_owned(),
-        lease_token: token.to_owned(),
-        progress: Some(proto::Progress {
-            value: Some(value),
-            message: String::new(),
-        }),
-        ..Default::default()
-    };
-    client
-        .workers()
-        .heartbeat(request)
-        .await
-        .expect("a heartbeat");
-}
+use crate::harness::{RunningWorker, Stack, claim, eventually, heartbeat, queue};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_survives_a_jobd_restart_without_gap_or_duplicate() {
@@ -31,33 +13,7 @@ async fn watch_survives_a_jobd_restart_without_gap_or_duplicate() {
     let client = stack.client().await;
     let q = queue("restart");
     let job = client.submit(JobSpec::new(&q, "k")).await.unwrap();
-    let claim = proto::ClaimJobsRequest {
-        claim: Some(proto::ClaimJobRequest {
-            queues: vec![q.clone()],
-            worker_id: "w-1".into(),
-            lease: Some(prost_types::Duration {
-                seconds: 120,
-                nanos: 0,
-            }),
-            wait: Some(prost_types::Duration {
-                seconds: 5,
-                nanos: 0,
-            }),
-            ack_timeout: Some(prost_types::Duration {
-                seconds: 60,
-                nanos: 0,
-            }),
-        }),
-        max_jobs: 1,
-    };
-    let claimed = client
-        .workers()
-        .claim_jobs(claim)
-        .await
-        .unwrap()
-        .into_inner()
-        .jobs
-        .remove(0);
+    let claimed = claim(&client, &q, 120, 60).await;
     let token = claimed.lease_token;
 
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -72,7 +28,9 @@ async fn watch_survives_a_jobd_restart_without_gap_or_duplicate() {
     });
     let mut seen = Vec::new();
     for n in 0..3 {
-        progress(&client, &job.id, &token, f64::from(n)).await;
+        heartbeat(&client, &job.id, &token, Some(f64::from(n)))
+            .await
+            .expect("a heartbeat");
     }
     while seen.len() < 5 {
         let next = tokio::time::timeout(Duration::from_secs(10), events_rx.recv()).await;
@@ -81,7 +39,9 @@ async fn watch_survives_a_jobd_restart_without_gap_or_duplicate() {
     stack.jobd.restart().await;
     assert!(!watcher.is_finished(), "the watch outlives the restart");
     for n in 3..6 {
-        progress(&client, &job.id, &token, f64::from(n)).await;
+        heartbeat(&client, &job.id, &token, Some(f64::from(n)))
+            .await
+            .expect("a heartbeat");
     }
     let complete = proto::CompleteJobRequest {
         job_id: job.id.clone(),
@@ -154,8 +114,7 @@ async fn submit_and_wait_follows_its_job_across_a_jobd_restart() {
         .handle("later", |_job: JobContext| async {
             Ok::<_, BoxError>("after the restart")
         });
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(worker.run_until(stop.clone()));
+    let running = RunningWorker::start(worker);
     let result = tokio::time::timeout(Duration::from_secs(30), waiting)
         .await
         .expect("in time");
@@ -163,12 +122,7 @@ async fn submit_and_wait_follows_its_job_across_a_jobd_restart() {
         &result.unwrap().expect("a result")[..],
         b"after the restart"
     );
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(15), running)
-        .await
-        .expect("stops")
-        .unwrap()
-        .unwrap();
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

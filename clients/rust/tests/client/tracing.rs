@@ -15,9 +15,8 @@ use opentelemetry_sdk::{
     error::OTelSdkResult,
     trace::{SdkTracerProvider, SpanData, SpanExporter},
 };
-use tokio_util::sync::CancellationToken;
 
-use crate::harness::{Stack, queue};
+use crate::harness::{RunningWorker, Stack, queue};
 
 /// Keeps every span it is given.
 #[derive(Debug, Clone, Default)]
@@ -56,8 +55,7 @@ async fn the_handler_span_has_the_jobs_trace_context_as_parent() {
                 Ok::<_, BoxError>(job.id().to_owned())
             }
         });
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(worker.run_until(stop.clone()));
+    let running = RunningWorker::start(worker);
 
     let tracer = provider.tracer("test");
     let caller = tracer.start("caller");
@@ -72,12 +70,7 @@ async fn the_handler_span_has_the_jobs_trace_context_as_parent() {
         .unwrap()
         .unwrap();
     let job_id = String::from_utf8(job_id.to_vec()).unwrap();
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(15), running)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    running.stop().await;
 
     let job = client.get(&job_id).await.unwrap();
     let parts: Vec<String> = job.trace_context["traceparent"]

@@ -12,9 +12,8 @@ use std::{
 use futures::StreamExt;
 use jobd_client::{BoxError, Client, EventType, JobContext, JobSpec, JobState, Worker};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
-use crate::harness::{Stack, eventually, queue};
+use crate::harness::{RunningWorker, Stack, eventually, queue};
 
 /// The job's event types so far.
 async fn event_types(client: &Client, job_id: &str) -> Vec<EventType> {
@@ -55,8 +54,7 @@ async fn a_cancelled_jobs_handler_sees_it_within_one_heartbeat_interval() {
         });
     let interval = worker.heartbeat_interval();
     assert_eq!(interval, Duration::from_secs(1));
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(worker.run_until(stop.clone()));
+    let running = RunningWorker::start(worker);
     let job = client
         .submit(JobSpec::new(&q, "long"))
         .await
@@ -76,12 +74,7 @@ async fn a_cancelled_jobs_handler_sees_it_within_one_heartbeat_interval() {
         took <= interval + Duration::from_millis(750),
         "took {took:?}"
     );
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(15), running)
-        .await
-        .expect("stops")
-        .unwrap()
-        .unwrap();
+    running.stop().await;
     let done = client.get(&job.id).await.expect("the job");
     assert_eq!(done.state(), JobState::Cancelled);
     assert_eq!(done.cancel_reason, "stop it");
@@ -120,8 +113,7 @@ async fn shutdown_finishes_running_jobs_and_gives_back_claimed_ones_at_no_cost()
                 Ok::<_, BoxError>("must not run")
             }
         });
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(worker.run_until(stop.clone()));
+    let running = RunningWorker::start(worker);
     let slow = client
         .submit_many((0..2).map(|_| JobSpec::new(&q, "slow")))
         .await
@@ -132,7 +124,7 @@ async fn shutdown_finishes_running_jobs_and_gives_back_claimed_ones_at_no_cost()
     .await;
     // The worker claimed for its 2 free slots as soon as the slow jobs started (nothing else
     // comes between); stop now, then feed that claim: what it brings must go back.
-    stop.cancel();
+    running.begin_stop();
     let quick = client
         .submit_many((0..2).map(|_| JobSpec::new(&q, "quick")))
         .await
@@ -163,11 +155,7 @@ async fn shutdown_finishes_running_jobs_and_gives_back_claimed_ones_at_no_cost()
     );
     finish.notify_waiters();
     finish.notify_waiters();
-    tokio::time::timeout(Duration::from_secs(15), running)
-        .await
-        .expect("stops")
-        .unwrap()
-        .unwrap();
+    running.stop().await;
 
     for job in &slow {
         let done = client.get(&job.id).await.expect("the job");
@@ -198,20 +186,14 @@ async fn shutdown_finishes_running_jobs_and_gives_back_claimed_ones_at_no_cost()
         .handle("quick", |_job: JobContext| async {
             Ok::<_, BoxError>("done later")
         });
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(again.run_until(stop.clone()));
+    let running = RunningWorker::start(again);
     for job in &quick {
         let events: Vec<_> = client.watch(&job.id, 0).collect().await;
         let last = events.last().expect("events").as_ref().expect("an event");
         assert_eq!(last.r#type(), EventType::Completed);
         assert_eq!(last.attempt, 1);
     }
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(15), running)
-        .await
-        .expect("stops")
-        .unwrap()
-        .unwrap();
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,8 +216,7 @@ async fn handlers_past_the_shutdown_deadline_are_dropped_and_their_jobs_given_ba
                 Ok::<_, BoxError>("never")
             }
         });
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(worker.run_until(stop.clone()));
+    let running = RunningWorker::start(worker);
     let job = client
         .submit(JobSpec::new(&q, "stuck"))
         .await
@@ -244,12 +225,7 @@ async fn handlers_past_the_shutdown_deadline_are_dropped_and_their_jobs_given_ba
         .await
         .expect("starts");
     let stopping = Instant::now();
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(10), running)
-        .await
-        .expect("stops")
-        .unwrap()
-        .unwrap();
+    running.stop().await;
     // The deadline (0.5 s), the claim in flight (up to its 1 s wait), the give-back: generous.
     assert!(
         stopping.elapsed() < Duration::from_secs(5),
