@@ -44,8 +44,9 @@ impl RetryPolicy {
         multiplier: 1.0,
     };
 
-    /// How a broken `watch` or `submit_and_wait` stream is resumed by default: 10 attempts,
-    /// about 11 s of tries, enough for a jobd restart.
+    /// How a broken `watch` or `submit_and_wait` stream is resumed by default: 10 attempts in
+    /// a row without an event, about 11 s of tries, enough for a jobd restart (a stream that
+    /// stayed open for `max` before it broke starts the count afresh).
     pub const RESUME: RetryPolicy = RetryPolicy {
         max_attempts: 10,
         initial: Duration::from_millis(100),

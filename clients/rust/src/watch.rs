@@ -1,6 +1,8 @@
 //! Following jobs: `watch`, a stream of a job's events that resumes by itself after the last
 //! sequence it delivered, and `submit_and_wait`, on SubmitAndWatchJobs.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use futures::Stream;
 use tonic::{Request, Status, Streaming};
@@ -30,11 +32,13 @@ fn is_finished(state: JobState) -> bool {
 impl Client {
     /// The job's events after `after_sequence` (0: from the first), then live ones, ending
     /// after the terminal event, or with no event when the job had finished by
-    /// `after_sequence` (its terminal event is then the caller's already). A broken stream (UNAVAILABLE, a jobd shutting down or
-    /// restarting, a proxy's cut) is resumed with `after_sequence` = the last sequence
-    /// delivered, with the resume policy's backoff: no event is missed or repeated. Ends with
-    /// an error when jobd refuses the watch (`JOB_NOT_FOUND`, `PAST_LAST_EVENT`) or the
-    /// resumes run out.
+    /// `after_sequence` (its terminal event is then the caller's already). A broken stream
+    /// (UNAVAILABLE, a jobd shutting down or restarting, a proxy's cut) is resumed with
+    /// `after_sequence` = the last sequence delivered, with the resume policy's backoff: no
+    /// event is missed or repeated. Ends with an error when jobd refuses the watch
+    /// (`JOB_NOT_FOUND`, `PAST_LAST_EVENT`) or the resumes run out: the policy's attempts in a
+    /// row without an event, where a stream that had stayed open for the policy's longest
+    /// delay before it broke starts the count afresh (one that jobd ended with OK does not).
     pub fn watch(
         &self,
         job_id: impl Into<String>,
@@ -46,6 +50,7 @@ impl Client {
             last: after_sequence,
             failures: 0,
             stream: None,
+            opened: Instant::now(),
             done: false,
         };
         futures::stream::unfold(follower, |mut follower| async move {
@@ -191,6 +196,8 @@ struct Follower {
     last: u64,
     failures: u32,
     stream: Option<Streaming<JobEvent>>,
+    /// When the current stream was opened (its response headers came).
+    opened: Instant,
     done: bool,
 }
 
@@ -198,11 +205,13 @@ impl Follower {
     /// The next new event, resuming the stream as often as the policy allows; `None` when the
     /// job has no event after `last` and never will.
     async fn next_event(&mut self) -> Option<Result<JobEvent>> {
+        let policy = self.client.resume_policy();
         loop {
             let error = match self.stream.as_mut() {
                 None => match self.open().await {
                     Ok(stream) => {
                         self.stream = Some(stream);
+                        self.opened = Instant::now();
                         continue;
                     }
                     Err(error) => error,
@@ -223,11 +232,20 @@ impl Follower {
                         }
                         _ => ended_early(),
                     },
-                    Err(status) => status.into(),
+                    // A stream that stayed open for the policy's longest delay was healthy:
+                    // its break starts the count afresh, so that a quiet watch survives any
+                    // number of cuts over its life (a proxy's idle timeout, jobd's max
+                    // connection age), while a jobd that breaks every stream at once, or
+                    // ends it with OK, spends the budget.
+                    Err(status) => {
+                        if self.opened.elapsed() >= policy.max {
+                            self.failures = 0;
+                        }
+                        status.into()
+                    }
                 },
             };
             self.stream = None;
-            let policy = self.client.resume_policy();
             if !error.is_resumable() || self.failures + 1 >= policy.max_attempts {
                 return Some(Err(error));
             }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use jobd_client::{Client, Code, Error, ErrorReason, JobSpec, JobState, RetryPolicy, proto};
 
-use crate::harness::{Stack, claim, eventually, heartbeat, queue};
+use crate::harness::{Stack, claim, eventually, heartbeat, job_key, queue};
 
 fn reason_of<T: std::fmt::Debug>(outcome: Result<T, Error>) -> (ErrorReason, Error) {
     let error = outcome.expect_err("a refusal");
@@ -243,12 +243,6 @@ async fn redis_out_of_memory_and_unavailable() {
     let (reason, e) = reason_of(outcome);
     assert_eq!(reason, ErrorReason::RedisUnavailable);
     assert!(e.is_unavailable());
-}
-
-/// The Redis key of a job's hash (docs/architecture.md, "Redis layout").
-fn job_key(job_id: &str) -> String {
-    let (queue, ulid) = job_id.rsplit_once('.').expect("<queue>.<ULID>");
-    format!("jobd:{{{queue}}}:job:{ulid}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

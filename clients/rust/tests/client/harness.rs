@@ -1,6 +1,7 @@
-//! A real redis-server and a real jobd on free ports for one test, killed when dropped; a
-//! worker running on its own task (`RunningWorker`); a claim and a heartbeat made as a worker
-//! makes them; and the one way to wait on a condition (`eventually`).
+//! A real redis-server and a real jobd on free ports for one test, killed when dropped; a TCP
+//! proxy a test can cut (`Proxy`); a worker running on its own task (`RunningWorker`); a claim
+//! and a heartbeat made as a worker makes them; and the one way to wait on a condition
+//! (`eventually`).
 //!
 //! jobd is `$JOBD_BIN`, else the workspace's `target/debug/jobd`, built with cargo when missing.
 
@@ -10,12 +11,19 @@ use std::{
     net::{TcpListener, TcpStream},
     path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::Mutex,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use jobd_client::{Client, Error, RetryPolicy, Worker, proto};
-use tokio::task::JoinHandle;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::tcp::{OwnedReadHalf, OwnedWriteHalf},
+    task::{JoinHandle, JoinSet},
+};
 use tokio_util::sync::CancellationToken;
 
 /// Polls `check` until it returns `Some`, failing the test after `timeout`.
@@ -35,6 +43,12 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The Redis key of a job's hash (docs/architecture.md, "Redis layout").
+pub fn job_key(job_id: &str) -> String {
+    let (queue, ulid) = job_id.rsplit_once('.').expect("<queue>.<ULID>");
+    format!("jobd:{{{queue}}}:job:{ulid}")
 }
 
 /// A queue name no other test uses.
@@ -363,4 +377,133 @@ pub async fn heartbeat(
     };
     let response = client.workers().heartbeat(request).await?;
     Ok(response.into_inner())
+}
+
+/// A TCP proxy in front of jobd: `cut` resets every connection through it, `close` stops
+/// listening (connections are refused, as by a jobd that is down) until `open`, on the same
+/// port; `answered` counts the calls jobd answered through it.
+pub struct Proxy {
+    pub port: u16,
+    upstream: u16,
+    listener: Mutex<Option<JoinHandle<()>>>,
+    connections: Arc<Mutex<JoinSet<()>>>,
+    answered: Arc<AtomicUsize>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: u16) -> Self {
+        let proxy = Self {
+            port: free_port(),
+            upstream,
+            listener: Mutex::new(None),
+            connections: Arc::default(),
+            answered: Arc::default(),
+        };
+        proxy.open().await;
+        proxy
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// How many calls jobd answered through it so far: response headers that are not a
+    /// status alone (the headers of a stream, or of a unary reply with a message).
+    pub fn answered(&self) -> usize {
+        self.answered.load(Ordering::SeqCst)
+    }
+
+    /// Listens (again) on its port.
+    pub async fn open(&self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("the proxy's port");
+        let (upstream, connections) = (self.upstream, self.connections.clone());
+        let answered = self.answered.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let answered = answered.clone();
+                connections.lock().unwrap().spawn(async move {
+                    // Closed with RST: a cut is a connection reset, not an orderly end.
+                    let _ = inbound.set_zero_linger();
+                    let Ok(outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    let (mut from_client, mut to_client) = inbound.into_split();
+                    let (mut from_jobd, mut to_jobd) = outbound.into_split();
+                    let up = tokio::io::copy(&mut from_client, &mut to_jobd);
+                    let down = copy_counting_answers(&mut from_jobd, &mut to_client, &answered);
+                    let _ = tokio::join!(up, down);
+                });
+            }
+        });
+        *self.listener.lock().unwrap() = Some(task);
+    }
+
+    /// Resets every connection through it; new ones are accepted while it listens.
+    pub fn cut(&self) {
+        self.connections.lock().unwrap().abort_all();
+    }
+
+    /// Stops listening and cuts every connection: the port refuses connections until `open`.
+    pub async fn close(&self) {
+        let listener = self.listener.lock().unwrap().take();
+        if let Some(task) = listener {
+            task.abort();
+            let _ = task.await;
+        }
+        self.cut();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(task) = self.listener.lock().unwrap().take() {
+            task.abort();
+        }
+        self.connections.lock().unwrap().abort_all();
+    }
+}
+
+/// Copies jobd's side of a connection to the client, reading its HTTP/2 frames as they go
+/// by (9-byte headers: length, type, flags, stream): a HEADERS frame (type 1) of a stream
+/// without END_STREAM (flag 1) is a call's response headers, counted once written.
+async fn copy_counting_answers(
+    from: &mut OwnedReadHalf,
+    to: &mut OwnedWriteHalf,
+    answered: &AtomicUsize,
+) -> std::io::Result<()> {
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut header = Vec::with_capacity(9);
+    let mut payload_left = 0usize;
+    loop {
+        let n = from.read(&mut buffer).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        to.write_all(&buffer[..n]).await?;
+        let mut rest = &buffer[..n];
+        while !rest.is_empty() {
+            if payload_left > 0 {
+                let skipped = payload_left.min(rest.len());
+                payload_left -= skipped;
+                rest = &rest[skipped..];
+                continue;
+            }
+            let taken = (9 - header.len()).min(rest.len());
+            header.extend_from_slice(&rest[..taken]);
+            rest = &rest[taken..];
+            if header.len() == 9 {
+                payload_left = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+                let (kind, flags) = (header[3], header[4]);
+                let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
+                if kind == 1 && flags & 1 == 0 && stream & 0x7fff_ffff != 0 {
+                    answered.fetch_add(1, Ordering::SeqCst);
+                }
+                header.clear();
+            }
+        }
+    }
 }

@@ -1,11 +1,13 @@
 //! Streams that resume across a jobd restart; calls retried while Redis is SIGSTOPped.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use jobd_client::{BoxError, Client, EventType, JobContext, JobSpec, Worker, proto};
+use jobd_client::{
+    BoxError, Client, Code, EventType, JobContext, JobSpec, RetryPolicy, Worker, proto,
+};
 
-use crate::harness::{RunningWorker, Stack, claim, eventually, heartbeat, queue};
+use crate::harness::{Proxy, RunningWorker, Stack, claim, eventually, heartbeat, job_key, queue};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_survives_a_jobd_restart_without_gap_or_duplicate() {
@@ -101,10 +103,13 @@ async fn submit_and_wait_follows_its_job_across_a_jobd_restart() {
         },
     )
     .await;
+    let restarting = Instant::now();
     stack.jobd.restart().await;
     if waiting.is_finished() {
+        // RetryPolicy::RESUME's 10 attempts cover about 9 to 11 s without jobd.
         panic!(
-            "submit_and_wait ended during the restart: {:?}",
+            "submit_and_wait ended during the restart, which took {:?}: {:?}",
+            restarting.elapsed(),
             waiting.await
         );
     }
@@ -184,4 +189,182 @@ async fn calls_are_retried_while_redis_is_paused() {
         .unwrap()
         .into_inner();
     assert_eq!(stats.queued, 2);
+}
+
+/// A short resume policy: `max_attempts` in a row, delays of 50 ms growing to 100 ms.
+fn brief_resume(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts,
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(100),
+        multiplier: 2.0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_watch_survives_cuts_spread_over_its_life() {
+    let stack = Stack::start().await;
+    let direct = stack.client().await;
+    let proxy = Proxy::start(stack.jobd.port).await;
+    // 3 attempts in a row: 3 cuts without an event between would spend them all, were each
+    // stream that lived its while not counted as healthy (a long job's watch, cut every
+    // `--max-connection-age` + grace, or by a proxy's idle timeout).
+    let policy = brief_resume(3);
+    let through = Client::builder(proxy.endpoint())
+        .resume(policy)
+        .connect()
+        .await
+        .unwrap();
+    let q = queue("cuts");
+    let job = direct.submit(JobSpec::new(&q, "k")).await.unwrap();
+    let claimed = claim(&direct, &q, 120, 60).await;
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let watcher = tokio::spawn({
+        let events = through.watch(&job.id, 0);
+        async move {
+            futures::pin_mut!(events);
+            while let Some(event) = events.next().await {
+                let _ = events_tx.send(event);
+            }
+        }
+    });
+    let mut next_event = async || {
+        let next = tokio::time::timeout(Duration::from_secs(10), events_rx.recv()).await;
+        next.expect("an event in time")
+            .expect("the watch goes on")
+            .expect("an event, resumed if need be")
+    };
+    assert_eq!(next_event().await.r#type(), EventType::Queued);
+    assert_eq!(next_event().await.r#type(), EventType::Started);
+    for _ in 0..4 {
+        let answered = proxy.answered();
+        proxy.cut();
+        eventually(Duration::from_secs(10), "the watch to resume", || async {
+            assert!(!watcher.is_finished(), "the watch ended after a cut");
+            (proxy.answered() > answered).then_some(())
+        })
+        .await;
+        // The resumed stream lives well past the policy's longest delay before the next cut.
+        tokio::time::sleep(policy.max * 5).await;
+    }
+    assert!(!watcher.is_finished(), "the watch outlives the cuts");
+    heartbeat(&direct, &job.id, &claimed.lease_token, Some(0.5))
+        .await
+        .expect("a heartbeat");
+    let progress = next_event().await;
+    assert_eq!(
+        (progress.sequence, progress.r#type()),
+        (3, EventType::Progress)
+    );
+    let complete = proto::CompleteJobRequest {
+        job_id: job.id.clone(),
+        lease_token: claimed.lease_token.clone(),
+        result: "ok".into(),
+        next: None,
+    };
+    direct
+        .workers()
+        .complete_job(complete)
+        .await
+        .expect("completed");
+    let last = next_event().await;
+    assert_eq!((last.sequence, last.r#type()), (4, EventType::Completed));
+    tokio::time::timeout(Duration::from_secs(10), watcher)
+        .await
+        .expect("the watch ends after the terminal event")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_and_wait_follows_its_job_across_a_cut_and_a_closed_port() {
+    let stack = Stack::start().await;
+    let direct = stack.client().await;
+    let proxy = Proxy::start(stack.jobd.port).await;
+    let through = Client::connect(proxy.endpoint()).await.unwrap();
+    let q = queue("closed-port");
+    let waiting = tokio::spawn({
+        let spec = JobSpec::new(&q, "later").payload("x");
+        async move { through.submit_and_wait(spec).await }
+    });
+    eventually(
+        Duration::from_secs(10),
+        "the job to be submitted",
+        || async {
+            let request = proto::GetQueueStatsRequest { queue: q.clone() };
+            let stats = direct.jobs().get_queue_stats(request).await.ok()?;
+            (stats.into_inner().queued == 1).then_some(())
+        },
+    )
+    .await;
+    // The stream is reset under the call, then every resume is refused for a second (the
+    // first within 0.1 s): a transport error, then connection errors, all resumed.
+    let answered = proxy.answered();
+    proxy.close().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !waiting.is_finished(),
+        "still resuming: {:?}",
+        waiting.await
+    );
+    proxy.open().await;
+    eventually(Duration::from_secs(10), "the watch to resume", || async {
+        (proxy.answered() > answered).then_some(())
+    })
+    .await;
+    let worker = Worker::new(direct.clone(), [q.clone()])
+        .claim_wait(Duration::from_secs(1))
+        .handle_signals(false)
+        .handle("later", |_job: JobContext| async {
+            Ok::<_, BoxError>("after the outage")
+        });
+    let running = RunningWorker::start(worker);
+    let result = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("in time");
+    assert_eq!(&result.unwrap().expect("a result")[..], b"after the outage");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_keeps_ending_ok_on_an_unfinished_log_spends_its_budget() {
+    let stack = Stack::start().await;
+    let client = Client::builder(stack.jobd.endpoint())
+        .resume(brief_resume(3))
+        .connect()
+        .await
+        .unwrap();
+    let job = client
+        .submit(JobSpec::new(queue("ends-ok"), "k"))
+        .await
+        .unwrap();
+    client.cancel(&job.id, "").await.expect("cancelled");
+    // The log now claims an event 3 that is not there: jobd ends every watch after 2 with OK
+    // (the job is finished), while GetJob says an event may follow 2.
+    let reply = stack
+        .redis
+        .command(&format!("HSET {} seq 3", job_key(&job.id)));
+    assert!(reply.starts_with(':'), "HSET: {reply}");
+    let started = Instant::now();
+    let items: Vec<_> =
+        tokio::time::timeout(Duration::from_secs(10), client.watch(&job.id, 2).collect())
+            .await
+            .expect("the watch gives up in time");
+    assert_eq!(items.len(), 1, "{items:?}");
+    let error = items
+        .into_iter()
+        .next()
+        .unwrap()
+        .expect_err("resumes spent");
+    assert_eq!(error.code(), Some(Code::Unavailable), "{error:?}");
+    assert_eq!(
+        error.reason(),
+        None,
+        "the library's own, not jobd's: {error:?}"
+    );
+    // 3 attempts: 2 delays of 40-50 ms and 80-100 ms between them.
+    assert!(
+        started.elapsed() >= Duration::from_millis(120),
+        "{:?}",
+        started.elapsed()
+    );
 }
