@@ -19,7 +19,7 @@ from jobd.v1 import worker_service_pb2 as wpb
 
 import jobd
 from jobd import errors
-from jobd.client import claim_request
+from jobd.client import _resumable, claim_request
 
 E = TypeVar("E", bound=jobd.JobdError)
 
@@ -91,6 +91,25 @@ def test_unavailable_reasons_are_retried_as_unavailable() -> None:
     for reason in ["REDIS_UNAVAILABLE", "REDIS_OUT_OF_MEMORY", "SHUTTING_DOWN"]:
         error = errors.from_status(grpc.StatusCode.UNAVAILABLE, "m", status_bytes(reason))
         assert isinstance(error, errors.Unavailable)
+
+
+def test_a_stream_broken_by_the_transport_is_resumed_one_jobd_refused_is_not() -> None:
+    resumable = [
+        errors.from_status(grpc.StatusCode.UNAVAILABLE, "connection refused"),
+        errors.from_status(grpc.StatusCode.UNAVAILABLE, "m", status_bytes("SHUTTING_DOWN")),
+        errors.from_status(grpc.StatusCode.CANCELLED, "RST_STREAM"),
+        errors.from_status(grpc.StatusCode.INTERNAL, "RST_STREAM with code 2"),
+        errors.from_status(grpc.StatusCode.UNKNOWN, "Stream removed"),
+    ]
+    for error in resumable:
+        assert _resumable(error), error
+    refused = [
+        errors.from_status(grpc.StatusCode.INTERNAL, "internal error", status_bytes("INTERNAL")),
+        errors.from_status(grpc.StatusCode.NOT_FOUND, "m", status_bytes("JOB_NOT_FOUND")),
+        errors.from_status(grpc.StatusCode.DEADLINE_EXCEEDED, "m"),
+    ]
+    for error in refused:
+        assert not _resumable(error), error
 
 
 # -- against a real jobd ---------------------------------------------------------------------

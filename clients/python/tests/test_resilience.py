@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from harness import Stack, eventually
+from harness import Stack, eventually, job_key
 from jobd.v1 import job_service_pb2
 from jobd.v1 import worker_service_pb2 as wpb
 
@@ -138,3 +139,30 @@ async def test_submit_and_wait_follows_its_job_across_a_jobd_restart(
         worker.stop()
         await asyncio.wait_for(run, 10)
     assert any("following job" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_watch_that_keeps_ending_ok_on_an_unfinished_log_spends_its_budget(
+    stack: Stack, queue: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jobd.client")
+    resume = jobd.RetryPolicy(max_attempts=3, initial=0.05, max=0.1)
+    async with jobd.Client(stack.target, resume=resume) as client:
+        job = await client.submit(queue, "k")
+        await client.cancel(job.id)
+        # The log now claims an event 3 that is not there: jobd ends every watch after 2 with OK
+        # (the job is finished), while GetJob says an event may follow 2.
+        stack.redis.command("HSET", job_key(job.id), "seq", "3")
+        started = time.monotonic()
+        with pytest.raises(jobd.Unavailable) as spent:
+            await asyncio.wait_for(_drain(client.watch(job.id, after_sequence=2)), 10)
+    assert type(spent.value) is jobd.Unavailable, "the library's own, not jobd's"
+    assert not spent.value.detailed
+    resumed = [r for r in caplog.records if "resuming the watch" in r.getMessage()]
+    assert len(resumed) == 2, "3 attempts in all"
+    # 2 delays: 40-50 ms, then 80-100 ms.
+    assert time.monotonic() - started >= 0.12
+
+
+async def _drain(events: AsyncIterator[jobd.JobEvent]) -> None:
+    async for _ in events:
+        pass

@@ -208,15 +208,25 @@ class Client:
         event. A broken stream (UNAVAILABLE, a jobd shutting down, a proxy's idle cut) is
         resumed from the last event received, with backoff: no event is missed or repeated.
         Ends with no event when the job had finished by `after_sequence` (jobd ends the stream
-        with OK, and GetJob says the job is over)."""
+        with OK, and GetJob says the job is over).
+
+        The resumes run out after `resume.max_attempts` attempts in a row without an event
+        (`Unavailable` when jobd kept ending the stream with OK on an unfinished job); a stream
+        that stayed open for `resume.max` seconds before it broke starts the count afresh, so
+        a quiet watch survives any number of cuts over its life."""
         last = after_sequence
         failures = 0
+        clock = asyncio.get_running_loop()
         while True:
             call = self.jobs.WatchJob(
                 job_service_pb2.WatchJobRequest(job_id=job_id, after_sequence=last),
                 metadata=self.metadata(),
             )
+            error: JobdError
+            opened: float | None = None
             try:
+                await call.initial_metadata()
+                opened = clock.time()
                 async for event in call:
                     if event.sequence <= last:
                         continue
@@ -229,15 +239,18 @@ class Client:
                 # terminal event came before; otherwise the replica stopped following it.
                 if await self._finished_by(job_id, last):
                     return
-                cause = "the stream ended before the terminal event"
+                error = _ended_early(f"the watch of job {job_id}")
             except grpc.aio.AioRpcError as e:
                 error = from_rpc_error(e)
-                if not _resumable(error) or failures + 1 >= self.resume.max_attempts:
+                if not _resumable(error):
                     raise error from e
-                cause = str(error)
+                if opened is not None and clock.time() - opened >= self.resume.max:
+                    failures = 0  # a healthy stream broke: a fresh start
             finally:
                 call.cancel()
-            log.info("resuming the watch of %s after sequence %d: %s", job_id, last, cause)
+            if failures + 1 >= self.resume.max_attempts:
+                raise error
+            log.info("resuming the watch of %s after sequence %d: %s", job_id, last, error)
             await asyncio.sleep(self.resume.delay(failures))
             failures += 1
 
@@ -277,6 +290,7 @@ class Client:
                     job_service_pb2.SubmitJobsRequest(jobs=[request]),
                     metadata=self.metadata(headers),
                 )
+                error: JobdError
                 try:
                     async for message in call:
                         if message.HasField("submitted"):
@@ -288,16 +302,19 @@ class Client:
                         last = event.sequence
                         if event.type in TERMINAL_EVENTS:
                             return _outcome(event)
+                    # Ended with OK before the outcome: follow the job, if it was submitted.
+                    error = _ended_early("SubmitAndWatchJobs")
                 except grpc.aio.AioRpcError as e:
                     error = from_rpc_error(e)
-                    if job_id:
-                        break  # submitted: follow it with WatchJob from `last`
-                    failures += 1
-                    if not (retry and _resumable(error)) or failures >= self.resume.max_attempts:
-                        raise error from e
-                    await asyncio.sleep(self.resume.delay(failures - 1))
                 finally:
                     call.cancel()
+                if job_id:
+                    break  # submitted: follow it with WatchJob from `last`
+                # Not known to be submitted: sent again only with an idempotency key.
+                failures += 1
+                if not (retry and _resumable(error)) or failures >= self.resume.max_attempts:
+                    raise error
+                await asyncio.sleep(self.resume.delay(failures - 1))
         log.info("following job %s with WatchJob after sequence %d: its stream broke", job_id, last)
         async for event in self.watch(job_id, after_sequence=last):
             if event.type in TERMINAL_EVENTS:
@@ -306,10 +323,22 @@ class Client:
 
 
 def _resumable(error: JobdError) -> bool:
-    """A stream broken by the transport or a replica going away, not by jobd refusing it."""
+    """A stream broken by the transport or a replica going away, not by jobd refusing it:
+    UNAVAILABLE (SHUTTING_DOWN included), CANCELLED, and INTERNAL or UNKNOWN that jobd did not
+    give (grpc's own for a connection lost under the call, "Stream removed", say)."""
     if isinstance(error, Unavailable | Cancelled):
         return True
-    return isinstance(error, Internal) and not error.detailed
+    transport = error.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
+    return transport and not error.detailed
+
+
+def _ended_early(stream: str) -> Unavailable:
+    """A stream jobd ended with OK before the job's terminal event: resumable."""
+    return Unavailable(
+        f"{stream} ended before the job's terminal event",
+        code=grpc.StatusCode.UNAVAILABLE,
+        reason="UNAVAILABLE",
+    )
 
 
 def _outcome(event: JobEvent) -> bytes:
