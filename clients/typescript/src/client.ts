@@ -44,7 +44,9 @@ export interface ClientOptions {
   callTimeoutMs?: number;
   /**
    * How long `watch` (and `submitAndWait`) keeps resuming a broken stream while every attempt
-   * fails (jobd restarting, say), in ms. Default 60 000.
+   * fails (jobd restarting, say), in ms. Default 60 000. A stream that had stayed open for the
+   * retry policy's longest delay (`maxBackoffMs`) before it broke starts the count afresh; one
+   * that jobd ended with OK on an unfinished job does not.
    */
   watchResumeMs?: number;
   /** Extra channel options for @grpc/grpc-js. */
@@ -200,7 +202,8 @@ export class JobdClient {
    */
   async *watch(jobId: string, options: WatchOptions = {}): AsyncGenerator<JobEvent, void, undefined> {
     let after = options.afterSequence ?? 0;
-    // Consecutive failures, and since when: resumed with backoff for watchResumeMs.
+    // Consecutive failures, and since when: resumed with backoff for watchResumeMs. An event
+    // resets both; so does the break of a stream that had stayed open for a while.
     let failures = 0;
     let brokenSince = 0;
     const broken = async (error: JobdError) => {
@@ -211,6 +214,11 @@ export class JobdClient {
     };
     for (;;) {
       const call = this.jobs.WatchJob({ jobId, afterSequence: after }, this.metadata(), {});
+      // When jobd answered this stream (its response headers came).
+      let openedAt = 0;
+      call.on('metadata', () => {
+        openedAt = Date.now();
+      });
       const abort = () => call.cancel();
       options.signal?.addEventListener('abort', abort, { once: true });
       try {
@@ -230,6 +238,13 @@ export class JobdClient {
         const error = toJobdError(thrown);
         if (options.signal?.aborted) throw options.signal.reason;
         if (!isResumable(error)) throw error;
+        // A stream that stayed open for the longest backoff delay was healthy: its break starts
+        // afresh, so a quiet watch survives any number of cuts over its life (a proxy's idle
+        // timeout, jobd's max connection age). A stream jobd ended with OK never does.
+        if (openedAt && Date.now() - openedAt >= this.retry.maxBackoffMs) {
+          failures = 0;
+          brokenSince = 0;
+        }
         await broken(error);
       } finally {
         options.signal?.removeEventListener('abort', abort);

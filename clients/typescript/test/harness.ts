@@ -1,10 +1,10 @@
 //! The test harness: a redis-server and a jobd of the test's own, on free ports, stopped at the
-//! end (`sharedJobd` for one shared by a file's tests); and `waitFor`, the one way to wait on
-//! an observable condition.
+//! end (`sharedJobd` for one shared by a file's tests); a TCP proxy a test can cut (`Proxy`);
+//! and `waitFor`, the one way to wait on an observable condition.
 import * as grpc from '@grpc/grpc-js';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { createServer, connect } from 'node:net';
+import { createServer, connect, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { after, before, type TestContext } from 'node:test';
@@ -248,4 +248,77 @@ export const DUE_INDEX = 'jobd:{:queues}:due';
 export function jobKey(jobId: string): string {
   const dot = jobId.lastIndexOf('.');
   return `jobd:{${jobId.slice(0, dot)}}:job:${jobId.slice(dot + 1)}`;
+}
+
+/**
+ * A TCP proxy in front of jobd: `cut()` resets every connection through it (new ones are
+ * accepted); `answered` counts the calls jobd answered through it, read from the HTTP/2 frames
+ * jobd sends (9-byte headers: length, type, flags, stream): a HEADERS frame (type 1) of a
+ * stream without END_STREAM (flag 1) is a call's response headers.
+ */
+export class Proxy {
+  answered = 0;
+  private readonly sockets = new Set<Socket>();
+  private server: Server | undefined;
+
+  private constructor(
+    readonly port: number,
+    private readonly upstream: number,
+  ) {}
+
+  static async start(upstream: number): Promise<Proxy> {
+    const proxy = new Proxy(await freePort(), upstream);
+    proxy.server = createServer((inbound) => proxy.relay(inbound));
+    await new Promise<void>((listening) => proxy.server!.listen(proxy.port, '127.0.0.1', listening));
+    return proxy;
+  }
+
+  get address(): string {
+    return `127.0.0.1:${this.port}`;
+  }
+
+  /** Resets every connection through it. */
+  cut(): void {
+    for (const socket of this.sockets) socket.resetAndDestroy();
+    this.sockets.clear();
+  }
+
+  async close(): Promise<void> {
+    this.cut();
+    await new Promise((closed) => this.server?.close(closed));
+  }
+
+  private relay(inbound: Socket): void {
+    const outbound = connect(this.upstream, '127.0.0.1');
+    const header: number[] = [];
+    let payloadLeft = 0;
+    outbound.on('data', (chunk: Buffer) => {
+      inbound.write(chunk);
+      for (let i = 0; i < chunk.length; ) {
+        if (payloadLeft > 0) {
+          const skipped = Math.min(payloadLeft, chunk.length - i);
+          payloadLeft -= skipped;
+          i += skipped;
+          continue;
+        }
+        header.push(chunk[i++]!);
+        if (header.length < 9) continue;
+        const [l0, l1, l2, type, flags, s0, s1, s2, s3] = header as [number, number, number, number, number, number, number, number, number];
+        payloadLeft = (l0 << 16) | (l1 << 8) | l2;
+        const stream = ((s0 & 0x7f) << 24) | (s1 << 16) | (s2 << 8) | s3;
+        if (type === 1 && (flags & 1) === 0 && stream !== 0) this.answered++;
+        header.length = 0;
+      }
+    });
+    inbound.pipe(outbound);
+    for (const socket of [inbound, outbound]) {
+      this.sockets.add(socket);
+      socket.on('error', () => {});
+      socket.on('close', () => {
+        this.sockets.delete(socket);
+        inbound.destroy();
+        outbound.destroy();
+      });
+    }
+  }
 }

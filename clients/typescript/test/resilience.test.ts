@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 import { JobdError, RedisUnavailableError, ShuttingDownError, Worker, type JobEvent } from '../src';
-import { queueName, sharedJobd, waitFor } from './harness';
+import { Proxy, queueName, sharedJobd, waitFor } from './harness';
 
 /** The errors the shared client retried (or resumed a stream after), in order. */
 const retries: JobdError[] = [];
@@ -85,4 +86,40 @@ test('calls retry on UNAVAILABLE while Redis is stopped, and a retried submissio
   assert.ok(submitted, 'the submission succeeded');
   const stats = await client.stats(queue);
   assert.equal(stats.queued, 1, 'the retried submission made one job');
+});
+
+test('a quiet watch survives cuts spread over its life, each past watchResumeMs', async () => {
+  const { jobd, client } = shared;
+  const proxy = await Proxy.start(jobd.port);
+  // 0.3 s of consecutive failures at most: cuts 0.5 s apart, with no event between, would
+  // spend it at the second were each resumed stream, open its while, not a fresh start.
+  const through = jobd.client({ address: proxy.address, retry: { initialBackoffMs: 50, maxBackoffMs: 100 }, watchResumeMs: 300 });
+  try {
+    const submitted = await client.submit({ queue: queueName('cuts'), kind: 'k' });
+    const events: JobEvent[] = [];
+    let ended: unknown;
+    const watching = (async () => {
+      for await (const event of through.watch(submitted.id)) events.push(event);
+    })().catch((error: unknown) => {
+      ended = error;
+    });
+    await waitFor('the first event', () => events.length === 1);
+    for (let cut = 0; cut < 3; cut++) {
+      const answered = proxy.answered;
+      proxy.cut();
+      await waitFor('the watch to resume', () => {
+        assert.equal(ended, undefined, `the watch ended after cut ${cut + 1}`);
+        return proxy.answered > answered;
+      });
+      // The resumed stream lives past maxBackoffMs, and the next cut comes past watchResumeMs.
+      await sleep(500);
+    }
+    await client.cancel(submitted.id, 'done');
+    await watching;
+    assert.equal(ended, undefined, String(ended));
+    assert.deepEqual(events.map((event) => [event.sequence, event.type]), [[1, 'EVENT_TYPE_QUEUED'], [2, 'EVENT_TYPE_CANCELLED']]);
+  } finally {
+    through.close();
+    await proxy.close();
+  }
 });
