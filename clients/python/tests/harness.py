@@ -1,5 +1,6 @@
-"""A real redis-server and a real jobd on free ports, one way to wait on a condition, and the
-pieces of a worker test: a worker run for a block, and a handler that runs until cancelled."""
+"""A real redis-server and a real jobd on free ports, a TCP proxy a test can cut, one way to wait
+on a condition, and the pieces of a worker test: a worker run for a block, and a handler that
+runs until cancelled."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -65,6 +67,88 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {value}")
         await asyncio.sleep(0.02)
+
+
+class Proxy:
+    """A TCP proxy in front of jobd, on the test's event loop: `cut()` resets every connection
+    through it (new ones are accepted); `answered` counts the calls jobd answered through it,
+    read from the HTTP/2 frames jobd sends (9-byte headers: length, type, flags, stream): a
+    HEADERS frame (type 1) of a stream without END_STREAM (flag 1) is a call's response
+    headers."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.port = free_port()
+        self.answered = 0
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> Proxy:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+        return self
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def cut(self) -> None:
+        for writer in self._writers:
+            # Linger 0: the close is a reset (RST), not an orderly end.
+            linger = struct.pack("ii", 1, 0)
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _relay(self, inbound: asyncio.StreamReader, to_client: asyncio.StreamWriter) -> None:
+        try:
+            from_jobd, to_jobd = await asyncio.open_connection("127.0.0.1", self.upstream)
+        except OSError:
+            to_client.transport.abort()
+            return
+        self._writers |= {to_client, to_jobd}
+        await asyncio.gather(
+            self._pipe(inbound, to_jobd, count=False),
+            self._pipe(from_jobd, to_client, count=True),
+            return_exceptions=True,
+        )
+        self._writers -= {to_client, to_jobd}
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, count: bool
+    ) -> None:
+        header = bytearray()
+        payload_left = 0
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+                if not count:
+                    continue
+                i = 0
+                while i < len(data):
+                    if payload_left:
+                        skipped = min(payload_left, len(data) - i)
+                        payload_left -= skipped
+                        i += skipped
+                        continue
+                    taken = min(9 - len(header), len(data) - i)
+                    header += data[i : i + taken]
+                    i += taken
+                    if len(header) == 9:
+                        payload_left = int.from_bytes(header[0:3], "big")
+                        kind, flags = header[3], header[4]
+                        stream = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
+                        if kind == 1 and not flags & 1 and stream:
+                            self.answered += 1
+                        header.clear()
+        finally:
+            writer.close()
 
 
 class Redis:

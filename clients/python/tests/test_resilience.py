@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from harness import Stack, eventually, job_key
+from harness import Proxy, Stack, eventually, job_key
 from jobd.v1 import job_service_pb2
 from jobd.v1 import worker_service_pb2 as wpb
 
@@ -166,3 +166,49 @@ async def test_a_watch_that_keeps_ending_ok_on_an_unfinished_log_spends_its_budg
 async def _drain(events: AsyncIterator[jobd.JobEvent]) -> None:
     async for _ in events:
         pass
+
+
+async def test_a_quiet_watch_survives_cuts_spread_over_its_life(
+    stack: Stack, queue: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jobd.client")
+    # 3 attempts in a row: 4 cuts without an event between would spend them, were each resumed
+    # stream, open its while, not a fresh start (a long job's watch, cut every
+    # --max-connection-age + grace, or by a proxy's idle timeout).
+    resume = jobd.RetryPolicy(max_attempts=3, initial=0.05, max=0.1)
+    proxy = await Proxy(stack.jobd.port).start()
+    seen: list[jobd.JobEvent] = []
+    try:
+        async with (
+            jobd.Client(stack.target) as direct,
+            jobd.Client(proxy.target, resume=resume) as through,
+        ):
+            job = await direct.submit(queue, "k")
+
+            async def follow() -> None:
+                async for event in through.watch(job.id):
+                    seen.append(event)
+
+            watcher = asyncio.create_task(follow())
+            await eventually(lambda: asyncio.sleep(0, len(seen)), lambda n: n == 1, 10, "QUEUED")
+            for _ in range(4):
+                answered = proxy.answered
+                proxy.cut()
+
+                async def resumed(before: int = answered) -> bool:
+                    assert not watcher.done(), f"the watch ended after a cut: {watcher}"
+                    return proxy.answered > before
+
+                await eventually(resumed, bool, 10, "the watch to resume")
+                # The resumed stream lives well past resume.max before the next cut.
+                await asyncio.sleep(resume.max * 5)
+            await direct.cancel(job.id, "done")
+            await asyncio.wait_for(watcher, 10)
+    finally:
+        await proxy.close()
+    assert [(e.sequence, e.type) for e in seen] == [
+        (1, jobd.EventType.EVENT_TYPE_QUEUED),
+        (2, jobd.EventType.EVENT_TYPE_CANCELLED),
+    ]
+    resumes = [r.getMessage() for r in caplog.records if "resuming the watch" in r.getMessage()]
+    assert len(resumes) >= 4, resumes
