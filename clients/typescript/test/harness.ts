@@ -252,12 +252,14 @@ export function jobKey(jobId: string): string {
 
 /**
  * A TCP proxy in front of jobd: `cut()` resets every connection through it (new ones are
- * accepted); `answered` counts the calls jobd answered through it, read from the HTTP/2 frames
+ * accepted); `holdReplies` drops what jobd sends; `answered` counts the calls jobd answered through it, read from the HTTP/2 frames
  * jobd sends (9-byte headers: length, type, flags, stream): a HEADERS frame (type 1) of a
  * stream without END_STREAM (flag 1) is a call's response headers.
  */
 export class Proxy {
   answered = 0;
+  /** While true, what jobd sends is dropped: calls go out, their replies never come. */
+  holdReplies = false;
   private readonly sockets = new Set<Socket>();
   private server: Server | undefined;
 
@@ -293,6 +295,7 @@ export class Proxy {
     const header: number[] = [];
     let payloadLeft = 0;
     outbound.on('data', (chunk: Buffer) => {
+      if (this.holdReplies) return;
       inbound.write(chunk);
       for (let i = 0; i < chunk.length; ) {
         if (payloadLeft > 0) {

@@ -123,3 +123,29 @@ test('a quiet watch survives cuts spread over its life, each past watchResumeMs'
     await proxy.close();
   }
 });
+
+test('submitAndWait sends its keyed submission again when its stream breaks before the reply', async (t) => {
+  const { jobd, client } = shared;
+  const proxy = await Proxy.start(jobd.port);
+  const through = jobd.client({ address: proxy.address });
+  try {
+    const queue = queueName('unreplied');
+    await through.stats(queue); // the connection through the proxy is up
+    proxy.holdReplies = true;
+    const waiting = through.submitAndWait({ queue, kind: 'k' });
+    const outcome = waiting.then((result) => result.text(), (error: unknown) => error);
+    await waitFor('the job to be written', async () => (await client.stats(queue)).queued === 1);
+    // Written, its reply lost on the way: the connection breaks under the call.
+    proxy.holdReplies = false;
+    proxy.cut();
+    const worker = shared.worker(t, { queue });
+    worker.handle('k', async () => 'done');
+    worker.start();
+    assert.equal(await outcome, 'done');
+    const stats = await client.stats(queue);
+    assert.deepEqual([stats.queued, stats.completed], [0, 1], 'sent again with its key: one job');
+  } finally {
+    through.close();
+    await proxy.close();
+  }
+});
