@@ -13,7 +13,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -381,13 +381,15 @@ pub async fn heartbeat(
 
 /// A TCP proxy in front of jobd: `cut` resets every connection through it, `close` stops
 /// listening (connections are refused, as by a jobd that is down) until `open`, on the same
-/// port; `answered` counts the calls jobd answered through it.
+/// port; `hold_replies` drops what jobd sends; `answered` counts the calls jobd answered
+/// through it.
 pub struct Proxy {
     pub port: u16,
     upstream: u16,
     listener: Mutex<Option<JoinHandle<()>>>,
     connections: Arc<Mutex<JoinSet<()>>>,
     answered: Arc<AtomicUsize>,
+    holding: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -398,6 +400,7 @@ impl Proxy {
             listener: Mutex::new(None),
             connections: Arc::default(),
             answered: Arc::default(),
+            holding: Arc::default(),
         };
         proxy.open().await;
         proxy
@@ -413,16 +416,21 @@ impl Proxy {
         self.answered.load(Ordering::SeqCst)
     }
 
+    /// While `true`, what jobd sends is dropped: calls go out, their replies never come.
+    pub fn hold_replies(&self, hold: bool) {
+        self.holding.store(hold, Ordering::SeqCst);
+    }
+
     /// Listens (again) on its port.
     pub async fn open(&self) {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
             .await
             .expect("the proxy's port");
         let (upstream, connections) = (self.upstream, self.connections.clone());
-        let answered = self.answered.clone();
+        let (answered, holding) = (self.answered.clone(), self.holding.clone());
         let task = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
-                let answered = answered.clone();
+                let (answered, holding) = (answered.clone(), holding.clone());
                 connections.lock().unwrap().spawn(async move {
                     // Closed with RST: a cut is a connection reset, not an orderly end.
                     let _ = inbound.set_zero_linger();
@@ -434,7 +442,8 @@ impl Proxy {
                     let (mut from_client, mut to_client) = inbound.into_split();
                     let (mut from_jobd, mut to_jobd) = outbound.into_split();
                     let up = tokio::io::copy(&mut from_client, &mut to_jobd);
-                    let down = copy_counting_answers(&mut from_jobd, &mut to_client, &answered);
+                    let down =
+                        copy_counting_answers(&mut from_jobd, &mut to_client, &answered, &holding);
                     let _ = tokio::join!(up, down);
                 });
             }
@@ -469,11 +478,13 @@ impl Drop for Proxy {
 
 /// Copies jobd's side of a connection to the client, reading its HTTP/2 frames as they go
 /// by (9-byte headers: length, type, flags, stream): a HEADERS frame (type 1) of a stream
-/// without END_STREAM (flag 1) is a call's response headers, counted once written.
+/// without END_STREAM (flag 1) is a call's response headers, counted once written. While
+/// `holding`, what comes is dropped.
 async fn copy_counting_answers(
     from: &mut OwnedReadHalf,
     to: &mut OwnedWriteHalf,
     answered: &AtomicUsize,
+    holding: &AtomicBool,
 ) -> std::io::Result<()> {
     let mut buffer = vec![0u8; 64 * 1024];
     let mut header = Vec::with_capacity(9);
@@ -482,6 +493,9 @@ async fn copy_counting_answers(
         let n = from.read(&mut buffer).await?;
         if n == 0 {
             return to.shutdown().await;
+        }
+        if holding.load(Ordering::SeqCst) {
+            continue;
         }
         to.write_all(&buffer[..n]).await?;
         let mut rest = &buffer[..n];

@@ -368,3 +368,43 @@ async fn a_watch_that_keeps_ending_ok_on_an_unfinished_log_spends_its_budget() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_and_wait_sends_its_keyed_submission_again_when_its_reply_is_lost() {
+    let stack = Stack::start().await;
+    let direct = stack.client().await;
+    let proxy = Proxy::start(stack.jobd.port).await;
+    let through = Client::connect(proxy.endpoint()).await.unwrap();
+    let q = queue("unreplied");
+    let stats = async || {
+        let request = proto::GetQueueStatsRequest { queue: q.clone() };
+        let stats = direct.jobs().get_queue_stats(request).await.ok()?;
+        Some(stats.into_inner())
+    };
+    proxy.hold_replies(true);
+    let waiting = tokio::spawn({
+        let spec = JobSpec::new(&q, "k");
+        async move { through.submit_and_wait(spec).await }
+    });
+    eventually(Duration::from_secs(10), "the job to be written", || async {
+        (stats().await?.queued == 1).then_some(())
+    })
+    .await;
+    // Written, its reply lost on the way: the connection breaks under the call (UNKNOWN,
+    // "transport error"), before the client knows the job's id. Its generated idempotency key
+    // makes sending it again safe.
+    proxy.hold_replies(false);
+    proxy.cut();
+    let worker = Worker::new(direct.clone(), [q.clone()])
+        .claim_wait(Duration::from_secs(1))
+        .handle_signals(false)
+        .handle("k", |_job: JobContext| async { Ok::<_, BoxError>("done") });
+    let running = RunningWorker::start(worker);
+    let result = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("in time");
+    assert_eq!(&result.unwrap().expect("a result")[..], b"done");
+    running.stop().await;
+    let stats = stats().await.expect("the queue's stats");
+    assert_eq!((stats.queued, stats.completed), (0, 1), "one job, not two");
+}
