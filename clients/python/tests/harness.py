@@ -71,16 +71,19 @@ async def eventually(
 
 class Proxy:
     """A TCP proxy in front of jobd, on the test's event loop: `cut()` resets every connection
-    through it (new ones are accepted); `answered` counts the calls jobd answered through it,
-    read from the HTTP/2 frames jobd sends (9-byte headers: length, type, flags, stream): a
-    HEADERS frame (type 1) of a stream without END_STREAM (flag 1) is a call's response
-    headers."""
+    through it (new ones are accepted); `hold_replies` drops what jobd sends; `answered` counts
+    the calls jobd answered through it, read from the HTTP/2 frames jobd sends (9-byte headers:
+    length, type, flags, stream): a HEADERS frame (type 1) of a stream without END_STREAM (flag
+    1) is a call's response headers."""
 
     def __init__(self, upstream: int) -> None:
         self.upstream = upstream
         self.port = free_port()
         self.answered = 0
+        #: While True, what jobd sends is dropped: calls go out, their replies never come.
+        self.hold_replies = False
         self._writers: set[asyncio.StreamWriter] = set()
+        self._relays: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
 
     async def start(self) -> Proxy:
@@ -100,12 +103,19 @@ class Proxy:
         self._writers.clear()
 
     async def close(self) -> None:
-        self.cut()
+        """Stops accepting, cuts every connection and waits for their relays to end."""
         if self._server is not None:
             self._server.close()
+        self.cut()
+        await asyncio.gather(*self._relays, return_exceptions=True)
+        if self._server is not None:
             await self._server.wait_closed()
 
     async def _relay(self, inbound: asyncio.StreamReader, to_client: asyncio.StreamWriter) -> None:
+        relay = asyncio.current_task()
+        assert relay is not None
+        self._relays.add(relay)
+        relay.add_done_callback(self._relays.discard)
         try:
             from_jobd, to_jobd = await asyncio.open_connection("127.0.0.1", self.upstream)
         except OSError:
@@ -126,6 +136,8 @@ class Proxy:
         payload_left = 0
         try:
             while data := await reader.read(65536):
+                if count and self.hold_replies:
+                    continue
                 writer.write(data)
                 await writer.drain()
                 if not count:

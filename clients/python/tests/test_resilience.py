@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from harness import Proxy, Stack, eventually, job_key
+from harness import Proxy, Stack, eventually, job_key, running
 from jobd.v1 import job_service_pb2
 from jobd.v1 import worker_service_pb2 as wpb
 
@@ -212,3 +212,37 @@ async def test_a_quiet_watch_survives_cuts_spread_over_its_life(
     ]
     resumes = [r.getMessage() for r in caplog.records if "resuming the watch" in r.getMessage()]
     assert len(resumes) >= 4, resumes
+
+
+async def test_submit_and_wait_sends_its_keyed_submission_again_when_its_reply_is_lost(
+    stack: Stack, queue: str
+) -> None:
+    proxy = await Proxy(stack.jobd.port).start()
+    try:
+        async with jobd.Client(stack.target) as direct, jobd.Client(proxy.target) as through:
+
+            async def queued(client: jobd.Client = direct) -> int:
+                stats = await client.call(
+                    "GetQueueStats", job_service_pb2.GetQueueStatsRequest(queue=queue)
+                )
+                return int(stats.queued)
+
+            await queued(through)  # the connection through the proxy is up
+            proxy.hold_replies = True
+            waiting = asyncio.create_task(through.submit_and_wait(queue, "k", timeout=30))
+            await eventually(queued, lambda n: n == 1, 10, "the job to be written")
+            # Written, its reply lost on the way: the connection breaks under the call, before
+            # the client knows the job's id. Its generated idempotency key makes sending it again
+            # safe.
+            proxy.hold_replies = False
+            proxy.cut()
+            worker = jobd.Worker(direct, queue, claim_wait=1, handle_signals=False)
+            worker.register("k", lambda job: asyncio.sleep(0, b"done"))
+            async with running(worker):
+                assert await waiting == b"done"
+            stats = await direct.call(
+                "GetQueueStats", job_service_pb2.GetQueueStatsRequest(queue=queue)
+            )
+            assert (stats.queued, stats.completed) == (0, 1), "one job, not two"
+    finally:
+        await proxy.close()
