@@ -5,10 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use jobd_client::proto::{
-    self, job_service_client::JobServiceClient, submit_job_request::Start,
-    worker_service_client::WorkerServiceClient,
-};
+use jobd::api::proto::{self, submit_job_request::Start};
 use tokio::task::JoinSet;
 
 use crate::harness::*;
@@ -45,10 +42,10 @@ async fn one_connection_cannot_open_more_streams_than_its_limit() {
     let footprint = Footprint::start(jobd.pid(), &redis);
     let busy = bystander.keep_going();
     // 20,000 WatchJob calls on one connection, each held open.
-    let connection = jobd.client().await;
+    let connection = jobd.channel().await;
     let mut calls = JoinSet::new();
     for _ in 0..20_000 {
-        let mut client = connection.jobs();
+        let mut client = Jobs::new(connection.clone());
         let request = proto::WatchJobRequest {
             job_id: job.id.clone(),
             after_sequence: 0,
@@ -106,15 +103,8 @@ async fn a_quiet_watch_survives_a_proxy_that_cuts_idle_connections() {
     let proxy = IdleCuttingProxy::start(server.addr, PROXY_IDLE).await;
     let (mut jobs, mut workers) = server.clients().await;
     let job = submit(&mut jobs, "idle.watch", b"").await;
-    // A bare channel, with no keepalive of its own (the library's client PINGs every 30 s).
-    let mut through = JobServiceClient::new(channel(&proxy.url()).await);
-    let watch = proto::WatchJobRequest {
-        job_id: job.id.clone(),
-        after_sequence: 0,
-    };
-    let mut stream = through.watch_job(watch).await.unwrap().into_inner();
-    let queued = stream.message().await.unwrap().expect("the QUEUED event");
-    assert_eq!(queued.r#type(), proto::EventType::Queued);
+    let mut through = Jobs::new(connect(&proxy.url()).await);
+    let mut stream = open_watch(&mut through, &job.id).await;
 
     // The idle period itself: nothing but jobd's keepalive goes through.
     tokio::time::sleep(QUIET).await;
@@ -148,10 +138,11 @@ async fn a_long_poll_claim_survives_a_proxy_that_cuts_idle_connections() {
     };
     let server = TestServer::start_with(&redis.url(), settings).await;
     let proxy = IdleCuttingProxy::start(server.addr, PROXY_IDLE).await;
-    // A bare channel, with no keepalive of its own (the library's client PINGs every 30 s).
-    let mut through = WorkerServiceClient::new(channel(&proxy.url()).await);
-    let request = claim_request("idle.claim", QUIET + Duration::from_secs(20));
-    let claim = tokio::spawn(async move { through.claim_job(request).await });
+    let through = Workers::new(connect(&proxy.url()).await);
+    let claim = claim_in_background(
+        through,
+        claim_request("idle.claim", QUIET + Duration::from_secs(20)),
+    );
     claims_waiting(&server, 1).await;
 
     // The idle period itself: nothing but jobd's keepalive goes through.
