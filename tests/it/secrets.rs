@@ -89,7 +89,7 @@ async fn a_token_made_by_jobd_token_new_works_and_is_shown_once() {
         ..Settings::default()
     };
     let server = TestServer::start_with(&redis.url(), settings).await;
-    let client = Client::builder(server.url()).token(&token).connect();
+    let client = client_builder(&server.url()).token(&token).connect();
     let mut jobs = client.await.expect("a connection").jobs();
     let allowed = jobs.submit_job(submit_request("billing.eu")).await;
     assert!(allowed.is_ok(), "{allowed:?}");

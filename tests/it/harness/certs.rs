@@ -5,7 +5,9 @@
 
 use std::{path::Path, process::Command};
 
-use jobd_client::{Client, ClientBuilder};
+use jobd_client::ClientBuilder;
+
+use super::clients::client_builder;
 
 use super::os::TempDir;
 
@@ -99,7 +101,7 @@ impl Pki {
     /// authority `ca`, checks jobd's certificate for "localhost", and presents `client`'s
     /// certificate (`<client>.crt`, `<client>.key`) if any.
     pub fn client(&self, address: &str, ca: &str, client: Option<&str>) -> ClientBuilder {
-        let builder = Client::builder(format!("https://{address}"))
+        let builder = client_builder(&format!("https://{address}"))
             .ca_file(self.path(&format!("{ca}.crt")))
             .domain_name("localhost");
         match client {

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use jobd_client::{
-    Client, Transport,
+    Client, ClientBuilder, Transport,
     proto::{
         self, job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient,
     },
@@ -37,9 +37,18 @@ pub const READINESS: [&str; 2] = ["jobd.v1.JobService", "jobd.v1.WorkerService"]
 /// A new library connection to jobd at `url`, without credentials; each has its own HTTP/2
 /// connection.
 pub async fn connect(url: &str) -> Client {
-    Client::connect(url)
+    client_builder(url)
+        .connect()
         .await
         .expect("jobd accepts connections")
+}
+
+/// A library connection to make to jobd at `url`, as tests make them: without keepalive PINGs
+/// of its own, as tonic's channel. A test that holds thousands of calls may not answer jobd's
+/// PINGs in time and would lose connections to its own load (the library gives up on a PING
+/// after 10 s); and the idle-proxy tests prove that jobd's PINGs alone keep a quiet connection.
+pub fn client_builder(url: &str) -> ClientBuilder {
+    Client::builder(url).keep_alive(None)
 }
 
 /// A new bare tonic channel to the gRPC server at `url`: for what the library does not speak
