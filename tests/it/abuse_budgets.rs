@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use jobd::api::proto;
+use jobd_client::proto;
 use tonic::Code;
 
 use crate::harness::*;

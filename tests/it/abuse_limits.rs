@@ -17,7 +17,7 @@ use std::{
 use bytes::Bytes;
 use futures::future::join_all;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use jobd::api::proto;
+use jobd_client::proto;
 use tonic::Code;
 
 use crate::harness::*;

@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 use futures::{StreamExt, stream};
 
-use jobd::api::proto;
+use jobd_client::proto;
 use tonic::Code;
 
 use crate::harness::*;

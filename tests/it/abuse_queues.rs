@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
-use jobd::api::proto;
+use jobd_client::proto;
 
 use crate::harness::*;
 

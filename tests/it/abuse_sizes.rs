@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use jobd::api::proto;
+use jobd_client::proto;
 use tonic::Code;
 
 use crate::harness::*;

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use jobd::api::proto::{self, submit_job_request::Start};
+use jobd_client::proto::{self, submit_job_request::Start};
 use tokio::task::JoinSet;
 
 use crate::harness::*;
@@ -42,10 +42,10 @@ async fn one_connection_cannot_open_more_streams_than_its_limit() {
     let footprint = Footprint::start(jobd.pid(), &redis);
     let busy = bystander.keep_going();
     // 20,000 WatchJob calls on one connection, each held open.
-    let connection = jobd.channel().await;
+    let connection = jobd.client().await;
     let mut calls = JoinSet::new();
     for _ in 0..20_000 {
-        let mut client = Jobs::new(connection.clone());
+        let mut client = connection.jobs();
         let request = proto::WatchJobRequest {
             job_id: job.id.clone(),
             after_sequence: 0,
@@ -103,7 +103,7 @@ async fn a_quiet_watch_survives_a_proxy_that_cuts_idle_connections() {
     let proxy = IdleCuttingProxy::start(server.addr, PROXY_IDLE).await;
     let (mut jobs, mut workers) = server.clients().await;
     let job = submit(&mut jobs, "idle.watch", b"").await;
-    let mut through = Jobs::new(connect(&proxy.url()).await);
+    let mut through = connect(&proxy.url()).await.jobs();
     let mut stream = open_watch(&mut through, &job.id).await;
 
     // The idle period itself: nothing but jobd's keepalive goes through.
@@ -138,7 +138,7 @@ async fn a_long_poll_claim_survives_a_proxy_that_cuts_idle_connections() {
     };
     let server = TestServer::start_with(&redis.url(), settings).await;
     let proxy = IdleCuttingProxy::start(server.addr, PROXY_IDLE).await;
-    let through = Workers::new(connect(&proxy.url()).await);
+    let through = connect(&proxy.url()).await.workers();
     let claim = claim_in_background(
         through,
         claim_request("idle.claim", QUIET + Duration::from_secs(20)),

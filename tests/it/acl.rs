@@ -5,7 +5,7 @@
 
 use std::{path::Path, time::Duration};
 
-use jobd::api::proto::{self, EventType, JobState, submit_and_watch_jobs_response::Message};
+use jobd_client::proto::{self, EventType, JobState, submit_and_watch_jobs_response::Message};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::harness::*;

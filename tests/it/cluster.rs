@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use jobd::api::proto::{self, EventType};
+use jobd_client::proto::{self, EventType};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::harness::*;

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use jobd::api::proto::{self, job_service_client::JobServiceClient};
+use jobd_client::proto::{self, job_service_client::JobServiceClient};
 use tonic::Code;
 
 use crate::harness::*;

@@ -454,6 +454,7 @@ fn the_service_config_names_every_method_once_and_retries_no_submission() {
             assert!(named.insert(method.clone()), "{method} named twice");
         }
     }
+    // The methods jobd serves: its own descriptor set, the one its reflection service serves.
     let descriptors = <prost_types::FileDescriptorSet as prost::Message>::decode(
         jobd::api::proto::FILE_DESCRIPTOR_SET,
     )

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use jobd::api::proto::{self, JobState};
+use jobd_client::proto::{self, JobState};
 use tonic::Code;
 
 use crate::harness::*;

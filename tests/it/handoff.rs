@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use jobd::api::proto::{self, EventType};
+use jobd_client::proto::{self, EventType};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 

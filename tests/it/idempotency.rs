@@ -4,7 +4,7 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use jobd::api::proto;
+use jobd_client::proto;
 use tokio::task::JoinSet;
 
 use crate::harness::*;

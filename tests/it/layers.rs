@@ -1,5 +1,6 @@
 //! The layering of docs/architecture.md, checked as rust-analyzer's tidy tests do: what each
-//! module of src/ may import from the others, and which modules may name tonic or fred.
+//! module of src/ may import from the others, which modules may name tonic or fred, and that
+//! the integration tests call jobd through the client library.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -129,6 +130,36 @@ fn grpc_and_redis_clients_stay_in_their_modules() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The integration tests call jobd as its users do, through the Rust client library: its
+/// generated messages and stubs (`jobd_client::proto`), never the server's. The one exception
+/// is jobd's descriptor set, what its reflection serves (docs.rs compares the service config
+/// with it).
+#[test]
+fn the_tests_call_jobd_through_the_client_library() {
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it");
+    // Built, so that this file does not name them itself.
+    let server = ["jobd", "::api"].concat();
+    let server_proto = ["api", "::proto"].concat();
+    let descriptors = format!("{server}::proto::FILE_DESCRIPTOR_SET");
+    let mut problems = Vec::new();
+    let files = rust_files(&tests);
+    assert!(files.len() > 30, "tests/it read: {files:?}");
+    for file in files {
+        let text = read(&file);
+        for (number, line) in code_lines(&text) {
+            let named = line.contains(&server) || line.contains(&server_proto);
+            if named && !line.contains(&descriptors) {
+                problems.push(format!("{}:{number}: {}", shown(&file), line.trim()));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "jobd's own stubs or messages in the tests:\n{}",
+        problems.join("\n")
+    );
 }
 
 /// The modules of src/, each with its files: a directory's files, or a single file.

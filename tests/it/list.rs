@@ -1,7 +1,7 @@
 //! ListJobs: a queue's jobs a page at a time, by state, each listed once, the last page's
 //! token empty.
 
-use jobd::api::proto::{self, JobState};
+use jobd_client::proto::{self, JobState};
 
 use crate::harness::*;
 

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use jobd::api::proto::{EventType, JobState};
+use jobd_client::proto::{EventType, JobState};
 use tonic::Code;
 
 use crate::harness::*;
@@ -36,7 +36,7 @@ async fn a_frozen_redis_gives_unavailable_in_bounded_time() {
     );
     let started = Instant::now();
     let status = jobs
-        .get_job(jobd::api::proto::GetJobRequest {
+        .get_job(jobd_client::proto::GetJobRequest {
             job_id: job.id.clone(),
         })
         .await
@@ -129,7 +129,7 @@ async fn under_load_every_call_fails_within_the_command_timeout_of_its_arrival()
     for _ in 0..CALLERS {
         submit(&mut jobs, "busy", b"").await;
     }
-    let clients: Vec<_> = futures::future::join_all((0..CALLERS).map(|_| server.channel())).await;
+    let clients: Vec<_> = futures::future::join_all((0..CALLERS).map(|_| server.client())).await;
 
     // Submissions and claims of one queue, arriving while each other's group-commit calls are
     // in flight: each waits for Redis at most the command timeout (1 s) from its arrival, not
@@ -138,19 +138,19 @@ async fn under_load_every_call_fails_within_the_command_timeout_of_its_arrival()
     let calls = clients
         .into_iter()
         .enumerate()
-        .map(|(i, channel)| async move {
+        .map(|(i, client)| async move {
             // Paced over the first half second, so that most arrive during another's call.
             tokio::time::sleep(Duration::from_millis(25 * i as u64)).await;
             let started = Instant::now();
             let code = if i % 2 == 0 {
-                let mut jobs = Jobs::new(channel);
+                let mut jobs = client.jobs();
                 jobs.submit_job(submit_request("busy"))
                     .await
                     .map(|_| ())
                     .unwrap_err()
                     .code()
             } else {
-                let mut workers = Workers::new(channel);
+                let mut workers = client.workers();
                 let claim = claim_request("busy", Duration::ZERO);
                 workers
                     .claim_job(claim)

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use jobd::api::proto;
+use jobd_client::proto;
 use tonic::{Code, Status};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 

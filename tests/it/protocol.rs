@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use jobd::api::proto::{self, EventType, JobState};
+use jobd_client::proto::{self, EventType, JobState};
 use tonic::Code;
 
 use crate::harness::*;

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use jobd::api::proto::{self, EventType, JobState};
+use jobd_client::proto::{self, EventType, JobState};
 
 use crate::harness::*;
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use jobd::api::proto::{self, JobState};
+use jobd_client::proto::{self, JobState};
 
 use crate::harness::*;
 
@@ -117,9 +117,11 @@ async fn a_job_larger_than_the_budget_comes_alone() {
     let server = TestServer::start_with(&redis.url(), settings).await;
     let mut jobs = server.jobs().await;
     // A client that raised its limit, as one must to take payloads over 4 MiB.
-    let mut workers =
-        proto::worker_service_client::WorkerServiceClient::new(server.channel().await)
-            .max_decoding_message_size(8 * MIB);
+    let mut workers = server
+        .client()
+        .await
+        .workers()
+        .max_decoding_message_size(8 * MIB);
     for payload in [vec![1; 4 * MIB + MIB / 2], vec![2; 10], vec![3; 10]] {
         jobs.submit_job(proto::SubmitJobRequest {
             payload: payload.into(),

@@ -5,8 +5,7 @@
 
 use std::{process::Command, time::Duration};
 
-use jobd::api::proto;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use jobd_client::{Client, proto};
 
 use crate::harness::*;
 
@@ -90,14 +89,11 @@ async fn a_token_made_by_jobd_token_new_works_and_is_shown_once() {
         ..Settings::default()
     };
     let server = TestServer::start_with(&redis.url(), settings).await;
-    let mut jobs = server.jobs().await;
-    let allowed = jobs
-        .submit_job(with_token(submit_request("billing.eu"), &token))
-        .await;
+    let client = client_builder(&server.url()).token(&token).connect();
+    let mut jobs = client.await.expect("a connection").jobs();
+    let allowed = jobs.submit_job(submit_request("billing.eu")).await;
     assert!(allowed.is_ok(), "{allowed:?}");
-    let elsewhere = jobs
-        .submit_job(with_token(submit_request("emails"), &token))
-        .await;
+    let elsewhere = jobs.submit_job(submit_request("emails")).await;
     assert_status(elsewhere, tonic::Code::PermissionDenied, "billing-api");
 
     let bad = Command::new(JOBD)
@@ -179,24 +175,16 @@ async fn a_whole_run_leaves_no_secret_in_logs_spans_metrics_or_help() {
     // REDIS_URL, too, holds the password: the file takes its place.
     let jobd = Running::start_with_env(&url, &args, &env).await;
 
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(pki.read("ca.crt")))
-        .domain_name("localhost");
-    let address = jobd.url().replace("http://", "https://");
-    let channel = Channel::from_shared(address)
-        .unwrap()
-        .tls_config(tls)
-        .unwrap();
-    let (mut jobs, mut workers) = (
-        Jobs::new(channel.connect().await.unwrap()),
-        Workers::new(channel.connect().await.unwrap()),
-    );
-    run_one_job(&mut jobs, &mut workers, &token).await;
+    let address = jobd.address();
+    let app = pki.client(address, "ca", None).token(&token).connect();
+    run_one_job(&app.await.expect("a TLS connection")).await;
     auth.remove_token("app", &removed);
     for wrong in [&removed, &secrets.tokens[2]] {
+        let client = pki.client(address, "ca", None).token(wrong).connect();
+        let jobs = client.await.expect("a TLS connection").jobs();
         eventually(Duration::from_secs(5), "a refusal", || {
-            let (mut jobs, request) = (jobs.clone(), with_token(submit_request("q"), wrong));
-            async move { jobs.submit_job(request).await.err() }
+            let mut jobs = jobs.clone();
+            async move { jobs.submit_job(submit_request("q")).await.err() }
         })
         .await;
     }
@@ -234,11 +222,12 @@ async fn a_whole_run_leaves_no_secret_in_logs_spans_metrics_or_help() {
     );
 }
 
-/// Submits, claims and completes a job with `token`.
-async fn run_one_job(jobs: &mut Jobs, workers: &mut Workers, token: &str) {
-    let request = with_token(submit_request("secrets"), token);
-    jobs.submit_job(request).await.expect("submitted");
-    let claim = with_token(claim_request("secrets", Duration::from_secs(5)), token);
+/// Submits, claims and completes a job through `client`, with its token.
+async fn run_one_job(client: &Client) {
+    let request = submit_request("secrets");
+    client.jobs().submit_job(request).await.expect("submitted");
+    let claim = claim_request("secrets", Duration::from_secs(5));
+    let mut workers = client.workers();
     let claimed = workers
         .claim_job(claim)
         .await
@@ -249,8 +238,5 @@ async fn run_one_job(jobs: &mut Jobs, workers: &mut Workers, token: &str) {
         lease_token: claimed.lease_token,
         ..Default::default()
     };
-    workers
-        .complete_job(with_token(complete, token))
-        .await
-        .expect("completed");
+    workers.complete_job(complete).await.expect("completed");
 }

@@ -6,10 +6,8 @@
 
 use std::time::Duration;
 
-use tonic::{
-    Code,
-    transport::{Certificate, Channel, ClientTlsConfig, Identity},
-};
+use jobd_client::{Client, proto::job_service_client::JobServiceClient};
+use tonic::{Code, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::harness::*;
@@ -52,23 +50,9 @@ async fn connect_tls(
     pki: &Pki,
     ca: &str,
     client: Option<&str>,
-) -> Result<Channel, tonic::transport::Error> {
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(pki.read(&format!("{ca}.crt"))))
-        .domain_name("localhost");
-    if let Some(client) = client {
-        let (crt, key) = (
-            pki.read(&format!("{client}.crt")),
-            pki.read(&format!("{client}.key")),
-        );
-        tls = tls.identity(Identity::from_pem(crt, key));
-    }
-    Channel::from_shared(format!("https://{}", server.addr))
-        .unwrap()
-        .tls_config(tls)
-        .expect("a client TLS configuration")
-        .connect()
-        .await
+) -> jobd_client::Result<Client> {
+    let address = server.addr.to_string();
+    pki.client(&address, ca, client).connect().await
 }
 
 async fn grpcurl(args: &[&str]) -> std::process::Output {
@@ -101,8 +85,8 @@ async fn tls_serves_clients_that_trust_its_ca_and_no_plaintext() {
     let submitted = grpcurl(&["-cacert", &ca, "-d", submit, &address, method]).await;
     assert!(submitted.status.success(), "{submitted:?}");
 
-    let channel = connect_tls(&server, &pki, "ca", None).await.expect("TLS");
-    let mut jobs = Jobs::new(channel);
+    let client = connect_tls(&server, &pki, "ca", None).await.expect("TLS");
+    let mut jobs = client.jobs();
     assert!(jobs.submit_job(submit_request("emails")).await.is_ok());
 
     // No plaintext, and no TLS to a client that does not trust the CA.
@@ -113,7 +97,8 @@ async fn tls_serves_clients_that_trust_its_ca_and_no_plaintext() {
         distrust.is_err(),
         "a client trusting another CA gets no connection"
     );
-    let mut plain = Jobs::new(
+    // A bare channel that connects at its first call, which is what the test watches fail.
+    let mut plain = JobServiceClient::new(
         Channel::from_shared(format!("http://{address}"))
             .unwrap()
             .connect_lazy(),
@@ -124,13 +109,15 @@ async fn tls_serves_clients_that_trust_its_ca_and_no_plaintext() {
 
     // Health alone, in plaintext, at --health-listen: what kubelet's gRPC probes reach.
     let health_addr = server.health_addr().expect("a health address");
-    let channel = connect(&format!("http://{health_addr}")).await;
-    let mut health = HealthClient::new(channel.clone());
+    let health_url = format!("http://{health_addr}");
+    let mut health = HealthClient::new(channel(&health_url).await);
     health
         .check(HealthCheckRequest::default())
         .await
         .expect("health is served");
-    let other = Jobs::new(channel)
+    let other = connect(&health_url)
+        .await
+        .jobs()
         .submit_job(submit_request("emails"))
         .await;
     let other = assert_reason(other, Code::Unimplemented, "UNIMPLEMENTED");
@@ -167,9 +154,9 @@ async fn mtls_admits_certificates_of_its_cas_and_maps_their_identities() {
     .await;
     assert!(!stranger.status.success(), "{stranger:?}");
     let stranger = connect_tls(&server, &pki, "ca", Some("stranger")).await;
-    if let Ok(channel) = stranger {
+    if let Ok(client) = stranger {
         // rustls clients may report the refusal on the first call rather than at connect.
-        let mut workers = Workers::new(channel);
+        let mut workers = client.workers();
         let call = workers.claim_job(claim_request("billing.eu", Duration::ZERO));
         assert!(call.await.is_err(), "a stranger's certificate is refused");
     }
@@ -181,10 +168,10 @@ async fn mtls_admits_certificates_of_its_cas_and_maps_their_identities() {
     ])
     .await;
     assert!(listed.status.success(), "{listed:?}");
-    let channel = connect_tls(&server, &pki, "ca", Some("worker"))
+    let client = connect_tls(&server, &pki, "ca", Some("worker"))
         .await
         .expect("mTLS");
-    let mut workers = Workers::new(channel.clone());
+    let mut workers = client.workers();
     let claimed = workers
         .claim_job(claim_request("billing.eu", Duration::ZERO))
         .await;
@@ -193,16 +180,15 @@ async fn mtls_admits_certificates_of_its_cas_and_maps_their_identities() {
         .claim_job(claim_request("emails", Duration::ZERO))
         .await;
     assert_status(elsewhere, Code::PermissionDenied, "billing-workers");
-    let submit = Jobs::new(channel)
-        .submit_job(submit_request("billing.eu"))
-        .await;
+    let submit = client.jobs().submit_job(submit_request("billing.eu")).await;
     assert_status(submit, Code::PermissionDenied, "SubmitJob");
 
     // A certificate of the CA whose identities the file does not name is no one.
-    let channel = connect_tls(&server, &pki, "ca", Some("unmapped"))
+    let client = connect_tls(&server, &pki, "ca", Some("unmapped"))
         .await
         .expect("mTLS");
-    let unknown = Workers::new(channel)
+    let unknown = client
+        .workers()
         .claim_job(claim_request("billing.eu", Duration::ZERO))
         .await;
     assert_status(
@@ -241,7 +227,7 @@ async fn a_renewed_certificate_is_served_to_new_connections_without_restart() {
     };
     let server = TestServer::start_with(&redis.url(), settings).await;
     let before = connect_tls(&server, &pki, "ca", None).await.expect("TLS");
-    let mut open = Jobs::new(before);
+    let mut open = before.jobs();
     open.submit_job(submit_request("q")).await.expect("served");
 
     install("renewed", "renewed");
@@ -264,8 +250,8 @@ async fn a_renewed_certificate_is_served_to_new_connections_without_restart() {
     // renewed certificate.
     install("server", "renewed");
     tokio::time::sleep(2 * jobd::reload::RELOAD_INTERVAL + Duration::from_millis(500)).await;
-    let channel = connect_tls(&server, &pki, "other", None).await;
-    let mut jobs = Jobs::new(channel.expect("the renewed certificate stays"));
+    let client = connect_tls(&server, &pki, "other", None).await;
+    let mut jobs = client.expect("the renewed certificate stays").jobs();
     jobs.submit_job(submit_request("q")).await.expect("served");
 }
 

@@ -19,7 +19,7 @@ async fn shutdown_ends_streams_and_claims_and_closes_redis() {
     }
     // A SubmitAndWatchJobs stream, established: its results and its job's QUEUED event read.
     let mut followed = jobs
-        .submit_and_watch_jobs(jobd::api::proto::SubmitJobsRequest {
+        .submit_and_watch_jobs(jobd_client::proto::SubmitJobsRequest {
             jobs: vec![submit_request("q")],
         })
         .await

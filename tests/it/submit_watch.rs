@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use jobd::api::proto::{self, EventType, submit_and_watch_jobs_response::Message};
+use jobd_client::proto::{self, EventType, submit_and_watch_jobs_response::Message};
 
 use crate::harness::*;
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use jobd::api::proto;
+use jobd_client::proto;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use tonic::Request;
 

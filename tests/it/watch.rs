@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use jobd::api::proto::{self, EventType};
+use jobd_client::proto::{self, EventType};
 
 use crate::harness::*;
 

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use jobd::api::proto;
+use jobd_client::proto;
 use tokio::task::JoinHandle;
 
 use super::{
@@ -353,8 +353,8 @@ impl Bystander {
         // Connected from its runtime, its connections are served there.
         let connected = runtime.spawn(async move {
             Polite {
-                jobs: Jobs::new(connect(&url).await),
-                workers: Workers::new(connect(&url).await),
+                jobs: connect(&url).await.jobs(),
+                workers: connect(&url).await.workers(),
                 token,
                 trips: 0,
             }

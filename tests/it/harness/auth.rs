@@ -130,7 +130,8 @@ impl AuthFile {
     }
 }
 
-/// `message` as a request that carries `token`.
+/// `message` as a request that carries `token`: many tokens on one connection. The stubs of a
+/// client built with a token of its own (`ClientBuilder::token`) replace this one with it.
 pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert(

@@ -9,7 +9,7 @@ use std::{
 
 use hyper::{body::Incoming, client::conn::http2::SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use jobd::api::proto::{
+use jobd_client::proto::{
     job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient,
 };
 use tokio::task::JoinHandle;

@@ -1,8 +1,13 @@
 //! Certificates for TLS tests, made with the openssl command in a directory of the test's own:
 //! certificate authorities, and certificates they sign with the subject alternative names a
-//! test asks for (`IP:127.0.0.1,DNS:localhost`, `URI:spiffe://…`).
+//! test asks for (`IP:127.0.0.1,DNS:localhost`, `URI:spiffe://…`); and library connections
+//! that trust them.
 
 use std::{path::Path, process::Command};
+
+use jobd_client::ClientBuilder;
+
+use super::clients::client_builder;
 
 use super::os::TempDir;
 
@@ -90,6 +95,22 @@ impl Pki {
                 &ext,
             ],
         );
+    }
+
+    /// A library connection to jobd at `address` (host:port) to make over TLS: it trusts the
+    /// authority `ca`, checks jobd's certificate for "localhost", and presents `client`'s
+    /// certificate (`<client>.crt`, `<client>.key`) if any.
+    pub fn client(&self, address: &str, ca: &str, client: Option<&str>) -> ClientBuilder {
+        let builder = client_builder(&format!("https://{address}"))
+            .ca_file(self.path(&format!("{ca}.crt")))
+            .domain_name("localhost");
+        match client {
+            Some(name) => builder.client_certificate(
+                self.path(&format!("{name}.crt")),
+                self.path(&format!("{name}.key")),
+            ),
+            None => builder,
+        }
     }
 
     /// The PEM text of `<file>`.

@@ -1,10 +1,18 @@
 //! Calling jobd: connections, the requests tests build (`*_request`), the calls they make
 //! (verbs: `submit`, `claim`, `complete`, ...), and reading what comes back.
+//!
+//! Calls go through the Rust client library (`jobd_client`): its connections and its
+//! generated messages and stubs. The stubs make each call once, with no deadline but the
+//! request's own: the library's retries on UNAVAILABLE and the service config's deadlines are
+//! in its `Client` methods, which tests call only where they play an application.
 
 use std::time::Duration;
 
-use jobd::api::proto::{
-    self, job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient,
+use jobd_client::{
+    Client, ClientBuilder, Transport,
+    proto::{
+        self, job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient,
+    },
 };
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -14,11 +22,11 @@ use tonic_health::pb::{
 
 use super::wait::eventually;
 
-/// A JobService client.
-pub type Jobs = JobServiceClient<Channel>;
+/// A JobService stub on a library connection.
+pub type Jobs = JobServiceClient<Transport>;
 
-/// A WorkerService client.
-pub type Workers = WorkerServiceClient<Channel>;
+/// A WorkerService stub on a library connection.
+pub type Workers = WorkerServiceClient<Transport>;
 
 /// A ClaimJob call running in the background, as a worker waiting for work makes it.
 pub type PendingClaim = JoinHandle<Result<tonic::Response<proto::ClaimJobResponse>, tonic::Status>>;
@@ -26,8 +34,26 @@ pub type PendingClaim = JoinHandle<Result<tonic::Response<proto::ClaimJobRespons
 /// The services whose status is readiness.
 pub const READINESS: [&str; 2] = ["jobd.v1.JobService", "jobd.v1.WorkerService"];
 
-/// A new connection to the gRPC server at `url`; each has its own HTTP/2 connection.
-pub async fn connect(url: &str) -> Channel {
+/// A new library connection to jobd at `url`, without credentials; each has its own HTTP/2
+/// connection.
+pub async fn connect(url: &str) -> Client {
+    client_builder(url)
+        .connect()
+        .await
+        .expect("jobd accepts connections")
+}
+
+/// A library connection to make to jobd at `url`, as tests make them: without keepalive PINGs
+/// of its own, as tonic's channel. A test that holds thousands of calls may not answer jobd's
+/// PINGs in time and would lose connections to its own load (the library gives up on a PING
+/// after 10 s); and the idle-proxy tests prove that jobd's PINGs alone keep a quiet connection.
+pub fn client_builder(url: &str) -> ClientBuilder {
+    Client::builder(url).keep_alive(None)
+}
+
+/// A new bare tonic channel to the gRPC server at `url`: for what the library does not speak
+/// (the health service, calls of any path), on its own HTTP/2 connection.
+pub async fn channel(url: &str) -> Channel {
     Channel::from_shared(url.to_owned())
         .expect("valid url")
         .connect()

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use jobd::api::proto;
+use jobd_client::proto;
 use tokio::task::JoinHandle;
 
 use super::{

@@ -10,12 +10,13 @@ use std::{
 };
 
 use jobd::{App, Config};
+use jobd_client::Client;
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
 
 use super::{
-    clients::{Jobs, Workers, connect, status},
+    clients::{Jobs, Workers, channel, connect, status},
     os::{Process, rand_u32},
     redis::RedisServer,
     wait::{eventually, until},
@@ -24,22 +25,28 @@ use super::{
 /// The real jobd binary, as CI builds it.
 pub const JOBD: &str = env!("CARGO_BIN_EXE_jobd");
 
-/// A jobd a test calls, wherever it runs. Each call of `channel`, `jobs` or `workers` opens an
-/// HTTP/2 connection of its own.
+/// A jobd a test calls, wherever it runs. Each call of `client`, `channel`, `jobs` or
+/// `workers` opens an HTTP/2 connection of its own.
 pub trait Jobd {
     /// Where its gRPC server listens, as an http:// URL.
     fn url(&self) -> String;
 
-    async fn channel(&self) -> Channel {
+    /// A library connection, without credentials.
+    async fn client(&self) -> Client {
         connect(&self.url()).await
     }
 
+    /// A bare tonic channel, for the health service and calls of any path.
+    async fn channel(&self) -> Channel {
+        channel(&self.url()).await
+    }
+
     async fn jobs(&self) -> Jobs {
-        Jobs::new(self.channel().await)
+        self.client().await.jobs()
     }
 
     async fn workers(&self) -> Workers {
-        Workers::new(self.channel().await)
+        self.client().await.workers()
     }
 
     /// A client of each service, each on its own connection.
@@ -239,7 +246,7 @@ impl Running {
         // is answered only once it does both (in plaintext at --health-listen, if given).
         let health = startup_field(&running.log(), "health_listen");
         let url = health.map_or_else(|| running.url(), |address| format!("http://{address}"));
-        let mut health = HealthClient::new(connect(&url).await);
+        let mut health = HealthClient::new(channel(&url).await);
         assert_eq!(status(&mut health, "").await, ServingStatus::Serving);
         running
     }

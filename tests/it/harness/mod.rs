@@ -7,9 +7,11 @@
 //!   ask of it through redis-cli.
 //! - `jobd`: jobd under test, in the test's runtime (`TestServer`) or as the real binary
 //!   (`Running`), both called through `Jobd`.
-//! - `clients`: gRPC clients; `*_request` functions build requests, verbs (`submit`, `claim`,
-//!   `complete`, ...) make calls and expect them to succeed. `events`: WatchJob streams and
-//!   the events they carry. `bare`: calls whose deadline only the server keeps.
+//! - `clients`: connections through the Rust client library (`connect`, `Jobd::client`), its
+//!   generated stubs (`Jobs`, `Workers`) and messages (`jobd_client::proto`), and bare tonic
+//!   channels for the rest (`channel`); `*_request` functions build requests, verbs (`submit`,
+//!   `claim`, `complete`, ...) make calls and expect them to succeed. `events`: WatchJob
+//!   streams and the events they carry. `bare`: calls whose deadline only the server keeps.
 //! - `proxy`: a TCP proxy between jobd and Redis that loses replies or holds commands back.
 //!   `idle_proxy`: a TCP proxy before jobd that cuts idle connections, as load balancers do.
 //! - `raw`: calls of any path with any bytes as their message.
@@ -18,7 +20,8 @@
 //! - `wait`: the one way to wait, `eventually`, on an observable condition with a deadline,
 //!   and the conditions tests wait on by name (`claims_waiting`, `readiness_becomes`, ...).
 //! - `auth`: an auth file with a token per principal, and requests that carry a token.
-//! - `certs`: CAs and certificates for TLS tests, made with openssl.
+//! - `certs`: CAs and certificates for TLS tests, made with openssl, and library connections
+//!   that trust them (`Pki::client`).
 //! - `os`: child processes, temporary directories and ports a test owns.
 
 mod abuse;

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use jobd::api::proto;
+use jobd_client::proto;
 use tokio::task::JoinHandle;
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
 
