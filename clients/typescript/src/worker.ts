@@ -100,12 +100,37 @@ export class ShutdownAbort extends Error {
 interface Running {
   claimed: ClaimedJob;
   job: Job;
-  abort: AbortController;
+  abort: LazyAbort;
   /** The handler ended: no more heartbeats. (A flag, not an AbortController: aborting one
    * per job costs a DOMException.) */
   done: boolean;
   timer?: NodeJS.Timeout;
   finished: Promise<void>;
+}
+
+/**
+ * A job's abort, its AbortController made only when the handler reads `ctx.signal`: most never
+ * do, and one per job was a measurable part of the worker's CPU per job.
+ */
+class LazyAbort {
+  aborted = false;
+  private reason: unknown;
+  private controller: AbortController | undefined;
+
+  get signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController();
+      if (this.aborted) this.controller.abort(this.reason);
+    }
+    return this.controller.signal;
+  }
+
+  abort(reason: unknown): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    this.reason = reason;
+    this.controller?.abort(reason);
+  }
 }
 
 export class Worker {
@@ -121,6 +146,8 @@ export class Worker {
   private readonly shutdownTimeoutMs: number;
   private readonly handleSignals: boolean;
   private readonly logger: { warn(message: string, error?: unknown): void };
+  /** A ProxyTracer, which follows an SDK registered later; asked for once, not per job. */
+  private readonly tracer = tracer();
 
   private readonly running = new Map<string, Running>();
   /** Slots promised to claims in flight (ClaimJobs, or a CompleteJobs' `next`). */
@@ -276,7 +303,7 @@ export class Worker {
   private begin(claimed: ClaimedJob): void {
     const job = claimed.job;
     if (!job) return;
-    const run: Running = { claimed, job, abort: new AbortController(), done: false, finished: Promise.resolve() };
+    const run: Running = { claimed, job, abort: new LazyAbort(), done: false, finished: Promise.resolve() };
     this.running.set(job.id, run);
     this.scheduleHeartbeat(run, Math.min(this.heartbeatMs, this.ackTimeoutMs / 2));
     run.finished = this.execute(run).finally(() => {
@@ -291,7 +318,7 @@ export class Worker {
     const { job, claimed } = run;
     const handler = this.handlers.get(job.kind);
     const parent = extractTraceContext(job.traceContext);
-    const span = tracer().startSpan(
+    const span = this.tracer.startSpan(
       `process ${job.kind}`,
       {
         kind: SpanKind.CONSUMER,
@@ -307,14 +334,19 @@ export class Worker {
     );
     try {
       if (!handler) throw new Error(`no handler for kind ${JSON.stringify(job.kind)} in worker ${this.workerId}`);
-      const ctx: JobContext = { signal: run.abort.signal, progress: (value, message) => this.progress(run, value, message) };
+      const ctx: JobContext = {
+        get signal() {
+          return run.abort.signal;
+        },
+        progress: (value, message) => this.progress(run, value, message),
+      };
       const value = await context.with(trace.setSpan(parent, span), () => handler(workerJob(job), ctx));
-      if (run.abort.signal.aborted) return; // cancelled or lost: jobd would refuse the result
+      if (run.abort.aborted) return; // cancelled or lost: jobd would refuse the result
       this.complete({ jobId: job.id, leaseToken: claimed.leaseToken, result: encode(value) });
     } catch (error) {
       span.recordException(error instanceof Error ? error : String(error));
       span.setStatus({ code: SpanStatusCode.ERROR, message: error instanceof Error ? error.message : String(error) });
-      if (run.abort.signal.aborted) return;
+      if (run.abort.aborted) return;
       this.fail(claimed, error);
     } finally {
       span.end();
@@ -403,7 +435,7 @@ export class Worker {
 
   /** One heartbeat; false once the job is over for this worker (cancelled, lease lost). */
   private async heartbeat(run: Running, progress?: { value?: number; message: string }): Promise<boolean> {
-    if (run.done || run.abort.signal.aborted) return false;
+    if (run.done || run.abort.aborted) return false;
     const request: HeartbeatRequest = { jobId: run.job.id, leaseToken: run.claimed.leaseToken };
     if (progress) request.progress = progress;
     try {
