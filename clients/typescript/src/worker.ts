@@ -20,15 +20,16 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 import type { JobdClient, Job } from './client';
 import { duration } from './client';
-import type { ClaimedJob__Output as ClaimedJob } from './generated/jobd/v1/ClaimedJob';
 import type { ClaimJobsRequest } from './generated/jobd/v1/ClaimJobsRequest';
 import type { Completion } from './generated/jobd/v1/Completion';
 import type { HeartbeatRequest } from './generated/jobd/v1/HeartbeatRequest';
 import type { HeartbeatResponse__Output } from './generated/jobd/v1/HeartbeatResponse';
 import { JobCancelledError, JobdError, NonRetryableError, toJobdError } from './errors';
 import { encode, type Value } from './payload';
+import { stubs } from './proto';
 import { backoffDelay } from './retry';
 import { extractTraceContext, tracer } from './tracing';
+import { decodeClaims, decodeCompletions, type Claim, type ClaimedJobFields, type CompletionOutcome } from './wire';
 
 export interface WorkerOptions {
   /** The queue (or queues, in order of preference) to take jobs from. */
@@ -98,8 +99,8 @@ export class ShutdownAbort extends Error {
 }
 
 interface Running {
-  claimed: ClaimedJob;
-  job: Job;
+  claimed: Claim;
+  job: ClaimedJobFields;
   abort: LazyAbort;
   /** The handler ended: no more heartbeats. (A flag, not an AbortController: aborting one
    * per job costs a DOMException.) */
@@ -132,6 +133,10 @@ class LazyAbort {
     this.controller?.abort(reason);
   }
 }
+
+const CLAIM_JOBS = '/jobd.v1.WorkerService/ClaimJobs';
+const COMPLETE_JOBS = '/jobd.v1.WorkerService/CompleteJobs';
+// The replies of these two, which carry the claimed jobs, are read by wire.ts.
 
 export class Worker {
   readonly workerId: string;
@@ -252,8 +257,9 @@ export class Worker {
     this.reserved += free;
     const request: ClaimJobsRequest = { claim: this.claimRequest(), maxJobs: free };
     const call = this.client
-      .unary<{ jobs: ClaimedJob[] }>(
-        (metadata, options, callback) => this.client.workers.ClaimJobs(request, metadata, options, callback),
+      .unary<{ jobs: Claim[] }>(
+        (metadata, options, callback) =>
+          this.client.workers.makeUnaryRequest(CLAIM_JOBS, stubs().WorkerService.service.ClaimJobs.requestSerialize, decodeClaims, request, metadata, options, callback),
         { method: 'jobd.v1.WorkerService/ClaimJobs', retry: false, extraMs: this.claimWaitMs },
       )
       .then(
@@ -293,16 +299,15 @@ export class Worker {
   }
 
   /** Jobs a claim brought: started, or given back when the worker is closing. */
-  private received(jobs: ClaimedJob[]): void {
+  private received(jobs: Claim[]): void {
     for (const claimed of jobs) {
       if (this.closing) this.release(claimed, 'its worker shut down before starting the job');
       else this.begin(claimed);
     }
   }
 
-  private begin(claimed: ClaimedJob): void {
+  private begin(claimed: Claim): void {
     const job = claimed.job;
-    if (!job) return;
     const run: Running = { claimed, job, abort: new LazyAbort(), done: false, finished: Promise.resolve() };
     this.running.set(job.id, run);
     this.scheduleHeartbeat(run, Math.min(this.heartbeatMs, this.ackTimeoutMs / 2));
@@ -373,8 +378,9 @@ export class Worker {
       const request: { completions: Completion[]; next?: ClaimJobsRequest } = { completions };
       if (free > 0) request.next = { claim: this.claimRequest(), maxJobs: free };
       const call = this.client
-        .unary<{ results: { code: number; message: string }[]; next: ClaimedJob[] }>(
-          (metadata, options, callback) => this.client.workers.CompleteJobs(request, metadata, options, callback),
+        .unary<{ results: CompletionOutcome[]; next: Claim[] }>(
+          (metadata, options, callback) =>
+            this.client.workers.makeUnaryRequest(COMPLETE_JOBS, stubs().WorkerService.service.CompleteJobs.requestSerialize, decodeCompletions, request, metadata, options, callback),
           { method: 'jobd.v1.WorkerService/CompleteJobs', retry: true, extraMs: free > 0 ? this.claimWaitMs : 0 },
         )
         .then(
@@ -397,8 +403,8 @@ export class Worker {
     this.fill();
   }
 
-  private fail(claimed: ClaimedJob, error: unknown): void {
-    const jobId = claimed.job?.id ?? '';
+  private fail(claimed: Claim, error: unknown): void {
+    const jobId = claimed.job.id;
     const text = error instanceof Error ? (error.stack ?? `${error.name}: ${error.message}`) : String(error);
     const request = { jobId, leaseToken: claimed.leaseToken, error: text || 'failed', retryable: !(error instanceof NonRetryableError) };
     this.track(
@@ -408,8 +414,8 @@ export class Worker {
     );
   }
 
-  private release(claimed: ClaimedJob, reason: string): void {
-    const jobId = claimed.job?.id ?? '';
+  private release(claimed: Claim, reason: string): void {
+    const jobId = claimed.job.id;
     const request = { jobId, leaseToken: claimed.leaseToken, reason };
     this.track(
       this.client
@@ -467,7 +473,7 @@ export class Worker {
   }
 }
 
-function workerJob(job: Job): WorkerJob {
+function workerJob(job: ClaimedJobFields): WorkerJob {
   return {
     id: job.id,
     queue: job.queue,
@@ -478,7 +484,9 @@ function workerJob(job: Job): WorkerJob {
     payload: job.payload,
     text: () => job.payload.toString('utf8'),
     json: <T>() => (job.payload.length === 0 ? undefined : JSON.parse(job.payload.toString('utf8'))) as T,
-    raw: job,
+    get raw() {
+      return job.raw;
+    },
   };
 }
 

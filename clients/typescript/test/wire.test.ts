@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import type { EventType } from '../src/generated/jobd/v1/EventType';
 import type { JobEvent } from '../src/generated/jobd/v1/JobEvent';
 import { stubs } from '../src/proto';
-import { decodeWaitMessage, EVENT_CANCELLED, EVENT_COMPLETED, EVENT_FAILED } from '../src/wire';
+import { decodeClaims, decodeCompletions, decodeWaitMessage, EVENT_CANCELLED, EVENT_COMPLETED, EVENT_FAILED } from '../src/wire';
 
 // wire.ts reads SubmitAndWatchJobs' messages by field number: these encode them from the protos
 // (the stub's serializer) and compare.
@@ -47,4 +47,28 @@ test('an event gives what ends a wait, and the EventType numbers are the protos'
     });
     assert.equal((method.responseDeserialize(method.responseSerialize({ event })) as { event: { type: string } }).event.type, type);
   }
+});
+
+test('claimed jobs give the fields the worker reads, and the whole job as the stub decodes it', () => {
+  const job = {
+    id: 'q.01A', queue: 'q', kind: 'k', state: 'JOB_STATE_RUNNING' as const, attempt: 2, payload: Buffer.from('{"a":1}'),
+    labels: { team: 'x', env: 'y' }, createdAt: time, lastSequence: 2 ** 33, maxAttempts: 5, priority: -3,
+    workerId: 'w', backoff: { multiplier: 2 }, traceContext: { traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01' },
+  };
+  const claimed = { job, leaseToken: 'token', leaseExpiresAt: time, ackDeadline: time };
+  const complete = stubs().WorkerService.service.CompleteJobs;
+  const bytes = complete.responseSerialize({ results: [{ code: 0 }, { code: 9, message: 'lease lost', reason: 'LEASE_EXPIRED' }], next: [claimed, { leaseToken: 'no job' }] });
+  const decoded = decodeCompletions(bytes);
+  assert.deepEqual(decoded.results, [{ code: 0, message: '' }, { code: 9, message: 'lease lost' }]);
+  assert.equal(decoded.next.length, 1);
+  const [claim] = decoded.next;
+  const expected = (complete.responseDeserialize(bytes) as { next: { job: unknown }[] }).next[0]!.job;
+  assert.equal(claim!.leaseToken, 'token');
+  const { id, queue, kind, attempt, payload, labels, maxAttempts, traceContext } = claim!.job;
+  assert.deepEqual({ id, queue, kind, attempt, payload, labels, maxAttempts, traceContext },
+    { id: job.id, queue: job.queue, kind: job.kind, attempt: 2, payload: job.payload, labels: job.labels, maxAttempts: 5, traceContext: job.traceContext });
+  assert.deepEqual(claim!.job.raw, expected);
+
+  const claims = stubs().WorkerService.service.ClaimJobs;
+  assert.deepEqual(decodeClaims(claims.responseSerialize({ jobs: [claimed] })).jobs.map((c) => [c.leaseToken, c.job.id]), [['token', 'q.01A']]);
 });
