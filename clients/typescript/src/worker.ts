@@ -13,7 +13,7 @@
 //!   it ends by its wait (jobs handed to a cancelled claim could go back only at their
 //!   acknowledgement deadline).
 import { status as Status } from '@grpc/grpc-js';
-import { SpanKind, SpanStatusCode, context, trace } from '@opentelemetry/api';
+import { SpanKind, SpanStatusCode, context, isSpanContextValid, trace } from '@opentelemetry/api';
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -345,7 +345,11 @@ export class Worker {
         },
         progress: (value, message) => this.progress(run, value, message),
       };
-      const value = await context.with(trace.setSpan(parent, span), () => handler(workerJob(job), ctx));
+      // A span with no valid context (no SDK, and a job without trace context) has nothing to
+      // propagate: the handler runs without a context made for it (one per job otherwise).
+      const value = await (isSpanContextValid(span.spanContext())
+        ? context.with(trace.setSpan(parent, span), () => handler(workerJob(job), ctx))
+        : handler(workerJob(job), ctx));
       if (run.abort.aborted) return; // cancelled or lost: jobd would refuse the result
       this.complete({ jobId: job.id, leaseToken: claimed.leaseToken, result: encode(value) });
     } catch (error) {
