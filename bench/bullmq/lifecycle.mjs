@@ -76,6 +76,12 @@ async function redisCounters(admin) {
   return { cpu: field('used_cpu_user') + field('used_cpu_sys'), commands };
 }
 
+/// This process's CPU seconds so far (user + system).
+function nodeCpu() {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1e6;
+}
+
 /// `jobs` jobs through the queue, `sizes.inFlight` submitters at a time.
 async function lifecycle(queue, events, jobs) {
   let next = 0;
@@ -119,9 +125,9 @@ async function run() {
     connection, concurrency: sizes.concurrency,
   }));
   await lifecycle(queue, events, Math.max(200, sizes.jobs / 10));
-  const before = await redisCounters(admin);
+  const before = { ...(await redisCounters(admin)), node: nodeCpu() };
   const result = await lifecycle(queue, events, sizes.jobs);
-  const after = await redisCounters(admin);
+  const after = { ...(await redisCounters(admin)), node: nodeCpu() };
   await Promise.all(workers.map((worker) => worker.close()));
   await Promise.all([events.close(), queue.close()]);
   await admin.quit();
@@ -132,6 +138,7 @@ async function run() {
     p99_ms: result.p99_ms,
     commands_per_job: (after.commands - before.commands) / sizes.jobs,
     redis_cpu_us_per_job: ((after.cpu - before.cpu) * 1e6) / sizes.jobs,
+    node_cpu_us_per_job: ((after.node - before.node) * 1e6) / sizes.jobs,
   };
 }
 

@@ -6,7 +6,7 @@
 // after a warm-up. Reports jobs/s, submit-to-result latency, and Redis commands and CPU per job
 // (INFO deltas over the measured run, as bench/bullmq measures them).
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 
@@ -49,6 +49,19 @@ function redisCounters(port: number): { cpu: number; commands: number } {
   return { cpu: field('used_cpu_user') + field('used_cpu_sys'), commands };
 }
 
+/** A process's CPU seconds so far (user + system), from /proc/<pid>/stat. */
+function processCpu(pid: number | undefined): number {
+  if (pid === undefined || !existsSync(`/proc/${pid}/stat`)) return NaN;
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ 100)
+}
+
+/** This process's CPU seconds so far. */
+function nodeCpu(): number {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1e6;
+}
+
 async function lifecycle(client: JobdClient, queue: string, jobs: number) {
   let next = 0;
   const latencies: number[] = [];
@@ -83,9 +96,9 @@ async function run() {
     return worker;
   });
   await lifecycle(submitters, queue, Math.max(200, sizes.jobs / 10));
-  const before = redisCounters(jobd.redis.port);
+  const before = { ...redisCounters(jobd.redis.port), node: nodeCpu(), jobd: processCpu(jobd.pid) };
   const result = await lifecycle(submitters, queue, sizes.jobs);
-  const after = redisCounters(jobd.redis.port);
+  const after = { ...redisCounters(jobd.redis.port), node: nodeCpu(), jobd: processCpu(jobd.pid) };
   await Promise.all(workers.map((worker) => worker.close()));
   for (const client of [submitters, ...clients]) client.close();
   await jobd.stop();
@@ -95,6 +108,8 @@ async function run() {
     p99_ms: result.p99_ms,
     commands_per_job: (after.commands - before.commands) / sizes.jobs,
     redis_cpu_us_per_job: ((after.cpu - before.cpu) * 1e6) / sizes.jobs,
+    node_cpu_us_per_job: ((after.node - before.node) * 1e6) / sizes.jobs,
+    jobd_cpu_us_per_job: ((after.jobd - before.jobd) * 1e6) / sizes.jobs,
   };
 }
 

@@ -22,12 +22,20 @@ export function tracer(): Tracer {
 
 /** Adds the active span's W3C trace context to `metadata`. */
 export function injectTraceContext(metadata: Metadata, active: Context = context.active()): void {
+  const headers = traceHeaders(active);
+  if (!headers) return;
+  metadata.set('traceparent', headers.traceparent);
+  if (headers.tracestate) metadata.set('tracestate', headers.tracestate);
+}
+
+/** The W3C trace context of `active`'s span; undefined without a valid one. */
+export function traceHeaders(active: Context): { traceparent: string; tracestate?: string } | undefined {
   const span = trace.getSpanContext(active);
-  if (!span || !isSpanContextValid(span)) return;
+  if (!span || !isSpanContextValid(span)) return undefined;
   const flags = (span.traceFlags & TraceFlags.SAMPLED).toString(16).padStart(2, '0');
-  metadata.set('traceparent', `00-${span.traceId}-${span.spanId}-${flags}`);
+  const traceparent = `00-${span.traceId}-${span.spanId}-${flags}`;
   const state = span.traceState?.serialize();
-  if (state) metadata.set('tracestate', state);
+  return state ? { traceparent, tracestate: state } : { traceparent };
 }
 
 const TRACEPARENT = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/;

@@ -9,16 +9,19 @@ import { context } from '@opentelemetry/api';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import type { JobdClient, JobEvent } from './client';
-import { isTerminal } from './events';
 import type { SubmitJobRequest } from './generated/jobd/v1/SubmitJobRequest';
-import type { SubmitJobResponse__Output } from './generated/jobd/v1/SubmitJobResponse';
 import { JobFailedError, JobWasCancelledError, JobdError, toJobdError } from './errors';
+import { isTerminal } from './events';
 import { Bytes } from './payload';
+import { stubs } from './proto';
 import { backoffDelay, isRetryable } from './retry';
-import { injectTraceContext } from './tracing';
+import { traceHeaders } from './tracing';
+import { decodeWaitMessage, EVENT_CANCELLED, EVENT_COMPLETED, EVENT_FAILED, type WaitEvent, type WaitMessage } from './wire';
 
 /** Jobs in one SubmitAndWatchJobs call at most. */
 const MAX_BATCH = 100;
+
+const SUBMIT_AND_WATCH = '/jobd.v1.JobService/SubmitAndWatchJobs';
 
 interface Waiter {
   request: SubmitJobRequest;
@@ -29,8 +32,6 @@ interface Waiter {
   after: number;
   settled: boolean;
 }
-
-type StreamMessage = { submitted?: { results: SubmitJobResponse__Output[] } | null; event?: JobEvent | null };
 
 export class Waits {
   /** Waiters not sent yet, by trace context (the metadata of the call they will share). */
@@ -44,11 +45,18 @@ export class Waits {
     return new Promise((resolve, reject) => {
       const waiter: Waiter = { request, resolve, reject, signal, after: 0, settled: false };
       signal?.addEventListener('abort', () => settle(waiter, () => reject(signal.reason)), { once: true });
-      const metadata = this.client.metadata();
-      injectTraceContext(metadata, context.active());
-      const key = `${metadata.get('traceparent')[0] ?? ''} ${metadata.get('tracestate')[0] ?? ''}`;
+      // Grouped by trace context without building metadata per call: most have none.
+      const headers = traceHeaders(context.active());
+      const key = headers ? `${headers.traceparent} ${headers.tracestate ?? ''}` : '';
       let group = this.pending.get(key);
-      if (!group) this.pending.set(key, (group = { metadata, waiters: [] }));
+      if (!group) {
+        const metadata = this.client.metadata();
+        if (headers) {
+          metadata.set('traceparent', headers.traceparent);
+          if (headers.tracestate) metadata.set('tracestate', headers.tracestate);
+        }
+        this.pending.set(key, (group = { metadata, waiters: [] }));
+      }
       group.waiters.push(waiter);
       if (!this.scheduled) {
         this.scheduled = true;
@@ -60,48 +68,59 @@ export class Waits {
   private send(): void {
     this.scheduled = false;
     for (const { metadata, waiters } of this.pending.values()) {
-      for (let i = 0; i < waiters.length; i += MAX_BATCH) void this.stream(metadata, waiters.slice(i, i + MAX_BATCH), 0);
+      for (let i = 0; i < waiters.length; i += MAX_BATCH) this.stream(metadata, waiters.slice(i, i + MAX_BATCH), 0);
     }
     this.pending.clear();
   }
 
-  /** One SubmitAndWatchJobs for `waiters`; what it leaves unfinished is retried or resumed. */
-  private async stream(metadata: grpc.Metadata, waiters: Waiter[], failures: number): Promise<void> {
+  /**
+   * One SubmitAndWatchJobs for `waiters`; what it leaves unfinished is retried or resumed. Read
+   * with listeners rather than an async iterator, and decoded in part (wire.ts): it carries
+   * three messages per job.
+   */
+  private stream(metadata: grpc.Metadata, waiters: Waiter[], failures: number): void {
     const live = waiters.filter((waiter) => !waiter.settled);
     if (live.length === 0) return;
     const byJob = new Map<string, Waiter>();
     let submitted = false;
     let ended = false;
-    const call = this.client.jobs.SubmitAndWatchJobs({ jobs: live.map((waiter) => waiter.request) }, metadata.clone(), {});
-    try {
-      for await (const message of call as AsyncIterable<StreamMessage>) {
-        if (message.submitted) {
-          submitted = true;
-          message.submitted.results.forEach((result, i) => {
-            const waiter = live[i];
-            if (!waiter || !result.job) return;
-            waiter.jobId = result.job.id;
-            byJob.set(result.job.id, waiter);
-          });
-        } else if (message.event) {
-          const waiter = byJob.get(message.event.jobId);
-          if (!waiter) continue;
-          waiter.after = message.event.sequence;
-          if (isTerminal(message.event)) deliver(waiter, message.event);
-        }
+    const call = this.client.jobs.makeServerStreamRequest(
+      SUBMIT_AND_WATCH,
+      stubs().JobService.service.SubmitAndWatchJobs.requestSerialize,
+      decodeWaitMessage,
+      { jobs: live.map((waiter) => waiter.request) },
+      metadata.clone(),
+      {},
+    );
+    call.on('data', (message: WaitMessage) => {
+      if (message.ids) {
+        submitted = true;
+        message.ids.forEach((id, i) => {
+          const waiter = live[i];
+          if (!waiter || !id) return;
+          waiter.jobId = id;
+          byJob.set(id, waiter);
+        });
+      } else {
+        const waiter = byJob.get(message.event.jobId);
+        if (!waiter) return;
+        waiter.after = message.event.sequence;
+        if (isTerminalType(message.event.type)) deliver(waiter, message.event);
       }
-      // jobd ends the stream with OK after the last job's terminal event.
+    });
+    const finish = (thrown?: unknown) => {
+      if (ended) return;
       ended = true;
-    } catch (thrown) {
-      ended = true;
-      const error = toJobdError(thrown);
-      if (!submitted) return this.unsubmitted(metadata, live, error, failures);
-    } finally {
-      // Cancelling a call that ended costs a RST_STREAM for nothing.
-      if (!ended) call.cancel();
-    }
-    // The stream ended (or broke) after the submission: follow each unfinished job alone.
-    for (const waiter of live) if (!waiter.settled && waiter.jobId) void this.resume(waiter);
+      if (thrown !== undefined && !submitted) {
+        void this.unsubmitted(metadata, live, toJobdError(thrown), failures);
+        return;
+      }
+      // jobd ends the stream with OK after the last job's terminal event; a stream that ended
+      // (or broke) after the submission leaves each unfinished job to be followed alone.
+      for (const waiter of live) if (!waiter.settled && waiter.jobId) void this.resume(waiter);
+    };
+    call.on('error', finish);
+    call.on('end', () => finish());
   }
 
   /** The call failed before its submission's reply: it may or may not have created the jobs. */
@@ -109,7 +128,7 @@ export class Waits {
     if (waiters.length > 1 && !isRetryable(error) && error.code !== Status.CANCELLED) {
       // A refusal of the whole batch (one invalid job, say) wrote nothing: each job alone gets
       // its own answer.
-      for (const waiter of waiters) void this.stream(metadata, [waiter], failures);
+      for (const waiter of waiters) this.stream(metadata, [waiter], failures);
       return;
     }
     // Only jobs with an idempotency key can be sent again without risking a second job.
@@ -122,20 +141,20 @@ export class Waits {
     }
     this.client.retry.onRetry?.(error, failures + 1);
     await sleep(backoffDelay(this.client.retry, failures));
-    await this.stream(metadata, again, failures + 1);
+    this.stream(metadata, again, failures + 1);
   }
 
   private async resume(waiter: Waiter): Promise<void> {
     try {
       const options = waiter.signal ? { afterSequence: waiter.after, signal: waiter.signal } : { afterSequence: waiter.after };
       for await (const event of this.client.watch(waiter.jobId!, options)) {
-        if (isTerminal(event)) return deliver(waiter, event);
+        if (isTerminal(event)) return deliver(waiter, waitEvent(event));
       }
       // Nothing after our last sequence: that was the terminal event, and we missed only its
       // arrival. Read it again.
       const job = await this.client.get(waiter.jobId!);
       for await (const event of this.client.watch(waiter.jobId!, { afterSequence: Math.max(0, job.lastSequence - 1) })) {
-        if (isTerminal(event)) return deliver(waiter, event);
+        if (isTerminal(event)) return deliver(waiter, waitEvent(event));
       }
       throw new JobdError(Status.INTERNAL, 'INTERNAL', `job ${waiter.jobId} ended without a terminal event`);
     } catch (error) {
@@ -144,12 +163,22 @@ export class Waits {
   }
 }
 
-function deliver(waiter: Waiter, event: JobEvent): void {
+function isTerminalType(type: number): boolean {
+  return type === EVENT_COMPLETED || type === EVENT_FAILED || type === EVENT_CANCELLED;
+}
+
+/** A terminal event read by `watch` as the stream's decoder gives it. */
+function waitEvent(event: JobEvent): WaitEvent {
+  const type = event.type === 'EVENT_TYPE_COMPLETED' ? EVENT_COMPLETED : event.type === 'EVENT_TYPE_FAILED' ? EVENT_FAILED : EVENT_CANCELLED;
+  return { ...event, type };
+}
+
+function deliver(waiter: Waiter, event: WaitEvent): void {
   settle(waiter, () => {
     switch (event.type) {
-      case 'EVENT_TYPE_COMPLETED':
+      case EVENT_COMPLETED:
         return waiter.resolve(new Bytes(event.result));
-      case 'EVENT_TYPE_FAILED':
+      case EVENT_FAILED:
         return waiter.reject(new JobFailedError(event.jobId, event.attempt, event.error));
       default:
         return waiter.reject(new JobWasCancelledError(event.jobId, event.attempt, event.reason));

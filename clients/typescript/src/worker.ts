@@ -13,22 +13,23 @@
 //!   it ends by its wait (jobs handed to a cancelled claim could go back only at their
 //!   acknowledgement deadline).
 import { status as Status } from '@grpc/grpc-js';
-import { SpanKind, SpanStatusCode, context, trace } from '@opentelemetry/api';
+import { SpanKind, SpanStatusCode, context, isSpanContextValid, trace } from '@opentelemetry/api';
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import type { JobdClient, Job } from './client';
 import { duration } from './client';
-import type { ClaimedJob__Output as ClaimedJob } from './generated/jobd/v1/ClaimedJob';
 import type { ClaimJobsRequest } from './generated/jobd/v1/ClaimJobsRequest';
 import type { Completion } from './generated/jobd/v1/Completion';
 import type { HeartbeatRequest } from './generated/jobd/v1/HeartbeatRequest';
 import type { HeartbeatResponse__Output } from './generated/jobd/v1/HeartbeatResponse';
 import { JobCancelledError, JobdError, NonRetryableError, toJobdError } from './errors';
 import { encode, type Value } from './payload';
+import { stubs } from './proto';
 import { backoffDelay } from './retry';
 import { extractTraceContext, tracer } from './tracing';
+import { decodeClaims, decodeCompletions, type Claim, type ClaimedJobFields, type CompletionOutcome } from './wire';
 
 export interface WorkerOptions {
   /** The queue (or queues, in order of preference) to take jobs from. */
@@ -98,15 +99,44 @@ export class ShutdownAbort extends Error {
 }
 
 interface Running {
-  claimed: ClaimedJob;
-  job: Job;
-  abort: AbortController;
+  claimed: Claim;
+  job: ClaimedJobFields;
+  abort: LazyAbort;
   /** The handler ended: no more heartbeats. (A flag, not an AbortController: aborting one
    * per job costs a DOMException.) */
   done: boolean;
   timer?: NodeJS.Timeout;
   finished: Promise<void>;
 }
+
+/**
+ * A job's abort, its AbortController made only when the handler reads `ctx.signal`: most never
+ * do, and one per job was a measurable part of the worker's CPU per job.
+ */
+class LazyAbort {
+  aborted = false;
+  private reason: unknown;
+  private controller: AbortController | undefined;
+
+  get signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController();
+      if (this.aborted) this.controller.abort(this.reason);
+    }
+    return this.controller.signal;
+  }
+
+  abort(reason: unknown): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    this.reason = reason;
+    this.controller?.abort(reason);
+  }
+}
+
+const CLAIM_JOBS = '/jobd.v1.WorkerService/ClaimJobs';
+const COMPLETE_JOBS = '/jobd.v1.WorkerService/CompleteJobs';
+// The replies of these two, which carry the claimed jobs, are read by wire.ts.
 
 export class Worker {
   readonly workerId: string;
@@ -121,6 +151,8 @@ export class Worker {
   private readonly shutdownTimeoutMs: number;
   private readonly handleSignals: boolean;
   private readonly logger: { warn(message: string, error?: unknown): void };
+  /** A ProxyTracer, which follows an SDK registered later; asked for once, not per job. */
+  private readonly tracer = tracer();
 
   private readonly running = new Map<string, Running>();
   /** Slots promised to claims in flight (ClaimJobs, or a CompleteJobs' `next`). */
@@ -225,8 +257,9 @@ export class Worker {
     this.reserved += free;
     const request: ClaimJobsRequest = { claim: this.claimRequest(), maxJobs: free };
     const call = this.client
-      .unary<{ jobs: ClaimedJob[] }>(
-        (metadata, options, callback) => this.client.workers.ClaimJobs(request, metadata, options, callback),
+      .unary<{ jobs: Claim[] }>(
+        (metadata, options, callback) =>
+          this.client.workers.makeUnaryRequest(CLAIM_JOBS, stubs().WorkerService.service.ClaimJobs.requestSerialize, decodeClaims, request, metadata, options, callback),
         { method: 'jobd.v1.WorkerService/ClaimJobs', retry: false, extraMs: this.claimWaitMs },
       )
       .then(
@@ -266,17 +299,16 @@ export class Worker {
   }
 
   /** Jobs a claim brought: started, or given back when the worker is closing. */
-  private received(jobs: ClaimedJob[]): void {
+  private received(jobs: Claim[]): void {
     for (const claimed of jobs) {
       if (this.closing) this.release(claimed, 'its worker shut down before starting the job');
       else this.begin(claimed);
     }
   }
 
-  private begin(claimed: ClaimedJob): void {
+  private begin(claimed: Claim): void {
     const job = claimed.job;
-    if (!job) return;
-    const run: Running = { claimed, job, abort: new AbortController(), done: false, finished: Promise.resolve() };
+    const run: Running = { claimed, job, abort: new LazyAbort(), done: false, finished: Promise.resolve() };
     this.running.set(job.id, run);
     this.scheduleHeartbeat(run, Math.min(this.heartbeatMs, this.ackTimeoutMs / 2));
     run.finished = this.execute(run).finally(() => {
@@ -291,7 +323,7 @@ export class Worker {
     const { job, claimed } = run;
     const handler = this.handlers.get(job.kind);
     const parent = extractTraceContext(job.traceContext);
-    const span = tracer().startSpan(
+    const span = this.tracer.startSpan(
       `process ${job.kind}`,
       {
         kind: SpanKind.CONSUMER,
@@ -307,14 +339,23 @@ export class Worker {
     );
     try {
       if (!handler) throw new Error(`no handler for kind ${JSON.stringify(job.kind)} in worker ${this.workerId}`);
-      const ctx: JobContext = { signal: run.abort.signal, progress: (value, message) => this.progress(run, value, message) };
-      const value = await context.with(trace.setSpan(parent, span), () => handler(workerJob(job), ctx));
-      if (run.abort.signal.aborted) return; // cancelled or lost: jobd would refuse the result
+      const ctx: JobContext = {
+        get signal() {
+          return run.abort.signal;
+        },
+        progress: (value, message) => this.progress(run, value, message),
+      };
+      // A span with no valid context (no SDK, and a job without trace context) has nothing to
+      // propagate: the handler runs without a context made for it (one per job otherwise).
+      const value = await (isSpanContextValid(span.spanContext())
+        ? context.with(trace.setSpan(parent, span), () => handler(workerJob(job), ctx))
+        : handler(workerJob(job), ctx));
+      if (run.abort.aborted) return; // cancelled or lost: jobd would refuse the result
       this.complete({ jobId: job.id, leaseToken: claimed.leaseToken, result: encode(value) });
     } catch (error) {
       span.recordException(error instanceof Error ? error : String(error));
       span.setStatus({ code: SpanStatusCode.ERROR, message: error instanceof Error ? error.message : String(error) });
-      if (run.abort.signal.aborted) return;
+      if (run.abort.aborted) return;
       this.fail(claimed, error);
     } finally {
       span.end();
@@ -341,8 +382,9 @@ export class Worker {
       const request: { completions: Completion[]; next?: ClaimJobsRequest } = { completions };
       if (free > 0) request.next = { claim: this.claimRequest(), maxJobs: free };
       const call = this.client
-        .unary<{ results: { code: number; message: string }[]; next: ClaimedJob[] }>(
-          (metadata, options, callback) => this.client.workers.CompleteJobs(request, metadata, options, callback),
+        .unary<{ results: CompletionOutcome[]; next: Claim[] }>(
+          (metadata, options, callback) =>
+            this.client.workers.makeUnaryRequest(COMPLETE_JOBS, stubs().WorkerService.service.CompleteJobs.requestSerialize, decodeCompletions, request, metadata, options, callback),
           { method: 'jobd.v1.WorkerService/CompleteJobs', retry: true, extraMs: free > 0 ? this.claimWaitMs : 0 },
         )
         .then(
@@ -365,8 +407,8 @@ export class Worker {
     this.fill();
   }
 
-  private fail(claimed: ClaimedJob, error: unknown): void {
-    const jobId = claimed.job?.id ?? '';
+  private fail(claimed: Claim, error: unknown): void {
+    const jobId = claimed.job.id;
     const text = error instanceof Error ? (error.stack ?? `${error.name}: ${error.message}`) : String(error);
     const request = { jobId, leaseToken: claimed.leaseToken, error: text || 'failed', retryable: !(error instanceof NonRetryableError) };
     this.track(
@@ -376,8 +418,8 @@ export class Worker {
     );
   }
 
-  private release(claimed: ClaimedJob, reason: string): void {
-    const jobId = claimed.job?.id ?? '';
+  private release(claimed: Claim, reason: string): void {
+    const jobId = claimed.job.id;
     const request = { jobId, leaseToken: claimed.leaseToken, reason };
     this.track(
       this.client
@@ -403,7 +445,7 @@ export class Worker {
 
   /** One heartbeat; false once the job is over for this worker (cancelled, lease lost). */
   private async heartbeat(run: Running, progress?: { value?: number; message: string }): Promise<boolean> {
-    if (run.done || run.abort.signal.aborted) return false;
+    if (run.done || run.abort.aborted) return false;
     const request: HeartbeatRequest = { jobId: run.job.id, leaseToken: run.claimed.leaseToken };
     if (progress) request.progress = progress;
     try {
@@ -435,7 +477,7 @@ export class Worker {
   }
 }
 
-function workerJob(job: Job): WorkerJob {
+function workerJob(job: ClaimedJobFields): WorkerJob {
   return {
     id: job.id,
     queue: job.queue,
@@ -446,7 +488,9 @@ function workerJob(job: Job): WorkerJob {
     payload: job.payload,
     text: () => job.payload.toString('utf8'),
     json: <T>() => (job.payload.length === 0 ? undefined : JSON.parse(job.payload.toString('utf8'))) as T,
-    raw: job,
+    get raw() {
+      return job.raw;
+    },
   };
 }
 

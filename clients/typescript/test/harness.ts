@@ -122,6 +122,11 @@ export class Jobd {
     return `127.0.0.1:${this.port}`;
   }
 
+  /** The jobd process's id, while it runs. */
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
+
   /** Starts Redis and jobd (with `args` added to its command line) and waits until SERVING. */
   static async start(args: string[] = [], options: { credentials?: grpc.ChannelCredentials } = {}): Promise<Jobd> {
     const redis = await Redis.start();
