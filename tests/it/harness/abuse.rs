@@ -481,13 +481,21 @@ impl Polite {
                     return false;
                 }
                 Err(status) if retried && !retryable(&status) => {
-                    // The first attempt was recorded, its answer lost: the job says so.
+                    // The first attempt was recorded, its answer lost: the job says so, or
+                    // is gone already, its retention (1 s) over, which only a finished job's
+                    // is (nothing cancels or fails the bystander's jobs).
                     let get = proto::GetJobRequest {
                         job_id: id.to_owned(),
                     };
-                    let got = self.jobs.get_job(self.request(get)).await.expect("GetJob");
-                    let state = got.into_inner().job.expect("the job").state();
-                    assert_eq!(state, proto::JobState::Completed, "{status:?}");
+                    match self.jobs.get_job(self.request(get)).await {
+                        Ok(got) => {
+                            let state = got.into_inner().job.expect("the job").state();
+                            assert_eq!(state, proto::JobState::Completed, "{status:?}");
+                        }
+                        Err(gone) => {
+                            assert_eq!(gone.code(), tonic::Code::NotFound, "GetJob: {gone:?}")
+                        }
+                    }
                     return true;
                 }
                 Err(status) => retry_later(&status, "completion").await,
@@ -498,6 +506,11 @@ impl Polite {
 }
 
 impl Busy {
+    /// The round trips the bystander has finished since `Bystander::keep_going`.
+    pub fn trips(&self) -> usize {
+        self.made.load(Ordering::Relaxed)
+    }
+
     /// Stops the bystander once it has made at least 5 round trips during the abuse, and
     /// asserts that its median round trip is within max(20 × the baseline's median, 1 s).
     pub async fn assert_kept(self, baseline: &Latencies) -> Latencies {
