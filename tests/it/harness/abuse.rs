@@ -511,11 +511,6 @@ impl Polite {
 }
 
 impl Busy {
-    /// The round trips the bystander has finished since `Bystander::keep_going`.
-    pub fn trips(&self) -> usize {
-        self.made.load(Ordering::Relaxed)
-    }
-
     /// Stops the bystander once it has made at least 5 round trips during the abuse, and
     /// asserts that its median round trip is within max(20 × the baseline's median, 1 s).
     pub async fn assert_kept(self, baseline: &Latencies) -> Latencies {
