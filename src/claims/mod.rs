@@ -7,6 +7,7 @@
 
 mod delivery;
 mod handoff;
+mod looks;
 mod parked;
 
 use std::{sync::Arc, time::Duration};
@@ -22,9 +23,10 @@ use crate::{
     domain::{ClaimRequest, JobId, NewJob, QueueName},
     events::{EventHub, QueueWaiter, Wakeup},
     group_commit::{Batcher, Pending},
-    store::{Claimant, JobStore, StoreError},
+    store::{ClaimOutcome, Claimant, JobStore, StoreError},
     telemetry::Metrics,
 };
+use looks::{Drained, Looks};
 use parked::ParkedClaims;
 
 /// The claims of this process. Cheap to clone.
@@ -38,7 +40,9 @@ struct Inner {
     /// Claims that may wait: at most so many, in all and per principal.
     waiting: Budget,
     /// Claims of one queue waiting to share a script call.
-    batcher: Batcher<Claimant, ClaimedJobs>,
+    batcher: Batcher<Asking, ClaimedJobs>,
+    /// The looks at queues, numbered as they start (see `looks`).
+    looks: Looks,
     delivery: Delivery,
     metrics: Metrics,
     /// Lease for a handed-off job when neither the claim nor the job names one.
@@ -51,14 +55,26 @@ struct Inner {
 /// the waiting-claims budget until it is dropped.
 pub struct Registration {
     waiter: QueueWaiter,
-    armed: Option<Wakeup>,
+    /// The wake-up armed at registration, with its stamp (see `looks`).
+    armed: Option<(Wakeup, u64)>,
     _permit: Permit,
 }
 
+/// A claim waiting for a look at one queue: what it asks for, and, for a waiting claim, the
+/// stamp of its armed wake-up.
+pub struct Asking {
+    claimant: Claimant,
+    armed: Option<u64>,
+}
+
 impl Registration {
-    /// The wake-up armed at registration, the first time; a newly armed one after that.
-    fn arm(&mut self) -> Wakeup {
-        self.armed.take().unwrap_or_else(|| self.waiter.arm())
+    /// The wake-up armed at registration, the first time; a newly armed one after that; each
+    /// with its stamp, taken once it is armed.
+    fn arm(&mut self, looks: &Looks) -> (Wakeup, u64) {
+        self.armed.take().unwrap_or_else(|| {
+            let wakeup = self.waiter.arm();
+            (wakeup, looks.stamp())
+        })
     }
 }
 
@@ -83,6 +99,7 @@ impl Claims {
             parked: ParkedClaims::default(),
             waiting: settings.waiting,
             batcher: Batcher::new(tasks, settings.command_timeout),
+            looks: Looks::default(),
             delivery,
             metrics,
             default_lease: settings.default_lease,
@@ -115,8 +132,9 @@ impl Claims {
         }
         let permit = self.0.waiting.take(principal, 1)?;
         let mut waiter = self.0.hub.wait_for_queues(&request.queues);
+        let wakeup = waiter.arm();
         Ok(Some(Registration {
-            armed: Some(waiter.arm()),
+            armed: Some((wakeup, self.0.looks.stamp())),
             waiter,
             _permit: permit,
         }))
@@ -191,10 +209,11 @@ impl Claims {
         // Counted as waiting from its first park, once it found nothing.
         let mut gauge = None;
         loop {
-            let wakeup = registration.as_mut().map(Registration::arm);
+            let armed = registration.as_mut().map(|r| r.arm(&self.0.looks));
+            let (wakeup, stamp) = armed.unzip();
             let claimed = match (std::mem::take(&mut seen_empty), &wakeup) {
                 (true, Some(_)) => ClaimedJobs::default(),
-                _ => self.try_queues(request, max).await?,
+                _ => self.try_queues(request, max, stamp).await?,
             };
             if !claimed.is_empty() {
                 return Ok(self.started(claimed));
@@ -232,12 +251,14 @@ impl Claims {
         }
     }
 
-    /// Claims up to `max` jobs, trying each queue in the worker's order of preference. An
-    /// error drops what earlier queues gave, which puts it back.
+    /// Claims up to `max` jobs, trying each queue in the worker's order of preference; `armed`:
+    /// the stamp of a waiting claim's wake-up. An error drops what earlier queues gave, which
+    /// puts it back.
     async fn try_queues(
         &self,
         request: &ClaimRequest,
         max: usize,
+        armed: Option<u64>,
     ) -> Result<ClaimedJobs, StoreError> {
         let mut claimed = ClaimedJobs::default();
         for queue in &request.queues {
@@ -247,7 +268,8 @@ impl Claims {
                 want: max - claimed.len(),
                 ack_timeout: request.ack_timeout,
             };
-            claimed.append(self.claim_queue(queue, claimant).await?);
+            let asking = Asking { claimant, armed };
+            claimed.append(self.claim_queue(queue, asking).await?);
             if claimed.len() >= max {
                 break;
             }
@@ -260,28 +282,53 @@ impl Claims {
     async fn claim_queue(
         &self,
         queue: &QueueName,
-        claimant: Claimant,
+        asking: Asking,
     ) -> Result<ClaimedJobs, StoreError> {
         let claims = self.clone();
         let lane = queue.clone();
+        // The lane's runner keeps the first caller's closure, and with it this lane's record.
+        let drained = Drained::default();
         self.0
             .batcher
-            .run(queue, claimant, move |batch| {
-                let (claims, queue) = (claims.clone(), lane.clone());
-                async move { claims.claim_batch(&queue, batch).await }
+            .run(queue, asking, move |batch| {
+                let (claims, queue, drained) = (claims.clone(), lane.clone(), drained.clone());
+                async move { claims.claim_batch(&queue, batch, &drained).await }
             })
             .await
     }
 
-    /// Makes the claims of a batch with one store call, and answers each.
-    async fn claim_batch(&self, queue: &QueueName, batch: Vec<Pending<Claimant, ClaimedJobs>>) {
+    /// Makes the claims of a batch with one store call, and answers each. Waiting claims armed
+    /// before an earlier look of the lane found the queue empty are answered with no job, at
+    /// once (see `looks`).
+    async fn claim_batch(
+        &self,
+        queue: &QueueName,
+        batch: Vec<Pending<Asking, ClaimedJobs>>,
+        drained: &Drained,
+    ) {
+        let (covered, batch): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .partition(|pending| drained.covers(pending.op.armed));
+        for pending in covered {
+            pending.answer(Ok(ClaimedJobs::default()));
+        }
+        if batch.is_empty() {
+            return;
+        }
         let (claimants, replies): (Vec<Claimant>, Vec<_>) = batch
             .into_iter()
-            .map(|pending| (pending.op, pending.reply))
+            .map(|pending| (pending.op.claimant, pending.reply))
             .unzip();
         let connection = self.0.store.connection();
+        let look = self.0.looks.start();
         match self.0.store.claim(&connection, queue, &claimants).await {
-            Ok(claimed) => {
+            Ok(ClaimOutcome {
+                claimed,
+                drained: empty,
+            }) => {
+                if empty {
+                    drained.record(look);
+                }
                 for (reply, jobs) in replies.into_iter().zip(claimed) {
                     reply.answer(Ok(ClaimedJobs::new(&self.0.delivery, jobs)));
                 }

@@ -49,6 +49,15 @@ pub struct Claimant {
     pub ack_timeout: Duration,
 }
 
+/// What a claim call got: the jobs claimed for each claimant, in the claimants' order, and
+/// whether its last read found the queue's ready set empty (`drained`), so that every job
+/// made ready later was made ready after that read.
+#[derive(Debug, Default)]
+pub struct ClaimOutcome {
+    pub claimed: Vec<Vec<Claimed>>,
+    pub drained: bool,
+}
+
 /// A claim call that failed part way. The jobs of its earlier rounds are claimed; its last
 /// round may have claimed all the same (Redis ran it and the reply was lost, or runs it
 /// late), under the `uncertain` tokens: whoever holds this puts them all back, on the same
@@ -70,15 +79,19 @@ impl JobStore {
         connection: &Connection,
         queue: &QueueName,
         claimants: &[Claimant],
-    ) -> std::result::Result<Vec<Vec<Claimed>>, ClaimFailure> {
+    ) -> std::result::Result<ClaimOutcome, ClaimFailure> {
         let mut progress = Progress::new(claimants);
+        let mut drained = false;
         // Rounds that claimed nothing because other jobds took every candidate first.
         let mut lost_rounds = 0;
         while progress.wanted() > 0 && lost_rounds < CLAIM_ROUNDS {
             // A few more candidates than wanted, so that racing claimers each still find some.
             let page = progress.wanted().min(MAX_CANDIDATES) + CLAIM_CANDIDATES;
             let (candidates, read) = match self.candidates(connection, queue, page).await {
-                Ok((_, 0)) => break,
+                Ok((_, 0)) => {
+                    drained = true;
+                    break;
+                }
                 Ok(candidates) => candidates,
                 Err(error) => return Err(progress.failed(error, Vec::new())),
             };
@@ -107,7 +120,10 @@ impl JobStore {
                 break;
             }
         }
-        Ok(progress.claimed)
+        Ok(ClaimOutcome {
+            claimed: progress.claimed,
+            drained,
+        })
     }
 
     /// The job ids among the first `page` entries of the queue's ready set, and how many

@@ -26,7 +26,7 @@ use fred::{
     types::{FromValue, Value},
 };
 
-pub use claim::{CLAIM_REPLY_BUDGET, ClaimFailure, Claimant, job_size};
+pub use claim::{CLAIM_REPLY_BUDGET, ClaimFailure, ClaimOutcome, Claimant, job_size};
 pub use event_codec::{AnnouncedEvent, parse_announced};
 pub use keys::Keys;
 pub use list::ListCursor;

@@ -481,13 +481,26 @@ impl Polite {
                     return false;
                 }
                 Err(status) if retried && !retryable(&status) => {
-                    // The first attempt was recorded, its answer lost: the job says so.
+                    // Either the first attempt was recorded, its answer lost: the job says
+                    // so, or is gone already, its retention (1 s) over, which only a
+                    // finished job's is (nothing cancels or fails the bystander's jobs); or
+                    // none was, and the claim was lost meanwhile: the job goes back.
                     let get = proto::GetJobRequest {
                         job_id: id.to_owned(),
                     };
-                    let got = self.jobs.get_job(self.request(get)).await.expect("GetJob");
-                    let state = got.into_inner().job.expect("the job").state();
-                    assert_eq!(state, proto::JobState::Completed, "{status:?}");
+                    match self.jobs.get_job(self.request(get)).await {
+                        Ok(got) => {
+                            let state = got.into_inner().job.expect("the job").state();
+                            if state != proto::JobState::Completed {
+                                let code = status.code();
+                                assert_eq!(code, tonic::Code::FailedPrecondition, "{status:?}");
+                                return false;
+                            }
+                        }
+                        Err(gone) => {
+                            assert_eq!(gone.code(), tonic::Code::NotFound, "GetJob: {gone:?}")
+                        }
+                    }
                     return true;
                 }
                 Err(status) => retry_later(&status, "completion").await,
