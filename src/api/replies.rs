@@ -196,3 +196,57 @@ impl<B: Body<Data = Bytes>> Body for HeldBody<B> {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budgets::{BudgetLimits, Budgets};
+
+    fn budget() -> Budget {
+        let limits = BudgetLimits {
+            watch_streams: 1,
+            watch_streams_per_principal: 1,
+            waiting_claims: 1,
+            waiting_claims_per_principal: 1,
+            watchers_per_job: 1,
+            payload_bytes: 100,
+            payload_bytes_per_principal: 100,
+            stream_result_bytes: 100,
+        };
+        Budgets::new(limits).stream_result_bytes
+    }
+
+    #[test]
+    fn a_data_frame_holds_the_permits_put_before_it_until_its_bytes_are_dropped() {
+        let budget = budget();
+        let held = Held::default();
+        held.put(budget.take(None, 30).unwrap());
+        held.put(budget.take(None, 20).unwrap());
+        let sent = held.bind(Bytes::from_static(b"message"));
+        assert_eq!(&sent[..], b"message");
+        assert_eq!(budget.used(), 50, "h2 still holds the frame");
+        let later = held.bind(Bytes::from_static(b"no payload"));
+        let mut part = sent.clone();
+        drop(sent);
+        let _ = part.split_to(3);
+        assert_eq!(budget.used(), 50, "a part of the frame is still held");
+        drop(part);
+        assert_eq!(budget.used(), 0);
+        drop(later);
+    }
+
+    #[test]
+    fn permits_left_with_the_body_are_given_back_with_it() {
+        let budget = budget();
+        let held = Held::default();
+        held.put(budget.take(None, 30).unwrap());
+        let body = HeldBody {
+            inner: tonic::body::Body::empty(),
+            held: held.clone(),
+        };
+        drop(held);
+        assert_eq!(budget.used(), 30);
+        drop(body);
+        assert_eq!(budget.used(), 0);
+    }
+}
