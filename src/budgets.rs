@@ -2,7 +2,9 @@
 //! hostile, can make jobd run out of memory. Each budget counts one kind of holding (open watch
 //! streams, waiting claims, payload bytes in flight) for the whole process and for each
 //! principal; a holding past either is refused (`Exhausted`, RESOURCE_EXHAUSTED to the caller)
-//! before anything is done. A holding is a `Permit`, released when dropped: when the stream
+//! before anything is done. Results on their way out of streams have a budget of their own,
+//! for the process alone, which they wait for rather than fail: however many watchers drain,
+//! they never take the payload bytes that calls' requests and replies are refused without. A holding is a `Permit`, released when dropped: when the stream
 //! or claim ends, however it ends, the client's going away included. Watchers of one job are
 //! bounded by the event hub (`EventHub::watch_job`), in all and per principal
 //! (`WatcherLimits`).
@@ -26,6 +28,7 @@ pub struct BudgetLimits {
     pub watchers_per_job: u64,
     pub payload_bytes: u64,
     pub payload_bytes_per_principal: u64,
+    pub stream_result_bytes: u64,
 }
 
 /// The most watchers one job may have on one process: in all, and for one principal (a
@@ -43,9 +46,12 @@ pub struct Budgets {
     pub watch_streams: Budget,
     /// ClaimJob, ClaimJobs and completions' `next` claims that may wait for a job.
     pub waiting_claims: Budget,
-    /// Payloads and results held by calls in flight: request bodies being acted on, and
-    /// large results on their way out of a stream.
+    /// Payloads and results held by calls in flight: request bodies being acted on, and the
+    /// replies of GetJob and claims until sent.
     pub payload_bytes: Budget,
+    /// Results on their way out of WatchJob and SubmitAndWatchJobs streams, until sent; waited
+    /// for, never refused, and apart from `payload_bytes`.
+    pub stream_result_bytes: Budget,
     /// Watchers of one job on this process.
     pub watchers_per_job: u64,
 }
@@ -89,6 +95,11 @@ impl Budgets {
                     limits.payload_bytes_per_principal,
                 ),
             ),
+            stream_result_bytes: Budget::for_process(Setting::new(
+                "max-stream-result-bytes-in-flight",
+                "result bytes in flight on streams",
+                limits.stream_result_bytes,
+            )),
             watchers_per_job: limits.watchers_per_job,
         }
     }
@@ -170,6 +181,11 @@ impl Budget {
             used: Mutex::default(),
             released: Notify::new(),
         }))
+    }
+
+    /// A budget of the process alone, which holdings take with no principal (`wait`).
+    fn for_process(process: Setting) -> Self {
+        Self::new(process, process)
     }
 
     /// Takes `amount` for `principal` (`None`: a caller without one, counted in the process's

@@ -10,7 +10,7 @@ use super::{
     observe::current_trace_context,
     proto::{self, job_service_server::JobService},
     reason::{self, Reason},
-    replies,
+    replies::{self, Held},
     services::Shared,
     streams::{self, EventStream, FollowStream, Holding},
 };
@@ -74,15 +74,19 @@ impl JobApi {
             .take(access.principal(), bytes)?)
     }
 
-    /// What a stream of `access`'s caller holds while it is open: RESOURCE_EXHAUSTED when
-    /// the watch-stream budget is used up.
-    fn stream_holding(&self, access: &Access) -> Result<Holding, Status> {
+    /// What a stream of `access`'s caller holds while it is open, with the `Held` its
+    /// response carries: RESOURCE_EXHAUSTED when the watch-stream budget is used up.
+    fn stream_holding(&self, access: &Access) -> Result<(Holding, Held), Status> {
         let stream = self.0.budgets.watch_streams.take(access.principal(), 1)?;
-        Ok(Holding::new(
+        let sending = Held::default();
+        let results = self.0.budgets.stream_result_bytes.clone();
+        let holding = Holding::new(
             self.0.metrics.watch_stream(),
             stream,
-            self.0.budgets.payload_bytes.clone(),
-        ))
+            results,
+            sending.clone(),
+        );
+        Ok((holding, sending))
     }
 
     /// Counts the queues of a submission among its caller's, refused with
@@ -214,7 +218,7 @@ impl JobService for JobApi {
         let (jobs, access, held) = self.new_jobs(request)?;
         let queues: Vec<&QueueName> = jobs.iter().map(|(_, job)| &job.queue).collect();
         self.admit(&access, &queues).await?;
-        let holding = self.stream_holding(&access)?;
+        let (holding, sending) = self.stream_holding(&access)?;
         // Registered before the jobs are written, so that no event can go unannounced.
         let watches = jobs
             .iter()
@@ -237,7 +241,8 @@ impl JobService for JobApi {
         }
         drop(held);
         let first = proto::SubmitJobsResponse { results };
-        Ok(Response::new(streams::follow(follower, first, holding)))
+        let stream = streams::follow(follower, first, holding);
+        Ok(sending.attach(Response::new(stream)))
     }
 
     async fn get_job(
@@ -338,13 +343,14 @@ impl JobService for JobApi {
         let id = JobId::parse("job_id", &request.job_id)?;
         access.check("job_id", id.queue())?;
         let after = request.after_sequence;
-        let holding = self.stream_holding(&access)?;
+        let (holding, sending) = self.stream_holding(&access)?;
         // Registered, then read, here: an unknown job is NOT_FOUND, a sequence past its last
         // OUT_OF_RANGE, before any stream starts.
         let mut follower = self.follower();
         follower
             .existing(self.0.hub.watch_job(&id, access.principal())?, id, after)
             .await?;
-        Ok(Response::new(streams::watch(follower, after, holding)))
+        let stream = streams::watch(follower, after, holding);
+        Ok(sending.attach(Response::new(stream)))
     }
 }

@@ -3,10 +3,10 @@
 //! early. Polled by tonic itself: no task and no channel per stream, and a client that goes
 //! away drops its stream (and its registrations, and its budget's permit) at once.
 //!
-//! A large result on its way out is counted in the payload-bytes budget from when the stream
-//! yields it to when tonic asks for the next message, which it does once the connection has
-//! room again: 1,000 watchers of a job completing with 1 MiB hold the budget's worth of
-//! copies at a time, not 1 GiB.
+//! A result on its way out waits for room in the stream-result budget, then is counted in it
+//! from when the stream yields it until h2 has written it to the connection (`replies::Held`):
+//! 1,000 watchers of a job completing with 1 MiB hold the budget's worth of copies at a time,
+//! not 1 GiB, and take nothing from the payload bytes that calls are refused without.
 
 use futures::StreamExt;
 use tonic::{Code, Status};
@@ -14,6 +14,7 @@ use tonic::{Code, Status};
 use super::{
     proto::{self, submit_and_watch_jobs_response::Message},
     reason::{Reason, reworded, status},
+    replies::Held,
 };
 use crate::{
     budgets::{Budget, Permit},
@@ -30,20 +31,24 @@ pub type FollowStream = std::pin::Pin<
 >;
 
 /// What an open stream holds: the open-stream gauge, its permit of the watch-stream budget,
-/// and the payload bytes of the message it yielded last.
+/// and the permits of the results it has yielded and h2 has not sent yet.
 pub struct Holding {
     _gauge: Gauged,
     _stream: Permit,
-    /// The payload-bytes budget, which large results on their way out wait for.
-    payload: Budget,
+    /// The stream-result budget, which results on their way out wait for.
+    results: Budget,
+    /// Where a result's permit goes, for the data frame that carries it to hold.
+    sending: Held,
 }
 
 impl Holding {
-    pub fn new(gauge: Gauged, stream: Permit, payload: Budget) -> Self {
+    /// `sending` must be attached to the stream's response (`Held::attach`).
+    pub fn new(gauge: Gauged, stream: Permit, results: Budget, sending: Held) -> Self {
         Self {
             _gauge: gauge,
             _stream: stream,
-            payload,
+            results,
+            sending,
         }
     }
 }
@@ -52,22 +57,15 @@ impl Holding {
 struct Open {
     follower: Follower,
     holding: Holding,
-    /// The payload bytes of the message yielded last, given back when the next is asked for.
-    sent: Option<Permit>,
 }
 
 impl Open {
     fn new(follower: Follower, holding: Holding) -> Self {
-        Self {
-            follower,
-            holding,
-            sent: None,
-        }
+        Self { follower, holding }
     }
 
-    /// The next event, with a result counted in the payload-bytes budget while it goes out.
+    /// The next event, with a result counted in the stream-result budget until it is sent.
     async fn next(&mut self) -> Option<Result<JobEvent, Interrupted>> {
-        self.sent = None;
         let next = self.follower.next().await;
         if let Some(Ok(JobEvent {
             kind: EventKind::Completed { result },
@@ -75,7 +73,8 @@ impl Open {
         })) = &next
             && !result.is_empty()
         {
-            self.sent = Some(self.holding.payload.wait(result.len() as u64).await);
+            let permit = self.holding.results.wait(result.len() as u64).await;
+            self.holding.sending.put(permit);
         }
         next
     }

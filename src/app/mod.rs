@@ -374,5 +374,6 @@ fn budget_limits(config: &BudgetsConfig) -> BudgetLimits {
         watchers_per_job: config.max_watchers_per_job,
         payload_bytes: config.max_payload_bytes_in_flight,
         payload_bytes_per_principal: config.max_payload_bytes_in_flight_per_principal,
+        stream_result_bytes: config.max_stream_result_bytes_in_flight,
     }
 }

@@ -133,9 +133,8 @@ pub struct BudgetsConfig {
 
     /// Most payload and result bytes held at once by calls in flight: submissions' payloads
     /// and completions' results while they are written, GetJob's and claims' replies until
-    /// they are sent (past it, refused), large results while a stream sends them (those wait
-    /// for room instead of failing). 16 MiB: the largest request fits, and what they cost (up
-    /// to 8 times their bytes) fits a 640 MiB pod with the other budgets.
+    /// they are sent (past it, refused). 16 MiB: the largest request fits, and what they cost
+    /// (up to 8 times their bytes) fits a 640 MiB pod with the other budgets.
     #[arg(long, env = "JOBD_MAX_PAYLOAD_BYTES_IN_FLIGHT", hide_env_values = true,
           default_value_t = 16 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_payload_bytes_in_flight: u64,
@@ -145,6 +144,14 @@ pub struct BudgetsConfig {
     #[arg(long, env = "JOBD_MAX_PAYLOAD_BYTES_IN_FLIGHT_PER_PRINCIPAL", hide_env_values = true,
           default_value_t = 16 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_payload_bytes_in_flight_per_principal: u64,
+
+    /// Most result bytes on their way out of WatchJob and SubmitAndWatchJobs streams at once,
+    /// until sent; a result waits for room rather than fail, and never takes from the payload
+    /// bytes in flight, so that watchers draining cannot refuse anyone's writes. 4 MiB: four
+    /// results of the largest default size at a time, within the 640 MiB pod.
+    #[arg(long, env = "JOBD_MAX_STREAM_RESULT_BYTES_IN_FLIGHT", hide_env_values = true,
+          default_value_t = 4 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_stream_result_bytes_in_flight: u64,
 
     /// Most events a job's log holds before its terminal event: from this sequence on, an event
     /// of any type but the terminal one replaces the one before it in the log's last slot, so

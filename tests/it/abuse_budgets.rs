@@ -4,10 +4,17 @@
 //! progress heartbeats keeps a job's log at its cap, and its replay does not block Redis;
 //! 1,000 watchers of a job completing with 1 MiB share one read of the result.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use futures::future::join_all;
 use jobd_client::proto;
+use tokio::task::JoinHandle;
 use tonic::Code;
 
 use crate::harness::*;
@@ -478,10 +485,52 @@ async fn progress_heartbeats_keep_a_log_at_its_cap_and_its_replay_does_not_block
     );
 }
 
+/// What Redis sends jobd for one of `writes_with_payloads`' writes: the claimed job with its
+/// 64 KiB payload, and the calls' small replies (a few hundred bytes each).
+const WRITE_READ: u64 = 72 * 1024;
+
+/// The result of each of `writes_with_payloads`' jobs.
+const WRITE_RESULT: usize = 256 * 1024;
+
+/// What Redis holds for one of `writes_with_payloads`' jobs: its payload, its result and the
+/// job's own keys and entries.
+const WRITE_STORED: u64 = 64 * 1024 + WRITE_RESULT as u64 + REDIS_PER_JOB;
+
+/// A client writing payloads while an abuse runs, on connections of its own: it submits a job
+/// with a 64 KiB payload, claims it and completes it with a 256 KiB result, one after another,
+/// every call required to succeed (none refused for a budget). When each write started and
+/// ended.
+fn writes_with_payloads(
+    jobd: &Running,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<Vec<(Instant, Instant)>> {
+    const QUEUE: &str = "abuse.writes";
+    let url = jobd.url();
+    tokio::spawn(async move {
+        let mut jobs = connect(&url).await.jobs();
+        let mut workers = connect(&url).await.workers();
+        let (payload, result) = (vec![1u8; 64 * 1024], vec![2u8; WRITE_RESULT]);
+        let mut writes = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            submit(&mut jobs, QUEUE, &payload).await;
+            let claimed = claim(&mut workers, QUEUE).await;
+            complete(&mut workers, &claimed, &result)
+                .await
+                .expect("a completion with a result is never refused");
+            writes.push((started, Instant::now()));
+        }
+        writes
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_watchers_of_a_large_result_share_one_read_of_it() {
     const WATCHERS: usize = 1_000;
     const RESULT: usize = 1024 * 1024;
+    // The budgets' defaults: payload bytes in flight (calls), result bytes on streams.
+    const PAYLOAD_BUDGET: u64 = 16 * MIB;
+    const STREAM_BUDGET: u64 = 4 * MIB;
     let redis = RedisServer::start().await;
     // 1,000 streams opened at once read their logs at once: more time than the harness's.
     let jobd =
@@ -507,18 +556,21 @@ async fn a_thousand_watchers_of_a_large_result_share_one_read_of_it() {
     }
     let before = rss_kib(jobd.pid());
     let sent = redis_output_bytes(&redis);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = writes_with_payloads(&jobd, stop.clone());
 
     let result = vec![7u8; RESULT];
+    let drain = Instant::now();
     complete(&mut workers, &claimed, &result)
         .await
         .expect("the job completes");
-    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let peak = Arc::new(AtomicU64::new(before));
     let sampler = tokio::spawn({
         let (peak, pid) = (peak.clone(), jobd.pid());
         async move {
             loop {
-                peak.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await; // the sampling period
             }
         }
     });
@@ -533,23 +585,44 @@ async fn a_thousand_watchers_of_a_large_result_share_one_read_of_it() {
         assert_eq!(last.r#type(), proto::EventType::Completed);
         assert_eq!(last.result.len(), RESULT);
     }
+    let drained = Instant::now();
     sampler.abort();
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.await.expect("every write succeeded");
 
+    // The writes went on through the drain, none refused: the streams' results wait for a
+    // budget of their own, and never take the payload bytes that calls are refused without.
+    let during = writes
+        .iter()
+        .filter(|(started, ended)| *started >= drain && *ended <= drained)
+        .count();
+    eprintln!(
+        "drain: {:?}; {} writes with payloads ({during} within the drain), none refused",
+        drained - drain,
+        writes.len()
+    );
+    assert!(during >= 1, "no write within the drain: {writes:?}");
     let read = redis_output_bytes(&redis) - sent;
-    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    let peak = peak.load(Ordering::Relaxed);
     eprintln!(
         "Redis sent {read} bytes for {WATCHERS} watchers; RSS {idle} KiB idle, {before} KiB \
          with the streams open ({} B per stream), peak {peak} KiB",
         (before - idle) * 1024 / WATCHERS as u64
     );
-    assert!(read < 4 * RESULT as u64, "Redis sent {read} bytes");
-    let bound = memory_bound_kib(WATCHERS as u64, 0, 16 * 1024 * 1024);
+    assert!(
+        read < 4 * RESULT as u64 + writes.len() as u64 * WRITE_READ,
+        "Redis sent {read} bytes"
+    );
+    let bound = memory_bound_kib(WATCHERS as u64, 0, PAYLOAD_BUDGET + STREAM_BUDGET);
     assert!(peak < bound, "RSS peaked at {peak} KiB, past {bound} KiB");
     busy.assert_kept(&baseline).await;
-    // The streams over 10 connections, and the default budget of payload bytes in flight;
-    // Redis holds the job with its result, and one reply of the result at a time.
+    // The streams over 10 connections, both budgets of bytes in flight and the writer's two
+    // connections; Redis holds the job with its result, one reply of the result at a time,
+    // the writer's jobs (each with its payload and result, kept for the default retention)
+    // and a query buffer of a completion's size on each of jobd's 4 pool connections.
+    let writer_redis = writes.len() as u64 * WRITE_STORED + 4 * WRITE_RESULT as u64;
     footprint.assert_peak_within(
-        jobd_growth(WATCHERS as u64, 0, 16 * MIB) + 10 * PER_CONNECTION,
-        REDIS_SLACK + REDIS_PER_JOB + 2 * RESULT as u64,
+        jobd_growth(WATCHERS as u64, 0, PAYLOAD_BUDGET + STREAM_BUDGET) + 12 * PER_CONNECTION,
+        REDIS_SLACK + REDIS_PER_JOB + 2 * RESULT as u64 + writer_redis,
     );
 }

@@ -4,6 +4,7 @@
 mod abuse_budgets;
 mod abuse_limits;
 mod abuse_metrics;
+mod abuse_pages;
 mod abuse_queues;
 mod abuse_sizes;
 mod abuse_transport;
