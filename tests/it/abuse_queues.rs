@@ -25,12 +25,12 @@ const ZSET_ENTRY: u64 = 160;
 
 /// How many queues the abuse makes: 10,000 in CI, and the 100,000 with
 /// `JOBD_TEST_QUEUES=100000`. A multiple of 1,000. What bounds it is jobd's CPU per queue,
-/// about 6 ms in the debug build (10,000 queues, on 2 cores shared with other builds: 0.6 ms
-/// creating the queue, about 4 ms claiming and completing its jobs, 16 queues a call but a
-/// script call per queue, the rest the resubmissions and the forgetting): 100,000 queues need
-/// about 600 s of jobd's CPU there. The sweeper's share, measured alone (`bench/forget-cost.sh`
-/// with `RUST_LOG=debug`, as tests run jobd): 0.28 ms per queue forgotten since a round's
-/// visits share their round trips, 0.58 ms when each visit took three of its own.
+/// about 6 ms in the debug build (10,000 queues, on 2 cores shared with other builds): 0.6 ms
+/// creating it, 3.5 ms draining it (claims and completions, 16 queues a call but a script
+/// call per queue each) and the resubmissions, 1.8 ms the rest drained and forgotten; so
+/// 100,000 queues need about 600 s of jobd's CPU there (BENCHMARKS.md, "What a queue costs").
+/// The sweeper's share, measured alone (`bench/forget-cost.sh`): 0.28 ms per queue forgotten
+/// since a round's visits share their round trips, 0.58 ms when each took three of its own.
 fn queues() -> usize {
     std::env::var("JOBD_TEST_QUEUES")
         .ok()
