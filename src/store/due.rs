@@ -109,17 +109,10 @@ impl JobStore {
                 .map_err(StoreError::redis("index_queues"))?;
         }
         let _: Value = self.timed("index_queues", pipeline.all()).await?;
-        // Only now, after the index was written: each promise in its own queue's slot.
-        let pipeline = self.client().pipeline();
-        for (queue, _) in visited {
-            let _: () = pipeline
-                .get(self.keys().promise(queue))
-                .await
-                .map_err(StoreError::redis("read_promises"))?;
-        }
-        let replies = async { Ok(pipeline.try_all::<Option<String>>().await) };
-        let promised = each_reply(self.timed("read_promises", replies).await?, visited.len())
-            .map_err(StoreError::redis("read_promises"))?;
+        // Only now, after the index was written.
+        let promised = self
+            .promises(visited.iter().map(|(queue, _)| queue))
+            .await?;
         let mut lower = Vec::new();
         for (((queue, _), written), promised) in visited.iter().zip(&written).zip(promised) {
             if let Some(promised) = promised.as_deref().and_then(parse_score)
@@ -132,6 +125,24 @@ impl JobStore {
             return Ok(());
         }
         self.lower_due(lower).await
+    }
+
+    /// The promises of `queues`, each read in its own queue's slot, one pipeline for all.
+    async fn promises<'a>(
+        &self,
+        queues: impl ExactSizeIterator<Item = &'a QueueName>,
+    ) -> Result<Vec<Option<String>>> {
+        let count = queues.len();
+        let pipeline = self.client().pipeline();
+        for queue in queues {
+            let _: () = pipeline
+                .get(self.keys().promise(queue))
+                .await
+                .map_err(StoreError::redis("read_promises"))?;
+        }
+        let replies = async { Ok(pipeline.try_all::<Option<String>>().await) };
+        each_reply(self.timed("read_promises", replies).await?, count)
+            .map_err(StoreError::redis("read_promises"))
     }
 
     /// Writes a script's `due:` mark to the due index, if it had one: the queue's entry is
