@@ -1,6 +1,7 @@
 //! Refreshes the queue depths the `jobd.queue.depth` gauge reports: one read of each queue's
 //! counts per metric export interval, however many exports or replicas ask. The queues are
-//! those of the due index, read in pages; a forgotten queue leaves the gauge.
+//! those of the due index, read in pages, and each page's counts in one more round trip; a
+//! forgotten queue leaves the gauge.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -8,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{domain::JobState, store::JobStore, telemetry::QueueDepths};
 
-/// Queues read from the due index per round trip.
+/// Queues read from the due index per round trip, and counted per round trip.
 const PAGE: i64 = 1000;
 
 pub async fn refresh_queue_depths(
@@ -48,8 +49,9 @@ async fn read_depths(
         };
         let last = (page.len() as i64) < PAGE;
         start += PAGE;
-        for queue in page {
-            match store.stats(&queue).await {
+        let counted = store.stats_each(&page).await;
+        for (queue, stats) in page.into_iter().zip(counted) {
+            match stats {
                 Ok(stats) => {
                     let counts = vec![
                         (JobState::Queued, stats.queued),

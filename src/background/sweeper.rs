@@ -20,8 +20,8 @@ use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    domain::{FailOutcome, JobState, QueueName, UnixMillis},
-    store::{Expired, JobStore, NextVisit, StoreError},
+    domain::{AttemptEnd, FailOutcome, JobId, JobState, QueueName, UnixMillis},
+    store::{Expired, JobStore, NextVisit, StoreError, SweepReport},
     telemetry::Metrics,
 };
 
@@ -32,7 +32,8 @@ pub const POLL: Duration = Duration::from_secs(1);
 /// The most due queues one round takes.
 const DUE_BATCH: usize = 200;
 
-/// How many queues of a round are visited at once.
+/// How many queues of a round have their work (due jobs, expired claims) done at once; their
+/// sweeps share one round trip, and so do their writes to the due index.
 const VISITS_AT_ONCE: usize = 16;
 
 /// How long a queue taken by one sweeper is left to it: how late a queue's due work can be
@@ -113,29 +114,7 @@ impl Sweeper {
     async fn round(&self) -> Result<Option<Duration>, StoreError> {
         let taken = self.store.take_due(DUE_BATCH, VISIT_LEASE).await?;
         let full = taken.queues.len() >= DUE_BATCH;
-        let visits = taken.queues.into_iter().map(|queue| {
-            let sweeper = self.clone();
-            async move {
-                match sweeper.visit(&queue).await {
-                    Ok(next) => next,
-                    Err(error) => {
-                        // The queue stays taken until VISIT_LEASE passes; then it is due again.
-                        tracing::warn!(%error, queue = %queue, "sweeping a queue failed");
-                        None
-                    }
-                }
-            }
-        });
-        // The soonest next visit the visits wrote; every visit runs to its end.
-        let soonest = stream::iter(visits)
-            .buffer_unordered(VISITS_AT_ONCE)
-            .fold(None, |soonest: Option<Duration>, next| async move {
-                match (soonest, next) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
-            })
-            .await;
+        let soonest = self.visit(taken.queues).await?;
         if full || soonest == Some(Duration::ZERO) {
             return Ok(None);
         }
@@ -146,11 +125,56 @@ impl Sweeper {
         ))
     }
 
-    /// One visit of a due queue: its sweep, the jobs due, the claims expired, and the
-    /// queue's next time written to the due index (or the queue forgotten). How long until
-    /// the queue's next visit (zero: more to do at once), if it has one.
-    async fn visit(&self, queue: &QueueName) -> Result<Option<Duration>, StoreError> {
-        let report = self.store.sweep(queue).await?;
+    /// Visits the taken queues: their sweeps, one round trip for all; the work each found
+    /// (the jobs due, the claims expired), `VISITS_AT_ONCE` queues at once; then their next
+    /// times written to the due index (or the queues forgotten), two round trips for all.
+    /// The soonest next visit among them (zero: more to do at once), if any has one.
+    async fn visit(&self, queues: Vec<QueueName>) -> Result<Option<Duration>, StoreError> {
+        if queues.is_empty() {
+            return Ok(None);
+        }
+        let reports = self.store.sweep_each(&queues).await;
+        let work = queues.into_iter().zip(reports).map(|(queue, report)| {
+            let sweeper = self.clone();
+            async move {
+                let worked = match report {
+                    Ok(report) => sweeper.work(&queue, &report).await.map(|()| report),
+                    Err(error) => Err(error),
+                };
+                worked
+                    .inspect_err(|error| {
+                        tracing::warn!(%error, queue = %queue, "sweeping a queue failed");
+                    })
+                    .ok()
+                    .map(|report| (queue, report))
+            }
+        });
+        let done: Vec<(QueueName, SweepReport)> = stream::iter(work)
+            .buffer_unordered(VISITS_AT_ONCE)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        // Written after the work: a queue whose sweep or work failed stays taken until its
+        // VISIT_LEASE passes, and is due again then. A sweep that found work due settled a
+        // time no later than now, so the queue is visited again at once, and that sweep sees
+        // what this one changed.
+        let next: Vec<(QueueName, NextVisit)> = done
+            .iter()
+            .map(|(queue, report)| (queue.clone(), report.next))
+            .collect();
+        self.store.index(&next).await?;
+        Ok(done
+            .iter()
+            .filter_map(|(_, report)| match report.next {
+                NextVisit::At(at) => Some(at.since(report.now)),
+                NextVisit::Idle | NextVisit::Forget => None,
+            })
+            .min())
+    }
+
+    /// The work one sweep of `queue` found: the jobs due made claimable, the claims expired
+    /// ended.
+    async fn work(&self, queue: &QueueName, report: &SweepReport) -> Result<(), StoreError> {
         tracing::trace!(queue = %queue, ?report, "swept");
         let promoted = self.store.promote(queue, &report.due).await?;
         if promoted > 0 {
@@ -165,33 +189,31 @@ impl Sweeper {
                     self.metrics.released(queue, 1);
                 }
                 Some(Expired::AttemptEnded(outcome, ended)) => {
-                    self.metrics.lease_expired(queue);
-                    match outcome {
-                        FailOutcome::RetryAt(at) => {
-                            tracing::info!(job = %id, retry_at = at.0, "claim expired; retry scheduled");
-                            self.metrics
-                                .retried(queue, ended.kind.as_str(), "lease_expired");
-                        }
-                        FailOutcome::Failed => {
-                            tracing::info!(job = %id, "claim expired; no attempts left, job failed");
-                            self.metrics
-                                .finished(queue, ended.kind.as_str(), JobState::Failed);
-                        }
-                    }
+                    self.ended(queue, id, outcome, &ended)
                 }
             }
         }
         if report.next == NextVisit::Forget {
             tracing::debug!(queue = %queue, "queue has no jobs left; forgotten");
         }
-        // Written after the work: had any of it failed, the queue would be due again once its
-        // VISIT_LEASE passed. A sweep that found work due settled a time no later than now, so
-        // the queue is visited again at once, and that sweep sees what this one changed.
-        self.store.index(queue, report.next).await?;
-        Ok(match report.next {
-            NextVisit::At(at) => Some(at.since(report.now)),
-            NextVisit::Idle | NextVisit::Forget => None,
-        })
+        Ok(())
+    }
+
+    /// Reports an attempt that ended because its claim expired.
+    fn ended(&self, queue: &QueueName, id: &JobId, outcome: FailOutcome, ended: &AttemptEnd) {
+        self.metrics.lease_expired(queue);
+        match outcome {
+            FailOutcome::RetryAt(at) => {
+                tracing::info!(job = %id, retry_at = at.0, "claim expired; retry scheduled");
+                self.metrics
+                    .retried(queue, ended.kind.as_str(), "lease_expired");
+            }
+            FailOutcome::Failed => {
+                tracing::info!(job = %id, "claim expired; no attempts left, job failed");
+                self.metrics
+                    .finished(queue, ended.kind.as_str(), JobState::Failed);
+            }
+        }
     }
 }
 

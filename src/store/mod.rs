@@ -4,6 +4,7 @@
 //! calls: batching, parking and retrying belong to the use cases built on it.
 
 mod claim;
+mod due;
 mod event_codec;
 mod keys;
 mod layout;
@@ -27,14 +28,15 @@ use fred::{
 };
 
 pub use claim::{CLAIM_REPLY_BUDGET, ClaimFailure, ClaimOutcome, Claimant, job_size};
+use due::DueMark;
+pub use due::DueQueues;
 pub use event_codec::{AnnouncedEvent, parse_announced};
 pub use keys::Keys;
 pub use list::ListCursor;
 pub use outcome::{CompletionOutcome, Completions, Holder, Released};
 pub use read::{EVENT_PAGE, EventPage, FIRST_EVENT_PAGE, QueueStats};
 pub use submit::{HandOff, KeyedSubmission, PreparedJobs, SubmittedBatch};
-use sweep::DueMark;
-pub use sweep::{DueQueues, Expired, NextVisit, SWEEP_BATCH, SweepReport, TRIM_BATCH};
+pub use sweep::{Expired, NextVisit, SWEEP_BATCH, SweepReport, TRIM_BATCH};
 
 use crate::{
     domain::{JobState, QueueName, Refusal, UnixMillis},

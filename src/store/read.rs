@@ -178,27 +178,43 @@ impl JobStore {
     /// Counts a queue's jobs by state, in one round trip; finished ones while their retention
     /// lasts by Redis's clock.
     pub async fn stats(&self, queue: &QueueName) -> Result<QueueStats> {
+        let counts: Value = self
+            .call(&self.scripts().stats, self.stats_keys(queue), Vec::new())
+            .await?;
+        counted(counts)
+    }
+
+    /// `stats` of each queue, one round trip for them all (a pipeline of a `stats.lua` call
+    /// per queue, each in its queue's slot); each queue's counts, in order.
+    pub async fn stats_each(&self, queues: &[QueueName]) -> Vec<Result<QueueStats>> {
+        let calls: Vec<(Vec<String>, Vec<Value>)> = queues
+            .iter()
+            .map(|queue| (self.stats_keys(queue), Vec::new()))
+            .collect();
+        let script = &self.scripts().stats;
+        let replies = self.timed(script.name(), async {
+            Ok(script.call_each(self.client(), &calls).await)
+        });
+        match replies.await {
+            Ok(replies) => replies
+                .into_iter()
+                .map(|reply| counted(reply.map_err(StoreError::redis(script.name()))?))
+                .collect(),
+            Err(error) => queues.iter().map(|_| Err(error.clone())).collect(),
+        }
+    }
+
+    /// The keys `stats.lua` counts, in its KEYS order.
+    fn stats_keys(&self, queue: &QueueName) -> Vec<String> {
         let [completed, failed, cancelled] = self.retained_keys(queue);
-        let keys = vec![
+        vec![
             self.keys().ready(queue),
             self.keys().scheduled(queue),
             self.keys().running(queue),
             completed,
             failed,
             cancelled,
-        ];
-        let counts: Vec<u64> = self.call(&self.scripts().stats, keys, Vec::new()).await?;
-        let [queued, scheduled, running, completed, failed, cancelled]: [u64; 6] = counts
-            .try_into()
-            .map_err(|_| StoreError::corrupt("stats reply shape"))?;
-        Ok(QueueStats {
-            queued,
-            scheduled,
-            running,
-            completed,
-            failed,
-            cancelled,
-        })
+        ]
     }
 
     /// Admits `principal`'s submissions to `queues` under its `cap` on queues with jobs
@@ -224,4 +240,20 @@ impl JobStore {
             .await?;
         Ok(admitted == 1)
     }
+}
+
+/// A `stats.lua` reply, read.
+fn counted(counts: Value) -> Result<QueueStats> {
+    let shape = || StoreError::corrupt("stats reply shape");
+    let counts: Vec<u64> = counts.convert().map_err(|_| shape())?;
+    let [queued, scheduled, running, completed, failed, cancelled]: [u64; 6] =
+        counts.try_into().map_err(|_| shape())?;
+    Ok(QueueStats {
+        queued,
+        scheduled,
+        running,
+        completed,
+        failed,
+        cancelled,
+    })
 }

@@ -78,6 +78,54 @@ impl LuaScript {
         self.script.evalsha_with_reload(client, keys, args).await
     }
 
+    /// Calls the script once per `(keys, args)` in one pipeline: one round trip for them all
+    /// (on Redis Cluster, one per node: each call goes to its own first key's slot). Each
+    /// call's reply, in order; the calls that found the script lost (restart, SCRIPT FLUSH)
+    /// run again once it is loaded.
+    pub async fn call_each(
+        &self,
+        client: &Client,
+        calls: &[(Vec<String>, Vec<Value>)],
+    ) -> Vec<Result<Value, Error>> {
+        let mut replies: Vec<Result<Value, Error>> = Vec::with_capacity(calls.len());
+        let mut pending: Vec<usize> = (0..calls.len()).collect();
+        let mut loaded = false;
+        while !pending.is_empty() {
+            let pipeline = client.pipeline();
+            for &i in &pending {
+                let (command, call) = self.evalsha(&calls[i].0, &calls[i].1);
+                if let Err(error) = pipeline.custom::<(), _>(command, call).await {
+                    return vec![Err(error); calls.len()];
+                }
+            }
+            let mut answers = pipeline.try_all::<Value>().await;
+            if answers.len() != pending.len() {
+                // The pipeline could not be sent: one error for all.
+                let error = answers.pop().and_then(Result::err).unwrap_or_else(|| {
+                    Error::new(fred::error::ErrorKind::Unknown, "pipeline replies missing")
+                });
+                return vec![Err(error); calls.len()];
+            }
+            if replies.is_empty() {
+                replies = answers;
+            } else {
+                for (&i, answer) in pending.iter().zip(answers) {
+                    replies[i] = answer;
+                }
+            }
+            let lost = |reply: &Result<Value, Error>| matches!(reply, Err(error) if error.details().starts_with("NOSCRIPT"));
+            pending.retain(|&i| lost(&replies[i]));
+            if pending.is_empty() || loaded {
+                break;
+            }
+            if let Err(error) = self.script.load(client).await {
+                return vec![Err(error); calls.len()];
+            }
+            loaded = true;
+        }
+        replies
+    }
+
     /// Calls the script and, in the same round trip, reads `fields` of each hash in `then`
     /// (HMGET), right after the script ran: its reply, and the values per hash.
     pub async fn call_then_read(
@@ -91,15 +139,8 @@ impl LuaScript {
         let mut loaded = false;
         loop {
             let pipeline = client.pipeline();
-            // fred's pipelines have no EVALSHA of their own: the command as Redis reads it,
-            // routed (in a cluster) by its first key, the third argument.
-            let mut call: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
-            call.push(self.script.sha1().clone().into());
-            call.push(Value::Integer(keys.len() as i64));
-            call.extend(keys.iter().map(|key| Value::from(key.as_str())));
-            call.extend(args.iter().cloned());
-            let evalsha = CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false);
-            let _: () = pipeline.custom(evalsha, call).await?;
+            let (command, call) = self.evalsha(&keys, &args);
+            let _: () = pipeline.custom(command, call).await?;
             for key in then {
                 let _: () = pipeline.hmget(key, fields.to_vec()).await?;
             }
@@ -114,6 +155,18 @@ impl LuaScript {
                 None => return Err(Error::new(fred::error::ErrorKind::Unknown, "no reply")),
             }
         }
+    }
+
+    /// An EVALSHA of the script for a pipeline (fred's pipelines have none of their own): the
+    /// command as Redis reads it, routed (in a cluster) by its first key, the third argument.
+    fn evalsha(&self, keys: &[String], args: &[Value]) -> (CustomCommand, Vec<Value>) {
+        let mut call: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
+        call.push(self.script.sha1().clone().into());
+        call.push(Value::Integer(keys.len() as i64));
+        call.extend(keys.iter().map(|key| Value::from(key.as_str())));
+        call.extend(args.iter().cloned());
+        let command = CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false);
+        (command, call)
     }
 }
 

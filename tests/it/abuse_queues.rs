@@ -23,9 +23,14 @@ const REDIS_PER_QUEUE: u64 = 1024;
 /// rounded up.
 const ZSET_ENTRY: u64 = 160;
 
-/// How many queues the abuse makes: 10,000 in CI (a minute of draining by workers on a busy
-/// machine), and the 100,000 with `JOBD_TEST_QUEUES=100000` (ten minutes there). A
-/// multiple of 1,000.
+/// How many queues the abuse makes: 10,000 in CI, and the 100,000 with
+/// `JOBD_TEST_QUEUES=100000`. A multiple of 1,000. What bounds it is jobd's CPU per queue,
+/// about 6 ms in the debug build (10,000 queues, on 2 cores shared with other builds): 0.6 ms
+/// creating it, 3.5 ms draining it (claims and completions, 16 queues a call but a script
+/// call per queue each) and the resubmissions, 1.8 ms the rest drained and forgotten; so
+/// 100,000 queues need about 600 s of jobd's CPU there (BENCHMARKS.md, "What a queue costs").
+/// The sweeper's share, measured alone (`bench/forget-cost.sh`): 0.28 ms per queue forgotten
+/// since a round's visits share their round trips, 0.58 ms when each took three of its own.
 fn queues() -> usize {
     std::env::var("JOBD_TEST_QUEUES")
         .ok()
