@@ -2,9 +2,12 @@
 # Instructions per job of jobd or of Redis, counted by callgrind (this machine has no hardware
 # counters for `perf stat -e instructions`): a redis-server and `jobd-bench serve`, one of them
 # under callgrind, a warm-up lifecycle, then instrumentation on for the measured one only.
+# --of bench counts the benchmark's own process (its clients, on jobd-client) instead: two
+# lifecycles each under callgrind as a whole, of N/10 and N + N/10 jobs; the difference of their
+# counts over N is the cost per job, without the process's start, connections and end.
 #
-#   bench/instructions.sh [--of jobd|redis] [--perimeter plain|auth|tls|auth-tls] [--jobs N]
-#                         [--bench BIN] [--keep DIR] [-- <lifecycle options>]
+#   bench/instructions.sh [--of jobd|redis|bench] [--perimeter plain|auth|tls|auth-tls]
+#                         [--jobs N] [--bench BIN] [--keep DIR] [-- <lifecycle options>]
 #
 # --bench is the jobd-bench binary whose `serve` is measured and whose `lifecycle` drives it
 # (target/release/jobd-bench by default); a binary from before the perimeter serves plain only.
@@ -33,7 +36,8 @@ lifecycle_options=("$@")
 case "$of" in
   jobd) jobd_under=(valgrind --tool=callgrind --instr-atstart=no -q) redis_under=() ;;
   redis) redis_under=(valgrind --tool=callgrind --instr-atstart=no -q) jobd_under=() ;;
-  *) echo "--of jobd or redis" >&2; exit 64 ;;
+  bench) redis_under=() jobd_under=() ;;
+  *) echo "--of jobd, redis or bench" >&2; exit 64 ;;
 esac
 dir=$(mktemp -d /tmp/jobd-instructions.XXXXXX)
 pids=()
@@ -107,18 +111,29 @@ measured_pid=$jobd
 [ "$of" = redis ] && measured_pid=$redis
 
 run() {
-  "$bench" lifecycle --jobd "$scheme://127.0.0.1:$jobd_port" --redis-url "$redis_url" \
-    "${client_flags[@]}" "${lifecycle_options[@]}" --jobs "$1" | tail -1
+  "${bench_under[@]}" "$bench" lifecycle --jobd "$scheme://127.0.0.1:$jobd_port" \
+    --redis-url "$redis_url" "${client_flags[@]}" "${lifecycle_options[@]}" --jobs "$1" | tail -1
 }
-run $((jobs / 10)) >/dev/null # warm-up: connections up, scripts loaded, allocator grown
-callgrind_control -i on "$measured_pid" >/dev/null 2>&1
-measured=$(run "$jobs")
-callgrind_control -i off "$measured_pid" >/dev/null 2>&1
+bench_under=()
+if [ "$of" = bench ]; then
+  bench_under=(valgrind --tool=callgrind -q --callgrind-out-file="$dir/callgrind.small")
+  run $((jobs / 10)) >/dev/null # also jobd's warm-up
+  bench_under=(valgrind --tool=callgrind -q --callgrind-out-file="$out")
+  measured=$(run $((jobs + jobs / 10)))
+else
+  run $((jobs / 10)) >/dev/null # warm-up: connections up, scripts loaded, allocator grown
+  callgrind_control -i on "$measured_pid" >/dev/null 2>&1
+  measured=$(run "$jobs")
+  callgrind_control -i off "$measured_pid" >/dev/null 2>&1
+fi
 kill -TERM "$jobd"
 wait "$jobd" || true
 kill -TERM "$redis"
 wait "$redis" || true
 instructions=$(sed -n 's/^totals: //p' "$out")
+if [ "$of" = bench ]; then
+  instructions=$((instructions - $(sed -n 's/^totals: //p' "$dir/callgrind.small")))
+fi
 if [ -n "$keep" ]; then
   mkdir -p "$keep"
   cp "$out" "$keep/callgrind.$of.$perimeter.$$.out"

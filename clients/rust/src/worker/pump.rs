@@ -111,6 +111,11 @@ impl Pump {
                     self.expire.cancel();
                 }
             }
+            // Every event already sent, before the next pump: completions that finished
+            // together go out in one CompleteJobs, not the first alone and the rest after it.
+            while let Ok(event) = self.inbox.try_recv() {
+                self.on(event);
+            }
         }
         self.tasks.close();
         self.tasks.wait().await;

@@ -11,10 +11,11 @@ use std::{
 
 use anyhow::{Context, bail};
 use jobd::{App, Config};
+use jobd_client::Client;
 
 use crate::{
     Target,
-    perimeter::{ClientSide, ServerFiles, Transport},
+    perimeter::{ClientSide, ServerFiles},
 };
 
 /// A Redis and a jobd, started here or given; what was started stops on drop.
@@ -76,7 +77,7 @@ impl Systems {
             .spawn()?;
         wait_for_port(port).await?;
         Ok(Self {
-            client: ServerFiles::client_side(files.as_ref(), port)?,
+            client: ServerFiles::client_side(files.as_ref(), port),
             redis_url,
             jobd: Some(jobd),
             redis,
@@ -85,7 +86,7 @@ impl Systems {
     }
 
     /// A new client connection to jobd.
-    pub async fn channel(&self) -> anyhow::Result<Transport> {
+    pub async fn connect(&self) -> anyhow::Result<Client> {
         self.client.connect().await
     }
 

@@ -15,9 +15,9 @@ pub(super) async fn open_loop_once(args: &OpenLoopArgs) -> anyhow::Result<Figure
     let queue = unique_queue("open-loop");
     let done = CancellationToken::new();
     let workers = start_workers(&systems, &queue, args.workers, args.batch, done.clone()).await?;
-    let mut channels = Vec::new();
+    let mut clients = Vec::new();
     for _ in 0..SUBMIT_CONNECTIONS {
-        channels.push(systems.channel().await?);
+        clients.push(systems.connect().await?);
     }
     let total = (args.rate as f64 * args.duration.as_secs_f64()) as usize;
     let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
@@ -30,11 +30,11 @@ pub(super) async fn open_loop_once(args: &OpenLoopArgs) -> anyhow::Result<Figure
     let mut send_lag = Latencies::default();
     while let Some((i, intended)) = due.recv().await {
         send_lag.push(intended.elapsed());
-        let jobs = JobServiceClient::new(channels[i % channels.len()].clone());
+        let client = clients[i % clients.len()].clone();
         let (queue, latencies, failures) = (queue.clone(), latencies.clone(), failures.clone());
         let submit_and_watch = args.submit_and_watch;
         calls.spawn(async move {
-            match send(jobs, &queue, submit_and_watch).await {
+            match send(&client, &queue, submit_and_watch).await {
                 Ok(Phases {
                     accepted,
                     started: Some(started),
@@ -129,18 +129,14 @@ fn pace(
 
 /// Submits one job and watches it to its end, with SubmitAndWatchJobs or SubmitJob and
 /// WatchJob.
-async fn send(
-    mut jobs: JobServiceClient<Transport>,
-    queue: &str,
-    submit_and_watch: bool,
-) -> anyhow::Result<Phases> {
+async fn send(client: &Client, queue: &str, submit_and_watch: bool) -> anyhow::Result<Phases> {
     if submit_and_watch {
-        submit_and_watch_batch(&mut jobs, queue, 1)
+        submit_and_watch_batch(client, queue, 1)
             .await?
             .into_iter()
             .next()
             .context("no job")
     } else {
-        submit_and_watch_one(&mut jobs, queue).await
+        submit_and_watch_one(client, queue).await
     }
 }

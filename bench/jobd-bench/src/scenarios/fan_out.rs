@@ -5,10 +5,10 @@ use super::*;
 pub async fn fan_out(args: FanOutArgs) -> anyhow::Result<()> {
     let systems = Systems::start(&args.target).await?;
     let queue = unique_queue("fan-out");
-    let mut jobs = JobServiceClient::new(systems.channel().await?);
+    let client = systems.connect().await?;
     let mut ids = Vec::with_capacity(args.watchers);
     for _ in 0..args.watchers {
-        ids.push(submit(&mut jobs, &queue).await?);
+        ids.push(submit(&client, &queue).await?);
     }
     let rss_before = systems.jobd_rss_mib();
 
@@ -16,9 +16,9 @@ pub async fn fan_out(args: FanOutArgs) -> anyhow::Result<()> {
     let finished_at = Arc::new(Mutex::new(Vec::with_capacity(args.watchers)));
     let mut watchers = JoinSet::new();
     for chunk in ids.chunks(args.streams_per_connection.max(1)) {
-        let channel = systems.channel().await?;
+        let connection = systems.connect().await?;
         for id in chunk {
-            let client = JobServiceClient::new(channel.clone());
+            let client = connection.clone();
             let (established, finished_at) = (established.clone(), finished_at.clone());
             watchers.spawn(watch_to_completion(
                 client,
@@ -58,25 +58,20 @@ pub async fn fan_out(args: FanOutArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Watches job `id`: adds a permit to `established` once the stream is up (its QUEUED event
-/// arrived), then records when the COMPLETED event arrives.
+/// Watches job `id` (`watch`): adds a permit to `established` once the stream is up (its
+/// QUEUED event arrived), then records when the COMPLETED event arrives.
 async fn watch_to_completion(
-    mut client: JobServiceClient<Transport>,
+    client: Client,
     id: String,
     established: Arc<tokio::sync::Semaphore>,
     finished_at: Arc<Mutex<Vec<Instant>>>,
 ) -> anyhow::Result<()> {
-    let mut stream = client
-        .watch_job(proto::WatchJobRequest {
-            job_id: id,
-            after_sequence: 0,
-        })
-        .await?
-        .into_inner();
-    stream.message().await?; // QUEUED: the stream is up.
+    let events = client.watch(id, 0);
+    futures::pin_mut!(events);
+    events.next().await.context("no QUEUED event")??; // The stream is up.
     established.add_permits(1);
-    while let Some(event) = stream.message().await? {
-        if event.r#type() == proto::EventType::Completed {
+    while let Some(event) = events.next().await {
+        if event?.r#type() == EventType::Completed {
             lock(&finished_at).push(Instant::now());
         }
     }

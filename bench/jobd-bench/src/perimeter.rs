@@ -1,23 +1,21 @@
 //! The perimeter a benchmark crosses: for the jobd it starts, an auth file with one token of
 //! every role and a CA-signed certificate for 127.0.0.1, written to a directory of its own;
-//! for its clients, TLS that trusts that CA (or a given one) and a bearer token on every call.
+//! for its clients, `jobd_client` connections that trust that CA (or a given one) and send a
+//! bearer token on every call.
 
 use std::{
     path::{Path, PathBuf},
     sync::atomic::{AtomicUsize, Ordering},
-    task::{Context as TaskContext, Poll},
 };
 
+use crate::Target;
 use anyhow::{Context, bail};
-use http::{HeaderValue, header::AUTHORIZATION};
 use jobd::auth::{NewToken, QueuePattern, Roles};
+use jobd_client::Client;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
-
-use crate::Target;
 
 /// What stands between the benchmark's clients and the jobd it starts.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -53,20 +51,20 @@ impl Perimeter {
     }
 }
 
-/// How every client connection of the benchmark reaches jobd: through `Bearer`, which adds the
-/// token to each call when there is one, over a channel that is TLS for an https:// URL.
-pub type Transport = Bearer<Channel>;
-
-/// How to connect to jobd: its URL, the TLS to use, and the token to send.
+/// How to connect to jobd: its URL, the CA to trust, the token to send, the client
+/// certificate to present; every connection a `jobd_client::Client`.
 #[derive(Clone)]
 pub struct ClientSide {
     pub url: String,
-    tls: Option<ClientTlsConfig>,
-    authorization: Option<HeaderValue>,
+    ca_file: Option<PathBuf>,
+    domain: Option<String>,
+    identity: Option<(PathBuf, PathBuf)>,
+    token: Option<String>,
 }
 
 impl ClientSide {
-    /// The client side for a running jobd (`--jobd`), from the token and CA given.
+    /// The client side for a running jobd (`--jobd`), from the token, CA and client
+    /// certificate given.
     pub fn for_running(target: &Target, url: &str) -> anyhow::Result<Self> {
         let token = match (&target.token, &target.token_file) {
             (Some(token), _) => Some(token.trim().to_owned()),
@@ -78,60 +76,46 @@ impl ClientSide {
             ),
             (None, None) => None,
         };
-        let tls = match &target.tls_ca_file {
-            Some(path) => {
-                let pem = std::fs::read(path)
-                    .with_context(|| format!("--tls-ca-file {}", path.display()))?;
-                Some(tls_config(&pem, target.tls_domain.as_deref()))
-            }
-            None if url.starts_with("https:") => bail!("an https:// --jobd needs --tls-ca-file"),
-            None => None,
-        };
-        if tls.is_some() && !url.starts_with("https:") {
-            bail!("--tls-ca-file needs an https:// --jobd");
+        let https = url.starts_with("https:");
+        match (&target.tls_ca_file, https) {
+            (None, true) => bail!("an https:// --jobd needs --tls-ca-file"),
+            (Some(_), false) => bail!("--tls-ca-file needs an https:// --jobd"),
+            _ => {}
         }
-        Self::new(url, tls, token)
-    }
-
-    fn new(url: &str, tls: Option<ClientTlsConfig>, token: Option<String>) -> anyhow::Result<Self> {
-        let authorization = match token {
-            Some(token) => {
-                let mut value = HeaderValue::try_from(format!("Bearer {token}"))
-                    .context("the token is not a valid header value")?;
-                // Out of any debug output. On the wire it changes nothing: h2, as nghttp2,
-                // never puts an authorization value in the HPACK table, so the token travels
-                // whole (Huffman-coded) on every call either way.
-                value.set_sensitive(true);
-                Some(value)
-            }
-            None => None,
-        };
+        let identity = target
+            .tls_client_cert_file
+            .clone()
+            .zip(target.tls_client_key_file.clone());
         Ok(Self {
             url: url.to_owned(),
-            tls,
-            authorization,
+            ca_file: target.tls_ca_file.clone(),
+            domain: target.tls_domain.clone(),
+            identity,
+            token,
         })
     }
 
-    /// A new connection to jobd.
-    pub async fn connect(&self) -> anyhow::Result<Transport> {
-        let mut endpoint = Channel::from_shared(self.url.clone())?.tcp_nodelay(true);
-        if let Some(tls) = &self.tls {
-            endpoint = endpoint.tls_config(tls.clone())?;
+    /// A new connection to jobd. Submissions carry no idempotency key and are not retried,
+    /// as the jobs a user submits without one: the benchmark measures jobd's plain
+    /// submission path, as it always has.
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        let mut builder = Client::builder(self.url.clone()).retry_submissions(false);
+        if let Some(token) = &self.token {
+            builder = builder.token(token.clone());
         }
-        Ok(Bearer {
-            inner: endpoint.connect().await?,
-            authorization: self.authorization.clone(),
-        })
-    }
-}
-
-fn tls_config(ca_pem: &[u8], domain: Option<&str>) -> ClientTlsConfig {
-    let config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
-    match domain {
-        Some(domain) => config.domain_name(domain),
-        // The URL's host, 127.0.0.1 for the jobd the benchmark starts.
-        None => config,
+        if let Some(ca_file) = &self.ca_file {
+            builder = builder.ca_file(ca_file.clone());
+        }
+        if let Some(domain) = &self.domain {
+            builder = builder.domain_name(domain.clone());
+        }
+        if let Some((cert, key)) = &self.identity {
+            builder = builder.client_certificate(cert.clone(), key.clone());
+        }
+        builder
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {}", self.url))
     }
 }
 
@@ -206,21 +190,18 @@ impl ServerFiles {
     }
 
     /// How clients reach the jobd serving with these files (or none) on `port`.
-    pub fn client_side(files: Option<&Self>, port: u16) -> anyhow::Result<ClientSide> {
-        let Some(files) = files else {
-            return ClientSide::new(&format!("http://127.0.0.1:{port}"), None, None);
-        };
-        let (scheme, tls) = if files.perimeter.tls() {
-            let pem = std::fs::read(files.path("ca.crt"))?;
-            ("https", Some(tls_config(&pem, None)))
-        } else {
-            ("http", None)
-        };
-        ClientSide::new(
-            &format!("{scheme}://127.0.0.1:{port}"),
-            tls,
-            files.token.clone(),
-        )
+    pub fn client_side(files: Option<&Self>, port: u16) -> ClientSide {
+        let tls = files.is_some_and(|files| files.perimeter.tls());
+        ClientSide {
+            url: format!("{}://127.0.0.1:{port}", if tls { "https" } else { "http" }),
+            // The URL's host, 127.0.0.1, is in the certificate.
+            ca_file: tls
+                .then(|| files.map(|files| files.path("ca.crt")))
+                .flatten(),
+            domain: None,
+            identity: None,
+            token: files.and_then(|files| files.token.clone()),
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -256,31 +237,4 @@ fn make_certificates(dir: &Path) -> anyhow::Result<()> {
     std::fs::write(dir.join("jobd.crt"), certificate.pem())?;
     std::fs::write(dir.join("jobd.key"), key.serialize_pem())?;
     Ok(())
-}
-
-/// Sends `authorization` (when there is one) on every call of the service it wraps.
-#[derive(Clone)]
-pub struct Bearer<S> {
-    inner: S,
-    authorization: Option<HeaderValue>,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for Bearer<S>
-where
-    S: tower::Service<http::Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<B>) -> S::Future {
-        if let Some(value) = &self.authorization {
-            request.headers_mut().insert(AUTHORIZATION, value.clone());
-        }
-        self.inner.call(request)
-    }
 }

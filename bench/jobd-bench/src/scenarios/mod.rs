@@ -1,5 +1,5 @@
-//! The scenarios. Each drives jobd through gRPC only: submitters that watch their own jobs to
-//! the terminal event, and workers with a no-op handler.
+//! The scenarios. Each drives jobd through gRPC only, with the Rust client library: submitters
+//! that watch their own jobs to the terminal event, and workers with a no-op handler.
 
 mod clients;
 mod fan_out;
@@ -18,21 +18,19 @@ use std::{
 use crate::{
     FanOutArgs, LifecycleArgs, OpenLoopArgs, Target,
     env::Systems,
-    perimeter::{Perimeter, Transport},
+    perimeter::Perimeter,
     report::{self, Figures, Latencies},
 };
 use anyhow::Context;
-use jobd::{
-    api::proto::{
-        self, job_service_client::JobServiceClient, worker_service_client::WorkerServiceClient,
-    },
-    sync::lock,
-};
+use bytes::Bytes;
+use futures::StreamExt;
+use jobd::sync::lock;
+use jobd_client::{BoxError, Client, EventType, JobContext, JobSpec, Worker, proto};
 use serde_json::json;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// Connections the submitters share (HTTP/2 multiplexes their calls).
+/// Connections (`jobd_client::Client`s) the submitters share (HTTP/2 multiplexes their calls).
 const SUBMIT_CONNECTIONS: usize = 4;
 
 /// Runs a scenario `runs` times (at least once) and prints the runs' medians as `scenario`,
@@ -77,10 +75,10 @@ pub async fn all(small: bool, runs: usize, perimeter: Perimeter) -> anyhow::Resu
     } else {
         (20_000, vec![500, 2_000], Duration::from_secs(10), 10_000)
     };
-    // Plain clients (SubmitJob, WatchJob, ClaimJob, CompleteJob); batching workers (ClaimJobs
-    // of 8, the next batch claimed with the last completion); batching submitters too
-    // (SubmitJobs of 8, a WatchJob per job); and batching submitters that watch on the submit
-    // call (SubmitAndWatchJobs of 8).
+    // Workers of one slot and submitters of one job (SubmitJob, WatchJob); workers of 8 slots
+    // (ClaimJobs of up to 8, the next ones claimed with the completions); batching submitters
+    // too (SubmitJobs of 8, a WatchJob per job); and batching submitters that watch on the
+    // submit call (SubmitAndWatchJobs of 8).
     for (batch, submit_batch, submit_and_watch) in
         [(1, 1, false), (8, 1, false), (8, 8, false), (8, 8, true)]
     {

@@ -1,9 +1,15 @@
-//! jobd-bench: drives jobd through its gRPC API only, as a user's services would, and prints
-//! what it measured as a table and one JSON line per scenario. See BENCHMARKS.md.
+//! jobd-bench: drives jobd through its gRPC API only, as a user's services would, with the
+//! Rust client library (`jobd_client`: its workers, `submit`, `watch`, `submit_and_wait`), and
+//! prints what it measured as a table and one JSON line per scenario. See BENCHMARKS.md.
 //!
 //! `cargo run --release --bin jobd-bench -- <scenario> [options]` starts its own redis-server
 //! and jobd (this same binary, `serve`, in a child process) unless `--jobd` and `--redis-url`
 //! name running ones.
+//!
+//! Code map: `env.rs` (the redis-server and jobd under test, and what is read off them),
+//! `perimeter.rs` (auth file, certificates, and the client connections that go with them),
+//! `scenarios/` (one file per scenario; `clients.rs`, the workers and submitters they run),
+//! `report.rs` (medians, the table and the JSON line).
 
 mod env;
 mod perimeter;
@@ -110,6 +116,12 @@ pub struct Target {
     /// The name to check the running jobd's certificate against, if not the URL's host.
     #[arg(long, requires = "tls_ca_file")]
     tls_domain: Option<String>,
+    /// PEM file of a client certificate to present to a running jobd that asks for one (mTLS).
+    #[arg(long, requires_all = ["tls_ca_file", "tls_client_key_file"])]
+    tls_client_cert_file: Option<PathBuf>,
+    /// PEM file of the key of --tls-client-cert-file.
+    #[arg(long, requires = "tls_client_cert_file")]
+    tls_client_key_file: Option<PathBuf>,
 }
 
 impl Target {
@@ -142,16 +154,17 @@ pub struct LifecycleArgs {
     /// Workers claiming and completing jobs.
     #[arg(long, default_value_t = 16)]
     workers: usize,
-    /// Jobs a worker claims per call: 1 uses ClaimJob and CompleteJob; more uses ClaimJobs,
-    /// and CompleteJobs for the whole batch, which claims the next batch.
+    /// Jobs a worker runs at once (a `jobd_client::Worker`'s concurrency), and so claims at
+    /// most per call: it claims for its free slots with ClaimJobs, and completes the jobs
+    /// finished meanwhile with one CompleteJobs, which claims for the slots free by then.
     #[arg(long, default_value_t = 1)]
     batch: u32,
-    /// Jobs a submitter sends per call: 1 uses SubmitJob; more uses SubmitJobs, then watches
-    /// every job of the batch to its terminal event.
+    /// Jobs a submitter sends per call: 1 uses SubmitJob (`submit`); more uses SubmitJobs
+    /// (`submit_many`); then it watches every job to its terminal event (`watch`).
     #[arg(long, default_value_t = 1)]
     submit_batch: usize,
     /// Submit and watch with one SubmitAndWatchJobs call (of --submit-batch jobs) instead of
-    /// a submit and a WatchJob per job.
+    /// a submit and a WatchJob per job: `submit_and_wait` for one job, the stub for more.
     #[arg(long)]
     submit_and_watch: bool,
     /// Runs, each on a fresh jobd and Redis; the figures are the runs' medians, with their
@@ -173,7 +186,7 @@ pub struct OpenLoopArgs {
     /// Workers claiming and completing jobs.
     #[arg(long, default_value_t = 16)]
     workers: usize,
-    /// Jobs a worker claims per call.
+    /// Jobs a worker runs at once, and so claims at most per call (see `lifecycle --batch`).
     #[arg(long, default_value_t = 1)]
     batch: u32,
     /// Submit and watch each job with one SubmitAndWatchJobs call instead of SubmitJob, then

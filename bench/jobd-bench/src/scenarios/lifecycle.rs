@@ -104,15 +104,15 @@ pub(super) async fn run_lifecycle(
     let done = CancellationToken::new();
     let workers = start_workers(systems, &queue, args.workers, args.batch, done.clone()).await?;
     let next = Arc::new(AtomicUsize::new(0));
-    let mut channels = Vec::new();
+    let mut clients = Vec::new();
     for _ in 0..SUBMIT_CONNECTIONS {
-        channels.push(systems.channel().await?);
+        clients.push(systems.connect().await?);
     }
     let started = Instant::now();
     let mut submitters = JoinSet::new();
     for i in 0..args.in_flight {
-        let jobs = JobServiceClient::new(channels[i % channels.len()].clone());
-        submitters.spawn(submitter(jobs, queue.clone(), next.clone(), args.clone()));
+        let client = clients[i % clients.len()].clone();
+        submitters.spawn(submitter(client, queue.clone(), next.clone(), args.clone()));
     }
     let mut latencies = Latencies::default();
     while let Some(result) = submitters.join_next().await {
@@ -127,7 +127,7 @@ pub(super) async fn run_lifecycle(
 /// One of the submitters in flight: takes the next `submit_batch` of the `jobs` in all from
 /// `next`, submits them and watches each to its end, until none is left; the latency of each.
 async fn submitter(
-    mut jobs: JobServiceClient<Transport>,
+    client: Client,
     queue: String,
     next: Arc<AtomicUsize>,
     args: LifecycleArgs,
@@ -141,22 +141,27 @@ async fn submitter(
         }
         let count = batch.min(total - first);
         let sent = Instant::now();
+        if args.submit_and_watch && batch <= 1 {
+            submit_and_wait(&client, &queue).await?;
+            latencies.push(sent.elapsed());
+            continue;
+        }
         if args.submit_and_watch {
-            for phases in submit_and_watch_batch(&mut jobs, &queue, count).await? {
+            for phases in submit_and_watch_batch(&client, &queue, count).await? {
                 latencies.push(phases.finished - sent);
             }
             continue;
         }
         if batch <= 1 {
-            let phases = submit_and_watch_one(&mut jobs, &queue).await?;
+            let phases = submit_and_watch_one(&client, &queue).await?;
             latencies.push(phases.finished - sent);
             continue;
         }
-        let ids = submit_batch(&mut jobs, &queue, count).await?;
+        let ids = submit_batch(&client, &queue, count).await?;
         let watches = ids.into_iter().map(|id| {
-            let mut jobs = jobs.clone();
+            let client = &client;
             async move {
-                let (_, finished) = watch(&mut jobs, id).await?;
+                let (_, finished) = watch(client, id).await?;
                 anyhow::Ok(finished - sent)
             }
         });
