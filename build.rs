@@ -21,7 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         descriptors.encode_to_vec(),
     )?;
     tonic_prost_build::configure()
-        .build_client(true)
+        // Clients use the client library's stubs (clients/rust), the tests and jobd-bench included.
+        .build_client(false)
         .build_server(true)
         .bytes(".jobd.v1")
         // Smaller starting buffers than tonic's default; see src/api/codec.rs.
