@@ -87,14 +87,15 @@ pub async fn serve(
             .add_service(reflection().build_v1alpha()?);
     }
     let tcp = transport.incoming(listener);
+    let slots = transport.connection_slots();
     let served = match options.tls {
         Some(settings) => {
             let incoming = tls::incoming(tcp, settings, tasks, shutdown)
-                .map(move |tls| tls.map(|tls| transport.aged(tls)));
+                .map(move |tls| tls.map(|tls| slots.admit(&transport, tls)));
             routes.serve_with_incoming_shutdown(incoming, stop).await
         }
         None => {
-            let incoming = tcp.map(move |tcp| tcp.map(|tcp| transport.aged(tcp)));
+            let incoming = tcp.map(move |tcp| tcp.map(|tcp| slots.admit(&transport, tcp)));
             routes.serve_with_incoming_shutdown(incoming, stop).await
         }
     };

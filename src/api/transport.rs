@@ -1,10 +1,12 @@
 //! The HTTP/2 and TCP settings of every connection jobd serves (gRPC, over TLS or not, and
 //! health alone): concurrent streams, keepalive, h2's local error reset limit, and the
-//! connection's age, with the grace after which a connection past its age is closed.
+//! connection's age, with the grace after which a connection past its age is closed; and how
+//! many gRPC connections are served at once.
 
 use std::{
     io,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -12,6 +14,7 @@ use std::{
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpListener,
+    sync::{OwnedSemaphorePermit, Semaphore},
     time::Sleep,
 };
 use tonic::transport::{
@@ -23,6 +26,7 @@ use tonic::transport::{
 #[derive(Debug, Clone)]
 pub struct Transport {
     pub max_concurrent_streams: u32,
+    pub max_connections: usize,
     pub http2_keepalive_interval: Duration,
     pub http2_keepalive_timeout: Duration,
     pub tcp_keepalive: Duration,
@@ -64,7 +68,40 @@ impl Transport {
         let lifetime = self.max_connection_age + self.max_connection_age_grace;
         Aged {
             io,
-            end: Box::pin(tokio::time::sleep(lifetime)),
+            end: Some(Box::pin(tokio::time::sleep(lifetime))),
+            _slot: None,
+        }
+    }
+
+    /// The limit of gRPC connections served at once, shared by the connections of one server.
+    pub(super) fn connection_slots(&self) -> ConnectionSlots {
+        ConnectionSlots(Arc::new(Semaphore::new(self.max_connections)))
+    }
+}
+
+/// The gRPC connections served at once (`--max-connections`). Cheap to clone.
+#[derive(Clone)]
+pub(super) struct ConnectionSlots(Arc<Semaphore>);
+
+impl ConnectionSlots {
+    /// `io`, aged as `Transport::aged` does, holding a slot until it is closed; past the limit,
+    /// with no lifetime at all: its first read and write fail, and hyper closes it before
+    /// anything is served on it.
+    pub(super) fn admit<IO>(&self, transport: &Transport, io: IO) -> Aged<IO> {
+        match self.0.clone().try_acquire_owned() {
+            Ok(slot) => Aged {
+                _slot: Some(slot),
+                ..transport.aged(io)
+            },
+            Err(_) => {
+                // Not a warning per connection: a client in a loop would flood the log.
+                tracing::debug!("connection closed: max-connections are served");
+                Aged {
+                    io,
+                    end: None,
+                    _slot: None,
+                }
+            }
         }
     }
 }
@@ -73,14 +110,25 @@ impl Transport {
 /// close it, calls under way and all: the grace after GOAWAY is spent.
 pub struct Aged<IO> {
     io: IO,
-    end: Pin<Box<Sleep>>,
+    /// The end of its lifetime; none for a connection past `--max-connections`, over at once
+    /// (a timer of zero would let the first reads through until the timer driver's next tick).
+    end: Option<Pin<Box<Sleep>>>,
+    /// Its place among the connections served, given back when it is closed (none for the
+    /// health port's).
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl<IO> Aged<IO> {
     /// Ready, with the error that ends the connection, once its lifetime is over. Polled on
     /// every read, so the connection's task wakes when it is.
     fn poll_over(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        self.end.as_mut().poll(cx).map(|()| {
+        let Some(end) = self.end.as_mut() else {
+            return Poll::Ready(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                "max-connections are served",
+            ));
+        };
+        end.as_mut().poll(cx).map(|()| {
             io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the connection outlived its max age and grace",

@@ -294,6 +294,7 @@ fn transport(config: &Config) -> api::Transport {
     let transport = &config.transport;
     api::Transport {
         max_concurrent_streams: transport.max_concurrent_streams,
+        max_connections: transport.max_connections as usize,
         http2_keepalive_interval: transport.http2_keepalive_interval,
         http2_keepalive_timeout: transport.http2_keepalive_timeout,
         tcp_keepalive: transport.tcp_keepalive,

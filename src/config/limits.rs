@@ -17,6 +17,14 @@ pub struct TransportConfig {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_concurrent_streams: u32,
 
+    /// gRPC connections served at once (the health port's aside): past it, a new connection
+    /// is closed as soon as it is accepted, and its client's calls fail UNAVAILABLE. 1000, so
+    /// that connections opened in a loop cannot take the process's memory (each holds about
+    /// 64 KiB of buffers and stream state, counted in the Deployment's memory limit).
+    #[arg(long, env = "JOBD_MAX_CONNECTIONS", hide_env_values = true, default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
     /// How long a connection may be quiet before jobd sends an HTTP/2 PING. 20 s, well under
     /// the 60 s idle timeout of most load balancers, so a quiet WatchJob or a waiting claim is
     /// never cut as idle.

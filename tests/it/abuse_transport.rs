@@ -1,5 +1,5 @@
 //! HTTP/2 and TCP under abuse and behind load balancers: one connection cannot open more
-//! streams than its limit, quiet calls survive a proxy that cuts idle connections (jobd's
+//! streams than its limit, nor a client more connections than theirs, quiet calls survive a proxy that cuts idle connections (jobd's
 //! keepalive PINGs), and a connection past its age gets GOAWAY, its calls finishing within the
 //! grace.
 
@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use jobd_client::proto::{self, submit_job_request::Start};
 use tokio::task::JoinSet;
+use tonic::Code;
 
 use crate::harness::*;
 
@@ -246,4 +247,72 @@ async fn a_connection_past_its_age_and_grace_is_closed() {
     // Closed by the server, calls under way and all.
     let closed = tokio::time::timeout(Duration::from_secs(5), served).await;
     assert!(closed.is_ok(), "the connection is still open");
+}
+
+/// Whether a new connection to `url` is served: a call on it gets jobd's answer
+/// (INVALID_ARGUMENT for a job id that is not one), not a closed connection.
+async fn served(url: &str) -> Result<jobd_client::Client, tonic::Status> {
+    let client = client_builder(url)
+        .connect()
+        .await
+        .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+    let request = proto::GetJobRequest {
+        job_id: "not-a-job-id".to_owned(),
+    };
+    match client.jobs().get_job(request).await {
+        Err(status) if status.code() == tonic::Code::InvalidArgument => Ok(client),
+        Ok(_) => panic!("no such job"),
+        Err(status) => Err(status),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_closed_and_a_closed_one_gives_its_place_back() {
+    const LIMIT: usize = 200;
+    let redis = RedisServer::start().await;
+    let limit = format!("--max-connections={LIMIT}");
+    let jobd = Running::start_with_env(&redis.url(), &[&limit], &[]).await;
+    // The bystander's two connections are among those served.
+    let mut bystander = Bystander::new(&jobd).await;
+    let baseline = bystander.baseline().await;
+    let footprint = Footprint::start(jobd.pid(), &redis);
+    let before = rss_of(jobd.pid());
+    let busy = bystander.keep_going();
+
+    // The rest of the limit, each connection served; then every further one is closed.
+    let mut held = Vec::new();
+    for _ in 0..LIMIT - 2 {
+        held.push(
+            served(&jobd.url())
+                .await
+                .expect("a connection under the limit"),
+        );
+    }
+    let grown = rss_of(jobd.pid()).saturating_sub(before);
+    eprintln!(
+        "RSS grew by {grown} B for {} connections ({} B each)",
+        held.len(),
+        grown / held.len() as u64
+    );
+    for attempt in 0..20 {
+        let refused = served(&jobd.url()).await.err();
+        let refused = refused.unwrap_or_else(|| panic!("attempt {attempt} served past the limit"));
+        // As tonic codes a connection closed under a call.
+        let code = refused.code();
+        assert!(
+            matches!(code, Code::Unavailable | Code::Unknown | Code::Cancelled),
+            "{refused:?}"
+        );
+    }
+    busy.assert_kept(&baseline).await;
+    footprint.assert_peak_within(LIMIT as u64 * PER_CONNECTION + JOBD_SLACK, REDIS_SLACK);
+
+    // A connection that closes gives its place back.
+    held.truncate(held.len() - 1);
+    let url = jobd.url();
+    eventually(Duration::from_secs(10), "a place to be given back", || {
+        let url = url.clone();
+        async move { served(&url).await.ok() }
+    })
+    .await;
 }

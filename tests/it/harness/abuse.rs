@@ -33,8 +33,8 @@ pub const PER_STREAM: u64 = 40 * 1024;
 pub const PER_CLAIM: u64 = 40 * 1024;
 pub const PAYLOAD_FACTOR: u64 = 8;
 
-/// What jobd holds for each HTTP/2 connection a client opens, which the memory model does not
-/// count (it counts calls): hyper's read buffer (8 KiB, growing with what arrives), the h2
+/// What jobd holds for each HTTP/2 connection a client opens, as the memory model counts it
+/// (`--max-connections` of them): hyper's read buffer (8 KiB, growing with what arrives), the h2
 /// codec's write buffer (a 16 KiB frame) and the state of the streams in flight on it (about
 /// 200 bytes each, up to 256). 64 KiB is twice their sum rounded up.
 pub const PER_CONNECTION: u64 = 64 * 1024;
