@@ -21,6 +21,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::{
     body::{FrameMap, MapFrames},
     methods::rpc_method,
+    reason,
 };
 use crate::telemetry::Metrics;
 
@@ -176,28 +177,10 @@ fn grpc_status(headers: &HeaderMap) -> Option<i32> {
         .and_then(|value| value.parse().ok())
 }
 
-/// The canonical name of a gRPC status code, as `rpc.response.status_code` wants it.
+/// The canonical name of a gRPC status code, as `rpc.response.status_code` wants it (an
+/// unknown number is UNKNOWN, as for any gRPC client).
 fn code_name(code: i32) -> &'static str {
-    match code {
-        0 => "OK",
-        1 => "CANCELLED",
-        2 => "UNKNOWN",
-        3 => "INVALID_ARGUMENT",
-        4 => "DEADLINE_EXCEEDED",
-        5 => "NOT_FOUND",
-        6 => "ALREADY_EXISTS",
-        7 => "PERMISSION_DENIED",
-        8 => "RESOURCE_EXHAUSTED",
-        9 => "FAILED_PRECONDITION",
-        10 => "ABORTED",
-        11 => "OUT_OF_RANGE",
-        12 => "UNIMPLEMENTED",
-        13 => "INTERNAL",
-        14 => "UNAVAILABLE",
-        15 => "DATA_LOSS",
-        16 => "UNAUTHENTICATED",
-        _ => "UNKNOWN",
-    }
+    reason::code_name(tonic::Code::from_i32(code))
 }
 
 /// Reads W3C trace context from HTTP/2 headers (gRPC metadata).

@@ -57,9 +57,9 @@ pub fn reworded(status: &Status, message: String) -> Status {
     Status::with_details(status.code(), message, status.details().to_vec().into())
 }
 
-/// The reason a status made outside jobd's handlers gets: its code's name, as in
-/// `google.rpc.Code` (`UNIMPLEMENTED`, `RESOURCE_EXHAUSTED`, …).
-fn code_name(code: Code) -> &'static str {
+/// A code's name, as in `google.rpc.Code` (`UNIMPLEMENTED`, `RESOURCE_EXHAUSTED`, …): the
+/// reason a status made outside jobd's handlers gets, and the status code spans record.
+pub(super) fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",
