@@ -11,7 +11,10 @@ use super::{
     layout::{Fields, JOB_FIELDS},
     millis,
 };
-use crate::domain::{Claimed, Job, JobId, LeaseToken, QueueName, UnixMillis, WorkerId};
+use crate::domain::{Claimed, Job, JobId, LeaseToken, QueueName, WorkerId};
+
+mod reply;
+use reply::{ClaimedEntry, shape, split_reply};
 
 /// How many ready jobs beyond those wanted a claim looks at in one round, so that a few
 /// concurrent claimers racing for the head of a queue each still find one.
@@ -323,87 +326,4 @@ struct RoundOutcome {
     full: Vec<usize>,
     /// The jobs claimed, each with its claimant's index and its size.
     claimed: Vec<(usize, Claimed, usize)>,
-}
-
-/// claim.lua's reply: {now, full claimants, entries..., and maybe a `due:` mark}.
-fn split_reply(
-    reply: Value,
-    claimants: usize,
-) -> Result<(Vec<usize>, Vec<Value>, Option<DueMark>)> {
-    let mut reply: Vec<Value> = reply.convert().map_err(|_| shape())?;
-    let due = DueMark::take(&mut reply);
-    if reply.len() < 2 {
-        return Err(shape());
-    }
-    let entries = reply.split_off(2);
-    let full: Vec<i64> = reply
-        .pop()
-        .ok_or_else(shape)?
-        .convert()
-        .map_err(|_| shape())?;
-    let full = full
-        .into_iter()
-        .map(|claimant| claimant_index(claimant, claimants))
-        .collect::<Result<_>>()?;
-    Ok((full, entries, due))
-}
-
-/// A job the claim script claimed, as its reply gives it.
-struct ClaimedEntry {
-    claimant: usize,
-    id: JobId,
-    token: LeaseToken,
-    lease_expires_at: UnixMillis,
-    ack_deadline: UnixMillis,
-    size: usize,
-}
-
-impl ClaimedEntry {
-    /// An entry of the reply, {claimant, job id, token, lease expiry, acknowledgement
-    /// deadline, size}, for one of `claimants`.
-    fn decode(entry: Value, claimants: usize) -> Result<Self> {
-        let Value::Array(parts) = entry else {
-            return Err(shape());
-        };
-        let [claimant, id, token, expires, ack, size]: [Value; 6] =
-            parts.try_into().map_err(|_| shape())?;
-        let id = id.as_string().ok_or_else(shape)?;
-        let token = token.as_string().ok_or_else(shape)?;
-        Ok(Self {
-            claimant: claimant_index(claimant.as_i64().ok_or_else(shape)?, claimants)?,
-            id: JobId::parse("id", &id).map_err(|_| StoreError::corrupt("claimed job id"))?,
-            token: match LeaseToken::parse("token", &token) {
-                Ok(Ok(token)) => token,
-                _ => return Err(StoreError::corrupt("lease token")),
-            },
-            lease_expires_at: UnixMillis(expires.as_u64().ok_or_else(shape)?),
-            ack_deadline: UnixMillis(ack.as_u64().ok_or_else(shape)?),
-            size: size
-                .as_u64()
-                .and_then(|size| usize::try_from(size).ok())
-                .ok_or_else(shape)?,
-        })
-    }
-
-    fn into_claimed(self, job: Job) -> Claimed {
-        Claimed {
-            job,
-            token: self.token,
-            lease_expires_at: self.lease_expires_at,
-            ack_deadline: self.ack_deadline,
-        }
-    }
-}
-
-/// A claimant's place in its call from the script's 1-based number.
-fn claimant_index(claimant: i64, claimants: usize) -> Result<usize> {
-    usize::try_from(claimant)
-        .ok()
-        .and_then(|c| c.checked_sub(1))
-        .filter(|&c| c < claimants)
-        .ok_or_else(shape)
-}
-
-fn shape() -> StoreError {
-    StoreError::corrupt("claim reply shape")
 }
