@@ -2,12 +2,12 @@
 //! hostile, can make jobd run out of memory. Each budget counts one kind of holding (open watch
 //! streams, waiting claims, payload bytes in flight) for the whole process and for each
 //! principal; a holding past either is refused (`Exhausted`, RESOURCE_EXHAUSTED to the caller)
-//! before anything is done. Results on their way out of streams have a budget of their own,
-//! for the process alone, which they wait for rather than fail: however many watchers drain,
-//! they never take the payload bytes that calls' requests and replies are refused without. A holding is a `Permit`, released when dropped: when the stream
-//! or claim ends, however it ends, the client's going away included. Watchers of one job are
-//! bounded by the event hub (`EventHub::watch_job`), in all and per principal
-//! (`WatcherLimits`).
+//! before anything is done. Results on their way out of streams have a budget of their own, for
+//! the process alone, which they wait for rather than fail: however many watchers drain, they
+//! never take the payload bytes that calls' requests and replies are refused without. A holding
+//! is a `Permit`, released when dropped: when the stream or claim ends, however it ends, the
+//! client's going away included. Watchers of one job are bounded by the event hub
+//! (`EventHub::watch_job`), in all and per principal (`WatcherLimits`).
 
 use std::{
     collections::HashMap,

@@ -197,6 +197,25 @@ impl JobStore {
             .await
     }
 
+    /// `script` once per `(keys, args)`, all in one pipeline (`LuaScript::call_each`), timed as
+    /// one round trip: each call's reply, in order, or the round trip's error for each.
+    async fn call_each(
+        &self,
+        script: &LuaScript,
+        calls: &[(Vec<String>, Vec<Value>)],
+    ) -> Vec<Result<Value>> {
+        let replies = self.timed(script.name(), async {
+            Ok(script.call_each(self.client(), calls).await)
+        });
+        match replies.await {
+            Ok(replies) => replies
+                .into_iter()
+                .map(|reply| reply.map_err(StoreError::redis(script.name())))
+                .collect(),
+            Err(error) => calls.iter().map(|_| Err(error.clone())).collect(),
+        }
+    }
+
     /// Runs one Redis round trip named `operation`, timing it and mapping its error.
     fn timed<F: Future<Output = Result<R, RedisError>>, R>(
         &self,

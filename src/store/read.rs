@@ -191,17 +191,8 @@ impl JobStore {
             .iter()
             .map(|queue| (self.stats_keys(queue), Vec::new()))
             .collect();
-        let script = &self.scripts().stats;
-        let replies = self.timed(script.name(), async {
-            Ok(script.call_each(self.client(), &calls).await)
-        });
-        match replies.await {
-            Ok(replies) => replies
-                .into_iter()
-                .map(|reply| counted(reply.map_err(StoreError::redis(script.name()))?))
-                .collect(),
-            Err(error) => queues.iter().map(|_| Err(error.clone())).collect(),
-        }
+        let replies = self.call_each(&self.scripts().stats, &calls).await;
+        replies.into_iter().map(|reply| counted(reply?)).collect()
     }
 
     /// The keys `stats.lua` counts, in its KEYS order.

@@ -87,7 +87,7 @@ impl LuaScript {
         client: &Client,
         calls: &[(Vec<String>, Vec<Value>)],
     ) -> Vec<Result<Value, Error>> {
-        let mut replies: Vec<Result<Value, Error>> = Vec::with_capacity(calls.len());
+        let mut replies: Vec<Result<Value, Error>> = vec![Ok(Value::Null); calls.len()];
         let mut pending: Vec<usize> = (0..calls.len()).collect();
         let mut loaded = false;
         while !pending.is_empty() {
@@ -106,15 +106,10 @@ impl LuaScript {
                 });
                 return vec![Err(error); calls.len()];
             }
-            if replies.is_empty() {
-                replies = answers;
-            } else {
-                for (&i, answer) in pending.iter().zip(answers) {
-                    replies[i] = answer;
-                }
+            for (&i, answer) in pending.iter().zip(answers) {
+                replies[i] = answer;
             }
-            let lost = |reply: &Result<Value, Error>| matches!(reply, Err(error) if error.details().starts_with("NOSCRIPT"));
-            pending.retain(|&i| lost(&replies[i]));
+            pending.retain(|&i| matches!(&replies[i], Err(error) if script_lost(error)));
             if pending.is_empty() || loaded {
                 break;
             }
@@ -147,7 +142,7 @@ impl LuaScript {
             let mut replies = pipeline.try_all::<Value>().await.into_iter();
             match replies.next() {
                 // A Redis that lost its scripts (restart, SCRIPT FLUSH): load, then again.
-                Some(Err(error)) if error.details().starts_with("NOSCRIPT") && !loaded => {
+                Some(Err(error)) if script_lost(&error) && !loaded => {
                     self.script.load(client).await?;
                     loaded = true;
                 }
@@ -168,6 +163,11 @@ impl LuaScript {
         let command = CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false);
         (command, call)
     }
+}
+
+/// Whether `error` is Redis's NOSCRIPT: it lost its scripts (restart, SCRIPT FLUSH).
+fn script_lost(error: &Error) -> bool {
+    error.details().starts_with("NOSCRIPT")
 }
 
 #[derive(Clone)]

@@ -77,21 +77,11 @@ impl JobStore {
                 (keys, args)
             })
             .collect();
-        let script = &self.scripts().sweep;
-        let replies = self.timed(script.name(), async {
-            Ok(script.call_each(self.client(), &calls).await)
-        });
-        let replies = match replies.await {
-            Ok(replies) => replies,
-            Err(error) => return queues.iter().map(|_| Err(error.clone())).collect(),
-        };
+        let replies = self.call_each(&self.scripts().sweep, &calls).await;
         queues
             .iter()
             .zip(replies)
-            .map(|(queue, reply)| {
-                let reply = reply.map_err(StoreError::redis(script.name()))?;
-                swept(queue, reply)
-            })
+            .map(|(queue, reply)| swept(queue, reply?))
             .collect()
     }
 
