@@ -137,16 +137,18 @@ impl Sweeper {
         let work = queues.into_iter().zip(reports).map(|(queue, report)| {
             let sweeper = self.clone();
             async move {
-                let worked = match report {
-                    Ok(report) => sweeper.work(&queue, &report).await.map(|()| report),
-                    Err(error) => Err(error),
+                let worked = async {
+                    let report = report?;
+                    sweeper.work(&queue, &report).await?;
+                    Ok::<_, StoreError>(report)
                 };
-                worked
-                    .inspect_err(|error| {
+                match worked.await {
+                    Ok(report) => Some((queue, report)),
+                    Err(error) => {
                         tracing::warn!(%error, queue = %queue, "sweeping a queue failed");
-                    })
-                    .ok()
-                    .map(|report| (queue, report))
+                        None
+                    }
+                }
             }
         });
         let done: Vec<(QueueName, SweepReport)> = stream::iter(work)
@@ -158,18 +160,19 @@ impl Sweeper {
         // VISIT_LEASE passes, and is due again then. A sweep that found work due settled a
         // time no later than now, so the queue is visited again at once, and that sweep sees
         // what this one changed.
-        let next: Vec<(QueueName, NextVisit)> = done
-            .iter()
-            .map(|(queue, report)| (queue.clone(), report.next))
-            .collect();
-        self.store.index(&next).await?;
-        Ok(done
+        let soonest = done
             .iter()
             .filter_map(|(_, report)| match report.next {
                 NextVisit::At(at) => Some(at.since(report.now)),
                 NextVisit::Idle | NextVisit::Forget => None,
             })
-            .min())
+            .min();
+        let next: Vec<(QueueName, NextVisit)> = done
+            .into_iter()
+            .map(|(queue, report)| (queue, report.next))
+            .collect();
+        self.store.index(&next).await?;
+        Ok(soonest)
     }
 
     /// The work one sweep of `queue` found: the jobs due made claimable, the claims expired

@@ -81,30 +81,25 @@ impl JobStore {
                 NextVisit::Forget => None,
             })
             .collect();
-        let (scored, forgotten): (Vec<_>, Vec<_>) = visited
-            .iter()
-            .zip(&written)
-            .partition(|(_, written)| written.is_some());
+        let (mut scored, mut forgotten) = (Vec::new(), Vec::new());
+        for ((queue, _), written) in visited.iter().zip(&written) {
+            match written {
+                Some(score) => scored.push((*score, queue.as_str())),
+                None => forgotten.push(queue.as_str()),
+            }
+        }
         let index = self.keys().due_index();
         // Both commands go to the index's slot, one connection: one round trip.
         let pipeline = self.client().pipeline();
         if !scored.is_empty() {
-            let entries: Vec<(f64, &str)> = scored
-                .iter()
-                .filter_map(|((queue, _), score)| Some(((**score)?, queue.as_str())))
-                .collect();
             let _: () = pipeline
-                .zadd(&index, None, None, false, false, entries)
+                .zadd(&index, None, None, false, false, scored)
                 .await
                 .map_err(StoreError::redis("index_queues"))?;
         }
         if !forgotten.is_empty() {
-            let names: Vec<&str> = forgotten
-                .iter()
-                .map(|((queue, _), _)| queue.as_str())
-                .collect();
             let _: () = pipeline
-                .zrem(&index, names)
+                .zrem(&index, forgotten)
                 .await
                 .map_err(StoreError::redis("index_queues"))?;
         }
