@@ -13,12 +13,14 @@ use crate::{
     trace,
 };
 
-/// Whether an event is a job's last: COMPLETED, FAILED or CANCELLED.
-pub(crate) fn is_terminal(event: &JobEvent) -> bool {
-    matches!(
-        event.r#type(),
-        EventType::Completed | EventType::Failed | EventType::Cancelled
-    )
+impl JobEvent {
+    /// Whether this is its job's last event: COMPLETED, FAILED or CANCELLED.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self.r#type(),
+            EventType::Completed | EventType::Failed | EventType::Cancelled
+        )
+    }
 }
 
 /// Whether a job's state is final: COMPLETED, FAILED or CANCELLED.
@@ -58,7 +60,7 @@ impl Client {
                 return None;
             }
             let item = follower.next_event().await?;
-            follower.done = item.as_ref().map_or(true, is_terminal);
+            follower.done = item.as_ref().map_or(true, JobEvent::is_terminal);
             Some((item, follower))
         })
     }
@@ -120,7 +122,7 @@ impl Client {
         futures::pin_mut!(events);
         while let Some(event) = events.next().await {
             let event = event?;
-            if is_terminal(&event) {
+            if event.is_terminal() {
                 return outcome(event);
             }
         }
@@ -157,7 +159,7 @@ impl Progress {
                 }
                 Some(Message::Event(event)) if event.sequence > self.last => {
                     self.last = event.sequence;
-                    if is_terminal(&event) {
+                    if event.is_terminal() {
                         return Ok(outcome(event));
                     }
                 }

@@ -109,10 +109,10 @@ pub(super) async fn submit_and_watch_batch(
             Some(Message::Submitted(_)) => accepted = Some(Instant::now()),
             Some(Message::Event(event)) => {
                 let (started, finished) = seen.entry(event.job_id.clone()).or_default();
-                match event.r#type() {
-                    EventType::Started => *started = Some(Instant::now()),
-                    kind if is_terminal(kind) => *finished = Some(Instant::now()),
-                    _ => {}
+                if event.is_terminal() {
+                    *finished = Some(Instant::now());
+                } else if event.r#type() == EventType::Started {
+                    *started = Some(Instant::now());
                 }
             }
             None => {}
@@ -135,13 +135,6 @@ pub(super) async fn submit_and_watch_batch(
         phases.len()
     );
     Ok(phases)
-}
-
-pub(super) fn is_terminal(kind: EventType) -> bool {
-    matches!(
-        kind,
-        EventType::Completed | EventType::Failed | EventType::Cancelled
-    )
 }
 
 /// Submits a job, then watches it until its terminal event; returns its milestones.
