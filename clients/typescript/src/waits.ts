@@ -16,7 +16,7 @@ import { Bytes } from './payload';
 import { stubs } from './proto';
 import { backoffDelay, isRetryable } from './retry';
 import { traceHeaders } from './tracing';
-import { decodeWaitMessage, EVENT_CANCELLED, EVENT_COMPLETED, EVENT_FAILED, type WaitEvent, type WaitMessage } from './wire';
+import { decodeWaitMessage, EVENT_CANCELLED, EVENT_COMPLETED, EVENT_FAILED, isTerminalType, type WaitEvent, type WaitMessage } from './wire';
 
 /** Jobs in one SubmitAndWatchJobs call at most. */
 const MAX_BATCH = 100;
@@ -161,10 +161,6 @@ export class Waits {
       settle(waiter, () => waiter.reject(error));
     }
   }
-}
-
-function isTerminalType(type: number): boolean {
-  return type === EVENT_COMPLETED || type === EVENT_FAILED || type === EVENT_CANCELLED;
 }
 
 /** A terminal event read by `watch` as the stream's decoder gives it. */

@@ -16,6 +16,11 @@ export const EVENT_COMPLETED = 4;
 export const EVENT_FAILED = 5;
 export const EVENT_CANCELLED = 6;
 
+/** Whether an EventType number is one that ends a job. */
+export function isTerminalType(type: number): boolean {
+  return type === EVENT_COMPLETED || type === EVENT_FAILED || type === EVENT_CANCELLED;
+}
+
 /** The fields of a JobEvent that tell a waiter how its job ended. */
 export interface WaitEvent {
   jobId: string;
