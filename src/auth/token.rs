@@ -27,20 +27,17 @@ impl TokenHash {
 
     /// Reads 64 hex digits.
     pub fn parse(hex: &str) -> Option<Self> {
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        // const_hex would also take a "0x" prefix; the file holds the 64 digits alone.
+        if hex.len() != 64 {
             return None;
         }
-        let mut hash = [0; 32];
-        for (byte, pair) in hash.iter_mut().zip(hex.as_bytes().chunks(2)) {
-            *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-        }
-        Some(Self(hash))
+        const_hex::decode_to_array(hex).ok().map(Self)
     }
 }
 
 impl fmt::Display for TokenHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|byte| write!(f, "{byte:02x}"))
+        f.write_str(&const_hex::encode(self.0))
     }
 }
 
@@ -65,9 +62,8 @@ impl NewToken {
         let mut bytes = [0u8; TOKEN_BYTES];
         // ThreadRng is a CSPRNG seeded from the operating system.
         rand::rng().fill_bytes(&mut bytes);
-        let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
         Self {
-            token: format!("{PREFIX}{hex}"),
+            token: format!("{PREFIX}{}", const_hex::encode(bytes)),
             name,
             roles,
             queues,

@@ -14,7 +14,7 @@ const TOKEN_LEN: usize = 32;
 impl LeaseToken {
     /// A fresh token: 128 random bits, hex-encoded.
     pub fn generate() -> Self {
-        Self(format!("{:032x}", rand::random::<u128>()))
+        Self(const_hex::encode(rand::random::<[u8; 16]>()))
     }
 
     /// A token a caller presents. Missing is a malformed request; anything jobd could not

@@ -140,12 +140,7 @@ impl NewJob {
                 .to_be_bytes(),
         );
         field(&millis(self.retention));
-        let digest = context.finish();
-        digest
-            .as_ref()
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect()
+        const_hex::encode(context.finish())
     }
 }
 

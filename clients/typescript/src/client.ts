@@ -129,6 +129,9 @@ export class JobdClient {
       // proxy's idle timer from cutting it) without waiting for the next call.
       'grpc.keepalive_time_ms': 60_000,
       'grpc.keepalive_timeout_ms': 20_000,
+      // The library retries by its own rules (retry.ts); grpc-js's retry machinery (a call
+      // wrapper buffering every message) is off, which saves it on every call.
+      'grpc.enable_retries': 0,
       ...options.channelOptions,
     };
     const tls = options.tls === true ? {} : options.tls || undefined;
