@@ -84,14 +84,20 @@ impl Rejection {
         let info = status
             .get_details_error_info()
             .filter(|info| info.domain == DOMAIN);
-        let (reason_name, metadata) = match info {
-            Some(info) => (info.reason, info.metadata),
-            None => (code_name(status.code()), HashMap::new()),
+        // Only an ErrorInfo names a reason: a code's name can be a reason's too (INTERNAL,
+        // DEADLINE_EXCEEDED), and tonic's INTERNAL for a stream that a GOAWAY left unserved
+        // must stay the transport's, which is resumed, not jobd's, which is not.
+        let (reason, reason_name, metadata) = match info {
+            Some(info) => (
+                ErrorReason::from_str_name(&info.reason).filter(|r| *r != ErrorReason::Unspecified),
+                info.reason,
+                info.metadata,
+            ),
+            None => (None, code_name(status.code()), HashMap::new()),
         };
         Self {
             code: status.code(),
-            reason: ErrorReason::from_str_name(&reason_name)
-                .filter(|r| *r != ErrorReason::Unspecified),
+            reason,
             reason_name,
             metadata,
             message: status.message().to_owned(),
@@ -253,6 +259,24 @@ mod tests {
             !refused.is_resumable(),
             "jobd's own INTERNAL is not a broken stream"
         );
+    }
+
+    #[test]
+    fn a_code_whose_name_is_a_reason_names_none_without_error_info() {
+        // tonic's status for a stream above a GOAWAY's last stream id (h2's NO_ERROR), as a
+        // client resuming at once during jobd's graceful shutdown gets it.
+        let goaway = Error::from(tonic::Status::internal("h2 protocol error: http2 error"));
+        assert_eq!(goaway.reason(), None);
+        assert_eq!(goaway.rejection().unwrap().reason_name, "INTERNAL");
+        assert!(goaway.is_resumable(), "a broken stream, resumed");
+        for code in [
+            Code::DeadlineExceeded,
+            Code::PermissionDenied,
+            Code::Unauthenticated,
+        ] {
+            let plain = Error::from(tonic::Status::new(code, "from the transport"));
+            assert_eq!(plain.reason(), None, "{code:?}");
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! A real redis-server and a real jobd on free ports for one test, killed when dropped; a TCP
-//! proxy a test can cut (`Proxy`); a worker running on its own task (`RunningWorker`); a claim
+//! proxy a test can cut, or make refuse a call with a GOAWAY (`Proxy`); a worker running on its own task (`RunningWorker`); a claim
 //! and a heartbeat made as a worker makes them; and the one way to wait on a condition
 //! (`eventually`).
 //!
@@ -381,16 +381,27 @@ pub async fn heartbeat(
 
 /// A TCP proxy in front of jobd: `cut` resets every connection through it, `close` stops
 /// listening (connections are refused, as by a jobd that is down) until `open`, on the same
-/// port; `hold_replies` drops what jobd sends; `answered` counts the calls jobd answered
-/// through it.
+/// port; `hold_replies` drops what jobd sends; `refuse_next_call` answers a call with a
+/// GOAWAY instead; `answered` counts the calls jobd answered through it.
 pub struct Proxy {
     pub port: u16,
     upstream: u16,
     listener: Mutex<Option<JoinHandle<()>>>,
     connections: Arc<Mutex<JoinSet<()>>>,
-    answered: Arc<AtomicUsize>,
-    holding: Arc<AtomicBool>,
+    signals: Arc<Signals>,
 }
+
+/// What the connections through a proxy count and heed.
+#[derive(Default)]
+struct Signals {
+    answered: AtomicUsize,
+    holding: AtomicBool,
+    refusing: AtomicBool,
+}
+
+/// An HTTP/2 GOAWAY frame (type 7, on stream 0): last stream id 0, NO_ERROR. A graceful
+/// shutdown's last GOAWAY says the same of every stream the client opened after it.
+const GO_AWAY: [u8; 17] = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
 impl Proxy {
     pub async fn start(upstream: u16) -> Self {
@@ -399,8 +410,7 @@ impl Proxy {
             upstream,
             listener: Mutex::new(None),
             connections: Arc::default(),
-            answered: Arc::default(),
-            holding: Arc::default(),
+            signals: Arc::default(),
         };
         proxy.open().await;
         proxy
@@ -413,12 +423,20 @@ impl Proxy {
     /// How many calls jobd answered through it so far: response headers that are not a
     /// status alone (the headers of a stream, or of a unary reply with a message).
     pub fn answered(&self) -> usize {
-        self.answered.load(Ordering::SeqCst)
+        self.signals.answered.load(Ordering::SeqCst)
     }
 
     /// While `true`, what jobd sends is dropped: calls go out, their replies never come.
     pub fn hold_replies(&self, hold: bool) {
-        self.holding.store(hold, Ordering::SeqCst);
+        self.signals.holding.store(hold, Ordering::SeqCst);
+    }
+
+    /// The next call jobd answers through it gets a GOAWAY that served no stream instead of
+    /// its response headers, and its connection nothing more from jobd: what a client gets
+    /// for a stream it opened just as jobd, shutting down, sent its last GOAWAY. The client's
+    /// h2 fails the call with NO_ERROR, which tonic makes INTERNAL without a jobd reason.
+    pub fn refuse_next_call(&self) {
+        self.signals.refusing.store(true, Ordering::SeqCst);
     }
 
     /// Listens (again) on its port.
@@ -427,10 +445,10 @@ impl Proxy {
             .await
             .expect("the proxy's port");
         let (upstream, connections) = (self.upstream, self.connections.clone());
-        let (answered, holding) = (self.answered.clone(), self.holding.clone());
+        let signals = self.signals.clone();
         let task = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
-                let (answered, holding) = (answered.clone(), holding.clone());
+                let signals = signals.clone();
                 connections.lock().unwrap().spawn(async move {
                     // Closed with RST: a cut is a connection reset, not an orderly end.
                     let _ = inbound.set_zero_linger();
@@ -442,8 +460,7 @@ impl Proxy {
                     let (mut from_client, mut to_client) = inbound.into_split();
                     let (mut from_jobd, mut to_jobd) = outbound.into_split();
                     let up = tokio::io::copy(&mut from_client, &mut to_jobd);
-                    let down =
-                        copy_counting_answers(&mut from_jobd, &mut to_client, &answered, &holding);
+                    let down = copy_counting_answers(&mut from_jobd, &mut to_client, &signals);
                     let _ = tokio::join!(up, down);
                 });
             }
@@ -476,15 +493,14 @@ impl Drop for Proxy {
     }
 }
 
-/// Copies jobd's side of a connection to the client, reading its HTTP/2 frames as they go
-/// by (9-byte headers: length, type, flags, stream): a HEADERS frame (type 1) of a stream
-/// without END_STREAM (flag 1) is a call's response headers, counted once written. While
-/// `holding`, what comes is dropped.
+/// Copies jobd's side of a connection to the client an HTTP/2 frame at a time (a 9-byte
+/// header: length, type, flags, stream; then its payload). A call's response headers (see
+/// `is_answer`) are counted once written, or, while `refusing`, replaced by a GOAWAY after
+/// which nothing more is copied. While `holding`, what comes is dropped.
 async fn copy_counting_answers(
     from: &mut OwnedReadHalf,
     to: &mut OwnedWriteHalf,
-    answered: &AtomicUsize,
-    holding: &AtomicBool,
+    signals: &Signals,
 ) -> std::io::Result<()> {
     let mut buffer = vec![0u8; 64 * 1024];
     let mut header = Vec::with_capacity(9);
@@ -494,30 +510,42 @@ async fn copy_counting_answers(
         if n == 0 {
             return to.shutdown().await;
         }
-        if holding.load(Ordering::SeqCst) {
+        if signals.holding.load(Ordering::SeqCst) {
             continue;
         }
-        to.write_all(&buffer[..n]).await?;
         let mut rest = &buffer[..n];
         while !rest.is_empty() {
             if payload_left > 0 {
-                let skipped = payload_left.min(rest.len());
-                payload_left -= skipped;
-                rest = &rest[skipped..];
+                let (payload, after) = rest.split_at(payload_left.min(rest.len()));
+                to.write_all(payload).await?;
+                payload_left -= payload.len();
+                rest = after;
                 continue;
             }
             let taken = (9 - header.len()).min(rest.len());
             header.extend_from_slice(&rest[..taken]);
             rest = &rest[taken..];
-            if header.len() == 9 {
-                payload_left = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
-                let (kind, flags) = (header[3], header[4]);
-                let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
-                if kind == 1 && flags & 1 == 0 && stream & 0x7fff_ffff != 0 {
-                    answered.fetch_add(1, Ordering::SeqCst);
-                }
-                header.clear();
+            if header.len() < 9 {
+                continue;
             }
+            let answer = is_answer(&header);
+            if answer && signals.refusing.swap(false, Ordering::SeqCst) {
+                return to.write_all(&GO_AWAY).await;
+            }
+            to.write_all(&header).await?;
+            if answer {
+                signals.answered.fetch_add(1, Ordering::SeqCst);
+            }
+            payload_left = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            header.clear();
         }
     }
+}
+
+/// Whether a frame header is a call's response headers: HEADERS (type 1) without END_STREAM
+/// (flag 1) on a stream, so not a status alone.
+fn is_answer(header: &[u8]) -> bool {
+    let (kind, flags) = (header[3], header[4]);
+    let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
+    kind == 1 && flags & 1 == 0 && stream & 0x7fff_ffff != 0
 }

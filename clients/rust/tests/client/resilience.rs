@@ -276,6 +276,34 @@ async fn a_quiet_watch_survives_cuts_spread_over_its_life() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_resumes_a_call_that_a_goaway_left_unserved() {
+    let stack = Stack::start().await;
+    let direct = stack.client().await;
+    let proxy = Proxy::start(stack.jobd.port).await;
+    let through = Client::connect(proxy.endpoint()).await.unwrap();
+    let job = direct
+        .submit(JobSpec::new(queue("goaway"), "k"))
+        .await
+        .unwrap();
+    // The watch's first call gets what a call opened just as jobd's graceful shutdown sent
+    // its last GOAWAY gets (as `submit_and_wait`'s watch, opened as soon as its stream ends
+    // with SHUTTING_DOWN, may): h2's NO_ERROR, INTERNAL in tonic, without a jobd reason.
+    proxy.refuse_next_call();
+    let mut events = Box::pin(through.watch(&job.id, 0));
+    let mut next_event = async || {
+        let next = tokio::time::timeout(Duration::from_secs(10), events.next()).await;
+        next.expect("an event in time")
+            .expect("the watch goes on")
+            .expect("an event, resumed if need be")
+    };
+    assert_eq!(next_event().await.r#type(), EventType::Queued);
+    assert_eq!(proxy.answered(), 1, "answered once: the resumed call");
+    direct.cancel(&job.id, "done").await.expect("cancelled");
+    let last = next_event().await;
+    assert_eq!((last.sequence, last.r#type()), (2, EventType::Cancelled));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_and_wait_follows_its_job_across_a_cut_and_a_closed_port() {
     let stack = Stack::start().await;
     let direct = stack.client().await;
