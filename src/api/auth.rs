@@ -19,6 +19,7 @@ use super::{
     methods::rpc_method,
     reason::{Reason, status},
     tls::Peer,
+    transport::Linked,
 };
 use crate::{
     auth::{Caller, Gate, Roles},
@@ -126,7 +127,10 @@ impl AuthLayer {
             .unwrap_or(("", Roles::ALL));
         // Named as metrics name it: a made-up path is `_OTHER`, in the log and the metric.
         let shown = rpc_method(path);
-        let peer = request.extensions().get::<Peer>();
+        let peer = request
+            .extensions()
+            .get::<Linked<Peer>>()
+            .map(|linked| &linked.info);
         let identities = peer
             .map(|peer| peer.identities.as_ref())
             .unwrap_or_default();
@@ -134,8 +138,8 @@ impl AuthLayer {
             Some(peer) => Some(peer.remote),
             None => request
                 .extensions()
-                .get::<TcpConnectInfo>()
-                .and_then(TcpConnectInfo::remote_addr),
+                .get::<Linked<TcpConnectInfo>>()
+                .and_then(|linked| linked.info.remote_addr()),
         };
         let authorization = request.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
         let caller = match self.gate.recognise(authorization, identities) {

@@ -19,6 +19,7 @@ mod size;
 mod streams;
 mod tls;
 mod transport;
+mod unsent;
 mod worker_service;
 
 pub use error::ApiError;

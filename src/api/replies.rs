@@ -14,15 +14,17 @@
 //! A reply larger than the whole budget counts as all of it (`Budget::take_reply`): it goes
 //! out alone. The permits travel in a `Held`, which the response's extensions carry to
 //! `HoldLayer`; each data frame of the body takes the permits put in before it and keeps them
-//! in its bytes (`Bytes::from_owner`). hyper hands a frame to h2 and at once polls for the
-//! next, while h2 may still hold all of it (it queues a stream's data whatever its size, and
-//! sends it as the client's flow-control windows open); h2 drops the bytes once it has
-//! written their last one to the socket, and only then is the permit given back.
+//! in its bytes (`Bytes::from_owner`). h2 queues a stream's data whatever its size, and sends
+//! it as the client's flow-control windows open; it drops the bytes once it has written their
+//! last one to the socket, and only once all of a frame's bytes are dropped is the permit given
+//! back. A frame with permits goes to hyper a chunk at a time, each written within the send
+//! timeout or the call ended (`unsent`): a client that does not read cannot keep them.
 
 use std::{
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -30,7 +32,7 @@ use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tower::{Layer, Service};
 
-use super::auth::Access;
+use super::{auth::Access, transport, unsent::Outgoing};
 use crate::{
     budgets::{Budget, Exhausted, Permit},
     claims::ClaimedJobs,
@@ -56,18 +58,19 @@ impl Held {
         response
     }
 
-    /// `data`, holding the permits put in so far until it is dropped. tonic encodes a message
-    /// as soon as its stream yields it, into the data frame it yields next: a permit put in
-    /// before its message is yielded goes with that frame or, if put in later, a later one.
-    fn bind(&self, data: Bytes) -> Bytes {
+    /// `data`, holding the permits put in so far until it is dropped; `None` if there are
+    /// none. tonic encodes a message as soon as its stream yields it, into the data frame it
+    /// yields next: a permit put in before its message is yielded goes with that frame or, if
+    /// put in later, a later one.
+    fn bind(&self, data: &Bytes) -> Option<Bytes> {
         let permits = std::mem::take(&mut *lock(&self.0));
         if permits.is_empty() {
-            return data;
+            return None;
         }
-        Bytes::from_owner(Sending {
-            data,
+        Some(Bytes::from_owner(Sending {
+            data: data.clone(),
             _permits: permits,
-        })
+        }))
     }
 }
 
@@ -102,21 +105,34 @@ pub fn claimed(
     Ok((claimed.deliver(), held))
 }
 
-/// The tower layer that binds a reply's `Held` permits to its body's frames.
-#[derive(Clone, Copy, Default)]
-pub struct HoldLayer;
+/// The tower layer that binds a reply's `Held` permits to its body's frames, each to be
+/// written within the send timeout (`unsent`).
+#[derive(Clone, Copy)]
+pub struct HoldLayer {
+    send_timeout: Duration,
+}
+
+impl HoldLayer {
+    pub fn new(send_timeout: Duration) -> Self {
+        Self { send_timeout }
+    }
+}
 
 impl<S> Layer<S> for HoldLayer {
     type Service = Hold<S>;
 
     fn layer(&self, inner: S) -> Hold<S> {
-        Hold { inner }
+        Hold {
+            inner,
+            send_timeout: self.send_timeout,
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct Hold<S> {
     inner: S,
+    send_timeout: Duration,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Hold<S>
@@ -132,8 +148,10 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let unsent = transport::unsent(request.extensions()).cloned();
         HoldFuture {
             answer: self.inner.call(request),
+            outgoing: Some(Outgoing::new(self.send_timeout, unsent)),
         }
     }
 }
@@ -143,6 +161,7 @@ pin_project_lite::pin_project! {
     pub struct HoldFuture<F> {
         #[pin]
         answer: F,
+        outgoing: Option<Outgoing>,
     }
 }
 
@@ -153,27 +172,38 @@ where
     type Output = Result<Response<HeldBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut response = std::task::ready!(self.project().answer.poll(cx))?;
+        let this = self.project();
+        let mut response = std::task::ready!(this.answer.poll(cx))?;
         let held = response.extensions_mut().remove::<Held>();
+        let outgoing = this.outgoing.take().expect("polled after it was ready");
         Poll::Ready(Ok(response.map(|inner| HeldBody {
             inner,
             held: held.unwrap_or_default(),
+            outgoing: Some(outgoing),
         })))
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A response body whose data frames carry the permits of the bytes they hold. Permits
-    /// left when it is dropped (their message never encoded) are given back then.
+    /// A response body whose data frames carry the permits of the bytes they hold, handed to
+    /// hyper a chunk at a time, each written within the send timeout or the call reset
+    /// (`unsent`). Permits left when it is dropped (their message never encoded, or not all
+    /// handed over) are given back then.
     #[derive(Default)]
     pub struct HeldBody<B> {
         #[pin]
         inner: B,
         held: Held,
+        // None only in the empty body tonic answers with where it makes a response itself.
+        outgoing: Option<Outgoing>,
     }
 }
 
-impl<B: Body<Data = Bytes>> Body for HeldBody<B> {
+impl<B> Body for HeldBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: From<h2::Error>,
+{
     type Data = Bytes;
     type Error = B::Error;
 
@@ -181,15 +211,38 @@ impl<B: Body<Data = Bytes>> Body for HeldBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.project();
-        let polled = std::task::ready!(this.inner.poll_frame(cx));
-        Poll::Ready(
-            polled.map(|frame| frame.map(|frame| frame.map_data(|data| this.held.bind(data)))),
-        )
+        let mut this = self.project();
+        let Some(outgoing) = this.outgoing.as_mut() else {
+            return this.inner.poll_frame(cx);
+        };
+        loop {
+            let Ok(unwritten) = outgoing.poll_unwritten(cx) else {
+                tracing::debug!("call reset: its reply was not written within send-timeout");
+                let reset = h2::Error::from(h2::Reason::REFUSED_STREAM);
+                return Poll::Ready(Some(Err(reset.into())));
+            };
+            if outgoing.has_rest() {
+                if unwritten {
+                    return Poll::Pending;
+                }
+                let chunk = outgoing.next_chunk().expect("bytes to hand over");
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+            let polled = std::task::ready!(this.inner.as_mut().poll_frame(cx));
+            if let Some(Ok(frame)) = &polled
+                && let Some(bound) = frame.data_ref().and_then(|data| this.held.bind(data))
+            {
+                outgoing.push(bound);
+                continue;
+            }
+            outgoing.release();
+            return Poll::Ready(polled);
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        let idle = self.outgoing.as_ref().is_none_or(Outgoing::is_idle);
+        idle && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -200,7 +253,10 @@ impl<B: Body<Data = Bytes>> Body for HeldBody<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::budgets::{BudgetLimits, Budgets};
+    use crate::{
+        api::unsent::CHUNK,
+        budgets::{BudgetLimits, Budgets},
+    };
 
     fn budget() -> Budget {
         let limits = BudgetLimits {
@@ -222,17 +278,16 @@ mod tests {
         let held = Held::default();
         held.put(budget.take(None, 30).unwrap());
         held.put(budget.take(None, 20).unwrap());
-        let sent = held.bind(Bytes::from_static(b"message"));
+        let sent = held.bind(&Bytes::from_static(b"message")).unwrap();
         assert_eq!(&sent[..], b"message");
         assert_eq!(budget.used(), 50, "h2 still holds the frame");
-        let later = held.bind(Bytes::from_static(b"no payload"));
+        assert!(held.bind(&Bytes::from_static(b"no payload")).is_none());
         let mut part = sent.clone();
         drop(sent);
         let _ = part.split_to(3);
         assert_eq!(budget.used(), 50, "a part of the frame is still held");
         drop(part);
         assert_eq!(budget.used(), 0);
-        drop(later);
     }
 
     #[test]
@@ -243,10 +298,95 @@ mod tests {
         let body = HeldBody {
             inner: tonic::body::Body::empty(),
             held: held.clone(),
+            outgoing: None,
         };
         drop(held);
         assert_eq!(budget.used(), 30);
         drop(body);
+        assert_eq!(budget.used(), 0);
+    }
+
+    /// A body of the given frames.
+    struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = tonic::Status;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    /// A body of `frames`, its first data frame holding a permit of 30 of `budget`, each chunk
+    /// to be written within 5 s.
+    fn reply(budget: &Budget, frames: Vec<Frame<Bytes>>) -> HeldBody<Frames> {
+        let held = Held::default();
+        held.put(budget.take(None, 30).unwrap());
+        HeldBody {
+            inner: Frames(frames.into()),
+            held,
+            outgoing: Some(Outgoing::new(Duration::from_secs(5), None)),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_goes_a_chunk_at_a_time_and_is_reset_when_one_is_not_written_in_time() {
+        let budget = budget();
+        let message = Frame::data(Bytes::from(vec![1; 2 * CHUNK + 100]));
+        let mut body = Box::pin(reply(
+            &budget,
+            vec![message, Frame::trailers(Default::default())],
+        ));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut next = || body.as_mut().poll_frame(&mut cx);
+        let Poll::Ready(Some(Ok(first))) = next() else {
+            panic!("the first chunk");
+        };
+        assert_eq!(first.data_ref().map(Bytes::len), Some(CHUNK));
+        assert!(
+            next().is_pending(),
+            "the next waits for the first to be written"
+        );
+        drop(first);
+        let Poll::Ready(Some(Ok(second))) = next() else {
+            panic!("the second chunk");
+        };
+        assert!(next().is_pending());
+        assert_eq!(budget.used(), 30, "the chunks hold the permit");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let Poll::Ready(Some(Err(status))) = next() else {
+            panic!("the call ends past the send timeout");
+        };
+        let reset = std::error::Error::source(&status)
+            .and_then(|source| source.downcast_ref::<h2::Error>())
+            .and_then(h2::Error::reason);
+        assert_eq!(reset, Some(h2::Reason::REFUSED_STREAM));
+        drop(second);
+        assert_eq!(budget.used(), 30, "the rest not handed over holds it too");
+        drop(body);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replys_end_does_not_wait_for_its_last_chunk_to_be_written() {
+        let budget = budget();
+        let message = Frame::data(Bytes::from_static(b"job"));
+        let body = reply(&budget, vec![message, Frame::trailers(Default::default())]);
+        let mut body = std::pin::pin!(body);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let Poll::Ready(Some(Ok(data))) = body.as_mut().poll_frame(&mut cx) else {
+            panic!("the reply's message");
+        };
+        let Poll::Ready(Some(Ok(trailers))) = body.as_mut().poll_frame(&mut cx) else {
+            panic!("its trailers at once");
+        };
+        assert!(trailers.is_trailers());
+        assert_eq!(budget.used(), 30);
+        drop(data);
         assert_eq!(budget.used(), 0);
     }
 }

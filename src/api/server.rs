@@ -70,7 +70,7 @@ pub async fn serve(
         .layer(DeadlineLayer)
         .layer(SizeLayer::new(sizes))
         .layer(AuthLayer::new(options.gate, metrics))
-        .layer(HoldLayer)
+        .layer(HoldLayer::new(transport.send_timeout))
         .add_service(health_service)
         .add_service(
             JobServiceServer::new(JobApi::new(services.clone()))

@@ -4,9 +4,10 @@
 //! away drops its stream (and its registrations, and its budget's permit) at once.
 //!
 //! A result on its way out waits for room in the stream-result budget, then is counted in it
-//! from when the stream yields it until h2 has written it to the connection (`replies::Held`):
-//! 1,000 watchers of a job completing with 1 MiB hold the budget's worth of copies at a time,
-//! not 1 GiB, and take nothing from the payload bytes that calls are refused without.
+//! from when the stream yields it until h2 has written it to the connection (`replies::Held`),
+//! for at most the send timeout per 64 KiB (`unsent`): 1,000 watchers of a job completing with
+//! 1 MiB hold the budget's worth of copies at a time, not 1 GiB, and take nothing from the
+//! payload bytes that calls are refused without.
 
 use futures::StreamExt;
 use tonic::{Code, Status};

@@ -1,7 +1,8 @@
 //! The HTTP/2 and TCP settings of every connection jobd serves (gRPC, over TLS or not, and
 //! health alone): concurrent streams, keepalive, h2's local error reset limit, and the
-//! connection's age, with the grace after which a connection past its age is closed; and how
-//! many gRPC connections are served at once.
+//! connection's age, with the grace after which a connection past its age is closed; how
+//! many gRPC connections are served at once; and the send timeout, past which a connection
+//! whose client leaves a reply's bytes unwritten is closed (`unsent`).
 
 use std::{
     io,
@@ -19,8 +20,10 @@ use tokio::{
 };
 use tonic::transport::{
     Server,
-    server::{Connected, TcpIncoming},
+    server::{Connected, TcpConnectInfo, TcpIncoming},
 };
+
+use super::{tls::Peer, unsent::Unsent};
 
 /// How jobd treats each connection; see `TransportConfig` for each setting's reason.
 #[derive(Debug, Clone)]
@@ -35,6 +38,7 @@ pub struct Transport {
     pub max_connection_age: Duration,
     pub max_connection_age_grace: Duration,
     pub max_local_error_resets: usize,
+    pub send_timeout: Duration,
 }
 
 impl Transport {
@@ -69,6 +73,8 @@ impl Transport {
         Aged {
             io,
             end: Some(Box::pin(tokio::time::sleep(lifetime))),
+            unsent: Unsent::default(),
+            overdue: None,
             _slot: None,
         }
     }
@@ -99,6 +105,8 @@ impl ConnectionSlots {
                 Aged {
                     io,
                     end: None,
+                    unsent: Unsent::default(),
+                    overdue: None,
                     _slot: None,
                 }
             }
@@ -107,12 +115,16 @@ impl ConnectionSlots {
 }
 
 /// A connection that fails every read and write once its lifetime is over, which makes hyper
-/// close it, calls under way and all: the grace after GOAWAY is spent.
+/// close it, calls under way and all: the grace after GOAWAY is spent, or a reply's bytes
+/// waited past the send timeout in hyper for the client's flow-control window.
 pub struct Aged<IO> {
     io: IO,
     /// The end of its lifetime; none for a connection past `--max-connections`, over at once
     /// (a timer of zero would let the first reads through until the timer driver's next tick).
     end: Option<Pin<Box<Sleep>>>,
+    /// Its replies' chunks that hyper holds, and the timer of the earliest one's deadline.
+    unsent: Unsent,
+    overdue: Option<Pin<Box<Sleep>>>,
     /// Its place among the connections served, given back when it is closed (none for the
     /// health port's).
     _slot: Option<OwnedSemaphorePermit>,
@@ -128,20 +140,48 @@ impl<IO> Aged<IO> {
                 "max-connections are served",
             ));
         };
-        end.as_mut().poll(cx).map(|()| {
-            io::Error::new(
+        if end.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the connection outlived its max age and grace",
+            ));
+        }
+        self.unsent.poll_overdue(cx, &mut self.overdue).map(|()| {
+            tracing::debug!("connection closed: a reply was not written within send-timeout");
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "a reply was not written within send-timeout",
             )
         })
     }
 }
 
+/// What a request knows of its connection: what its `IO` tells (`Peer` over TLS,
+/// `TcpConnectInfo` without), and the connection's unsent replies.
+#[derive(Clone)]
+pub struct Linked<I> {
+    pub info: I,
+    unsent: Unsent,
+}
+
+/// The unsent replies of the connection a request came on.
+pub fn unsent(extensions: &http::Extensions) -> Option<&Unsent> {
+    match extensions.get::<Linked<Peer>>() {
+        Some(linked) => Some(&linked.unsent),
+        None => extensions
+            .get::<Linked<TcpConnectInfo>>()
+            .map(|linked| &linked.unsent),
+    }
+}
+
 impl<IO: Connected> Connected for Aged<IO> {
-    type ConnectInfo = IO::ConnectInfo;
+    type ConnectInfo = Linked<IO::ConnectInfo>;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
+        Linked {
+            info: self.io.connect_info(),
+            unsent: self.unsent.clone(),
+        }
     }
 }
 

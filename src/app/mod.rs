@@ -303,6 +303,7 @@ fn transport(config: &Config) -> api::Transport {
         max_connection_age: transport.max_connection_age,
         max_connection_age_grace: transport.max_connection_age_grace,
         max_local_error_resets: transport.http2_max_local_error_resets as usize,
+        send_timeout: transport.send_timeout,
     }
 }
 

@@ -71,6 +71,15 @@ pub struct TransportConfig {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub http2_max_local_error_resets: u32,
 
+    /// How long each 64 KiB of a reply's payloads or results (GetJob's, claims', a stream's
+    /// results) may take to be written to its client, from when it is handed to HTTP/2: past
+    /// it, the call is reset (its client sees UNAVAILABLE; a watch resumes with
+    /// `after_sequence`), or, if the client's flow-control window never let it start, the
+    /// connection is closed, so that a client that does not read cannot keep the budget its
+    /// reply counts in. 30 s: a client taking 64 KiB in 30 s (2.2 KB/s) is never cut.
+    #[arg(long, env = "JOBD_SEND_TIMEOUT", hide_env_values = true, default_value = "30s", value_parser = parse_duration)]
+    pub send_timeout: Duration,
+
     /// Distinct queue names that metrics carry as `jobd.queue`, per process: the first this
     /// many seen; any other is recorded as `_OTHER`. 1000 keeps every metric's series count
     /// bounded however many queues clients make.
@@ -186,6 +195,7 @@ impl TransportConfig {
                 "JOBD_MAX_CONNECTION_AGE_GRACE",
                 self.max_connection_age_grace,
             ),
+            ("JOBD_SEND_TIMEOUT", self.send_timeout),
         ];
         for (name, value) in at_least_a_second {
             if value < Duration::from_secs(1) {

@@ -6,6 +6,7 @@ mod abuse_limits;
 mod abuse_metrics;
 mod abuse_pages;
 mod abuse_queues;
+mod abuse_readers;
 mod abuse_sizes;
 mod abuse_transport;
 mod acl;
