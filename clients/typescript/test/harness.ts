@@ -140,7 +140,13 @@ export class Jobd {
   async launch(): Promise<void> {
     const child = spawn(jobdBinary(), ['--listen', this.address, '--redis-url', this.redis.url, ...this.args], {
       stdio: ['ignore', 'ignore', process.env.JOBD_LOG ? 'inherit' : 'ignore'],
-      env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' },
+      // As deployed (Dockerfile, deploy/): memory committed as used, not eagerly in huge pages,
+      // which jobd would otherwise spend its CPU zeroing (BENCHMARKS.md).
+      env: {
+        ...process.env,
+        RUST_LOG: process.env.RUST_LOG ?? 'warn',
+        MIMALLOC_ARENA_EAGER_COMMIT: process.env.MIMALLOC_ARENA_EAGER_COMMIT ?? '0',
+      },
     });
     this.child = child;
     this.exited = new Promise((resolveExit) => child.once('exit', () => resolveExit()));
