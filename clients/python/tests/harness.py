@@ -71,10 +71,11 @@ async def eventually(
 
 class Proxy:
     """A TCP proxy in front of jobd, on the test's event loop: `cut()` resets every connection
-    through it (new ones are accepted); `hold_replies` drops what jobd sends; `answered` counts
-    the calls jobd answered through it, read from the HTTP/2 frames jobd sends (9-byte headers:
-    length, type, flags, stream): a HEADERS frame (type 1) of a stream without END_STREAM (flag
-    1) is a call's response headers."""
+    through it (new ones are accepted); `close()` also stops listening (connections are refused,
+    as by a jobd that is down) until `start()` again, on the same port; `hold_replies` drops
+    what jobd sends; `answered` counts the calls jobd answered through it, read from the HTTP/2
+    frames jobd sends (9-byte headers: length, type, flags, stream): a HEADERS frame (type 1) of
+    a stream without END_STREAM (flag 1) is a call's response headers."""
 
     def __init__(self, upstream: int) -> None:
         self.upstream = upstream

@@ -305,7 +305,7 @@ async def test_a_corrupt_job_is_internal(stack: Stack, client: jobd.Client, queu
 
 
 async def test_a_stream_ended_by_a_shutdown_is_shutting_down(own_stack: Stack, queue: str) -> None:
-    async with jobd.Client(own_stack.target, resume=jobd.RetryPolicy(max_attempts=1)) as client:
+    async with jobd.Client(own_stack.target, watch_resume=0) as client:
         job = await client.submit(queue, "k")
         events = client.watch(job.id)
         assert (await anext(events)).sequence == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 
 import pytest
 from harness import Proxy, Stack, eventually, job_key, running
@@ -146,7 +146,7 @@ async def test_a_watch_that_keeps_ending_ok_on_an_unfinished_log_spends_its_budg
 ) -> None:
     caplog.set_level(logging.INFO, logger="jobd.client")
     resume = jobd.RetryPolicy(max_attempts=3, initial=0.05, max=0.1)
-    async with jobd.Client(stack.target, resume=resume) as client:
+    async with jobd.Client(stack.target, resume=resume, watch_resume=0.5) as client:
         job = await client.submit(queue, "k")
         await client.cancel(job.id)
         # The log now claims an event 3 that is not there: jobd ends every watch after 2 with OK
@@ -157,10 +157,11 @@ async def test_a_watch_that_keeps_ending_ok_on_an_unfinished_log_spends_its_budg
             await asyncio.wait_for(_drain(client.watch(job.id, after_sequence=2)), 10)
     assert type(spent.value) is jobd.Unavailable, "the library's own, not jobd's"
     assert not spent.value.detailed
+    # Ended with OK every time: the 0.5 s budget runs out, however many attempts it took
+    # (about 6 with delays of 0.1 s at most; `max_attempts` does not bound a watch).
     resumed = [r for r in caplog.records if "resuming the watch" in r.getMessage()]
-    assert len(resumed) == 2, "3 attempts in all"
-    # 2 delays: 40-50 ms, then 80-100 ms.
-    assert time.monotonic() - started >= 0.12
+    assert len(resumed) > resume.max_attempts, resumed
+    assert time.monotonic() - started >= 0.5
 
 
 async def _drain(events: AsyncIterator[jobd.JobEvent]) -> None:
@@ -172,8 +173,8 @@ async def test_a_quiet_watch_survives_cuts_spread_over_its_life(
     stack: Stack, queue: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="jobd.client")
-    # 3 attempts in a row: 4 cuts without an event between would spend them, were each resumed
-    # stream, open its while, not a fresh start (a long job's watch, cut every
+    # A budget of 0.3 s: 4 cuts 0.5 s apart without an event between would spend it, were each
+    # resumed stream, open its while, not a fresh start (a long job's watch, cut every
     # --max-connection-age + grace, or by a proxy's idle timeout).
     resume = jobd.RetryPolicy(max_attempts=3, initial=0.05, max=0.1)
     proxy = await Proxy(stack.jobd.port).start()
@@ -181,7 +182,7 @@ async def test_a_quiet_watch_survives_cuts_spread_over_its_life(
     try:
         async with (
             jobd.Client(stack.target) as direct,
-            jobd.Client(proxy.target, resume=resume) as through,
+            jobd.Client(proxy.target, resume=resume, watch_resume=0.3) as through,
         ):
             job = await direct.submit(queue, "k")
 
@@ -246,3 +247,65 @@ async def test_submit_and_wait_sends_its_keyed_submission_again_when_its_reply_i
             assert (stats.queued, stats.completed) == (0, 1), "one job, not two"
     finally:
         await proxy.close()
+
+
+async def test_a_watch_resumes_for_its_budget_of_failures_then_gives_up(
+    stack: Stack, queue: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="jobd.client")
+    # Attempts every 0.1 s at most, 3 `max_attempts` that a watch does not count: only the
+    # 3 s budget bounds its resumes.
+    resume = jobd.RetryPolicy(max_attempts=3, initial=0.05, max=0.1)
+    budget = 3.0
+    proxy = await Proxy(stack.jobd.port).start()
+    seen: list[jobd.JobEvent] = []
+    try:
+        async with (
+            jobd.Client(stack.target) as direct,
+            jobd.Client(proxy.target, resume=resume, watch_resume=budget) as through,
+        ):
+            job = await direct.submit(queue, "k")
+
+            async def follow() -> None:
+                async for event in through.watch(job.id):
+                    seen.append(event)
+
+            def events(n: int) -> Awaitable[int]:
+                return eventually(
+                    lambda: asyncio.sleep(0, len(seen)), lambda m: m == n, 10, f"{n} events"
+                )
+
+            watcher = asyncio.create_task(follow())
+            await events(1)
+            # 1.5 s of refused connections: failed attempts in a row, within the budget.
+            answered = proxy.answered
+            await proxy.close()
+            await asyncio.sleep(1.5)
+            assert not watcher.done(), f"the watch gave up within its budget: {watcher}"
+            failed = [r for r in caplog.records if "resuming the watch" in r.getMessage()]
+            assert len(failed) > resume.max_attempts, failed
+            await proxy.start()
+
+            async def resumed() -> int:
+                return proxy.answered
+
+            await eventually(resumed, lambda n: n > answered, 15, "the watch to resume")
+            await direct.call(
+                "ClaimJobs", claim_request([queue], "w", 1, wait=1, lease=120, ack_timeout=60)
+            )
+            await events(2)
+            # An event started the budget afresh; refused for good, the watch gives up once its
+            # failures have lasted 3 s, with the transport's error.
+            closed = time.monotonic()
+            await proxy.close()
+            with pytest.raises(jobd.Unavailable) as spent:
+                await asyncio.wait_for(watcher, 10)
+            elapsed = time.monotonic() - closed
+    finally:
+        await proxy.close()
+    assert [(e.sequence, e.type) for e in seen] == [
+        (1, jobd.EventType.EVENT_TYPE_QUEUED),
+        (2, jobd.EventType.EVENT_TYPE_STARTED),
+    ]
+    assert not spent.value.detailed, "the transport's error, not jobd's"
+    assert budget <= elapsed < 2 * budget, elapsed

@@ -35,6 +35,7 @@ struct Inner {
     methods: HashMap<String, MethodConfig>,
     retry: RetryPolicy,
     resume: RetryPolicy,
+    watch_resume: Duration,
     retry_submissions: bool,
 }
 
@@ -50,6 +51,7 @@ pub struct ClientBuilder {
     keep_alive: Option<Duration>,
     retry: RetryPolicy,
     resume: RetryPolicy,
+    watch_resume: Duration,
     retry_submissions: bool,
 }
 
@@ -106,9 +108,19 @@ impl ClientBuilder {
         self
     }
 
-    /// How broken `watch` and `submit_and_wait` streams are resumed ([`RetryPolicy::RESUME`]).
+    /// The backoff of resumed `watch` and `submit_and_wait` streams, and the attempts of a
+    /// `submit_and_wait` submission sent again ([`RetryPolicy::RESUME`]).
     pub fn resume(mut self, policy: RetryPolicy) -> Self {
         self.resume = policy;
+        self
+    }
+
+    /// How long `watch` (and `submit_and_wait`) keeps resuming a broken stream while every
+    /// attempt fails (jobd restarting, say). Default 60 s. A stream that had stayed open for
+    /// the resume policy's longest delay (`max`) before it broke starts the count afresh; one
+    /// that jobd ended with OK on an unfinished job does not.
+    pub fn watch_resume(mut self, budget: Duration) -> Self {
+        self.watch_resume = budget;
         self
     }
 
@@ -145,6 +157,7 @@ impl ClientBuilder {
                 methods: methods(),
                 retry: self.retry,
                 resume: self.resume,
+                watch_resume: self.watch_resume,
                 retry_submissions: self.retry_submissions,
             }),
         })
@@ -215,6 +228,7 @@ impl Client {
             keep_alive: Some(Duration::from_secs(30)),
             retry: RetryPolicy::default(),
             resume: RetryPolicy::RESUME,
+            watch_resume: Duration::from_secs(60),
             retry_submissions: true,
         }
     }
@@ -310,6 +324,11 @@ impl Client {
     /// The policy broken streams are resumed with.
     pub(crate) fn resume_policy(&self) -> RetryPolicy {
         self.inner.resume
+    }
+
+    /// How long a watch resumes while every attempt fails.
+    pub(crate) fn watch_resume_budget(&self) -> Duration {
+        self.inner.watch_resume
     }
 
     /// Whether submissions get generated idempotency keys and retries.

@@ -44,9 +44,12 @@ impl RetryPolicy {
         multiplier: 1.0,
     };
 
-    /// How a broken `watch` or `submit_and_wait` stream is resumed by default: 10 attempts in
-    /// a row without an event, about 11 s of tries, enough for a jobd restart (a stream that
-    /// stayed open for `max` before it broke starts the count afresh).
+    /// How a broken `watch` or `submit_and_wait` stream is resumed by default: 0.1 s doubling
+    /// to 2 s between attempts, for as long as [`ClientBuilder::watch_resume`] allows (60 s);
+    /// `max_attempts` bounds only a `submit_and_wait` submission sent again before jobd
+    /// answered it.
+    ///
+    /// [`ClientBuilder::watch_resume`]: crate::ClientBuilder::watch_resume
     pub const RESUME: RetryPolicy = RetryPolicy {
         max_attempts: 10,
         initial: Duration::from_millis(100),

@@ -38,9 +38,12 @@ impl Client {
     /// (UNAVAILABLE, a jobd shutting down or restarting, a proxy's cut) is resumed with
     /// `after_sequence` = the last sequence delivered, with the resume policy's backoff: no
     /// event is missed or repeated. Ends with an error when jobd refuses the watch
-    /// (`JOB_NOT_FOUND`, `PAST_LAST_EVENT`) or the resumes run out: the policy's attempts in a
-    /// row without an event, where a stream that had stayed open for the policy's longest
-    /// delay before it broke starts the count afresh (one that jobd ended with OK does not).
+    /// (`JOB_NOT_FOUND`, `PAST_LAST_EVENT`) or the resumes run out: the last attempt's error
+    /// once failures in a row have lasted [`ClientBuilder::watch_resume`] (60 s) or longer,
+    /// where an event, or the break of a stream that had stayed open for the resume policy's
+    /// longest delay, starts afresh (a stream that jobd ended with OK does not).
+    ///
+    /// [`ClientBuilder::watch_resume`]: crate::ClientBuilder::watch_resume
     pub fn watch(
         &self,
         job_id: impl Into<String>,
@@ -51,6 +54,7 @@ impl Client {
             job_id: job_id.into(),
             last: after_sequence,
             failures: 0,
+            broken_since: None,
             stream: None,
             opened: Instant::now(),
             done: false,
@@ -196,7 +200,9 @@ struct Follower {
     client: Client,
     job_id: String,
     last: u64,
+    /// Failed attempts in a row, and since when: the backoff's step and the budget's start.
     failures: u32,
+    broken_since: Option<Instant>,
     stream: Option<Streaming<JobEvent>>,
     /// When the current stream was opened (its response headers came).
     opened: Instant,
@@ -204,10 +210,9 @@ struct Follower {
 }
 
 impl Follower {
-    /// The next new event, resuming the stream as often as the policy allows; `None` when the
-    /// job has no event after `last` and never will.
+    /// The next new event, resuming the stream while the budget allows; `None` when the job
+    /// has no event after `last` and never will.
     async fn next_event(&mut self) -> Option<Result<JobEvent>> {
-        let policy = self.client.resume_policy();
         loop {
             let error = match self.stream.as_mut() {
                 None => match self.open().await {
@@ -222,7 +227,7 @@ impl Follower {
                     Ok(Some(event)) if event.sequence <= self.last => continue,
                     Ok(Some(event)) => {
                         self.last = event.sequence;
-                        self.failures = 0;
+                        self.restart_budget();
                         return Some(Ok(event));
                     }
                     // jobd ends a watch with OK when nothing can follow `last`: the job had
@@ -235,26 +240,41 @@ impl Follower {
                         _ => ended_early(),
                     },
                     // A stream that stayed open for the policy's longest delay was healthy:
-                    // its break starts the count afresh, so that a quiet watch survives any
-                    // number of cuts over its life (a proxy's idle timeout, jobd's max
-                    // connection age), while a jobd that breaks every stream at once, or
-                    // ends it with OK, spends the budget.
+                    // its break starts afresh, so that a quiet watch survives any number of
+                    // cuts over its life (a proxy's idle timeout, jobd's max connection age),
+                    // while a jobd that breaks every stream at once, or ends it with OK,
+                    // spends the budget.
                     Err(status) => {
-                        if self.opened.elapsed() >= policy.max {
-                            self.failures = 0;
+                        if self.opened.elapsed() >= self.client.resume_policy().max {
+                            self.restart_budget();
                         }
                         status.into()
                     }
                 },
             };
             self.stream = None;
-            if !error.is_resumable() || self.failures + 1 >= policy.max_attempts {
+            if let Err(error) = self.back_off(error).await {
                 return Some(Err(error));
             }
-            tracing::info!(job_id = %self.job_id, after = self.last, %error, "resuming the watch");
-            tokio::time::sleep(policy.delay(self.failures)).await;
-            self.failures += 1;
         }
+    }
+
+    /// After a failed attempt: `Err` when it is final (not resumable, or the failures in a
+    /// row have lasted the budget or longer), else the backoff's delay.
+    async fn back_off(&mut self, error: Error) -> Result<()> {
+        let since = *self.broken_since.get_or_insert_with(Instant::now);
+        if !error.is_resumable() || since.elapsed() >= self.client.watch_resume_budget() {
+            return Err(error);
+        }
+        tracing::info!(job_id = %self.job_id, after = self.last, %error, "resuming the watch");
+        tokio::time::sleep(self.client.resume_policy().delay(self.failures)).await;
+        self.failures += 1;
+        Ok(())
+    }
+
+    fn restart_budget(&mut self) {
+        self.failures = 0;
+        self.broken_since = None;
     }
 
     async fn open(&self) -> Result<Streaming<JobEvent>> {

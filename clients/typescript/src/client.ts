@@ -117,6 +117,7 @@ export class JobdClient {
   readonly address: string;
   private readonly token: string | undefined;
   private readonly waits = new Waits(this);
+  private closed = false;
 
   constructor(options: ClientOptions = {}) {
     this.address = options.address ?? process.env.JOBD_ADDRESS ?? '127.0.0.1:50051';
@@ -199,9 +200,12 @@ export class JobdClient {
 
   /**
    * A job's events, each once and in order, until its terminal event. A stream that breaks
-   * (jobd restarting or shutting down, a connection lost or cut) is resumed with
-   * `after_sequence` = the last sequence received, with backoff, so no event is missed or
-   * repeated. Stopping the iteration (break) ends the call.
+   * (jobd restarting or shutting down, a connection lost, cut or reset) is resumed with
+   * `after_sequence` = the last sequence received, with the retry policy's backoff, so no event
+   * is missed or repeated. The resumes run out once failures in a row have lasted `watchResumeMs`
+   * (60 s) or longer: the last attempt's error is thrown. An event, or the break of a
+   * stream that had stayed open for `maxBackoffMs`, starts afresh. Stopping the iteration
+   * (break) ends the call; aborting `signal` throws its reason.
    */
   async *watch(jobId: string, options: WatchOptions = {}): AsyncGenerator<JobEvent, void, undefined> {
     let after = options.afterSequence ?? 0;
@@ -211,7 +215,7 @@ export class JobdClient {
     let brokenSince = 0;
     const broken = async (error: JobdError) => {
       brokenSince ||= Date.now();
-      if (Date.now() - brokenSince > this.watchResumeMs) throw error;
+      if (Date.now() - brokenSince >= this.watchResumeMs) throw error;
       this.retry.onRetry?.(error, ++failures);
       await sleep(backoffDelay(this.retry, failures - 1));
     };
@@ -240,7 +244,10 @@ export class JobdClient {
       } catch (thrown) {
         const error = toJobdError(thrown);
         if (options.signal?.aborted) throw options.signal.reason;
-        if (!isResumable(error)) throw error;
+        if (this.closed) throw error;
+        // CANCELLED that the caller did not cause (its signal, close()) is a connection reset
+        // in some transports: resumed, as the Rust and Python clients do.
+        if (error.code !== Status.CANCELLED && !isResumable(error)) throw error;
         // A stream that stayed open for the longest backoff delay was healthy: its break starts
         // afresh, so a quiet watch survives any number of cuts over its life (a proxy's idle
         // timeout, jobd's max connection age). A stream jobd ended with OK never does.
@@ -266,8 +273,9 @@ export class JobdClient {
     return this.waits.wait(this.submitRequest(job), options.signal);
   }
 
-  /** Closes the channel; calls in flight fail with CANCELLED. */
+  /** Closes the channel; calls in flight fail with CANCELLED, and watches end, unresumed. */
   close(): void {
+    this.closed = true;
     this.jobs.close();
   }
 

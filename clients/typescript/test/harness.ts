@@ -263,14 +263,19 @@ export function jobKey(jobId: string): string {
 
 /**
  * A TCP proxy in front of jobd: `cut()` resets every connection through it (new ones are
- * accepted); `holdReplies` drops what jobd sends; `answered` counts the calls jobd answered through it, read from the HTTP/2 frames
- * jobd sends (9-byte headers: length, type, flags, stream): a HEADERS frame (type 1) of a
+ * accepted); `close()` also stops listening (connections are refused, as by a jobd that is
+ * down) until `open()`, on the same port; `holdReplies` drops what jobd sends;
+ * `cancelNextCall()` makes the next call jobd answers end with RST_STREAM(CANCEL) after its
+ * response headers, as a connection reset does in some transports (CANCELLED in grpc-js).
+ * It relays jobd's side an HTTP/2 frame at a time (9-byte headers: length, type, flags,
+ * stream); `answered` counts the calls jobd answered through it: a HEADERS frame (type 1) of a
  * stream without END_STREAM (flag 1) is a call's response headers.
  */
 export class Proxy {
   answered = 0;
   /** While true, what jobd sends is dropped: calls go out, their replies never come. */
   holdReplies = false;
+  private cancelling = false;
   private readonly sockets = new Set<Socket>();
   private server: Server | undefined;
 
@@ -281,13 +286,19 @@ export class Proxy {
 
   static async start(upstream: number): Promise<Proxy> {
     const proxy = new Proxy(await freePort(), upstream);
-    proxy.server = createServer((inbound) => proxy.relay(inbound));
-    await new Promise<void>((listening) => proxy.server!.listen(proxy.port, '127.0.0.1', listening));
+    await proxy.open();
     return proxy;
   }
 
   get address(): string {
     return `127.0.0.1:${this.port}`;
+  }
+
+  /** Listens (again) on its port. */
+  async open(): Promise<void> {
+    const server = createServer((inbound) => this.relay(inbound));
+    this.server = server;
+    await new Promise<void>((listening) => server.listen(this.port, '127.0.0.1', listening));
   }
 
   /** Resets every connection through it. */
@@ -296,35 +307,42 @@ export class Proxy {
     this.sockets.clear();
   }
 
+  cancelNextCall(): void {
+    this.cancelling = true;
+  }
+
+  /** Stops listening and resets every connection through it. */
   async close(): Promise<void> {
     this.cut();
-    await new Promise((closed) => this.server?.close(closed));
+    const server = this.server;
+    this.server = undefined;
+    if (server?.listening) await new Promise((closed) => server.close(closed));
   }
 
   private relay(inbound: Socket): void {
     const outbound = connect(this.upstream, '127.0.0.1');
-    const header: number[] = [];
-    let payloadLeft = 0;
-    outbound.on('data', (chunk: Buffer) => {
+    // Streams reset by `cancelNextCall`: jobd hears of it too; their DATA is dropped, the rest
+    // (headers that keep HPACK's state in step) goes on, and the client ignores it.
+    const cancelled = new Set<number>();
+    // The client's connection preface (24 bytes) comes before its first frame.
+    onFrames(inbound, 24, (frame) => outbound.write(frame));
+    onFrames(outbound, 0, (frame) => {
       if (this.holdReplies) return;
-      inbound.write(chunk);
-      for (let i = 0; i < chunk.length; ) {
-        if (payloadLeft > 0) {
-          const skipped = Math.min(payloadLeft, chunk.length - i);
-          payloadLeft -= skipped;
-          i += skipped;
-          continue;
-        }
-        header.push(chunk[i++]!);
-        if (header.length < 9) continue;
-        const [l0, l1, l2, type, flags, s0, s1, s2, s3] = header as [number, number, number, number, number, number, number, number, number];
-        payloadLeft = (l0 << 16) | (l1 << 8) | l2;
-        const stream = ((s0 & 0x7f) << 24) | (s1 << 16) | (s2 << 8) | s3;
-        if (type === 1 && (flags & 1) === 0 && stream !== 0) this.answered++;
-        header.length = 0;
+      const [type, flags, stream] = [frame[3]!, frame[4]!, frame.readUInt32BE(5) & 0x7fffffff];
+      if (type === 0 && cancelled.has(stream)) return;
+      inbound.write(frame);
+      if (type !== 1 || (flags & 1) !== 0 || stream === 0) return;
+      this.answered++;
+      if (this.cancelling) {
+        this.cancelling = false;
+        cancelled.add(stream);
+        // RST_STREAM (type 3) with CANCEL (8), to both ends.
+        const reset = Buffer.from([0, 0, 4, 3, 0, 0, 0, 0, 0, 0, 0, 0, 8]);
+        reset.writeUInt32BE(stream, 5);
+        inbound.write(reset);
+        outbound.write(reset);
       }
     });
-    inbound.pipe(outbound);
     for (const socket of [inbound, outbound]) {
       this.sockets.add(socket);
       socket.on('error', () => {});
@@ -335,4 +353,26 @@ export class Proxy {
       });
     }
   }
+}
+
+/**
+ * Calls `frame` with each whole HTTP/2 frame `socket` reads (9-byte header: 24-bit length,
+ * type, flags, stream), after `skip` bytes passed on as they come (a connection preface).
+ */
+function onFrames(socket: Socket, skip: number, frame: (bytes: Buffer) => void): void {
+  let pending: Buffer = Buffer.alloc(0);
+  socket.on('data', (chunk: Buffer) => {
+    if (skip > 0) {
+      const passed = chunk.subarray(0, skip);
+      skip -= passed.length;
+      frame(passed);
+      chunk = chunk.subarray(passed.length);
+    }
+    pending = pending.length > 0 ? Buffer.concat([pending, chunk]) : chunk;
+    while (pending.length >= 9 && pending.length >= 9 + pending.readUIntBE(0, 3)) {
+      const whole = pending.subarray(0, 9 + pending.readUIntBE(0, 3));
+      pending = pending.subarray(whole.length);
+      frame(whole);
+    }
+  });
 }

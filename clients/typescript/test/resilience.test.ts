@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import { JobdError, RedisUnavailableError, ShuttingDownError, Worker, type JobEvent } from '../src';
-import { Proxy, queueName, sharedJobd, waitFor } from './harness';
+import { jobKey, Proxy, queueName, sharedJobd, waitFor } from './harness';
 
 /** The errors the shared client retried (or resumed a stream after), in order. */
 const retries: JobdError[] = [];
@@ -118,6 +118,119 @@ test('a quiet watch survives cuts spread over its life, each past watchResumeMs'
     await watching;
     assert.equal(ended, undefined, String(ended));
     assert.deepEqual(events.map((event) => [event.sequence, event.type]), [[1, 'EVENT_TYPE_QUEUED'], [2, 'EVENT_TYPE_CANCELLED']]);
+  } finally {
+    through.close();
+    await proxy.close();
+  }
+});
+
+test('a watch resumes for watchResumeMs of failures in a row, then throws the transport\'s error', async () => {
+  const { jobd, client } = shared;
+  const proxy = await Proxy.start(jobd.port);
+  // Attempts every 0.1 s at most: only the 3 s budget bounds the resumes.
+  const budgetMs = 3000;
+  const through = jobd.client({ address: proxy.address, retry: { initialBackoffMs: 50, maxBackoffMs: 100 }, watchResumeMs: budgetMs });
+  try {
+    const queue = queueName('budget');
+    const submitted = await client.submit({ queue, kind: 'k' });
+    const events: JobEvent[] = [];
+    let ended: unknown;
+    let endedAt = 0;
+    const watching = (async () => {
+      for await (const event of through.watch(submitted.id)) events.push(event);
+    })().catch((error: unknown) => {
+      ended = error;
+      endedAt = Date.now();
+    });
+    await waitFor('the first event', () => events.length === 1);
+    // 1.5 s of refused connections: failed attempts in a row, within the budget.
+    const answered = proxy.answered;
+    await proxy.close();
+    await sleep(1500);
+    assert.equal(ended, undefined, `the watch gave up within its budget: ${String(ended)}`);
+    await proxy.open();
+    await waitFor('the watch to resume', () => proxy.answered > answered);
+    await client.unary(
+      (m, o, cb) => client.workers.ClaimJobs({ claim: { queues: [queue], workerId: 'w', wait: { seconds: 1 }, lease: { seconds: 120 }, ackTimeout: { seconds: 60 } }, maxJobs: 1 }, m, o, cb),
+      { method: 'jobd.v1.WorkerService/ClaimJobs', retry: false },
+    );
+    await waitFor('the second event', () => events.length === 2);
+    // An event started the budget afresh; refused for good, the watch gives up once its
+    // failures have lasted 3 s, with the transport's error.
+    const closedAt = Date.now();
+    await proxy.close();
+    await watching;
+    const elapsed = endedAt - closedAt;
+    const error = ended as unknown;
+    assert.ok(error instanceof JobdError, String(error));
+    assert.equal(error.code, 14, `UNAVAILABLE: ${error.message}`);
+    assert.ok(elapsed >= budgetMs && elapsed < 2 * budgetMs, `gave up after ${elapsed} ms`);
+    assert.deepEqual(events.map((event) => [event.sequence, event.type]), [[1, 'EVENT_TYPE_QUEUED'], [2, 'EVENT_TYPE_STARTED']]);
+  } finally {
+    through.close();
+    await proxy.close();
+  }
+});
+
+test('a watch that jobd keeps ending with OK on an unfinished log spends its budget', async () => {
+  const { jobd, client } = shared;
+  const resumed: JobdError[] = [];
+  const retry = { initialBackoffMs: 50, maxBackoffMs: 100, onRetry: (error: JobdError) => resumed.push(error) };
+  const brief = jobd.client({ retry, watchResumeMs: 500 });
+  try {
+    const submitted = await client.submit({ queue: queueName('ends-ok'), kind: 'k' });
+    await client.cancel(submitted.id);
+    // The log now claims an event 3 that is not there: jobd ends every watch after 2 with OK
+    // (the job is finished), while GetJob says an event may follow 2.
+    assert.match(jobd.redis.command('HSET', jobKey(submitted.id), 'seq', '3'), /^\(integer\)|^\d/);
+    const started = Date.now();
+    const ended = await (async () => {
+      for await (const event of brief.watch(submitted.id, { afterSequence: 2 })) assert.fail(`no event: ${event.type}`);
+    })().then(() => assert.fail('the watch ended without an error'), (error: unknown) => error);
+    const elapsed = Date.now() - started;
+    assert.ok(ended instanceof JobdError, String(ended));
+    assert.equal(ended.code, 14, 'UNAVAILABLE');
+    assert.match(ended.message, /ended early/);
+    // The budget runs out, however many attempts it took (maxAttempts does not bound a watch).
+    assert.ok(elapsed >= 500, `gave up after ${elapsed} ms`);
+    assert.ok(resumed.length > brief.retry.maxAttempts, `${resumed.length} resumes`);
+  } finally {
+    brief.close();
+  }
+});
+
+test('a watch broken with CANCELLED resumes, unless its signal aborted', async () => {
+  const { jobd, client } = shared;
+  const proxy = await Proxy.start(jobd.port);
+  const resumed: JobdError[] = [];
+  const through = jobd.client({ address: proxy.address, retry: { onRetry: (error) => resumed.push(error) } });
+  try {
+    const submitted = await client.submit({ queue: queueName('reset'), kind: 'k' });
+    // The first stream ends with RST_STREAM(CANCEL) right after its response headers.
+    proxy.cancelNextCall();
+    const events: JobEvent[] = [];
+    const watching = (async () => {
+      for await (const event of through.watch(submitted.id)) events.push(event);
+    })();
+    await waitFor('the first event', () => events.length === 1);
+    assert.deepEqual(resumed.map((error) => error.code), [1], 'resumed once, after CANCELLED');
+    assert.equal(proxy.answered, 2, 'the cancelled call, then the resumed one');
+    await client.cancel(submitted.id, 'done');
+    await watching;
+    assert.deepEqual(events.map((event) => [event.sequence, event.type]), [[1, 'EVENT_TYPE_QUEUED'], [2, 'EVENT_TYPE_CANCELLED']]);
+
+    // The caller's abort cancels the call too: the watch throws its reason, and no resume.
+    const other = await client.submit({ queue: queueName('abort'), kind: 'k' });
+    const controller = new AbortController();
+    const seen: JobEvent[] = [];
+    const aborted = (async () => {
+      for await (const event of through.watch(other.id, { signal: controller.signal })) seen.push(event);
+    })().then(() => assert.fail('the watch ended without its abort'), (error: unknown) => error);
+    await waitFor('the first event', () => seen.length === 1);
+    resumed.length = 0;
+    controller.abort(new Error('stop'));
+    assert.equal((await aborted as Error).message, 'stop');
+    assert.deepEqual(resumed, [], 'no resume after an abort');
   } finally {
     through.close();
     await proxy.close();

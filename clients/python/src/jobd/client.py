@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,10 @@ class Client:
     call. TLS: `ca_file` (or `tls=True` for the system's roots), and `cert_file`/`key_file` for
     a client certificate (mTLS). retry: the policy for UNAVAILABLE on calls that are safe to
     repeat; submissions are made safe by an idempotency key the client generates when the
-    caller gave none (`retry_submissions=False` sends none and does not retry them).
+    caller gave none (`retry_submissions=False` sends none and does not retry them). resume:
+    the backoff of resumed streams (and the attempts of a `submit_and_wait` submission sent
+    again); watch_resume: how long, in seconds, `watch` keeps resuming while every attempt
+    fails (60).
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class Client:
         server_name: str | None = None,
         retry: RetryPolicy | None = None,
         resume: RetryPolicy = RESUME_POLICY,
+        watch_resume: float = 60.0,
         retry_submissions: bool = True,
         call_timeout: float = 30.0,
         channel_options: Sequence[tuple[str, Any]] = (),
@@ -98,6 +103,7 @@ class Client:
         self._auth: list[tuple[str, str]] = [("authorization", f"Bearer {token}")] if token else []
         self.retry = retry or RetryPolicy()
         self.resume = resume
+        self.watch_resume = watch_resume
         self.retry_submissions = retry_submissions
         self.call_timeout = call_timeout
         self.jobs = job_service_pb2_grpc.JobServiceStub(self._channel)
@@ -206,17 +212,17 @@ class Client:
     async def watch(self, job_id: str, after_sequence: int = 0) -> AsyncGenerator[JobEvent, None]:
         """The job's events after `after_sequence`, then live ones, ending after the terminal
         event. A broken stream (UNAVAILABLE, a jobd shutting down, a proxy's idle cut) is
-        resumed from the last event received, with backoff: no event is missed or repeated.
-        Ends with no event when the job had finished by `after_sequence` (jobd ends the stream
-        with OK, and GetJob says the job is over).
+        resumed from the last event received, with `resume`'s backoff: no event is missed or
+        repeated. Ends with no event when the job had finished by `after_sequence` (jobd ends
+        the stream with OK, and GetJob says the job is over).
 
-        The resumes run out after `resume.max_attempts` attempts in a row without an event
-        (`Unavailable` when jobd kept ending the stream with OK on an unfinished job); a stream
-        that stayed open for `resume.max` seconds before it broke starts the count afresh, so
-        a quiet watch survives any number of cuts over its life."""
+        The resumes run out once failures in a row have lasted `watch_resume` seconds (60)
+        or longer: the last attempt's error is raised (`Unavailable` when jobd kept ending
+        the stream with OK on an unfinished job). An event, or the break of a stream that had
+        stayed open for `resume.max` seconds, starts afresh, so a quiet watch survives any
+        number of cuts over its life."""
         last = after_sequence
-        failures = 0
-        clock = asyncio.get_running_loop()
+        budget = _Budget(self.resume, self.watch_resume)
         while True:
             call = self.jobs.WatchJob(
                 job_service_pb2.WatchJobRequest(job_id=job_id, after_sequence=last),
@@ -226,12 +232,12 @@ class Client:
             opened: float | None = None
             try:
                 await call.initial_metadata()
-                opened = clock.time()
+                opened = time.monotonic()
                 async for event in call:
                     if event.sequence <= last:
                         continue
                     last = event.sequence
-                    failures = 0
+                    budget.restart()
                     yield event
                     if event.type in TERMINAL_EVENTS:
                         return
@@ -244,15 +250,12 @@ class Client:
                 error = from_rpc_error(e)
                 if not _resumable(error):
                     raise error from e
-                if opened is not None and clock.time() - opened >= self.resume.max:
-                    failures = 0  # a healthy stream broke: a fresh start
+                if opened is not None and time.monotonic() - opened >= self.resume.max:
+                    budget.restart()  # a healthy stream broke: a fresh start
             finally:
                 call.cancel()
-            if failures + 1 >= self.resume.max_attempts:
-                raise error
             log.info("resuming the watch of %s after sequence %d: %s", job_id, last, error)
-            await asyncio.sleep(self.resume.delay(failures))
-            failures += 1
+            await budget.back_off(error)
 
     async def _finished_by(self, job_id: str, sequence: int) -> bool:
         """Whether the job is COMPLETED, FAILED or CANCELLED with no event after `sequence`."""
@@ -320,6 +323,30 @@ class Client:
             if event.type in TERMINAL_EVENTS:
                 return _outcome(event)
         raise Internal(f"the watch of job {job_id} ended without its outcome")
+
+
+class _Budget:
+    """A watch's resumes: failed attempts in a row, and since when. `back_off` raises the
+    error once they have lasted `seconds` or longer, else sleeps the policy's delay."""
+
+    def __init__(self, policy: RetryPolicy, seconds: float) -> None:
+        self.policy = policy
+        self.seconds = seconds
+        self.failures = 0
+        self.since: float | None = None
+
+    def restart(self) -> None:
+        self.failures = 0
+        self.since = None
+
+    async def back_off(self, error: JobdError) -> None:
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+        if now - self.since >= self.seconds:
+            raise error
+        await asyncio.sleep(self.policy.delay(self.failures))
+        self.failures += 1
 
 
 def _resumable(error: JobdError) -> bool:

@@ -34,5 +34,6 @@ class RetryPolicy:
 
 NO_RETRY = RetryPolicy(max_attempts=1)
 
-#: How a broken stream is resumed: about 11 s of tries, enough for a jobd restart.
+#: The backoff of a broken stream's resumes, for as long as `Client(watch_resume=...)` allows
+#: (60 s); `max_attempts` bounds only a `submit_and_wait` submission sent again.
 RESUME_POLICY = RetryPolicy(max_attempts=10)

@@ -306,7 +306,7 @@ async fn a_stream_ended_by_a_shutdown_is_shutting_down() {
     let mut stack = Stack::start().await;
     // No resume: the status jobd ended the stream with is what the watch yields.
     let client = Client::builder(stack.jobd.endpoint())
-        .resume(RetryPolicy::NONE)
+        .watch_resume(Duration::ZERO)
         .connect()
         .await
         .unwrap();

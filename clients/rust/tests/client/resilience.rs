@@ -106,7 +106,7 @@ async fn submit_and_wait_follows_its_job_across_a_jobd_restart() {
     let restarting = Instant::now();
     stack.jobd.restart().await;
     if waiting.is_finished() {
-        // RetryPolicy::RESUME's 10 attempts cover about 9 to 11 s without jobd.
+        // The watch resumes for 60 s of failures in a row by default.
         panic!(
             "submit_and_wait ended during the restart, which took {:?}: {:?}",
             restarting.elapsed(),
@@ -206,12 +206,13 @@ async fn a_quiet_watch_survives_cuts_spread_over_its_life() {
     let stack = Stack::start().await;
     let direct = stack.client().await;
     let proxy = Proxy::start(stack.jobd.port).await;
-    // 3 attempts in a row: 3 cuts without an event between would spend them all, were each
-    // stream that lived its while not counted as healthy (a long job's watch, cut every
+    // A budget of 0.3 s: 4 cuts 0.5 s apart without an event between would spend it, were
+    // each stream that lived its while not counted as healthy (a long job's watch, cut every
     // `--max-connection-age` + grace, or by a proxy's idle timeout).
     let policy = brief_resume(3);
     let through = Client::builder(proxy.endpoint())
         .resume(policy)
+        .watch_resume(Duration::from_millis(300))
         .connect()
         .await
         .unwrap();
@@ -358,6 +359,7 @@ async fn a_watch_that_keeps_ending_ok_on_an_unfinished_log_spends_its_budget() {
     let stack = Stack::start().await;
     let client = Client::builder(stack.jobd.endpoint())
         .resume(brief_resume(3))
+        .watch_resume(Duration::from_millis(500))
         .connect()
         .await
         .unwrap();
@@ -389,9 +391,10 @@ async fn a_watch_that_keeps_ending_ok_on_an_unfinished_log_spends_its_budget() {
         None,
         "the library's own, not jobd's: {error:?}"
     );
-    // 3 attempts: 2 delays of 40-50 ms and 80-100 ms between them.
+    // Ended with OK every time, each attempt fails at once: the budget runs out, however
+    // many attempts it took (about 6, far more than `max_attempts`).
     assert!(
-        started.elapsed() >= Duration::from_millis(120),
+        started.elapsed() >= Duration::from_millis(500),
         "{:?}",
         started.elapsed()
     );
@@ -435,4 +438,69 @@ async fn submit_and_wait_sends_its_keyed_submission_again_when_its_reply_is_lost
     running.stop().await;
     let stats = stats().await.expect("the queue's stats");
     assert_eq!((stats.queued, stats.completed), (0, 1), "one job, not two");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_resumes_for_its_budget_of_failures_then_gives_up() {
+    let stack = Stack::start().await;
+    let direct = stack.client().await;
+    let proxy = Proxy::start(stack.jobd.port).await;
+    // Attempts every 0.1 s at most, 3 "max_attempts" that a watch no longer counts: only
+    // the 3 s budget bounds its resumes.
+    let budget = Duration::from_secs(3);
+    let through = Client::builder(proxy.endpoint())
+        .resume(brief_resume(3))
+        .watch_resume(budget)
+        .connect()
+        .await
+        .unwrap();
+    let q = queue("budget");
+    let job = direct.submit(JobSpec::new(&q, "k")).await.unwrap();
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let watcher = tokio::spawn({
+        let events = through.watch(&job.id, 0);
+        async move {
+            futures::pin_mut!(events);
+            while let Some(event) = events.next().await {
+                let _ = events_tx.send(event);
+            }
+        }
+    });
+    let mut next_item = async || {
+        let next = tokio::time::timeout(Duration::from_secs(10), events_rx.recv()).await;
+        next.expect("an item in time").expect("the watch goes on")
+    };
+    assert_eq!(next_item().await.unwrap().r#type(), EventType::Queued);
+    // 1.5 s of refused connections: more than a dozen failed attempts in a row, within the
+    // budget.
+    let answered = proxy.answered();
+    proxy.close().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !watcher.is_finished(),
+        "the watch gave up within its budget"
+    );
+    proxy.open().await;
+    eventually(Duration::from_secs(10), "the watch to resume", || async {
+        (proxy.answered() > answered).then_some(())
+    })
+    .await;
+    claim(&direct, &q, 120, 60).await;
+    assert_eq!(next_item().await.unwrap().r#type(), EventType::Started);
+    // An event started the budget afresh; refused for good, the watch gives up once its
+    // failures have lasted 3 s, with the transport's error.
+    let closed = Instant::now();
+    proxy.close().await;
+    let error = next_item().await.expect_err("the budget spent");
+    let elapsed = closed.elapsed();
+    assert_eq!(error.code(), Some(Code::Unavailable), "{error:?}");
+    assert_eq!(
+        error.reason(),
+        None,
+        "the transport's, not jobd's: {error:?}"
+    );
+    assert!(
+        elapsed >= budget && elapsed < budget * 2,
+        "gave up after {elapsed:?}"
+    );
 }
