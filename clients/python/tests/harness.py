@@ -252,6 +252,9 @@ class Jobd:
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            # As deployed (Dockerfile, deploy/): memory committed as used, not eagerly in huge
+            # pages, which jobd would otherwise spend its CPU zeroing (BENCHMARKS.md).
+            env={"MIMALLOC_ARENA_EAGER_COMMIT": "0", **os.environ},
         )
         wait_until(self._serving, 30, f"jobd on {self.target} to report SERVING")
 

@@ -220,6 +220,11 @@ impl Jobd {
         let child = Command::new(jobd_binary())
             .arg(format!("--listen=127.0.0.1:{}", self.port))
             .args(&self.args)
+            // As deployed (Dockerfile, deploy/): memory committed as used, not eagerly.
+            .env(
+                "MIMALLOC_ARENA_EAGER_COMMIT",
+                std::env::var("MIMALLOC_ARENA_EAGER_COMMIT").unwrap_or_else(|_| "0".into()),
+            )
             .stdout(log.try_clone().expect("a log file"))
             .stderr(log)
             .spawn()
