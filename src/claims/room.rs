@@ -1,19 +1,21 @@
 //! A claim's room: the payload bytes its reply may carry, reserved before any job is read.
 //!
 //! Each look at a claim's queues first reserves room in the payload-bytes budget
-//! (`Budget::reserve`): one reply's worth (`CLAIM_REPLY_BUDGET`), or what room there is. The
-//! claim script takes no job whose size (`job_size`: its payload, its spec and 8 KiB, at
-//! least its payload) does not fit in what is left of that room; a job left so stays ready,
-//! untouched: no attempt, no event. Once the jobs are read, the reservation settles at their
-//! payload bytes and travels with them to the reply (`ClaimedJobs`), which holds it until
-//! sent. So the jobs a claim reads never take the budget past its limit, however many claims
-//! read at once.
+//! (`Budget::reserve`): for as many jobs as it wants, each the size of the largest job of the
+//! last look that claimed any (`FIRST_GUESS` before the first), up to one reply's worth
+//! (`CLAIM_REPLY_BUDGET`), or what room there is. The guess keeps reservations of small jobs
+//! small, so that many claims reserve at once and still share script calls. The claim script
+//! takes no job whose size (`job_size`: its payload, its spec and 8 KiB, at least its
+//! payload) does not fit in what is left of that room; a job left so stays ready, untouched:
+//! no attempt, no event. Once the jobs are read, the reservation settles at their payload
+//! bytes and travels with them to the reply (`ClaimedJobs`), which holds it until sent. So the
+//! jobs a claim reads never take the budget past its limit, however many claims read at once.
 //!
 //! The first job is taken whatever its size only when the reservation is the whole budget
 //! (nothing else is held), as a reply larger than the budget goes out alone
-//! (`Budget::take_reply`). A first job larger than one reply's room, in a reservation that got
-//! all it asked, is looked for again with a reservation of the whole budget. A first job that
-//! does not fit in a reservation the budget held back refuses the claim (`Exhausted`).
+//! (`Budget::take_reply`). A first job that does not fit in a reservation that got all it
+//! asked is looked for again with one reply's room, then with the whole budget. A first job
+//! that does not fit in a reservation the budget held back refuses the claim (`Exhausted`).
 
 use std::sync::atomic::Ordering;
 
