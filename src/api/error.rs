@@ -8,6 +8,7 @@ use tonic::{Code, Status};
 use super::reason::{Reason, status};
 use crate::{
     budgets::Exhausted,
+    claims::ClaimError,
     domain::{ClaimDeadline, JobState, Refusal, RequestError, shown},
     store::StoreError,
 };
@@ -120,6 +121,15 @@ impl From<Exhausted> for Status {
             format!("{exhausted}; retry later"),
             &metadata,
         )
+    }
+}
+
+impl From<ClaimError> for Status {
+    fn from(error: ClaimError) -> Self {
+        match error {
+            ClaimError::Store(error) => error.into(),
+            ClaimError::Exhausted(exhausted) => exhausted.into(),
+        }
     }
 }
 

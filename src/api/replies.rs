@@ -1,14 +1,16 @@
-//! Replies that carry payloads, counted in a budget from when they are read until h2 has
+//! Replies that carry payloads, counted in a budget from before they are read until h2 has
 //! written their bytes to the connection, so that concurrent large reads cannot take the
 //! process past it:
 //!
 //! - GetJob learns the bytes of the job's payload and result first, and is refused with
 //!   RESOURCE_EXHAUSTED (BUDGET_EXHAUSTED) before reading them when they do not fit;
-//! - a claim (ClaimJob, ClaimJobs, a completion's `next`) counts its jobs' payloads once
-//!   they are claimed and read (at most one reply's worth per call); when they do not fit,
-//!   its jobs go back to their queues at once, at no cost (a RELEASED event, no attempt
-//!   counted), and the claim is refused with RESOURCE_EXHAUSTED, or, for a completion's
-//!   `next`, comes back empty, the completions being recorded;
+//! - a claim (ClaimJob, ClaimJobs, a completion's `next`) reserves room before its script
+//!   claims anything, and claims only the jobs that fit in it (`claims::room`); the
+//!   reservation, settled at the payload bytes read, comes with the jobs
+//!   (`ClaimedJobs::reserved`). A claim without room for its first job is refused with
+//!   RESOURCE_EXHAUSTED, or, for a completion's `next`, comes back empty, the completions
+//!   being recorded; the jobs it found stay queued, untouched. Jobs a submission hands to a
+//!   waiting claim are counted before the submission's call (`Handing::within`);
 //! - a stream's results wait for room in their own budget (see `streams`).
 //!
 //! A reply larger than the whole budget counts as all of it (`Budget::take_reply`): it goes
@@ -93,16 +95,14 @@ pub fn take(budget: &Budget, access: &Access, bytes: u64) -> Result<Held, Exhaus
     Ok(held)
 }
 
-/// A claim's jobs, for its reply, with their payloads counted; refused past the budget, the
-/// jobs dropped undelivered, which puts them back in their queues.
-pub fn claimed(
-    budget: &Budget,
-    access: &Access,
-    claimed: ClaimedJobs,
-) -> Result<(Vec<Claimed>, Held), Exhausted> {
-    let bytes = claimed.iter().map(|job| job.job.payload.len() as u64).sum();
-    let held = take(budget, access, bytes)?;
-    Ok((claimed.deliver(), held))
+/// A claim's jobs, for its reply, with the permit that counted their payloads before they
+/// were read (or handed off), to hold until sent.
+pub fn claimed(mut claimed: ClaimedJobs) -> (Vec<Claimed>, Held) {
+    let held = Held::default();
+    if let Some(permit) = claimed.reserved() {
+        held.put(permit);
+    }
+    (claimed.deliver(), held)
 }
 
 /// The tower layer that binds a reply's `Held` permits to its body's frames, each to be

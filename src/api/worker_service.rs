@@ -126,8 +126,8 @@ impl WorkerApi {
     }
 
     /// The jobs a completion's `next` claims, after the completions `recorded`, each with
-    /// whether its queue then had ready jobs, and their payloads' permit; none past the
-    /// payload-bytes budget, the jobs put back (see `replies`).
+    /// whether its queue then had ready jobs, and their payloads' permit; none without room in
+    /// the payload-bytes budget (see `replies`).
     async fn next_jobs(
         &self,
         access: &Access,
@@ -143,14 +143,10 @@ impl WorkerApi {
             return (Vec::new(), Held::default());
         };
         let claims = &self.0.claims;
-        let claimed = claims.after_completion(&claim, max, registration, recorded);
-        match replies::claimed(&self.0.budgets.payload_bytes, access, claimed.await) {
-            Ok((jobs, held)) => (jobs.into_iter().map(claimed_job).collect(), held),
-            Err(exhausted) => {
-                tracing::debug!(%exhausted, "completions recorded; their next claim put back");
-                (Vec::new(), Held::default())
-            }
-        }
+        let principal = access.principal();
+        let claimed = claims.after_completion(&claim, max, principal, registration, recorded);
+        let (jobs, held) = replies::claimed(claimed.await);
+        (jobs.into_iter().map(claimed_job).collect(), held)
     }
 
     /// Completes `completions`, all at once (those of one queue share a script call): each
@@ -205,8 +201,9 @@ impl WorkerService for WorkerApi {
         let access = Access::of(&request)?;
         let claim = self.claim_request(&access, "", request.into_inner())?;
         let registration = self.0.claims.register(&claim, access.principal())?;
-        let claimed = self.0.claims.claim(&claim, 1, registration).await?;
-        let (claimed, held) = replies::claimed(&self.0.budgets.payload_bytes, &access, claimed)?;
+        let principal = access.principal();
+        let claimed = self.0.claims.claim(&claim, 1, principal, registration);
+        let (claimed, held) = replies::claimed(claimed.await?);
         let response = claimed.into_iter().next().map(claimed_response);
         Ok(held.attach(Response::new(response.unwrap_or_default())))
     }
@@ -218,8 +215,9 @@ impl WorkerService for WorkerApi {
         let access = Access::of(&request)?;
         let (claim, max) = self.claim_jobs_request(&access, "", request.into_inner())?;
         let registration = self.0.claims.register(&claim, access.principal())?;
-        let claimed = self.0.claims.claim(&claim, max, registration).await?;
-        let (claimed, held) = replies::claimed(&self.0.budgets.payload_bytes, &access, claimed)?;
+        let principal = access.principal();
+        let claimed = self.0.claims.claim(&claim, max, principal, registration);
+        let (claimed, held) = replies::claimed(claimed.await?);
         Ok(held.attach(Response::new(proto::ClaimJobsResponse {
             jobs: claimed.into_iter().map(claimed_job).collect(),
         })))

@@ -323,6 +323,7 @@ fn services(
     let budgets = Budgets::new(budget_limits(&config.budgets));
     let claim_settings = ClaimSettings {
         waiting: budgets.waiting_claims.clone(),
+        payload: budgets.payload_bytes.clone(),
         default_lease: config.jobs.default_lease,
         command_timeout,
     };

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    budgets::Permit,
     domain::{Claimed, JobId, LeaseToken},
     store::{Connection, Holder, JobStore, Released, StoreError},
     telemetry::Metrics,
@@ -47,13 +48,18 @@ pub struct Delivery {
     metrics: Metrics,
 }
 
-/// Jobs claimed for one caller and not yet given to it. Dropped undelivered, they are put back
-/// in their queues by a task of their own.
+/// Jobs claimed for one caller and not yet given to it, with the payload bytes reserved for
+/// them (see `room`). Dropped undelivered, they are put back in their queues by a task of
+/// their own.
 #[derive(Default)]
 pub struct ClaimedJobs {
     jobs: Vec<Claimed>,
     /// Where to put them back; every non-empty set has one.
     delivery: Option<Delivery>,
+    /// Their payloads, counted in the payload-bytes budget before they were read (a look's
+    /// reservation, settled) or handed off (`Handing::within`): every set with jobs that
+    /// leaves `Claims` has it.
+    payload: Option<Permit>,
 }
 
 impl ClaimedJobs {
@@ -61,7 +67,13 @@ impl ClaimedJobs {
         Self {
             jobs,
             delivery: Some(delivery.clone()),
+            payload: None,
         }
+    }
+
+    /// Holds `permit`, their payloads' room, until they are delivered.
+    pub(super) fn hold(&mut self, permit: Permit) {
+        self.payload = Some(permit);
     }
 
     /// Adds `other`'s jobs to these.
@@ -82,6 +94,12 @@ impl ClaimedJobs {
 
     pub fn iter(&self) -> impl Iterator<Item = &Claimed> {
         self.jobs.iter()
+    }
+
+    /// The permit that counts their payloads in the payload-bytes budget, for the response to
+    /// hold until sent.
+    pub fn reserved(&mut self) -> Option<Permit> {
+        self.payload.take()
     }
 
     /// The jobs, for the response that gives them to their worker.

@@ -2,32 +2,44 @@
 //! reply. A claim tries its queues in its order of preference; one that finds nothing and may
 //! wait parks on this process (`parked`), where a submission can hand it jobs directly
 //! (`handoff`), and wakes when the event hub hears of jobs for its queues; claims of one queue
-//! that arrive together share one script call (group commit). The jobs travel to the reply as
-//! `ClaimedJobs`, which put themselves back if they never get there (`delivery`).
+//! that arrive together share one script call (group commit). Each look first reserves the
+//! room its jobs' payloads may take in the payload-bytes budget, and claims no job that does
+//! not fit (`room`). The jobs travel to the reply as `ClaimedJobs`, with their payloads'
+//! permit, and put themselves back if they never get there (`delivery`).
 
 mod delivery;
 mod handoff;
 mod looks;
 mod parked;
+mod room;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, atomic::AtomicUsize},
+    time::Duration,
+};
 
 use tokio::time::Instant;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use delivery::{ClaimedJobs, Delivery};
 pub use handoff::{Handing, deal};
+pub use room::ClaimError;
 
 use crate::{
     budgets::{Budget, Exhausted, Permit},
     domain::{ClaimRequest, JobId, NewJob, QueueName},
     events::{EventHub, QueueWaiter, Wakeup},
     group_commit::{Batcher, Pending},
-    store::{ClaimOutcome, Claimant, JobStore, StoreError},
+    store::{ClaimOutcome, Claimant, JobStore},
     telemetry::Metrics,
 };
 use looks::{Drained, Looks};
 use parked::ParkedClaims;
+use room::Looked;
+
+/// What a look reserves per job it wants before any look claimed a job (see `room`): small,
+/// so that a burst of claims of empty queues reserves little; a larger job is asked for again.
+const FIRST_GUESS: usize = 64 * 1024;
 
 /// The claims of this process. Cheap to clone.
 #[derive(Clone)]
@@ -39,8 +51,15 @@ struct Inner {
     parked: ParkedClaims,
     /// Claims that may wait: at most so many, in all and per principal.
     waiting: Budget,
+    /// The payload bytes of replies, which a claim reserves before it reads its jobs.
+    payload: Budget,
+    /// The longest a claim waits for other claims' reservations to settle: the command timeout.
+    patience: Duration,
+    /// The size of the largest job of the last look that claimed any: what a look reserves
+    /// room for, per job it wants (see `room`).
+    largest_job: AtomicUsize,
     /// Claims of one queue waiting to share a script call.
-    batcher: Batcher<Asking, ClaimedJobs>,
+    batcher: Batcher<Asking, Looked>,
     /// The looks at queues, numbered as they start (see `looks`).
     looks: Looks,
     delivery: Delivery,
@@ -98,6 +117,9 @@ impl Claims {
             hub,
             parked: ParkedClaims::default(),
             waiting: settings.waiting,
+            payload: settings.payload,
+            patience: settings.command_timeout,
+            largest_job: AtomicUsize::new(FIRST_GUESS),
             batcher: Batcher::new(tasks, settings.command_timeout),
             looks: Looks::default(),
             delivery,
@@ -107,15 +129,18 @@ impl Claims {
         }))
     }
 
-    /// Claims up to `max` jobs, waiting up to the claim's wait for the first (`registration`,
-    /// from `register`); none once the wait is over or jobd shuts down.
+    /// Claims up to `max` jobs for `principal`, waiting up to the claim's wait for the first
+    /// (`registration`, from `register`); none once the wait is over or jobd shuts down.
+    /// Refused when the payload-bytes budget has no room for the first job found (see `room`).
     pub async fn claim(
         &self,
         request: &ClaimRequest,
         max: usize,
+        principal: Option<&str>,
         registration: Option<Registration>,
-    ) -> Result<ClaimedJobs, StoreError> {
-        self.claim_with(request, max, registration, false).await
+    ) -> Result<ClaimedJobs, ClaimError> {
+        self.claim_with(request, max, principal, registration, false)
+            .await
     }
 
     /// Registers a claim that waits on the hub, armed from now on: a job announced after this
@@ -140,15 +165,17 @@ impl Claims {
         }))
     }
 
-    /// The jobs a completion's `next` claims, registered before the completions were written:
-    /// none when the claim fails (Redis full or away), since the completions are recorded and
-    /// their answer must say so; the worker's next claim meets the error itself. `completed`
+    /// The jobs a completion's `next` claims for `principal`, registered before the completions
+    /// were written: none when the claim fails (Redis full or away, no room in the payload-bytes
+    /// budget), since the completions are recorded and their answer must say so; the worker's
+    /// next claim meets the error itself. `completed`
     /// are the jobs whose completion was recorded, each with whether its queue then had ready
     /// jobs: a claim of a single queue that had none waits at once instead of reading it.
     pub async fn after_completion<'a>(
         &self,
         request: &ClaimRequest,
         max: usize,
+        principal: Option<&str>,
         registration: Option<Registration>,
         completed: impl IntoIterator<Item = (&'a JobId, bool)>,
     ) -> ClaimedJobs {
@@ -160,11 +187,15 @@ impl Claims {
             _ => false,
         };
         match self
-            .claim_with(request, max, registration, seen_empty)
+            .claim_with(request, max, principal, registration, seen_empty)
             .await
         {
             Ok(claimed) => claimed,
-            Err(error) => {
+            Err(ClaimError::Exhausted(exhausted)) => {
+                tracing::debug!(%exhausted, "completion recorded; the next claim found no room and claims nothing");
+                ClaimedJobs::default()
+            }
+            Err(ClaimError::Store(error)) => {
                 tracing::warn!(%error, "completion recorded; the next claim failed and claims nothing");
                 ClaimedJobs::default()
             }
@@ -172,7 +203,8 @@ impl Claims {
     }
 
     /// Takes claims parked on `queue` for a submission's jobs and deals them the jobs that
-    /// start at once (`sizes`: what each weighs in a reply).
+    /// start at once (`sizes`: what each weighs in a reply); a claim whose jobs' payloads do
+    /// not fit in the payload-bytes budget now is dealt none (see `Handing::within`).
     pub fn hand_off(
         &self,
         queue: &QueueName,
@@ -184,7 +216,7 @@ impl Claims {
             0 => Vec::new(),
             most => self.0.parked.take(queue, most),
         };
-        Handing::new(
+        let handing = Handing::new(
             queue,
             jobs,
             sizes,
@@ -192,7 +224,8 @@ impl Claims {
             self.0.default_lease,
             self.0.delivery.clone(),
             self.0.metrics.clone(),
-        )
+        );
+        handing.within(&self.0.payload, jobs)
     }
 
     /// Claims as `claim` does, with `registration` made already. `seen_empty`: its queue was
@@ -202,9 +235,10 @@ impl Claims {
         &self,
         request: &ClaimRequest,
         max: usize,
+        principal: Option<&str>,
         mut registration: Option<Registration>,
         mut seen_empty: bool,
-    ) -> Result<ClaimedJobs, StoreError> {
+    ) -> Result<ClaimedJobs, ClaimError> {
         let deadline = Instant::now() + request.wait;
         // Counted as waiting from its first park, once it found nothing.
         let mut gauge = None;
@@ -213,7 +247,7 @@ impl Claims {
             let (wakeup, stamp) = armed.unzip();
             let claimed = match (std::mem::take(&mut seen_empty), &wakeup) {
                 (true, Some(_)) => ClaimedJobs::default(),
-                _ => self.try_queues(request, max, stamp).await?,
+                _ => self.look(request, max, principal, stamp).await?,
             };
             if !claimed.is_empty() {
                 return Ok(self.started(claimed));
@@ -225,6 +259,7 @@ impl Claims {
             // submitted elsewhere wakes it to look again.
             let mut parked = self.0.parked.park(
                 &request.queues,
+                principal,
                 &request.worker,
                 request.lease,
                 max,
@@ -251,39 +286,13 @@ impl Claims {
         }
     }
 
-    /// Claims up to `max` jobs, trying each queue in the worker's order of preference; `armed`:
-    /// the stamp of a waiting claim's wake-up. An error drops what earlier queues gave, which
-    /// puts it back.
-    async fn try_queues(
-        &self,
-        request: &ClaimRequest,
-        max: usize,
-        armed: Option<u64>,
-    ) -> Result<ClaimedJobs, StoreError> {
-        let mut claimed = ClaimedJobs::default();
-        for queue in &request.queues {
-            let claimant = Claimant {
-                worker: request.worker.clone(),
-                lease: request.lease,
-                want: max - claimed.len(),
-                ack_timeout: request.ack_timeout,
-            };
-            let asking = Asking { claimant, armed };
-            claimed.append(self.claim_queue(queue, asking).await?);
-            if claimed.len() >= max {
-                break;
-            }
-        }
-        Ok(claimed)
-    }
-
     /// Claims from `queue`: claims of it that arrive while one is being made share the next
     /// script call.
     async fn claim_queue(
         &self,
         queue: &QueueName,
         asking: Asking,
-    ) -> Result<ClaimedJobs, StoreError> {
+    ) -> Result<Looked, crate::store::StoreError> {
         let claims = self.clone();
         let lane = queue.clone();
         // The lane's runner keeps the first caller's closure, and with it this lane's record.
@@ -303,14 +312,15 @@ impl Claims {
     async fn claim_batch(
         &self,
         queue: &QueueName,
-        batch: Vec<Pending<Asking, ClaimedJobs>>,
+        batch: Vec<Pending<Asking, Looked>>,
         drained: &Drained,
     ) {
         let (covered, batch): (Vec<_>, Vec<_>) = batch
             .into_iter()
             .partition(|pending| drained.covers(pending.op.armed));
         for pending in covered {
-            pending.answer(Ok(ClaimedJobs::default()));
+            let room = pending.op.claimant.room;
+            pending.answer(Ok(Looked::nothing(room)));
         }
         if batch.is_empty() {
             return;
@@ -323,14 +333,14 @@ impl Claims {
         let look = self.0.looks.start();
         match self.0.store.claim(&connection, queue, &claimants).await {
             Ok(ClaimOutcome {
-                claimed,
+                shares,
                 drained: empty,
             }) => {
                 if empty {
                     drained.record(look);
                 }
-                for (reply, jobs) in replies.into_iter().zip(claimed) {
-                    reply.answer(Ok(ClaimedJobs::new(&self.0.delivery, jobs)));
+                for (reply, share) in replies.into_iter().zip(shares) {
+                    reply.answer(Ok(Looked::new(&self.0.delivery, share)));
                 }
             }
             Err(failure) => {
@@ -370,8 +380,11 @@ impl Claims {
 pub struct ClaimSettings {
     /// The waiting-claims budget.
     pub waiting: Budget,
+    /// The payload-bytes budget, of which a claim reserves its reply's room.
+    pub payload: Budget,
     /// Lease for a handed-off job when neither the claim nor the job names one.
     pub default_lease: Duration,
-    /// The longest a claim waits for Redis, from its arrival.
+    /// The longest a claim waits for Redis, from its arrival, and for other claims'
+    /// reservations of payload bytes to settle.
     pub command_timeout: Duration,
 }

@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 
 use super::ClaimedJobs;
 use crate::{
+    budgets::Permit,
     domain::{QueueName, WorkerId},
     sync::lock,
 };
@@ -23,6 +24,8 @@ pub struct ParkedClaims {
 
 /// A parked claim, as submissions see it.
 struct Slot {
+    /// Whose claim it is, for the payload-bytes budget.
+    principal: Option<Arc<str>>,
     worker: WorkerId,
     lease: Option<Duration>,
     want: usize,
@@ -41,6 +44,9 @@ pub struct Parked {
 
 /// A parked claim a submission took, to be answered after its script call.
 pub struct Taken {
+    pub principal: Option<Arc<str>>,
+    /// Its jobs' payloads, counted in the payload-bytes budget before they are handed over.
+    pub payload: Option<Permit>,
     pub worker: WorkerId,
     pub lease: Option<Duration>,
     pub want: usize,
@@ -49,10 +55,11 @@ pub struct Taken {
 }
 
 impl ParkedClaims {
-    /// Parks a claim on `queues` for up to `want` jobs.
+    /// Parks `principal`'s claim on `queues` for up to `want` jobs.
     pub fn park(
         &self,
         queues: &[QueueName],
+        principal: Option<&str>,
         worker: &WorkerId,
         lease: Option<Duration>,
         want: usize,
@@ -60,6 +67,7 @@ impl ParkedClaims {
     ) -> Parked {
         let (answer, handed) = oneshot::channel();
         let slot = Arc::new(Slot {
+            principal: principal.map(Arc::from),
             worker: worker.clone(),
             lease,
             want: want.max(1),
@@ -96,6 +104,8 @@ impl ParkedClaims {
             // A claim already taken through another of its queues has no answer left.
             if let Some(answer) = lock(&slot.answer).take() {
                 taken.push(Taken {
+                    principal: slot.principal.clone(),
+                    payload: None,
                     worker: slot.worker.clone(),
                     lease: slot.lease,
                     want: slot.want,
@@ -169,7 +179,14 @@ mod tests {
     #[tokio::test]
     async fn a_claim_parked_on_two_queues_is_taken_once() {
         let claims = ParkedClaims::default();
-        let mut parked = claims.park(&[queue("a"), queue("b")], &worker("w"), None, 2, SECOND);
+        let mut parked = claims.park(
+            &[queue("a"), queue("b")],
+            None,
+            &worker("w"),
+            None,
+            2,
+            SECOND,
+        );
         let taken = claims.take(&queue("b"), 5);
         assert_eq!(taken.len(), 1);
         assert_eq!(taken[0].want, 2);
@@ -192,8 +209,8 @@ mod tests {
     #[tokio::test]
     async fn a_claim_that_left_is_not_taken_and_one_taken_waits_for_its_answer() {
         let claims = ParkedClaims::default();
-        let first = claims.park(&[queue("a")], &worker("one"), None, 1, SECOND);
-        let second = claims.park(&[queue("a")], &worker("two"), None, 1, SECOND);
+        let first = claims.park(&[queue("a")], None, &worker("one"), None, 1, SECOND);
+        let second = claims.park(&[queue("a")], None, &worker("two"), None, 1, SECOND);
         assert!(first.leave().await.is_empty());
         let taken = claims.take(&queue("a"), 5);
         assert_eq!(taken.len(), 1);

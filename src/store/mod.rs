@@ -27,7 +27,7 @@ use fred::{
     types::{FromValue, Value},
 };
 
-pub use claim::{CLAIM_REPLY_BUDGET, ClaimFailure, ClaimOutcome, Claimant, job_size};
+pub use claim::{CLAIM_REPLY_BUDGET, ClaimFailure, ClaimOutcome, Claimant, Share, job_size};
 use due::DueMark;
 pub use due::DueQueues;
 pub use event_codec::{AnnouncedEvent, parse_announced};

@@ -2,6 +2,7 @@
 //! What they share is in `harness`; each other module tests one part of jobd.
 
 mod abuse_budgets;
+mod abuse_claims;
 mod abuse_limits;
 mod abuse_metrics;
 mod abuse_pages;

@@ -210,14 +210,14 @@ async fn the_claim_script_run_twice_answers_its_first_runs_claims_again_and_no_m
         args.extend([
             "jobd:wake:jobs",
             "30000",
-            "4000000",
             "1",
             "256",
             "w",
             "",
             "2",
             "5000",
-            "0",
+            "4000000",
+            "1",
         ]);
         for (id, token) in ids.iter().zip(tokens) {
             args.extend([id.as_str(), token]);

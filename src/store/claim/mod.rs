@@ -27,9 +27,9 @@ const CLAIM_ROUNDS: usize = 8;
 const MAX_CANDIDATES: usize = 256;
 
 /// The most bytes of jobs (their `job_size`) one claim's reply carries beyond its first job,
-/// which it carries whatever its size: every stock gRPC client refuses a reply over 4 MiB, and
-/// a job leased in a reply that cannot be delivered would wait out its acknowledgement
-/// deadline. 64 KiB are left for the rest of the reply.
+/// which may be larger alone (see `Claimant::alone`): every stock gRPC client refuses a reply
+/// over 4 MiB, and a job leased in a reply that cannot be delivered would wait out its
+/// acknowledgement deadline. 64 KiB are left for the rest of the reply.
 pub const CLAIM_REPLY_BUDGET: usize = 4 * 1024 * 1024 - 64 * 1024;
 
 /// What a job weighs in a reply beyond its payload and spec (labels, trace context): its ids,
@@ -50,15 +50,32 @@ pub struct Claimant {
     /// How many jobs it takes at most.
     pub want: usize,
     pub ack_timeout: Duration,
+    /// The most bytes of jobs (their `job_size`) it takes: a job that does not fit is left
+    /// ready, untouched, and its reply is full.
+    pub room: usize,
+    /// Whether its first job is taken whatever its size, alone.
+    pub alone: bool,
 }
 
-/// What a claim call got: the jobs claimed for each claimant, in the claimants' order, and
+/// What a claim call got: for each claimant, in the claimants' order, its share; and
 /// whether its last read found the queue's ready set empty (`drained`), so that every job
 /// made ready later was made ready after that read.
 #[derive(Debug, Default)]
 pub struct ClaimOutcome {
-    pub claimed: Vec<Vec<Claimed>>,
+    pub shares: Vec<Share>,
     pub drained: bool,
+}
+
+/// One claimant's share of a claim call: what it took.
+#[derive(Debug, Default)]
+pub struct Share {
+    pub jobs: Vec<Claimed>,
+    /// Its room left: `Claimant::room` less its jobs' sizes.
+    pub room: usize,
+    /// Whether a job was left because it did not fit in its room.
+    pub full: bool,
+    /// The size of its largest job.
+    pub largest: usize,
 }
 
 /// A claim call that failed part way. The jobs of its earlier rounds are claimed; its last
@@ -74,9 +91,9 @@ pub struct ClaimFailure {
 
 impl JobStore {
     /// Claims jobs of `queue` for `claimants` on `connection`, in claim order, each claimant up
-    /// to what it wants and to what one reply holds (`CLAIM_REPLY_BUDGET`): the jobs claimed
-    /// for each, in `claimants`' order. Losing a race for a candidate to another worker moves
-    /// on to the next ones; none means nothing was ready.
+    /// to what it wants and to its room: each one's share, in `claimants`' order. Losing a race
+    /// for a candidate to another worker moves on to the next ones; none means nothing was
+    /// ready.
     pub async fn claim(
         &self,
         connection: &Connection,
@@ -107,7 +124,7 @@ impl JobStore {
                 .into_iter()
                 .map(|id| (id, LeaseToken::generate()))
                 .collect();
-            let round = Round::new(claimants, &progress.wants, &progress.bytes);
+            let round = Round::new(claimants, &progress);
             match self.claim_round(connection, queue, round, &leases).await {
                 // Every candidate was taken by another jobd between the read and the
                 // script: look again.
@@ -124,7 +141,7 @@ impl JobStore {
             }
         }
         Ok(ClaimOutcome {
-            claimed: progress.claimed,
+            shares: progress.shares,
             drained,
         })
     }
@@ -236,18 +253,24 @@ impl JobStore {
 
 /// What a claim call has claimed so far, for each claimant, and what each still takes.
 struct Progress {
-    claimed: Vec<Vec<Claimed>>,
+    shares: Vec<Share>,
     wants: Vec<usize>,
-    /// The bytes of jobs each took.
-    bytes: Vec<usize>,
+    /// Whether each one's next job is taken whatever its size.
+    alone: Vec<bool>,
 }
 
 impl Progress {
     fn new(claimants: &[Claimant]) -> Self {
         Self {
-            claimed: claimants.iter().map(|_| Vec::new()).collect(),
+            shares: claimants
+                .iter()
+                .map(|claimant| Share {
+                    room: claimant.room,
+                    ..Share::default()
+                })
+                .collect(),
             wants: claimants.iter().map(|claimant| claimant.want).collect(),
-            bytes: vec![0; claimants.len()],
+            alone: claimants.iter().map(|claimant| claimant.alone).collect(),
         }
     }
 
@@ -259,11 +282,15 @@ impl Progress {
         // A claim whose reply is full takes no more, whatever it wanted.
         for &claimant in &outcome.full {
             self.wants[claimant] = 0;
+            self.shares[claimant].full = true;
         }
         for (claimant, job, size) in outcome.claimed {
             self.wants[claimant] = self.wants[claimant].saturating_sub(1);
-            self.bytes[claimant] += size;
-            self.claimed[claimant].push(job);
+            self.alone[claimant] = false;
+            let share = &mut self.shares[claimant];
+            share.room = share.room.saturating_sub(size);
+            share.largest = share.largest.max(size);
+            share.jobs.push(job);
         }
     }
 
@@ -271,31 +298,33 @@ impl Progress {
     fn failed(self, error: StoreError, uncertain: Vec<(JobId, LeaseToken)>) -> ClaimFailure {
         ClaimFailure {
             error,
-            claimed: self.claimed.into_iter().flatten().collect(),
+            claimed: self
+                .shares
+                .into_iter()
+                .flat_map(|share| share.jobs)
+                .collect(),
             uncertain,
         }
     }
 }
 
-/// What one script call asks for each claimant: how many more jobs, and how many bytes of
-/// jobs it took in earlier calls.
+/// What one script call asks for each claimant: how many more jobs, its room, and whether
+/// its next job is taken whatever its size.
 struct Round<'a> {
     claimants: &'a [Claimant],
-    wants: &'a [usize],
-    bytes: &'a [usize],
+    progress: &'a Progress,
 }
 
 impl<'a> Round<'a> {
-    fn new(claimants: &'a [Claimant], wants: &'a [usize], bytes: &'a [usize]) -> Self {
+    fn new(claimants: &'a [Claimant], progress: &'a Progress) -> Self {
         Self {
             claimants,
-            wants,
-            bytes,
+            progress,
         }
     }
 
     fn wanted(&self) -> usize {
-        self.wants.iter().sum()
+        self.progress.wanted()
     }
 
     /// claim.lua's arguments before the candidates.
@@ -303,17 +332,19 @@ impl<'a> Round<'a> {
         let mut args: Vec<Value> = vec![
             store.keys().job_channel().into(),
             millis(store.0.settings.default_lease).into(),
-            CLAIM_REPLY_BUDGET.to_string().into(),
             self.claimants.len().to_string().into(),
             store.event_cap(),
         ];
-        for ((claimant, want), taken) in self.claimants.iter().zip(self.wants).zip(self.bytes) {
+        let progress = self.progress;
+        for (c, claimant) in self.claimants.iter().enumerate() {
+            let alone = if progress.alone[c] { "1" } else { "0" };
             args.extend([
                 claimant.worker.as_str().into(),
                 claimant.lease.map(millis).unwrap_or_default().into(),
-                want.to_string().into(),
+                progress.wants[c].to_string().into(),
                 millis(claimant.ack_timeout).into(),
-                taken.to_string().into(),
+                progress.shares[c].room.to_string().into(),
+                alone.into(),
             ]);
         }
         args

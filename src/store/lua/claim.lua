@@ -1,8 +1,12 @@
 -- Claims, for each claimer in turn, up to its number of the candidate jobs that are still
--- ready, in the order given, and no more than fit in one reply. The caller reads the
+-- ready, in the order given, and no more than fit in its room. The caller reads the
 -- candidates from the head of the ready set; a candidate another call took meanwhile is no
 -- longer in it and is skipped, so each job is claimed by exactly one claimer. Claims of one
 -- queue that reach a jobd together share a call.
+-- A claimer's room is the most bytes of jobs (their `size`) it takes: what one reply holds,
+-- and what its caller reserved of its budget for them, so that no job is claimed that its
+-- reply could not carry. A job that does not fit is left as it is, ready, and the claimer's
+-- reply is full: the job goes to the next claimer with room.
 -- Each claimed job must be acknowledged by its worker (a heartbeat, or its outcome) before
 -- its acknowledgement deadline, or it goes back to its queue (expire.lua): a reply lost on
 -- its way to the worker does not strand the job until its lease runs out.
@@ -17,13 +21,12 @@
 -- KEYS[n]     queue's promise (see `promise`)
 -- ARGV[1]     job wake-up channel
 -- ARGV[2]     the server's default lease ms
--- ARGV[3]     reply budget: the most bytes of jobs (their `size`) one claimer takes, beyond
---             its first job, which it takes whatever its size
--- ARGV[4]     number of claimers, C
--- ARGV[5]     the log's cap (see `logged`)
--- ARGV[6..]   per claimer, 5 values: worker id, lease ms it asked for ("" for the job's own,
+-- ARGV[3]     number of claimers, C
+-- ARGV[4]     the log's cap (see `logged`)
+-- ARGV[5..]   per claimer, 6 values: worker id, lease ms it asked for ("" for the job's own,
 --             else ARGV[2]), how many more jobs it takes at most, acknowledgement timeout ms,
---             bytes of jobs it took in earlier calls
+--             its room (bytes), and "1" when its first job is taken whatever its size, "0"
+--             when that one too must fit in its room
 -- then        per candidate, in KEYS order, 2 values: job id, new lease token
 -- returns     {now, the claimers (1-based) whose reply is full, then one entry per claimed
 --             job: {claimer, job id, token, lease expiry, acknowledgement deadline, size}},
@@ -31,11 +34,10 @@
 --             caller reads the claimed jobs in the same round trip, right after the script
 
 local now = clock()
-local claimers = tonumber(ARGV[4])
-local budget = tonumber(ARGV[3])
-local first_candidate = 6 + claimers * 5
--- The claimer's values: ARGV[claimer_arg(c) + 0 .. 4].
-local function claimer_arg(c) return 6 + (c - 1) * 5 end
+local claimers = tonumber(ARGV[3])
+local first_candidate = 5 + claimers * 6
+-- The claimer's values: ARGV[claimer_arg(c) + 0 .. 5].
+local function claimer_arg(c) return 5 + (c - 1) * 6 end
 
 local ids = {}
 for i = 3, #KEYS - 1 do ids[#ids + 1] = ARGV[first_candidate + (i - 3) * 2] end
@@ -43,24 +45,26 @@ if #ids == 0 then return {now, {}} end
 local scores = redis.call('ZMSCORE', KEYS[1], unpack(ids))
 
 local at = packed_at(now)
--- How many jobs claimer c still takes, and the bytes it took so far.
+-- How many jobs claimer c still takes, its room (bytes), and whether its next job is taken
+-- whatever its size.
 local function serve(c)
-  return tonumber(ARGV[claimer_arg(c) + 2]), tonumber(ARGV[claimer_arg(c) + 4])
+  local base = claimer_arg(c)
+  return tonumber(ARGV[base + 2]), tonumber(ARGV[base + 4]), ARGV[base + 5] == '1'
 end
 -- The claimer being served, and what `serve` says of it as it takes jobs.
 local claimer = 1
-local room, bytes = serve(1)
+local left, room, alone = serve(1)
 local full = {}
 local claimed, taken, running, announced = {now, full}, {}, {}, {}
 local due = math.huge
 -- Each claimer's STARTED event but its time and attempt, packed once.
 local started = {}
 for k = 1, #ids do
-  while room == 0 and claimer < claimers do
+  while left == 0 and claimer < claimers do
     claimer = claimer + 1
-    room, bytes = serve(claimer)
+    left, room, alone = serve(claimer)
   end
-  if room == 0 then break end
+  if left == 0 then break end
   local key, id = KEYS[k + 2], ids[k]
   local token = ARGV[first_candidate + (k - 1) * 2 + 1]
   local job, earlier
@@ -81,16 +85,16 @@ for k = 1, #ids do
     if not size then size = redis.call('HSTRLEN', key, 'payload') end
     -- A claimer whose reply is full takes no more: the job goes to the next one with room.
     -- (A job claimed by an earlier run is answered whatever its size: it is claimed.)
-    while job and bytes > 0 and bytes + size > budget do
+    while job and size > room and not alone do
       full[#full + 1] = claimer
-      room = 0
-      while room == 0 and claimer < claimers do
+      left = 0
+      while left == 0 and claimer < claimers do
         claimer = claimer + 1
-        room, bytes = serve(claimer)
+        left, room, alone = serve(claimer)
       end
-      if room == 0 then break end
+      if left == 0 then break end
     end
-    if room == 0 then break end
+    if left == 0 then break end
     local base = claimer_arg(claimer)
     if earlier then
       -- Claimed by an earlier run of this call: answered as it was.
@@ -104,7 +108,7 @@ for k = 1, #ids do
       local attempt = tonumber(job[2]) + 1
       started[claimer] = started[claimer] or event_start('started', {'w', ARGV[base]})
       local event = finish_event(started[claimer], at, attempt)
-      local seq, log = logged(key, job[3], job[6], ARGV[5], event)
+      local seq, log = logged(key, job[3], job[6], ARGV[4], event)
       redis.call('HSET', key,
         'state', 'running', 'attempt', int(attempt), 'token', token,
         'worker', ARGV[base], 'started', int(now), 'lease_ms', lease,
@@ -116,8 +120,9 @@ for k = 1, #ids do
       announced[#announced + 1] = announcement(seq, id, event)
       claimed[#claimed + 1] = {claimer, id, token, int(expires), int(ack), size}
     end
-    room = room - 1
-    bytes = bytes + size
+    left = left - 1
+    room = room - size
+    alone = false
   end
 end
 if #taken > 0 then redis.call('ZREM', KEYS[1], unpack(taken)) end

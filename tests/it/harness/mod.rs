@@ -14,7 +14,8 @@
 //!   streams and the events they carry. `bare`: calls whose deadline only the server keeps.
 //! - `proxy`: a TCP proxy between jobd and Redis that loses replies or holds commands back.
 //!   `idle_proxy`: a TCP proxy before jobd that cuts idle connections, as load balancers do.
-//! - `raw`: calls of any path with any bytes as their message.
+//! - `raw`: calls of any path with any bytes as their message, and calls whose reply the
+//!   client never reads (`stalled_call`).
 //! - `readme`: the README's shell examples as commands, for the tests that run them.
 //! - `otlp`: an OTLP receiver jobd exports its metrics and spans to.
 //! - `wait`: the one way to wait, `eventually`, on an observable condition with a deadline,

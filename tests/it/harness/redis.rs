@@ -124,6 +124,17 @@ impl RedisServer {
             .collect()
     }
 
+    /// Whether the job `id` was never claimed: its hash says QUEUED, no attempt, and its log
+    /// holds its submission alone. Read from Redis, not through GetJob, which a full
+    /// payload-bytes budget refuses.
+    pub fn never_claimed(&self, id: &str) -> bool {
+        let (queue, suffix) = id.rsplit_once('.').expect("a job id");
+        let key = format!("jobd:{{{queue}}}:job:{suffix}");
+        let fields = self.cli(&["HMGET", &key, "state", "attempt", "seq"]);
+        let fields: Vec<&str> = fields.lines().collect();
+        matches!(fields[..], ["queued", "" | "0", "1"])
+    }
+
     /// CLIENT LIST lines whose connection name starts with `prefix`.
     pub fn clients_named(&self, prefix: &str) -> Vec<String> {
         self.cli(&["CLIENT", "LIST"])

@@ -6,17 +6,22 @@
 //! the process alone, which they wait for rather than fail: however many watchers drain, they
 //! never take the payload bytes that calls' requests and replies are refused without. A holding
 //! is a `Permit`, released when dropped: when the stream or claim ends, however it ends, the
-//! client's going away included. Watchers of one job are bounded by the event hub
+//! client's going away included. What cannot be sized before it is read (a claim's jobs)
+//! reserves room first and settles at what it read (`Budget::reserve`). Watchers of one job are bounded by the event hub
 //! (`EventHub::watch_job`), in all and per principal (`WatcherLimits`).
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
-use tokio::sync::Notify;
+use tokio::{sync::Notify, time::Instant};
 
 use crate::sync::lock;
+
+mod permit;
+pub use permit::Permit;
 
 /// The limits of every budget, from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -141,6 +146,8 @@ struct Inner {
 struct Used {
     total: u64,
     by_principal: HashMap<Arc<str>, u64>,
+    /// Reservations not yet settled (`Budget::reserve`).
+    reserving: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -163,14 +170,6 @@ impl Setting {
             principal: principal.map(str::to_owned),
         }
     }
-}
-
-/// A holding counted in a budget, given back when dropped.
-#[must_use = "the holding is given back when the permit is dropped"]
-pub struct Permit {
-    budget: Budget,
-    principal: Option<Arc<str>>,
-    amount: u64,
 }
 
 impl Budget {
@@ -196,28 +195,14 @@ impl Budget {
         if used.total.saturating_add(amount) > inner.process.limit {
             return Err(inner.process.exhausted(None));
         }
-        let principal = match principal {
-            Some(name) => {
-                let (key, held) = match used.by_principal.get_key_value(name) {
-                    Some((key, held)) => (key.clone(), *held),
-                    None => (Arc::from(name), 0),
-                };
-                if held.saturating_add(amount) > inner.per_principal.limit {
-                    return Err(inner.per_principal.exhausted(Some(name)));
-                }
-                *used.by_principal.entry(key.clone()).or_default() += amount;
-                Some(key)
+        if let Some(name) = principal {
+            let held = used.by_principal.get(name).copied().unwrap_or(0);
+            if held.saturating_add(amount) > inner.per_principal.limit {
+                return Err(inner.per_principal.exhausted(Some(name)));
             }
-            None => None,
-        };
-        used.total += amount;
-        Ok(Permit {
-            budget: self.clone(),
-            principal,
-            amount,
-        })
+        }
+        Ok(self.take_locked(&mut used, principal, amount))
     }
-
     /// Takes `amount` as `take` does, for a reply that carries payloads: an amount over the
     /// whole budget (the process's, or the principal's) counts as all of it, so that a reply
     /// larger than the budget still goes out, alone.
@@ -227,6 +212,51 @@ impl Budget {
             most = most.min(self.0.per_principal.limit);
         }
         self.take(principal, amount.min(most))
+    }
+
+    /// Reserves room for a reply whose bytes are known only once read, up to `most`: all of it
+    /// if there is room (an amount over the whole budget asks for all of it), else what room
+    /// there is, or a refusal when none is left. While other reservations are unsettled (each
+    /// settles within its caller's round trip, see `Permit::settle`) it waits, up to
+    /// `patience`, for them rather than take less than `most`.
+    pub async fn reserve(
+        &self,
+        principal: Option<&str>,
+        most: u64,
+        patience: Duration,
+    ) -> Result<Permit, Exhausted> {
+        let deadline = Instant::now() + patience;
+        loop {
+            let released = self.0.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let patient = Instant::now() < deadline;
+            if let Some(reserved) = self.reserve_now(principal, most, patient) {
+                return reserved;
+            }
+            let _ = tokio::time::timeout_at(deadline, released).await;
+        }
+    }
+
+    /// One try of `reserve`: `None` when it should wait for unsettled reservations.
+    fn reserve_now(
+        &self,
+        principal: Option<&str>,
+        most: u64,
+        patient: bool,
+    ) -> Option<Result<Permit, Exhausted>> {
+        let most = most.min(self.whole(principal));
+        let mut used = lock(&self.0.used);
+        let (room, short) = self.room(&used, principal);
+        let patient = patient && used.reserving > 0;
+        if room >= most || (room > 0 && !patient) {
+            let mut permit = self.take_locked(&mut used, principal, room.min(most));
+            used.reserving += 1;
+            permit.reserving = true;
+            permit.short = (room < most).then_some(short);
+            return Some(Ok(permit));
+        }
+        (!patient).then_some(Err(short))
     }
 
     /// Takes `amount` of the process's budget, waiting for room: for what cannot be refused
@@ -249,82 +279,52 @@ impl Budget {
     pub fn used(&self) -> u64 {
         lock(&self.0.used).total
     }
-}
 
-impl Drop for Permit {
-    fn drop(&mut self) {
-        let inner = &self.budget.0;
-        {
-            let mut used = lock(&inner.used);
-            used.total -= self.amount;
-            if let Some(principal) = &self.principal
-                && let Some(held) = used.by_principal.get_mut(principal)
-            {
-                *held -= self.amount;
-                if *held == 0 {
-                    used.by_principal.remove(principal);
-                }
-            }
+    /// The whole budget of `principal`: the most one holding may take.
+    fn whole(&self, principal: Option<&str>) -> u64 {
+        let process = self.0.process.limit;
+        match principal {
+            Some(_) => process.min(self.0.per_principal.limit),
+            None => process,
         }
-        inner.released.notify_waiters();
+    }
+
+    /// The room left for `principal`, and the refusal of the budget that leaves the least (the
+    /// process's when they leave the same).
+    fn room(&self, used: &Used, principal: Option<&str>) -> (u64, Exhausted) {
+        let inner = &self.0;
+        let process = inner.process.limit.saturating_sub(used.total);
+        let Some(name) = principal else {
+            return (process, inner.process.exhausted(None));
+        };
+        let held = used.by_principal.get(name).copied().unwrap_or(0);
+        let own = inner.per_principal.limit.saturating_sub(held);
+        if own < process {
+            (own, inner.per_principal.exhausted(Some(name)))
+        } else {
+            (process, inner.process.exhausted(None))
+        }
+    }
+
+    /// Takes `amount`, which fits, under the lock.
+    fn take_locked(&self, used: &mut Used, principal: Option<&str>, amount: u64) -> Permit {
+        let principal = principal.map(|name| match used.by_principal.get_key_value(name) {
+            Some((key, _)) => key.clone(),
+            None => Arc::from(name),
+        });
+        if let Some(key) = &principal {
+            *used.by_principal.entry(key.clone()).or_default() += amount;
+        }
+        used.total += amount;
+        Permit {
+            budget: self.clone(),
+            principal,
+            amount,
+            reserving: false,
+            short: None,
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn budget(process: u64, per_principal: u64) -> Budget {
-        Budget::new(
-            Setting::new("max-things", "things", process),
-            Setting::new("max-things-per-principal", "things", per_principal),
-        )
-    }
-
-    #[test]
-    fn a_principal_is_held_to_its_share_and_everyone_to_the_process_budget() {
-        let budget = budget(3, 2);
-        let a1 = budget.take(Some("a"), 1).unwrap();
-        let _a2 = budget.take(Some("a"), 1).unwrap();
-        let refused = budget.take(Some("a"), 1).err().unwrap();
-        assert_eq!(refused.setting, "max-things-per-principal");
-        assert_eq!(refused.principal.as_deref(), Some("a"));
-        assert_eq!(
-            refused.to_string(),
-            "the budget max-things-per-principal (2 things) is used up for principal a"
-        );
-        let _b = budget.take(Some("b"), 1).unwrap();
-        let refused = budget.take(None, 1).err().unwrap();
-        assert_eq!(
-            (refused.setting, refused.limit, refused.principal),
-            ("max-things", 3, None)
-        );
-        drop(a1);
-        assert_eq!(budget.used(), 2);
-        let _anyone = budget.take(None, 1).unwrap();
-    }
-
-    #[test]
-    fn permits_give_back_what_they_took() {
-        let budget = budget(10, 10);
-        let permits: Vec<_> = (0..5).map(|_| budget.take(Some("p"), 2).unwrap()).collect();
-        assert!(budget.take(Some("q"), 1).is_err());
-        drop(permits);
-        assert_eq!(budget.used(), 0);
-        assert!(lock(&budget.0.used).by_principal.is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_waiting_take_gets_room_when_a_permit_is_dropped() {
-        let budget = budget(4, 4);
-        let held = budget.take(None, 3).unwrap();
-        let waiting = tokio::spawn({
-            let budget = budget.clone();
-            async move { budget.wait(100).await.amount }
-        });
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished());
-        drop(held);
-        assert_eq!(waiting.await.unwrap(), 4);
-    }
-}
+mod tests;
