@@ -13,10 +13,7 @@ mod looks;
 mod parked;
 mod room;
 
-use std::{
-    sync::{Arc, atomic::AtomicUsize},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -35,7 +32,7 @@ use crate::{
 };
 use looks::{Drained, Looks};
 use parked::ParkedClaims;
-use room::Looked;
+use room::{JobSizes, Looked};
 
 /// What a look reserves per job it wants before any look claimed a job (see `room`): small,
 /// so that a burst of claims of empty queues reserves little; a larger job is asked for again.
@@ -55,9 +52,8 @@ struct Inner {
     payload: Budget,
     /// The longest a claim waits for other claims' reservations to settle: the command timeout.
     patience: Duration,
-    /// The size of the largest job of the last look that claimed any: what a look reserves
-    /// room for, per job it wants (see `room`).
-    largest_job: AtomicUsize,
+    /// Each queue's job size to reserve room for, per job a look wants (see `room`).
+    job_sizes: JobSizes,
     /// Claims of one queue waiting to share a script call.
     batcher: Batcher<Asking, Looked>,
     /// The looks at queues, numbered as they start (see `looks`).
@@ -119,7 +115,7 @@ impl Claims {
             waiting: settings.waiting,
             payload: settings.payload,
             patience: settings.command_timeout,
-            largest_job: AtomicUsize::new(FIRST_GUESS),
+            job_sizes: JobSizes::default(),
             batcher: Batcher::new(tasks, settings.command_timeout),
             looks: Looks::default(),
             delivery,

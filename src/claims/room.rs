@@ -1,10 +1,13 @@
 //! A claim's room: the payload bytes its reply may carry, reserved before any job is read.
 //!
 //! Each look at a claim's queues first reserves room in the payload-bytes budget
-//! (`Budget::reserve`): for as many jobs as it wants, each the size of the largest job of the
-//! last look that claimed any (`FIRST_GUESS` before the first), up to one reply's worth
-//! (`CLAIM_REPLY_BUDGET`), or what room there is. The guess keeps reservations of small jobs
-//! small, so that many claims reserve at once and still share script calls. The claim script
+//! (`Budget::reserve`): for as many jobs as it wants, each the size of the largest job of its
+//! queue's last look that claimed any (`FIRST_GUESS` before the first; with several queues,
+//! the largest of theirs), up to one reply's worth (`CLAIM_REPLY_BUDGET`), or what room there
+//! is. The guess keeps reservations of small jobs small, so that many claims reserve at once
+//! and still share script calls; it is kept per queue so that a queue of small jobs does not
+//! make another queue's large ones miss their room (a look that misses reads its first
+//! candidate for nothing and looks again). The claim script
 //! takes no job whose size (`job_size`: its payload, its spec and 8 KiB, at least its
 //! payload) does not fit in what is left of that room; a job left so stays ready, untouched:
 //! no attempt, no event. Once the jobs are read, the reservation settles at their payload
@@ -17,13 +20,14 @@
 //! asked is looked for again with one reply's room, then with the whole budget. A first job
 //! that does not fit in a reservation the budget held back refuses the claim (`Exhausted`).
 
-use std::sync::atomic::Ordering;
+use std::{collections::HashMap, sync::Mutex};
 
-use super::{Asking, ClaimedJobs, Claims, Delivery};
+use super::{Asking, ClaimedJobs, Claims, Delivery, FIRST_GUESS};
 use crate::{
     budgets::Exhausted,
-    domain::ClaimRequest,
+    domain::{ClaimRequest, QueueName},
     store::{CLAIM_REPLY_BUDGET, Claimant, Share, StoreError},
+    sync::lock,
 };
 
 /// A claim refused: Redis failed or refused it, or the payload-bytes budget had no room for
@@ -80,11 +84,7 @@ impl Claims {
         principal: Option<&str>,
         armed: Option<u64>,
     ) -> Result<ClaimedJobs, ClaimError> {
-        let guess = self
-            .0
-            .largest_job
-            .load(Ordering::Relaxed)
-            .saturating_mul(max);
+        let guess = self.0.job_sizes.guess(&request.queues).saturating_mul(max);
         let mut most = guess.min(CLAIM_REPLY_BUDGET) as u64;
         loop {
             let budget = &self.0.payload;
@@ -96,7 +96,6 @@ impl Claims {
                 .await?;
             let mut claimed = looked.jobs;
             if !claimed.is_empty() {
-                self.0.largest_job.store(looked.largest, Ordering::Relaxed);
                 let bytes = claimed.iter().map(|job| job.job.payload.len() as u64);
                 permit.settle(bytes.sum());
                 claimed.hold(permit);
@@ -144,6 +143,9 @@ impl Claims {
                 alone,
             };
             let looked = self.claim_queue(queue, Asking { claimant, armed }).await?;
+            if !looked.jobs.is_empty() {
+                self.0.job_sizes.record(queue, looked.largest);
+            }
             room = looked.room;
             full = looked.full;
             largest = largest.max(looked.largest);
@@ -159,5 +161,30 @@ impl Claims {
             full,
             largest,
         })
+    }
+}
+
+/// Queues whose job size is kept at most; past it, the sizes are forgotten and guessed afresh.
+const SIZES_KEPT: usize = 4096;
+
+/// The size of the largest job of each queue's last look that claimed any, for the queues
+/// claimed from lately (at most `SIZES_KEPT`, about 400 KiB).
+#[derive(Default)]
+pub(super) struct JobSizes(Mutex<HashMap<QueueName, usize>>);
+
+impl JobSizes {
+    /// The size to reserve per job for a claim of `queues`: the largest of theirs.
+    fn guess(&self, queues: &[QueueName]) -> usize {
+        let sizes = lock(&self.0);
+        let size = |queue| sizes.get(queue).copied().unwrap_or(FIRST_GUESS);
+        queues.iter().map(size).max().unwrap_or(FIRST_GUESS)
+    }
+
+    fn record(&self, queue: &QueueName, largest: usize) {
+        let mut sizes = lock(&self.0);
+        if sizes.len() >= SIZES_KEPT && !sizes.contains_key(queue) {
+            sizes.clear();
+        }
+        sizes.insert(queue.clone(), largest);
     }
 }

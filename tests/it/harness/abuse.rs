@@ -329,6 +329,11 @@ impl Latencies {
         self.0[self.0.len() / 2]
     }
 
+    /// How many round trips.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     pub fn max(&self) -> Duration {
         *self.0.last().expect("round trips")
     }
@@ -511,6 +516,11 @@ impl Polite {
 }
 
 impl Busy {
+    /// The round trips made so far.
+    pub fn made(&self) -> usize {
+        self.made.load(Ordering::Relaxed)
+    }
+
     /// Stops the bystander once it has made at least 5 round trips during the abuse, and
     /// asserts that its median round trip is within max(20 × the baseline's median, 1 s).
     pub async fn assert_kept(self, baseline: &Latencies) -> Latencies {
