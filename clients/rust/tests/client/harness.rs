@@ -18,7 +18,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use jobd_client::{Client, Error, RetryPolicy, Worker, proto};
+use futures::StreamExt;
+use jobd_client::{Client, Error, JobEvent, RetryPolicy, Worker, proto};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::tcp::{OwnedReadHalf, OwnedWriteHalf},
@@ -553,4 +554,49 @@ fn is_answer(header: &[u8]) -> bool {
     let (kind, flags) = (header[3], header[4]);
     let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
     kind == 1 && flags & 1 == 0 && stream & 0x7fff_ffff != 0
+}
+
+/// A watch read by a task of its own, so that a test can act while it runs: its items as the
+/// watch gives them (`next`), and whether it has ended (`is_finished`).
+pub struct BackgroundWatch {
+    task: JoinHandle<()>,
+    items: tokio::sync::mpsc::UnboundedReceiver<Result<JobEvent, Error>>,
+}
+
+impl BackgroundWatch {
+    /// `client`'s watch of `job_id`, from its first event.
+    pub fn start(client: &Client, job_id: &str) -> Self {
+        let (sender, items) = tokio::sync::mpsc::unbounded_channel();
+        let events = client.watch(job_id, 0);
+        let task = tokio::spawn(async move {
+            futures::pin_mut!(events);
+            while let Some(item) = events.next().await {
+                let _ = sender.send(item);
+            }
+        });
+        Self { task, items }
+    }
+
+    /// The watch's next item, within 10 s.
+    pub async fn next(&mut self) -> Result<JobEvent, Error> {
+        let next = tokio::time::timeout(Duration::from_secs(10), self.items.recv()).await;
+        next.expect("an item in time").expect("the watch goes on")
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Waits, up to `within`, for the watch to end; the items it gave that were not taken.
+    pub async fn end(mut self, within: Duration) -> Vec<Result<JobEvent, Error>> {
+        tokio::time::timeout(within, &mut self.task)
+            .await
+            .expect("the watch ends in time")
+            .expect("the watch's task");
+        let mut rest = Vec::new();
+        while let Ok(item) = self.items.try_recv() {
+            rest.push(item);
+        }
+        rest
+    }
 }

@@ -7,7 +7,9 @@ use jobd_client::{
     BoxError, Client, Code, EventType, JobContext, JobSpec, RetryPolicy, Worker, proto,
 };
 
-use crate::harness::{Proxy, RunningWorker, Stack, claim, eventually, heartbeat, job_key, queue};
+use crate::harness::{
+    BackgroundWatch, Proxy, RunningWorker, Stack, claim, eventually, heartbeat, job_key, queue,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_survives_a_jobd_restart_without_gap_or_duplicate() {
@@ -18,16 +20,7 @@ async fn watch_survives_a_jobd_restart_without_gap_or_duplicate() {
     let claimed = claim(&client, &q, 120, 60).await;
     let token = claimed.lease_token;
 
-    let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
-    let watcher = tokio::spawn({
-        let events = client.watch(&job.id, 0);
-        async move {
-            futures::pin_mut!(events);
-            while let Some(event) = events.next().await {
-                let _ = events_tx.send(event.expect("an event, resumed if need be"));
-            }
-        }
-    });
+    let mut watcher = BackgroundWatch::start(&client, &job.id);
     let mut seen = Vec::new();
     for n in 0..3 {
         heartbeat(&client, &job.id, &token, Some(f64::from(n)))
@@ -35,8 +28,7 @@ async fn watch_survives_a_jobd_restart_without_gap_or_duplicate() {
             .expect("a heartbeat");
     }
     while seen.len() < 5 {
-        let next = tokio::time::timeout(Duration::from_secs(10), events_rx.recv()).await;
-        seen.push(next.expect("an event in time").expect("the stream"));
+        seen.push(watcher.next().await.expect("an event, resumed if need be"));
     }
     stack.jobd.restart().await;
     assert!(!watcher.is_finished(), "the watch outlives the restart");
@@ -56,12 +48,8 @@ async fn watch_survives_a_jobd_restart_without_gap_or_duplicate() {
         .complete_job(complete)
         .await
         .expect("completed");
-    tokio::time::timeout(Duration::from_secs(30), watcher)
-        .await
-        .expect("ends")
-        .unwrap();
-    while let Ok(event) = events_rx.try_recv() {
-        seen.push(event);
+    for item in watcher.end(Duration::from_secs(30)).await {
+        seen.push(item.expect("an event, resumed if need be"));
     }
     let sequences: Vec<u64> = seen.iter().map(|e| e.sequence).collect();
     assert_eq!(
@@ -219,24 +207,23 @@ async fn a_quiet_watch_survives_cuts_spread_over_its_life() {
     let q = queue("cuts");
     let job = direct.submit(JobSpec::new(&q, "k")).await.unwrap();
     let claimed = claim(&direct, &q, 120, 60).await;
-    let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
-    let watcher = tokio::spawn({
-        let events = through.watch(&job.id, 0);
-        async move {
-            futures::pin_mut!(events);
-            while let Some(event) = events.next().await {
-                let _ = events_tx.send(event);
-            }
-        }
-    });
-    let mut next_event = async || {
-        let next = tokio::time::timeout(Duration::from_secs(10), events_rx.recv()).await;
-        next.expect("an event in time")
-            .expect("the watch goes on")
+    let mut watcher = BackgroundWatch::start(&through, &job.id);
+    assert_eq!(
+        watcher
+            .next()
+            .await
             .expect("an event, resumed if need be")
-    };
-    assert_eq!(next_event().await.r#type(), EventType::Queued);
-    assert_eq!(next_event().await.r#type(), EventType::Started);
+            .r#type(),
+        EventType::Queued
+    );
+    assert_eq!(
+        watcher
+            .next()
+            .await
+            .expect("an event, resumed if need be")
+            .r#type(),
+        EventType::Started
+    );
     for _ in 0..4 {
         let answered = proxy.answered();
         proxy.cut();
@@ -252,7 +239,7 @@ async fn a_quiet_watch_survives_cuts_spread_over_its_life() {
     heartbeat(&direct, &job.id, &claimed.lease_token, Some(0.5))
         .await
         .expect("a heartbeat");
-    let progress = next_event().await;
+    let progress = watcher.next().await.expect("an event, resumed if need be");
     assert_eq!(
         (progress.sequence, progress.r#type()),
         (3, EventType::Progress)
@@ -268,12 +255,13 @@ async fn a_quiet_watch_survives_cuts_spread_over_its_life() {
         .complete_job(complete)
         .await
         .expect("completed");
-    let last = next_event().await;
+    let last = watcher.next().await.expect("an event, resumed if need be");
     assert_eq!((last.sequence, last.r#type()), (4, EventType::Completed));
-    tokio::time::timeout(Duration::from_secs(10), watcher)
-        .await
-        .expect("the watch ends after the terminal event")
-        .unwrap();
+    let rest = watcher.end(Duration::from_secs(10)).await;
+    assert!(
+        rest.is_empty(),
+        "nothing after the terminal event: {rest:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -456,21 +444,8 @@ async fn a_watch_resumes_for_its_budget_of_failures_then_gives_up() {
         .unwrap();
     let q = queue("budget");
     let job = direct.submit(JobSpec::new(&q, "k")).await.unwrap();
-    let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
-    let watcher = tokio::spawn({
-        let events = through.watch(&job.id, 0);
-        async move {
-            futures::pin_mut!(events);
-            while let Some(event) = events.next().await {
-                let _ = events_tx.send(event);
-            }
-        }
-    });
-    let mut next_item = async || {
-        let next = tokio::time::timeout(Duration::from_secs(10), events_rx.recv()).await;
-        next.expect("an item in time").expect("the watch goes on")
-    };
-    assert_eq!(next_item().await.unwrap().r#type(), EventType::Queued);
+    let mut watcher = BackgroundWatch::start(&through, &job.id);
+    assert_eq!(watcher.next().await.unwrap().r#type(), EventType::Queued);
     // 1.5 s of refused connections: more than a dozen failed attempts in a row, within the
     // budget.
     let answered = proxy.answered();
@@ -486,12 +461,12 @@ async fn a_watch_resumes_for_its_budget_of_failures_then_gives_up() {
     })
     .await;
     claim(&direct, &q, 120, 60).await;
-    assert_eq!(next_item().await.unwrap().r#type(), EventType::Started);
+    assert_eq!(watcher.next().await.unwrap().r#type(), EventType::Started);
     // An event started the budget afresh; refused for good, the watch gives up once its
     // failures have lasted 3 s, with the transport's error.
     let closed = Instant::now();
     proxy.close().await;
-    let error = next_item().await.expect_err("the budget spent");
+    let error = watcher.next().await.expect_err("the budget spent");
     let elapsed = closed.elapsed();
     assert_eq!(error.code(), Some(Code::Unavailable), "{error:?}");
     assert_eq!(
