@@ -182,7 +182,12 @@ impl JobSizes {
 
     fn record(&self, queue: &QueueName, largest: usize) {
         let mut sizes = lock(&self.0);
-        if sizes.len() >= SIZES_KEPT && !sizes.contains_key(queue) {
+        // A queue already known is updated in place: no name copied on a claim's hot path.
+        if let Some(size) = sizes.get_mut(queue) {
+            *size = largest;
+            return;
+        }
+        if sizes.len() >= SIZES_KEPT {
             sizes.clear();
         }
         sizes.insert(queue.clone(), largest);
